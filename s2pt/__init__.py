@@ -1,0 +1,30 @@
+"""s2pt: a bit-exact model of Linux KVM/arm64 stage-2 page tables, for teaching.
+
+The names you need::
+
+    s2pt.Stage2      one VM's stage-2 table: map, unmap, wrprotect, translate, ptdump
+    s2pt.decode      a descriptor, field by field
+    s2pt.Fault       a stage-2 abort (kind, level), as the MMU reports it
+    s2pt.S2ptError   bad input; the model is left unchanged
+    s2pt.drill       seeded translation exercises (python -m s2pt drill)
+
+Everything else lives in modules named after the kernel concept they model:
+``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
+its visitors), ``tlb``, ``ptdump``, ``vmprint``, ``draw``.
+"""
+
+from .descriptor import decode
+from .errors import Fault, KernelBug, S2ptError
+from .geometry import Geometry
+from .stage2 import Stage2, Translation
+
+__version__ = "0.1.0"
+
+__all__ = ["Stage2", "Translation", "Geometry", "decode", "Fault", "S2ptError",
+           "KernelBug", "drill"]
+
+
+def drill(seed: int = 0, **kw):
+    """A seeded translation drill (see s2pt.drill.Drill)."""
+    from .drill import Drill
+    return Drill(seed=seed, **kw)

@@ -1,0 +1,266 @@
+"""Simulated physical memory for page-table pages, with ``struct page`` metadata.
+
+Only the pages that hold page tables are simulated: each is a numpy array of
+``PTRS_PER_PTE`` 64-bit descriptors at a physical address.  The guest memory
+that stage 2 *maps to* is never backed; it is just numbers in descriptors.
+
+What the kernel relies on, and what the model keeps:
+
+* **Refcounts live in struct page, not in the table.**  A fresh page from
+  ``zalloc_page`` has refcount 1; each counted PTE in it holds one more
+  (``get_page(ptep)``), so ``page_count(table) == 1`` means *empty*.  The
+  last ``put_page`` frees the page.  The metadata outlives the free, which is
+  what makes ``get_page_unless_zero`` meaningful (and ABA possible).
+* **Freeing poisons** the contents (``PAGE_POISON`` = 0xaa bytes), and any
+  later access to the page is a use-after-free, reported through
+  :meth:`PhysMem.violation`.
+* **The allocator reuses** the most recently freed page first (LIFO), as a
+  per-CPU page list would, so stale pointers can meet a *new* table at the
+  same address.
+* **The memcache** (``struct kvm_mmu_memory_cache``) is topped up from the
+  allocator *before* a walk, so the walk itself never fails on the page
+  allocator; an empty cache is the kernel's ``-ENOMEM`` path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import KernelBug, S2ptError
+
+__all__ = ["PhysMem", "Page", "MemCache", "PAGE_POISON64", "TABLE_POOL_BASE"]
+
+#: PAGE_POISON (include/linux/poison.h) is the byte 0xaa; a poisoned
+#: descriptor therefore reads as 0xaaaaaaaaaaaaaaaa.
+PAGE_POISON64 = 0xAAAA_AAAA_AAAA_AAAA
+
+#: Where the simulated allocator hands out page-table pages.
+TABLE_POOL_BASE = 0x8000_0000
+
+
+class Page:
+    """The parts of ``struct page`` that stage-2 tables use."""
+
+    __slots__ = ("pfn", "pa", "refcount", "freed", "table", "private",
+                 "generation", "free_count")
+
+    def __init__(self, pfn: int, pa: int, entries: int):
+        self.pfn = pfn
+        self.pa = pa
+        self.refcount = 1
+        self.freed = False
+        self.table = np.zeros(entries, dtype=np.uint64)
+        self.private = None      # set_page_private(): the level, for free_unlinked
+        self.generation = 0      # bumped on every reuse (for ABA explanations)
+        self.free_count = 0      # how many times this page was freed
+
+    def __repr__(self):
+        state = "free" if self.freed else f"ref={self.refcount}"
+        return f"<Page {self.pa:#x} {state}>"
+
+
+class PhysMem:
+    """The simulated RAM that holds page tables.
+
+    ``limit`` caps how many pages the allocator can hand out in total
+    (``None``: as many as wanted), so ``-ENOMEM`` can happen.
+    """
+
+    def __init__(self, page_shift: int = 12, limit: int | None = None,
+                 base: int = TABLE_POOL_BASE):
+        self.page_shift = page_shift
+        self.page_size = 1 << page_shift
+        self.entries = self.page_size // 8
+        self.limit = limit
+        self.base = base
+        self.pages: dict[int, Page] = {}
+        self.free_list: list[int] = []     # pfns, LIFO
+        self._next_pfn = base >> page_shift
+        self.allocated = 0                 # pages currently allocated
+        self.peak = 0
+        self.total_allocs = 0
+        self.total_frees = 0
+        self.table_frees = 0               # frees of pages that were page tables
+
+    # -- errors ---------------------------------------------------------------
+    def violation(self, kind: str, message: str):
+        """Report a memory-safety violation.  Sequential use raises KernelBug;
+        the explorer replaces this hook to record the violation instead."""
+        raise KernelBug(kind, message)
+
+    # -- allocation -----------------------------------------------------------
+    def available(self) -> int | None:
+        return None if self.limit is None else self.limit - self.allocated
+
+    def _take(self, pfn: int, fresh: bool) -> Page:
+        if fresh:
+            page = Page(pfn, pfn << self.page_shift, self.entries)
+            self.pages[pfn] = page
+        else:
+            page = self.pages[pfn]
+            page.table.fill(0)
+            page.refcount = 1
+            page.freed = False
+            page.private = None
+            page.generation += 1
+        self.allocated += 1
+        self.total_allocs += 1
+        if self.allocated > self.peak:
+            self.peak = self.allocated
+        return page
+
+    def alloc_page(self) -> Page | None:
+        """__get_free_page(GFP_ZERO): a zeroed page with refcount 1, or None."""
+        if self.limit is not None and self.allocated >= self.limit:
+            return None
+        if self.free_list:
+            return self._take(self.free_list.pop(), fresh=False)
+        pfn = self._next_pfn
+        self._next_pfn += 1
+        return self._take(pfn, fresh=True)
+
+    def alloc_pages_exact(self, n: int) -> list[Page] | None:
+        """alloc_pages_exact(): ``n`` physically contiguous zeroed pages,
+        aligned to their total size (the concatenated PGD needs this)."""
+        if self.limit is not None and self.allocated + n > self.limit:
+            return None
+        align = 1
+        while align < n:
+            align <<= 1
+        pfn = -(-self._next_pfn // align) * align
+        self._next_pfn = pfn + n
+        return [self._take(pfn + i, fresh=True) for i in range(n)]
+
+    def free_page(self, page: Page, was_table: bool = True):
+        """The page goes back to the allocator, poisoned."""
+        if page.freed:
+            self.violation("double-free", f"free of page {page.pa:#x}, which is already free")
+            return
+        page.freed = True
+        page.refcount = 0
+        page.free_count += 1
+        page.table.fill(PAGE_POISON64)
+        self.free_list.append(page.pfn)
+        self.allocated -= 1
+        self.total_frees += 1
+        if was_table:
+            self.table_frees += 1
+
+    # -- struct page refcounts (mm_ops->get_page/put_page/page_count) ---------
+    def page_of(self, pa: int) -> Page:
+        """virt_to_page(): the struct page of the page containing ``pa``."""
+        page = self.pages.get(pa >> self.page_shift)
+        if page is None:
+            raise S2ptError(f"pa={pa:#x}: no page-table page is simulated at this address")
+        return page
+
+    def get_page(self, pa: int):
+        page = self.page_of(pa)
+        if page.freed:
+            self.violation("use-after-free", f"get_page() on freed table page {page.pa:#x}")
+        page.refcount += 1
+
+    def put_page(self, pa: int):
+        page = self.page_of(pa)
+        if page.freed:
+            self.violation("double-free" if page.refcount == 0 else "use-after-free",
+                           f"put_page() on freed table page {page.pa:#x}")
+            return
+        page.refcount -= 1
+        if page.refcount == 0:
+            self.free_page(page)
+
+    def page_count(self, pa: int) -> int:
+        # Reading the count of a freed page is legal: struct page outlives it.
+        return self.page_of(pa).refcount
+
+    def get_page_unless_zero(self, pa: int) -> bool:
+        page = self.page_of(pa)
+        if page.refcount == 0:
+            return False
+        page.refcount += 1
+        return True
+
+    # -- descriptor accesses -------------------------------------------------
+    def _slot(self, pa: int, what: str):
+        page = self.pages.get(pa >> self.page_shift)
+        if page is None:
+            raise S2ptError(f"pa={pa:#x}: no page-table page is simulated at this address")
+        if pa & 7:
+            raise S2ptError(f"pa={pa:#x}: descriptors are 8-byte aligned")
+        if page.freed:
+            self.violation("use-after-free", f"{what} of {pa:#x} in freed table page {page.pa:#x}")
+        return page.table, (pa & (self.page_size - 1)) >> 3
+
+    def read64(self, pa: int) -> int:
+        """READ_ONCE(*ptep): the raw 64-bit word at ``pa``."""
+        table, i = self._slot(pa, "read")
+        return table.item(i)
+
+    def write64(self, pa: int, value: int):
+        """WRITE_ONCE(*ptep, value)."""
+        table, i = self._slot(pa, "write")
+        table[i] = value
+
+    def cmpxchg64(self, pa: int, old: int, new: int) -> int:
+        """cmpxchg(ptep, old, new): returns the value found."""
+        table, i = self._slot(pa, "cmpxchg")
+        cur = table.item(i)
+        if cur == old:
+            table[i] = new
+        return cur
+
+    # -- whole-state views (tests, snapshots) ----------------------------------
+    def snapshot(self) -> tuple:
+        """Everything observable about memory, for byte-for-byte comparisons."""
+        return (
+            tuple(sorted((pfn, p.refcount, p.freed, p.table.tobytes())
+                         for pfn, p in self.pages.items())),
+            tuple(self.free_list), self._next_pfn, self.allocated,
+        )
+
+    def live_pages(self):
+        return [p for p in self.pages.values() if not p.freed]
+
+
+class MemCache:
+    """struct kvm_mmu_memory_cache: pages set aside before a walk.
+
+    ``topup(min)`` is kvm_mmu_topup_memory_cache(): fill the cache from the
+    allocator so that at least ``min`` objects are ready, or fail with
+    ``-ENOMEM`` *before* anything is changed.  ``alloc()`` is
+    kvm_mmu_memory_cache_alloc(); the walker calls it through
+    ``mm_ops->zalloc_page(mc)``.
+    """
+
+    def __init__(self, mem: PhysMem, capacity: int | None = None):
+        self.mem = mem
+        self.capacity = capacity
+        self.objects: list[Page] = []
+
+    @property
+    def nobjs(self) -> int:
+        return len(self.objects)
+
+    def topup(self, min_objs: int) -> int:
+        """0 on success, -ENOMEM (as a negative int) when it cannot be met."""
+        import errno
+        if len(self.objects) >= min_objs:
+            return 0
+        if self.capacity is not None and min_objs > self.capacity:
+            return -errno.ENOMEM
+        need = min_objs - len(self.objects)
+        avail = self.mem.available()
+        if avail is not None and avail < need:
+            return -errno.ENOMEM
+        for _ in range(need):
+            self.objects.append(self.mem.alloc_page())
+        return 0
+
+    def alloc(self) -> Page | None:
+        return self.objects.pop() if self.objects else None
+
+    def free_all(self):
+        """kvm_mmu_free_memory_cache(): give unused pages back."""
+        while self.objects:
+            self.mem.free_page(self.objects.pop(), was_table=False)

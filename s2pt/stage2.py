@@ -1,0 +1,453 @@
+"""``Stage2``: one VM's stage-2 page table, with the kernel's operations.
+
+This is the friendly face of :mod:`s2pt.pgtable`.  Each method checks its
+input (bad input raises :class:`~s2pt.S2ptError` and changes nothing), builds
+the kernel's walk and runs it with the sequential driver::
+
+    >>> import s2pt
+    >>> pgt = s2pt.Stage2(ipa_bits=40, granule=4096)      # kvm_pgtable_stage2_init
+    >>> pgt.map(0x4000_0000, 2 << 20, 0x8_0000_0000)       # one 2M block
+    >>> t = pgt.translate(0x4000_1234)
+    >>> hex(t.pa), t.level, t.prot
+    ('0x800001234', 2, 'RWX')
+
+Model of the CPU (stated once, used everywhere): 48-bit PA, 16-bit VMIDs,
+FEAT_TLBIRANGE, no FEAT_S2FWB unless ``fwb=True``, no FEAT_HAFDBS (so the
+MMU raises Access flag faults), no FEAT_XNX, no LPA2, one VMID per table.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import descriptor as d
+from . import pgtable as pt
+from .errors import Fault, KernelBug, S2ptError
+from .geometry import Geometry
+from .memory import MemCache, PhysMem
+from .ops import Machine, run
+from .tlb import S2Mmu
+
+__all__ = ["Stage2", "Translation", "KvmPgtable"]
+
+#: MAX_TLBI_RANGE_PAGES = __TLBI_RANGE_PAGES(31, 3): (31 + 1) << (5 * 3 + 1).
+MAX_TLBI_RANGE_PAGES = 32 << 16
+
+
+class KvmPgtable:
+    """struct kvm_pgtable, its mm_ops and the model's knobs.
+
+    The walker reads these fields in its inner loops, so they are plain
+    attributes precomputed from the :class:`Geometry`.
+    """
+
+    def __init__(self, geom: Geometry, *, vmid: int = 1, fwb: bool = False,
+                 ram_pages: int | None = None, hyp: bool = False, idmap: bool = False):
+        self.geom = geom
+        self.ia_bits = geom.ipa_bits
+        self.start_level = geom.start_level
+        self.page_shift = geom.page_shift
+        self.page_size = geom.granule
+        self.ptrs_per_pte = geom.ptrs_per_pte
+        self.granule_shift = {lvl: geom.granule_shift(lvl) for lvl in range(-1, 4)}
+        self.granule_size = {lvl: 1 << s for lvl, s in self.granule_shift.items()}
+        self.addr_mask = d.addr_mask(geom.page_shift)
+        self._min_block_level = geom.min_block_level
+        self.strides = {lvl: np.arange(self.ptrs_per_pte, dtype=np.uint64)
+                        * np.uint64(self.granule_size[lvl]) for lvl in range(0, 4)}
+        # CPU features and kernel configuration
+        self.fwb = fwb
+        self.tlb_range = True
+        self.max_tlbi_range_pages = MAX_TLBI_RANGE_PAGES
+        self.unmap_defer_tlb_flush = self.tlb_range and self.fwb   # stage2_unmap_defer_tlb_flush
+        self.hyp = hyp                 # built for EL2: shared walks return -EPERM
+        self.idmap = idmap             # KVM_PGTABLE_S2_IDMAP
+        self.force_pte_cb = None
+        self.max_owner_id = d.KVM_MAX_OWNER_ID
+        # mm_ops->free_unlinked_table: call_rcu in the kernel, immediate in pKVM
+        self.free_unlinked_table = pt.stage2_free_unlinked_table
+        # Switches for the seeded historical bugs (all True = today's kernel)
+        self.reload_after_cb = True            # a9f0e3d5a089
+        self.free_unlinked_drops_root = True   # f6a27d6dc51b
+        self._bulk_now = False
+        # Memory, TLB bookkeeping and the machine that performs operations
+        self.mm = PhysMem(geom.page_shift, limit=ram_pages)
+        self.mmu = S2Mmu(vmid)
+        self.machine = Machine(self.mm, self.mmu)
+        pgd = self.mm.alloc_pages_exact(geom.pgd_pages)
+        if pgd is None:
+            raise S2ptError(
+                f"ram_pages={ram_pages}: the PGD alone needs {geom.pgd_pages} pages "
+                f"(kvm_pgtable_stage2_init would fail with -ENOMEM)")
+        self.pgd_pages = pgd
+        self.pgd = pgd[0].pa
+
+    def supports_block(self, level: int) -> bool:
+        return level >= self._min_block_level
+
+    def pgd_page_idx(self, addr: int) -> int:
+        return (addr & ((1 << self.ia_bits) - 1)) >> self.granule_shift[self.start_level - 1]
+
+    def warn(self, message: str):
+        """WARN_ON(): in the sequential model a warning is a bug."""
+        raise KernelBug("warn", message)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """The result of a successful stage-2 translation."""
+
+    ipa: int
+    pa: int
+    level: int
+    prot: str
+    memattr: str
+    pte: int
+    size: int
+
+    def __str__(self):
+        return (f"IPA {self.ipa:#x} -> PA {self.pa:#x} (level {self.level} "
+                f"{'page' if self.level == 3 else 'block'}, {self.prot}, {self.memattr})")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+class Stage2(KvmPgtable):
+    """A VM's stage-2 page table: IPA -> PA.
+
+    Parameters
+    ----------
+    ipa_bits : int
+        Guest physical address size, 32..48 (KVM_VM_TYPE_ARM_IPA_SIZE).
+    granule : int
+        4096, 16384 or 65536.
+    vmid : int
+        The VMID that TLB invalidations name.
+    fwb : bool
+        Model FEAT_S2FWB (changes MemAttr encodings and unmap's TLBI batching).
+    ram_pages : int or None
+        How many pages the host can give to page tables; None = no limit.
+        When a map would need more, it fails with -ENOMEM up front.
+    """
+
+    def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vmid: int = 1,
+                 fwb: bool = False, ram_pages: int | None = None):
+        if not _is_int(vmid) or not 0 <= vmid < 1 << 16:
+            raise S2ptError(f"vmid={vmid!r}: VMIDs are 16-bit unsigned integers")
+        if ram_pages is not None and (not _is_int(ram_pages) or ram_pages < 1):
+            raise S2ptError(f"ram_pages={ram_pages!r}: must be a positive integer or None")
+        super().__init__(Geometry(ipa_bits, granule), vmid=int(vmid), fwb=bool(fwb),
+                         ram_pages=ram_pages)
+
+    # -- architectural registers ----------------------------------------------
+    @property
+    def vtcr(self) -> int:
+        """VTCR_EL2 as kvm_get_vtcr() computes it."""
+        return self.geom.vtcr
+
+    @property
+    def vttbr(self) -> int:
+        """VTTBR_EL2: the PGD's physical address and the VMID (kvm_get_vttbr)."""
+        from .geometry import kvm_get_vttbr
+        return kvm_get_vttbr(self.pgd, self.mmu.vmid)
+
+    @property
+    def mem(self) -> PhysMem:
+        """The simulated physical memory holding the tables."""
+        return self.mm
+
+    @property
+    def tlbis(self):
+        """Every TLB invalidation issued so far, in order (a TlbiLog)."""
+        return self.mmu.tlbi_log
+
+    @property
+    def stats(self) -> dict:
+        s = dict(self.machine.stats)
+        s["tables_live"] = self.mm.allocated - self.geom.pgd_pages
+        s["tables_freed"] = self.mm.table_frees
+        s.setdefault("tables_allocated", 0)
+        s.setdefault("tlbi", 0)
+        return s
+
+    # -- input checks ----------------------------------------------------------
+    def _check_ipa(self, ipa, what="ipa"):
+        if not _is_int(ipa) or ipa < 0:
+            raise S2ptError(f"{what}={ipa!r}: an IPA is a non-negative integer")
+        if ipa >= 1 << self.ia_bits:
+            raise S2ptError(
+                f"{what}={ipa:#x}: beyond the {self.ia_bits}-bit IPA space "
+                f"(limit {1 << self.ia_bits:#x})")
+        return int(ipa)
+
+    def _check_range(self, ipa, size):
+        gran = self.page_size
+        if not _is_int(ipa) or ipa < 0:
+            raise S2ptError(f"ipa={ipa!r}: an IPA is a non-negative integer")
+        if not _is_int(size) or size <= 0:
+            raise S2ptError(f"size={size!r}: the size must be a positive integer")
+        ipa, size = int(ipa), int(size)
+        if ipa % gran:
+            raise S2ptError(f"ipa={ipa:#x}: must be aligned to the {gran // 1024}K granule")
+        if size % gran:
+            raise S2ptError(f"size={size:#x}: must be a multiple of the {gran // 1024}K granule")
+        if ipa + size > 1 << self.ia_bits:
+            raise S2ptError(
+                f"[{ipa:#x}, {ipa + size:#x}): the range goes beyond the {self.ia_bits}-bit "
+                f"IPA space (limit {1 << self.ia_bits:#x})")
+        return ipa, size
+
+    def _check_pa(self, pa, size):
+        if not _is_int(pa) or pa < 0:
+            raise S2ptError(f"pa={pa!r}: a physical address is a non-negative integer")
+        pa = int(pa)
+        if pa % self.page_size:
+            raise S2ptError(f"pa={pa:#x}: must be aligned to the {self.page_size // 1024}K granule")
+        if pa + size > 1 << self.geom.pa_bits:
+            raise S2ptError(
+                f"pa={pa:#x} + size={size:#x}: beyond the {self.geom.pa_bits}-bit physical "
+                f"address space (VTCR_EL2.PS)")
+        return pa
+
+    # -- running walks ---------------------------------------------------------
+    def _run(self, gen):
+        bulk_ok = not self.machine.observers
+        del bulk_ok  # (the generator was built with its bulk flag already)
+        return run(gen, self.machine)
+
+    @property
+    def _bulk(self) -> bool:
+        """Bulk numpy runs are used only when nobody watches individual steps."""
+        return not self.machine.observers
+
+    def _map_table_bound(self, ipa: int, size: int, phys: int, force_pte: bool) -> int:
+        """An upper bound on the table pages a map of this range can allocate:
+        for each level below the root, the level-(L-1) slots that the range
+        touches where a leaf at level L-1 or above cannot be used."""
+        end = ipa + size
+        total = 0
+        for lvl in range(self.start_level + 1, 4):
+            g = self.granule_size[lvl - 1]
+            if force_pte or not self.supports_block(lvl - 1) or (ipa - phys) % g:
+                spans = [(ipa, end)]
+            else:
+                head_end = min(end, -(-ipa // g) * g)
+                tail_start = max(head_end, (end // g) * g)
+                spans = [(ipa, head_end), (tail_start, end)]
+            for s, e in spans:
+                if e > s:
+                    total += (e - 1) // g - s // g + 1
+        return total
+
+    def _topup(self, needed: int, what: str) -> MemCache:
+        mc = MemCache(self.mm)
+        if mc.topup(needed):
+            avail = self.mm.available()
+            raise S2ptError(
+                f"{what} may need {needed} new table pages but only {avail} are left "
+                f"(ram_pages={self.mm.limit}): kvm_mmu_topup_memory_cache() fails "
+                f"with -ENOMEM before the walk starts")
+        return mc
+
+    # -- the operations ----------------------------------------------------------
+    def map(self, ipa: int, size: int, pa: int, prot: str = "RWX", memattr: str = "normal",
+            force_pte: bool = False) -> None:
+        """kvm_pgtable_stage2_map(): map [ipa, ipa+size) to [pa, pa+size).
+
+        Uses the largest block that the alignment of ``ipa`` and ``pa``
+        allows, or pages only with ``force_pte``.  An existing mapping is
+        replaced with break-before-make; a table where a block now fits is
+        collapsed and its subtree freed (after an RCU grace period).
+        Tables come from a memcache topped up first, as kvm_phys_addr_ioremap
+        does; unused pages go back afterwards.
+        """
+        ipa, size = self._check_range(ipa, size)
+        pa = self._check_pa(pa, size)
+        attr = d.stage2_set_prot_attr(d.prot_from_str(prot), memattr, self.fwb)
+        mc = self._topup(self._map_table_bound(ipa, size, pa, bool(force_pte)),
+                         f"map of [{ipa:#x}, {ipa + size:#x})")
+        ret = run(pt.kvm_pgtable_stage2_map(self, ipa, size, pa, attr, mc,
+                                            force_pte=bool(force_pte), bulk=self._bulk),
+                  self.machine)
+        mc.free_all()
+        self._expect_ok(ret, "kvm_pgtable_stage2_map")
+
+    def unmap(self, ipa: int, size: int) -> None:
+        """kvm_pgtable_stage2_unmap(): clear leaves (whole blocks, even when
+        the range covers part of one) and free tables that become empty."""
+        ipa, size = self._check_range(ipa, size)
+        self._expect_ok(run(pt.kvm_pgtable_stage2_unmap(self, ipa, size, bulk=self._bulk),
+                            self.machine), "kvm_pgtable_stage2_unmap")
+
+    def wrprotect(self, ipa: int, size: int) -> None:
+        """kvm_pgtable_stage2_wrprotect(): clear S2AP_W on every leaf in the
+        range, in place.  Issues no TLBI: the caller must flush
+        (see ``flush_tlb``), as kvm_mmu_wp_memory_region() does."""
+        ipa, size = self._check_range(ipa, size)
+        self._expect_ok(run(pt.kvm_pgtable_stage2_wrprotect(self, ipa, size, bulk=self._bulk),
+                            self.machine), "kvm_pgtable_stage2_wrprotect")
+
+    def relax_perms(self, ipa: int, prot: str = "RW") -> int:
+        """kvm_pgtable_stage2_relax_perms(): add permissions to the leaf at
+        ``ipa``, then a local TLBI.  Returns 0, or -EAGAIN if no valid leaf
+        maps ``ipa`` (the fault would simply be retried)."""
+        ipa = self._check_ipa(ipa)
+        p = d.prot_from_str(prot)
+        return run(pt.kvm_pgtable_stage2_relax_perms(self, ipa, p, pt.HANDLE_FAULT),
+                   self.machine)
+
+    def mkyoung(self, ipa: int) -> int:
+        """kvm_pgtable_stage2_mkyoung(): set AF on the leaf at ``ipa``
+        (handle_access_fault).  Returns 0 or -EAGAIN."""
+        ipa = self._check_ipa(ipa)
+        return run(pt.kvm_pgtable_stage2_mkyoung(self, ipa, pt.HANDLE_FAULT), self.machine)
+
+    def test_clear_young(self, ipa: int, size: int, mkold: bool = True) -> bool:
+        """kvm_pgtable_stage2_test_clear_young(): was any leaf in the range
+        accessed?  With ``mkold``, clear AF (no TLBI: "Over in the core code")."""
+        ipa, size = self._check_range(ipa, size)
+        return run(pt.kvm_pgtable_stage2_test_clear_young(self, ipa, size, bool(mkold),
+                                                          pt.Stage2AgeData(bool(mkold))),
+                   self.machine)
+
+    def set_owner(self, ipa: int, size: int, owner_id: int) -> None:
+        """kvm_pgtable_stage2_set_owner(): replace the range with invalid,
+        counted entries that record ``owner_id`` (pKVM); blocks are broken."""
+        ipa, size = self._check_range(ipa, size)
+        if not _is_int(owner_id) or not 0 <= owner_id <= self.max_owner_id:
+            raise S2ptError(
+                f"owner_id={owner_id!r}: must be 0..{self.max_owner_id} "
+                f"(KVM_MAX_OWNER_ID); set_owner returns -EINVAL otherwise")
+        mc = self._topup(self._map_table_bound(ipa, size, ipa, True),
+                         f"set_owner of [{ipa:#x}, {ipa + size:#x})")
+        ret = run(pt.kvm_pgtable_stage2_set_owner(self, ipa, size, mc, int(owner_id),
+                                                  bulk=self._bulk), self.machine)
+        mc.free_all()
+        self._expect_ok(ret, "kvm_pgtable_stage2_set_owner")
+
+    def flush_tlb(self, ipa: int | None = None, size: int | None = None) -> None:
+        """Flush the VM's TLB entries: the whole VMID, or one range
+        (kvm_flush_remote_tlbs / kvm_flush_remote_tlbs_range)."""
+        from .ops import tlbi
+        if ipa is None:
+            run(_one(tlbi("vmid")), self.machine)
+        else:
+            ipa, size = self._check_range(ipa, size)
+            run(pt.kvm_tlb_flush_vmid_range(self, ipa, size), self.machine)
+
+    def destroy(self) -> None:
+        """kvm_pgtable_stage2_destroy(): free every table below the PGD."""
+        run(pt.kvm_pgtable_stage2_destroy(self, bulk=self._bulk), self.machine)
+
+    def _expect_ok(self, ret: int, fn: str):
+        if ret and ret != -errno.EAGAIN:
+            raise KernelBug("warn", f"{fn} returned {ret} ({errno.errorcode.get(-ret, '?')})")
+
+    # -- looking things up -----------------------------------------------------
+    def walk(self, ipa: int, size: int, visitor, flags="LEAF"):
+        """Run your own visitor on the one walker (kvm_pgtable_walk).
+
+        ``visitor(ctx, visit)`` is called for each entry the flags select
+        (``"LEAF"``, ``"TABLE_PRE"``, ``"TABLE_POST"``, combined with ``|``).
+        It may be a plain function (return 0 or a negative errno) or a
+        generator that yields :mod:`s2pt.ops` operations.  Returns the walk's
+        result.
+        """
+        ipa, size = self._check_range(ipa, size)
+        if isinstance(flags, str):
+            try:
+                bits = 0
+                for name in flags.split("|"):
+                    bits |= pt.WalkFlags[name.strip()]
+            except KeyError as e:
+                raise S2ptError(f"flags={flags!r}: unknown walk flag {e}; use LEAF, "
+                                f"TABLE_PRE, TABLE_POST") from None
+            flags = bits
+        import inspect
+        if inspect.isgeneratorfunction(visitor):
+            cb = visitor
+        else:
+            def cb(ctx, visit, _f=visitor):
+                return _f(ctx, visit) or 0
+                yield
+        return run(pt.kvm_pgtable_walk(self, ipa, size, pt.Walker(cb, None, int(flags))),
+                   self.machine)
+
+    def get_leaf(self, ipa: int) -> tuple[int, int]:
+        """kvm_pgtable_get_leaf(): (descriptor, level) that governs ``ipa``."""
+        ipa = self._check_ipa(ipa)
+        out = pt.LeafWalkData()
+        run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
+        return out.pte, out.level
+
+    def translate(self, ipa: int, write: bool = False, exec: bool = False) -> Translation:
+        """What the MMU does for a guest access to ``ipa``.
+
+        Returns a :class:`Translation` (``.pa``, ``.level``, ``.prot``) or
+        raises :class:`~s2pt.Fault` with the kind and level the MMU reports:
+        *translation* (an invalid entry, including a LOCKED or owner-annotated
+        one), *access* (AF clear; the modelled CPU has no hardware AF update)
+        or *permission* (S2AP/XN forbid the access).
+        """
+        ipa = self._check_ipa(ipa)
+        out = pt.LeafWalkData()
+        run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
+        return self._classify(ipa, out.pte, out.level, bool(write), bool(exec))
+
+    def _classify(self, ipa, pte, level, write, exec) -> Translation:
+        if not pte & d.KVM_PTE_VALID:
+            why = ("a break-before-make is in progress" if d.stage2_pte_is_locked(pte)
+                   else "owned by another pKVM component" if pte else "no mapping")
+            raise Fault("translation", level, ipa, write, exec, why)
+        if level == 3 and not pte & d.KVM_PTE_TYPE:
+            raise Fault("translation", level, ipa, write, exec, "reserved level-3 encoding")
+        if not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_AF:
+            raise Fault("access", level, ipa, write, exec, "access flag clear")
+        if write and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W:
+            raise Fault("permission", level, ipa, write, exec, "S2AP forbids writes")
+        if exec and (pte >> 53) & 3 not in (0b00, 0b11):
+            raise Fault("permission", level, ipa, write, exec, "XN forbids execution")
+        if not write and not exec and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_R:
+            raise Fault("permission", level, ipa, write, exec, "S2AP forbids reads")
+        size = self.granule_size[level]
+        pa = (pte & self.addr_mask & ~(size - 1)) | (ipa & (size - 1))
+        return Translation(ipa, pa, level, d.prot_of(pte), d.memattr_name(pte, self.fwb),
+                           pte, size)
+
+    # -- views -----------------------------------------------------------------
+    def ptdump(self) -> str:
+        """The kernel's /sys/kernel/debug/kvm/<vm>/stage2_page_tables format."""
+        from .ptdump import ptdump
+        return ptdump(self)
+
+    def vmprint(self, **kw) -> str:
+        """An indented tree, one line per non-empty entry (xv6's vmprint)."""
+        from .vmprint import vmprint
+        return vmprint(self, **kw)
+
+    def draw(self, highlight=None, **kw):
+        """A Graphviz drawing of the table tree (see s2pt.draw.draw)."""
+        from .draw import draw
+        return draw(self, highlight=highlight, **kw)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.draw()._repr_mimebundle_(include, exclude)
+
+    def check_invariants(self) -> None:
+        """Raise KernelBug if refcounts, reachability or freed pages are wrong."""
+        from .invariants import check_stage2
+        check_stage2(self)
+
+    def __repr__(self):
+        return (f"Stage2(ipa_bits={self.ia_bits}, granule={self.page_size}, "
+                f"levels={self.geom.levels}, start_level={self.start_level}, "
+                f"pgd_pages={self.geom.pgd_pages}, tables={self.stats['tables_live']})")
+
+
+def _one(op):
+    yield op
