@@ -1,0 +1,304 @@
+"""s2pt.drill and ``python -m s2pt drill``: OSTEP-style translation drills.
+
+What must hold: a seed fixes the drill; every answer is what the MMU model
+(Stage2.translate) says; the worked walk shows the descriptors that really
+are in memory at the addresses it prints; a drill mixes hits and faults; the
+command line never shows a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import s2pt
+from s2pt.drill import Drill
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GEOMETRIES = [
+    dict(),                                   # 36-bit, 4K: 3 levels from level 1
+    dict(ipa_bits=32),                        # 2 levels, 4 concatenated PGD pages
+    dict(ipa_bits=40),                        # KVM's default: 2 concatenated pages
+    dict(ipa_bits=48),                        # 4 levels from level 0
+    dict(granule=16384),
+    dict(granule=65536, ipa_bits=42),
+]
+
+STEP = re.compile(r"level (\d): .* @ (0x[0-9a-f]+) = (0x[0-9a-f]{16})")
+QUESTION = re.compile(r"IPA (0x[0-9a-f]+) \((read|write|exec)\)")
+
+
+def translate(pgt, ipa, access):
+    """Stage2.translate's verdict as (pa, fault, level)."""
+    try:
+        t = pgt.translate(ipa, write=access == "write", exec=access == "exec")
+    except s2pt.Fault as f:
+        return None, f.kind, f.level, f.fsc
+    return t.pa, None, t.level, None
+
+
+# -- determinism ----------------------------------------------------------------
+
+def test_same_seed_same_drill():
+    for kw in GEOMETRIES:
+        a, b = Drill(seed=7, **kw), Drill(seed=7, **kw)
+        assert a.problem() == b.problem()
+        assert a.solution() == b.solution()
+        assert a.answers() == b.answers()
+
+
+def test_different_seeds_differ():
+    problems = {Drill(seed=s).problem() for s in range(20)}
+    assert len(problems) == 20
+    questions = {tuple(Drill(seed=s).questions) for s in range(20)}
+    assert len(questions) == 20
+
+
+def test_drill_is_deterministic_across_processes():
+    """Nothing depends on hash randomisation or object ids."""
+    code = "import s2pt, sys; d = s2pt.drill(11); sys.stdout.write(d.problem() + d.solution())"
+    outs = set()
+    for hashseed in ("0", "1", "12345"):
+        env = dict(os.environ, PYTHONHASHSEED=hashseed, PYTHONPATH=str(ROOT))
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout)
+    assert len(outs) == 1
+    assert outs.pop() == Drill(seed=11).problem() + Drill(seed=11).solution()
+
+
+def test_golden_seed_1():
+    """Pinned, like ostep-homework-web pins seeds to the Python reference: if
+    this changes, every printed worksheet for seed 1 changes too."""
+    got = [(a["ipa"], a["access"], a["pa"], a["fault"], a["level"])
+           for a in Drill(seed=1).answers()]
+    assert got == [
+        (0x8184cfefa, "write", None, "translation", 1),
+        (0x91b9ccb0f, "exec", None, "access", 3),
+        (0xdd9337164, "read", 0x10450164, None, 3),
+        (0x885c686ee, "write", 0xb286236ee, None, 3),
+        (0x91b9fbd51, "exec", 0xd25cedd51, None, 3),
+    ]
+
+
+def test_args_echoed():
+    text = Drill(seed=4, n=3, ipa_bits=40, granule=16384).problem()
+    assert text.startswith("ARG seed 4\nARG n 3\nARG ipa_bits 40\nARG granule 16384\n")
+
+
+# -- the answers are the model's answers ----------------------------------------------
+
+@pytest.mark.parametrize("kw", GEOMETRIES, ids=str)
+def test_answers_agree_with_translate(kw):
+    for seed in range(15):
+        d = Drill(seed=seed, n=8, **kw)
+        answers = d.answers()
+        assert [(a["ipa"], a["access"]) for a in answers] == d.questions
+        assert len({a["ipa"] for a in answers}) == len(answers)
+        for a in answers:
+            pa, fault, level, fsc = translate(d.pgt, a["ipa"], a["access"])
+            assert (a["pa"], a["fault"], a["level"], a["fsc"]) == (pa, fault, level, fsc), (seed, a)
+
+
+@pytest.mark.parametrize("kw", GEOMETRIES, ids=str)
+def test_trail_reads_memory_and_ends_at_the_leaf(kw):
+    """Each step's descriptor is what read64 returns at its address, each
+    step follows the previous table descriptor, and the last one is the
+    entry kvm_pgtable_get_leaf finds."""
+    for seed in range(10):
+        d = Drill(seed=seed, **kw)
+        g, pgt = d.geom, d.pgt
+        for a in d.answers():
+            trail = a["trail"]
+            assert [s["level"] for s in trail] == list(range(g.start_level, a["level"] + 1))
+            assert trail[0]["table"] == pgt.pgd + g.pgd_page_idx(a["ipa"]) * g.granule
+            for i, s in enumerate(trail):
+                assert s["ptep"] == s["table"] + 8 * s["index"]
+                assert s["index"] == g.idx(a["ipa"], s["level"])
+                assert s["pte"] == pgt.mem.read64(s["ptep"])
+                if i + 1 < len(trail):
+                    assert s["kind"] == "table"
+                    assert trail[i + 1]["table"] == s["pte"] & pgt.addr_mask
+            assert (trail[-1]["pte"], trail[-1]["level"]) == pgt.get_leaf(a["ipa"])
+
+
+@pytest.mark.parametrize("kw", GEOMETRIES, ids=str)
+def test_printed_walk_matches_memory(kw):
+    """The text a student reads: every 'level L: ... @ addr = value' line is
+    true of memory, and the walks appear in question order."""
+    for seed in range(5):
+        d = Drill(seed=seed, **kw)
+        sol = d.solution()
+        steps = STEP.findall(sol)
+        assert len(steps) == sum(len(a["trail"]) for a in d.answers())
+        for _level, addr, value in steps:
+            assert d.pgt.mem.read64(int(addr, 16)) == int(value, 16)
+        asked = [(int(ipa, 16), acc) for ipa, acc in QUESTION.findall(d.problem())]
+        walked = [(int(ipa, 16), acc) for ipa, acc in QUESTION.findall(sol)]
+        assert asked == walked == d.questions
+        for a in d.answers():
+            if a["fault"] is None:
+                assert f"--> PA {a['pa']:#x}" in sol
+            else:
+                assert f"--> Fault: {a['fault']} at level {a['level']} (FSC {a['fsc']:#04x})" in sol
+
+
+@pytest.mark.parametrize("kw", GEOMETRIES, ids=str)
+def test_dump_shows_every_table_page_and_nothing_else(kw):
+    d = Drill(seed=2, **kw)
+    text = d.problem()
+    pages = [int(p, 16) for p in re.findall(r"^page (0x[0-9a-f]+):$", text, re.M)]
+    assert pages == sorted(pa for pa, _ in d.tables())
+    assert pages[:d.geom.pgd_pages] == [d.pgt.pgd + k * d.geom.granule
+                                        for k in range(d.geom.pgd_pages)]
+    # every table page the walker can reach is dumped: the model's own count
+    assert len(pages) == d.geom.pgd_pages + d.pgt.stats["tables_live"]
+    entries = re.findall(r"^\s+(\d+): (0x[0-9a-f]{16})$", text, re.M)
+    assert entries and all(int(v, 16) != 0 for _, v in entries)
+
+
+# -- the mix ---------------------------------------------------------------------
+
+def test_mix_of_hits_and_faults():
+    outcomes = Counter()
+    for seed in range(40):
+        answers = Drill(seed=seed).answers()
+        hits = sum(a["fault"] is None for a in answers)
+        assert 2 <= hits <= 3, seed                       # about half of 5
+        for a in answers:
+            outcomes[(a["fault"], a["level"])] += 1
+    kinds = {k for k, _ in outcomes}
+    assert kinds == {None, "translation", "access", "permission"}
+    # translation faults at every level of the 36-bit/4K walk, hits at block and page level
+    assert {lvl for k, lvl in outcomes if k == "translation"} == {1, 2, 3}
+    assert {lvl for k, lvl in outcomes if k is None} == {2, 3}
+
+
+def test_table_has_the_promised_ingredients():
+    """Blocks, pages, device, non-exec, read-only and AF-clear leaves."""
+    for seed in range(20):
+        d = Drill(seed=seed)
+        leaves = [(pte, lvl) for _, lvl in d.tables()
+                  for pte in _entries(d, _, lvl) if s2pt.decode(pte, lvl).kind in ("block", "page")]
+        decs = [s2pt.decode(pte, lvl) for pte, lvl in leaves]
+        assert any(x.kind == "block" for x in decs) and any(x.kind == "page" for x in decs)
+        assert any(x.memattr == "device" for x in decs)
+        assert any("X" not in x.prot and x.memattr == "normal" for x in decs)
+        assert any("W" not in x.prot for x in decs)
+        assert any(not pte & (1 << 10) for pte, _ in leaves)
+
+
+def _entries(d, pa, level):
+    return [d.pgt.mem.read64(pa + 8 * i) for i in range(d.geom.ptrs_per_pte)]
+
+
+def test_exec_and_write_permission_faults_appear():
+    reasons = set()
+    for seed in range(40):
+        d = Drill(seed=seed, n=8)
+        for w in d._walks:
+            if w.fault == "permission":
+                reasons.add(w.access)
+    assert {"write", "exec"} <= reasons
+
+
+def test_walk_is_public_and_checks_input():
+    d = Drill(seed=0)
+    ipa, acc = d.questions[0]
+    assert d.walk(ipa, acc).as_dict() == d.answers()[0]
+    with pytest.raises(s2pt.S2ptError):
+        d.walk(ipa, "jump")
+    with pytest.raises(s2pt.S2ptError):
+        d.walk(1 << d.ipa_bits)
+
+
+@pytest.mark.parametrize("kw", [dict(seed=-1), dict(seed="1"), dict(n=0), dict(n=51),
+                                dict(granule=1234), dict(ipa_bits=31), dict(ipa_bits=52)])
+def test_bad_parameters(kw):
+    with pytest.raises(s2pt.S2ptError):
+        Drill(**kw)
+
+
+# -- notebook face ---------------------------------------------------------------
+
+def test_package_entry_point_and_reprs():
+    d = s2pt.drill(5, n=3)
+    assert isinstance(d, Drill)
+    assert s2pt.drill(5, n=3).problem() == d.problem()
+    assert str(d) == d.problem()
+    html = d._repr_html_()
+    assert "<details>" in html and "</details>" in html
+    # the answers are inside the <details>, the questions before it
+    head, hidden = html.split("<details>", 1)
+    assert "translates to what PA?" in head and "--&gt;" not in head
+    assert "--&gt;" in hidden
+
+
+# -- the command line --------------------------------------------------------------
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "s2pt", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_drill_solve():
+    r = run_cli("drill", "--seed", "3", "--solve")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    d = Drill(seed=3)
+    assert r.stdout.startswith("ARG seed 3\nARG n 5\n")
+    assert d.problem() in r.stdout and d.solution() in r.stdout
+    for piece in ("VTTBR_EL2", "VTCR_EL2", "page 0x80000000:", "translates to what PA? Or fault?",
+                  "IPA split:", "-->", "level 1: PGD 0x80000000"):
+        assert piece in r.stdout, piece
+
+
+def test_cli_drill_without_solve_hides_answers():
+    r = run_cli("drill", "-s", "3", "-n", "4", "--ipa-bits", "32", "--granule", "16K")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(Drill(seed=3, n=4, ipa_bits=32, granule=16384).problem())
+    assert "-->" not in r.stdout and "-c" in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["drill", "--granule", "1234"], "granule=1234"),
+    (["drill", "--seed", "abc"], "--seed"),
+    (["drill", "--n", "0"], "n=0"),
+    (["drill", "--ipa-bits", "60"], "ipa_bits=60"),
+    (["drill", "--bogus"], "--bogus"),
+    (["nope"], "nope"),
+])
+def test_cli_bad_input_exits_2_with_one_line(args, words):
+    r = run_cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("s2pt"), r.stderr
+    assert re.match(r"s2pt( drill)?: ", lines[0]) and words in lines[0]
+
+
+def test_cli_no_command_prints_help():
+    r = run_cli()
+    assert r.returncode == 2 and "drill" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_registry_adds_commands_with_one_function():
+    from s2pt import cli
+    seen = []
+
+    @cli.command("echo-test", help="test only", args=[cli.arg("--x", type=int, default=1)])
+    def _echo(args):
+        seen.append(args.x)
+        return 0
+
+    try:
+        assert cli.main(["echo-test", "--x", "5"]) == 0 and seen == [5]
+    finally:
+        del cli.COMMANDS["echo-test"]
