@@ -6,7 +6,7 @@ The names you need::
     s2pt.decode      a descriptor, field by field
     s2pt.Fault       a stage-2 abort (kind, level), as the MMU reports it
     s2pt.S2ptError   bad input; the model is left unchanged
-    s2pt.drill       seeded translation exercises (python -m s2pt drill)
+    s2pt.Drill       seeded translation exercises (python -m s2pt drill)
 
 Everything else lives in modules named after the kernel concept they model:
 ``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
@@ -14,6 +14,7 @@ its visitors), ``tlb``, ``ptdump``, ``vmprint``, ``draw``.
 """
 
 from .descriptor import decode
+from .drill import Drill
 from .errors import Fault, KernelBug, S2ptError
 from .geometry import Geometry
 from .stage2 import Stage2, Translation
@@ -21,10 +22,4 @@ from .stage2 import Stage2, Translation
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "drill"]
-
-
-def drill(seed: int = 0, **kw):
-    """A seeded translation drill (see s2pt.drill.Drill)."""
-    from .drill import Drill
-    return Drill(seed=seed, **kw)
+           "KernelBug", "Drill"]

@@ -8,7 +8,7 @@ each access you work out the walk by hand: split the IPA into indices, read
 one descriptor per level, and say where the walk stops and why::
 
     >>> import s2pt
-    >>> d = s2pt.drill(seed=1)
+    >>> d = s2pt.Drill(seed=1)
     >>> print(d)                 # the problem: registers, dump, questions
     >>> print(d.solution())      # the worked walks (python -m s2pt drill -c)
     >>> d.answers()              # the same answers, as dicts, for graders
@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import html
 import random
-import sys
-import types
 from dataclasses import dataclass
 
 from . import descriptor as d
@@ -471,16 +469,3 @@ class Drill:
         return (f"<pre>{esc(self.problem())}</pre>"
                 f"<details><summary>Solution (try the walks first)</summary>"
                 f"<pre>{esc(self.solution())}</pre></details>")
-
-
-# ``s2pt.drill`` is both a function in s2pt/__init__.py and this module: the
-# first ``from .drill import Drill`` rebinds the package attribute to the
-# module.  Making the module callable keeps ``s2pt.drill(seed, ...)`` working
-# either way (module ``__class__`` assignment is supported since Python 3.5).
-class _CallableModule(types.ModuleType):
-    def __call__(self, seed: int = 0, **kw) -> Drill:
-        """A seeded translation drill (see s2pt.drill.Drill)."""
-        return Drill(seed=seed, **kw)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -63,7 +63,7 @@ def test_different_seeds_differ():
 
 def test_drill_is_deterministic_across_processes():
     """Nothing depends on hash randomisation or object ids."""
-    code = "import s2pt, sys; d = s2pt.drill(11); sys.stdout.write(d.problem() + d.solution())"
+    code = "import s2pt, sys; d = s2pt.Drill(11); sys.stdout.write(d.problem() + d.solution())"
     outs = set()
     for hashseed in ("0", "1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed, PYTHONPATH=str(ROOT))
@@ -228,9 +228,9 @@ def test_bad_parameters(kw):
 # -- notebook face ---------------------------------------------------------------
 
 def test_package_entry_point_and_reprs():
-    d = s2pt.drill(5, n=3)
+    d = s2pt.Drill(5, n=3)
     assert isinstance(d, Drill)
-    assert s2pt.drill(5, n=3).problem() == d.problem()
+    assert s2pt.Drill(5, n=3).problem() == d.problem()
     assert str(d) == d.problem()
     html = d._repr_html_()
     assert "<details>" in html and "</details>" in html
