@@ -1,0 +1,562 @@
+"""``draw``: the stage-2 table tree as a Graphviz picture.
+
+Each *table page* is one node, drawn as a small table: a header (which
+level, its physical address, the IPA it starts at, its ``page_count``) and
+one row per entry -- or per run of entries, because a table has 512 (4K),
+2048 (16K) or 8192 (64K) of them::
+
+    +-----------------------------------------------+
+    | L3 table  PA 0x80004000                       |
+    | IPA 0x40400000+ · refcount 4                  |
+    +-----------------------------------------------+
+    | entry 0: 4K page RW- normal → PA 0x900000000  |
+    | entries 1–2: 2x4K pages RWX normal → PA 0x... |
+    | entries 3–511: invalid                        |
+    +-----------------------------------------------+
+
+* A **table entry** is its own row, with an arrow to the child table's node.
+  Blocks and pages are rows, not nodes: they point outside the tables.
+* **Runs fold**: empty entries ("entries 3–511: invalid"), leaves with equal
+  attributes and consecutive output addresses ("entries 0–511: 512x4K pages
+  RWX normal → PA 0x...+"), identical invalid entries.  ``fold=False`` keeps
+  one row per non-empty entry (empty runs still fold).
+* The VTTBR_EL2 node points at the PGD pages.  A concatenated PGD is one
+  node per page; empty PGD pages off the highlighted path fold into one.
+* **Big tables stay readable.**  At most ``max_tables`` tables below the PGD
+  are drawn, at most ``max_children`` per parent, taken in IPA order; the
+  rest fold into rows such as "entries 4–511: 508 tables (not drawn)" and a
+  summary node per level, "… 32 753 more level-3 tables".
+* ``highlight=ipa`` colours the translation path: every entry the MMU reads
+  for that IPA (the tables on it are always drawn), and a final node with
+  the result -- the PA, or the fault and its level, as
+  :meth:`Stage2.translate` reports it for a read.
+* ``marks={ptep: label}`` tags entries by their physical address (a walker's
+  position, a LOCKED entry): the entry gets its own row, tinted, with the
+  label.  ``tables={pa: label}`` tags table pages: reachable ones get the
+  label in their header; an *unlinked* subtree (e.g. waiting for its RCU
+  grace period) is drawn as a detached node, and a *freed* page as a grey
+  stub.  For an unlinked page the level comes from ``page->private`` (set
+  by stage2_free_unlinked_table) or from a ``(label, level)`` value.
+
+The picture is built by one ``TABLE_PRE | LEAF`` visitor on the one walker
+(with a numpy bulk function for runs of leaves), and rendered by
+:mod:`s2pt.render`, which works without a system ``dot``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from . import pgtable as pt
+from .errors import Fault, S2ptError
+from .geometry import kvm_get_vttbr
+from .ops import page_count, run
+from .pgtable import LEAF, TABLE_PRE, Walker, WalkData, kvm_pgtable_walk
+from .render import Drawing
+from .vmprint import (EMPTY, INVALID, LEAF_KIND, TABLE, check_pgt, entry_kind, leaf_pa,
+                      leaf_segment, leaf_text, similar, split_runs)
+
+__all__ = ["draw", "translation_path"]
+
+HIDDEN = 4          # a table entry whose child is not drawn
+
+PATH_FILL = "#fff2cc"
+PATH_EDGE = "#c0392b"
+MARK_FILL = "#cfe2ff"
+OK_FILL = "#c8f7c5"
+FAULT_FILL = "#f8c8c8"
+
+
+def _n(k: int) -> str:
+    """32753 -> "32 753"."""
+    return f"{k:,}".replace(",", " ")
+
+
+class Row:
+    __slots__ = ("first", "last", "kind", "first_pte", "last_pte", "count", "ipa",
+                 "ptep", "child", "special", "note")
+
+    def __init__(self, first, kind, first_pte, last_pte, count, ipa, ptep,
+                 child=None, special=False, note=None):
+        self.first, self.last, self.kind = first, first + count - 1, kind
+        self.first_pte, self.last_pte, self.count = first_pte, last_pte, count
+        self.ipa, self.ptep, self.child = ipa, ptep, child
+        self.special, self.note = special, note
+
+    @property
+    def port(self) -> str:
+        return f"e{self.first}"
+
+
+class TableNode:
+    """One drawn table page and its (folded) rows."""
+
+    def __init__(self, pa, level, ipa, refcount, root_page=None, detached=None):
+        self.pa, self.level, self.ipa, self.refcount = pa, level, ipa, refcount
+        self.root_page = root_page      # index in the concatenated PGD, or None
+        self.detached = detached        # why a non-root node has no parent edge
+        self.rows: list[Row] = []
+        self.pend: Row | None = None
+        self.children = 0
+        self.label: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"t{self.pa:x}"
+
+    def flush(self):
+        if self.pend is not None:
+            self.rows.append(self.pend)
+            self.pend = None
+
+
+class DrawState:
+    def __init__(self, pgt, fold, max_tables, max_children, path, marks, tables):
+        self.pgt = pgt
+        self.fold = fold
+        self.max_tables = max_tables
+        self.max_children = max_children
+        self.path = path                      # [(ptep, level, old, addr)]
+        self.path_pteps = {p[0] for p in path}
+        self.marks = marks                    # ptep -> label
+        self.specials = sorted(self.path_pteps | set(marks))
+        self.table_labels = tables            # pa -> label
+        # Tables drawn whenever their parent is: the path, labelled tables,
+        # and the tables holding marked entries.
+        self.forced = ({p[2] & pgt.addr_mask for p in path[:-1]} | set(tables)
+                       | {m & ~(pgt.page_size - 1) for m in marks})
+        self.forced -= {page.pa for page in pgt.pgd_pages}
+        self.nodes: dict[int, TableNode] = {}
+        self.drawn = 0                        # non-root, non-forced tables drawn
+        self.hidden: Counter = Counter()      # level -> tables not drawn
+        self.unlinked = False                 # walking a detached subtree
+
+    # -- rows ------------------------------------------------------------
+    def feed(self, node: TableNode, idx, ipa, kind, first_pte, last_pte, count, ptep,
+             child=None):
+        special = ptep in self.path_pteps or ptep in self.marks
+        p = node.pend
+        gran = self.pgt.granule_size[node.level]
+        if (p is not None and not special and not p.special and kind != TABLE
+                and p.kind == kind and p.last + 1 == idx
+                and (self.fold or kind in (EMPTY, HIDDEN))
+                and (kind == HIDDEN or similar(kind, p.last_pte, first_pte, gran,
+                                               self.pgt.addr_mask))):
+            p.last += count
+            p.count += count
+            p.last_pte = last_pte
+            return
+        node.flush()
+        row = Row(idx, kind, first_pte, last_pte, count, ipa, ptep, child, special,
+                  self.marks.get(ptep))
+        if special or kind == TABLE:
+            node.rows.append(row)
+        else:
+            node.pend = row
+
+    def want_child(self, node: TableNode | None, child: int) -> bool:
+        if node is None:
+            return False
+        if child in self.forced:
+            return True
+        if self.drawn < self.max_tables and node.children < self.max_children:
+            self.drawn += 1
+            return True
+        return False
+
+
+def _page_of(pgt, ptep):
+    return ptep & ~(pgt.page_size - 1), (ptep & (pgt.page_size - 1)) >> 3
+
+
+def draw_walker(ctx, visit):
+    """TABLE_PRE: decide whether the child is drawn, add its row; LEAF: add
+    the entry to its table's rows (if that table is drawn)."""
+    st: DrawState = ctx.arg
+    pgt = ctx.pgt
+    table, idx = _page_of(pgt, ctx.ptep)
+    node = st.nodes.get(table)
+    if visit == TABLE_PRE:
+        child = ctx.old & pgt.addr_mask
+        if st.want_child(node, child):
+            rc = yield page_count(child)
+            # Inside an unlinked subtree addresses are offsets, not IPAs.
+            st.nodes[child] = TableNode(child, ctx.level + 1,
+                                        None if st.unlinked else ctx.addr, rc)
+            node.children += 1
+            st.feed(node, idx, ctx.addr, TABLE, ctx.old, ctx.old, 1, ctx.ptep, child)
+        else:
+            st.hidden[ctx.level + 1] += 1
+            if node is not None:
+                st.feed(node, idx, ctx.addr, HIDDEN, ctx.old, ctx.old, 1, ctx.ptep, child)
+        return 0
+    if node is not None:
+        st.feed(node, idx, ctx.addr, entry_kind(ctx.old, ctx.level), ctx.old, ctx.old, 1,
+                ctx.ptep)
+    return 0
+
+
+def draw_bulk(data, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of draw_walker's LEAF case; stops before marked/path entries."""
+    r = leaf_segment(data, pgt, table, level, idx)
+    if r is None:
+        return 0
+    _, seg = r
+    st: DrawState = data.walker.arg
+    node = st.nodes.get(table)
+    n = len(seg)
+    if node is not None:
+        lo, hi = table + 8 * idx, table + 8 * (idx + n)
+        for sp in st.specials:
+            if lo <= sp < hi:
+                n = (sp - lo) >> 3
+                if n == 0:
+                    return 0          # the per-entry path draws the special entry
+                seg = seg[:n]
+                break
+    gran = pgt.granule_size[level]
+    base = data.addr & ~(gran - 1)
+    if node is not None:
+        kinds, starts = split_runs(seg, gran, pgt.addr_mask, st.fold)
+        for s, e in zip(starts, starts[1:] + [n]):
+            ipa = data.addr if s == 0 else base + s * gran
+            st.feed(node, idx + s, ipa, int(kinds[s]), int(seg[s]), int(seg[e - 1]), e - s,
+                    table + 8 * (idx + s))
+    data.addr = base + n * gran
+    return n
+
+
+def _parent_walker(ctx, visit):
+    ctx.arg[ctx.old & ctx.pgt.addr_mask] = ctx.ptep & ~(ctx.pgt.page_size - 1)
+    return 0
+    yield
+
+
+def _skip_leaves(data, pgt, table, level, idx):
+    """Bulk function for a TABLE_PRE-only walk: step over runs of leaves."""
+    r = leaf_segment(data, pgt, table, level, idx)
+    if r is None:
+        return 0
+    n = len(r[1])
+    gran = pgt.granule_size[level]
+    data.addr = (data.addr & ~(gran - 1)) + n * gran
+    return n
+
+
+def table_parents(pgt, bulk: bool = True) -> dict[int, int]:
+    """{table page PA: PA of the table page holding its entry}, for every
+    table reachable from the PGD (a TABLE_PRE walk)."""
+    out: dict[int, int] = {}
+    walker = Walker(_parent_walker, out, TABLE_PRE, _skip_leaves)
+    run(kvm_pgtable_walk(pgt, 0, 1 << pgt.ia_bits, walker, bulk), pgt.machine)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The translation path
+# ---------------------------------------------------------------------------
+
+def _path_walker(ctx, visit):
+    ctx.arg.append((ctx.ptep, ctx.level, ctx.old, ctx.addr))
+    return 0
+    yield
+
+
+def translation_path(pgt, ipa: int) -> list[tuple[int, int, int, int]]:
+    """The entries the MMU reads to translate ``ipa``: [(ptep, level, pte,
+    addr)], root first, ending with the leaf or the invalid entry.  A
+    ``TABLE_PRE | LEAF`` walk of the one page containing ``ipa``."""
+    check_pgt(pgt, "translation_path")
+    if not isinstance(ipa, int) or isinstance(ipa, bool) or not 0 <= ipa < 1 << pgt.ia_bits:
+        raise S2ptError(f"highlight={ipa!r}: an IPA is an integer in [0, {1 << pgt.ia_bits:#x}) "
+                        f"for this {pgt.ia_bits}-bit IPA space")
+    out: list = []
+    page = ipa & ~(pgt.page_size - 1)
+    run(kvm_pgtable_walk(pgt, page, pgt.page_size, Walker(_path_walker, out, TABLE_PRE | LEAF)),
+        pgt.machine)
+    return out
+
+
+def _result_text(pgt, ipa, path) -> tuple[str, bool]:
+    translate = getattr(pgt, "translate", None)
+    ptep, level, pte, _ = path[-1]
+    if translate is not None:
+        try:
+            t = translate(ipa)
+        except Fault as f:
+            return (f"IPA {ipa:#x}\n{f.kind} fault, level {f.level}\n({f.reason})", False)
+        kind = "page" if t.level == 3 else "block"
+        return (f"IPA {ipa:#x}\n→ PA {t.pa:#x}\nlevel {t.level} {kind}, "
+                f"{t.prot or '-'}, {t.memattr}", True)
+    if entry_kind(pte, level) == LEAF_KIND:
+        size = pgt.granule_size[level]
+        return (f"IPA {ipa:#x}\n→ PA {leaf_pa(pte, level, pgt) | (ipa & (size - 1)):#x}", True)
+    return (f"IPA {ipa:#x}\ntranslation fault, level {level}", False)
+
+
+# ---------------------------------------------------------------------------
+# DOT
+# ---------------------------------------------------------------------------
+
+def _row_text(pgt, node: TableNode, row: Row) -> str:
+    if row.count == 1:
+        where = f"entry {row.first}"
+    else:
+        where = f"entries {row.first}–{row.last}"
+    lvl = node.level
+    if row.kind == EMPTY:
+        what = "invalid"
+    elif row.kind == TABLE:
+        what = f"table → L{lvl + 1} {row.child:#x}"
+    elif row.kind == HIDDEN:
+        what = (f"table → {row.child:#x} (not drawn)" if row.count == 1
+                else f"{row.count} tables (not drawn)")
+    elif row.kind == INVALID:
+        what = leaf_text(row.first_pte, lvl, row.count, pgt)
+    else:
+        plus = "+" if row.count > 1 else ""
+        what = (f"{leaf_text(row.first_pte, lvl, row.count, pgt)} → PA "
+                f"{leaf_pa(row.first_pte, lvl, pgt):#x}{plus}")
+    text = f"{where}: {what}"
+    if row.note:
+        text += f"  ◀ {row.note}"
+    return text
+
+
+def _rec(s: str) -> str:
+    """Escape text for a Graphviz record field (the renderers without expat
+    cannot lay out HTML labels, so nodes are records)."""
+    for ch in "\\{}|<>\"":
+        s = s.replace(ch, "\\" + ch)
+    return s
+
+
+def _node_dot(pgt, node: TableNode, st: DrawState, on_path: bool) -> str:
+    if node.root_page is not None:
+        title = (f"PGD page {node.root_page} of {pgt.geom.pgd_pages} (level {node.level})"
+                 if pgt.geom.pgd_pages > 1 else f"PGD (level {node.level})")
+    else:
+        title = f"L{node.level} table"
+    sub = []
+    if node.ipa is not None:
+        sub.append(f"IPA {node.ipa:#x}+")
+    sub.append(f"refcount {node.refcount}")
+    head = [f"{title}  PA {node.pa:#x}", " · ".join(sub)]
+    if node.detached:
+        head.append(node.detached)
+    if node.label:
+        head.append(f"◀ {node.label}")
+    fields = ["\\n".join(_rec(h) for h in head)]
+    for row in node.rows:
+        text = _row_text(pgt, node, row)
+        if row.ptep in st.path_pteps:
+            text = "▶ " + text
+        fields.append(f"<{row.port}> {_rec(text)}\\l")
+    attrs = [f'label="{"|".join(fields)}"']
+    styles = []
+    if on_path:
+        attrs.append(f'color="{PATH_EDGE}", penwidth=2, fillcolor="{PATH_FILL}"')
+        styles.append("filled")
+    elif node.label:
+        attrs.append(f'color="#2a6fdb", penwidth=2, fillcolor="{MARK_FILL}"')
+        styles.append("filled")
+    if node.detached:
+        styles.append("dashed")
+    if styles:
+        attrs.append(f'style="{",".join(styles)}"')
+    return f"  {node.id} [{', '.join(attrs)}];"
+
+
+def _dot_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int = 12,
+         max_children: int = 4, *, marks: dict | None = None, tables: dict | None = None,
+         bulk: bool | None = None) -> Drawing:
+    """A Graphviz drawing of the table tree (an :class:`s2pt.render.Drawing`).
+
+    ``highlight``: an IPA whose translation path is coloured.  ``fold``:
+    fold runs of similar leaves.  ``max_tables``/``max_children``: how many
+    tables below the PGD are drawn, in total and per parent (tables on the
+    path or named in ``marks``/``tables`` are always drawn).
+    ``marks={ptep: label}`` and ``tables={pa: label or (label, level)}``
+    annotate entries and table pages (see the module docstring).
+    """
+    check_pgt(pgt, "draw")
+    for name, v in (("max_tables", max_tables), ("max_children", max_children)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise S2ptError(f"draw: {name}={v!r} must be a non-negative integer")
+    marks = dict(marks or {})
+    for k in marks:
+        if not isinstance(k, int) or k & 7:
+            raise S2ptError(f"draw: marks key {k!r} must be the physical address of an "
+                            f"entry (an 8-byte aligned int)")
+    tables = dict(tables or {})
+    for k in tables:
+        if not isinstance(k, int) or k & (pgt.page_size - 1):
+            raise S2ptError(f"draw: tables key {k!r} must be the physical address of a "
+                            f"table page ({pgt.page_size // 1024}K aligned)")
+    path = translation_path(pgt, highlight) if highlight is not None else []
+    if bulk is None:
+        bulk = not pgt.machine.observers
+    st = DrawState(pgt, bool(fold), max_tables, max_children, path, marks,
+                   {k: (v[0] if isinstance(v, tuple) else v) for k, v in tables.items()})
+    if marks or tables:
+        # A table that must be drawn needs its ancestors drawn too.
+        parents = table_parents(pgt, bool(bulk))
+        for pa in list(st.forced):
+            while pa in parents:
+                pa = parents[pa]
+                st.forced.add(pa)
+        st.forced -= {page.pa for page in pgt.pgd_pages}
+    walker = Walker(draw_walker, st, TABLE_PRE | LEAF, draw_bulk)
+
+    def walk_all():
+        for i, page in enumerate(pgt.pgd_pages):
+            rc = yield page_count(page.pa)
+            ipa = i << pgt.granule_shift[pgt.start_level - 1]
+            st.nodes[page.pa] = TableNode(page.pa, pgt.start_level, ipa, rc, root_page=i)
+        return (yield from kvm_pgtable_walk(pgt, 0, 1 << pgt.ia_bits, walker, bool(bulk)))
+
+    ret = run(walk_all(), pgt.machine)
+    if ret:
+        raise S2ptError(f"draw: kvm_pgtable_walk returned {ret}")
+    for node in list(st.nodes.values()):
+        node.flush()
+
+    # Tables that must be shown but are not reachable from the PGD:
+    # unlinked subtrees (walked on their own, as free_unlinked does) and
+    # freed pages (a stub: reading them would be a use-after-free).
+    stubs = []
+    detached = []
+    unknown = []
+    for pa in sorted(st.forced - set(st.nodes)):
+        page = pgt.mm.pages.get(pa >> pgt.page_shift)
+        if page is None:
+            raise S2ptError(f"draw: table page {pa:#x} is not a simulated page")
+        if page.freed:
+            stubs.append((pa, "freed (poisoned)"))
+            continue
+        given = tables.get(pa)
+        if isinstance(given, tuple) and len(given) == 2:
+            level = given[1]
+        elif page.private is not None:
+            level = page.private + 1          # set_page_private(): the parent entry's level
+        else:
+            unknown.append(pa)
+            continue
+        if not isinstance(level, int) or isinstance(level, bool) \
+                or not pgt.start_level < level <= 3:
+            raise S2ptError(f"draw: tables[{pa:#x}] level {level!r} must be in "
+                            f"{pgt.start_level + 1}..3")
+        detached.append((level, pa))
+    # Upper levels first, so that a forced table inside an unlinked subtree
+    # is drawn as part of it rather than on its own.
+    for level, pa in sorted(detached):
+        if pa in st.nodes:
+            continue
+        rc = run(_one(page_count(pa)), pgt.machine)
+        st.nodes[pa] = TableNode(pa, level, None, rc,
+                                 detached="unlinked: not reachable from the PGD")
+        # kvm_pgtable_stage2_free_unlinked() walks a detached subtree the
+        # same way: __kvm_pgtable_walk over one block's worth of addresses.
+        wd = WalkData(walker, 0, 0, pgt.granule_size[level - 1], bool(bulk))
+        st.unlinked = True
+        ret = run(getattr(pt, "__kvm_pgtable_walk")(wd, pgt, pa, level), pgt.machine)
+        if ret:
+            raise S2ptError(f"draw: walk of unlinked table {pa:#x} returned {ret}")
+        for node in list(st.nodes.values()):
+            node.flush()
+    stubs += [(pa, "not reachable from the PGD, level unknown")
+              for pa in unknown if pa not in st.nodes]
+    for pa, label in st.table_labels.items():
+        if pa in st.nodes:
+            st.nodes[pa].label = label
+
+    return Drawing(_dot(pgt, st, highlight, stubs))
+
+
+def _one(op):
+    return (yield op)
+
+
+def _dot(pgt, st: DrawState, highlight, stubs) -> str:
+    out = ["digraph stage2 {",
+           '  graph [rankdir=LR, nodesep=0.2, ranksep=0.5, fontname="Helvetica"];',
+           '  node [shape=record, fontname="Helvetica", fontsize=10];',
+           '  edge [arrowsize=0.6];']
+    vttbr = kvm_get_vttbr(pgt.pgd, pgt.mmu.vmid)
+    head = (f"VTTBR_EL2 {vttbr:#018x}\nVMID {pgt.mmu.vmid} · {pgt.ia_bits}-bit IPA · "
+            f"{pgt.page_size // 1024}K granule")
+    out.append(f'  vttbr [shape=box, style="rounded,filled", fillcolor="#eeeeee", '
+               f'label={_dot_str(head)}];')
+    path_tables = {st.path[0][0] & ~(pgt.page_size - 1)} if st.path else set()
+    path_tables |= {p[2] & pgt.addr_mask for p in st.path[:-1]}
+    edge_on = f' [color="{PATH_EDGE}", penwidth=2.2]'
+
+    # PGD pages: fold runs of empty, unmarked pages off the path.
+    roots = [n for n in st.nodes.values() if n.root_page is not None]
+    i = 0
+    root_ids = []
+    while i < len(roots):
+        n = roots[i]
+        j = i
+        def boring(m):
+            return (len(m.rows) == 1 and m.rows[0].kind == EMPTY and m.pa not in path_tables
+                    and m.label is None and not m.rows[0].special)
+        while j < len(roots) and boring(roots[j]):
+            j += 1
+        if j - i >= 2:
+            nid = f"pgd_empty_{i}"
+            text = f"PGD pages {i}–{j - 1}: all entries invalid"
+            out.append(f'  {nid} [shape=box, style="dashed", label={_dot_str(text)}];')
+            root_ids.append((nid, False))
+            i = j
+            continue
+        out.append(_node_dot(pgt, n, st, n.pa in path_tables))
+        root_ids.append((n.id, n.pa in path_tables))
+        i += 1
+    for nid, on in root_ids:
+        out.append(f"  vttbr -> {nid}{edge_on if on else ''};")
+    if len(root_ids) > 1:
+        out.append("  { rank=same; " + " ".join(nid for nid, _ in root_ids) + " }")
+
+    for n in st.nodes.values():
+        if n.root_page is None:
+            out.append(_node_dot(pgt, n, st, n.pa in path_tables))
+    for pa, why in stubs:
+        label = st.table_labels.get(pa)
+        text = f"table page PA {pa:#x}\n{why}" + (f"\n◀ {label}" if label else "")
+        out.append(f'  t{pa:x} [shape=box, style="filled,dashed", fillcolor="#dddddd", '
+                   f'label={_dot_str(text)}];')
+
+    more_ids = {}
+    for lvl, k in sorted(st.hidden.items()):
+        nid = f"more{lvl}"
+        more_ids[lvl] = nid
+        text = (f"… {_n(k)} more level-{lvl} tables\n(not drawn: max_tables="
+                f"{st.max_tables}, max_children={st.max_children})")
+        out.append(f'  {nid} [shape=note, style="dashed", label={_dot_str(text)}];')
+    for n in st.nodes.values():
+        for row in n.rows:
+            src = f"{n.id}:{row.port}:e"
+            if row.kind == TABLE:
+                on = row.ptep in st.path_pteps
+                out.append(f"  {src} -> t{row.child:x}:w{edge_on if on else ''};")
+            elif row.kind == HIDDEN and n.level + 1 in more_ids:
+                out.append(f'  {src} -> {more_ids[n.level + 1]} [style=dashed, color="#888888"];')
+
+    if st.path:
+        text, ok = _result_text(pgt, highlight, st.path)
+        out.append(f'  result [shape=box, style="rounded,filled", '
+                   f'fillcolor="{OK_FILL if ok else FAULT_FILL}", label={_dot_str(text)}];')
+        ptep, level, _, _ = st.path[-1]
+        table, idx = _page_of(pgt, ptep)
+        node = st.nodes.get(table)
+        if node is not None:
+            row = next((r for r in node.rows if r.ptep == ptep), None)
+            if row is not None:
+                out.append(f"  {node.id}:{row.port}:e -> result{edge_on};")
+    out.append("}")
+    return "\n".join(out) + "\n"
