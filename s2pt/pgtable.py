@@ -133,7 +133,9 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
 
     if table and flags & TABLE_PRE:
         ret = yield from walker.cb(ctx, TABLE_PRE)
-        reload = True
+        # Before a9f0e3d5a089 only LEAF callbacks were followed by a reload;
+        # pgt.reload_after_cb = False brings that bug back.
+        reload = pgt.reload_after_cb
     if not table and flags & LEAF:
         ret = yield from walker.cb(ctx, LEAF)
         reload = True
@@ -142,7 +144,7 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
     # into a newly installed or replaced table" (a9f0e3d5a089).  Without it,
     # a TABLE_PRE callback that replaced the table with a block and freed
     # the old table synchronously would be followed by a walk of freed memory.
-    if reload and pgt.reload_after_cb:
+    if reload:
         ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 

@@ -168,7 +168,7 @@ class Stage2(KvmPgtable):
 
     @property
     def stats(self) -> dict:
-        s = dict(self.machine.stats)
+        s = {k: v for k, v in self.machine.stats.items() if v}
         s["tables_live"] = self.mm.allocated - self.geom.pgd_pages
         s["tables_freed"] = self.mm.table_frees
         s.setdefault("tables_allocated", 0)
@@ -215,11 +215,6 @@ class Stage2(KvmPgtable):
         return pa
 
     # -- running walks ---------------------------------------------------------
-    def _run(self, gen):
-        bulk_ok = not self.machine.observers
-        del bulk_ok  # (the generator was built with its bulk flag already)
-        return run(gen, self.machine)
-
     @property
     def _bulk(self) -> bool:
         """Bulk numpy runs are used only when nobody watches individual steps."""
@@ -420,10 +415,11 @@ class Stage2(KvmPgtable):
                            pte, size)
 
     # -- views -----------------------------------------------------------------
-    def ptdump(self) -> str:
-        """The kernel's /sys/kernel/debug/kvm/<vm>/stage2_page_tables format."""
+    def ptdump(self, **kw) -> str:
+        """The kernel's /sys/kernel/debug/kvm/<vm>/stage2_page_tables format
+        (``final=True`` also prints the last run, which the kernel omits)."""
         from .ptdump import ptdump
-        return ptdump(self)
+        return ptdump(self, **kw)
 
     def vmprint(self, **kw) -> str:
         """An indented tree, one line per non-empty entry (xv6's vmprint)."""
