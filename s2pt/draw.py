@@ -399,7 +399,7 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
                             f"table page ({pgt.page_size // 1024}K aligned)")
     path = translation_path(pgt, highlight) if highlight is not None else []
     if bulk is None:
-        bulk = not pgt.machine.observers
+        bulk = not pgt.machine.watched
     st = DrawState(pgt, bool(fold), max_tables, max_children, path, marks,
                    {k: (v[0] if isinstance(v, tuple) else v) for k, v in tables.items()})
     if marks or tables:

@@ -81,6 +81,9 @@ class PhysMem:
         self.total_allocs = 0
         self.total_frees = 0
         self.table_frees = 0               # frees of pages that were page tables
+        #: Called as hook(page) just before a page is poisoned and freed
+        #: (the TLB model checks that no walk cache still points into it).
+        self.free_hooks: list = []
 
     # -- errors ---------------------------------------------------------------
     def violation(self, kind: str, message: str):
@@ -136,6 +139,8 @@ class PhysMem:
         if page.freed:
             self.violation("double-free", f"free of page {page.pa:#x}, which is already free")
             return
+        for hook in self.free_hooks:
+            hook(page)
         page.freed = True
         page.refcount = 0
         page.free_count += 1
@@ -192,9 +197,9 @@ class PhysMem:
             self.violation("use-after-free", f"{what} of {pa:#x} in freed table page {page.pa:#x}")
         return page.table, (pa & (self.page_size - 1)) >> 3
 
-    def read64(self, pa: int) -> int:
+    def read64(self, pa: int, what: str = "read") -> int:
         """READ_ONCE(*ptep): the raw 64-bit word at ``pa``."""
-        table, i = self._slot(pa, "read")
+        table, i = self._slot(pa, what)
         return table.item(i)
 
     def write64(self, pa: int, value: int):

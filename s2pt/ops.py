@@ -30,7 +30,7 @@ from collections import Counter
 from .memory import PhysMem
 
 __all__ = [
-    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg",
+    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "Machine", "run",
@@ -54,6 +54,11 @@ def smp_store_release(ptep, value):
 def cmpxchg(ptep, old, new):
     """Result: the value that was in memory (== old means it succeeded)."""
     return ("cmpxchg", ptep, old, new)
+
+
+def hw_read(pa):
+    """A descriptor read by a vCPU's hardware page-table walker (not software)."""
+    return ("hw_read", pa)
 
 
 def get_page(pa):
@@ -119,19 +124,23 @@ class Machine:
 
     ``mmu`` is the :class:`s2pt.tlb.S2Mmu` whose VMID the TLBIs target.
     ``observers`` are called as ``observer(op, result)`` after each operation
-    (checkers and traces hang here); the sequential fast path runs with none.
+    and ``pre_observers`` as ``observer(op)`` before it (checkers that need
+    the old value of a descriptor hang there).  The sequential fast path,
+    with its bulk numpy runs, is used only when both lists are empty.
     """
 
     def __init__(self, mem: PhysMem, mmu=None):
         self.mem = mem
         self.mmu = mmu
         self.observers: list = []
+        self.pre_observers: list = []
         self.stats: Counter = Counter()
         self.rcu_nesting = 0
         self.rcu_callbacks: list = []
         m = mem
         self.dispatch = {
             "READ_ONCE": lambda op: m.read64(op[1]),
+            "hw_read": lambda op: m.read64(op[1], "hardware walker read"),
             "WRITE_ONCE": lambda op: m.write64(op[1], op[2]),
             "smp_store_release": lambda op: m.write64(op[1], op[2]),
             "cmpxchg": lambda op: m.cmpxchg64(op[1], op[2], op[3]),
@@ -176,7 +185,13 @@ class Machine:
         # callback at the next quiescent point (the end of run()).
         self.rcu_callbacks.append((op[1], op[2]))
 
+    @property
+    def watched(self) -> bool:
+        return bool(self.observers or self.pre_observers)
+
     def perform(self, op):
+        for obs in self.pre_observers:
+            obs(op)
         result = self.dispatch[op[0]](op)
         for obs in self.observers:
             obs(op, result)
@@ -190,7 +205,7 @@ def run(gen, machine: Machine):
     Deferred ``call_rcu`` callbacks run afterwards: with one CPU there is no
     reader left, so the grace period has already elapsed.
     """
-    perform = machine.perform if machine.observers else None
+    perform = machine.perform if machine.watched else None
     dispatch = machine.dispatch
     send = gen.send
     result = None

@@ -519,8 +519,9 @@ def kvm_pgtable_stage2_create_unlinked(pgt, phys: int, level: int, prot: int, mc
     Not yet reachable, so no break-before-make TLBIs and no CMOs.  Returns
     the new table's PA or a negative errno.
     """
-    attr = d.stage2_set_prot_attr(prot & ~(d.KVM_PGTABLE_PROT_DEVICE | d.KVM_PGTABLE_PROT_NORMAL_NC),
-                                  "normal", pgt.fwb) if isinstance(prot, int) else prot
+    # kvm_pgtable_stage2_pte_prot() reports no memory type, so the new
+    # leaves are normal memory: eager splitting only ever meets RAM.
+    attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
     data = Stage2MapData(phys=phys, attr=attr, memcache=mc, force_pte=force_pte)
     walker = Walker(stage2_map_walker, data, LEAF | SKIP_BBM_TLBI | SKIP_CMO, stage2_map_bulk)
     if phys & (pgt.granule_size[level] - 1):
@@ -813,10 +814,7 @@ def stage2_split_walker(ctx: VisitCtx, visit: int):
         return -ENOMEM
     phys = pte & pgt.addr_mask
     prot = d.kvm_pgtable_stage2_pte_prot(pte)
-    # Keep the block's exact attributes (memattr, SW bits) for its pages.
-    attr = pte & (KVM_PTE_LEAF_ATTR_LO | KVM_PTE_LEAF_ATTR_HI)
-    del prot
-    childp = yield from kvm_pgtable_stage2_create_unlinked(pgt, phys, level, attr, mc,
+    childp = yield from kvm_pgtable_stage2_create_unlinked(pgt, phys, level, prot, mc,
                                                            force_pte, pgt._bulk_now)
     if childp < 0:
         return childp
@@ -829,8 +827,27 @@ def stage2_split_walker(ctx: VisitCtx, visit: int):
     return 0
 
 
+def stage2_split_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
+    """Bulk twin of stage2_split_walker for the entries it ignores: every
+    last-level entry, and runs of invalid entries above it."""
+    shift = pgt.granule_shift[level]
+    n = min(pgt.ptrs_per_pte - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
+    if level < 3:
+        page = pgt.mm.pages[table >> pgt.page_shift]
+        if page.freed:
+            return 0
+        valid = np.flatnonzero(page.table[idx:idx + n] & np.uint64(1))
+        if len(valid):
+            n = int(valid[0])
+    if n <= 0:
+        return 0
+    gran = pgt.granule_size[level]
+    data.addr = (data.addr & ~(gran - 1)) + n * gran
+    return n
+
+
 def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False):
-    walker = Walker(stage2_split_walker, mc, LEAF)
+    walker = Walker(stage2_split_walker, mc, LEAF, stage2_split_bulk)
     pgt._bulk_now = bulk
     ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
     yield dsb("ishst")

@@ -289,7 +289,7 @@ def ptdump(pgt, final: bool = False, bulk: bool | None = None) -> str:
     st = kvm_ptdump_parser_create(pgt)
     walker = Walker(kvm_ptdump_visitor, st, LEAF, kvm_ptdump_bulk)
     if bulk is None:
-        bulk = not pgt.machine.observers
+        bulk = not pgt.machine.watched
     ret = run(kvm_pgtable_walk(pgt, 0, 1 << pgt.ia_bits, walker, bool(bulk)), pgt.machine)
     if ret:
         raise S2ptError(f"ptdump: kvm_pgtable_walk returned {ret}")

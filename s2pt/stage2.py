@@ -107,6 +107,7 @@ class Translation:
     memattr: str
     pte: int
     size: int
+    source: str = "walk"       # "walk" (read from the tables) or "tlb" (a TLB hit)
 
     def __str__(self):
         return (f"IPA {self.ipa:#x} -> PA {self.pa:#x} (level {self.level} "
@@ -218,7 +219,7 @@ class Stage2(KvmPgtable):
     @property
     def _bulk(self) -> bool:
         """Bulk numpy runs are used only when nobody watches individual steps."""
-        return not self.machine.observers
+        return not self.machine.watched
 
     def _map_table_bound(self, ipa: int, size: int, phys: int, force_pte: bool) -> int:
         """An upper bound on the table pages a map of this range can allocate:
@@ -394,7 +395,40 @@ class Stage2(KvmPgtable):
         run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
         return self._classify(ipa, out.pte, out.level, bool(write), bool(exec))
 
-    def _classify(self, ipa, pte, level, write, exec) -> Translation:
+    def _stale_reason(self, base: int, level: int, cached: int, at=None) -> str:
+        """Why a cached leaf for [base, +granule) is dangerous now, or ''.
+
+        ``at`` names the IPAs to check (default: the first and last page of
+        the cached block, a cheap scan; a TLB hit checks its own IPA).
+
+        It is dangerous when it grants what the tables no longer do: another
+        output address or memory type, write or execute that was taken away,
+        or any access where the tables now have no valid mapping.  A cached
+        entry that is merely *stricter* (fewer permissions, AF since cleared)
+        is allowed: the guest takes one more fault.
+        """
+        size = self.granule_size[level]
+        for ipa in at if at is not None else (base, base + size - self.page_size):
+            ipa &= ~(self.page_size - 1)
+            out = pt.LeafWalkData()
+            run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
+            cur, lvl = out.pte, out.level
+            if not cur & d.KVM_PTE_VALID or (lvl == 3 and not cur & d.KVM_PTE_TYPE):
+                return "the tables no longer map it"
+            cur_size = self.granule_size[lvl]
+            want = (cached & self.addr_mask & ~(size - 1)) + (ipa - base)
+            have = (cur & self.addr_mask & ~(cur_size - 1)) + (ipa & (cur_size - 1))
+            if want != have:
+                return f"the tables now map it to PA {have:#x}, the TLB to {want:#x}"
+            if (cached ^ cur) & d.KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR:
+                return "the memory type changed"
+            if cached & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W and not cur & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W:
+                return "write permission was removed"
+            if d.stage2_pte_executable(cached) and not d.stage2_pte_executable(cur):
+                return "execute permission was removed"
+        return ""
+
+    def _classify(self, ipa, pte, level, write, exec, source="walk") -> Translation:
         if not pte & d.KVM_PTE_VALID:
             why = ("a break-before-make is in progress" if d.stage2_pte_is_locked(pte)
                    else "owned by another pKVM component" if pte else "no mapping")
@@ -412,7 +446,7 @@ class Stage2(KvmPgtable):
         size = self.granule_size[level]
         pa = (pte & self.addr_mask & ~(size - 1)) | (ipa & (size - 1))
         return Translation(ipa, pa, level, d.prot_of(pte), d.memattr_name(pte, self.fwb),
-                           pte, size)
+                           pte, size, source)
 
     # -- views -----------------------------------------------------------------
     def ptdump(self, **kw) -> str:

@@ -108,6 +108,7 @@ class S2Mmu:
         self.vmid = vmid
         self.tlbi_log = TlbiLog(vmid)
         self.listeners: list = []
+        self.current_vcpu = None     # whose local (nsh) TLBIs reach only itself
 
     def tlbi(self, kind: str, addr: int, arg):
         self.tlbi_log.add(kind, addr, arg)
@@ -123,3 +124,157 @@ class S2Mmu:
                 self.tlbi(kind, addr + i * stride, arg)
             return
         self.tlbi_log.add(kind, addr, arg, count, stride)
+
+
+# ---------------------------------------------------------------------------
+# Per-vCPU TLBs and walk caches, and the hardware walker that fills them
+# ---------------------------------------------------------------------------
+
+class VcpuTlb:
+    """One vCPU's cached stage-2 state for one VMID.
+
+    * ``entries``: leaf translations, keyed by ``(level, block-aligned IPA)``,
+      holding the descriptor as it was when the walk read it.  Only valid
+      leaves with AF set are cached (an AF-clear entry faults instead).
+    * ``walk``: walk-cache entries, keyed by ``(level, IPA prefix)``, holding
+      the PA of the table that resolves ``level`` for that prefix.  A walk
+      can start there, skipping the levels above.
+
+    Both are dropped by TLBIs for the VMID (``S2Mmu.listeners``): by IPA
+    (any level, since KVM uses the non-"last level" TLBI IPAS2E1IS), by range,
+    or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
+    issued it (``S2Mmu.current_vcpu``).
+
+    Two hazards are checked here, the hardware side of break-before-make:
+
+    * a table page freed while a walk cache still points into it: the MMU
+      may walk it at any moment (use-after-free by the hardware walker);
+    * a translation served from a TLB entry that grants more than the tables
+      do now (another PA, or W/X that was taken away): a missing TLBI.
+    """
+
+    def __init__(self, pgt, vcpu: int):
+        self.pgt = pgt
+        self.vcpu = vcpu
+        self.entries: dict = {}
+        self.walk: dict = {}
+        self._walk_by_pfn: dict = {}     # table pfn -> walk-cache keys pointing at it
+        self.hits = 0
+        self.misses = 0
+        pgt.mmu.listeners.append(self.invalidate)
+        pgt.mm.free_hooks.append(self._on_free)
+
+    def __repr__(self):
+        return f"<VcpuTlb vcpu{self.vcpu}: {len(self.entries)} entries, {len(self.walk)} walk-cache>"
+
+    def fill_walk(self, key, table_pa: int):
+        old = self.walk.get(key)
+        if old is not None:
+            self._walk_by_pfn[old >> self.pgt.page_shift].discard(key)
+        self.walk[key] = table_pa
+        self._walk_by_pfn.setdefault(table_pa >> self.pgt.page_shift, set()).add(key)
+
+    def _drop_walk(self, key):
+        table = self.walk.pop(key)
+        self._walk_by_pfn[table >> self.pgt.page_shift].discard(key)
+
+    def _keys_in(self, store, lo: int, hi: int, walk: bool):
+        """Keys of ``store`` whose span overlaps [lo, hi)."""
+        pgt = self.pgt
+        out = []
+        for level in range(pgt.start_level + (1 if walk else 0), 4):
+            span = pgt.granule_size[level - 1 if walk else level]
+            first = lo & ~(span - 1)
+            n = (hi - first + span - 1) // span
+            if n <= len(store):
+                out += [k for k in ((level, first + i * span) for i in range(n)) if k in store]
+            else:
+                out += [k for k in store if k[0] == level and k[1] < hi and k[1] + span > lo]
+        return out
+
+    def invalidate(self, kind: str, addr: int, arg):
+        if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
+            return
+        if kind == "vmid":
+            self.entries.clear()
+            self.walk.clear()
+            self._walk_by_pfn.clear()
+            return
+        lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
+        for key in self._keys_in(self.entries, lo, hi, walk=False):
+            del self.entries[key]
+        for key in self._keys_in(self.walk, lo, hi, walk=True):
+            self._drop_walk(key)
+
+    def _on_free(self, page):
+        for level, base in sorted(self._walk_by_pfn.get(page.pfn, ())):
+            self.pgt.mm.violation(
+                "use-after-free",
+                f"table page {page.pa:#x} freed while vCPU{self.vcpu}'s walk cache still "
+                f"points to it for IPA {base:#x} (level {level}): the hardware walker may "
+                f"read it at any time; the TLBI must come before the free")
+
+    def lookup(self, ipa: int):
+        for level in range(3, self.pgt.start_level - 1, -1):
+            key = (level, ipa & ~(self.pgt.granule_size[level] - 1))
+            pte = self.entries.get(key)
+            if pte is not None:
+                return level, pte
+        return None
+
+    def stale(self) -> list[str]:
+        """Cached translations that grant more than the tables do now."""
+        out = []
+        for (level, base), pte in self.entries.items():
+            why = self.pgt._stale_reason(base, level, pte)
+            if why:
+                out.append(f"vCPU{self.vcpu} TLB entry for IPA {base:#x} (level {level}): {why}")
+        return out
+
+
+def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):
+    """The vCPU's MMU translating ``ipa`` (a generator: one ``hw_read`` per
+    descriptor it fetches).  Returns a Translation or a Fault (not raised).
+
+    TLB hit first; otherwise start from the deepest walk-cache entry that
+    covers ``ipa`` (or VTTBR_EL2's PGD), read descriptors down to the leaf,
+    and fill the walk cache and the TLB on the way.
+    """
+    from .ops import hw_read
+    from .errors import Fault
+    pgt = tlb.pgt
+    hit = tlb.lookup(ipa)
+    if hit is not None:
+        tlb.hits += 1
+        level, pte = hit
+        why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+        if why:
+            pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
+                                          f"{ipa:#x}: {why} (a TLBI is missing)")
+        try:
+            return pgt._classify(ipa, pte, level, write, exec, source="tlb")
+        except Fault as f:
+            return f
+    tlb.misses += 1
+    level, table = pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size
+    for lvl in range(3, pgt.start_level, -1):
+        key = (lvl, ipa & ~(pgt.granule_size[lvl - 1] - 1))
+        if key in tlb.walk:
+            level, table = lvl, tlb.walk[key]
+            break
+    while True:
+        idx = (ipa >> pgt.granule_shift[level]) & (pgt.ptrs_per_pte - 1)
+        pte = yield hw_read(table + 8 * idx)
+        if level < 3 and pte & 3 == 3:
+            table = pte & pgt.addr_mask
+            level += 1
+            tlb.fill_walk((level, ipa & ~(pgt.granule_size[level - 1] - 1)), table)
+            continue
+        # Only valid leaves with AF set are cached; a permission fault on
+        # this access does not stop the entry being cached for the next one.
+        if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
+            tlb.entries[(level, ipa & ~(pgt.granule_size[level] - 1))] = pte
+        try:
+            return pgt._classify(ipa, pte, level, write, exec)
+        except Fault as f:
+            return f

@@ -354,7 +354,7 @@ def vmprint(pgt, max_entries: int | None = 100, *, ipa: int | None = None,
     st = VmprintState(pgt, max_entries, bool(fold))
     walker = Walker(vmprint_walker, st, TABLE_PRE | LEAF, vmprint_bulk)
     if bulk is None:
-        bulk = not pgt.machine.observers
+        bulk = not pgt.machine.watched
     ret = run(kvm_pgtable_walk(pgt, start, length, walker, bool(bulk)), pgt.machine)
     if ret:
         raise S2ptError(f"vmprint: kvm_pgtable_walk returned {ret}")

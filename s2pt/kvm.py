@@ -1,0 +1,549 @@
+"""A VM: memslots, guest faults and dirty logging (arch/arm64/kvm/mmu.c).
+
+This is where the design thread starts.  A guest runs on 2M blocks backed by
+transparent huge pages.  Migration turns on **dirty logging**: KVM
+write-protects the slot so that the first write to each page faults and can
+be recorded, and breaks blocks into pages so that a dirty page means 4K to
+copy, not 2M -- lazily, on the first write to each block, or eagerly, when
+logging is enabled (``KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE``).  When logging is
+turned off, nothing happens at once: later guest faults map blocks again
+*over* the page tables (``stage2_map_walk_table_pre``), which unlinks each
+old level-3 table -- the **unlinked subtree** that someone must free while
+other CPUs may still be walking it.
+
+The model follows ``kvm_handle_guest_abort`` -> ``user_mem_abort`` step by
+step; the walks are the same :mod:`s2pt.pgtable` visitors as everywhere.
+Guest accesses go through each vCPU's TLB and walk cache (:mod:`s2pt.tlb`),
+so a missing TLBI shows up as a stale translation.
+
+Simplifications, stated once: guest memory is always RAM (no device pfns,
+no MTE); each memslot's host memory is one physically contiguous range whose
+PA is congruent to its IPA modulo 1 GiB, and its ``backing`` says which host
+page size (THP or hugetlbfs) stands behind it; the CPU has
+ARM64_HAS_CACHE_DIC, so normal memory is mapped executable; faults are
+handled one at a time here (the interleaving engine runs them concurrently).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import descriptor as d
+from . import pgtable as pt
+from .errors import Fault, S2ptError
+from .memory import MemCache
+from .ops import run, tlbi
+from .stage2 import Stage2, Translation, _is_int
+from .tlb import VcpuTlb, hw_translate
+
+__all__ = ["VM", "Memslot", "FaultResult"]
+
+#: KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE on arm64: the vCPU memcache's capacity.
+KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE = 40
+
+_SIZE_NAMES = {"4K": 4 << 10, "16K": 16 << 10, "64K": 64 << 10, "2M": 2 << 20,
+               "32M": 32 << 20, "512M": 512 << 20, "1G": 1 << 30}
+
+
+@dataclass
+class Memslot:
+    """struct kvm_memory_slot: guest IPA range -> host memory."""
+
+    id: int
+    gpa: int
+    size: int
+    backing: int          # host page size behind the slot (THP / hugetlbfs)
+    readonly: bool
+    pa: int               # host PA of the slot's first byte
+    logging: bool = False
+    dirty: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def npages(self) -> int:
+        return len(self.dirty) if self.dirty is not None else None
+
+    def contains(self, gpa: int) -> bool:
+        return self.gpa <= gpa < self.gpa + self.size
+
+    def __repr__(self):
+        flags = ("RO " if self.readonly else "") + ("logging" if self.logging else "")
+        return (f"<Memslot {self.id}: IPA [{self.gpa:#x}, {self.gpa + self.size:#x}) "
+                f"-> PA {self.pa:#x}, backing {_name(self.backing)} {flags}>".replace(" >", ">"))
+
+
+def _name(size: int) -> str:
+    for k, v in _SIZE_NAMES.items():
+        if v == size:
+            return k
+    return f"{size:#x}"
+
+
+@dataclass
+class FaultResult:
+    """What handling one guest abort did.
+
+    ``outcome`` is one of:
+    "none" (the access did not fault), "map" (kvm_pgtable_stage2_map),
+    "relax_perms", "mkyoung" (handle_access_fault), "KVM_EXIT_MMIO" (no
+    memslot, or a write to a read-only one: exit to userspace to emulate it),
+    "inject_pabt" (an instruction fetch outside memory: the guest takes a
+    prefetch abort), "inject_dabt" (an IPA beyond the VM's IPA size).
+    """
+
+    gpa: int
+    outcome: str
+    fault: Fault | None = None
+    size: int = 0          # bytes mapped or relaxed
+    ret: int = 0           # the kernel's return value (0 or -errno)
+    translation: Translation | None = None
+
+    def __str__(self):
+        f = f" after a {self.fault.kind} fault at level {self.fault.level}" if self.fault else ""
+        size = f" ({_name(self.size)})" if self.size else ""
+        return f"IPA {self.gpa:#x}: {self.outcome}{size}{f}"
+
+
+class Vcpu:
+    def __init__(self, vm: "VM", idx: int):
+        self.idx = idx
+        # vcpu->arch.mmu_page_cache, topped up before each fault
+        self.memcache = MemCache(vm.pgt.mm, KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE)
+        self.tlb = VcpuTlb(vm.pgt, idx)
+
+
+class VM:
+    """A virtual machine: a Stage2 table, memslots, vCPUs with TLBs.
+
+    >>> vm = VM()
+    >>> slot = vm.add_memslot(0x4000_0000, 1 << 30, backing="2M")
+    >>> str(vm.fault(0x4000_1000, write=True))
+    'IPA 0x40000000: map (2M) after a translation fault at level 2'
+    """
+
+    def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vcpus: int = 2,
+                 vmid: int = 1, eager_split_chunk: int = 0, manual_protect: bool = True,
+                 initially_set: bool = False, ram_pages: int | None = None):
+        self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages)
+        if not _is_int(vcpus) or not 1 <= vcpus <= 64:
+            raise S2ptError(f"vcpus={vcpus!r}: must be an integer from 1 to 64")
+        if initially_set and not manual_protect:
+            raise S2ptError("initially_set=True needs manual_protect=True "
+                            "(KVM_DIRTY_LOG_INITIALLY_SET is a flag of KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)")
+        self.manual_protect = bool(manual_protect)
+        self.initially_set = bool(initially_set)
+        self.memslots: list[Memslot] = []
+        self.split_chunk = 0
+        self._check_chunk(eager_split_chunk)
+        self.split_chunk = int(eager_split_chunk)
+        self.split_page_cache = MemCache(self.pgt.mm)     # mmu->split_page_cache
+        self.vcpus = [Vcpu(self, i) for i in range(vcpus)]
+        self.pgt.memcaches = [v.memcache for v in self.vcpus] + [self.split_page_cache]
+        self.counters: Counter = Counter()
+        self._split_blocks: set = set()     # blocks broken lazily while logging
+        self._next_pa = 0x40_0000_0000      # host memory handed to memslots
+        #: Deliberately broken variants, for the lessons on what TLBIs are for:
+        #: "no-flush-after-wp" skips kvm_flush_remote_tlbs_memslot() after
+        #: write-protecting a slot.
+        self.bugs: set = set()
+
+    # -- capabilities and memslots --------------------------------------------
+    def _check_chunk(self, chunk):
+        if not _is_int(chunk) or chunk < 0:
+            raise S2ptError(f"eager_split_chunk={chunk!r}: must be 0 or a supported block size")
+        sizes = self.pgt.geom.block_sizes()
+        if chunk and chunk not in sizes:
+            raise S2ptError(
+                f"eager_split_chunk={chunk:#x}: not a supported block size "
+                f"(kvm_is_block_size_supported: one of {', '.join(_name(s) for s in sizes)}, "
+                f"or 0 for lazy splitting only)")
+        if chunk != self.split_chunk and self.memslots:
+            raise S2ptError(
+                f"eager_split_chunk={chunk:#x}: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE can only "
+                f"change while all memslots are empty (-EINVAL); this VM has "
+                f"{len(self.memslots)} memslot(s) and chunk {self.split_chunk:#x}")
+
+    def enable_cap_eager_split(self, chunk: int) -> None:
+        """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: 0 = lazy only (the default)."""
+        self._check_chunk(chunk)
+        self.split_chunk = int(chunk)
+
+    def add_memslot(self, gpa: int, size: int, backing="2M", readonly: bool = False) -> Memslot:
+        """KVM_SET_USER_MEMORY_REGION: guest IPAs [gpa, gpa+size) become RAM.
+
+        ``backing`` is the host page size behind the slot: "4K" (no huge
+        pages), "2M" (THP) or "1G" (hugetlbfs), or the 16K/64K equivalents.
+        """
+        g = self.pgt.page_size
+        if not _is_int(gpa) or not _is_int(size) or gpa < 0 or size <= 0:
+            raise S2ptError(f"memslot gpa={gpa!r} size={size!r}: need a non-negative gpa and a positive size")
+        gpa, size = int(gpa), int(size)
+        if gpa % g or size % g:
+            raise S2ptError(f"memslot [{gpa:#x}, +{size:#x}): gpa and size must be multiples "
+                            f"of the {g // 1024}K granule")
+        if gpa + size > 1 << self.pgt.ia_bits:
+            raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}): beyond the {self.pgt.ia_bits}-bit "
+                            f"IPA space (kvm_arch_prepare_memory_region returns -EFAULT)")
+        for s in self.memslots:
+            if gpa < s.gpa + s.size and s.gpa < gpa + size:
+                raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}) overlaps memslot {s.id} "
+                                f"[{s.gpa:#x}, {s.gpa + s.size:#x}) (-EEXIST)")
+        b = _SIZE_NAMES.get(backing, backing) if isinstance(backing, str) else backing
+        allowed = [g] + self.pgt.geom.block_sizes()
+        if b not in allowed:
+            raise S2ptError(f"backing={backing!r}: must be the page size or a block size of this "
+                            f"granule ({', '.join(_name(x) for x in sorted(set(allowed)))})")
+        align = 1 << 30
+        base = -(-self._next_pa // align) * align
+        pa = base + gpa % align
+        if pa + size > 1 << self.pgt.geom.pa_bits:
+            raise S2ptError(f"memslot of {size:#x} bytes: no host memory left below the "
+                            f"{self.pgt.geom.pa_bits}-bit PA limit")
+        self._next_pa = pa + size
+        slot = Memslot(len(self.memslots), gpa, size, b, bool(readonly), pa)
+        self.memslots.append(slot)
+        return slot
+
+    def _slot(self, slot) -> Memslot:
+        if isinstance(slot, Memslot) and slot in self.memslots:
+            return slot
+        if _is_int(slot) and 0 <= slot < len(self.memslots):
+            return self.memslots[slot]
+        raise S2ptError(f"slot={slot!r}: not a memslot of this VM")
+
+    def memslot_for(self, gpa: int) -> Memslot | None:
+        for s in self.memslots:
+            if s.contains(gpa):
+                return s
+        return None
+
+    # -- guest accesses and faults --------------------------------------------
+    def _vcpu(self, vcpu) -> Vcpu:
+        if not _is_int(vcpu) or not 0 <= vcpu < len(self.vcpus):
+            raise S2ptError(f"vcpu={vcpu!r}: this VM has vCPUs 0..{len(self.vcpus) - 1}")
+        return self.vcpus[vcpu]
+
+    def translate(self, gpa: int, write: bool = False, exec: bool = False, vcpu: int = 0):
+        """What vCPU ``vcpu``'s MMU does for an access: TLB, walk cache, then
+        the tables.  Returns a Translation, or the Fault (not raised)."""
+        v = self._vcpu(vcpu)
+        gpa = self.pgt._check_ipa(gpa, "gpa")
+        self.pgt.mmu.current_vcpu = v.idx
+        return run(hw_translate(v.tlb, gpa, bool(write), bool(exec)), self.pgt.machine)
+
+    def fault(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False) -> FaultResult:
+        """One guest access that may abort, and KVM's handling of the abort
+        (kvm_handle_guest_abort -> user_mem_abort / handle_access_fault)."""
+        if not _is_int(gpa) or gpa < 0:
+            raise S2ptError(f"gpa={gpa!r}: a guest physical address is a non-negative integer")
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
+        v = self._vcpu(vcpu)
+        if gpa >= 1 << self.pgt.ia_bits:
+            # fault_ipa >= BIT(pgt->ia_bits): kvm_inject_dabt / kvm_inject_pabt
+            self.counters["injected_aborts"] += 1
+            return FaultResult(int(gpa), "inject_pabt" if exec else "inject_dabt")
+        res = self.translate(gpa, write, exec, vcpu)
+        if isinstance(res, Translation):
+            return FaultResult(gpa, "none", translation=res)
+        return self._handle_guest_abort(v, gpa, res, bool(write), bool(exec))
+
+    def access(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False,
+               max_faults: int = 4):
+        """A guest access, retried after each fault KVM handles, as the vCPU
+        would re-execute the instruction.  Returns the Translation, or the
+        FaultResult of an exit to userspace / injected abort."""
+        for _ in range(max_faults + 1):
+            r = self.fault(gpa, write, vcpu, exec)
+            if r.outcome == "none":
+                return r.translation
+            if r.outcome not in ("map", "relax_perms", "mkyoung"):
+                return r
+        raise S2ptError(f"gpa={gpa:#x}: still faulting after {max_faults} handled faults "
+                        f"(a livelock in the model)")
+
+    def touch(self, gpa: int, size: int, write: bool = False, stride: int | None = None,
+              vcpu: int = 0) -> int:
+        """Access every ``stride`` bytes (default: every page) of a range;
+        returns how many faults that took."""
+        before = self.counters["faults"]
+        step = stride or self.pgt.page_size
+        for a in range(gpa, gpa + size, step):
+            self.access(a, write=write, vcpu=vcpu)
+        return self.counters["faults"] - before
+
+    def _handle_guest_abort(self, v: Vcpu, gpa: int, f: Fault, write: bool, exec: bool):
+        """kvm_handle_guest_abort(): classify, find the memslot, dispatch."""
+        c = self.counters
+        c["faults"] += 1
+        c[f"faults_{f.kind}"] += 1
+        slot = self.memslot_for(gpa)
+        if slot is None or (write and slot.readonly):
+            # Not RAM (or a write to ROM): an instruction fetch gets a
+            # prefetch abort; a data access exits to userspace as MMIO.
+            if exec:
+                c["injected_aborts"] += 1
+                return FaultResult(gpa, "inject_pabt", f)
+            c["mmio_exits"] += 1
+            return FaultResult(gpa, "KVM_EXIT_MMIO", f)
+        if f.kind == "access":
+            # handle_access_fault(): read_lock(mmu_lock); mkyoung
+            ret = run(pt.kvm_pgtable_stage2_mkyoung(self.pgt, gpa & ~(self.pgt.page_size - 1),
+                                                    pt.HANDLE_FAULT | pt.SHARED),
+                      self.pgt.machine)
+            return FaultResult(gpa, "mkyoung", f, ret=ret)
+        return self._user_mem_abort(v, gpa, slot, f, write, exec)
+
+    def _vma_pagesize(self, slot: Memslot, gpa: int) -> int:
+        """The largest mapping the host backing and the slot allow at gpa
+        (get_vma_page_shift + fault_supports_stage2_huge_mapping +
+        transparent_hugepage_adjust, folded together)."""
+        for size in [s for s in self.pgt.geom.block_sizes() if s <= slot.backing]:
+            base = gpa & ~(size - 1)
+            if size == self.pgt.page_size or (slot.gpa <= base and base + size <= slot.gpa + slot.size
+                                              and (slot.pa - slot.gpa) % size == 0):
+                return size
+        return self.pgt.page_size
+
+    def _user_mem_abort(self, v: Vcpu, gpa: int, slot: Memslot, f: Fault, write: bool, exec: bool):
+        pgt = self.pgt
+        c = self.counters
+        logging_active = slot.logging and not slot.readonly
+        fault_granule = pgt.granule_size[f.level]
+        perm = f.kind == "permission"
+        if not perm or (logging_active and write):
+            if v.memcache.topup(pgt.geom.levels - 1):      # kvm_mmu_cache_min_pages
+                c["enomem"] += 1
+                return FaultResult(gpa, "-ENOMEM", f, ret=-errno.ENOMEM)
+        if logging_active:
+            force_pte, vma_pagesize = True, pgt.page_size
+        else:
+            force_pte = False
+            vma_pagesize = self._vma_pagesize(slot, gpa)
+            if perm and vma_pagesize == pgt.page_size and fault_granule > pgt.page_size:
+                vma_pagesize = fault_granule       # relax the whole block at once
+        fault_ipa = gpa & ~(vma_pagesize - 1)
+        writable = not slot.readonly and not (logging_active and not write)
+        prot = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_X      # CACHE_DIC: always X
+        if writable:
+            prot |= d.KVM_PGTABLE_PROT_W
+        if f.kind == "translation" and logging_active and any(
+                (gpa & ~(size - 1), size) in self._split_blocks for size in pgt.geom.block_sizes()):
+            c["refaults_after_split"] += 1
+        flags = pt.HANDLE_FAULT | pt.SHARED
+        if perm and vma_pagesize == fault_granule:
+            ret = run(pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags), pgt.machine)
+            outcome = "relax_perms"
+            c["relax_perms"] += 1
+        else:
+            if perm and fault_granule > vma_pagesize:
+                # A write to a write-protected block while logging: the map
+                # walk replaces the block with an *empty* table (-E2BIG ->
+                # stage2_map_walk_leaf); the rest of the block faults back.
+                c["lazy_splits"] += 1
+                self._split_blocks.add((gpa & ~(fault_granule - 1), fault_granule))
+            attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
+            pa = slot.pa + (fault_ipa - slot.gpa)
+            ret = run(pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
+                                                v.memcache, flags, force_pte=force_pte),
+                      pgt.machine)
+            outcome = "map"
+            c["maps"] += 1
+        if writable and not ret:
+            self._mark_page_dirty(slot, fault_ipa)
+        if ret not in (0, -errno.EAGAIN):
+            pgt._expect_ok(ret, "user_mem_abort")
+        return FaultResult(gpa, outcome, f, vma_pagesize, 0 if ret == -errno.EAGAIN else ret)
+
+    def _mark_page_dirty(self, slot: Memslot, gpa: int):
+        """mark_page_dirty_in_slot(): one bit, for the (block-aligned) fault IPA."""
+        if slot.logging and slot.dirty is not None:
+            slot.dirty[(gpa - slot.gpa) >> self.pgt.page_shift] = True
+            self.counters["dirty_marked"] += 1
+
+    # -- dirty logging ----------------------------------------------------------
+    def _apply_range(self, start: int, end: int, fn):
+        """stage2_apply_range(): fn over chunks of the largest block size
+        (1G with 4K pages), so the mmu_lock could be dropped between them."""
+        step = self.pgt.granule_size[self.pgt.geom.min_block_level]
+        addr = start
+        while addr < end:
+            nxt = min(end, (addr & ~(step - 1)) + step)
+            run(fn(addr, nxt - addr), self.pgt.machine)
+            addr = nxt
+
+    def _wp_range(self, start: int, end: int):
+        """stage2_wp_range(): write-protect every leaf in the range."""
+        pgt = self.pgt
+        self._apply_range(start, end, lambda a, s: pt.kvm_pgtable_stage2_wrprotect(
+            pgt, a, s, bulk=pgt._bulk))
+
+    def _flush_memslot(self, slot: Memslot):
+        """kvm_flush_remote_tlbs_memslot(): a range TLBI over the slot."""
+        if "no-flush-after-wp" in self.bugs:
+            return
+        run(pt.kvm_tlb_flush_vmid_range(self.pgt, slot.gpa, slot.size), self.pgt.machine)
+
+    def kvm_mmu_split_nr_page_tables(self, size: int) -> int:
+        """Tables needed to split ``size`` bytes of blocks down to pages:
+        one per PMD-sized piece, plus one per PUD-sized piece with 4K pages."""
+        g = self.pgt.geom
+        pmd = g.granule_size(2)
+        n = -(-size // pmd)
+        if g.min_block_level < 2:
+            n += -(-size // g.granule_size(1))
+        return n
+
+    def _split_huge_pages(self, start: int, end: int):
+        """kvm_mmu_split_huge_pages(): split blocks chunk by chunk, topping up
+        the split cache (best effort) whenever it runs low."""
+        chunk = self.split_chunk
+        if not chunk:
+            return 0
+        pgt = self.pgt
+        cache = self.split_page_cache
+        capacity = self.kvm_mmu_split_nr_page_tables(chunk)
+        cache.capacity = capacity
+        addr = start
+        while addr < end:
+            if cache.nobjs < capacity:
+                if cache.topup(capacity):
+                    self.counters["split_enomem"] += 1
+                    return -errno.ENOMEM
+            nxt = min(end, (addr & ~(chunk - 1)) + chunk)
+            ret = run(pt.kvm_pgtable_stage2_split(pgt, addr, nxt - addr, cache, bulk=pgt._bulk),
+                      pgt.machine)
+            if ret:
+                return ret
+            addr = nxt
+        return 0
+
+    def enable_dirty_logging(self, slot, eager_split_chunk: int | None = None) -> None:
+        """Set KVM_MEM_LOG_DIRTY_PAGES on a memslot (kvm_arch_commit_memory_region).
+
+        Unless manual-protect with initially-set is in use, this
+        write-protects the slot (kvm_mmu_wp_memory_region), flushes its TLB
+        entries and, with an eager split chunk, splits its blocks
+        (kvm_mmu_split_memory_region).  ``eager_split_chunk`` must match the
+        VM's KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (it cannot change once
+        memslots exist); pass it to ``VM(...)`` instead.
+        """
+        s = self._slot(slot)
+        if eager_split_chunk is not None:
+            self._check_chunk(eager_split_chunk)
+        if s.readonly:
+            raise S2ptError(f"memslot {s.id} is read-only: dirty logging applies only to "
+                            f"writable memory (memslot_is_logging() is false for "
+                            f"KVM_MEM_READONLY)")
+        s.logging = True
+        npages = s.size >> self.pgt.page_shift
+        s.dirty = np.full(npages, self.initially_set, dtype=bool)
+        self._split_blocks.clear()
+        if self.manual_protect and self.initially_set:
+            return      # write-protect and split lazily, per KVM_CLEAR_DIRTY_LOG
+        self._wp_range(s.gpa, s.gpa + s.size)
+        self._flush_memslot(s)
+        self._split_huge_pages(s.gpa, s.gpa + s.size)
+
+    def disable_dirty_logging(self, slot) -> None:
+        """Clear KVM_MEM_LOG_DIRTY_PAGES: only the split cache is freed.
+        Blocks come back lazily, one guest fault at a time."""
+        s = self._slot(slot)
+        s.logging = False
+        s.dirty = None
+        self.split_page_cache.free_all()
+
+    def get_dirty_log(self, slot) -> np.ndarray:
+        """KVM_GET_DIRTY_LOG: one bool per page of the slot, in order.
+
+        With manual protect (the default, as QEMU uses it) this only reads
+        the bitmap; in the plain mode it also clears it and write-protects
+        the pages that were dirty, then flushes the TLB.
+        """
+        s = self._slot(slot)
+        if not s.logging:
+            raise S2ptError(f"memslot {s.id} is not logging dirty pages")
+        bitmap = s.dirty.copy()
+        if not self.manual_protect:
+            self._clear_and_protect(s, 0, len(s.dirty))
+        return bitmap
+
+    def clear_dirty_log(self, slot, first: int = 0, npages: int | None = None) -> int:
+        """KVM_CLEAR_DIRTY_LOG: clear bits and write-protect those pages again
+        (kvm_arch_mmu_enable_log_dirty_pt_masked), splitting blocks on the way
+        in initially-set mode.  Returns the number of bits cleared."""
+        s = self._slot(slot)
+        if not self.manual_protect:
+            raise S2ptError("KVM_CLEAR_DIRTY_LOG needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 "
+                            "(VM(manual_protect=True)); plain mode clears in get_dirty_log")
+        if not s.logging:
+            raise S2ptError(f"memslot {s.id} is not logging dirty pages")
+        n = len(s.dirty) - first if npages is None else npages
+        if not _is_int(first) or not _is_int(n) or first < 0 or n < 0 or first + n > len(s.dirty) \
+                or first % 64:
+            raise S2ptError(f"first={first!r}, npages={npages!r}: the range must lie inside the "
+                            f"slot's {len(s.dirty)} pages and start on a 64-page boundary")
+        return self._clear_and_protect(s, first, n)
+
+    def _clear_and_protect(self, s: Memslot, first: int, n: int) -> int:
+        bits = s.dirty[first:first + n]
+        cleared = int(np.count_nonzero(bits))
+        if not cleared:
+            return 0
+        shift = self.pgt.page_shift
+        # One write-protect per 64-bit word of the bitmap, from its first to
+        # its last set bit; runs of words that meet are merged (the result is
+        # the same, in fewer walks).
+        words = np.flatnonzero(np.add.reduceat(bits, np.arange(0, len(bits), 64)) > 0)
+        ranges = []
+        for w in words.tolist():
+            seg = bits[w * 64:(w + 1) * 64]
+            nz = np.flatnonzero(seg)
+            lo, hi = w * 64 + int(nz[0]), w * 64 + int(nz[-1]) + 1
+            if ranges and ranges[-1][1] == lo:
+                ranges[-1][1] = hi
+            else:
+                ranges.append([lo, hi])
+        bits[:] = False
+        for lo, hi in ranges:
+            start = s.gpa + ((first + lo) << shift)
+            end = s.gpa + ((first + hi) << shift)
+            self._wp_range(start, end)
+            if self.manual_protect and self.initially_set:
+                self._split_huge_pages(start, end)
+        self._flush_memslot(s)
+        return cleared
+
+    def unmap_memslot(self, slot) -> None:
+        """Unmap the whole slot (kvm_stage2_unmap_range): the thread's
+        alternative to lazy collapse -- the guest faults blocks back in."""
+        s = self._slot(slot)
+        pgt = self.pgt
+        self._apply_range(s.gpa, s.gpa + s.size,
+                          lambda a, sz: pt.kvm_pgtable_stage2_unmap(pgt, a, sz, bulk=pgt._bulk))
+
+    # -- views --------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        """Counters: faults (by kind), maps, relax_perms, lazy_splits,
+        refaults_after_split, dirty_marked, mmio_exits, tlbi,
+        tables_allocated / _freed / _live, tables_peak."""
+        s = dict(self.pgt.stats)
+        s.update({k: v for k, v in self.counters.items() if v})
+        for k in ("faults", "tlbi", "tables_allocated", "tables_freed"):
+            s.setdefault(k, 0)
+        s["tables_peak"] = self.pgt.mm.peak - self.pgt.geom.pgd_pages
+        return s
+
+    def check(self) -> list[str]:
+        """Quiescent checks: table invariants, plus TLB entries that grant
+        more than the tables (a missing TLBI).  Returns the stale entries."""
+        self.pgt.check_invariants()
+        return [line for v in self.vcpus for line in v.tlb.stale()]
+
+    def __repr__(self):
+        return (f"VM(ipa_bits={self.pgt.ia_bits}, granule={self.pgt.page_size}, "
+                f"vcpus={len(self.vcpus)}, memslots={len(self.memslots)})")
