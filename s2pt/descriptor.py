@@ -29,6 +29,7 @@ both trees.  :func:`decode` turns any word into a per-field breakdown.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from .errors import S2ptError
@@ -219,6 +220,7 @@ def stage2_set_xn_attr(prot: int) -> int:
     return xn << 53
 
 
+@functools.lru_cache(maxsize=256)
 def stage2_set_prot_attr(prot: int, memattr: str = "normal", fwb: bool = False) -> int:
     """The leaf attribute bits for ``prot`` (hyp/pgtable.c:stage2_set_prot_attr).
 

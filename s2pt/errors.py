@@ -56,11 +56,15 @@ class Fault(Exception):
         self.write = write
         self.exec = exec
         self.reason = reason
-        access = "exec" if exec else ("write" if write else "read")
-        msg = f"stage-2 {kind} fault at level {level} on {access} of IPA {ipa:#x}"
-        if reason:
-            msg += f": {reason}"
-        super().__init__(msg)
+        super().__init__(kind, level, ipa)
+
+    def __str__(self):
+        access = "exec" if self.exec else ("write" if self.write else "read")
+        msg = f"stage-2 {self.kind} fault at level {self.level} on {access} of IPA {self.ipa:#x}"
+        return f"{msg}: {self.reason}" if self.reason else msg
+
+    def __repr__(self):
+        return f"Fault({self.kind!r}, level={self.level}, ipa={self.ipa:#x})"
 
     @property
     def fsc(self) -> int:

@@ -497,7 +497,10 @@ class VM:
         # One write-protect per 64-bit word of the bitmap, from its first to
         # its last set bit; runs of words that meet are merged (the result is
         # the same, in fewer walks).
-        words = np.flatnonzero(np.add.reduceat(bits, np.arange(0, len(bits), 64)) > 0)
+        full = len(bits) // 64 * 64
+        words = np.flatnonzero(bits[:full].reshape(-1, 64).any(axis=1))
+        if full < len(bits) and bits[full:].any():
+            words = np.append(words, full // 64)
         ranges = []
         for w in words.tolist():
             seg = bits[w * 64:(w + 1) * 64]

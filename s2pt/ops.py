@@ -138,11 +138,27 @@ class Machine:
         self.rcu_nesting = 0
         self.rcu_callbacks: list = []
         m = mem
+        pages, shift, mask = mem.pages, mem.page_shift, mem.page_size - 1
+
+        def read(op):
+            # READ_ONCE, inlined for the common case; anything unusual
+            # (a freed or missing page) takes PhysMem.read64's checks.
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.read64(op[1])
+            return page.table.item((op[1] & mask) >> 3)
+
+        def write(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.write64(op[1], op[2])
+            page.table[(op[1] & mask) >> 3] = op[2]
+
         self.dispatch = {
-            "READ_ONCE": lambda op: m.read64(op[1]),
+            "READ_ONCE": read,
             "hw_read": lambda op: m.read64(op[1], "hardware walker read"),
-            "WRITE_ONCE": lambda op: m.write64(op[1], op[2]),
-            "smp_store_release": lambda op: m.write64(op[1], op[2]),
+            "WRITE_ONCE": write,
+            "smp_store_release": write,
             "cmpxchg": lambda op: m.cmpxchg64(op[1], op[2], op[3]),
             "get_page": lambda op: m.get_page(op[1]),
             "put_page": lambda op: m.put_page(op[1]),

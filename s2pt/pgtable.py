@@ -223,11 +223,14 @@ def kvm_pgtable_walk(pgt, addr: int, size: int, walker: Walker, bulk: bool = Fal
     start = addr & ~page_mask
     end = (start + size + page_mask) & ~page_mask
     data = WalkData(walker, start, start, end, bulk)
-    r = yield from kvm_pgtable_walk_begin(pgt, walker)
-    if r:
-        return r
+    shared = walker.flags & SHARED
+    if shared:
+        r = yield from kvm_pgtable_walk_begin(pgt, walker)
+        if r:
+            return r
     r = yield from _kvm_pgtable_walk(pgt, data)
-    yield from kvm_pgtable_walk_end(pgt, walker)
+    if shared:
+        yield from kvm_pgtable_walk_end(pgt, walker)
     return r
 
 

@@ -140,6 +140,10 @@ class VcpuTlb:
       the PA of the table that resolves ``level`` for that prefix.  A walk
       can start there, skipping the levels above.
 
+    Like a real TLB they are small: ``capacity`` leaf entries and
+    ``walk_capacity`` walk-cache entries; the oldest is evicted first (the
+    architecture lets an implementation drop any entry at any time).
+
     Both are dropped by TLBIs for the VMID (``S2Mmu.listeners``): by IPA
     (any level, since KVM uses the non-"last level" TLBI IPAS2E1IS), by range,
     or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
@@ -153,12 +157,15 @@ class VcpuTlb:
       do now (another PA, or W/X that was taken away): a missing TLBI.
     """
 
-    def __init__(self, pgt, vcpu: int):
+    def __init__(self, pgt, vcpu: int, capacity: int = 2048, walk_capacity: int = 256):
         self.pgt = pgt
         self.vcpu = vcpu
+        self.capacity = capacity
+        self.walk_capacity = walk_capacity
         self.entries: dict = {}
         self.walk: dict = {}
         self._walk_by_pfn: dict = {}     # table pfn -> walk-cache keys pointing at it
+        self._levels: dict = {}          # (is_walk, level) -> keys of that level
         self.hits = 0
         self.misses = 0
         pgt.mmu.listeners.append(self.invalidate)
@@ -167,29 +174,73 @@ class VcpuTlb:
     def __repr__(self):
         return f"<VcpuTlb vcpu{self.vcpu}: {len(self.entries)} entries, {len(self.walk)} walk-cache>"
 
+    def _span(self, walk: bool, level: int) -> int:
+        """Bytes of IPA one cached entry covers."""
+        return self.pgt.granule_size[level - 1 if walk else level]
+
+    def _index(self, key, walk: bool, add: bool):
+        # Entries are also filed in buckets of at least 2M (the level-2
+        # granule), so that a TLBI finds its victims without scanning.
+        level, base = key
+        bspan = max(self._span(walk, level), self.pgt.granule_size[2])
+        buckets = self._levels.setdefault((walk, level), {})
+        b = base // bspan
+        if add:
+            buckets.setdefault(b, set()).add(key)
+        else:
+            keys = buckets[b]
+            keys.discard(key)
+            if not keys:
+                del buckets[b]
+
+    def fill(self, key, pte: int):
+        """Cache a leaf translation."""
+        if key not in self.entries:
+            if len(self.entries) >= self.capacity:
+                self._drop(next(iter(self.entries)), False)      # evict the oldest
+            self._index(key, False, True)
+        self.entries[key] = pte
+
     def fill_walk(self, key, table_pa: int):
+        """Cache a table pointer (a walk-cache entry)."""
         old = self.walk.get(key)
         if old is not None:
             self._walk_by_pfn[old >> self.pgt.page_shift].discard(key)
+        else:
+            if len(self.walk) >= self.walk_capacity:
+                self._drop(next(iter(self.walk)), True)          # evict the oldest
+            self._index(key, True, True)
         self.walk[key] = table_pa
         self._walk_by_pfn.setdefault(table_pa >> self.pgt.page_shift, set()).add(key)
 
-    def _drop_walk(self, key):
-        table = self.walk.pop(key)
-        self._walk_by_pfn[table >> self.pgt.page_shift].discard(key)
+    def _drop(self, key, walk: bool):
+        if walk:
+            table = self.walk.pop(key)
+            pfn = table >> self.pgt.page_shift
+            self._walk_by_pfn[pfn].discard(key)
+            if not self._walk_by_pfn[pfn]:
+                del self._walk_by_pfn[pfn]
+        else:
+            del self.entries[key]
+        self._index(key, walk, False)
 
-    def _keys_in(self, store, lo: int, hi: int, walk: bool):
-        """Keys of ``store`` whose span overlaps [lo, hi)."""
+    def _keys_in(self, lo: int, hi: int, walk: bool):
+        """Cached keys whose span overlaps [lo, hi), level by level."""
         pgt = self.pgt
         out = []
         for level in range(pgt.start_level + (1 if walk else 0), 4):
-            span = pgt.granule_size[level - 1 if walk else level]
-            first = lo & ~(span - 1)
-            n = (hi - first + span - 1) // span
-            if n <= len(store):
-                out += [k for k in ((level, first + i * span) for i in range(n)) if k in store]
+            buckets = self._levels.get((walk, level))
+            if not buckets:
+                continue
+            span = self._span(walk, level)
+            bspan = max(span, pgt.granule_size[2])
+            first, last = lo // bspan, (hi - 1) // bspan
+            if last - first + 1 <= len(buckets):
+                found = [buckets[b] for b in range(first, last + 1) if b in buckets]
             else:
-                out += [k for k in store if k[0] == level and k[1] < hi and k[1] + span > lo]
+                found = [keys for b, keys in buckets.items() if first <= b <= last]
+            for keys in found:
+                out += [k for k in keys if k[1] < hi and k[1] + span > lo]
         return out
 
     def invalidate(self, kind: str, addr: int, arg):
@@ -199,12 +250,12 @@ class VcpuTlb:
             self.entries.clear()
             self.walk.clear()
             self._walk_by_pfn.clear()
+            self._levels.clear()
             return
         lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
-        for key in self._keys_in(self.entries, lo, hi, walk=False):
-            del self.entries[key]
-        for key in self._keys_in(self.walk, lo, hi, walk=True):
-            self._drop_walk(key)
+        for walk in (False, True):
+            for key in self._keys_in(lo, hi, walk):
+                self._drop(key, walk)
 
     def _on_free(self, page):
         for level, base in sorted(self._walk_by_pfn.get(page.pfn, ())):
@@ -273,7 +324,7 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         # Only valid leaves with AF set are cached; a permission fault on
         # this access does not stop the entry being cached for the next one.
         if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
-            tlb.entries[(level, ipa & ~(pgt.granule_size[level] - 1))] = pte
+            tlb.fill((level, ipa & ~(pgt.granule_size[level] - 1)), pte)
         try:
             return pgt._classify(ipa, pte, level, write, exec)
         except Fault as f:
