@@ -3,6 +3,7 @@
 The names you need::
 
     s2pt.Stage2      one VM's stage-2 table: map, unmap, wrprotect, translate, ptdump
+    s2pt.VM          memslots, guest faults (user_mem_abort), dirty logging, vCPU TLBs
     s2pt.decode      a descriptor, field by field
     s2pt.Fault       a stage-2 abort (kind, level), as the MMU reports it
     s2pt.S2ptError   bad input; the model is left unchanged
@@ -17,9 +18,10 @@ from .descriptor import decode
 from .drill import Drill
 from .errors import Fault, KernelBug, S2ptError
 from .geometry import Geometry
+from .kvm import VM
 from .stage2 import Stage2, Translation
 
 __version__ = "0.1.0"
 
-__all__ = ["Stage2", "Translation", "Geometry", "decode", "Fault", "S2ptError",
+__all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
            "KernelBug", "Drill"]
