@@ -49,6 +49,9 @@ _SIZE_NAMES = {"4K": 4 << 10, "16K": 16 << 10, "64K": 64 << 10, "2M": 2 << 20,
                "32M": 32 << 20, "512M": 512 << 20, "1G": 1 << 30}
 
 
+_FAULT_COUNTER = {k: f"faults_{k}" for k in ("translation", "access", "permission")}
+
+
 @dataclass
 class Memslot:
     """struct kvm_memory_slot: guest IPA range -> host memory."""
@@ -128,6 +131,7 @@ class VM:
                  vmid: int = 1, eager_split_chunk: int = 0, manual_protect: bool = True,
                  initially_set: bool = False, ram_pages: int | None = None):
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages)
+        self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         if not _is_int(vcpus) or not 1 <= vcpus <= 64:
             raise S2ptError(f"vcpus={vcpus!r}: must be an integer from 1 to 64")
         if initially_set and not manual_protect:
@@ -231,8 +235,11 @@ class VM:
         the tables.  Returns a Translation, or the Fault (not raised)."""
         v = self._vcpu(vcpu)
         gpa = self.pgt._check_ipa(gpa, "gpa")
+        return self._mmu(v, gpa, bool(write), bool(exec))
+
+    def _mmu(self, v: Vcpu, gpa: int, write: bool, exec: bool):
         self.pgt.mmu.current_vcpu = v.idx
-        return run(hw_translate(v.tlb, gpa, bool(write), bool(exec)), self.pgt.machine)
+        return run(hw_translate(v.tlb, gpa, write, exec), self.pgt.machine)
 
     def fault(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False) -> FaultResult:
         """One guest access that may abort, and KVM's handling of the abort
@@ -246,7 +253,7 @@ class VM:
             # fault_ipa >= BIT(pgt->ia_bits): kvm_inject_dabt / kvm_inject_pabt
             self.counters["injected_aborts"] += 1
             return FaultResult(int(gpa), "inject_pabt" if exec else "inject_dabt")
-        res = self.translate(gpa, write, exec, vcpu)
+        res = self._mmu(v, int(gpa), bool(write), bool(exec))
         if isinstance(res, Translation):
             return FaultResult(gpa, "none", translation=res)
         return self._handle_guest_abort(v, gpa, res, bool(write), bool(exec))
@@ -279,7 +286,7 @@ class VM:
         """kvm_handle_guest_abort(): classify, find the memslot, dispatch."""
         c = self.counters
         c["faults"] += 1
-        c[f"faults_{f.kind}"] += 1
+        c[_FAULT_COUNTER[f.kind]] += 1
         slot = self.memslot_for(gpa)
         if slot is None or (write and slot.readonly):
             # Not RAM (or a write to ROM): an instruction fetch gets a
@@ -301,7 +308,9 @@ class VM:
         """The largest mapping the host backing and the slot allow at gpa
         (get_vma_page_shift + fault_supports_stage2_huge_mapping +
         transparent_hugepage_adjust, folded together)."""
-        for size in [s for s in self.pgt.geom.block_sizes() if s <= slot.backing]:
+        for size in self._block_sizes:
+            if size > slot.backing:
+                continue
             base = gpa & ~(size - 1)
             if size == self.pgt.page_size or (slot.gpa <= base and base + size <= slot.gpa + slot.size
                                               and (slot.pa - slot.gpa) % size == 0):
@@ -331,7 +340,7 @@ class VM:
         if writable:
             prot |= d.KVM_PGTABLE_PROT_W
         if f.kind == "translation" and logging_active and any(
-                (gpa & ~(size - 1), size) in self._split_blocks for size in pgt.geom.block_sizes()):
+                (gpa & ~(size - 1), size) in self._split_blocks for size in self._block_sizes):
             c["refaults_after_split"] += 1
         flags = pt.HANDLE_FAULT | pt.SHARED
         if perm and vma_pagesize == fault_granule:

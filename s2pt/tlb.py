@@ -20,6 +20,7 @@ keeps a small log while ``len(log)`` still counts every instruction.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["Tlbi", "TlbiLog", "S2Mmu", "TLBI_TTL_UNKNOWN"]
@@ -162,100 +163,136 @@ class VcpuTlb:
         self.vcpu = vcpu
         self.capacity = capacity
         self.walk_capacity = walk_capacity
-        self.entries: dict = {}
-        self.walk: dict = {}
-        self._walk_by_pfn: dict = {}     # table pfn -> walk-cache keys pointing at it
-        self._levels: dict = {}          # (is_walk, level) -> keys of that level
         self.hits = 0
         self.misses = 0
+        # Storage, chosen so that a TLBI finds its victims without a scan:
+        # last-level leaves are filed by 2M (level-2) bucket, everything
+        # else by level and aligned IPA.
+        self._g2 = pgt.granule_size[2]
+        self._l3: dict = {}                                   # bucket -> {base: pte}
+        self._leaf = {lvl: {} for lvl in range(pgt.start_level, 3)}     # level -> {base: pte}
+        self._walk = {lvl: {} for lvl in range(pgt.start_level + 1, 4)}  # level -> {base: table}
+        self._walk_by_pfn: dict = {}     # table pfn -> walk-cache keys pointing at it
+        self._order: deque = deque()     # fill order, for eviction (lazily pruned)
+        self._n_leaf = 0
+        self._n_walk = 0
         pgt.mmu.listeners.append(self.invalidate)
         pgt.mm.free_hooks.append(self._on_free)
 
+    @property
+    def entries(self) -> dict:
+        """{(level, base IPA): descriptor} of every cached leaf translation."""
+        out = {(3, base): pte for d in self._l3.values() for base, pte in d.items()}
+        out.update({(lvl, base): pte for lvl, d in self._leaf.items() for base, pte in d.items()})
+        return out
+
+    @property
+    def walk(self) -> dict:
+        """{(level, IPA prefix): table PA} of every walk-cache entry."""
+        return {(lvl, base): t for lvl, d in self._walk.items() for base, t in d.items()}
+
     def __repr__(self):
-        return f"<VcpuTlb vcpu{self.vcpu}: {len(self.entries)} entries, {len(self.walk)} walk-cache>"
+        return f"<VcpuTlb vcpu{self.vcpu}: {self._n_leaf} entries, {self._n_walk} walk-cache>"
 
-    def _span(self, walk: bool, level: int) -> int:
-        """Bytes of IPA one cached entry covers."""
-        return self.pgt.granule_size[level - 1 if walk else level]
-
-    def _index(self, key, walk: bool, add: bool):
-        # Entries are also filed in buckets of at least 2M (the level-2
-        # granule), so that a TLBI finds its victims without scanning.
-        level, base = key
-        bspan = max(self._span(walk, level), self.pgt.granule_size[2])
-        buckets = self._levels.setdefault((walk, level), {})
-        b = base // bspan
-        if add:
-            buckets.setdefault(b, set()).add(key)
-        else:
-            keys = buckets[b]
-            keys.discard(key)
-            if not keys:
-                del buckets[b]
-
+    # -- filling, with eviction of the oldest entry --------------------------
     def fill(self, key, pte: int):
         """Cache a leaf translation."""
-        if key not in self.entries:
-            if len(self.entries) >= self.capacity:
-                self._drop(next(iter(self.entries)), False)      # evict the oldest
-            self._index(key, False, True)
-        self.entries[key] = pte
+        level, base = key
+        d = self._l3.setdefault(base // self._g2, {}) if level == 3 else self._leaf[level]
+        if base not in d:
+            self._n_leaf += 1
+            self._order.append((False, level, base))
+        d[base] = pte
+        self._evict()
 
     def fill_walk(self, key, table_pa: int):
         """Cache a table pointer (a walk-cache entry)."""
-        old = self.walk.get(key)
+        level, base = key
+        d = self._walk[level]
+        old = d.get(base)
         if old is not None:
-            self._walk_by_pfn[old >> self.pgt.page_shift].discard(key)
+            self._unindex(old, key)
         else:
-            if len(self.walk) >= self.walk_capacity:
-                self._drop(next(iter(self.walk)), True)          # evict the oldest
-            self._index(key, True, True)
-        self.walk[key] = table_pa
+            self._n_walk += 1
+            self._order.append((True, level, base))
+        d[base] = table_pa
         self._walk_by_pfn.setdefault(table_pa >> self.pgt.page_shift, set()).add(key)
+        self._evict()
 
-    def _drop(self, key, walk: bool):
-        if walk:
-            table = self.walk.pop(key)
-            pfn = table >> self.pgt.page_shift
-            self._walk_by_pfn[pfn].discard(key)
-            if not self._walk_by_pfn[pfn]:
-                del self._walk_by_pfn[pfn]
-        else:
-            del self.entries[key]
-        self._index(key, walk, False)
+    def _unindex(self, table_pa: int, key):
+        pfn = table_pa >> self.pgt.page_shift
+        keys = self._walk_by_pfn[pfn]
+        keys.discard(key)
+        if not keys:
+            del self._walk_by_pfn[pfn]
 
-    def _keys_in(self, lo: int, hi: int, walk: bool):
-        """Cached keys whose span overlaps [lo, hi), level by level."""
-        pgt = self.pgt
-        out = []
-        for level in range(pgt.start_level + (1 if walk else 0), 4):
-            buckets = self._levels.get((walk, level))
-            if not buckets:
-                continue
-            span = self._span(walk, level)
-            bspan = max(span, pgt.granule_size[2])
-            first, last = lo // bspan, (hi - 1) // bspan
-            if last - first + 1 <= len(buckets):
-                found = [buckets[b] for b in range(first, last + 1) if b in buckets]
-            else:
-                found = [keys for b, keys in buckets.items() if first <= b <= last]
-            for keys in found:
-                out += [k for k in keys if k[1] < hi and k[1] + span > lo]
-        return out
+    def _evict(self):
+        while self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
+            walk, level, base = self._order.popleft()
+            if walk and self._n_walk > self.walk_capacity:
+                self._pop_walk(level, base)
+            elif not walk and self._n_leaf > self.capacity:
+                self._pop_leaf(level, base)
 
+    def _pop_leaf(self, level: int, base: int):
+        if level == 3:
+            b = base // self._g2
+            d = self._l3.get(b)
+            if d is not None and d.pop(base, None) is not None:
+                self._n_leaf -= 1
+                if not d:
+                    del self._l3[b]
+        elif self._leaf[level].pop(base, None) is not None:
+            self._n_leaf -= 1
+
+    def _pop_walk(self, level: int, base: int):
+        table = self._walk[level].pop(base, None)
+        if table is not None:
+            self._n_walk -= 1
+            self._unindex(table, (level, base))
+
+    # -- invalidation ----------------------------------------------------------
     def invalidate(self, kind: str, addr: int, arg):
         if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
             return
         if kind == "vmid":
-            self.entries.clear()
-            self.walk.clear()
+            self._l3.clear()
+            for d in (*self._leaf.values(), *self._walk.values()):
+                d.clear()
             self._walk_by_pfn.clear()
-            self._levels.clear()
+            self._order.clear()
+            self._n_leaf = self._n_walk = 0
             return
         lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
-        for walk in (False, True):
-            for key in self._keys_in(lo, hi, walk):
-                self._drop(key, walk)
+        pgt = self.pgt
+        if self._l3:
+            g2, g3 = self._g2, pgt.granule_size[3]
+            first, last = lo // g2, (hi - 1) // g2
+            if last - first + 1 <= len(self._l3):
+                buckets = [b for b in range(first, last + 1) if b in self._l3]
+            else:
+                buckets = [b for b in self._l3 if first <= b <= last]
+            for b in buckets:
+                d = self._l3[b]
+                if b * g2 >= lo and (b + 1) * g2 <= hi:
+                    self._n_leaf -= len(d)
+                    del self._l3[b]
+                else:
+                    for base in [x for x in d if x < hi and x + g3 > lo]:
+                        self._pop_leaf(3, base)
+        for walk, stores in ((False, self._leaf), (True, self._walk)):
+            for level, d in stores.items():
+                if not d:
+                    continue
+                span = pgt.granule_size[level - 1 if walk else level]
+                first = lo & ~(span - 1)
+                n = (hi - first + span - 1) // span
+                if n <= len(d):
+                    victims = [first + i * span for i in range(n) if first + i * span in d]
+                else:
+                    victims = [x for x in d if x < hi and x + span > lo]
+                for base in victims:
+                    (self._pop_walk if walk else self._pop_leaf)(level, base)
 
     def _on_free(self, page):
         for level, base in sorted(self._walk_by_pfn.get(page.pfn, ())):
@@ -266,11 +303,26 @@ class VcpuTlb:
                 f"read it at any time; the TLBI must come before the free")
 
     def lookup(self, ipa: int):
-        for level in range(3, self.pgt.start_level - 1, -1):
-            key = (level, ipa & ~(self.pgt.granule_size[level] - 1))
-            pte = self.entries.get(key)
+        """The cached leaf (level, descriptor) that translates ``ipa``, or None."""
+        pgt = self.pgt
+        d = self._l3.get(ipa // self._g2)
+        if d:
+            pte = d.get(ipa & ~(pgt.granule_size[3] - 1))
+            if pte is not None:
+                return 3, pte
+        for level in range(2, pgt.start_level - 1, -1):
+            pte = self._leaf[level].get(ipa & ~(pgt.granule_size[level] - 1))
             if pte is not None:
                 return level, pte
+        return None
+
+    def lookup_walk(self, ipa: int):
+        """The deepest walk-cache entry for ``ipa``: (level, table PA) or None."""
+        pgt = self.pgt
+        for level in range(3, pgt.start_level, -1):
+            table = self._walk[level].get(ipa & ~(pgt.granule_size[level - 1] - 1))
+            if table is not None:
+                return level, table
         return None
 
     def stale(self) -> list[str]:
@@ -307,12 +359,8 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         except Fault as f:
             return f
     tlb.misses += 1
-    level, table = pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size
-    for lvl in range(3, pgt.start_level, -1):
-        key = (lvl, ipa & ~(pgt.granule_size[lvl - 1] - 1))
-        if key in tlb.walk:
-            level, table = lvl, tlb.walk[key]
-            break
+    level, table = tlb.lookup_walk(ipa) or (
+        pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
     while True:
         idx = (ipa >> pgt.granule_shift[level]) & (pgt.ptrs_per_pte - 1)
         pte = yield hw_read(table + 8 * idx)
