@@ -128,7 +128,7 @@ class VM:
     """
 
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vcpus: int = 2,
-                 vmid: int = 1, eager_split_chunk: int = 0, manual_protect: bool = True,
+                 vmid: int = 1, eager_split_chunk: int | None = None, manual_protect: bool = True,
                  initially_set: bool = False, ram_pages: int | None = None):
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
@@ -141,8 +141,13 @@ class VM:
         self.initially_set = bool(initially_set)
         self.memslots: list[Memslot] = []
         self.split_chunk = 0
-        self._check_chunk(eager_split_chunk)
-        self.split_chunk = int(eager_split_chunk)
+        # Whether userspace has chosen the chunk (KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE);
+        # until then the default 0 (lazy) applies, and the first explicit
+        # choice is taken as made before the memslots were created.
+        self._chunk_chosen = eager_split_chunk is not None
+        if eager_split_chunk is not None:
+            self._check_chunk(eager_split_chunk)
+            self.split_chunk = int(eager_split_chunk)
         self.split_page_cache = MemCache(self.pgt.mm)     # mmu->split_page_cache
         self.vcpus = [Vcpu(self, i) for i in range(vcpus)]
         self.pgt.memcaches = [v.memcache for v in self.vcpus] + [self.split_page_cache]
@@ -155,7 +160,7 @@ class VM:
         self.bugs: set = set()
 
     # -- capabilities and memslots --------------------------------------------
-    def _check_chunk(self, chunk):
+    def _check_chunk(self, chunk, explicit_cap: bool = False):
         if not _is_int(chunk) or chunk < 0:
             raise S2ptError(f"eager_split_chunk={chunk!r}: must be 0 or a supported block size")
         sizes = self.pgt.geom.block_sizes()
@@ -164,16 +169,18 @@ class VM:
                 f"eager_split_chunk={chunk:#x}: not a supported block size "
                 f"(kvm_is_block_size_supported: one of {', '.join(_name(s) for s in sizes)}, "
                 f"or 0 for lazy splitting only)")
-        if chunk != self.split_chunk and self.memslots:
+        if chunk != self.split_chunk and self.memslots and (self._chunk_chosen or explicit_cap):
             raise S2ptError(
                 f"eager_split_chunk={chunk:#x}: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE can only "
                 f"change while all memslots are empty (-EINVAL); this VM has "
                 f"{len(self.memslots)} memslot(s) and chunk {self.split_chunk:#x}")
 
     def enable_cap_eager_split(self, chunk: int) -> None:
-        """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: 0 = lazy only (the default)."""
-        self._check_chunk(chunk)
+        """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: 0 = lazy only (the default).
+        Like the ioctl, this fails with -EINVAL once memslots exist."""
+        self._check_chunk(chunk, explicit_cap=True)
         self.split_chunk = int(chunk)
+        self._chunk_chosen = True
 
     def add_memslot(self, gpa: int, size: int, backing="2M", readonly: bool = False) -> Memslot:
         """KVM_SET_USER_MEMORY_REGION: guest IPAs [gpa, gpa+size) become RAM.
@@ -436,9 +443,11 @@ class VM:
         Unless manual-protect with initially-set is in use, this
         write-protects the slot (kvm_mmu_wp_memory_region), flushes its TLB
         entries and, with an eager split chunk, splits its blocks
-        (kvm_mmu_split_memory_region).  ``eager_split_chunk`` must match the
-        VM's KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (it cannot change once
-        memslots exist); pass it to ``VM(...)`` instead.
+        (kvm_mmu_split_memory_region).  ``eager_split_chunk`` is the VM's
+        KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: 0 splits lazily, a supported
+        block size eagerly.  The kernel only lets userspace set it before
+        memslots exist, so the first value given (here or to ``VM(...)``)
+        is taken as chosen then; a different value later is -EINVAL.
         """
         s = self._slot(slot)
         if eager_split_chunk is not None:
@@ -447,6 +456,9 @@ class VM:
             raise S2ptError(f"memslot {s.id} is read-only: dirty logging applies only to "
                             f"writable memory (memslot_is_logging() is false for "
                             f"KVM_MEM_READONLY)")
+        if eager_split_chunk is not None:
+            self.split_chunk = int(eager_split_chunk)
+            self._chunk_chosen = True
         s.logging = True
         npages = s.size >> self.pgt.page_shift
         s.dirty = np.full(npages, self.initially_set, dtype=bool)

@@ -346,7 +346,7 @@ def test_bbm_cannot_release_table_with_unclean_children():
 # ---------------------------------------------------------------------------
 
 def test_bad_vm_input_changes_nothing():
-    vm = VM()
+    vm = VM(eager_split_chunk=0)          # the chunk is chosen: lazy
     slot = vm.add_memslot(BASE, 4 * MiB)
     vm.touch(BASE, 4 * MiB, stride=2 * MiB)
     before = (vm.pgt.mem.snapshot(), len(vm.memslots), vm.split_chunk)
@@ -381,6 +381,18 @@ def test_chunk_can_be_set_before_memslots_exist():
     vm = VM()
     vm.enable_cap_eager_split(GiB)
     assert vm.split_chunk == GiB
+
+
+def test_first_chunk_given_at_enable_is_the_vms_choice():
+    vm = VM()
+    a = vm.add_memslot(BASE, 4 * MiB)
+    b = vm.add_memslot(2 * BASE, 4 * MiB)
+    vm.touch(BASE, 4 * MiB, write=True, stride=2 * MiB)
+    vm.enable_dirty_logging(a, eager_split_chunk=2 * MiB)      # as the contract shows
+    assert {r.level for r in leaves_in(vm, a)} == {3}
+    with pytest.raises(s2pt.S2ptError, match="memslots are empty"):
+        vm.enable_dirty_logging(b, eager_split_chunk=0)
+    vm.enable_dirty_logging(b, eager_split_chunk=2 * MiB)       # the same value is fine
 
 
 # ---------------------------------------------------------------------------
