@@ -146,3 +146,7 @@ def drill(args) -> int:
     else:
         sys.stdout.write("\n(Work out each walk, then run again with -c to see the answers.)\n")
     return 0
+
+
+# The interleaving explorer's commands (explore, replay, scenarios).
+from .sim import commands as _sim_commands  # noqa: E402,F401

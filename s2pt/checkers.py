@@ -1,0 +1,226 @@
+"""What counts as a bug in an interleaving, and how it is explained.
+
+Most checks are not here, because the one who performs an operation is the
+one who notices: memory reports a use-after-free (any access to a freed table
+page, by software or by a vCPU's hardware walker, or a walk cache still
+pointing into a page being freed) and a double free; the TLB model reports a
+stale translation; the BBM checker (:mod:`s2pt.bbm`) reports casemate's
+break-before-make errors; the explorer's machine reports lock misuse; the
+walker's ``WARN_ON``\\ s are recorded.  The scheduler sees a **deadlock** (no
+CPU can step, some have not finished) and a **livelock** (the step bound was
+exceeded).
+
+At the end of a run, after ``rcu_barrier()``, :func:`end_of_run` checks the
+quiescent table (reusing :mod:`s2pt.invariants`):
+
+* **leak**: every table page is reachable from the root or free, exactly once
+  (the bug f6a27d6dc51b fixed);
+* **refcount**: each table's ``page_count`` is 1 + its counted entries, and
+  no entry is still ``KVM_INVALID_PTE_LOCKED``;
+* **lost-update**: the final IPA -> PA map (with permissions and memory type,
+  but not the access flag, whose loss the kernel accepts) is one that some
+  serial order of the same CPUs produces.
+
+Each :class:`Violation` carries the step, the CPU, the kernel function on
+that CPU's stack and a one-sentence explanation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+
+from . import descriptor as d
+from .errors import KernelBug
+from .invariants import check_stage2, leaves
+
+__all__ = ["Violation", "KINDS", "end_of_run", "ipa_map", "serial_outcomes"]
+
+#: Every kind of violation the explorer can report, with what it means.
+KINDS = {
+    "use-after-free": "an access to a freed table page (software, hardware walker or walk cache)",
+    "double-free": "a table page freed twice",
+    "leak": "after rcu_barrier(), a table page neither reachable nor free",
+    "refcount": "at quiescence, a table's page_count is not 1 + its counted entries, "
+                "or an entry is still LOCKED",
+    "lost-update": "the final IPA -> PA map is not one any serial order gives",
+    "bbm": "a break-before-make violation (casemate's automaton)",
+    "stale-tlb": "a translation served from a TLB entry the tables no longer grant",
+    "deadlock": "no CPU can make progress, but not all have finished",
+    "livelock": "the step bound was exceeded",
+    "warn": "a WARN_ON in the walker fired",
+    "lock": "a lock released by a CPU that does not hold it",
+    "rcu": "unbalanced rcu_read_unlock()",
+}
+
+_PAGE = re.compile(r"(?:table page|page) (0x[0-9a-f]+)")
+
+
+@dataclass
+class Violation:
+    """One bug found in one run."""
+    kind: str
+    message: str
+    step: int | None = None          # event index (None: end-of-run check)
+    cpu: int | None = None
+    actor: str = ""
+    function: str = ""               # innermost kernel function on the CPU's stack
+    stack: tuple = ()
+    explanation: str = ""
+
+    def __str__(self):
+        where = f" at step {self.step} on {self.actor} in {self.function}()" if self.step is not None else ""
+        return f"{self.kind}{where}: {self.explanation}"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "step": self.step, "cpu": self.cpu,
+                "actor": self.actor, "function": self.function, "explanation": self.explanation}
+
+    # -- constructors -----------------------------------------------------------
+    @classmethod
+    def at_step(cls, world, ev, kind: str, message: str) -> "Violation":
+        actor = world.actors[ev.cpu].name
+        fn = ev.stack[-1] if ev.stack else "?"
+        return cls(kind, message, ev.index, ev.cpu, actor, fn, ev.stack,
+                   _explain(world, ev, kind, message, actor, fn))
+
+    @classmethod
+    def deadlock(cls, world) -> "Violation":
+        waits = [f"{world.actors[i].name} {world.blocked(i)}" for i in world.live()]
+        return cls("deadlock", "; ".join(waits), world.nsteps - 1, None, "", "", (),
+                   "no CPU can make progress: " + "; ".join(waits) + ".")
+
+    @classmethod
+    def livelock(cls, world, ev) -> "Violation":
+        return cls("livelock", f"{world.nsteps} steps", ev.index, ev.cpu,
+                   world.actors[ev.cpu].name, ev.stack[-1] if ev.stack else "?", ev.stack,
+                   f"the run exceeded the bound of {world.max_steps} steps without finishing: "
+                   f"likely a CPU spinning or retrying forever.")
+
+
+def _explain(world, ev, kind, message, actor, fn) -> str:
+    if kind in ("use-after-free", "double-free"):
+        m = _PAGE.search(message)
+        page = int(m.group(1), 16) if m else None
+        who = ""
+        if page is not None:
+            freed = world.frees.get(page >> world.pgt.page_shift)
+            if freed is not None and freed[0] != ev.index:
+                who = (f", which {world.actors[freed[1]].name} freed at step {freed[0]} "
+                       f"(in {freed[2]}())")
+        what = ev.op[0]
+        if kind == "double-free":
+            return f"{actor} ({fn}) freed table page {page:#x} again{who}." if page else \
+                f"{actor} ({fn}): {message}."
+        if "walk cache" in message:
+            return f"{actor} ({fn}) freed a table page that a vCPU's walk cache still points to: {message}."
+        if page is None:
+            return f"{actor} ({fn}) followed a pointer read from freed memory: {message}."
+        verb = {"hw_read": "its MMU read an entry of", "READ_ONCE": "read an entry of",
+                "cmpxchg": "did a cmpxchg on an entry of", "WRITE_ONCE": "wrote an entry of",
+                "get_page": "took a reference on", "put_page": "dropped a reference on",
+                "smp_store_release": "wrote an entry of"}.get(what, f"did {what} on")
+        return (f"{actor} ({fn}) {verb} table page {page:#x}{who}: it still held a pointer "
+                f"into a subtree that had been unlinked and freed.")
+    if kind == "warn":
+        return f"WARN_ON in {fn}() on {actor}: {message}."
+    return f"{actor} ({fn}): {message}."
+
+
+# ---------------------------------------------------------------------------
+# End of run
+# ---------------------------------------------------------------------------
+
+def end_of_run(world) -> list:
+    """The quiescent checks, after every CPU finished and rcu_barrier()."""
+    pgt = world.pgt
+    out = []
+    if world.machine.callbacks:
+        out.append(Violation("leak", "RCU callbacks still queued after rcu_barrier()",
+                             explanation="rcu_barrier() returned with callbacks still queued."))
+    pgt.memcaches = list(world.setup.memcaches)
+    try:
+        check_stage2(pgt)
+    except KernelBug as e:
+        text = str(e).split(": ", 1)[-1]
+        for problem in text.split("; "):
+            if "a leak" in problem:
+                kind = "leak"
+                expl = (problem.replace(": a leak", "") +
+                        " after rcu_barrier(): nothing will ever free it (a leak).")
+            elif "use-after-free" in problem or "freed page" in problem:
+                kind, expl = "use-after-free", problem + "."
+            else:
+                kind, expl = "refcount", problem + " at quiescence."
+            out.append(Violation(kind, problem, explanation=expl))
+    if not getattr(world, "serial", False) and world.setup.region is not None:
+        outcomes = serial_outcomes(world.scenario, world.scheme.name, world.setup.bugs)
+        got = ipa_map(pgt, world.setup.region)
+        if outcomes and got not in outcomes:
+            out.append(Violation(
+                "lost-update", _map_text(got),
+                explanation=("the final IPA -> PA map (" + _map_text(got) + ") is not what any "
+                             "serial order of the same CPUs gives (" +
+                             " or ".join(_map_text(o) for o in sorted(outcomes)) + ").")))
+    return out
+
+
+_ATTR_MASK = ((d.KVM_PTE_LEAF_ATTR_LO | d.KVM_PTE_LEAF_ATTR_HI)
+              & ~d.KVM_PTE_LEAF_ATTR_LO_S2_AF & ~d.KVM_PTE_LEAF_ATTR_HI_SW)
+
+
+def ipa_map(pgt, region) -> tuple:
+    """The valid mappings in ``region = (ipa, size)`` as merged runs
+    ``(ipa, end, pa, attributes)``: a 2M block and 512 pages that map the
+    same memory with the same attributes compare equal.  AF is ignored."""
+    lo, hi = region
+    hi += lo
+    runs = []
+    for ipa, size, level, pte in leaves(pgt):
+        if not pte & 1 or ipa + size <= lo or ipa >= hi:
+            continue
+        pa = (pte & pgt.addr_mask) & ~(size - 1)
+        attr = pte & _ATTR_MASK
+        s, e = max(ipa, lo), min(ipa + size, hi)
+        pa += s - ipa
+        if runs and runs[-1][1] == s and runs[-1][3] == attr and runs[-1][2] + (s - runs[-1][0]) == pa:
+            runs[-1] = (runs[-1][0], e, runs[-1][2], attr)
+        else:
+            runs.append((s, e, pa, attr))
+    return tuple(runs)
+
+
+def _map_text(m) -> str:
+    if not m:
+        return "nothing mapped"
+    return ", ".join(f"[{s:#x}, {e:#x}) -> {pa:#x} {d.prot_of(a | 1)}" for s, e, pa, a in m)
+
+
+_SERIAL: dict = {}
+
+
+def serial_outcomes(scenario, scheme: str, bugs=frozenset()) -> frozenset:
+    """The final maps of every serial order of the scenario's CPUs (each
+    runs to completion before the next starts; RCU callbacks run at the
+    end).  Orders that hit a violation contribute nothing."""
+    key = (scenario.name, scheme, frozenset(bugs))
+    if key in _SERIAL:
+        return _SERIAL[key]
+    from .sim.world import World
+    probe = World(scenario, scheme, bugs, record=False)
+    cpus = [i for i, a in enumerate(probe.actors) if not a.daemon]
+    out = set()
+    for order in itertools.permutations(cpus):
+        w = World(scenario, scheme, bugs, record=False)
+        w.serial = True
+        rank = {c: k for k, c in enumerate(order)}
+
+        def policy(world, enabled, rank=rank):
+            return min(enabled, key=lambda c: rank.get(c, len(rank)))
+
+        w.run((), policy)
+        if w.outcome == "done" and not w.violations:
+            out.add(ipa_map(w.pgt, w.setup.region))
+    _SERIAL[key] = frozenset(out)
+    return _SERIAL[key]

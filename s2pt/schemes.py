@@ -1,0 +1,108 @@
+"""Teardown schemes: who may walk a table while someone unlinks it, and when
+the unlinked subtree may be freed.
+
+A scheme is a small object that the scenarios' CPU programs consult at the
+points where the designs in the thread differ:
+
+* ``fault_lock``/``fault_unlock``: what a vCPU fault handler takes around
+  its walk (``read_lock(&kvm->mmu_lock)`` in the kernel since 6.2);
+* ``update_lock``/``update_unlock``: what other table updates take (MMU
+  notifier unmap, eager split: ``write_lock(&kvm->mmu_lock)``);
+* ``fault_flags``: the walk flags of a fault (``SHARED | HANDLE_FAULT``);
+* ``setup(pgt)``: how ``mm_ops->free_unlinked_table`` frees an unlinked
+  subtree.
+
+The two schemes of this issue:
+
+``rcu``
+    The kernel's design since 6.2 (commit "KVM: arm64: Tear down unlinked
+    stage-2 subtree after break-before-make" and the RCU series): faults run
+    under the read lock inside RCU read-side sections (``kvm_pgtable_walk_begin``
+    takes ``rcu_read_lock`` for shared walks), other updates under the write
+    lock, and unlinked tables go to ``call_rcu``, whose callback frees the
+    subtree with a "boring traversal" (``stage2_free_unlinked_table_rcu_cb``).
+``none``
+    The same locking, but the unlinked subtree is freed at once
+    (``free_unlinked_table_now``), as pKVM's host stage 2 does under its
+    exclusive lock.  With parallel faults this is the bug the thread is about.
+
+To add a scheme (rwlock, refcount, ...), subclass :class:`Scheme`, override
+what differs, and register it in :data:`SCHEMES`; scenarios declare their
+expected outcomes per scheme name.
+"""
+
+from __future__ import annotations
+
+from . import pgtable as pt
+from .errors import S2ptError
+from .sim.sync import read_lock, read_unlock, write_lock, write_unlock
+from .sim.world import DISPLAY
+
+__all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK"]
+
+#: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
+MMU_LOCK = "kvm->mmu_lock"
+
+
+class Scheme:
+    name = "?"
+    summary = ""
+    #: Flags of a vCPU fault's walk (user_mem_abort, handle_access_fault).
+    fault_flags = pt.SHARED | pt.HANDLE_FAULT
+
+    def setup(self, pgt):
+        """Install mm_ops->free_unlinked_table (and any other knob)."""
+        pgt.free_unlinked_table = pt.stage2_free_unlinked_table
+
+    # Each returns a generator, so a scheme may take several steps.
+    def fault_lock(self, unlinks: bool = False):
+        """Around a fault's walk.  ``unlinks``: this fault may collapse a
+        table into a block (a scheme may want a stronger lock for it)."""
+        yield read_lock(MMU_LOCK)
+
+    def fault_unlock(self, unlinks: bool = False):
+        yield read_unlock(MMU_LOCK)
+
+    def update_lock(self):
+        """Around an exclusive update: MMU-notifier unmap, eager split."""
+        yield write_lock(MMU_LOCK)
+
+    def update_unlock(self):
+        yield write_unlock(MMU_LOCK)
+
+    def __repr__(self):
+        return f"<scheme {self.name}: {self.summary}>"
+
+
+class RcuScheme(Scheme):
+    name = "rcu"
+    summary = ("faults under read_lock(mmu_lock) inside RCU read-side sections; other "
+               "updates under write_lock; unlinked tables freed by call_rcu")
+
+
+class NoneScheme(Scheme):
+    name = "none"
+    summary = ("the same locking as rcu, but unlinked tables are freed immediately "
+               "(no grace period)")
+
+    def setup(self, pgt):
+        pgt.free_unlinked_table = pt.free_unlinked_table_now
+
+
+# The lock wrappers are not kernel functions: diagrams show their caller.
+for _cls in (Scheme,):
+    for _fn in (_cls.fault_lock, _cls.fault_unlock, _cls.update_lock, _cls.update_unlock):
+        DISPLAY[_fn.__code__] = None
+
+#: name -> Scheme instance, in the order listings show them.
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme())}
+
+
+def get_scheme(scheme) -> Scheme:
+    if isinstance(scheme, Scheme):
+        return scheme
+    try:
+        return SCHEMES[scheme]
+    except (KeyError, TypeError):
+        raise S2ptError(f"scheme={scheme!r}: unknown scheme; choose one of "
+                        f"{', '.join(SCHEMES)}") from None

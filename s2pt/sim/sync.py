@@ -1,0 +1,292 @@
+"""Locks and RCU for simulated CPUs: the blocking operations.
+
+The walker's operations (:mod:`s2pt.ops`) always complete.  The ones here may
+have to wait, so the explorer asks :meth:`SimMachine.blocked` before it lets
+a CPU perform one; a CPU whose next operation cannot proceed is *blocked*,
+with a reason ("waits for kvm->mmu_lock held for write by vCPU0").
+
+Each is one ``yield`` in a CPU program, written like the kernel::
+
+    yield read_lock("kvm->mmu_lock")        # read_lock(&kvm->mmu_lock)
+    yield rcu_read_lock()                   # from s2pt.ops
+    yield from synchronize_rcu()            # two steps: start, then wait
+
+**RCU, as the kernel guarantees it** (not as Tree RCU implements it):
+
+* ``rcu_read_lock``/``rcu_read_unlock`` nest per CPU; a read-side critical
+  section is the span from nesting 0 -> 1 back to 0.
+* ``synchronize_rcu`` starts a grace period: it notes the CPUs that are
+  inside a read-side section *at that moment* and then waits until each of
+  those sections has ended.  A section that begins later does not delay it
+  (LKMM's Grace-Period Guarantee: "a critical section can never span a full
+  grace period").
+* ``call_rcu(fn, ...)`` queues ``fn`` with the same snapshot; callbacks are
+  invoked in the order they were queued (grace periods end in order), by a
+  separate, schedulable RCU callback thread, once their readers are gone.
+* ``rcu_barrier`` waits until every queued callback has been invoked: the
+  explorer performs it before the end-of-run leak check.
+
+Simplified: there is one global callback list (the kernel has one per CPU,
+drained in grace-period order, which gives the same orderings here), and no
+expedited grace periods or quiescent-state machinery.
+"""
+
+from __future__ import annotations
+
+from ..errors import KernelBug, S2ptError
+from ..ops import Machine
+
+__all__ = [
+    "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
+    "synchronize_rcu", "rcu_barrier", "SimMachine", "BLOCKING",
+]
+
+
+# ---- constructors -----------------------------------------------------------
+
+def spin_lock(lock: str):
+    return ("spin_lock", lock)
+
+
+def spin_unlock(lock: str):
+    return ("spin_unlock", lock)
+
+
+def read_lock(lock: str):
+    return ("read_lock", lock)
+
+
+def read_unlock(lock: str):
+    return ("read_unlock", lock)
+
+
+def write_lock(lock: str):
+    return ("write_lock", lock)
+
+
+def write_unlock(lock: str):
+    return ("write_unlock", lock)
+
+
+def synchronize_rcu():
+    """synchronize_rcu(): two steps, because other CPUs run in between.
+
+    The first notes which CPUs are inside a read-side critical section now;
+    the second blocks until each of those sections has ended."""
+    yield ("synchronize_rcu",)
+    yield ("rcu_gp_wait",)
+
+
+def rcu_barrier():
+    """rcu_barrier(): wait until every callback queued so far has run."""
+    return ("rcu_barrier",)
+
+
+def rcu_next_callback():
+    """What the RCU callback thread waits on: the oldest queued callback,
+    once its grace period has ended.  The result is ``(fn, args)``."""
+    return ("rcu_next_callback",)
+
+
+#: Operations that may block (everything else is always enabled).
+BLOCKING = frozenset({"spin_lock", "read_lock", "write_lock", "rcu_gp_wait",
+                      "rcu_barrier", "rcu_next_callback"})
+
+
+class SimMachine(Machine):
+    """A :class:`~s2pt.ops.Machine` that knows which CPU performs each
+    operation, and adds locks and a faithful RCU.
+
+    ``cpu`` is set by the explorer before each operation.  Memory-safety
+    violations are *recorded* in ``violations`` as ``(kind, message)``
+    instead of raised, so the explorer can report where they happened.
+
+    All synchronisation state is small and immutable-valued, so that
+    :meth:`sync_state` can be a hashable tuple (part of a state fingerprint)
+    and :meth:`set_sync_state` can restore it.
+    """
+
+    def __init__(self, mem, mmu=None, ncpus: int = 1, vcpu_of=None):
+        super().__init__(mem, mmu)
+        self.ncpus = ncpus
+        self.cpu = 0
+        #: explorer actor -> the vCPU index whose TLB a local TLBI reaches
+        self.vcpu_of = vcpu_of or {}
+        self.violations: list = []
+        # lock name -> (writer cpu or None, frozenset of reader cpus)
+        self.locks: dict = {}
+        self.nesting = [0] * ncpus            # rcu_read_lock nesting per CPU
+        self.gp_waiters: dict = {}            # cpu in synchronize_rcu -> readers awaited
+        self.callbacks: list = []             # [(readers awaited, fn, args)], queue order
+        d = self.dispatch
+        d["rcu_read_lock"] = self._rcu_read_lock
+        d["rcu_read_unlock"] = self._rcu_read_unlock
+        d["call_rcu"] = self._call_rcu
+        d["synchronize_rcu"] = self._synchronize_rcu
+        d["rcu_gp_wait"] = self._rcu_gp_wait
+        d["rcu_barrier"] = self._nop
+        d["rcu_next_callback"] = self._rcu_next_callback
+        for name in ("spin_lock", "spin_unlock", "read_lock", "read_unlock",
+                     "write_lock", "write_unlock"):
+            d[name] = getattr(self, "_" + name)
+        mem.violation = self._violation
+
+    # -- violations ------------------------------------------------------------
+    def _violation(self, kind: str, message: str):
+        self.violations.append((kind, message))
+
+    def perform(self, op):
+        if self.mmu is not None:
+            # Local TLBIs (ipa_nsh) reach only the issuing vCPU's TLB.
+            self.mmu.current_vcpu = self.vcpu_of.get(self.cpu, self.cpu)
+        try:
+            return super().perform(op)
+        except KernelBug as e:
+            self.violations.append((e.kind, str(e).split(": ", 1)[-1]))
+        except S2ptError as e:
+            # A pointer that leads outside the table pages: only reachable by
+            # following garbage read from a freed page.
+            self.violations.append(("use-after-free", f"{op[0]}: {e}"))
+        return None
+
+    # -- blocking ----------------------------------------------------------------
+    def blocked(self, cpu: int, op) -> str | None:
+        """Why ``cpu`` cannot perform ``op`` now (None: it can)."""
+        name = op[0]
+        if name not in BLOCKING:
+            return None
+        if name == "spin_lock" or name == "write_lock":
+            writer, readers = self.locks.get(op[1], (None, frozenset()))
+            if writer is not None:
+                return f"waits for {op[1]}, held by CPU {writer}"
+            if readers:
+                return f"waits for {op[1]}, held for read by CPU {_cpus(readers)}"
+            return None
+        if name == "read_lock":
+            writer, _ = self.locks.get(op[1], (None, frozenset()))
+            if writer is not None:
+                return f"waits for {op[1]}, held for write by CPU {writer}"
+            return None
+        if name == "rcu_gp_wait":
+            left = self.gp_waiters.get(cpu, frozenset())
+            if left:
+                return f"synchronize_rcu() waits for the read-side sections of CPU {_cpus(left)}"
+            return None
+        if name == "rcu_next_callback":
+            if not self.callbacks:
+                return "no RCU callback queued"
+            if self.callbacks[0][0]:
+                return (f"the oldest callback waits for a grace period: CPU "
+                        f"{_cpus(self.callbacks[0][0])} still in rcu_read_lock()")
+            return None
+        if name == "rcu_barrier":
+            if self.callbacks:
+                return f"rcu_barrier() waits for {len(self.callbacks)} callback(s)"
+            return None
+        return None
+
+    # -- locks -------------------------------------------------------------------
+    def _lock(self, name):
+        return self.locks.get(name, (None, frozenset()))
+
+    def _spin_lock(self, op):
+        self.locks[op[1]] = (self.cpu, frozenset())
+
+    _write_lock = _spin_lock
+
+    def _spin_unlock(self, op):
+        writer, readers = self._lock(op[1])
+        if writer != self.cpu:
+            self._violation("lock", f"{op[0]}({op[1]}) by CPU {self.cpu}, which does not hold it")
+        self.locks.pop(op[1], None)
+
+    _write_unlock = _spin_unlock
+
+    def _read_lock(self, op):
+        writer, readers = self._lock(op[1])
+        self.locks[op[1]] = (None, readers | {self.cpu})
+
+    def _read_unlock(self, op):
+        writer, readers = self._lock(op[1])
+        if self.cpu not in readers:
+            self._violation("lock", f"read_unlock({op[1]}) by CPU {self.cpu}, which does not hold it")
+        readers = readers - {self.cpu}
+        if readers:
+            self.locks[op[1]] = (None, readers)
+        else:
+            self.locks.pop(op[1], None)
+
+    # -- RCU ---------------------------------------------------------------------
+    def _readers(self) -> frozenset:
+        return frozenset(c for c, n in enumerate(self.nesting) if n)
+
+    def _rcu_read_lock(self, op):
+        self.nesting[self.cpu] += 1
+
+    def _rcu_read_unlock(self, op):
+        cpu = self.cpu
+        if self.nesting[cpu] == 0:
+            self._violation("rcu", f"rcu_read_unlock() on CPU {cpu} without rcu_read_lock()")
+            return
+        self.nesting[cpu] -= 1
+        if self.nesting[cpu]:
+            return
+        # The read-side section ended: no grace period waits for it any more.
+        for w, left in list(self.gp_waiters.items()):
+            if cpu in left:
+                self.gp_waiters[w] = left - {cpu}
+        if self.callbacks:
+            self.callbacks = [(left - {cpu}, fn, args) for left, fn, args in self.callbacks]
+
+    def _call_rcu(self, op):
+        # Grace periods end in order, so a later callback also waits for
+        # whatever the one before it still waits for.
+        waits = self._readers()
+        if self.callbacks:
+            waits |= self.callbacks[-1][0]
+        self.callbacks.append((waits, op[1], op[2]))
+
+    def _synchronize_rcu(self, op):
+        self.gp_waiters[self.cpu] = self._readers()
+
+    def _rcu_gp_wait(self, op):
+        self.gp_waiters.pop(self.cpu, None)
+
+    def _rcu_next_callback(self, op):
+        _, fn, args = self.callbacks.pop(0)
+        return fn, args
+
+    def _nop(self, op):
+        return None
+
+    # -- state -------------------------------------------------------------------
+    def sync_state(self) -> tuple:
+        """Locks, RCU nesting, grace-period waits, callback queue: hashable."""
+        return (tuple(sorted(self.locks.items())), tuple(self.nesting),
+                tuple(sorted(self.gp_waiters.items())),
+                tuple((w, fn, args) for w, fn, args in self.callbacks))
+
+    def set_sync_state(self, s: tuple):
+        self.locks = dict(s[0])
+        self.nesting = list(s[1])
+        self.gp_waiters = dict(s[2])
+        self.callbacks = list(s[3])
+
+    def describe_sync(self) -> str:
+        """One line: who holds which lock, who is inside RCU, what waits."""
+        parts = []
+        for name, (writer, readers) in sorted(self.locks.items()):
+            if writer is not None:
+                parts.append(f"{name}: W by {writer}")
+            elif readers:
+                parts.append(f"{name}: R by {_cpus(readers)}")
+        r = self._readers()
+        if r:
+            parts.append(f"rcu readers {_cpus(r)}")
+        if self.callbacks:
+            parts.append(f"{len(self.callbacks)} RCU callback(s) queued")
+        return "; ".join(parts) or "no locks, no RCU readers"
+
+
+def _cpus(s) -> str:
+    return ",".join(str(c) for c in sorted(s))

@@ -1,0 +1,477 @@
+"""Simulated CPUs running kernel paths one shared-memory step at a time.
+
+A CPU is a generator function whose body reads like the kernel path it
+models, and every ``yield`` is one operation on shared state (a descriptor
+load or store, a refcount change, a lock, an RCU call, a TLBI).  A
+:class:`World` holds one scenario's table, its CPUs and the machine that
+performs their operations; :meth:`World.step` lets one CPU perform its next
+operation and returns the :class:`Event`.  Schedulers (manual, random, PCT,
+exhaustive) only choose which CPU steps next.
+
+Besides the scenario's CPUs there is always an **RCU callback thread**
+(``rcu_do_batch`` on the callback kthread), a daemon that invokes each
+``call_rcu`` callback once its grace period has ended.  When every other CPU
+has finished, the world performs ``rcu_barrier()`` (the callback thread
+drains its queue) and then the end-of-run checks.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+
+from ..errors import KernelBug, S2ptError
+from .sync import SimMachine, rcu_next_callback
+
+__all__ = ["Actor", "Setup", "Event", "World", "frames", "stack_names", "freeze"]
+
+
+@dataclass
+class Actor:
+    """One schedulable CPU (or kernel thread, or MMU).
+
+    ``pure``: the code between its yields reads and writes nothing shared
+    (true of every walker in :mod:`s2pt.pgtable`); the explorer may then
+    rebuild it by replaying its own results.  A hardware walker that fills a
+    TLB between reads is not pure.
+    """
+    name: str
+    role: str
+    program: object            # callable(*args) -> generator
+    args: tuple = ()
+    daemon: bool = False
+    pure: bool = True
+    vcpu: int | None = None
+
+    def start(self):
+        return self.program(*self.args)
+
+
+class Setup:
+    """What a scenario builds: the table, the CPUs, and extra state.
+
+    ``stateful`` lists objects whose fields are part of the machine state
+    (per-vCPU TLBs, checkers with automata); ``attach`` lists callables run
+    once the explorer's machine is in place (checkers subscribe there).
+    """
+
+    def __init__(self, pgt, scheme, bugs=frozenset()):
+        self.pgt = pgt
+        self.scheme = scheme
+        self.bugs = frozenset(bugs)
+        self.actors: list[Actor] = []
+        self.stateful: list = []
+        self.attach: list = []
+        self.opaque: list = [pgt, pgt.mm, pgt.mmu]
+        self.memcaches: list = []
+        self.region: tuple | None = None       # (ipa, size) the lost-update oracle compares
+        self.notes: dict = {}
+
+    def cpu(self, name, role, program, *args, vcpu=None, pure=True, daemon=False):
+        self.actors.append(Actor(name, role, program, args, daemon, pure, vcpu))
+        return len(self.actors) - 1
+
+    def memcache(self, pages: int):
+        """A pre-filled struct kvm_mmu_memory_cache (topped up before the run)."""
+        from ..memory import MemCache
+        mc = MemCache(self.pgt.mm)
+        if mc.topup(pages):
+            raise KernelBug("setup", "memcache top-up failed")
+        self.memcaches.append(mc)
+        self.opaque.append(mc)
+        return mc
+
+
+def rcu_callback_thread():
+    """rcu_do_batch() on the RCU callback kthread: invoke each queued
+    callback once its grace period has ended, oldest first."""
+    while True:
+        fn, args = yield rcu_next_callback()
+        yield from fn(*args)
+
+
+@dataclass(slots=True)
+class Event:
+    """One step: CPU ``cpu`` performed ``op`` and got ``result``.
+
+    ``stack`` names the kernel functions on that CPU's stack, outermost
+    first; ``violations`` are what the step broke, as ``(kind, message)``.
+    """
+    index: int
+    cpu: int
+    op: tuple
+    result: object
+    stack: tuple
+    violations: list = field(default_factory=list)
+    enabled: tuple = ()
+    note: str = ""
+
+    @property
+    def function(self) -> str:
+        return self.stack[-1] if self.stack else "?"
+
+
+# ---------------------------------------------------------------------------
+# Looking inside suspended generators
+# ---------------------------------------------------------------------------
+
+def _chain(gen):
+    while gen is not None:
+        f = gen.gi_frame
+        if f is None:
+            return
+        yield gen, f
+        gen = gen.gi_yieldfrom if isinstance(gen, types.GeneratorType) else None
+
+
+#: code object -> the kernel function name to show (None: a helper frame
+#: that is not shown, such as a scheme's lock wrapper).  See :func:`kernel_path`.
+DISPLAY: dict = {}
+
+
+def kernel_path(name: str | None):
+    """Decorator: show this CPU program as kernel function ``name`` in
+    diagrams (several programs model different paths of user_mem_abort)."""
+    def mark(fn):
+        DISPLAY[fn.__code__] = name
+        fn.kernel_name = name
+        return fn
+    return mark
+
+
+def stack_names(gen) -> tuple:
+    """The kernel function names on a suspended generator's ``yield from``
+    chain, outermost first."""
+    out = []
+    for _, f in _chain(gen):
+        code = f.f_code
+        name = DISPLAY.get(code, code.co_name)
+        if name is not None:
+            out.append(name)
+    return tuple(out)
+
+
+def frames(gen, opaque: dict) -> tuple:
+    """A suspended generator's position and locals, down its ``yield from``
+    chain, as a hashable value: two generators with equal ``frames`` behave
+    identically from here on, given the same results."""
+    out = []
+    for _, f in _chain(gen):
+        loc = f.f_locals
+        out.append((f.f_code, f.f_lasti,
+                    tuple((k, freeze(v, opaque)) for k, v in loc.items()
+                          if not isinstance(v, types.GeneratorType))))
+    return tuple(out)
+
+
+_ATOMS = (int, str, bool, float, type(None), bytes)
+
+
+def freeze(v, opaque: dict, depth: int = 0):
+    """A hashable value-copy of ``v`` (objects with __slots__ become tuples;
+    shared objects such as the page table become their name)."""
+    if isinstance(v, _ATOMS):
+        return v
+    tag = opaque.get(id(v))
+    if tag is not None:
+        return tag
+    if depth > 8:
+        raise RecursionError("freeze: structure too deep")
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__,) + tuple(freeze(x, opaque, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return ("dict",) + tuple((freeze(k, opaque, depth + 1), freeze(x, opaque, depth + 1))
+                                 for k, x in v.items())
+    if isinstance(v, (set, frozenset)):
+        return ("set", frozenset(freeze(x, opaque, depth + 1) for x in v))
+    if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type, types.CodeType)):
+        return v
+    if isinstance(v, types.MethodType):
+        return ("method", freeze(v.__self__, opaque, depth + 1), v.__func__)
+    if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()              # a numpy scalar
+    slots = getattr(type(v), "__slots__", None)
+    if slots is not None and not hasattr(v, "__dict__"):
+        return (type(v),) + tuple(freeze(getattr(v, s, None), opaque, depth + 1) for s in slots)
+    d = getattr(v, "__dict__", None)
+    if d is not None:
+        return (type(v),) + tuple((k, freeze(x, opaque, depth + 1)) for k, x in d.items())
+    return ("opaque", type(v).__name__, id(v))
+
+
+# ---------------------------------------------------------------------------
+# The world
+# ---------------------------------------------------------------------------
+
+class World:
+    """One run of a scenario under a scheme: build, then step CPUs.
+
+    ``cpus[i]`` is the generator of actor ``i`` (None once finished) and
+    ``pending[i]`` the operation it will perform next.  The last actor is
+    always the RCU callback thread.
+    """
+
+    def __init__(self, scenario, scheme, bugs=(), max_steps: int = 20000, record: bool = True):
+        from ..schemes import get_scheme
+        self.scenario = scenario
+        self.scheme = get_scheme(scheme)
+        setup = scenario.build(self.scheme, frozenset(bugs))
+        setup.cpu("rcu", "RCU callbacks (rcu_do_batch)", rcu_callback_thread, daemon=True)
+        self.setup = setup
+        pgt = self.pgt = setup.pgt
+        self.actors = setup.actors
+        n = len(self.actors)
+        old = pgt.machine
+        m = SimMachine(pgt.mm, pgt.mmu, n, {i: a.vcpu for i, a in enumerate(self.actors)
+                                            if a.vcpu is not None})
+        m.stats = old.stats
+        pgt.machine = m
+        self.machine = m
+        self.warnings: list = []
+        pgt.warn = self._warn
+        for fn in setup.attach:
+            fn(m)
+        self.opaque = {id(o): f"<{type(o).__name__}#{k}>" for k, o in enumerate(setup.opaque)}
+        for k, o in enumerate(setup.stateful):
+            self.opaque[id(o)] = f"<{type(o).__name__}#s{k}>"
+        self.opaque[id(m)] = "<machine>"
+        self.opaque[id(self)] = "<world>"
+        self.max_steps = max_steps
+        self.record = record
+        # For the views: the level of each table page, who freed what.
+        from ..invariants import reachable_tables
+        self.pgd_pfns = [p.pfn for p in pgt.pgd_pages]
+        self.levels = {p.pfn: lvl for p, lvl in reachable_tables(pgt)}
+        self.frees: dict = {}                 # pfn -> (step, cpu, function)
+        if hasattr(pgt.mm, "free_hooks"):
+            pgt.mm.free_hooks.append(self._on_free)
+        self.events: list[Event] = []
+        self.nsteps = 0
+        self.cpus: list = [None] * n
+        self.pending: list = [None] * n
+        self.results: list = [None] * n       # each actor's return value
+        self.outcome = None                   # None while running; "done", "deadlock", "violation", "livelock"
+        self.violations: list = []            # checkers.Violation objects
+        for i, a in enumerate(self.actors):
+            self._prime(i, a.start())
+
+    # -- helpers ------------------------------------------------------------------
+    def _warn(self, message: str):
+        """WARN_ON() in the walker: recorded, as a kernel splat would be."""
+        self.warnings.append(("warn", message))
+
+    def _prime(self, i, gen):
+        try:
+            self.cpus[i] = gen
+            self.pending[i] = gen.send(None)
+        except StopIteration as stop:
+            self.cpus[i] = None
+            self.results[i] = stop.value
+
+    @property
+    def n(self) -> int:
+        return len(self.actors)
+
+    def name(self, i: int) -> str:
+        return self.actors[i].name
+
+    def blocked(self, i: int) -> str | None:
+        """Why actor ``i`` cannot step now ("finished" once it has)."""
+        if self.cpus[i] is None:
+            return "finished"
+        return self.machine.blocked(i, self.pending[i])
+
+    def enabled(self) -> list:
+        m = self.machine
+        return [i for i in range(self.n)
+                if self.cpus[i] is not None and m.blocked(i, self.pending[i]) is None]
+
+    def live(self) -> list:
+        """Actors that must still finish (daemons never must)."""
+        return [i for i, a in enumerate(self.actors) if not a.daemon and self.cpus[i] is not None]
+
+    # -- stepping -----------------------------------------------------------------
+    def step(self, i: int) -> Event:
+        """Actor ``i`` performs its pending operation and runs to its next one."""
+        if self.outcome is not None:
+            raise RuntimeError("the run is over")
+        gen = self.cpus[i]
+        if gen is None or self.machine.blocked(i, self.pending[i]) is not None:
+            raise S2ptError(f"CPU {i} ({self.name(i)}) cannot step: {self.blocked(i)}")
+        op = self.pending[i]
+        m = self.machine
+        stack = stack_names(gen) if self.record else ()
+        enabled = tuple(self.enabled()) if self.record else ()
+        m.cpu = i
+        self._stack = stack
+        pre = self._peek(op) if self.record else None
+        result = m.perform(op)
+        viol = []
+        if m.violations:
+            viol, m.violations = m.violations, []
+        if not viol:
+            try:
+                self.pending[i] = gen.send(result)
+            except StopIteration as stop:
+                self.cpus[i] = None
+                self.pending[i] = None
+                self.results[i] = stop.value
+            except KernelBug as e:
+                viol.append((e.kind, str(e).split(": ", 1)[-1]))
+            if m.violations:                  # raised from code between yields
+                viol += m.violations
+                m.violations = []
+            if self.warnings:
+                viol += self.warnings
+                self.warnings = []
+        ev = Event(self.nsteps, i, op, result, stack, viol, enabled)
+        if self.record:
+            ev.note = self._changes(op, pre)
+        self.nsteps += 1
+        if self.record:
+            self.events.append(ev)
+        if viol:
+            from ..checkers import Violation
+            for kind, msg in viol:
+                self.violations.append(Violation.at_step(self, ev, kind, msg))
+            self.outcome = "violation"
+        elif self.nsteps >= self.max_steps:
+            from ..checkers import Violation
+            self.violations.append(Violation.livelock(self, ev))
+            self.outcome = "livelock"
+        else:
+            self._maybe_finish()
+        return ev
+
+    def _maybe_finish(self):
+        if self.live():
+            if not self.enabled():
+                from ..checkers import Violation
+                self.violations.append(Violation.deadlock(self))
+                self.outcome = "deadlock"
+            return
+        # Every CPU has finished: rcu_barrier() -- the callback thread runs
+        # what is still queued -- happens as the remaining (forced) steps.
+        if self.enabled():
+            return
+        self.outcome = "done"
+        from ..checkers import end_of_run
+        self.violations += end_of_run(self)
+        if self.violations:
+            self.outcome = "violation"
+
+    def run(self, schedule=(), policy=None) -> "World":
+        """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
+        keep running the last CPU while it can, else the lowest enabled)."""
+        last = None
+        for k, tok in enumerate(schedule):
+            if self.outcome is not None:
+                return self
+            if not isinstance(tok, int) or not 0 <= tok < self.n:
+                raise S2ptError(f"schedule step {k}: {tok!r} is not a CPU of this scenario "
+                                f"(0..{self.n - 1})")
+            if tok not in self.enabled():
+                raise S2ptError(f"schedule step {k}: CPU {tok} ({self.name(tok)}) cannot step: "
+                                f"{self.blocked(tok)}")
+            self.step(tok)
+            last = tok
+        while self.outcome is None:
+            en = self.enabled()
+            choice = policy(self, en) if policy else default_choice(en, last)
+            self.step(choice)
+            last = choice
+        return self
+
+    # -- bookkeeping for the views ---------------------------------------------------
+    def _on_free(self, page):
+        if self.record:
+            st = getattr(self, "_stack", ())
+            self.frees[page.pfn] = (self.nsteps, self.machine.cpu, st[-1] if st else "?")
+
+    def _peek(self, op):
+        name = op[0]
+        if name in _ADDR_OPS:
+            mm = self.pgt.mm
+            page = mm.pages.get(op[1] >> mm.page_shift)
+            if page is None:
+                return None
+            idx = (op[1] & (mm.page_size - 1)) >> 3
+            return (page.refcount, page.freed, page.table.item(idx))
+        if name in _SYNC_OPS:
+            return self.machine.describe_sync()
+        return None
+
+    def _changes(self, op, pre) -> str:
+        from .report import desc_text, loc_text
+        name = op[0]
+        if name in _ADDR_OPS and pre is not None:
+            post = self._peek(op)
+            mm = self.pgt.mm
+            pa = op[1] & ~(mm.page_size - 1)
+            lvl = self.levels.get(op[1] >> mm.page_shift)
+            out = []
+            if post[2] != pre[2] and not post[1]:
+                out.append(f"{loc_text(self, op[1])}: {desc_text(self, pre[2], lvl)} -> "
+                           f"{desc_text(self, post[2], lvl)}")
+                new = post[2]
+                if lvl is not None and lvl < 3 and new & 3 == 3:
+                    child = (new & self.pgt.addr_mask) >> mm.page_shift
+                    if child in mm.pages:
+                        self.levels[child] = lvl + 1
+            if post[1] and not pre[1]:
+                out.append(f"table page {pa:#x} freed (poisoned, back to the allocator)")
+            elif post[0] != pre[0]:
+                out.append(f"page_count({pa:#x}): {pre[0]} -> {post[0]}")
+            return "; ".join(out)
+        if name in _SYNC_OPS:
+            post = self.machine.describe_sync()
+            return post if post != pre else ""
+        return ""
+
+    # -- views ----------------------------------------------------------------------
+    def diagram(self, **kw) -> str:
+        """The run so far as a race diagram (s2pt.sim.report.race_diagram)."""
+        from .report import race_diagram
+        return race_diagram(self, **kw)
+
+    def log(self) -> str:
+        """Every step with its result and what it changed."""
+        from .report import state_log
+        return state_log(self)
+
+    def status(self) -> str:
+        """One line per CPU: what it does next, or why it cannot."""
+        out = []
+        for i, a in enumerate(self.actors):
+            why = self.blocked(i)
+            state = "finished" if why == "finished" else (
+                f"blocked: {why}" if why else f"next: {self.pending_text(i)}")
+            out.append(f"{i}: {a.name:<9} {state}")
+        if self.outcome:
+            out.append(f"outcome: {self.outcome}")
+            out += [f"  {v}" for v in self.violations]
+        return "\n".join(out)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(self.diagram() + "\n\n" + self.status())
+
+    def pending_text(self, i: int) -> str:
+        from .report import op_text
+        if self.cpus[i] is None:
+            return "finished"
+        return op_text(self, self.pending[i])
+
+
+_ADDR_OPS = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "get_page",
+                       "put_page", "page_count", "get_page_unless_zero", "free_page"})
+_SYNC_OPS = frozenset({"spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock",
+                       "write_unlock", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
+                       "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback"})
+
+
+def default_choice(enabled, last):
+    """Without a schedule: no preemption (the last CPU keeps running while
+    it can), otherwise the lowest-numbered enabled CPU."""
+    if last is not None and last in enabled:
+        return last
+    return enabled[0]
