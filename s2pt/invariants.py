@@ -88,7 +88,10 @@ def check_stage2(pgt, extra_owned=()):
     owned = {p.pfn for p, _ in tables}
     for page, level in tables:
         t = page.table
-        counted = int(np.count_nonzero(t))
+        if getattr(pgt, "counts_every_entry", True):
+            counted = int(np.count_nonzero(t))
+        else:
+            counted = sum(1 for v in t[np.flatnonzero(t)].tolist() if pgt.pte_is_counted(v, level))
         if page.refcount != counted + 1:
             problems.append(f"level-{level} table {page.pa:#x}: refcount {page.refcount}, "
                             f"but {counted} counted entries + 1")

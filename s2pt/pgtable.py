@@ -45,7 +45,7 @@ from . import descriptor as d
 from .descriptor import (
     KVM_INVALID_PTE_LOCKED, KVM_PTE_LEAF_ATTR_HI_SW, KVM_PTE_LEAF_ATTR_LO_S2_AF,
     KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W, KVM_PTE_LEAF_ATTR_HI_S2_XN, KVM_PTE_LEAF_ATTR_LO,
-    KVM_PTE_LEAF_ATTR_HI, kvm_pte_table, kvm_pte_valid, stage2_pte_is_counted,
+    KVM_PTE_LEAF_ATTR_HI, kvm_pte_table, kvm_pte_valid,
     stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
 )
 from .errors import KernelBug
@@ -308,7 +308,7 @@ def stage2_try_break_pte(ctx: VisitCtx, mmu=None):
             yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
         elif kvm_pte_valid(ctx.old):
             yield tlbi("ipa", ctx.addr, ctx.level)
-    if stage2_pte_is_counted(ctx.old):
+    if ctx.pgt.pte_is_counted(ctx.old, ctx.level):
         yield put_page(ctx.ptep)
     return True
 
@@ -318,7 +318,7 @@ def stage2_make_pte(ctx: VisitCtx, new: int):
     cur = yield READ_ONCE(ctx.ptep)
     if not stage2_pte_is_locked(cur):
         ctx.pgt.warn("stage2_make_pte: entry not locked")
-    if stage2_pte_is_counted(new):
+    if ctx.pgt.pte_is_counted(new, ctx.level):
         yield get_page(ctx.ptep)
     yield smp_store_release(ctx.ptep, new)
 
@@ -373,8 +373,8 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
 
     # "If we're only changing software bits, then store them and go!"
     if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
-        old_counted = stage2_pte_is_counted(ctx.old)
-        if old_counted != stage2_pte_is_counted(new):
+        old_counted = pgt.pte_is_counted(ctx.old, ctx.level)
+        if old_counted != pgt.pte_is_counted(new, ctx.level):
             yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
         if not (yield from stage2_try_set_pte(ctx, new)):
             pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
@@ -450,6 +450,8 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     """Bulk twin of stage2_map_walk_leaf for a run of *empty* entries where a
     leaf is allowed: each becomes a fresh leaf (break of an empty entry
     issues no TLBI; make takes one reference each)."""
+    if not pgt.counts_every_entry:
+        return 0          # the numpy twin assumes "counted = non-zero"
     mdata = data.walker.arg
     if mdata.annotation or (mdata.force_pte and level < 3) or not pgt.supports_block(level):
         return 0
@@ -560,7 +562,7 @@ def stage2_unmap_walker(ctx: VisitCtx, visit: int):
     childp = None
     need_flush = False
     if not kvm_pte_valid(ctx.old):
-        if stage2_pte_is_counted(ctx.old):
+        if pgt.pte_is_counted(ctx.old, ctx.level):
             yield WRITE_ONCE(ctx.ptep, 0)
             yield put_page(ctx.ptep)
         return 0
@@ -611,6 +613,8 @@ def _leaf_run(pgt, data: WalkData, table: int, level: int, idx: int):
 
 def stage2_unmap_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
     """Bulk twin of stage2_unmap_walker for runs of empty and valid-leaf entries."""
+    if not pgt.counts_every_entry:
+        return 0          # the numpy twin assumes "counted = non-zero"
     r = _leaf_run(pgt, data, table, level, idx)
     if r is None or r[2] == 0:
         return 0
@@ -862,7 +866,7 @@ def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False):
 # ---------------------------------------------------------------------------
 
 def stage2_free_walker(ctx: VisitCtx, visit: int):
-    if not stage2_pte_is_counted(ctx.old):
+    if not ctx.pgt.pte_is_counted(ctx.old, ctx.level):
         return 0
     if visit == LEAF:
         yield put_page(ctx.ptep)                       # stage2_free_leaf
@@ -882,6 +886,8 @@ def stage2_free_walker(ctx: VisitCtx, visit: int):
 
 def stage2_free_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> int:
     """Bulk twin of stage2_free_walker's LEAF case: one put per counted entry."""
+    if not pgt.counts_every_entry:
+        return 0          # the numpy twin assumes "counted = non-zero"
     page = pgt.mm.pages[table >> pgt.page_shift]
     if page.freed:
         return 0

@@ -67,6 +67,11 @@ class KvmPgtable:
         self.idmap = idmap             # KVM_PGTABLE_S2_IDMAP
         self.force_pte_cb = None
         self.max_owner_id = d.KVM_MAX_OWNER_ID
+        # stage2_pte_is_counted(): which entries hold a reference on their
+        # table.  Upstream, every non-zero entry; Android's host stage 2
+        # counts only non-default ones so that tables can coalesce.
+        self.pte_is_counted = _counted_if_nonzero
+        self.counts_every_entry = True
         # mm_ops->free_unlinked_table: call_rcu in the kernel, immediate in pKVM
         self.free_unlinked_table = pt.stage2_free_unlinked_table
         # Switches for the seeded historical bugs (all True = today's kernel)
@@ -94,6 +99,10 @@ class KvmPgtable:
     def warn(self, message: str):
         """WARN_ON(): in the sequential model a warning is a bug."""
         raise KernelBug("warn", message)
+
+
+def _counted_if_nonzero(pte: int, level: int) -> bool:
+    return d.stage2_pte_is_counted(pte)
 
 
 @dataclass(frozen=True)
