@@ -15,19 +15,17 @@ array, timed in the same run.  The last line printed is one JSON object.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from common import numpy_baseline, peak_rss_mib, rss_mib  # noqa: E402
 from s2pt.kvm import VM  # noqa: E402
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main():
@@ -65,21 +63,13 @@ def main():
     faults = size // block
     collapse_seconds = time.perf_counter() - t0
     freed = vm.stats["tables_freed"] - freed0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    peak_mib = peak_rss_mib() - rss0
     table_mib = (vm.stats["tables_peak"] + vm.pgt.geom.pgd_pages) * 4096 / 2**20
     assert freed == size // block and vm.stats["maps"] >= faults
     assert vm.translate(slot.gpa).level == 2
     del vm
 
-    base = np.uint64(0x10_0000_0000 | 0x7FF)
-    best = float("inf")
-    for _ in range(3):
-        arr = np.empty(ptes, dtype=np.uint64)
-        t0 = time.perf_counter()
-        np.multiply(np.arange(ptes, dtype=np.uint64), np.uint64(4096), out=arr)
-        np.add(arr, base, out=arr)
-        best = min(best, time.perf_counter() - t0)
-        del arr
+    best = numpy_baseline(ptes)
 
     print(f"{args.gib} GiB: eager split {split_seconds:.2f} s ({split_seconds / best:.1f}x), "
           f"dirty log read+clear {log_seconds:.2f} s, collapse by {faults} faults "

@@ -12,23 +12,19 @@ The last line printed is one JSON object.
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from common import numpy_baseline, peak_rss_mib, rss_mib  # noqa: E402
 import s2pt  # noqa: E402
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -63,15 +59,7 @@ def main():
     assert t.pa == pa + size - 1 and t.level == 3
 
     del pgt
-    base = np.uint64(pa | 0x7FF)
-    best = float("inf")
-    for _ in range(3):
-        arr = np.empty(ptes, dtype=np.uint64)
-        t0 = time.perf_counter()
-        np.multiply(np.arange(ptes, dtype=np.uint64), np.uint64(4096), out=arr)
-        np.add(arr, base, out=arr)
-        best = min(best, time.perf_counter() - t0)
-        del arr
+    best = numpy_baseline(ptes)
 
     print(f"mapped {args.gib} GiB as {ptes} PTEs in {seconds:.2f} s "
           f"({seconds / best:.1f}x numpy's {best:.3f} s); {tables} table pages "
