@@ -8,6 +8,7 @@ The names you need::
     s2pt.Fault       a stage-2 abort (kind, level), as the MMU reports it
     s2pt.S2ptError   bad input; the model is left unchanged
     s2pt.Drill       seeded translation exercises (python -m s2pt drill)
+    s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
 
 Everything else lives in modules named after the kernel concept they model:
 ``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
@@ -19,6 +20,7 @@ from .drill import Drill
 from .errors import Fault, KernelBug, S2ptError
 from .geometry import Geometry
 from .kvm import VM
+from . import pkvm
 from .stage2 import Stage2, Translation
 
 __version__ = "0.1.0"

@@ -547,14 +547,20 @@ def kvm_pgtable_stage2_create_unlinked(pgt, phys: int, level: int, prot: int, mc
 # ---------------------------------------------------------------------------
 
 def stage2_unmap_put_pte(ctx: VisitCtx):
-    """Clear the entry (break-before-make if it was valid) and drop its ref."""
+    """Clear the entry (break-before-make if it was valid) and drop its ref.
+
+    An entry the table does not count (Android's host stage 2: a default
+    identity leaf) is only cleared -- ACK's stage2_clear_pte() instead of
+    stage2_put_pte().
+    """
     if kvm_pte_valid(ctx.old):
         yield WRITE_ONCE(ctx.ptep, 0)        # kvm_clear_pte
         if kvm_pte_table(ctx.old, ctx.level):
             yield tlbi("ipa", ctx.addr, None)   # TLBI_TTL_UNKNOWN
         elif not ctx.pgt.unmap_defer_tlb_flush:
             yield tlbi("ipa", ctx.addr, ctx.level)
-    yield put_page(ctx.ptep)
+    if ctx.pgt.pte_is_counted(ctx.old, ctx.level):
+        yield put_page(ctx.ptep)
 
 
 def stage2_unmap_walker(ctx: VisitCtx, visit: int):
@@ -822,7 +828,7 @@ def stage2_split_walker(ctx: VisitCtx, visit: int):
     phys = pte & pgt.addr_mask
     prot = d.kvm_pgtable_stage2_pte_prot(pte)
     childp = yield from kvm_pgtable_stage2_create_unlinked(pgt, phys, level, prot, mc,
-                                                           force_pte, pgt._bulk_now)
+                                                           force_pte, pgt.machine.bulk_ok)
     if childp < 0:
         return childp
     if not (yield from stage2_try_break_pte(ctx)):
@@ -855,7 +861,6 @@ def stage2_split_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> 
 
 def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False):
     walker = Walker(stage2_split_walker, mc, LEAF, stage2_split_bulk)
-    pgt._bulk_now = bulk
     ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
     yield dsb("ishst")
     return ret
@@ -914,7 +919,9 @@ def kvm_pgtable_stage2_free_unlinked(pgt, pgtable: int, level: int, bulk: bool =
     """Tear down a detached subtree: put every counted entry, free emptied
     tables bottom-up, then drop the root's last reference (f6a27d6dc51b)."""
     walker = Walker(stage2_free_walker, None, LEAF | TABLE_POST, stage2_free_bulk)
-    data = WalkData(walker, 0, 0, pgt.granule_size[level], bulk or pgt._bulk_now)
+    # The RCU callback runs later, on whatever drives it: bulk only when
+    # that is the sequential driver with nobody watching the steps.
+    data = WalkData(walker, 0, 0, pgt.granule_size[level], bulk or pgt.machine.bulk_ok)
     ret = yield from __kvm_pgtable_walk(data, pgt, pgtable, level + 1)
     if ret:
         pgt.warn("kvm_pgtable_stage2_free_unlinked: walk failed")
@@ -948,7 +955,6 @@ def free_unlinked_table_now(pgt, pgtable: int, level: int):
 def kvm_pgtable_stage2_destroy(pgt, bulk: bool = False):
     """Free every table below the PGD (the PGD itself is freed by the caller)."""
     walker = Walker(stage2_free_walker, None, LEAF | TABLE_POST, stage2_free_bulk)
-    pgt._bulk_now = bulk
     ret = yield from kvm_pgtable_walk(pgt, 0, 1 << pgt.ia_bits, walker, bulk)
     if ret:
         pgt.warn("kvm_pgtable_stage2_destroy: walk failed")

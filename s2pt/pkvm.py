@@ -1,0 +1,851 @@
+"""pKVM's host stage 2: an identity map with big blocks, page donation, and
+Android's coalescing (arch/arm64/kvm/hyp/nvhe/mem_protect.c).
+
+Under pKVM the host kernel runs behind a stage-2 table that the hypervisor
+(EL2) owns.  It maps every physical address to itself (``KVM_PGTABLE_S2_IDMAP``:
+IPA == PA, IPA size == PA size, VMID 0), is filled *lazily* by the host's
+own stage-2 faults, and uses blocks as big as the memory layout allows.
+When a page is given away -- to the hypervisor or to a protected guest --
+its host entry becomes an **invalid entry carrying the owner's id**; a
+covering block is broken (break-before-make + TLBI) into a table.  Quentin
+Perret's point in the teardown thread: when the guest dies the host takes
+its pages back, and those tables should *coalesce* into blocks again.
+Mainline never did that; Android does (``stage2_coalesce_walk_table_post``).
+
+::
+
+    >>> import s2pt
+    >>> GiB = 1 << 30
+    >>> host = s2pt.pkvm.Host(memory=[(0x8000_0000, 2 * GiB)], mmio=[(0x1000_0000, 0x100_0000)])
+    >>> host.access(0x8000_1234).level            # the fault maps a whole 1G block
+    1
+    >>> host.donate(0x8000_3000, 1, to="guest")   # the block is broken
+    >>> host.owner(0x8000_3000), hex(host.pgt.get_leaf(0x8000_3000)[0])
+    ('guest', '0x8')
+    >>> host.reclaim(0x8000_3000, 1)              # teardown: the tables coalesce
+    >>> host.stats["tables_live"]
+    0
+
+What is modelled, and from where
+--------------------------------
+Fault path (mainline LN-MP, the same in ACK): ``handle_host_mem_abort`` ->
+``host_stage2_idmap``: ``find_mem_range`` (memory regions sorted; a
+non-memory address gets the *gap* between memory regions as its range, which
+is what the kernel calls MMIO), ``host_stage2_adjust_range`` (-EAGAIN if a
+valid leaf is already there, -EPERM for a non-zero invalid entry, else the
+largest block-aligned range inside the region, with the kernel's
+level-increment quirk kept), then ``host_stage2_idmap_locked`` =
+``host_stage2_try(kvm_pgtable_stage2_map, ..., &host_s2_pool)``, which on
+-ENOMEM runs ``host_stage2_unmap_dev_all`` (unmap every non-memory range so
+their table pages return to the pool) and retries once.
+
+Prot: memory ``PKVM_HOST_MEM_PROT`` = RWX, MMIO ``PKVM_HOST_MMIO_PROT`` = RW.
+Neither carries ``KVM_PGTABLE_PROT_DEVICE``: the host's MMIO is mapped
+*Normal* at stage 2 (and XN); the device type comes from the host's own
+stage-1 attributes, which win when the two stages combine.  So the default
+leaves are exactly ACK's ``KVM_HOST_S2_DEFAULT_MEM_PTE`` (0x7fc) and
+``KVM_HOST_S2_DEFAULT_MMIO_PTE`` (0x0040_0000_0000_07fc) plus the address.
+
+A host access to a page owned by the guest or the hypervisor hits the owner
+annotation: ``host_stage2_adjust_range`` returns -EPERM.  Mainline then
+``BUG_ON(ret && ret != -EAGAIN)`` -- a hypervisor panic.  **This model follows
+Android**: ``host_inject_abort()`` gives the host a synchronous abort, which
+``Host.access`` raises as :class:`s2pt.Fault` (kind ``"translation"``) and
+counts in ``stats["host_aborts"]``.
+
+Ownership.  ``kvm_pgtable_stage2_set_owner`` maps with ``force_pte`` and
+``annotation``: a covering block gets -E2BIG, is replaced by a table
+(break-before-make, TLBI), and the level-3 entry becomes
+``FIELD_PREP(KVM_INVALID_PTE_OWNER_MASK, owner_id)``.  Owner ids:
+``PKVM_ID_HOST`` = 0 (the zero PTE: "faults back to the default idmap"),
+``PKVM_ID_HYP`` = 1 (pte 0x4), ``PKVM_ID_GUEST`` = 2 (pte 0x8).  Upstream
+``KVM_MAX_OWNER_ID`` is 1, so mainline's host stage 2 cannot annotate a
+guest owner this way (kvm_pgtable.h [LN-H]); **the model annotates guest
+pages with owner id 2 and raises** ``pgt.max_owner_id`` **to 255**, as the
+Android Common Kernel does (``KVM_MAX_OWNER_ID = FIELD_MAX(GENMASK(9, 2))``,
+``PKVM_ID_GUEST = 2``; newer mainline adds a ``PKVM_ID_GUEST`` donation
+annotation of its own in a different encoding).
+
+Page state is kept where the post-2024 kernel keeps it, in the hypervisor's
+``hyp_vmemmap`` (``hyp_page.host_state``): ``owned`` by default,
+``nopage`` once donated, ``shared-owned`` while shared with the hypervisor
+(``share_hyp``/``unshare_hyp``; the hypervisor side is ``shared-borrowed``).
+Donation requires ``owned``.  MMIO cannot be donated or shared:
+``host_stage2_set_owner_locked`` and ``check_range_allowed_memory`` return
+-EPERM, which here is an :class:`s2pt.S2ptError`.
+
+Coalescing (ACK only, "KVM: arm64: Coalesce host stage2 entries on
+ownership reclaim"): the table counts only *non-default* entries
+(``host_stage2_pte_is_counted``: tables, non-zero invalid entries, leaves
+whose attributes differ from the default ones), so a table whose
+``page_count`` is 1 holds only default identity mappings and can be
+dropped.  The set-owner walk is ``TABLE_PRE | LEAF | TABLE_POST``; its
+``TABLE_POST`` visitor, ``stage2_coalesce_walk_table_post``, zaps such a
+table (clear, ``__kvm_tlb_flush_vmid``, put both pages; the host frees
+synchronously) at levels that can hold a block, and the host faults the
+block back lazily.  ``Host.coalesce`` is ``kvm_pgtable_stage2_reclaim_leaves``,
+the ``TABLE_POST``-only walk that "eagerly coalesces" a range.  With
+``prefault=True`` a broken block is refilled with copies of itself
+(``stage2_map_prefault_idmap``) instead of faulting back lazily.
+
+Isolation (the security property): after every step, no host translation --
+the tables, and every host CPU's TLB and walk-cache entries
+(:class:`s2pt.tlb.VcpuTlb`) -- may reach a page owned by the guest or the
+hypervisor.  A violation is reported through ``pgt.mm.violation("isolation",
+...)``, which raises :class:`s2pt.KernelBug` in sequential use.  ``host.bugs``
+switches on broken variants (``"donate-no-tlbi"``: set_owner skips the
+break-before-make TLBI) so that the checker can be seen catching them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+
+import numpy as np
+
+from . import descriptor as d
+from . import pgtable as pt
+from .errors import Fault, KernelBug, S2ptError
+from .ops import READ_ONCE, WRITE_ONCE, page_count, put_page, run, tlbi, zalloc_page
+from .stage2 import Stage2, Translation, _is_int
+from .tlb import VcpuTlb, hw_translate
+
+__all__ = ["Host", "PKVM_HOST_MEM_PROT", "PKVM_HOST_MMIO_PROT", "KVM_HOST_S2_DEFAULT_MASK",
+           "KVM_HOST_S2_DEFAULT_MEM_PTE", "KVM_HOST_S2_DEFAULT_MMIO_PTE",
+           "host_stage2_pte_is_counted", "stage2_coalesce_walk_table_post",
+           "kvm_pgtable_stage2_reclaim_leaves", "BUGS"]
+
+EAGAIN, ENOMEM, EPERM, EINVAL = errno.EAGAIN, errno.ENOMEM, errno.EPERM, errno.EINVAL
+
+PKVM_HOST_MEM_PROT = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_W | d.KVM_PGTABLE_PROT_X
+PKVM_HOST_MMIO_PROT = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_W
+#: The leaf attributes of the two default mappings (stage2_set_prot_attr).
+HOST_MEM_ATTR = d.stage2_set_prot_attr(PKVM_HOST_MEM_PROT, "normal")
+HOST_MMIO_ATTR = d.stage2_set_prot_attr(PKVM_HOST_MMIO_PROT, "normal")
+
+#: ACK kvm_pgtable.h: which bits make a host leaf "default" (the OA is excluded).
+KVM_HOST_S2_DEFAULT_MASK = d.KVM_PTE_LEAF_ATTR_HI | d.KVM_PTE_LEAF_ATTR_LO
+#: MEMATTR(NORMAL) | S2AP_R | S2AP_W | AF | SH_IS
+KVM_HOST_S2_DEFAULT_MEM_PTE = 0x7FC
+#: ... | FIELD_PREP(S2_XN, XN_XN)
+KVM_HOST_S2_DEFAULT_MMIO_PTE = KVM_HOST_S2_DEFAULT_MEM_PTE | (2 << 53)
+
+#: The owner ids the host stage 2 can record (enum pkvm_component_id, ACK).
+OWNER_IDS = {"host": d.PKVM_ID_HOST, "hyp": d.PKVM_ID_HYP, "guest": d.PKVM_ID_GUEST}
+OWNER_NAMES = {v: k for k, v in OWNER_IDS.items()}
+#: ACK: KVM_MAX_OWNER_ID = FIELD_MAX(KVM_INVALID_PTE_OWNER_MASK)
+ACK_KVM_MAX_OWNER_ID = 255
+
+#: Broken variants a Host can switch on (host.bugs), for the checkers to catch.
+BUGS = {
+    "donate-no-tlbi": "set_owner breaks the covering entry without the TLBI "
+                      "(SKIP_BBM_TLBI): host CPUs keep the old block in their TLBs",
+    "coalesce-no-tlbi": "stage2_coalesce_walk_table_post frees the table without "
+                        "__kvm_tlb_flush_vmid: walk caches still point into it",
+}
+
+assert HOST_MEM_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MEM_PTE
+assert HOST_MMIO_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MMIO_PTE
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+
+def _size(n: int) -> str:
+    for unit, s in (("G", GiB), ("M", MiB), ("K", KiB)):
+        if n >= s and n % s == 0:
+            return f"{n // s}{unit}"
+    return f"{n:#x}"
+
+
+# ---------------------------------------------------------------------------
+# Android's counting rule and the coalescing visitor (on the one walker)
+# ---------------------------------------------------------------------------
+
+def host_stage2_pte_is_counted(host: "Host", pte: int, level: int) -> bool:
+    """ACK host_stage2_pte_is_counted(): does this entry hold a reference on
+    its table?  Invalid: only if non-zero (an owner annotation).  Tables:
+    always.  Leaves: only if they differ from the default identity mapping
+    of their kind (memory or MMIO)."""
+    if not pte & d.KVM_PTE_VALID:
+        return pte != 0
+    if d.kvm_pte_table(pte, level):
+        return True
+    default = (KVM_HOST_S2_DEFAULT_MEM_PTE if host.addr_is_memory(pte & host.pgt.addr_mask)
+               else KVM_HOST_S2_DEFAULT_MMIO_PTE)
+    return (pte & KVM_HOST_S2_DEFAULT_MASK) != default
+
+
+class HostMapData(pt.Stage2MapData):
+    """struct stage2_map_data as ACK's set-owner walk uses it (phys is
+    KVM_PHYS_INVALID), plus the model's counters and options."""
+    __slots__ = ("prefault", "coalesced", "skip_coalesce_tlbi")
+
+    def __init__(self, *a, prefault=False, skip_coalesce_tlbi=False, **kw):
+        super().__init__(*a, **kw)
+        self.prefault, self.coalesced = prefault, 0
+        self.skip_coalesce_tlbi = skip_coalesce_tlbi
+
+
+def stage2_coalesce_walk_table_post(ctx: pt.VisitCtx, data: HostMapData):
+    """ACK: on the way back up an ownership walk, drop a table that holds
+    only default identity mappings (``page_count == 1`` under the host's
+    counting rule), so that a block can fault back.
+
+    Only where the level can hold a block (``kvm_level_supports_block_mapping``);
+    never on a normal map walk, where ``phys`` is valid -- "to avoid a loop":
+    the default leaf a fault just installed is not counted, so the post
+    handler would zap the table the fault had just built.
+    """
+    pgt = ctx.pgt
+    if not data.annotation or not pgt.supports_block(ctx.level):
+        return 0
+    childp = ctx.old & pgt.addr_mask
+    if (yield page_count(childp)) != 1:
+        return 0
+    yield WRITE_ONCE(ctx.ptep, 0)                 # kvm_clear_pte
+    if not data.skip_coalesce_tlbi:
+        yield tlbi("vmid")                        # __kvm_tlb_flush_vmid
+    yield put_page(ctx.ptep)
+    yield put_page(childp)                        # frees it: the host is exclusive
+    data.coalesced += 1
+    return 0
+
+
+def stage2_map_walk_leaf_prefault(ctx: pt.VisitCtx, data: HostMapData):
+    """ACK stage2_map_walk_leaf on an IDMAP table: when a valid block must be
+    split, fill the new table with copies of the block
+    (``stage2_map_prefault_idmap``) except the entries that start inside the
+    range being changed, which the walk then visits itself."""
+    pgt = ctx.pgt
+    ret = yield from pt.stage2_map_walker_try_leaf(ctx, data)
+    if ret != -errno.E2BIG:
+        return ret
+    if ctx.level == 3:
+        pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
+        return -EINVAL
+    if data.memcache is None:
+        return -ENOMEM
+    childp = yield zalloc_page(data.memcache)
+    if childp is None:
+        return -ENOMEM
+    block = ctx.old
+    if pgt.pte_is_counted(block, ctx.level):
+        pgt.warn("stage2_map_prefault_idmap: the block being split is counted")
+    if d.kvm_pte_valid(block):
+        level = ctx.level + 1
+        gran = pgt.granule_size[level]
+        pa = ctx.addr & ~(pgt.granule_size[ctx.level] - 1)
+        for i in range(pgt.ptrs_per_pte):
+            if pa < ctx.addr or pa >= ctx.end:
+                # "We can write non-atomically: ptep isn't yet live."
+                yield WRITE_ONCE(childp + 8 * i,
+                                 d.kvm_init_valid_leaf_pte(pa, block, level, pgt.page_shift))
+            pa += gran
+    if not (yield from pt.stage2_try_break_pte(ctx)):
+        yield put_page(childp)
+        return -EAGAIN
+    yield from pt.stage2_make_pte(ctx, d.kvm_init_table_pte(childp, pgt.page_shift))
+    return 0
+
+
+def host_set_owner_walker(ctx: pt.VisitCtx, visit: int):
+    """ACK's stage2_map_walker for an ownership change: the upstream map
+    visitors, the prefault variant of the leaf visitor, and the coalescing
+    TABLE_POST visitor."""
+    data = ctx.arg
+    if visit == pt.TABLE_POST:
+        return (yield from stage2_coalesce_walk_table_post(ctx, data))
+    if visit == pt.LEAF and data.prefault and d.kvm_pte_valid(ctx.old):
+        return (yield from stage2_map_walk_leaf_prefault(ctx, data))
+    return (yield from pt.stage2_map_walker(ctx, visit))
+
+
+def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
+                                 data: HostMapData | None = None, flags: int = 0):
+    """ACK kvm_pgtable_stage2_set_owner / annotate: TABLE_PRE | LEAF | TABLE_POST."""
+    if owner_id > pgt.max_owner_id:
+        return -EINVAL
+    if data is None:
+        data = HostMapData()
+    data.memcache, data.owner_id = mc, owner_id
+    data.force_pte, data.annotation = True, True
+    walker = pt.Walker(host_set_owner_walker, data, flags | pt.TABLE_PRE | pt.LEAF | pt.TABLE_POST)
+    return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
+
+
+def _reclaim_leaf_walker(ctx, visit):
+    return (yield from stage2_coalesce_walk_table_post(ctx, ctx.arg))
+
+
+def kvm_pgtable_stage2_reclaim_leaves(pgt, addr: int, size: int,
+                                      data: HostMapData | None = None):
+    """ACK: a TABLE_POST-only walk that coalesces every table in the range
+    holding only default entries ("Eagerly coalesce host page tables")."""
+    if data is None:
+        data = HostMapData()
+    data.annotation = True          # phys = KVM_PHYS_INVALID
+    walker = pt.Walker(_reclaim_leaf_walker, data, pt.TABLE_POST)
+    return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
+
+
+class HostS2Pool:
+    """host_s2_pool: the hypervisor's fixed pool of pages for the host
+    stage 2 (a hyp_pool).  ``alloc`` is what mm_ops->zalloc_page draws on;
+    table pages freed by the walker go back to it."""
+
+    def __init__(self, mem, pages: int):
+        self.mem, self.pages = mem, pages
+
+    @property
+    def nobjs(self) -> int:
+        return self.mem.available()
+
+    def alloc(self):
+        return self.mem.alloc_page()
+
+
+# ---------------------------------------------------------------------------
+# The host
+# ---------------------------------------------------------------------------
+
+class Host:
+    """The pKVM host and its stage-2 identity map.
+
+    Parameters
+    ----------
+    memory, mmio : list of (base, size)
+        Physical memory (memblock) and device regions, granule-aligned and
+        disjoint.  Any address outside ``memory`` is MMIO to the kernel (it
+        maps the gaps between memory regions as such); the model accepts
+        host accesses only inside ``memory`` or ``mmio``.
+    granule : 4096, 16384 or 65536
+    pa_bits : the PA size, which is also the IPA size (prepare_host_vtcr).
+    cpus : how many host CPUs (each with its TLB and walk cache).
+    pool_pages : size of host_s2_pool; None = as many as the host stage 2 could
+        ever need at page granularity for all memory (host_s2_pgtable_pages
+        sizes it that way in the kernel), i.e. effectively unlimited.
+    prefault : refill broken blocks with copies of themselves (ACK).
+    coalesce : run the coalescing TABLE_POST visitor on ownership walks (ACK);
+        False models mainline, which never coalesces.
+    check : run the isolation checker after every step.
+    """
+
+    def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
+                 cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
+                 coalesce: bool = True, check: bool = True):
+        if not _is_int(cpus) or cpus < 1:
+            raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
+        if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
+            raise S2ptError(f"pool_pages={pool_pages!r}: must be a positive integer or None")
+        pgt = Stage2(ipa_bits=pa_bits, granule=granule, vmid=0)
+        self.pgt = pgt
+        self.granule = pgt.page_size
+        self.memory = self._check_regions(memory, "memory", allow_empty=False)
+        self.mmio = self._check_regions(mmio, "mmio")
+        for b, s in self.mmio:
+            for mb, ms in self.memory:
+                if b < mb + ms and mb < b + s:
+                    raise S2ptError(f"mmio region [{b:#x}, {b + s:#x}) overlaps memory "
+                                    f"[{mb:#x}, {mb + ms:#x})")
+        self._mem_starts = [b for b, _ in self.memory]
+        # kvm_host_prepare_stage2: KVM_HOST_S2_FLAGS = NOFWB | IDMAP, built for EL2.
+        pgt.idmap = True
+        pgt.hyp = True
+        pgt.free_unlinked_table = pt.free_unlinked_table_now      # host_s2_free_unlinked_table
+        pgt.force_pte_cb = self.host_stage2_force_pte_cb
+        pgt.max_owner_id = ACK_KVM_MAX_OWNER_ID
+        pgt.pte_is_counted = lambda pte, level: host_stage2_pte_is_counted(self, pte, level)
+        pgt.counts_every_entry = False
+        if pool_pages is not None:
+            pgt.mm.limit = pgt.mm.allocated + int(pool_pages)
+        self.pool = HostS2Pool(pgt.mm, pool_pages)
+        self.prefault, self.coalesce_on_reclaim = bool(prefault), bool(coalesce)
+        self.check = bool(check)
+        self.bugs: set[str] = set()
+        self.cpus = [VcpuTlb(pgt, i) for i in range(cpus)]
+        self._owner: dict[int, int] = {}          # pfn -> owner id (not host)
+        self._shared: set[int] = set()            # pfns the host shares with hyp
+        self._nonhost_sorted = None               # cache for the TLB checks
+        self._stats = dict(faults=0, host_aborts=0, donations=0, reclaims=0,
+                           coalesced_tables=0, unmap_dev_all=0, enomem_retries=0,
+                           isolation_checks=0)
+
+    # -- layout ------------------------------------------------------------------
+    def _check_regions(self, regions, what, allow_empty=True):
+        try:
+            regs = [(b, s) for b, s in regions]
+        except (TypeError, ValueError):
+            raise S2ptError(f"{what}={regions!r}: a list of (base, size) pairs") from None
+        if not regs and not allow_empty:
+            raise S2ptError(f"{what}: the host needs at least one memory region")
+        out = []
+        for b, s in regs:
+            if not _is_int(b) or not _is_int(s) or b < 0 or s <= 0:
+                raise S2ptError(f"{what} region ({b!r}, {s!r}): base >= 0 and size > 0, integers")
+            b, s = int(b), int(s)
+            if b % self.granule or s % self.granule:
+                raise S2ptError(f"{what} region [{b:#x}, +{s:#x}): must be aligned to the "
+                                f"{self.granule // KiB}K granule")
+            if b + s > 1 << self.pgt.ia_bits:
+                raise S2ptError(f"{what} region [{b:#x}, {b + s:#x}): beyond the "
+                                f"{self.pgt.ia_bits}-bit PA space")
+            out.append((b, s))
+        out.sort()
+        for (b0, s0), (b1, _) in zip(out, out[1:]):
+            if b1 < b0 + s0:
+                raise S2ptError(f"{what} regions overlap at {b1:#x}")
+        return out
+
+    def find_mem_range(self, addr: int):
+        """(is_memory, (start, end)): the memory region holding ``addr``, or
+        the gap between the neighbouring memory regions (what the kernel
+        then treats as MMIO)."""
+        i = bisect.bisect_right(self._mem_starts, addr) - 1
+        if i >= 0:
+            b, s = self.memory[i]
+            if addr < b + s:
+                return True, (b, b + s)
+        start = self.memory[i][0] + self.memory[i][1] if i >= 0 else 0
+        end = self.memory[i + 1][0] if i + 1 < len(self.memory) else 1 << self.pgt.ia_bits
+        return False, (start, end)
+
+    def addr_is_memory(self, addr: int) -> bool:
+        i = bisect.bisect_right(self._mem_starts, addr) - 1
+        return i >= 0 and addr < self.memory[i][0] + self.memory[i][1]
+
+    def range_is_memory(self, start: int, end: int) -> bool:
+        is_mem, (b, e) = self.find_mem_range(start)
+        return is_mem and end <= e
+
+    def _is_mmio(self, addr: int) -> bool:
+        return any(b <= addr < b + s for b, s in self.mmio)
+
+    def host_stage2_force_pte_cb(self, addr: int, end: int, attr: int) -> bool:
+        """Any non-default mapping is forced to pages: "the host stage-2
+        page-table is in fact the only place where this state is stored"."""
+        if self.range_is_memory(addr, end):
+            return attr != HOST_MEM_ATTR
+        return attr != HOST_MMIO_ATTR
+
+    # -- the fault path ------------------------------------------------------------
+    def _run(self, gen):
+        return run(gen, self.pgt.machine)
+
+    def host_stage2_adjust_range(self, addr: int, rng):
+        """0 and the range to map, -EAGAIN (already mapped) or -EPERM (owned)."""
+        pgt = self.pgt
+        out = pt.LeafWalkData()
+        self._run(pt.kvm_pgtable_get_leaf(pgt, addr, out))
+        pte, level = out.pte, out.level
+        if d.kvm_pte_valid(pte):
+            return -EAGAIN, None
+        if pte:
+            return -EPERM, None
+        while True:
+            g = pgt.granule_size[level]
+            cur = (addr & ~(g - 1), (addr & ~(g - 1)) + g)
+            level += 1
+            # the kernel tests the *incremented* level; kept as it is
+            if not (level <= 3 and not (pgt.supports_block(level)
+                                         and rng[0] <= cur[0] and cur[1] <= rng[1])):
+                break
+        return 0, cur
+
+    def host_stage2_try(self, fn):
+        """Run ``fn()``; on -ENOMEM recycle the MMIO tables and retry once."""
+        ret = fn()
+        if ret == -ENOMEM:
+            self._stats["enomem_retries"] += 1
+            ret = self.host_stage2_unmap_dev_all()
+            if not ret:
+                ret = fn()
+        return ret
+
+    def host_stage2_unmap_dev_all(self) -> int:
+        """Unmap every non-memory range (the gaps between memory regions and
+        above the last one): their table pages go back to host_s2_pool."""
+        self._stats["unmap_dev_all"] += 1
+        addr = 0
+        for b, s in self.memory:
+            if b > addr:
+                ret = self._run(pt.kvm_pgtable_stage2_unmap(self.pgt, addr, b - addr))
+                if ret:
+                    return ret
+            addr = b + s
+        limit = 1 << self.pgt.ia_bits
+        if addr < limit:
+            return self._run(pt.kvm_pgtable_stage2_unmap(self.pgt, addr, limit - addr))
+        return 0
+
+    def host_stage2_idmap(self, addr: int) -> int:
+        is_mem, rng = self.find_mem_range(addr)
+        attr = HOST_MEM_ATTR if is_mem else HOST_MMIO_ATTR
+        ret, cur = self.host_stage2_adjust_range(addr, rng)
+        if ret:
+            return ret
+        start, end = cur
+        return self.host_stage2_try(lambda: self._run(pt.kvm_pgtable_stage2_map(
+            self.pgt, start, end - start, start, attr, self.pool)))
+
+    def access(self, pa: int, write: bool = False, exec: bool = False, cpu: int = 0) -> Translation:
+        """A host access to ``pa`` on host CPU ``cpu``: the MMU translates
+        (TLB, walk cache, tables); a translation fault goes to
+        handle_host_mem_abort and the access is retried.  Returns the
+        :class:`~s2pt.Translation`; raises :class:`~s2pt.Fault` for the
+        abort pKVM injects when the page belongs to the guest or hypervisor
+        (Android; mainline would BUG), or for a permission fault (e.g.
+        executing MMIO)."""
+        if not _is_int(pa) or not 0 <= pa < 1 << self.pgt.ia_bits:
+            raise S2ptError(f"pa={pa!r}: a physical address below 2^{self.pgt.ia_bits}")
+        pa = int(pa)
+        if not self.addr_is_memory(pa) and not self._is_mmio(pa):
+            raise S2ptError(f"pa={pa:#x}: neither host memory nor a declared MMIO region")
+        if not _is_int(cpu) or not 0 <= cpu < len(self.cpus):
+            raise S2ptError(f"cpu={cpu!r}: the host has CPUs 0..{len(self.cpus) - 1}")
+        tlb = self.cpus[cpu]
+        for _ in range(3):
+            r = self._run(hw_translate(tlb, pa, bool(write), bool(exec)))
+            if isinstance(r, Translation):
+                owner = self._owner.get(r.pa >> self.pgt.page_shift)
+                if owner is not None:
+                    self._violation(f"host CPU{cpu} reached PA {r.pa:#x}, owned by "
+                                    f"{OWNER_NAMES.get(owner, owner)}, through its "
+                                    f"{'TLB' if r.source == 'tlb' else 'stage-2 walk'}")
+                self._after_step(())
+                return r
+            if r.kind != "translation":
+                raise r
+            self._stats["faults"] += 1
+            ret = self.host_stage2_idmap(pa)
+            if ret == -EPERM:
+                self._stats["host_aborts"] += 1
+                owner = OWNER_NAMES.get(self._owner.get(pa >> self.pgt.page_shift), "?")
+                raise Fault("translation", r.level, pa, bool(write), bool(exec),
+                            f"PA {pa:#x} is owned by {owner}: pKVM injects an abort into "
+                            f"the host (Android host_inject_abort; mainline BUG_ON)")
+            if ret and ret != -EAGAIN:
+                raise KernelBug("warn", f"host_stage2_idmap({pa:#x}) returned {ret}")
+        raise KernelBug("warn", f"host access to {pa:#x} keeps faulting")
+
+    # -- ownership ------------------------------------------------------------------
+    def _check_pages(self, pa, npages, what):
+        if not _is_int(pa) or pa < 0:
+            raise S2ptError(f"pa={pa!r}: a physical address is a non-negative integer")
+        if not _is_int(npages) or npages < 1:
+            raise S2ptError(f"npages={npages!r}: a positive number of pages")
+        pa, npages = int(pa), int(npages)
+        if pa % self.granule:
+            raise S2ptError(f"pa={pa:#x}: must be aligned to the {self.granule // KiB}K granule")
+        end = pa + npages * self.granule
+        if end > 1 << self.pgt.ia_bits:
+            raise S2ptError(f"[{pa:#x}, {end:#x}): beyond the {self.pgt.ia_bits}-bit PA space")
+        is_mem, (b, e) = self.find_mem_range(pa)
+        if not is_mem:
+            raise S2ptError(f"{what} of [{pa:#x}, {end:#x}): not memory (MMIO or a hole); "
+                            f"host_stage2_set_owner_locked/check_range_allowed_memory "
+                            f"return -EPERM")
+        if end > e:
+            raise S2ptError(f"{what} of [{pa:#x}, {end:#x}): runs past the end of memory "
+                            f"region [{b:#x}, {e:#x}) (-EINVAL/-EPERM in the kernel)")
+        return pa, npages
+
+    def _set_owner(self, pa: int, size: int, owner_id: int):
+        """host_stage2_set_owner_locked: host_stage2_try(kvm_pgtable_stage2_set_owner)."""
+        data = HostMapData(prefault=self.prefault,
+                           skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
+        flags = pt.SKIP_BBM_TLBI if "donate-no-tlbi" in self.bugs else 0
+        coalesce = self.coalesce_on_reclaim
+
+        def fn():
+            if coalesce:
+                return self._run(kvm_pgtable_stage2_set_owner(self.pgt, pa, size, self.pool,
+                                                              owner_id, data, flags))
+            return self._run(_set_owner_no_coalesce(self.pgt, pa, size, self.pool, owner_id,
+                                                    data, flags))
+        ret = self.host_stage2_try(fn)
+        if ret:
+            raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
+                                    f"{owner_id}) returned {ret}")
+        self._stats["coalesced_tables"] += data.coalesced
+
+    def donate(self, pa: int, npages: int = 1, to: str = "guest") -> None:
+        """__pkvm_host_donate_guest (one page at a time, as the kernel) or
+        __pkvm_host_donate_hyp (the whole range): every page must be in
+        host state ``owned``; the host entries become owner annotations."""
+        if to not in ("guest", "hyp"):
+            raise S2ptError(f"to={to!r}: donate to 'guest' or 'hyp'")
+        pa, npages = self._check_pages(pa, npages, "donation")
+        shift = self.pgt.page_shift
+        first = pa >> shift
+        for pfn in range(first, first + npages):
+            if pfn in self._owner:
+                raise S2ptError(f"donation of PA {pfn << shift:#x}: the host does not own it "
+                                f"(owner {OWNER_NAMES[self._owner[pfn]]}; "
+                                f"__host_check_page_state_range returns -EPERM)")
+            if pfn in self._shared:
+                raise S2ptError(f"donation of PA {pfn << shift:#x}: it is shared with the "
+                                f"hypervisor (host state shared-owned, not owned: -EPERM)")
+        owner_id = OWNER_IDS[to]
+        if to == "guest":
+            for i in range(npages):
+                self._set_owner(pa + i * self.granule, self.granule, owner_id)
+        else:
+            self._set_owner(pa, npages * self.granule, owner_id)
+        for pfn in range(first, first + npages):
+            self._owner[pfn] = owner_id          # host_state = PKVM_NOPAGE
+        self._nonhost_sorted = None
+        self._stats["donations"] += npages
+        self._after_step(range(first, first + npages))
+
+    def reclaim(self, pa: int, npages: int = 1) -> None:
+        """Take pages back: a torn-down guest's (__pkvm_host_reclaim_page,
+        one page at a time) or the hypervisor's (__pkvm_hyp_donate_host).
+        The owner annotation becomes the zero PTE, tables left holding only
+        default mappings coalesce, and the host faults blocks back lazily."""
+        pa, npages = self._check_pages(pa, npages, "reclaim")
+        shift = self.pgt.page_shift
+        first = pa >> shift
+        for pfn in range(first, first + npages):
+            if pfn not in self._owner:
+                raise S2ptError(f"reclaim of PA {pfn << shift:#x}: the host already owns it "
+                                f"(it was never donated)")
+        runs = []                     # (start pfn, n, owner) of same-owner runs
+        for pfn in range(first, first + npages):
+            o = self._owner[pfn]
+            if runs and runs[-1][2] == o and o != d.PKVM_ID_GUEST:
+                runs[-1][1] += 1
+            else:
+                runs.append([pfn, 1, o])
+        for start, n, _o in runs:
+            self._set_owner(start << shift, n << shift, d.PKVM_ID_HOST)
+        for pfn in range(first, first + npages):
+            del self._owner[pfn]                 # host_state = PKVM_PAGE_OWNED
+        self._nonhost_sorted = None
+        self._stats["reclaims"] += npages
+        self._after_step(range(first, first + npages))
+
+    def coalesce(self, pa: int | None = None, size: int | None = None) -> int:
+        """kvm_pgtable_stage2_reclaim_leaves over a range (default: all of
+        memory): zap every table holding only default mappings.  Returns
+        how many tables were dropped."""
+        ranges = self.memory if pa is None else [self._check_pages(pa, max(1, (size or 0)
+                                                                           // self.granule),
+                                                                    "coalesce")]
+        if pa is not None:
+            ranges = [(ranges[0][0], ranges[0][1] * self.granule)]
+        data = HostMapData(skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
+        for b, s in ranges:
+            ret = self._run(kvm_pgtable_stage2_reclaim_leaves(self.pgt, b, s, data))
+            if ret:
+                raise KernelBug("warn", f"kvm_pgtable_stage2_reclaim_leaves returned {ret}")
+        self._stats["coalesced_tables"] += data.coalesced
+        self._after_step(())
+        return data.coalesced
+
+    def share_hyp(self, pa: int) -> None:
+        """__pkvm_host_share_hyp: host owned -> shared-owned, hyp nopage ->
+        shared-borrowed.  The host keeps its mapping (LN-MP keeps the state
+        in hyp_vmemmap, not in the PTE)."""
+        pa, _ = self._check_pages(pa, 1, "share")
+        pfn = pa >> self.pgt.page_shift
+        if pfn in self._owner or pfn in self._shared:
+            raise S2ptError(f"share of PA {pa:#x}: host state is not owned (-EPERM)")
+        self._shared.add(pfn)
+        self._after_step(())
+
+    def unshare_hyp(self, pa: int) -> None:
+        """__pkvm_host_unshare_hyp: back to host owned, hyp nopage."""
+        pa, _ = self._check_pages(pa, 1, "unshare")
+        pfn = pa >> self.pgt.page_shift
+        if pfn not in self._shared:
+            raise S2ptError(f"unshare of PA {pa:#x}: not shared with the hypervisor (-EPERM)")
+        self._shared.discard(pfn)
+        self._after_step(())
+
+    def owner(self, pa: int) -> str:
+        """'host', 'guest' or 'hyp'."""
+        if not _is_int(pa) or not 0 <= pa < 1 << self.pgt.ia_bits:
+            raise S2ptError(f"pa={pa!r}: a physical address below 2^{self.pgt.ia_bits}")
+        return OWNER_NAMES[self._owner.get(int(pa) >> self.pgt.page_shift, d.PKVM_ID_HOST)]
+
+    def page_state(self, pa: int, who: str = "host") -> str:
+        """The page state pKVM tracks (hyp_page.host_state / hyp state):
+        'owned', 'shared-owned', 'shared-borrowed' or 'nopage'."""
+        pfn = int(pa) >> self.pgt.page_shift
+        o = self._owner.get(pfn)
+        if who == "host":
+            if not self.addr_is_memory(int(pa)):
+                return "nopage"
+            return "nopage" if o is not None else ("shared-owned" if pfn in self._shared
+                                                   else "owned")
+        if who == "hyp":
+            return ("owned" if o == d.PKVM_ID_HYP else
+                    "shared-borrowed" if pfn in self._shared else "nopage")
+        if who == "guest":
+            return "owned" if o == d.PKVM_ID_GUEST else "nopage"
+        raise S2ptError(f"who={who!r}: 'host', 'hyp' or 'guest'")
+
+    def owned_pages(self, owner: str | None = None) -> list[int]:
+        """PAs of the pages the host has given away (to ``owner`` if named)."""
+        want = None if owner is None else OWNER_IDS.get(owner)
+        shift = self.pgt.page_shift
+        return sorted(p << shift for p, o in self._owner.items() if want is None or o == want)
+
+    # -- checks ------------------------------------------------------------------------
+    def _violation(self, message: str):
+        self.pgt.mm.violation("isolation", message)
+
+    def _nonhost(self) -> np.ndarray:
+        if self._nonhost_sorted is None:
+            self._nonhost_sorted = np.array(sorted(self._owner), dtype=np.int64)
+        return self._nonhost_sorted
+
+    def _first_nonhost_in(self, pa: int, size: int):
+        arr = self._nonhost()
+        shift = self.pgt.page_shift
+        i = int(np.searchsorted(arr, pa >> shift))
+        if i < len(arr) and int(arr[i]) < (pa + size) >> shift:
+            return int(arr[i]) << shift
+        return None
+
+    def _after_step(self, changed):
+        if self.check:
+            self.check_isolation(changed)
+
+    def check_isolation(self, pages=None, full: bool = False) -> None:
+        """No host translation may reach a guest- or hyp-owned page.
+
+        Checks (1) the tables at ``pages`` (pfns; every non-host page with
+        ``full=True``): no valid leaf maps them, and the annotation names
+        the owner; (2) every host CPU's TLB: no cached leaf covers a
+        non-host page; (3) every walk-cache entry: it points at the table the
+        tree has there now, or else nothing reachable through the stale table
+        maps a non-host page.  Reports through ``pgt.mm.violation``."""
+        self._stats["isolation_checks"] += 1
+        pgt, shift = self.pgt, self.pgt.page_shift
+        if full:
+            pages = list(self._owner)
+        for pfn in pages or ():
+            pa = pfn << shift
+            pte, level = pgt.get_leaf(pa)
+            o = self._owner.get(pfn)
+            if o is None:
+                continue
+            if d.kvm_pte_valid(pte):
+                self._violation(f"the host stage 2 maps PA {pa:#x} (level {level} leaf "
+                                f"{pte:#x}) although {OWNER_NAMES[o]} owns it")
+            elif pte != d.kvm_init_invalid_leaf_owner(o):
+                self._violation(f"PA {pa:#x} is owned by {OWNER_NAMES[o]} but its host "
+                                f"entry is {pte:#x}, not the owner annotation")
+        if not self._owner:
+            return
+        for tlb in self.cpus:
+            for (level, base), pte in tlb.entries.items():
+                size = pgt.granule_size[level]
+                out = (pte & pgt.addr_mask & ~(size - 1))
+                hit = self._first_nonhost_in(out, size)
+                if hit is not None:
+                    self._violation(
+                        f"host CPU{tlb.vcpu}'s TLB still holds the level-{level} "
+                        f"{'block' if level < 3 else 'page'} [{out:#x}, {out + size:#x}) "
+                        f"although PA {hit:#x} in it now belongs to "
+                        f"{OWNER_NAMES[self._owner[hit >> shift]]}: the host can reach it "
+                        f"(a TLBI is missing)")
+            for (level, base), table in tlb.walk.items():
+                page = pgt.mm.pages.get(table >> shift)
+                if page is None or page.freed:
+                    continue          # the use-after-free check reports this one
+                if self._table_at(base, level) == table:
+                    continue
+                hit = self._reach_nonhost(page, level)
+                if hit is not None:
+                    self._violation(
+                        f"host CPU{tlb.vcpu}'s walk cache still points at the unlinked "
+                        f"level-{level} table {table:#x} for PA {base:#x}, through which PA "
+                        f"{hit:#x} ({OWNER_NAMES[self._owner[hit >> shift]]}) is reachable")
+
+    def _table_at(self, base: int, level: int):
+        """The PA of the level-``level`` table the tree has for ``base`` now."""
+        pgt = self.pgt
+        lvl = pgt.start_level
+        table = pgt.pgd + pgt.pgd_page_idx(base) * pgt.page_size
+        while lvl < level:
+            idx = (base >> pgt.granule_shift[lvl]) & (pgt.ptrs_per_pte - 1)
+            page = pgt.mm.pages.get(table >> pgt.page_shift)
+            pte = int(page.table[idx])
+            if not d.kvm_pte_table(pte, lvl):
+                return None
+            table = pte & pgt.addr_mask
+            lvl += 1
+        return table
+
+    def _reach_nonhost(self, page, level):
+        pgt = self.pgt
+        t = page.table
+        for i in np.flatnonzero(t & np.uint64(1)).tolist():
+            pte = int(t[i])
+            if d.kvm_pte_table(pte, level):
+                child = pgt.mm.pages.get((pte & pgt.addr_mask) >> pgt.page_shift)
+                if child is not None and not child.freed:
+                    hit = self._reach_nonhost(child, level + 1)
+                    if hit is not None:
+                        return hit
+            else:
+                size = pgt.granule_size[level]
+                hit = self._first_nonhost_in(pte & pgt.addr_mask & ~(size - 1), size)
+                if hit is not None:
+                    return hit
+        return None
+
+    def check_invariants(self) -> None:
+        """Table invariants (refcounts under the host counting rule, no
+        leaks), the full isolation check, and the model's own bookkeeping."""
+        self.pgt.check_invariants()
+        self.check_isolation(full=True)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        s = self.pgt.stats
+        out = dict(self._stats)
+        out["tlbi"] = s.get("tlbi", 0)
+        out["tables_allocated"] = s.get("tables_allocated", 0)
+        out["tables_freed"] = s.get("tables_freed", 0)
+        out["tables_live"] = s.get("tables_live", 0)
+        out["tables_peak"] = self.pgt.mm.peak - self.pgt.geom.pgd_pages
+        out["pool_free"] = self.pool.nobjs
+        out["owned_by_guest"] = sum(1 for o in self._owner.values() if o == d.PKVM_ID_GUEST)
+        out["owned_by_hyp"] = sum(1 for o in self._owner.values() if o == d.PKVM_ID_HYP)
+        return out
+
+    def leaf_sizes(self) -> dict:
+        """{'1G': n, '2M': n, '4K': n, 'owned': n}: the valid leaves of the
+        host stage 2 by size, and the owner annotations."""
+        from .invariants import leaves
+        out: dict = {}
+        for _ipa, _size_, level, pte in leaves(self.pgt):
+            key = _size(self.pgt.granule_size[level]) if pte & 1 else "owned"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def __repr__(self):
+        mem = sum(s for _, s in self.memory)
+        return (f"<pkvm.Host {_size(mem)} memory in {len(self.memory)} region(s), "
+                f"{len(self.mmio)} MMIO, {self.stats['tables_live']} table pages, "
+                f"{len(self._owner)} pages given away>")
+
+
+def _set_owner_no_coalesce(pgt, addr, size, mc, owner_id, data, flags):
+    """Mainline's set_owner walk (TABLE_PRE | LEAF): no coalescing."""
+    if owner_id > pgt.max_owner_id:
+        return -EINVAL
+    data.memcache, data.owner_id = mc, owner_id
+    data.force_pte, data.annotation = True, True
+
+    def cb(ctx, visit):
+        if visit == pt.LEAF and data.prefault and d.kvm_pte_valid(ctx.old):
+            return (yield from stage2_map_walk_leaf_prefault(ctx, data))
+        return (yield from pt.stage2_map_walker(ctx, visit))
+    walker = pt.Walker(cb, data, flags | pt.TABLE_PRE | pt.LEAF)
+    return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
