@@ -137,6 +137,7 @@ class Machine:
         self.stats: Counter = Counter()
         self.rcu_nesting = 0
         self.rcu_callbacks: list = []
+        self.sequential_depth = 0      # > 0 while run() drives this machine
         m = mem
         pages, shift, mask = mem.pages, mem.page_shift, mem.page_size - 1
 
@@ -205,6 +206,12 @@ class Machine:
     def watched(self) -> bool:
         return bool(self.observers or self.pre_observers)
 
+    @property
+    def bulk_ok(self) -> bool:
+        """May a walk started now take the numpy bulk path?  Only inside the
+        sequential driver (``run``) and only when nobody watches the steps."""
+        return self.sequential_depth > 0 and not self.watched
+
     def perform(self, op):
         for obs in self.pre_observers:
             obs(op)
@@ -225,12 +232,15 @@ def run(gen, machine: Machine):
     dispatch = machine.dispatch
     send = gen.send
     result = None
+    machine.sequential_depth += 1
     try:
         while True:
             op = send(result)
             result = perform(op) if perform else dispatch[op[0]](op)
     except StopIteration as stop:
         ret = stop.value
+    finally:
+        machine.sequential_depth -= 1
     while machine.rcu_callbacks and machine.rcu_nesting == 0:
         fn, args = machine.rcu_callbacks.pop(0)
         run(fn(*args), machine)

@@ -77,7 +77,6 @@ class KvmPgtable:
         # Switches for the seeded historical bugs (all True = today's kernel)
         self.reload_after_cb = True            # a9f0e3d5a089
         self.free_unlinked_drops_root = True   # f6a27d6dc51b
-        self._bulk_now = False
         # Memory, TLB bookkeeping and the machine that performs operations
         self.mm = PhysMem(geom.page_shift, limit=ram_pages)
         self.mmu = S2Mmu(vmid)
