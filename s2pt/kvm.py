@@ -129,8 +129,9 @@ class VM:
 
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vcpus: int = 2,
                  vmid: int = 1, eager_split_chunk: int | None = None, manual_protect: bool = True,
-                 initially_set: bool = False, ram_pages: int | None = None):
-        self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages)
+                 initially_set: bool = False, ram_pages: int | None = None,
+                 fwb: bool = False):
+        self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         if not _is_int(vcpus) or not 1 <= vcpus <= 64:
             raise S2ptError(f"vcpus={vcpus!r}: must be an integer from 1 to 64")
@@ -559,6 +560,8 @@ class VM:
         s.update({k: v for k, v in self.counters.items() if v})
         for k in ("faults", "tlbi", "tables_allocated", "tables_freed"):
             s.setdefault(k, 0)
+        # The peak counts every page allocated for tables, including pages
+        # topped up into memcaches and not yet used.
         s["tables_peak"] = self.pgt.mm.peak - self.pgt.geom.pgd_pages
         return s
 

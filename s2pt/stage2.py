@@ -178,7 +178,8 @@ class Stage2(KvmPgtable):
     @property
     def stats(self) -> dict:
         s = {k: v for k, v in self.machine.stats.items() if v}
-        s["tables_live"] = self.mm.allocated - self.geom.pgd_pages
+        cached = sum(mc.nobjs for mc in getattr(self, "memcaches", ()))
+        s["tables_live"] = self.mm.allocated - self.geom.pgd_pages - cached
         s["tables_freed"] = self.mm.table_frees
         s.setdefault("tables_allocated", 0)
         s.setdefault("tlbi", 0)

@@ -120,11 +120,14 @@ class S2Mmu:
         """``count`` per-IPA TLBIs at addr, addr+stride, ... (bulk paths)."""
         if count <= 0:
             return
-        if self.listeners:
-            for i in range(count):
-                self.tlbi(kind, addr + i * stride, arg)
-            return
         self.tlbi_log.add(kind, addr, arg, count, stride)
+        for fn in self.listeners:
+            run_fn = getattr(fn, "__self__", None)
+            if run_fn is not None and hasattr(run_fn, "invalidate_run"):
+                run_fn.invalidate_run(kind, addr, arg, count, stride)
+            else:
+                for i in range(count):
+                    fn(kind, addr + i * stride, arg)
 
 
 # ---------------------------------------------------------------------------
@@ -293,6 +296,16 @@ class VcpuTlb:
                     victims = [x for x in d if x < hi and x + span > lo]
                 for base in victims:
                     (self._pop_walk if walk else self._pop_leaf)(level, base)
+
+    def invalidate_run(self, kind: str, addr: int, arg, count: int, stride: int):
+        """``count`` per-IPA TLBIs ``stride`` apart.  When they are a page
+        apart, every cached entry overlapping the run contains one of the
+        IPAs, so one pass over the range does the same work."""
+        if stride == self.pgt.page_size and kind == "ipa":
+            self.invalidate("range", addr, count * stride)
+        else:
+            for i in range(count):
+                self.invalidate(kind, addr + i * stride, arg)
 
     def _on_free(self, page):
         for level, base in sorted(self._walk_by_pfn.get(page.pfn, ())):
