@@ -594,7 +594,7 @@ class Host:
             self._set_owner(pa, npages * self.granule, owner_id)
         for pfn in range(first, first + npages):
             self._owner[pfn] = owner_id          # host_state = PKVM_NOPAGE
-        self._nonhost_sorted = None
+        self._track_nonhost(first, npages, add=True)
         self._stats["donations"] += npages
         self._after_step(range(first, first + npages))
 
@@ -621,7 +621,7 @@ class Host:
             self._set_owner(start << shift, n << shift, d.PKVM_ID_HOST)
         for pfn in range(first, first + npages):
             del self._owner[pfn]                 # host_state = PKVM_PAGE_OWNED
-        self._nonhost_sorted = None
+        self._track_nonhost(first, npages, add=False)
         self._stats["reclaims"] += npages
         self._after_step(range(first, first + npages))
 
@@ -696,17 +696,29 @@ class Host:
     def _violation(self, message: str):
         self.pgt.mm.violation("isolation", message)
 
-    def _nonhost(self) -> np.ndarray:
-        if self._nonhost_sorted is None:
-            self._nonhost_sorted = np.array(sorted(self._owner), dtype=np.int64)
-        return self._nonhost_sorted
+    def _track_nonhost(self, first: int, n: int, add: bool):
+        """Keep the sorted list of given-away pfns up to date (while someone
+        uses it; otherwise drop it and rebuild on demand)."""
+        lst = self._nonhost_sorted
+        if lst is None:
+            return
+        if n > 64 or not self.check:
+            self._nonhost_sorted = None
+            return
+        for pfn in range(first, first + n):
+            if add:
+                bisect.insort(lst, pfn)
+            else:
+                del lst[bisect.bisect_left(lst, pfn)]
 
     def _first_nonhost_in(self, pa: int, size: int):
-        arr = self._nonhost()
+        if self._nonhost_sorted is None:
+            self._nonhost_sorted = sorted(self._owner)
+        arr = self._nonhost_sorted
         shift = self.pgt.page_shift
-        i = int(np.searchsorted(arr, pa >> shift))
-        if i < len(arr) and int(arr[i]) < (pa + size) >> shift:
-            return int(arr[i]) << shift
+        i = bisect.bisect_left(arr, pa >> shift)
+        if i < len(arr) and arr[i] < (pa + size) >> shift:
+            return arr[i] << shift
         return None
 
     def _after_step(self, changed):
