@@ -461,8 +461,8 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     if addr & (gran - 1) or phys & (gran - 1):
         return 0
     n = min(pgt.ptrs_per_pte - idx, (data.end - addr) // gran)
-    if n <= 0:
-        return 0
+    if n < 2:
+        return 0          # a single entry: the per-entry visit is cheaper
     page = pgt.mm.pages[table >> pgt.page_shift]
     if page.freed:
         return 0
@@ -606,6 +606,8 @@ def _leaf_run(pgt, data: WalkData, table: int, level: int, idx: int):
         return None
     shift = pgt.granule_shift[level]
     n = min(pgt.ptrs_per_pte - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
+    if n < 2:
+        return None       # a single entry: the per-entry visit is cheaper
     seg = page.table[idx:idx + n]
     if level < 3:
         ok = (seg == 0) | ((seg & np.uint64(3)) == np.uint64(1))
