@@ -8,6 +8,8 @@ The names you need::
     s2pt.Fault       a stage-2 abort (kind, level), as the MMU reports it
     s2pt.S2ptError   bad input; the model is left unchanged
     s2pt.Drill       seeded translation exercises (python -m s2pt drill)
+    s2pt.explore     search a scenario's interleavings (python -m s2pt explore)
+    s2pt.replay      run one schedule, step by step (python -m s2pt replay)
     s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
 
 Everything else lives in modules named after the kernel concept they model:
@@ -23,7 +25,9 @@ from .kvm import VM
 from . import pkvm
 from .stage2 import Stage2, Translation
 
+from .sim.search import explore, replay
+
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "Drill"]
+           "KernelBug", "Drill", "explore", "replay"]

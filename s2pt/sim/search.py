@@ -146,7 +146,7 @@ class Result:
         (a Never that was found; a Sometimes not found by a complete search)."""
         from ..checkers import KINDS
         from ..scenarios import SOMETIMES, get_scenario
-        sc = get_scenario(self.scenario)
+        sc = getattr(self, "_scenario", None) or get_scenario(self.scenario)
         out = []
         for kind in KINDS:
             exp = sc.expected(self.scheme, kind)
@@ -613,46 +613,56 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
 
 def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_depth=20000):
     """Every interleaving, no visited set: the baseline the reduction is
-    measured (and tested) against."""
+    measured (and tested) against.  Depth-first; each branch point's state
+    is restored, not replayed."""
     found: dict = {}
     executions = transitions = bound_hits = 0
     complete = True
-    # stack of (state, path, preemptions, enabled choices left)
-    stack = [(space.initial, [], 0)]
+    path: list = []
+    # each frame: [state, enabled, next choice index, preemptions so far]
+    s0 = space.initial
+    stack = [[s0, space.enabled(s0), 0, 0]]
     while stack:
-        s, path, p = stack.pop()
-        en = space.enabled(s)
+        top = stack[-1]
+        s, en, k, p = top
+        depth = len(stack) - 1
         if not en:
             executions += 1
             if space.all_done(s):
                 for kind, msg in space.end_checks(s):
-                    found.setdefault(kind, (path, msg))
+                    found.setdefault(kind, (path[:depth], msg))
             else:
-                found.setdefault("deadlock", (path, "deadlock"))
+                found.setdefault("deadlock", (path[:depth], "deadlock"))
+            stack.pop()
             if executions >= max_executions:
                 complete = False
                 break
             continue
-        if len(path) >= max_depth:
-            found.setdefault("livelock", (path, f"more than {max_depth} steps"))
-            executions += 1
-            continue
-        last = path[-1] if path else None
-        for i in reversed(en):
-            q = p
-            if bound is not None and last is not None and i != last and last in en:
-                q += 1
-                if q > bound:
-                    bound_hits += 1
-                    continue
-            t, viols = space.step(s, i)
-            transitions += 1
-            if viols:
+        if k >= len(en) or depth >= max_depth:
+            if depth >= max_depth:
+                found.setdefault("livelock", (path[:depth], f"more than {max_depth} steps"))
                 executions += 1
-                for kind, msg in viols:
-                    found.setdefault(kind, (path + [i], msg))
+            stack.pop()
+            continue
+        top[2] = k + 1
+        i = en[k]
+        last = path[depth - 1] if depth else None
+        q = p
+        if bound is not None and last is not None and i != last and last in en:
+            q += 1
+            if q > bound:
+                bound_hits += 1
                 continue
-            stack.append((t, path + [i], q))
+        t, viols = space.step(s, i)
+        transitions += 1
+        del path[depth:]
+        path.append(i)
+        if viols:
+            executions += 1
+            for kind, msg in viols:
+                found.setdefault(kind, (list(path), msg))
+            continue
+        stack.append([t, space.enabled(t), 0, q])
     if bound_hits:
         complete = False
     return found, {"executions": executions, "transitions": transitions,
@@ -838,6 +848,7 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, se
     else:
         raise S2ptError(f"mode={mode!r}: choose exhaustive, unreduced, random or pct")
     res.seconds = time.perf_counter() - t0
+    res._scenario = sc
     for kind in sorted(raw):
         sched, msg = raw[kind]
         if details:

@@ -1,0 +1,395 @@
+"""The interleaving engine: declared outcomes, shortest schedules, replay
+determinism, reduction soundness, RCU semantics, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import s2pt
+from s2pt import pgtable as pt
+from s2pt.checkers import KINDS
+from s2pt.cli import main
+from s2pt.memory import PhysMem
+from s2pt.ops import READ_ONCE, WRITE_ONCE, put_page, rcu_read_lock, rcu_read_unlock, tlbi
+from s2pt.scenarios import SCENARIOS, SOMETIMES, Scenario
+from s2pt.schemes import SCHEMES
+from s2pt.sim.search import StateSpace, explore, format_schedule, parse_schedule, replay
+from s2pt.sim.sync import (SimMachine, read_lock, read_unlock, synchronize_rcu, write_lock,
+                           write_unlock)
+from s2pt.sim.world import Setup, World
+
+GiB, PAGE = 1 << 30, 4096
+
+
+# ---------------------------------------------------------------------------
+# A toy unlink/free litmus (the anchors' §2 model), on the real walker
+# ---------------------------------------------------------------------------
+
+def _toy_builder(scheme, bugs, late_reader=False, grace=True):
+    pgt = s2pt.Stage2(ipa_bits=40)
+    scheme.setup(pgt)
+    pgt.map(GiB, PAGE, 0x10_4000_0000, force_pte=True)
+    s = Setup(pgt, scheme, bugs)
+    from s2pt.invariants import reachable_tables
+    l2 = next(p.pa for p, lvl in reachable_tables(pgt) if lvl == 2)
+    ptep = l2                       # L2[0] -> the L3 table
+
+    def walker():
+        """A shared walker: rcu_read_lock, load the table entry, read into it."""
+        yield rcu_read_lock()
+        e = yield READ_ONCE(ptep)
+        if e & 3 == 3:
+            yield READ_ONCE(e & pgt.addr_mask)
+        yield rcu_read_unlock()
+
+    def unlinker():
+        """Unlink the L3 table, TLBI, wait for readers (or not), free it
+        (the toy's free drops the one page entry's reference and the table's
+        own, instead of the 512-entry boring traversal)."""
+        e = yield READ_ONCE(ptep)
+        yield WRITE_ONCE(ptep, 0)
+        yield put_page(ptep)
+        yield tlbi("ipa", GiB, None)
+        if grace and scheme.name == "rcu":
+            yield from synchronize_rcu()
+        table = e & pgt.addr_mask
+        yield WRITE_ONCE(table, 0)
+        yield put_page(table)
+        yield put_page(table)
+
+    s.cpu("walker", "rcu reader", walker)
+    s.cpu("unlink", "unlink + free", unlinker)
+    if late_reader:
+        s.cpu("late", "reader", walker)
+    s.region = (GiB, 2 << 20)
+    return s
+
+
+TOY = Scenario("toy-unlink-free", "walker vs unlink + free", _toy_builder,
+               {"none": {"use-after-free": SOMETIMES}, "rcu": {}})
+TOY3 = Scenario("toy-unlink-free-3", "two walkers vs unlink + free", _toy_builder,
+                {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=3,
+                params={"late_reader": True})
+
+
+def _all_schedules_live(sc, scheme):
+    """Every complete schedule, by brute-force replay on live worlds (no
+    memo, no visited set): {schedule tuple: violation kinds}."""
+    out = {}
+    stack = [()]
+    while stack:
+        prefix = stack.pop()
+        w = World(sc, scheme, record=False)
+        for c in prefix:
+            w.step(c)
+        if w.outcome is not None:
+            out[prefix] = {v.kind for v in w.violations}
+            continue
+        for c in w.enabled():
+            stack.append(prefix + (c,))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Declared outcomes
+# ---------------------------------------------------------------------------
+
+CHEAP = ["collapse-vs-fault", "unmap-vs-fault", "split-vs-fault", "stash-old-pte"]
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("name", CHEAP)
+def test_declared_outcomes_hold(name, scheme):
+    r = explore(name, scheme, details=False)
+    assert r.complete
+    assert r.check_declared() == [], r.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_declared_outcomes_three_vcpus(scheme):
+    r = explore("collapse-vs-fault-3", scheme, details=False)
+    assert r.complete and r.check_declared() == []
+
+
+def test_every_scenario_declares_every_scheme():
+    for sc in SCENARIOS.values():
+        for scheme in SCHEMES:
+            assert sc.expected(scheme, "leak") is not None, (sc.name, scheme)
+
+
+# ---------------------------------------------------------------------------
+# Seeded bugs, shortest schedules
+# ---------------------------------------------------------------------------
+
+def test_toy_shortest_schedule_is_shortest():
+    """BFS's schedule is as short as the shortest one brute force finds."""
+    r = explore(TOY, "none")
+    assert r.kinds == {"use-after-free"}
+    brute = _all_schedules_live(TOY, "none")
+    bad = [s for s, k in brute.items() if "use-after-free" in k]
+    assert bad
+    w = replay(TOY, "none", r.found["use-after-free"].schedule)
+    uaf_step = next(v.step for v in w.violations if v.kind == "use-after-free")
+    assert uaf_step + 1 == min(len(s) for s in bad)
+
+
+def test_collapse_none_finds_the_thread_bug():
+    r = explore("collapse-vs-fault", "none")
+    f = r.found["use-after-free"]
+    v = f.violation
+    assert v.actor == "vCPU1" and v.function == "__kvm_pgtable_visit"
+    assert "vCPU0 freed" in v.explanation
+    assert "^^^ USE-AFTER-FREE ^^^" in f.diagram
+    # vCPU1 gets into the table, vCPU0 collapses and frees it, vCPU1 reads.
+    assert f.schedule[:9] in ([0] * 5 + [1] * 4, [1] * 4 + [0] * 5)
+    w = replay("collapse-vs-fault", "none", f.schedule_text)
+    assert [x.kind for x in w.violations] == ["use-after-free"]
+
+
+def test_seeded_leak_f6a27d6dc51b():
+    r = explore("collapse-vs-fault", "rcu", bugs=["f6a27d6dc51b"], details=False)
+    assert r.kinds == {"leak"}
+    assert "refcount 1" in r.found["leak"].message or "leak" in r.found["leak"].message
+
+
+def test_random_and_pct_find_the_bug_and_minimise():
+    exact = explore(TOY3, "none").found["use-after-free"].schedule
+    for mode in ("random", "pct"):
+        r = explore(TOY3, "none", mode=mode, runs=200, seed=1, depth=2)
+        assert "use-after-free" in r.kinds, mode
+        f = r.found["use-after-free"]
+        w = replay(TOY3, "none", f.schedule)
+        assert any(v.kind == "use-after-free" for v in w.violations)
+        assert len(f.schedule) <= len(exact) + 3, (f.schedule_text, exact)
+        assert r.check_declared() == []      # incomplete: a missing Sometimes is no error
+    # Seeded: the same seed, the same result.
+    a = explore(TOY3, "none", mode="pct", runs=50, seed=5, details=False)
+    b = explore(TOY3, "none", mode="pct", runs=50, seed=5, details=False)
+    assert {k: f.schedule for k, f in a.found.items()} == {k: f.schedule for k, f in b.found.items()}
+
+
+# ---------------------------------------------------------------------------
+# Determinism and the memo
+# ---------------------------------------------------------------------------
+
+def _trace(w):
+    return [(e.cpu, repr(e.op), e.result, e.enabled, e.stack, e.note, e.violations)
+            for e in w.events]
+
+
+def test_replay_twice_gives_identical_enabled_sets_and_events():
+    sched = explore("collapse-vs-fault", "none").found["use-after-free"].schedule
+    a = replay("collapse-vs-fault", "none", sched)
+    b = replay("collapse-vs-fault", "none", sched)
+    assert _trace(a) == _trace(b) and len(a.events) > 1000
+
+
+def _memory(pgt):
+    return tuple(sorted((pfn, p.refcount, p.freed, p.table.tobytes())
+                        for pfn, p in pgt.mm.pages.items()))
+
+
+@pytest.mark.parametrize("name", ["collapse-vs-fault", "split-vs-fault"])
+def test_memoised_steps_match_live_runs(name):
+    """Random schedules through the state space (memoised transitions,
+    restores) end in the same memory as the same schedules run live."""
+    rng = random.Random(7)
+    space = StateSpace(World(SCENARIOS[name], "rcu", record=False), check=True)
+    for _ in range(15):
+        w = World(SCENARIOS[name], "rcu", record=False)
+        s = space.initial
+        while w.outcome is None:
+            en = w.enabled()
+            assert tuple(en) == space.enabled(s)
+            c = rng.choice(en)
+            w.step(c)
+            s, viols = space.step(s, c)
+            assert viols is None
+        space.restore(s)
+        assert _memory(space.pgt) == _memory(w.pgt)
+
+
+@pytest.mark.parametrize("sc,scheme,bound", [
+    (TOY, "none", None), (TOY, "rcu", None), (TOY3, "none", None), (TOY3, "rcu", None),
+    ("unmap-vs-fault", "none", None), ("unmap-vs-fault", "rcu", None),
+    ("stash-old-pte", "none", None), ("stash-old-pte", "rcu", 2),
+    ("split-vs-fault", "rcu", None),
+    ("collapse-vs-fault", "none", 1), ("collapse-vs-fault", "rcu", 1),
+])
+def test_reduction_never_changes_a_verdict(sc, scheme, bound):
+    red = explore(sc, scheme, preemptions=bound, details=False)
+    unr = explore(sc, scheme, mode="unreduced", preemptions=bound, details=False)
+    assert red.kinds == unr.kinds
+    assert red.transitions <= unr.transitions
+
+
+def test_toy_verdicts_match_brute_force_live_replay():
+    for sc in (TOY,):
+        for scheme in ("none", "rcu"):
+            brute = set().union(*_all_schedules_live(sc, scheme).values())
+            assert explore(sc, scheme, details=False).kinds == brute
+
+
+# ---------------------------------------------------------------------------
+# RCU semantics
+# ---------------------------------------------------------------------------
+
+def _m(n=3):
+    return SimMachine(PhysMem(), None, n)
+
+
+def _do(m, cpu, op):
+    m.cpu = cpu
+    assert m.blocked(cpu, op) is None, m.blocked(cpu, op)
+    return m.perform(op)
+
+
+def test_reader_starting_after_the_grace_period_does_not_delay_it():
+    m = _m()
+    _do(m, 0, rcu_read_lock())
+    _do(m, 2, ("synchronize_rcu",))          # the grace period starts: waits for CPU 0
+    _do(m, 1, rcu_read_lock())               # a reader that arrives later
+    assert "CPU 0" in m.blocked(2, ("rcu_gp_wait",))
+    _do(m, 0, rcu_read_unlock())
+    assert m.blocked(2, ("rcu_gp_wait",)) is None     # CPU 1 is still inside
+    _do(m, 2, ("rcu_gp_wait",))
+
+
+def test_nested_read_side_sections_end_at_the_outermost_unlock():
+    m = _m()
+    _do(m, 0, rcu_read_lock())
+    _do(m, 0, rcu_read_lock())
+    _do(m, 1, ("synchronize_rcu",))
+    _do(m, 0, rcu_read_unlock())
+    assert m.blocked(1, ("rcu_gp_wait",)) is not None
+    _do(m, 0, rcu_read_unlock())
+    assert m.blocked(1, ("rcu_gp_wait",)) is None
+
+
+def test_call_rcu_callbacks_wait_for_pre_existing_readers_in_order():
+    m = _m()
+    _do(m, 0, rcu_read_lock())
+    _do(m, 1, ("call_rcu", "first", ()))
+    _do(m, 0, rcu_read_unlock())
+    _do(m, 0, rcu_read_lock())               # a new section: the first callback ignores it
+    _do(m, 1, ("call_rcu", "second", ()))
+    assert m.blocked(2, ("rcu_next_callback",)) is None
+    assert _do(m, 2, ("rcu_next_callback",)) == ("first", ())
+    assert m.blocked(2, ("rcu_next_callback",)) is not None     # second waits for CPU 0
+    assert m.blocked(2, ("rcu_barrier",)) is not None
+    _do(m, 0, rcu_read_unlock())
+    assert _do(m, 2, ("rcu_next_callback",)) == ("second", ())
+    assert m.blocked(2, ("rcu_barrier",)) is None
+
+
+def test_rwlock_readers_share_writers_exclude():
+    m = _m()
+    _do(m, 0, read_lock("L"))
+    _do(m, 1, read_lock("L"))
+    assert "held for read" in m.blocked(2, write_lock("L"))
+    _do(m, 0, read_unlock("L"))
+    _do(m, 1, read_unlock("L"))
+    _do(m, 2, write_lock("L"))
+    assert "held for write" in m.blocked(0, read_lock("L"))
+    _do(m, 2, write_unlock("L"))
+
+
+def _deadlock_builder(scheme, bugs):
+    pgt = s2pt.Stage2(ipa_bits=40)
+    s = Setup(pgt, scheme, bugs)
+
+    def sync_inside_reader():
+        """synchronize_rcu() inside rcu_read_lock(): waits for itself."""
+        yield rcu_read_lock()
+        yield from synchronize_rcu()
+        yield rcu_read_unlock()
+
+    s.cpu("cpu0", "self-deadlock", sync_inside_reader)
+    return s
+
+
+def _livelock_builder(scheme, bugs):
+    pgt = s2pt.Stage2(ipa_bits=40)
+    s = Setup(pgt, scheme, bugs)
+
+    def spin():
+        """Retry forever on an entry that stays invalid."""
+        while not (yield READ_ONCE(pgt.pgd)):
+            pass
+
+    s.cpu("cpu0", "spins", spin)
+    return s
+
+
+def test_deadlock_and_livelock_are_reported():
+    dead = Scenario("t-deadlock", "", _deadlock_builder, {"rcu": {"deadlock": SOMETIMES}}, 1)
+    r = explore(dead, "rcu")
+    assert r.kinds == {"deadlock"}
+    assert "synchronize_rcu() waits for the read-side sections of CPU 0" in r.found["deadlock"].violation.explanation
+    live = Scenario("t-livelock", "", _livelock_builder, {"rcu": {"livelock": SOMETIMES}}, 1)
+    w = World(live, "rcu", max_steps=50)
+    w.run()
+    assert w.outcome == "livelock" and w.violations[0].kind == "livelock"
+    r = explore(live, "rcu", max_steps=50, details=False)
+    assert "livelock" in r.kinds or r.complete     # a cycle of states: BFS terminates
+
+
+# ---------------------------------------------------------------------------
+# Schedules, views, CLI
+# ---------------------------------------------------------------------------
+
+def test_schedule_strings_round_trip():
+    assert parse_schedule("0 0 1*3, 2") == [0, 0, 1, 1, 1, 2]
+    assert format_schedule([1, 1, 1, 1, 0]) == "1*4 0"
+    assert parse_schedule(format_schedule([0, 1, 1, 1, 2, 2])) == [0, 1, 1, 1, 2, 2]
+
+
+def test_stepping_by_hand():
+    w = World(SCENARIOS["collapse-vs-fault"], "none")
+    for c in [1, 1, 1, 1]:
+        w.step(c)
+    assert "next: READ_ONCE(L3[1])" in w.status()
+    w.run([0])
+    assert w.outcome == "violation" and w.violations[0].kind == "use-after-free"
+    assert "vCPU0" in w.diagram() and "page_count" in w.log()
+
+
+def test_violation_kinds_are_documented():
+    for sc in SCENARIOS.values():
+        for kinds in sc.expect.values():
+            assert set(kinds) <= set(KINDS)
+
+
+@pytest.mark.parametrize("argv", [
+    ["explore", "no-such-scenario"],
+    ["explore", "collapse-vs-fault", "--scheme", "nope"],
+    ["explore", "collapse-vs-fault", "--random", "0"],
+    ["explore", "collapse-vs-fault", "--random", "3", "--pct", "3"],
+    ["explore", "collapse-vs-fault", "--preemptions", "-1"],
+    ["explore", "collapse-vs-fault", "--bug", "deadbeef"],
+    ["replay", "collapse-vs-fault", "--schedule", "7"],
+    ["replay", "collapse-vs-fault", "--schedule", "x y"],
+    ["explore"],
+])
+def test_bad_cli_input_exits_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2pt") and "Traceback" not in err
+
+
+def test_cli_explore_json_and_exit_codes(capsys):
+    assert main(["explore", "collapse-vs-fault", "--scheme", "none", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["complete"] and out["states"] > 1000 and out["violations"][0]["kind"] == "use-after-free"
+    assert set(out) >= {"scenario", "scheme", "complete", "states", "seconds", "violations"}
+    assert {"kind", "schedule", "diagram"} <= set(out["violations"][0])
+    assert main(["explore", "unmap-vs-fault", "--scheme", "rcu"]) == 0
+    capsys.readouterr()
+    assert main(["replay", "collapse-vs-fault", "--scheme", "none", "--schedule", "1*4 0"]) == 1
+    assert "USE-AFTER-FREE" in capsys.readouterr().out
+    assert main(["scenarios"]) == 0
+    assert "collapse-vs-fault" in capsys.readouterr().out
