@@ -111,7 +111,7 @@ def op_text(world, op) -> str:
     if name == "rcu_gp_wait":
         return "synchronize_rcu(): readers gone"
     if name == "rcu_next_callback":
-        return "invoke next RCU callback"
+        return "callback"
     if name == "rcu_barrier":
         return "rcu_barrier()"
     if len(op) == 2 and isinstance(op[1], str):
@@ -151,10 +151,13 @@ def _clip(s: str, width: int) -> str:
     return s if len(s) <= width else s[:width - 3] + "..."
 
 
-def race_diagram(world, width: int = 46, fold: bool = True) -> str:
-    """The run as a plain-text race diagram (see the module docstring)."""
+def race_diagram(world, width: int | None = None, fold: bool = True) -> str:
+    """The run as a plain-text race diagram (see the module docstring).
+    ``width`` caps each column (default 46 for two CPUs, 34 for more)."""
     events = world.events
     cols = [i for i in range(world.n) if any(e.cpu == i for e in events)]
+    if width is None:
+        width = 46 if len(cols) <= 2 else 34
     if not cols:
         return "(no steps)"
     rows: list[tuple[str, int, str]] = []      # (step label, cpu, text)

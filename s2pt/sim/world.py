@@ -82,6 +82,22 @@ class Setup:
         return mc
 
 
+#: code object -> the kernel function name to show (None: a helper frame
+#: that is not shown, such as a scheme's lock wrapper).  See :func:`kernel_path`.
+DISPLAY: dict = {}
+
+
+def kernel_path(name: str | None):
+    """Decorator: show this CPU program as kernel function ``name`` in
+    diagrams (several programs model different paths of user_mem_abort)."""
+    def mark(fn):
+        DISPLAY[fn.__code__] = name
+        fn.kernel_name = name
+        return fn
+    return mark
+
+
+@kernel_path("rcu_do_batch")
 def rcu_callback_thread():
     """rcu_do_batch() on the RCU callback kthread: invoke each queued
     callback once its grace period has ended, oldest first."""
@@ -122,21 +138,6 @@ def _chain(gen):
             return
         yield gen, f
         gen = gen.gi_yieldfrom if isinstance(gen, types.GeneratorType) else None
-
-
-#: code object -> the kernel function name to show (None: a helper frame
-#: that is not shown, such as a scheme's lock wrapper).  See :func:`kernel_path`.
-DISPLAY: dict = {}
-
-
-def kernel_path(name: str | None):
-    """Decorator: show this CPU program as kernel function ``name`` in
-    diagrams (several programs model different paths of user_mem_abort)."""
-    def mark(fn):
-        DISPLAY[fn.__code__] = name
-        fn.kernel_name = name
-        return fn
-    return mark
 
 
 def stack_names(gen) -> tuple:
