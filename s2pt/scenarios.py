@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import S2ptError
+from .sim.sync import hw_walk_start
 from .sim.world import Setup, kernel_path
+from .tlb import VcpuTlb, hw_translate
 
 __all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER"]
 
@@ -51,6 +53,9 @@ BUGS = {
                      lambda pgt: setattr(pgt, "reload_after_cb", False)),
     "f6a27d6dc51b": ("free_unlinked does not drop the subtree root's last reference",
                      lambda pgt: setattr(pgt, "free_unlinked_drops_root", False)),
+    "no-bbm-tlbi": ("faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
+                    "not a real commit, the hardware walker's hazard",
+                    lambda pgt: None),
 }
 
 
@@ -63,6 +68,8 @@ class Kvm:
         self.scheme = setup.scheme
         self.memcache = [setup.memcache(cache_pages) for _ in range(vcpus)]
         self.split_page_cache = None
+        # the no-bbm-tlbi bug: faults skip the break-before-make TLBI
+        self.extra_flags = pt.SKIP_BBM_TLBI if "no-bbm-tlbi" in setup.bugs else 0
         setup.opaque.append(self)
 
 
@@ -82,9 +89,10 @@ def user_mem_abort_map_block(kvm: Kvm, vcpu: int, ipa: int):
     pgt, s = kvm.pgt, kvm.scheme
     fault_ipa = ipa & ~(BLOCK - 1)
     attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
+    flags = s.fault_flags | kvm.extra_flags
     yield from s.fault_lock(unlinks=True)            # read_lock(&kvm->mmu_lock)
     ret = yield from pt.kvm_pgtable_stage2_map(pgt, fault_ipa, BLOCK, pa_of(fault_ipa), attr,
-                                               kvm.memcache[vcpu], s.fault_flags)
+                                               kvm.memcache[vcpu], flags)
     yield from s.fault_unlock(unlinks=True)          # read_unlock(&kvm->mmu_lock)
     return ret
 
@@ -151,6 +159,17 @@ def kvm_mmu_split_huge_pages(kvm: Kvm, ipa: int, size: int):
     return ret
 
 
+@kernel_path("guest (MMU)")
+def guest_accesses(tlb, ipas):
+    """The guest on vCPU1 touches memory: each access is translated by the
+    vCPU's MMU (s2pt.tlb.hw_translate), which takes no lock, reads
+    descriptors one by one, and caches table pointers in its walk cache and
+    leaves in its TLB until a TLBI drops them."""
+    for ipa in ipas:
+        yield hw_walk_start(ipa)                     # TLB and walk-cache lookup
+        yield from hw_translate(tlb, ipa)
+
+
 # ---------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------
@@ -163,12 +182,13 @@ class Scenario:
     expect: dict                      # scheme name -> {kind: SOMETIMES}
     cpus: int = 2
     params: dict = field(default_factory=dict)
+    bugs: frozenset = frozenset()     # historical bugs this scenario always switches on
 
     def build(self, scheme, bugs=frozenset()) -> Setup:
         unknown = set(bugs) - set(BUGS)
         if unknown:
             raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
-        return self.builder(scheme, frozenset(bugs), **self.params)
+        return self.builder(scheme, frozenset(bugs) | self.bugs, **self.params)
 
     def expected(self, scheme: str, kind: str) -> str | None:
         """SOMETIMES, NEVER, or None when this scheme is not declared."""
@@ -249,6 +269,32 @@ def build_stash_old_pte(scheme, bugs):
     return s
 
 
+def build_collapse_vs_hw_walk(scheme, bugs):
+    pgt = _stage2(scheme, bugs)
+    _logged_table(pgt)
+    s = Setup(pgt, scheme, bugs)
+    kvm = Kvm(s, 2)
+    tlb = VcpuTlb(pgt, 1)
+    s.stateful.append(tlb)
+    s.opaque.append(tlb)
+
+    def attach(machine):
+        from .bbm import BbmChecker
+        bbm = BbmChecker(pgt, on_violation=lambda msg: machine.violations.append(("bbm", msg)))
+        s.stateful.append(bbm)
+        s.opaque.append(bbm)
+    if "no-bbm-tlbi" not in bugs:
+        # Without the TLBI, casemate's automaton would stop every run at the
+        # first make ("BBM invalid unclean->valid"), before the walk cache
+        # meets the freed table: that variant runs without it.
+        s.attach.append(attach)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort_map_block, kvm, 0, IPA)
+    s.cpu("MMU1", "vCPU1's MMU: two guest loads", guest_accesses, tlb,
+          (IPA + PAGE, IPA + 3 * PAGE), vcpu=1, pure=False)
+    s.region = (IPA, BLOCK)
+    return s
+
+
 SCENARIOS: dict[str, Scenario] = {}
 
 
@@ -286,6 +332,21 @@ _add(Scenario(
     "does) that is a use-after-free, deferred by RCU it is harmless",
     build_stash_old_pte,
     {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=1))
+
+
+_add(Scenario(
+    "collapse-vs-hw-walk",
+    "vCPU0 collapses the level-3 table while vCPU1's MMU walks it and caches the table "
+    "pointer in its walk cache; the break's TLBI comes before the free",
+    build_collapse_vs_hw_walk,
+    {"none": {}, "rcu": {}}))
+_add(Scenario(
+    "collapse-vs-hw-walk-no-tlbi",
+    "collapse-vs-hw-walk with the break-before-make TLBI left out: the walk cache still "
+    "points at the table when it is freed, with or without a grace period",
+    build_collapse_vs_hw_walk,
+    {"none": {"use-after-free": SOMETIMES}, "rcu": {"use-after-free": SOMETIMES}},
+    bugs=frozenset({"no-bbm-tlbi"})))
 
 
 def get_scenario(name) -> Scenario:

@@ -114,6 +114,8 @@ def op_text(world, op) -> str:
         return "callback"
     if name == "rcu_barrier":
         return "rcu_barrier()"
+    if name == "hw_walk_start":
+        return f"guest access {op[1]:#x}: MMU starts"
     if len(op) == 2 and isinstance(op[1], str):
         return f"{name}({op[1]})"
     if len(op) == 1:

@@ -50,11 +50,15 @@ __all__ = ["explore", "replay", "Result", "Found", "parse_schedule", "format_sch
 _WRITES = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg"})
 _REFS = frozenset({"get_page", "put_page", "get_page_unless_zero", "free_page"})
 _READS = frozenset({"READ_ONCE", "hw_read", "page_count"})
-_NOMEM = frozenset({"tlbi", "dsb", "cmo", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
+#: Operations that can change an observer's state (a TLB, the BBM automaton):
+#: stores, TLBIs, allocations; a put_page that frees is caught separately.
+_OBSERVED = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg", "tlbi", "zalloc_page",
+                       "free_page"})
+_NOMEM = frozenset({"hw_walk_start", "tlbi", "dsb", "cmo", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
                     "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback", "rcu_barrier",
                     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock",
                     "write_unlock"})
-_SYNC = frozenset({"rcu_read_lock", "rcu_read_unlock", "call_rcu", "synchronize_rcu",
+_SYNC = frozenset({"hw_read", "hw_walk_start", "rcu_read_lock", "rcu_read_unlock", "call_rcu", "synchronize_rcu",
                    "rcu_gp_wait", "rcu_next_callback", "spin_lock", "spin_unlock", "read_lock",
                    "read_unlock", "write_lock", "write_unlock"})
 
@@ -315,7 +319,7 @@ class StateSpace:
         """Make the live machine equal to state (or machine state) ``s``."""
         pages = s[0]
         if pages is not self.live_pages:
-            live = list(self.live_pages)
+            live = list(self.live_pages) if self.live_pages is not None else [None] * len(pages)
             for k, pid in enumerate(pages):
                 if live[k] != pid:
                     rc, freed, cid = self.pdata[pid]
@@ -337,14 +341,22 @@ class StateSpace:
             self.m.set_sync_state(s[3])
             self.live_sync = s[3]
         if s[4] != self.live_st:
-            for o, saved in zip(self.stateful, self.st_copies[s[4]]):
+            for o, saved in zip(self.stateful, self.st_copies.get(s[4], ())):
                 for k, v in copy.deepcopy(saved, self._memo()).items():
                     setattr(o, k, v)
             self.live_st = s[4]
 
+    def _invalidate(self):
+        """The live machine no longer matches any snapshot: the next
+        restore rewrites everything."""
+        self.live_pages = None
+        self.content = [None] * len(self.pages)
+        self.live_alloc = self.live_mc = self.live_sync = self.live_st = None
+
     def _after_op(self, op):
         """Update the live snapshot after ``op``; return the machine state."""
         name = op[0]
+        alloc = self.live_alloc[1]
         if name in _READS:
             pass
         elif name in _WRITES or name in _REFS:
@@ -366,7 +378,7 @@ class StateSpace:
             return self.machine_state(full=True)
         if name in _SYNC:
             self.live_sync = self.m.sync_state()
-        if self.stateful:
+        if self.stateful and (name in _OBSERVED or (name in _REFS and self.live_alloc[1] != alloc)):
             self.live_st = self._st_state()
         return (self.live_pages, self.live_alloc, self.live_mc, self.live_sync, self.live_st)
 
@@ -395,13 +407,18 @@ class StateSpace:
         impure = self.impure[i]
         hist = node.hist
         if impure:
+            self.live_st = None
             self.restore(hist[0][1])
             hist = hist[1:]
         op = gen.send(None)
         for result, mstate in hist:
             if impure:
+                self.live_st = None       # the code between yields changed observers
                 self.restore(mstate)
             op = gen.send(result)
+        if impure:
+            self.live_st = None
+            self.live_pages = None
         m.violations.clear()
         w.warnings.clear()
         if self.check and not impure:
@@ -429,6 +446,8 @@ class StateSpace:
         viols += m.violations + w.warnings
         m.violations.clear()
         w.warnings.clear()
+        if self.impure[i]:
+            self.live_st = None           # its code may have changed observers (a TLB fill)
         if viols:
             return (None, viols, None)
         hist = node.hist + ((result, mstate if self.impure[i] else None),)
@@ -466,6 +485,7 @@ class StateSpace:
         if m.violations:
             v = list(m.violations)
             m.violations.clear()
+            self._invalidate()            # the step is not snapshotted: forget what is live
             return None, v
         mstate = self._after_op(op)
         ekey = (result, mstate) if self.impure[i] else result

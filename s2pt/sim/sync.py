@@ -77,6 +77,12 @@ def synchronize_rcu():
     yield ("rcu_gp_wait",)
 
 
+def hw_walk_start(ipa: int):
+    """A guest load or store reaches the MMU, which starts translating
+    ``ipa`` (TLB and walk-cache lookups happen at this step)."""
+    return ("hw_walk_start", ipa)
+
+
 def rcu_barrier():
     """rcu_barrier(): wait until every callback queued so far has run."""
     return ("rcu_barrier",)
@@ -90,7 +96,7 @@ def rcu_next_callback():
 
 #: Operations that may block (everything else is always enabled).
 BLOCKING = frozenset({"spin_lock", "read_lock", "write_lock", "rcu_gp_wait",
-                      "rcu_barrier", "rcu_next_callback"})
+                      "rcu_barrier", "rcu_next_callback", "tlbi"})
 
 
 class SimMachine(Machine):
@@ -118,7 +124,11 @@ class SimMachine(Machine):
         self.nesting = [0] * ncpus            # rcu_read_lock nesting per CPU
         self.gp_waiters: dict = {}            # cpu in synchronize_rcu -> readers awaited
         self.callbacks: list = []             # [(readers awaited, fn, args)], queue order
+        self.hw_inflight = frozenset()        # CPUs whose MMU is in the middle of a walk
         d = self.dispatch
+        if "hw_read" in d:
+            d["hw_read"] = self._hw_read(d["hw_read"])
+        d["hw_walk_start"] = self._hw_walk_start
         d["rcu_read_lock"] = self._rcu_read_lock
         d["rcu_read_unlock"] = self._rcu_read_unlock
         d["call_rcu"] = self._call_rcu
@@ -179,6 +189,14 @@ class SimMachine(Machine):
                 return (f"the oldest callback waits for a grace period: CPU "
                         f"{_cpus(self.callbacks[0][0])} still in rcu_read_lock()")
             return None
+        if name == "tlbi":
+            # A TLBI here is TLBI + DSB ISH (as __kvm_tlb_flush_vmid_ipa
+            # does), which completes only once the translation table walks
+            # in flight on other CPUs have finished.
+            busy = self.hw_inflight - {cpu}
+            if busy:
+                return f"TLBI + DSB waits for the hardware walk in flight on CPU {_cpus(busy)}"
+            return None
         if name == "rcu_barrier":
             if self.callbacks:
                 return f"rcu_barrier() waits for {len(self.callbacks)} callback(s)"
@@ -215,6 +233,27 @@ class SimMachine(Machine):
             self.locks[op[1]] = (None, readers)
         else:
             self.locks.pop(op[1], None)
+
+    # -- hardware walkers ----------------------------------------------------------
+    def _hw_read(self, read):
+        mem = self.mem
+        pa_mask = ((1 << 48) - 1) & ~(mem.page_size - 1)
+
+        def hw_read(op):
+            value = read(op)
+            # A table descriptor (one that points at a table page) means the
+            # walk goes on: it is in flight until it reads a leaf or fault.
+            going_on = (value is not None and value & 3 == 3
+                        and ((value & pa_mask) >> mem.page_shift) in mem.pages)
+            if not going_on:
+                self.hw_inflight = self.hw_inflight - {self.cpu}
+            return value
+        return hw_read
+
+    def _hw_walk_start(self, op):
+        # The MMU looks up its TLB and walk cache now (in the code that
+        # follows this step): from here the walk is in flight.
+        self.hw_inflight = self.hw_inflight | {self.cpu}
 
     # -- RCU ---------------------------------------------------------------------
     def _readers(self) -> frozenset:
@@ -264,9 +303,10 @@ class SimMachine(Machine):
         """Locks, RCU nesting, grace-period waits, callback queue: hashable."""
         return (tuple(sorted(self.locks.items())), tuple(self.nesting),
                 tuple(sorted(self.gp_waiters.items())),
-                tuple((w, fn, args) for w, fn, args in self.callbacks))
+                tuple((w, fn, args) for w, fn, args in self.callbacks), self.hw_inflight)
 
     def set_sync_state(self, s: tuple):
+        self.hw_inflight = s[4]
         self.locks = dict(s[0])
         self.nesting = list(s[1])
         self.gp_waiters = dict(s[2])

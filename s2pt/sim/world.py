@@ -18,6 +18,7 @@ drains its queue) and then the end-of-run checks.
 from __future__ import annotations
 
 import types
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
@@ -178,7 +179,7 @@ def freeze(v, opaque: dict, depth: int = 0):
         return tag
     if depth > 8:
         raise RecursionError("freeze: structure too deep")
-    if isinstance(v, (tuple, list)):
+    if isinstance(v, (tuple, list, deque)):
         return (type(v).__name__,) + tuple(freeze(x, opaque, depth + 1) for x in v)
     if isinstance(v, dict):
         return ("dict",) + tuple((freeze(k, opaque, depth + 1), freeze(x, opaque, depth + 1))
