@@ -29,7 +29,8 @@ from s2pt.schemes import SCHEMES
 from s2pt.sim.search import explore
 
 #: scenario -> preemption bound for the unreduced comparison (None: unbounded)
-UNREDUCED_BOUND = {"collapse-vs-fault": 1, "collapse-vs-fault-3": 1, "stash-old-pte": 2}
+UNREDUCED_BOUND = {"collapse-vs-fault": 1, "collapse-vs-fault-3": 1, "stash-old-pte": 2,
+                   "collapse-vs-hw-walk": 1, "collapse-vs-hw-walk-no-tlbi": 1}
 UNREDUCED_BUDGET = 3_000_000        # executions
 
 
