@@ -416,3 +416,33 @@ def test_cli_explore_json_and_exit_codes(capsys):
     assert "USE-AFTER-FREE" in capsys.readouterr().out
     assert main(["scenarios"]) == 0
     assert "collapse-vs-fault" in capsys.readouterr().out
+
+
+def _racy_rmw_builder(scheme, bugs):
+    """Two CPUs update one leaf's attributes with a plain load and store
+    (no cmpxchg): one update can overwrite the other."""
+    from s2pt import descriptor as d
+    pgt = s2pt.Stage2(ipa_bits=40)
+    pgt.map(GiB, PAGE, 0x10_4000_0000, prot="R", force_pte=True)
+    s = Setup(pgt, scheme, bugs)
+    out = pt.LeafWalkData()
+    s2pt.ops.run(pt.kvm_pgtable_get_leaf(pgt, GiB, out), pgt.machine)
+    from s2pt.invariants import reachable_tables
+    l3 = next(p.pa for p, lvl in reachable_tables(pgt) if lvl == 3)
+
+    def set_bits(bits):
+        old = yield READ_ONCE(l3)
+        yield WRITE_ONCE(l3, old | bits)
+
+    s.cpu("cpu0", "set W", set_bits, d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W)
+    s.cpu("cpu1", "clear XN", set_bits, 0)
+    s.cpu("cpu2", "set AF", set_bits, d.KVM_PTE_LEAF_ATTR_LO_S2_AF)
+    s.region = (GiB, 2 << 20)
+    return s
+
+
+def test_lost_update_is_found_against_serial_orders():
+    sc = Scenario("t-racy-rmw", "", _racy_rmw_builder, {"rcu": {"lost-update": SOMETIMES}}, 3)
+    r = explore(sc, "rcu")
+    assert r.kinds == {"lost-update"}
+    assert "serial order" in r.found["lost-update"].violation.explanation
