@@ -42,6 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
+from .sync import BLOCKING
 from .world import World, default_choice, frames, freeze, stack_names
 
 __all__ = ["explore", "replay", "Result", "Found", "parse_schedule", "format_schedule",
@@ -457,17 +458,23 @@ class StateSpace:
 
     # -- transitions ---------------------------------------------------------------
     def enabled(self, s) -> tuple:
-        key = (s[3], s[5])
-        en = self.enabled_memo.get(key)
-        if en is None:
-            if s[3] != self.live_sync:
-                self.m.set_sync_state(s[3])
-                self.live_sync = s[3]
-            m = self.m
-            en = tuple(i for i, nid in enumerate(s[5])
-                       if not self.nodes[nid].done and m.blocked(i, self.nodes[nid].op) is None)
-            self.enabled_memo[key] = en
-        return en
+        nodes = self.nodes
+        out = []
+        synced = False
+        for i, nid in enumerate(s[5]):
+            node = nodes[nid]
+            if node.done:
+                continue
+            if node.op[0] in BLOCKING:
+                if not synced:
+                    if s[3] != self.live_sync:
+                        self.m.set_sync_state(s[3])
+                        self.live_sync = s[3]
+                    synced = True
+                if self.m.blocked(i, node.op) is not None:
+                    continue
+            out.append(i)
+        return tuple(out)
 
     def all_done(self, s) -> bool:
         return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[5]))

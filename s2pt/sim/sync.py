@@ -146,10 +146,12 @@ class SimMachine(Machine):
         self.violations.append((kind, message))
 
     def perform(self, op):
-        if self.mmu is not None:
+        if self.mmu is not None and op[0] == "tlbi":
             # Local TLBIs (ipa_nsh) reach only the issuing vCPU's TLB.
             self.mmu.current_vcpu = self.vcpu_of.get(self.cpu, self.cpu)
         try:
+            if not self.pre_observers and not self.observers:
+                return self.dispatch[op[0]](op)
             return super().perform(op)
         except KernelBug as e:
             self.violations.append((e.kind, str(e).split(": ", 1)[-1]))
