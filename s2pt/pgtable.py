@@ -429,12 +429,34 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     childp = yield zalloc_page(data.memcache)
     if childp is None:
         return -ENOMEM
+    if getattr(data, "prefault", False) and kvm_pte_valid(ctx.old):
+        yield from stage2_map_prefault_idmap(ctx, childp)
     if not (yield from stage2_try_break_pte(ctx)):
         yield put_page(childp)
         return -EAGAIN
     new = d.kvm_init_table_pte(childp, ctx.pgt.page_shift)
     yield from stage2_make_pte(ctx, new)
     return 0
+
+
+def stage2_map_prefault_idmap(ctx: VisitCtx, childp: int):
+    """Android (ACK) only, for an identity map: fill the table that replaces
+    a block with copies of the block, except the entries that start inside
+    the range being changed, which the walk then visits itself.  Upstream
+    leaves the new table empty and lets the rest fault back lazily."""
+    pgt = ctx.pgt
+    block = ctx.old
+    if pgt.pte_is_counted(block, ctx.level):
+        pgt.warn("stage2_map_prefault_idmap: the block being split is counted")
+    level = ctx.level + 1
+    gran = pgt.granule_size[level]
+    pa = ctx.addr & ~(pgt.granule_size[ctx.level] - 1)
+    for i in range(pgt.ptrs_per_pte):
+        if pa < ctx.addr or pa >= ctx.end:
+            # "We can write non-atomically: ptep isn't yet live."
+            yield WRITE_ONCE(childp + 8 * i,
+                             d.kvm_init_valid_leaf_pte(pa, block, level, pgt.page_shift))
+        pa += gran
 
 
 def stage2_map_walker(ctx: VisitCtx, visit: int):

@@ -212,52 +212,13 @@ def stage2_coalesce_walk_table_post(ctx: pt.VisitCtx, data: HostMapData):
     return 0
 
 
-def stage2_map_walk_leaf_prefault(ctx: pt.VisitCtx, data: HostMapData):
-    """ACK stage2_map_walk_leaf on an IDMAP table: when a valid block must be
-    split, fill the new table with copies of the block
-    (``stage2_map_prefault_idmap``) except the entries that start inside the
-    range being changed, which the walk then visits itself."""
-    pgt = ctx.pgt
-    ret = yield from pt.stage2_map_walker_try_leaf(ctx, data)
-    if ret != -errno.E2BIG:
-        return ret
-    if ctx.level == 3:
-        pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
-        return -EINVAL
-    if data.memcache is None:
-        return -ENOMEM
-    childp = yield zalloc_page(data.memcache)
-    if childp is None:
-        return -ENOMEM
-    block = ctx.old
-    if pgt.pte_is_counted(block, ctx.level):
-        pgt.warn("stage2_map_prefault_idmap: the block being split is counted")
-    if d.kvm_pte_valid(block):
-        level = ctx.level + 1
-        gran = pgt.granule_size[level]
-        pa = ctx.addr & ~(pgt.granule_size[ctx.level] - 1)
-        for i in range(pgt.ptrs_per_pte):
-            if pa < ctx.addr or pa >= ctx.end:
-                # "We can write non-atomically: ptep isn't yet live."
-                yield WRITE_ONCE(childp + 8 * i,
-                                 d.kvm_init_valid_leaf_pte(pa, block, level, pgt.page_shift))
-            pa += gran
-    if not (yield from pt.stage2_try_break_pte(ctx)):
-        yield put_page(childp)
-        return -EAGAIN
-    yield from pt.stage2_make_pte(ctx, d.kvm_init_table_pte(childp, pgt.page_shift))
-    return 0
-
-
 def host_set_owner_walker(ctx: pt.VisitCtx, visit: int):
     """ACK's stage2_map_walker for an ownership change: the upstream map
-    visitors, the prefault variant of the leaf visitor, and the coalescing
+    visitors (whose leaf visitor prefaults when data.prefault), and the coalescing
     TABLE_POST visitor."""
     data = ctx.arg
     if visit == pt.TABLE_POST:
         return (yield from stage2_coalesce_walk_table_post(ctx, data))
-    if visit == pt.LEAF and data.prefault and d.kvm_pte_valid(ctx.old):
-        return (yield from stage2_map_walk_leaf_prefault(ctx, data))
     return (yield from pt.stage2_map_walker(ctx, visit))
 
 
@@ -856,8 +817,6 @@ def _set_owner_no_coalesce(pgt, addr, size, mc, owner_id, data, flags):
     data.force_pte, data.annotation = True, True
 
     def cb(ctx, visit):
-        if visit == pt.LEAF and data.prefault and d.kvm_pte_valid(ctx.old):
-            return (yield from stage2_map_walk_leaf_prefault(ctx, data))
         return (yield from pt.stage2_map_walker(ctx, visit))
     walker = pt.Walker(cb, data, flags | pt.TABLE_PRE | pt.LEAF)
     return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
