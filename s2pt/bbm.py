@@ -66,6 +66,16 @@ class BbmChecker:
         self.pgt.machine.observers.remove(self.after)
         self.pgt.mm.free_hooks.remove(self.on_free)
 
+    # -- the explorer's snapshot protocol ---------------------------------
+    def sim_state(self):
+        """A hashable snapshot of the automaton (s2pt.sim.search restores
+        stored states with :meth:`sim_restore` instead of deep copies)."""
+        return (tuple(self.info.items()), tuple(self.unclean.items()), frozenset(self.retired))
+
+    def sim_restore(self, state):
+        info, unclean, retired = state
+        self.info, self.unclean, self.retired = dict(info), dict(unclean), set(retired)
+
     # -- bookkeeping -------------------------------------------------------
     def report(self, message: str):
         self.violations.append(message)

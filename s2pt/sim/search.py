@@ -225,8 +225,13 @@ class Node:
 class StateSpace:
     """Hashable states over one World, with memoised CPU transitions.
 
-    A state is ``(pages, allocator, memcaches, sync, observers, nodes)``;
-    every component is hashable and made of interned parts.
+    A state is ``(machine id, nodes)``: the machine state ``(pages,
+    allocator, memcaches, sync, observers)`` is interned to a small integer,
+    and ``nodes`` holds each CPU's node id.  A transition is a function of
+    the machine state and the stepping CPU's node alone, so it is memoised
+    on ``(machine id, node id)``: CPUs that only read leave the machine as
+    it was, and the other CPUs' positions do not matter, so most steps of a
+    search are one dictionary lookup and never touch the live machine.
     """
 
     def __init__(self, world: World, check: bool = False):
@@ -254,7 +259,10 @@ class StateSpace:
         self.nodes: list[Node] = []
         self.node_ids: dict = {}
         self.gens: dict = {}
-        self.enabled_memo: dict = {}
+        self.mstates: list = []                 # machine id -> machine state tuple
+        self.mids: dict = {}                    # machine state tuple -> machine id
+        self.tmemo: dict = {}                   # (machine id, node id) -> transition
+        self.live_mid = None                    # the live machine's id, when known
         self.end_memo: dict = {}
         self.live_alloc = (tuple(mm.free_list), mm.allocated)
         self.live_mc = self._mc_state()
@@ -265,8 +273,8 @@ class StateSpace:
         for i in range(self.n):
             gen = w.cpus[i]
             ids.append(self._node_from(i, gen, w.pending[i], (), w.results[i], mstate))
-        self.initial = mstate + (tuple(ids),)
-        self.prime_state = mstate
+        self.live_mid = self._intern(mstate)
+        self.initial = (self.live_mid, tuple(ids))
 
     # -- machine snapshots ------------------------------------------------------
     def _content(self, k):
@@ -293,12 +301,22 @@ class StateSpace:
         return tuple(tuple(p.pfn for p in mc.objects) for mc in self.mcs)
 
     def _st_state(self):
+        """The observers' state: ``sim_state()`` where an observer offers
+        it (a cheap hashable snapshot, restored by ``sim_restore``), else a
+        frozen copy of its fields (restored from a deep copy)."""
         if not self.stateful:
             return ()
-        key = tuple(freeze(_fields(o), self.w.opaque) for o in self.stateful)
-        if key not in self.st_copies:
-            self.st_copies[key] = [copy.deepcopy(_fields(o), self._memo()) for o in self.stateful]
-        return key
+        out = []
+        for o in self.stateful:
+            snap = getattr(o, "sim_state", None)
+            if snap is not None:
+                out.append(snap())
+            else:
+                key = freeze(_fields(o), self.w.opaque)
+                out.append(key)
+                if (id(o), key) not in self.st_copies:
+                    self.st_copies[id(o), key] = copy.deepcopy(_fields(o), self._memo())
+        return tuple(out)
 
     def _memo(self):
         return {id(o): o for o in self.w.setup.opaque}
@@ -316,8 +334,23 @@ class StateSpace:
             self.live_st = self._st_state()
         return (self.live_pages, self.live_alloc, self.live_mc, self.live_sync, self.live_st)
 
+    def _intern(self, mstate) -> int:
+        mid = self.mids.get(mstate)
+        if mid is None:
+            mid = self.mids[mstate] = len(self.mstates)
+            self.mstates.append(mstate)
+        return mid
+
     def restore(self, s):
-        """Make the live machine equal to state (or machine state) ``s``."""
+        """Make the live machine equal to state ``s`` (or machine id ``s``)."""
+        mid = s if isinstance(s, int) else s[0]
+        if mid != self.live_mid:
+            self._restore(self.mstates[mid])
+            self.live_mid = mid
+
+    def _restore(self, s):
+        """Make the live machine equal to machine state tuple ``s``."""
+        self.live_mid = None
         pages = s[0]
         if pages is not self.live_pages:
             live = list(self.live_pages) if self.live_pages is not None else [None] * len(pages)
@@ -342,15 +375,18 @@ class StateSpace:
             self.m.set_sync_state(s[3])
             self.live_sync = s[3]
         if s[4] != self.live_st:
-            for o, saved in zip(self.stateful, self.st_copies.get(s[4], ())):
-                for k, v in copy.deepcopy(saved, self._memo()).items():
-                    setattr(o, k, v)
+            for o, key in zip(self.stateful, s[4]):
+                if hasattr(o, "sim_restore"):
+                    o.sim_restore(key)
+                else:
+                    for k, v in copy.deepcopy(self.st_copies[id(o), key], self._memo()).items():
+                        setattr(o, k, v)
             self.live_st = s[4]
 
     def _invalidate(self):
         """The live machine no longer matches any snapshot: the next
         restore rewrites everything."""
-        self.live_pages = None
+        self.live_pages = self.live_mid = None
         self.content = [None] * len(self.pages)
         self.live_alloc = self.live_mc = self.live_sync = self.live_st = None
 
@@ -409,13 +445,13 @@ class StateSpace:
         hist = node.hist
         if impure:
             self.live_st = None
-            self.restore(hist[0][1])
+            self._restore(hist[0][1])
             hist = hist[1:]
         op = gen.send(None)
         for result, mstate in hist:
             if impure:
                 self.live_st = None       # the code between yields changed observers
-                self.restore(mstate)
+                self._restore(mstate)
             op = gen.send(result)
         if impure:
             self.live_st = None
@@ -434,7 +470,7 @@ class StateSpace:
         if gen is None:
             gen = self._rebuild(i, node)
             if self.impure[i]:
-                self.restore(mstate)
+                self._restore(mstate)
         viols = []
         op2 = ret = None
         done = False
@@ -460,40 +496,53 @@ class StateSpace:
     def enabled(self, s) -> tuple:
         nodes = self.nodes
         out = []
-        synced = False
-        for i, nid in enumerate(s[5]):
+        sync = None
+        for i, nid in enumerate(s[1]):
             node = nodes[nid]
             if node.done:
                 continue
             if node.op[0] in BLOCKING:
-                if not synced:
-                    if s[3] != self.live_sync:
-                        self.m.set_sync_state(s[3])
-                        self.live_sync = s[3]
-                    synced = True
+                if sync is None:
+                    sync = self.mstates[s[0]][3]
+                    if sync != self.live_sync:
+                        self.m.set_sync_state(sync)
+                        self.live_sync = sync
+                        self.live_mid = None
                 if self.m.blocked(i, node.op) is not None:
                     continue
             out.append(i)
         return tuple(out)
 
     def all_done(self, s) -> bool:
-        return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[5]))
+        return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[1]))
 
     def step(self, s, i):
         """CPU ``i`` steps from state ``s``: (new state, None) or (None, violations)."""
-        self.restore(s)
-        nodes = s[5]
+        mid, nodes = s
         nid = nodes[i]
+        key = (mid, nid)
+        t = self.tmemo.get(key)
+        if t is None:
+            t = self.tmemo[key] = self._step(mid, nid, i)
+        if t[2]:
+            return None, list(t[2])
+        return (t[0], nodes[:i] + (t[1],) + nodes[i + 1:]), None
+
+    def _step(self, mid, nid, i):
+        """Perform node ``nid``'s operation on machine ``mid`` and run CPU
+        ``i``'s code to its next yield: (machine id, child node, violations)."""
+        self.restore(mid)
         node = self.nodes[nid]
         m = self.m
         m.cpu = i
         op = node.op
+        self.live_mid = None
         result = m.perform(op)
         if m.violations:
-            v = list(m.violations)
+            v = tuple(m.violations)
             m.violations.clear()
             self._invalidate()            # the step is not snapshotted: forget what is live
-            return None, v
+            return (None, None, v)
         mstate = self._after_op(op)
         ekey = (result, mstate) if self.impure[i] else result
         edge = node.edges.get(ekey)
@@ -502,26 +551,28 @@ class StateSpace:
             node.edges[ekey] = edge
         child, viols, post = edge
         if viols:
-            return None, list(viols)
+            self._invalidate()
+            return (None, None, tuple(viols))
         if post is not None:
-            self.restore(post)
+            self._restore(post)
             mstate = post
-        return mstate + (nodes[:i] + (child,) + nodes[i + 1:],), None
+        mid2 = self._intern(mstate)
+        self.live_mid = mid2
+        return (mid2, child, ())
 
     def end_checks(self, s) -> list:
         """The end-of-run violations of terminal state ``s`` (memoised)."""
-        key = s[:5]
-        out = self.end_memo.get(key)
+        out = self.end_memo.get(s[0])
         if out is None:
             self.restore(s)
             from ..checkers import end_of_run
             out = [(v.kind, v.explanation) for v in end_of_run(self.w)]
-            self.end_memo[key] = out
+            self.end_memo[s[0]] = out
         return out
 
     def blocked_reasons(self, s) -> list:
         self.restore(s)
-        return [(i, self.m.blocked(i, self.nodes[nid].op)) for i, nid in enumerate(s[5])
+        return [(i, self.m.blocked(i, self.nodes[nid].op)) for i, nid in enumerate(s[1])
                 if not self.nodes[nid].done and not self.daemon[i]]
 
 

@@ -158,10 +158,11 @@ def frames(gen, opaque: dict) -> tuple:
     chain, as a hashable value: two generators with equal ``frames`` behave
     identically from here on, given the same results."""
     out = []
+    memo = {}             # id -> frozen value: the frames share their walker, data, ctx
     for _, f in _chain(gen):
         loc = f.f_locals
         out.append((f.f_code, f.f_lasti,
-                    tuple((k, freeze(v, opaque)) for k, v in loc.items()
+                    tuple((k, freeze(v, opaque, 0, memo)) for k, v in loc.items()
                           if not isinstance(v, types.GeneratorType))))
     return tuple(out)
 
@@ -169,35 +170,49 @@ def frames(gen, opaque: dict) -> tuple:
 _ATOMS = (int, str, bool, float, type(None), bytes)
 
 
-def freeze(v, opaque: dict, depth: int = 0):
+def freeze(v, opaque: dict, depth: int = 0, memo: dict | None = None):
     """A hashable value-copy of ``v`` (objects with __slots__ become tuples;
-    shared objects such as the page table become their name)."""
+    shared objects such as the page table become their name).  ``memo``
+    (id -> frozen value) shares the work between references to one object
+    while nothing changes it."""
     if isinstance(v, _ATOMS):
         return v
     tag = opaque.get(id(v))
     if tag is not None:
         return tag
+    if memo is not None:
+        out = memo.get(id(v))
+        if out is not None:
+            return out
+    out = _freeze(v, opaque, depth, memo)
+    if memo is not None:
+        memo[id(v)] = out
+    return out
+
+
+def _freeze(v, opaque, depth, memo):
     if depth > 8:
         raise RecursionError("freeze: structure too deep")
+    d1 = depth + 1
     if isinstance(v, (tuple, list, deque)):
-        return (type(v).__name__,) + tuple(freeze(x, opaque, depth + 1) for x in v)
+        return (type(v).__name__,) + tuple(freeze(x, opaque, d1, memo) for x in v)
     if isinstance(v, dict):
-        return ("dict",) + tuple((freeze(k, opaque, depth + 1), freeze(x, opaque, depth + 1))
+        return ("dict",) + tuple((freeze(k, opaque, d1, memo), freeze(x, opaque, d1, memo))
                                  for k, x in v.items())
     if isinstance(v, (set, frozenset)):
-        return ("set", frozenset(freeze(x, opaque, depth + 1) for x in v))
+        return ("set", frozenset(freeze(x, opaque, d1, memo) for x in v))
     if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type, types.CodeType)):
         return v
     if isinstance(v, types.MethodType):
-        return ("method", freeze(v.__self__, opaque, depth + 1), v.__func__)
+        return ("method", freeze(v.__self__, opaque, d1, memo), v.__func__)
     if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return v.item()              # a numpy scalar
     slots = getattr(type(v), "__slots__", None)
     if slots is not None and not hasattr(v, "__dict__"):
-        return (type(v),) + tuple(freeze(getattr(v, s, None), opaque, depth + 1) for s in slots)
+        return (type(v),) + tuple(freeze(getattr(v, s, None), opaque, d1, memo) for s in slots)
     d = getattr(v, "__dict__", None)
     if d is not None:
-        return (type(v),) + tuple((k, freeze(x, opaque, depth + 1)) for k, x in d.items())
+        return (type(v),) + tuple((k, freeze(x, opaque, d1, memo)) for k, x in d.items())
     return ("opaque", type(v).__name__, id(v))
 
 
