@@ -185,6 +185,26 @@ def test_random_and_pct_find_the_bug_and_minimise():
     assert {k: f.schedule for k, f in a.found.items()} == {k: f.schedule for k, f in b.found.items()}
 
 
+def test_random_walks_through_the_memo_agree_with_live_runs():
+    """Random and PCT runs walk the memoised state space; every schedule
+    they produce must end the same way on a live world."""
+    from s2pt.sim.search import _pct_chooser, _walk
+    rng = random.Random(3)
+    for name, scheme in (("collapse-vs-fault", "none"), ("collapse-vs-hw-walk-no-tlbi", "rcu"),
+                         ("stash-old-pte", "none")):
+        space = StateSpace(World(SCENARIOS[name], scheme, record=False), check=True)
+        seen = set()
+        for run in range(12):
+            choose = (_pct_chooser(rng, space.n, 2, 40) if run % 2
+                      else (lambda en, last, step: rng.choice(en)))
+            sched, viols = _walk(space, choose, 20000)
+            w = replay(name, scheme, sched)
+            assert sorted(k for k, _ in viols) == sorted(v.kind for v in w.violations), sched
+            assert len(w.events) == len(sched)
+            seen |= {k for k, _ in viols}
+        assert seen or name == "collapse-vs-fault"     # the UAF window is ~1,000 steps wide
+
+
 # ---------------------------------------------------------------------------
 # Determinism and the memo
 # ---------------------------------------------------------------------------

@@ -751,17 +751,28 @@ def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_dept
 # Live runs: manual, random, PCT
 # ---------------------------------------------------------------------------
 
-def _live_run(scenario, scheme, bugs, choose, max_steps, record=False):
-    w = World(scenario, scheme, bugs, max_steps=max_steps, record=record)
+def _walk(space: StateSpace, choose, max_steps):
+    """One run from the initial state, ``choose(enabled, last, step)``
+    picking each CPU, through the memoised state space (so repeated runs
+    cost a dictionary lookup per step).  Returns (schedule, violations)."""
+    s = space.initial
     sched = []
     last = None
-    while w.outcome is None:
-        en = w.enabled()
-        c = choose(w, en, last, len(sched))
-        w.step(c)
+    while True:
+        en = space.enabled(s)
+        if not en:
+            if space.all_done(s):
+                return sched, space.end_checks(s)
+            return sched, [("deadlock", "; ".join(f"CPU {i} {why}"
+                                                  for i, why in space.blocked_reasons(s)))]
+        if len(sched) >= max_steps:
+            return sched, [("livelock", f"more than {max_steps} steps")]
+        c = choose(en, last, len(sched))
         sched.append(c)
         last = c
-    return w, sched
+        s, viols = space.step(s, c)
+        if viols:
+            return sched, viols
 
 
 def _pct_chooser(rng, n, depth, k):
@@ -772,7 +783,7 @@ def _pct_chooser(rng, n, depth, k):
     points = sorted(rng.sample(range(1, max(k, depth) + 1), depth - 1)) if depth > 1 else []
     change = {pt: depth - 1 - j for j, pt in enumerate(points)}
 
-    def choose(w, en, last, step):
+    def choose(en, last, step):
         if len(en) > 1 and step in change and last is not None:
             prio[last] = change[step]
         return max(en, key=lambda c: prio[c])
@@ -902,22 +913,20 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, se
         if mode == "pct" and (not isinstance(depth, int) or depth < 1):
             raise S2ptError(f"depth={depth!r}: PCT depth is a positive integer")
         rng = random.Random(seed)
+        space = StateSpace(World(sc, scheme, bugs, max_steps=max_steps, record=False), check)
+        if mode == "random":
+            def chooser():
+                return lambda en, last, step: rng.choice(en)
+        else:
+            k = len(_walk(space, lambda en, last, step: en[0], max_steps)[0])
+            def chooser():
+                return _pct_chooser(rng, space.n, depth, k)
         raw = {}
-        k = None
         for _ in range(runs):
-            if mode == "random":
-                def choose(w, en, last, step):
-                    return rng.choice(en)
-            else:
-                if k is None:
-                    k = len(_live_run(sc, scheme, bugs, lambda w, en, last, step: en[0],
-                                      max_steps)[1])
-                    nact = World(sc, scheme, bugs, record=False).n
-                choose = _pct_chooser(rng, nact, depth, k)
-            w, sched = _live_run(sc, scheme, bugs, choose, max_steps)
-            for v in w.violations:
-                if v.kind not in raw or len(sched) < len(raw[v.kind][0]):
-                    raw[v.kind] = (sched, v.explanation)
+            sched, viols = _walk(space, chooser(), max_steps)
+            for kind, msg in viols:
+                if kind not in raw or len(sched) < len(raw[kind][0]):
+                    raw[kind] = (sched, msg)
         res = Result(sc.name, scheme, mode, False, 0.0, executions=runs, settings=settings)
         if mode == "pct":
             res.settings["depth"] = depth
