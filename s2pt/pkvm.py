@@ -250,6 +250,233 @@ def kvm_pgtable_stage2_reclaim_leaves(pgt, addr: int, size: int,
     return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
 
 
+# ---------------------------------------------------------------------------
+# The EL2 paths as generators: one copy, run by Host (sequentially) and by the
+# interleaving explorer's scenarios (one shared access per step).  The lock
+# (host_lock_component: hyp_spin_lock(&host_mmu.lock)) is the caller's: the
+# sequential Host has one CPU and takes none; a scenario passes its scheme's.
+# ---------------------------------------------------------------------------
+
+def host_stage2_adjust_range(host: "Host", addr: int, rng):
+    """host_stage2_adjust_range(): (0, range to map), (-EAGAIN, None) when a
+    valid leaf is already there, (-EPERM, None) for an owner annotation."""
+    pgt = host.pgt
+    out = pt.LeafWalkData()
+    yield from pt.kvm_pgtable_get_leaf(pgt, addr, out)
+    pte, level = out.pte, out.level
+    if d.kvm_pte_valid(pte):
+        return -EAGAIN, None
+    if pte:
+        return -EPERM, None
+    while True:
+        g = pgt.granule_size[level]
+        cur = (addr & ~(g - 1), (addr & ~(g - 1)) + g)
+        level += 1
+        # the kernel tests the *incremented* level; kept as it is
+        if not (level <= 3 and not (pgt.supports_block(level)
+                                     and rng[0] <= cur[0] and cur[1] <= rng[1])):
+            break
+    return 0, cur
+
+
+def host_stage2_unmap_dev_all(host: "Host"):
+    """Unmap every non-memory range (the gaps between memory regions and
+    above the last one): their table pages go back to host_s2_pool."""
+    host._stats["unmap_dev_all"] += 1
+    addr = 0
+    for b, s in host.memory:
+        if b > addr:
+            ret = yield from pt.kvm_pgtable_stage2_unmap(host.pgt, addr, b - addr)
+            if ret:
+                return ret
+        addr = b + s
+    limit = 1 << host.pgt.ia_bits
+    if addr < limit:
+        return (yield from pt.kvm_pgtable_stage2_unmap(host.pgt, addr, limit - addr))
+    return 0
+
+
+def host_stage2_try(host: "Host", walk):
+    """The host_stage2_try() macro: run ``walk()`` (a generator function);
+    on -ENOMEM recycle the MMIO tables and retry once."""
+    ret = yield from walk()
+    if ret == -ENOMEM:
+        host._stats["enomem_retries"] += 1
+        ret = yield from host_stage2_unmap_dev_all(host)
+        if not ret:
+            ret = yield from walk()
+    return ret
+
+
+def host_stage2_idmap_locked(host: "Host", addr: int, size: int, attr: int, mc=None):
+    """host_stage2_idmap_locked(): host_stage2_try(kvm_pgtable_stage2_map)
+    from ``mc`` (default host_s2_pool)."""
+    mc = host.pool if mc is None else mc
+    return (yield from host_stage2_try(host, lambda: pt.kvm_pgtable_stage2_map(
+        host.pgt, addr, size, addr, attr, mc)))
+
+
+def host_stage2_idmap(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+    """host_stage2_idmap(): under host_mmu.lock (``lock``/``unlock``: the
+    scheme's, None for the single-CPU Host), host_stage2_adjust_range() and
+    host_stage2_idmap_locked() of the largest block that fits."""
+    is_mem, rng = host.find_mem_range(addr)
+    attr = HOST_MEM_ATTR if is_mem else HOST_MMIO_ATTR
+    if lock is not None:
+        yield from lock()                        # host_lock_component()
+    ret, cur = yield from host_stage2_adjust_range(host, addr, rng)
+    if not ret:
+        ret = yield from host_stage2_idmap_locked(host, cur[0], cur[1] - cur[0], attr, mc)
+    if unlock is not None:
+        yield from unlock()                      # host_unlock_component()
+    return ret
+
+
+def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+    """handle_host_mem_abort(): a host stage-2 fault at ``addr`` taken to EL2.
+    -EPERM (an owner annotation) means the host touched a page it gave away:
+    Android injects an abort (host_inject_abort), mainline BUG()s."""
+    return (yield from host_stage2_idmap(host, addr, mc, lock, unlock))
+
+
+def host_stage2_set_owner_locked(host: "Host", addr: int, size: int, owner_id: int,
+                                 data: "HostMapData | None" = None, flags: int = 0, mc=None):
+    """host_stage2_set_owner_locked(): host_stage2_try(kvm_pgtable_stage2_set_owner)
+    -- ACK's walk with the coalescing TABLE_POST visitor when the host
+    coalesces, mainline's TABLE_PRE | LEAF walk when it does not.  The caller
+    holds host_mmu.lock and updates the page state afterwards."""
+    mc = host.pool if mc is None else mc
+    if data is None:
+        data = HostMapData(prefault=host.prefault,
+                           skip_coalesce_tlbi="coalesce-no-tlbi" in host.bugs)
+    if host.coalesce_on_reclaim:
+        def walk():
+            return kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id, data, flags)
+    else:
+        def walk():
+            return _set_owner_no_coalesce(host.pgt, addr, size, mc, owner_id, data, flags)
+    return (yield from host_stage2_try(host, walk))
+
+
+# ---------------------------------------------------------------------------
+# Isolation, as a function of (tables, owners, TLBs): shared by Host's
+# per-step check and the explorer's IsolationChecker (s2pt.checkers)
+# ---------------------------------------------------------------------------
+
+def leaf_direct(pgt, pa: int):
+    """(pte, level) of the entry translating ``pa``, read straight from the
+    table pages (no walker operation, so a checker can use it mid-step);
+    None if the path leads through a freed page."""
+    level = pgt.start_level
+    table = pgt.pgd + pgt.pgd_page_idx(pa) * pgt.page_size
+    while True:
+        page = pgt.mm.pages.get(table >> pgt.page_shift)
+        if page is None or page.freed:
+            return None
+        idx = (pa >> pgt.granule_shift[level]) & (pgt.ptrs_per_pte - 1)
+        pte = int(page.table[idx])
+        if level < 3 and d.kvm_pte_table(pte, level):
+            table = pte & pgt.addr_mask
+            level += 1
+            continue
+        return pte, level
+
+
+def table_at(pgt, base: int, level: int):
+    """The PA of the level-``level`` table the tree has for ``base`` now."""
+    lvl = pgt.start_level
+    table = pgt.pgd + pgt.pgd_page_idx(base) * pgt.page_size
+    while lvl < level:
+        idx = (base >> pgt.granule_shift[lvl]) & (pgt.ptrs_per_pte - 1)
+        page = pgt.mm.pages.get(table >> pgt.page_shift)
+        if page is None or page.freed:
+            return None
+        pte = int(page.table[idx])
+        if not d.kvm_pte_table(pte, lvl):
+            return None
+        table = pte & pgt.addr_mask
+        lvl += 1
+    return table
+
+
+def _reach_nonhost(pgt, page, level, first_nonhost_in):
+    t = page.table
+    for i in np.flatnonzero(t & np.uint64(1)).tolist():
+        pte = int(t[i])
+        if d.kvm_pte_table(pte, level):
+            child = pgt.mm.pages.get((pte & pgt.addr_mask) >> pgt.page_shift)
+            if child is not None and not child.freed:
+                hit = _reach_nonhost(pgt, child, level + 1, first_nonhost_in)
+                if hit is not None:
+                    return hit
+        else:
+            size = pgt.granule_size[level]
+            hit = first_nonhost_in(pte & pgt.addr_mask & ~(size - 1), size)
+            if hit is not None:
+                return hit
+    return None
+
+
+def reach_message(cpu, pa: int, owner_id: int, source: str) -> str:
+    """A host access that reached a page the host gave away."""
+    return (f"host CPU{cpu} reached PA {pa:#x}, owned by "
+            f"{OWNER_NAMES.get(owner_id, owner_id)}, through its "
+            f"{'TLB' if source == 'tlb' else 'stage-2 walk'}")
+
+
+def isolation_problems(pgt, owner: dict, tlbs, first_nonhost_in, pages=()):
+    """Yield one message for each way the host can still reach a page that
+    is not its own (``owner``: pfn -> owner id, host pages absent):
+
+    1. the tables at ``pages`` (pfns): a valid leaf maps one, or its entry
+       is not the owner annotation;
+    2. a TLB entry (``tlbs``: the host CPUs' VcpuTlb) covers one;
+    3. a walk-cache entry points at a table that is no longer in the tree,
+       through which one is reachable.
+
+    ``first_nonhost_in(pa, size)`` is the first non-host PA in a range, or None."""
+    shift = pgt.page_shift
+    for pfn in pages:
+        o = owner.get(pfn)
+        if o is None:
+            continue
+        pa = pfn << shift
+        leaf = leaf_direct(pgt, pa)
+        if leaf is None:
+            continue              # the use-after-free check reports this one
+        pte, level = leaf
+        if d.kvm_pte_valid(pte):
+            yield (f"the host stage 2 maps PA {pa:#x} (level {level} leaf "
+                   f"{pte:#x}) although {OWNER_NAMES[o]} owns it")
+        elif pte != d.kvm_init_invalid_leaf_owner(o):
+            yield (f"PA {pa:#x} is owned by {OWNER_NAMES[o]} but its host "
+                   f"entry is {pte:#x}, not the owner annotation")
+    if not owner:
+        return
+    for tlb in tlbs:
+        for (level, base), pte in tlb.entries.items():
+            size = pgt.granule_size[level]
+            out = (pte & pgt.addr_mask & ~(size - 1))
+            hit = first_nonhost_in(out, size)
+            if hit is not None:
+                yield (f"host CPU{tlb.vcpu}'s TLB still holds the level-{level} "
+                       f"{'block' if level < 3 else 'page'} [{out:#x}, {out + size:#x}) "
+                       f"although PA {hit:#x} in it now belongs to "
+                       f"{OWNER_NAMES[owner[hit >> shift]]}: the host can reach it "
+                       f"(a TLBI is missing)")
+        for (level, base), table in tlb.walk.items():
+            page = pgt.mm.pages.get(table >> shift)
+            if page is None or page.freed:
+                continue          # the use-after-free check reports this one
+            if table_at(pgt, base, level) == table:
+                continue
+            hit = _reach_nonhost(pgt, page, level, first_nonhost_in)
+            if hit is not None:
+                yield (f"host CPU{tlb.vcpu}'s walk cache still points at the unlinked "
+                       f"level-{level} table {table:#x} for PA {base:#x}, through which PA "
+                       f"{hit:#x} ({OWNER_NAMES[owner[hit >> shift]]}) is reachable")
+
+
 class HostS2Pool:
     """host_s2_pool: the hypervisor's fixed pool of pages for the host
     stage 2 (a hyp_pool).  ``alloc`` is what mm_ops->zalloc_page draws on;
@@ -395,59 +622,20 @@ class Host:
 
     def host_stage2_adjust_range(self, addr: int, rng):
         """0 and the range to map, -EAGAIN (already mapped) or -EPERM (owned)."""
-        pgt = self.pgt
-        out = pt.LeafWalkData()
-        self._run(pt.kvm_pgtable_get_leaf(pgt, addr, out))
-        pte, level = out.pte, out.level
-        if d.kvm_pte_valid(pte):
-            return -EAGAIN, None
-        if pte:
-            return -EPERM, None
-        while True:
-            g = pgt.granule_size[level]
-            cur = (addr & ~(g - 1), (addr & ~(g - 1)) + g)
-            level += 1
-            # the kernel tests the *incremented* level; kept as it is
-            if not (level <= 3 and not (pgt.supports_block(level)
-                                         and rng[0] <= cur[0] and cur[1] <= rng[1])):
-                break
-        return 0, cur
+        return self._run(host_stage2_adjust_range(self, addr, rng))
 
     def host_stage2_try(self, fn):
-        """Run ``fn()``; on -ENOMEM recycle the MMIO tables and retry once."""
-        ret = fn()
-        if ret == -ENOMEM:
-            self._stats["enomem_retries"] += 1
-            ret = self.host_stage2_unmap_dev_all()
-            if not ret:
-                ret = fn()
-        return ret
+        """Run ``fn()`` (a generator function); on -ENOMEM recycle the MMIO
+        tables and retry once."""
+        return self._run(host_stage2_try(self, fn))
 
     def host_stage2_unmap_dev_all(self) -> int:
         """Unmap every non-memory range (the gaps between memory regions and
         above the last one): their table pages go back to host_s2_pool."""
-        self._stats["unmap_dev_all"] += 1
-        addr = 0
-        for b, s in self.memory:
-            if b > addr:
-                ret = self._run(pt.kvm_pgtable_stage2_unmap(self.pgt, addr, b - addr))
-                if ret:
-                    return ret
-            addr = b + s
-        limit = 1 << self.pgt.ia_bits
-        if addr < limit:
-            return self._run(pt.kvm_pgtable_stage2_unmap(self.pgt, addr, limit - addr))
-        return 0
+        return self._run(host_stage2_unmap_dev_all(self))
 
     def host_stage2_idmap(self, addr: int) -> int:
-        is_mem, rng = self.find_mem_range(addr)
-        attr = HOST_MEM_ATTR if is_mem else HOST_MMIO_ATTR
-        ret, cur = self.host_stage2_adjust_range(addr, rng)
-        if ret:
-            return ret
-        start, end = cur
-        return self.host_stage2_try(lambda: self._run(pt.kvm_pgtable_stage2_map(
-            self.pgt, start, end - start, start, attr, self.pool)))
+        return self._run(host_stage2_idmap(self, addr))
 
     def access(self, pa: int, write: bool = False, exec: bool = False, cpu: int = 0) -> Translation:
         """A host access to ``pa`` on host CPU ``cpu``: the MMU translates
@@ -470,9 +658,7 @@ class Host:
             if isinstance(r, Translation):
                 owner = self._owner.get(r.pa >> self.pgt.page_shift)
                 if owner is not None:
-                    self._violation(f"host CPU{cpu} reached PA {r.pa:#x}, owned by "
-                                    f"{OWNER_NAMES.get(owner, owner)}, through its "
-                                    f"{'TLB' if r.source == 'tlb' else 'stage-2 walk'}")
+                    self._violation(reach_message(cpu, r.pa, owner, r.source))
                 self._after_step(())
                 return r
             if r.kind != "translation":
@@ -516,15 +702,7 @@ class Host:
         data = HostMapData(prefault=self.prefault,
                            skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
         flags = pt.SKIP_BBM_TLBI if "donate-no-tlbi" in self.bugs else 0
-        coalesce = self.coalesce_on_reclaim
-
-        def fn():
-            if coalesce:
-                return self._run(kvm_pgtable_stage2_set_owner(self.pgt, pa, size, self.pool,
-                                                              owner_id, data, flags))
-            return self._run(_set_owner_no_coalesce(self.pgt, pa, size, self.pool, owner_id,
-                                                    data, flags))
-        ret = self.host_stage2_try(fn)
+        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data, flags))
         if ret:
             raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
                                     f"{owner_id}) returned {ret}")
@@ -696,80 +874,11 @@ class Host:
         tree has there now, or else nothing reachable through the stale table
         maps a non-host page.  Reports through ``pgt.mm.violation``."""
         self._stats["isolation_checks"] += 1
-        pgt, shift = self.pgt, self.pgt.page_shift
         if full:
             pages = list(self._owner)
-        for pfn in pages or ():
-            pa = pfn << shift
-            pte, level = pgt.get_leaf(pa)
-            o = self._owner.get(pfn)
-            if o is None:
-                continue
-            if d.kvm_pte_valid(pte):
-                self._violation(f"the host stage 2 maps PA {pa:#x} (level {level} leaf "
-                                f"{pte:#x}) although {OWNER_NAMES[o]} owns it")
-            elif pte != d.kvm_init_invalid_leaf_owner(o):
-                self._violation(f"PA {pa:#x} is owned by {OWNER_NAMES[o]} but its host "
-                                f"entry is {pte:#x}, not the owner annotation")
-        if not self._owner:
-            return
-        for tlb in self.cpus:
-            for (level, base), pte in tlb.entries.items():
-                size = pgt.granule_size[level]
-                out = (pte & pgt.addr_mask & ~(size - 1))
-                hit = self._first_nonhost_in(out, size)
-                if hit is not None:
-                    self._violation(
-                        f"host CPU{tlb.vcpu}'s TLB still holds the level-{level} "
-                        f"{'block' if level < 3 else 'page'} [{out:#x}, {out + size:#x}) "
-                        f"although PA {hit:#x} in it now belongs to "
-                        f"{OWNER_NAMES[self._owner[hit >> shift]]}: the host can reach it "
-                        f"(a TLBI is missing)")
-            for (level, base), table in tlb.walk.items():
-                page = pgt.mm.pages.get(table >> shift)
-                if page is None or page.freed:
-                    continue          # the use-after-free check reports this one
-                if self._table_at(base, level) == table:
-                    continue
-                hit = self._reach_nonhost(page, level)
-                if hit is not None:
-                    self._violation(
-                        f"host CPU{tlb.vcpu}'s walk cache still points at the unlinked "
-                        f"level-{level} table {table:#x} for PA {base:#x}, through which PA "
-                        f"{hit:#x} ({OWNER_NAMES[self._owner[hit >> shift]]}) is reachable")
-
-    def _table_at(self, base: int, level: int):
-        """The PA of the level-``level`` table the tree has for ``base`` now."""
-        pgt = self.pgt
-        lvl = pgt.start_level
-        table = pgt.pgd + pgt.pgd_page_idx(base) * pgt.page_size
-        while lvl < level:
-            idx = (base >> pgt.granule_shift[lvl]) & (pgt.ptrs_per_pte - 1)
-            page = pgt.mm.pages.get(table >> pgt.page_shift)
-            pte = int(page.table[idx])
-            if not d.kvm_pte_table(pte, lvl):
-                return None
-            table = pte & pgt.addr_mask
-            lvl += 1
-        return table
-
-    def _reach_nonhost(self, page, level):
-        pgt = self.pgt
-        t = page.table
-        for i in np.flatnonzero(t & np.uint64(1)).tolist():
-            pte = int(t[i])
-            if d.kvm_pte_table(pte, level):
-                child = pgt.mm.pages.get((pte & pgt.addr_mask) >> pgt.page_shift)
-                if child is not None and not child.freed:
-                    hit = self._reach_nonhost(child, level + 1)
-                    if hit is not None:
-                        return hit
-            else:
-                size = pgt.granule_size[level]
-                hit = self._first_nonhost_in(pte & pgt.addr_mask & ~(size - 1), size)
-                if hit is not None:
-                    return hit
-        return None
+        for msg in isolation_problems(self.pgt, self._owner, self.cpus, self._first_nonhost_in,
+                                      pages or ()):
+            self._violation(msg)
 
     def check_invariants(self) -> None:
         """Table invariants (refcounts under the host counting rule, no
