@@ -133,6 +133,7 @@ class VM:
                  fwb: bool = False):
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
+        self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
         if not _is_int(vcpus) or not 1 <= vcpus <= 64:
             raise S2ptError(f"vcpus={vcpus!r}: must be an integer from 1 to 64")
         if initially_set and not manual_protect:
@@ -228,7 +229,7 @@ class VM:
 
     def memslot_for(self, gpa: int) -> Memslot | None:
         for s in self.memslots:
-            if s.contains(gpa):
+            if s.gpa <= gpa < s.gpa + s.size:      # s.contains(gpa)
                 return s
         return None
 
@@ -252,19 +253,23 @@ class VM:
     def fault(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False) -> FaultResult:
         """One guest access that may abort, and KVM's handling of the abort
         (kvm_handle_guest_abort -> user_mem_abort / handle_access_fault)."""
-        if not _is_int(gpa) or gpa < 0:
+        if (type(gpa) is not int and not _is_int(gpa)) or gpa < 0:
             raise S2ptError(f"gpa={gpa!r}: a guest physical address is a non-negative integer")
         if write and exec:
             raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
-        v = self._vcpu(vcpu)
-        if gpa >= 1 << self.pgt.ia_bits:
+        vcpus = self.vcpus
+        v = vcpus[vcpu] if type(vcpu) is int and 0 <= vcpu < len(vcpus) else self._vcpu(vcpu)
+        pgt = self.pgt
+        if gpa >= 1 << pgt.ia_bits:
             # fault_ipa >= BIT(pgt->ia_bits): kvm_inject_dabt / kvm_inject_pabt
             self.counters["injected_aborts"] += 1
             return FaultResult(int(gpa), "inject_pabt" if exec else "inject_dabt")
-        res = self._mmu(v, int(gpa), bool(write), bool(exec))
+        gpa, write, exec = int(gpa), bool(write), bool(exec)
+        pgt.mmu.current_vcpu = v.idx                       # self._mmu(), inlined
+        res = run(hw_translate(v.tlb, gpa, write, exec), pgt.machine)
         if isinstance(res, Translation):
             return FaultResult(gpa, "none", translation=res)
-        return self._handle_guest_abort(v, gpa, res, bool(write), bool(exec))
+        return self._handle_guest_abort(v, gpa, res, write, exec)
 
     def access(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False,
                max_faults: int = 4):
@@ -316,14 +321,15 @@ class VM:
         """The largest mapping the host backing and the slot allow at gpa
         (get_vma_page_shift + fault_supports_stage2_huge_mapping +
         transparent_hugepage_adjust, folded together)."""
+        page_size = self.pgt.page_size
         for size in self._block_sizes:
             if size > slot.backing:
                 continue
             base = gpa & ~(size - 1)
-            if size == self.pgt.page_size or (slot.gpa <= base and base + size <= slot.gpa + slot.size
-                                              and (slot.pa - slot.gpa) % size == 0):
+            if size == page_size or (slot.gpa <= base and base + size <= slot.gpa + slot.size
+                                     and (slot.pa - slot.gpa) % size == 0):
                 return size
-        return self.pgt.page_size
+        return page_size
 
     def _user_mem_abort(self, v: Vcpu, gpa: int, slot: Memslot, f: Fault, write: bool, exec: bool):
         pgt = self.pgt
@@ -332,7 +338,9 @@ class VM:
         fault_granule = pgt.granule_size[f.level]
         perm = f.kind == "permission"
         if not perm or (logging_active and write):
-            if v.memcache.topup(pgt.geom.levels - 1):      # kvm_mmu_cache_min_pages
+            mc = v.memcache
+            if len(mc.objects) < self._min_pages and mc.topup(self._min_pages):
+                # kvm_mmu_topup_memory_cache(kvm_mmu_cache_min_pages) failed
                 c["enomem"] += 1
                 return FaultResult(gpa, "-ENOMEM", f, ret=-errno.ENOMEM)
         if logging_active:

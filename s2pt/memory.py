@@ -24,6 +24,8 @@ What the kernel relies on, and what the model keeps:
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 
 from .errors import KernelBug, S2ptError
@@ -249,7 +251,6 @@ class MemCache:
 
     def topup(self, min_objs: int) -> int:
         """0 on success, -ENOMEM (as a negative int) when it cannot be met."""
-        import errno
         if len(self.objects) >= min_objs:
             return 0
         if self.capacity is not None and min_objs > self.capacity:

@@ -141,12 +141,20 @@ class Machine:
         m = mem
         pages, shift, mask = mem.pages, mem.page_shift, mem.page_size - 1
 
+        # The common cases of the memory operations, inlined: a live table
+        # page and an aligned address.  Anything unusual (a freed or missing
+        # page, a refcount about to reach zero) takes PhysMem's own method,
+        # which checks and reports it.
         def read(op):
-            # READ_ONCE, inlined for the common case; anything unusual
-            # (a freed or missing page) takes PhysMem.read64's checks.
             page = pages.get(op[1] >> shift)
             if page is None or page.freed or op[1] & 7:
                 return m.read64(op[1])
+            return page.table.item((op[1] & mask) >> 3)
+
+        def hw_read(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.read64(op[1], "hardware walker read")
             return page.table.item((op[1] & mask) >> 3)
 
         def write(op):
@@ -155,15 +163,43 @@ class Machine:
                 return m.write64(op[1], op[2])
             page.table[(op[1] & mask) >> 3] = op[2]
 
+        def cmpxchg(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.cmpxchg64(op[1], op[2], op[3])
+            table, i = page.table, (op[1] & mask) >> 3
+            cur = table.item(i)
+            if cur == op[2]:
+                table[i] = op[3]
+            return cur
+
+        def get_page(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed:
+                return m.get_page(op[1])
+            page.refcount += 1
+
+        def put_page(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or page.refcount <= 1:
+                return m.put_page(op[1])
+            page.refcount -= 1
+
+        def page_count(op):
+            page = pages.get(op[1] >> shift)
+            if page is None:
+                return m.page_count(op[1])
+            return page.refcount
+
         self.dispatch = {
             "READ_ONCE": read,
-            "hw_read": lambda op: m.read64(op[1], "hardware walker read"),
+            "hw_read": hw_read,
             "WRITE_ONCE": write,
             "smp_store_release": write,
-            "cmpxchg": lambda op: m.cmpxchg64(op[1], op[2], op[3]),
-            "get_page": lambda op: m.get_page(op[1]),
-            "put_page": lambda op: m.put_page(op[1]),
-            "page_count": lambda op: m.page_count(op[1]),
+            "cmpxchg": cmpxchg,
+            "get_page": get_page,
+            "put_page": put_page,
+            "page_count": page_count,
             "get_page_unless_zero": lambda op: m.get_page_unless_zero(op[1]),
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),

@@ -437,21 +437,28 @@ class Stage2(KvmPgtable):
                 return "execute permission was removed"
         return ""
 
-    def _classify(self, ipa, pte, level, write, exec, source="walk") -> Translation:
+    def _classify(self, ipa, pte, level, write, exec, source="walk", raise_fault=True):
+        """The Translation of an access through leaf ``pte``; or the Fault,
+        raised (or returned, with ``raise_fault=False``: the MMU model)."""
+        f = None
         if not pte & d.KVM_PTE_VALID:
             why = ("a break-before-make is in progress" if d.stage2_pte_is_locked(pte)
                    else "owned by another pKVM component" if pte else "no mapping")
-            raise Fault("translation", level, ipa, write, exec, why)
-        if level == 3 and not pte & d.KVM_PTE_TYPE:
-            raise Fault("translation", level, ipa, write, exec, "reserved level-3 encoding")
-        if not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_AF:
-            raise Fault("access", level, ipa, write, exec, "access flag clear")
-        if write and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W:
-            raise Fault("permission", level, ipa, write, exec, "S2AP forbids writes")
-        if exec and (pte >> 53) & 3 not in (0b00, 0b11):
-            raise Fault("permission", level, ipa, write, exec, "XN forbids execution")
-        if not write and not exec and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_R:
-            raise Fault("permission", level, ipa, write, exec, "S2AP forbids reads")
+            f = Fault("translation", level, ipa, write, exec, why)
+        elif level == 3 and not pte & d.KVM_PTE_TYPE:
+            f = Fault("translation", level, ipa, write, exec, "reserved level-3 encoding")
+        elif not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_AF:
+            f = Fault("access", level, ipa, write, exec, "access flag clear")
+        elif write and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W:
+            f = Fault("permission", level, ipa, write, exec, "S2AP forbids writes")
+        elif exec and (pte >> 53) & 3 not in (0b00, 0b11):
+            f = Fault("permission", level, ipa, write, exec, "XN forbids execution")
+        elif not write and not exec and not pte & d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_R:
+            f = Fault("permission", level, ipa, write, exec, "S2AP forbids reads")
+        if f is not None:
+            if raise_fault:
+                raise f
+            return f
         size = self.granule_size[level]
         pa = (pte & self.addr_mask & ~(size - 1)) | (ipa & (size - 1))
         return Translation(ipa, pa, level, d.prot_of(pte), d.memattr_name(pte, self.fwb),

@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from .ops import hw_read
+
 __all__ = ["Tlbi", "TlbiLog", "S2Mmu", "TLBI_TTL_UNKNOWN"]
 
 TLBI_TTL_UNKNOWN = None
@@ -201,12 +203,19 @@ class VcpuTlb:
     def fill(self, key, pte: int):
         """Cache a leaf translation."""
         level, base = key
-        d = self._l3.setdefault(base // self._g2, {}) if level == 3 else self._leaf[level]
+        if level == 3:
+            b = base // self._g2
+            d = self._l3.get(b)
+            if d is None:
+                d = self._l3[b] = {}
+        else:
+            d = self._leaf[level]
         if base not in d:
             self._n_leaf += 1
             self._order.append((False, level, base))
         d[base] = pte
-        self._evict()
+        if self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
+            self._evict()
 
     def fill_walk(self, key, table_pa: int):
         """Cache a table pointer (a walk-cache entry)."""
@@ -219,8 +228,14 @@ class VcpuTlb:
             self._n_walk += 1
             self._order.append((True, level, base))
         d[base] = table_pa
-        self._walk_by_pfn.setdefault(table_pa >> self.pgt.page_shift, set()).add(key)
-        self._evict()
+        pfn = table_pa >> self.pgt.page_shift
+        keys = self._walk_by_pfn.get(pfn)
+        if keys is None:
+            self._walk_by_pfn[pfn] = {key}
+        else:
+            keys.add(key)
+        if self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
+            self._evict()
 
     def _unindex(self, table_pa: int, key):
         pfn = table_pa >> self.pgt.page_shift
@@ -256,9 +271,9 @@ class VcpuTlb:
 
     # -- invalidation ----------------------------------------------------------
     def invalidate(self, kind: str, addr: int, arg):
-        if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
-            return
-        if kind == "vmid":
+        if kind == "range":
+            lo, hi = addr, addr + arg
+        elif kind == "vmid":
             self._l3.clear()
             for d in (*self._leaf.values(), *self._walk.values()):
                 d.clear()
@@ -266,36 +281,50 @@ class VcpuTlb:
             self._order.clear()
             self._n_leaf = self._n_walk = 0
             return
-        lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
-        pgt = self.pgt
-        if self._l3:
-            g2, g3 = self._g2, pgt.granule_size[3]
+        else:
+            if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
+                return
+            lo, hi = addr, addr + 1
+        l3 = self._l3
+        if l3:
+            g2 = self._g2
             first, last = lo // g2, (hi - 1) // g2
-            if last - first + 1 <= len(self._l3):
-                buckets = [b for b in range(first, last + 1) if b in self._l3]
+            if first == last:
+                buckets = (first,) if first in l3 else ()
+            elif last - first + 1 <= len(l3):
+                buckets = [b for b in range(first, last + 1) if b in l3]
             else:
-                buckets = [b for b in self._l3 if first <= b <= last]
+                buckets = [b for b in l3 if first <= b <= last]
             for b in buckets:
-                d = self._l3[b]
+                d = l3[b]
                 if b * g2 >= lo and (b + 1) * g2 <= hi:
                     self._n_leaf -= len(d)
-                    del self._l3[b]
+                    del l3[b]
                 else:
+                    g3 = self.pgt.granule_size[3]
                     for base in [x for x in d if x < hi and x + g3 > lo]:
                         self._pop_leaf(3, base)
-        for walk, stores in ((False, self._leaf), (True, self._walk)):
+        # Each store: the entries of one level, each covering ``span`` bytes
+        # from its base.  A TLBI that fits in one span has one candidate.
+        spans = _spans(self.pgt)
+        for walk, stores, pop in ((False, self._leaf, self._pop_leaf),
+                                  (True, self._walk, self._pop_walk)):
             for level, d in stores.items():
                 if not d:
                     continue
-                span = pgt.granule_size[level - 1 if walk else level]
+                span = spans[walk][level]
                 first = lo & ~(span - 1)
+                if hi - first <= span:
+                    if first in d:
+                        pop(level, first)
+                    continue
                 n = (hi - first + span - 1) // span
                 if n <= len(d):
                     victims = [first + i * span for i in range(n) if first + i * span in d]
                 else:
                     victims = [x for x in d if x < hi and x + span > lo]
                 for base in victims:
-                    (self._pop_walk if walk else self._pop_leaf)(level, base)
+                    pop(level, base)
 
     def invalidate_run(self, kind: str, addr: int, arg, count: int, stride: int):
         """``count`` per-IPA TLBIs ``stride`` apart.  When they are a page
@@ -323,19 +352,24 @@ class VcpuTlb:
             pte = d.get(ipa & ~(pgt.granule_size[3] - 1))
             if pte is not None:
                 return 3, pte
-        for level in range(2, pgt.start_level - 1, -1):
-            pte = self._leaf[level].get(ipa & ~(pgt.granule_size[level] - 1))
-            if pte is not None:
-                return level, pte
+        leaf = self._leaf
+        for level, span in _spans(pgt)[2]:
+            d = leaf[level]
+            if d:
+                pte = d.get(ipa & ~(span - 1))
+                if pte is not None:
+                    return level, pte
         return None
 
     def lookup_walk(self, ipa: int):
         """The deepest walk-cache entry for ``ipa``: (level, table PA) or None."""
-        pgt = self.pgt
-        for level in range(3, pgt.start_level, -1):
-            table = self._walk[level].get(ipa & ~(pgt.granule_size[level - 1] - 1))
-            if table is not None:
-                return level, table
+        walk = self._walk
+        for level, span in _spans(self.pgt)[3]:
+            d = walk[level]
+            if d:
+                table = d.get(ipa & ~(span - 1))
+                if table is not None:
+                    return level, table
         return None
 
     def stale(self) -> list[str]:
@@ -348,6 +382,23 @@ class VcpuTlb:
         return out
 
 
+def _spans(pgt):
+    """Per-geometry constants of the TLB model, kept on the (opaque) table:
+    ``[0][level]`` the bytes a leaf entry of ``level`` covers, ``[1][level]``
+    those of a walk-cache entry for ``level`` (one entry of level - 1), and
+    the lookup orders, deepest first: ``[2]`` (level, span) of the leaf
+    levels above 3, ``[3]`` (level, span) of the walk-cache levels."""
+    sp = pgt.__dict__.get("_tlb_spans")
+    if sp is None:
+        g = pgt.granule_size
+        sp = ({lvl: g[lvl] for lvl in range(pgt.start_level, 4)},
+              {lvl: g[lvl - 1] for lvl in range(pgt.start_level + 1, 4)},
+              tuple((lvl, g[lvl]) for lvl in range(2, pgt.start_level - 1, -1)),
+              tuple((lvl, g[lvl - 1]) for lvl in range(3, pgt.start_level, -1)))
+        pgt._tlb_spans = sp
+    return sp
+
+
 def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):
     """The vCPU's MMU translating ``ipa`` (a generator: one ``hw_read`` per
     descriptor it fetches).  Returns a Translation or a Fault (not raised).
@@ -356,8 +407,6 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
     covers ``ipa`` (or VTTBR_EL2's PGD), read descriptors down to the leaf,
     and fill the walk cache and the TLB on the way.
     """
-    from .ops import hw_read
-    from .errors import Fault
     pgt = tlb.pgt
     hit = tlb.lookup(ipa)
     if hit is not None:
@@ -367,10 +416,7 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         if why:
             pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
                                           f"{ipa:#x}: {why} (a TLBI is missing)")
-        try:
-            return pgt._classify(ipa, pte, level, write, exec, source="tlb")
-        except Fault as f:
-            return f
+        return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
     tlb.misses += 1
     level, table = tlb.lookup_walk(ipa) or (
         pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
@@ -386,7 +432,4 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         # this access does not stop the entry being cached for the next one.
         if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
             tlb.fill((level, ipa & ~(pgt.granule_size[level] - 1)), pte)
-        try:
-            return pgt._classify(ipa, pte, level, write, exec)
-        except Fault as f:
-            return f
+        return pgt._classify(ipa, pte, level, write, exec, "walk", False)

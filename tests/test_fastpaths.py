@@ -1,0 +1,206 @@
+"""The sequential fast paths against the plain code they short-cut.
+
+* ``Machine.dispatch`` performs the common memory operations inline (a live
+  page, an aligned address); anything else falls back to PhysMem's methods.
+  Random operation sequences, including freed pages, missing pages,
+  misaligned addresses and refcounts reaching zero, must give the same
+  results, the same violations and the same memory as PhysMem's methods.
+* ``VcpuTlb`` finds the victims of a TLBI from the range, with a shortcut
+  when the TLBI fits in one entry's span: random fills and TLBIs must leave
+  exactly the entries a brute-force overlap test leaves, and lookups must
+  find the deepest entry covering the address.
+"""
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import s2pt
+from s2pt.errors import KernelBug, S2ptError
+from s2pt.memory import PhysMem
+from s2pt.ops import Machine
+from s2pt.tlb import VcpuTlb
+
+# ---------------------------------------------------------------------------
+# Machine.dispatch == PhysMem's methods
+# ---------------------------------------------------------------------------
+
+
+def _reference_dispatch(m: PhysMem) -> dict:
+    """Every memory operation through PhysMem's checked methods."""
+    return {
+        "READ_ONCE": lambda op: m.read64(op[1]),
+        "hw_read": lambda op: m.read64(op[1], "hardware walker read"),
+        "WRITE_ONCE": lambda op: m.write64(op[1], op[2]),
+        "smp_store_release": lambda op: m.write64(op[1], op[2]),
+        "cmpxchg": lambda op: m.cmpxchg64(op[1], op[2], op[3]),
+        "get_page": lambda op: m.get_page(op[1]),
+        "put_page": lambda op: m.put_page(op[1]),
+        "page_count": lambda op: m.page_count(op[1]),
+    }
+
+
+def _world(record: bool):
+    mem = PhysMem()
+    pages = [mem.alloc_page() for _ in range(3)]
+    for k, p in enumerate(pages):
+        p.table[:4] = [k + 1, 0, 0x1234, 0]
+        p.refcount = 3
+    pages[2].refcount = 1
+    mem.put_page(pages[2].pa)                 # freed (and poisoned)
+    log = []
+    if record:
+        mem.violation = lambda kind, msg: log.append((kind, msg))
+    return mem, [p.pa for p in pages], log
+
+
+_NAMES = ["READ_ONCE", "hw_read", "WRITE_ONCE", "smp_store_release", "cmpxchg",
+          "get_page", "put_page", "page_count"]
+
+
+@st.composite
+def _ops(draw):
+    out = []
+    for _ in range(draw(st.integers(1, 40))):
+        name = draw(st.sampled_from(_NAMES))
+        page = draw(st.integers(0, 3))           # 3: no page simulated there
+        off = draw(st.sampled_from([0, 8, 16, 24, 4, 4088]))
+        old = draw(st.sampled_from([0, 1, 2, 0x1234, 0xAAAA_AAAA_AAAA_AAAA]))
+        new = draw(st.sampled_from([0, 7, 0x1234]))
+        out.append((name, page, off, old, new))
+    return out
+
+
+def _run(dispatch, pas, seq):
+    results = []
+    for name, page, off, old, new in seq:
+        pa = (pas[page] if page < 3 else pas[0] + 0x100000) + off
+        op = {"WRITE_ONCE": (name, pa, new), "smp_store_release": (name, pa, new),
+              "cmpxchg": (name, pa, old, new)}.get(name, (name, pa))
+        try:
+            results.append(("ok", dispatch[name](op)))
+        except (KernelBug, S2ptError) as e:
+            results.append((type(e).__name__, str(e)))
+    return results
+
+
+@pytest.mark.parametrize("record", [True, False])
+@settings(max_examples=300, deadline=None)
+@given(seq=_ops())
+def test_machine_dispatch_equals_physmem_methods(record, seq):
+    mem_a, pas, log_a = _world(record)
+    mem_b, _, log_b = _world(record)
+    fast = Machine(mem_a).dispatch
+    ref = _reference_dispatch(mem_b)
+    assert _run(fast, pas, seq) == _run(ref, pas, seq)
+    assert log_a == log_b
+    assert mem_a.snapshot() == mem_b.snapshot()
+    assert [(p.refcount, p.freed, p.free_count) for p in mem_a.pages.values()] == \
+        [(p.refcount, p.freed, p.free_count) for p in mem_b.pages.values()]
+
+
+# ---------------------------------------------------------------------------
+# VcpuTlb: invalidation and lookup against brute force
+# ---------------------------------------------------------------------------
+
+def _covers(pgt, level, base, walk):
+    return pgt.granule_size[level - 1 if walk else level]
+
+
+@st.composite
+def _tlb_program(draw, pgt):
+    steps = []
+    top = 1 << 32                       # a 4 GiB window keeps collisions likely
+    for _ in range(draw(st.integers(1, 60))):
+        what = draw(st.sampled_from(["fill", "fill", "walk", "walk", "tlbi", "tlbi"]))
+        if what == "fill":
+            level = draw(st.integers(pgt.start_level, 3))
+            g = pgt.granule_size[level]
+            steps.append(("fill", level, draw(st.integers(0, top // g - 1)) * g,
+                          draw(st.integers(1, 1 << 40))))
+        elif what == "walk":
+            level = draw(st.integers(pgt.start_level + 1, 3))
+            g = pgt.granule_size[level - 1]
+            steps.append(("walk", level, draw(st.integers(0, top // g - 1)) * g,
+                          draw(st.integers(0, 7)) << pgt.page_shift))
+        else:
+            kind = draw(st.sampled_from(["ipa", "ipa", "range", "range", "ipa_nsh", "vmid"]))
+            addr = draw(st.integers(0, top - 1))
+            if kind == "range":
+                size = draw(st.sampled_from([1, pgt.page_size, pgt.granule_size[2],
+                                             pgt.granule_size[2] + pgt.page_size,
+                                             pgt.granule_size[1], 3 * pgt.granule_size[1]]))
+                addr &= ~(pgt.page_size - 1)
+                steps.append(("tlbi", kind, addr, size, 0))
+            else:
+                steps.append(("tlbi", kind, addr, draw(st.sampled_from([None, 2, 3])),
+                              draw(st.integers(0, 1))))
+    return steps
+
+
+def _check_tlb(tlb, pgt, leaf, walk):
+    assert tlb.entries == leaf
+    assert tlb.walk == walk
+    assert tlb._n_leaf == len(leaf) and tlb._n_walk == len(walk)
+    index = {}
+    for (level, base), table in walk.items():
+        index.setdefault(table >> pgt.page_shift, set()).add((level, base))
+    assert tlb._walk_by_pfn == index
+
+
+@pytest.mark.parametrize("granule", [4096, 16384, 65536])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_tlb_invalidate_and_lookup_equal_brute_force(granule, data):
+    pgt = s2pt.Stage2(ipa_bits=40, granule=granule)
+    tlb = VcpuTlb(pgt, 0, capacity=10**6, walk_capacity=10**6)
+    leaf, walk = {}, {}                 # the reference: {(level, base): value}
+    for step in data.draw(_tlb_program(pgt)):
+        if step[0] == "fill":
+            _, level, base, pte = step
+            tlb.fill((level, base), pte)
+            leaf[level, base] = pte
+        elif step[0] == "walk":
+            _, level, base, table = step
+            tlb.fill_walk((level, base), table)
+            walk[level, base] = table
+        else:
+            _, kind, addr, arg, other_vcpu = step
+            pgt.mmu.current_vcpu = 1 if other_vcpu else 0
+            tlb.invalidate(kind, addr, arg)
+            if kind == "ipa_nsh" and other_vcpu:
+                pass
+            elif kind == "vmid":
+                leaf.clear()
+                walk.clear()
+            else:
+                lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
+                for store, is_walk in ((leaf, False), (walk, True)):
+                    for level, base in list(store):
+                        span = _covers(pgt, level, base, is_walk)
+                        if base < hi and base + span > lo:
+                            del store[level, base]
+        _check_tlb(tlb, pgt, leaf, walk)
+        probe = data.draw(st.integers(0, (1 << 32) - 1), label="probe")
+        hits = [(lvl, v) for (lvl, b), v in leaf.items()
+                if b <= probe < b + pgt.granule_size[lvl]]
+        want = max(hits, key=lambda h: h[0]) if hits else None
+        got = tlb.lookup(probe)
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got[0] == want[0] and (got[0], got[1]) in hits
+        whits = [(lvl, t) for (lvl, b), t in walk.items()
+                 if b <= probe < b + pgt.granule_size[lvl - 1]]
+        wwant = max(whits, key=lambda h: h[0]) if whits else None
+        assert tlb.lookup_walk(probe) == wwant
+
+
+def test_tlb_eviction_keeps_capacity_and_index():
+    pgt = s2pt.Stage2(ipa_bits=40)
+    tlb = VcpuTlb(pgt, 0, capacity=4, walk_capacity=3)
+    g2, g3 = pgt.granule_size[2], pgt.granule_size[3]
+    for i in range(50):
+        tlb.fill((3, i * g3), i + 1)
+        tlb.fill_walk((3, (i % 7) * g2), (i % 5) << pgt.page_shift)
+        assert tlb._n_leaf <= 4 and tlb._n_walk <= 3
+        _check_tlb(tlb, pgt, tlb.entries, tlb.walk)
+    assert {(3, i * g3) for i in range(47, 50)} <= set(tlb.entries)     # the newest
