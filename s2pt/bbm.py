@@ -118,6 +118,12 @@ class BbmChecker:
         idx = (ptep & (self.pgt.page_size - 1)) >> 3
         return base + idx * self.pgt.granule_size[level], level
 
+    def tlbi_pending(self, ipa: int) -> bool:
+        """Does ``ipa`` lie under an entry that was invalidated and still
+        awaits its TLBI (``INVALID_UNCLEAN``)?  Until that TLBI (and its DSB)
+        completes, the architecture lets a TLB keep using the old value."""
+        return any(b <= ipa < b + size for b, size, _o, _l in self.unclean.values())
+
     # -- observing operations ----------------------------------------------
     def before(self, op):
         name = op[0]

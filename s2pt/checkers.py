@@ -21,6 +21,12 @@ quiescent table (reusing :mod:`s2pt.invariants`):
   but not the access flag, whose loss the kernel accepts) is one that some
   serial order of the same CPUs produces.
 
+**isolation** (pKVM's security property) is checked by an observer,
+:class:`IsolationChecker`, that a pKVM scenario attaches: once the hypervisor
+has recorded that a page left the host, no host translation may reach it --
+not through the tables, not from a host CPU's TLB, not through a walk cache
+still pointing at an unlinked table.
+
 Each :class:`Violation` carries the step, the CPU, the kernel function on
 that CPU's stack and a one-sentence explanation.
 """
@@ -35,7 +41,8 @@ from . import descriptor as d
 from .errors import KernelBug
 from .invariants import check_stage2, leaves
 
-__all__ = ["Violation", "KINDS", "end_of_run", "ipa_map", "serial_outcomes"]
+__all__ = ["Violation", "KINDS", "end_of_run", "ipa_map", "serial_outcomes",
+           "IsolationChecker", "page_owner"]
 
 #: Every kind of violation the explorer can report, with what it means.
 KINDS = {
@@ -47,6 +54,8 @@ KINDS = {
     "lost-update": "the final IPA -> PA map is not one any serial order gives",
     "bbm": "a break-before-make violation (casemate's automaton)",
     "stale-tlb": "a translation served from a TLB entry the tables no longer grant",
+    "isolation": "a host translation (tables, TLB or walk cache) reaches a page the pKVM "
+                 "host gave away, after the hypervisor recorded the new owner",
     "deadlock": "no CPU can make progress, but not all have finished",
     "livelock": "the step bound was exceeded",
     "warn": "a WARN_ON in the walker fired",
@@ -224,3 +233,105 @@ def serial_outcomes(scenario, scheme: str, bugs=frozenset()) -> frozenset:
             out.add(ipa_map(w.pgt, w.setup.region))
     _SERIAL[key] = frozenset(out)
     return _SERIAL[key]
+
+
+# ---------------------------------------------------------------------------
+# pKVM isolation, for the explorer
+# ---------------------------------------------------------------------------
+
+def page_owner(pa: int, owner: str, kernel: str):
+    """The hypervisor records that the page at ``pa`` now belongs to
+    ``owner`` ("host", "guest" or "hyp"): hyp_vmemmap's host_state (pKVM's
+    ``__host_update_page_state``), or, for a reclaim, the guest's loss of the
+    page.  ``kernel`` names the step in diagrams.  Performed by the
+    :class:`IsolationChecker` attached to the machine."""
+    return ("page_owner", pa, owner, kernel)
+
+
+class IsolationChecker:
+    """pKVM's isolation property as an observer of the explorer's machine.
+
+    ``owner`` (pfn -> owner id, host pages absent) is what the hypervisor
+    has *recorded*, changed only by :func:`page_owner` steps.  The kernel
+    records a donation after the stage-2 maintenance (the owner annotation
+    written, the break-before-make TLBI and its DSB done, all inside
+    ``host_stage2_set_owner_locked``), so from that step on -- and certainly
+    once ``__pkvm_host_donate_guest`` has returned -- the property must hold:
+
+    * at the ``page_owner`` step and after every descriptor store, the
+      tables, every host CPU's TLB and walk cache (``tlbs``) are checked
+      with :func:`s2pt.pkvm.isolation_problems`, the rule the sequential
+      ``Host`` uses;
+    * a host CPU program calls :meth:`access` after each translation, which
+      checks the PA it reached and the TLB it may have just filled.
+
+    Before the record, the host may still use the old block (the BBM window):
+    the page is still its own.  Violations are reported as kind
+    ``"isolation"`` through ``pgt.mm.violation``.
+    """
+    #: Only ``owner`` is state (see s2pt.sim.search._fields).
+    _sim_ignore = ("host", "pgt", "tlbs", "_ids")
+
+    def __init__(self, host, tlbs, owner=None):
+        from .pkvm import OWNER_IDS
+        self.host = host
+        self.pgt = host.pgt
+        self.tlbs = list(tlbs)
+        self._ids = OWNER_IDS
+        src = dict(host._owner) if owner is None else dict(owner)
+        self.owner = dict(sorted(src.items()))
+
+    def attach(self, machine):
+        """Register the page_owner operation and watch descriptor stores."""
+        machine.dispatch["page_owner"] = self._page_owner
+        machine.observers.append(self._after)
+
+    # -- the operation and the observer -------------------------------------------
+    def _page_owner(self, op):
+        pa, who = op[1], op[2]
+        if who not in self._ids:
+            from .errors import S2ptError
+            raise S2ptError(f"page_owner: owner {who!r} is not one of {', '.join(self._ids)}")
+        pfn = pa >> self.pgt.page_shift
+        owner = dict(self.owner)
+        if self._ids[who] == self._ids["host"]:
+            owner.pop(pfn, None)
+        else:
+            owner[pfn] = self._ids[who]
+        self.owner = dict(sorted(owner.items()))
+        self.check()
+
+    def _after(self, op, result):
+        if self.owner and op[0] in _STORES:
+            self.check()
+
+    # -- checks ---------------------------------------------------------------------
+    def first_nonhost_in(self, pa: int, size: int):
+        shift = self.pgt.page_shift
+        lo, hi = pa >> shift, (pa + size) >> shift
+        for pfn in self.owner:
+            if lo <= pfn < hi:
+                return pfn << shift
+        return None
+
+    def check(self):
+        from .pkvm import isolation_problems
+        for msg in isolation_problems(self.pgt, self.owner, self.tlbs, self.first_nonhost_in,
+                                      tuple(self.owner)):
+            self.pgt.mm.violation("isolation", msg)
+            return
+
+    def access(self, cpu, translation):
+        """After a host CPU's MMU translated: did it reach a page that is not
+        the host's?  And may its TLB now hold one?"""
+        from .pkvm import reach_message
+        owner = self.owner.get(translation.pa >> self.pgt.page_shift)
+        if owner is not None:
+            self.pgt.mm.violation("isolation", reach_message(cpu, translation.pa, owner,
+                                                             translation.source))
+            return
+        if self.owner:
+            self.check()
+
+
+_STORES = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg"})

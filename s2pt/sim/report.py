@@ -115,7 +115,9 @@ def op_text(world, op) -> str:
     if name == "rcu_barrier":
         return "rcu_barrier()"
     if name == "hw_walk_start":
-        return f"guest access {op[1]:#x}: MMU starts"
+        return f"{op[3] if len(op) > 3 else 'guest'} access {op[1]:#x}: MMU starts"
+    if name == "page_owner":
+        return f"{op[3]}: PA {op[1]:#x} -> {op[2]}"
     if len(op) == 2 and isinstance(op[1], str):
         return f"{name}({op[1]})"
     if len(op) == 1:
@@ -212,7 +214,9 @@ def race_diagram(world, width: int | None = None, fold: bool = True) -> str:
 
 
 def _fold_text(world, evs) -> str:
-    """READ_ONCE(L3[1..511]) for a run of reads across one table."""
+    """READ_ONCE(L3[1..511]) for a run of reads across one table; a short
+    run of different operations lists them all (a walk's reads down the
+    levels, the two put_pages that free a table), a long one its ends."""
     op = evs[0].op
     if op[0] in ("READ_ONCE", "hw_read"):
         first, last = evs[0].op[1], evs[-1].op[1]
@@ -220,7 +224,19 @@ def _fold_text(world, evs) -> str:
             a, b = loc_text(world, first), loc_text(world, last)
             head = a[:a.rindex("[")]
             return f"{op_text(world, op).split('(')[0]}({head}[{a[a.rindex('[') + 1:-1]}..{b[b.rindex('[') + 1:-1]}])"
-    return op_text(world, op)
+    texts = []
+    for e in evs:
+        t = op_text(world, e.op)
+        if not texts or texts[-1] != t:
+            texts.append(t)
+    if len(texts) == 1:
+        return texts[0]
+    name = texts[0].split("(")[0]
+    args = [t[len(name) + 1:-1] if t.startswith(name + "(") and t.endswith(")") else t
+            for t in texts]
+    if not all(t.startswith(name + "(") for t in texts):
+        return ", ".join(texts) if len(texts) <= 3 else f"{texts[0]} .. {texts[-1]}"
+    return f"{name}({', '.join(args) if len(args) <= 3 else args[0] + ' .. ' + args[-1]})"
 
 
 _FOLDABLE = {"READ_ONCE", "put_page", "page_count", "get_page", "hw_read", "cmo"}

@@ -77,10 +77,14 @@ def synchronize_rcu():
     yield ("rcu_gp_wait",)
 
 
-def hw_walk_start(ipa: int):
-    """A guest load or store reaches the MMU, which starts translating
-    ``ipa`` (TLB and walk-cache lookups happen at this step)."""
-    return ("hw_walk_start", ipa)
+def hw_walk_start(ipa: int, tlb=None, who: str = "guest"):
+    """A guest (or pKVM host) load or store reaches the MMU, which starts
+    translating ``ipa`` (TLB and walk-cache lookups happen at this step).
+
+    With ``tlb`` (the CPU's :class:`~s2pt.tlb.VcpuTlb`) a TLB hit is known
+    here: the access completes at this step and no walk is in flight, so a
+    TLBI + DSB elsewhere need not wait for it."""
+    return ("hw_walk_start", ipa) if tlb is None else ("hw_walk_start", ipa, tlb, who)
 
 
 def rcu_barrier():
@@ -254,7 +258,11 @@ class SimMachine(Machine):
 
     def _hw_walk_start(self, op):
         # The MMU looks up its TLB and walk cache now (in the code that
-        # follows this step): from here the walk is in flight.
+        # follows this step): from here the walk is in flight -- unless the
+        # TLB hits, when there is no walk (else the CPU would stay "in
+        # flight" for good and every later TLBI would wait for it).
+        if len(op) > 2 and op[2].lookup(op[1]) is not None:
+            return
         self.hw_inflight = self.hw_inflight | {self.cpu}
 
     # -- RCU ---------------------------------------------------------------------
