@@ -59,6 +59,13 @@ BUGS = {
 }
 
 
+#: Why a scenario does not declare a scheme, unless it says otherwise.
+NOT_DECLARED = {
+    "hyp-lock": "hyp-lock is pKVM's lock for the host stage 2 at EL2 (host_mmu.lock); this "
+                "scenario races on a guest's stage 2 in the host kernel",
+}
+
+
 class Kvm:
     """The bits of struct kvm the CPU programs need: the table, the scheme,
     the vCPU memcaches (vcpu->arch.mmu_page_cache) and the split cache."""
@@ -183,12 +190,25 @@ class Scenario:
     cpus: int = 2
     params: dict = field(default_factory=dict)
     bugs: frozenset = frozenset()     # historical bugs this scenario always switches on
+    #: scheme name -> why this scenario does not declare it (default: NOT_DECLARED)
+    why_not: dict = field(default_factory=dict)
 
     def build(self, scheme, bugs=frozenset()) -> Setup:
+        self.check_scheme(getattr(scheme, "name", scheme))
         unknown = set(bugs) - set(BUGS)
         if unknown:
             raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
         return self.builder(scheme, frozenset(bugs) | self.bugs, **self.params)
+
+    def check_scheme(self, scheme: str) -> None:
+        """Raise S2ptError unless this scenario declares outcomes for ``scheme``:
+        a scheme that does not apply to the table a scenario races on has no
+        meaningful verdict, so the explorer refuses it rather than guess."""
+        if scheme in self.expect:
+            return
+        why = self.why_not.get(scheme) or NOT_DECLARED.get(scheme, "")
+        raise S2ptError(f"scenario {self.name!r} does not declare scheme {scheme!r} "
+                        f"(it declares: {', '.join(self.expect)})" + (f": {why}" if why else ""))
 
     def expected(self, scheme: str, kind: str) -> str | None:
         """SOMETIMES, NEVER, or None when this scheme is not declared."""
@@ -356,3 +376,4 @@ def get_scenario(name) -> Scenario:
         return SCENARIOS[name]
     except (KeyError, TypeError):
         raise S2ptError(f"scenario {name!r}: unknown; choose one of {', '.join(SCENARIOS)}") from None
+

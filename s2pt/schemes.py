@@ -12,7 +12,7 @@ points where the designs in the thread differ:
 * ``setup(pgt)``: how ``mm_ops->free_unlinked_table`` frees an unlinked
   subtree.
 
-The two schemes of this issue:
+The schemes:
 
 ``rcu``
     The kernel's design since 6.2 (commit "KVM: arm64: Tear down unlinked
@@ -25,6 +25,19 @@ The two schemes of this issue:
     The same locking, but the unlinked subtree is freed at once
     (``free_unlinked_table_now``), as pKVM's host stage 2 does under its
     exclusive lock.  With parallel faults this is the bug the thread is about.
+``hyp-lock``
+    pKVM's hypervisor (EL2) and its host stage 2 (arch/arm64/kvm/hyp/nvhe/
+    mem_protect.c): host faults (``handle_host_mem_abort`` ->
+    ``host_stage2_idmap``), donations and reclaims (``__pkvm_host_donate_guest``,
+    ``__pkvm_host_reclaim_page``) all take ``host_lock_component()``, i.e.
+    ``hyp_spin_lock(&host_mmu.lock)``.  Every walk is exclusive (no
+    ``KVM_PGTABLE_WALK_SHARED``: at EL2 ``kvm_pgtable_walk_begin`` refuses it
+    with -EPERM), and unlinked tables are freed at once, under the lock
+    (``host_s2_free_unlinked_table``; EL2 has no RCU).  The host CPUs' MMUs
+    walk the table concurrently and take no lock: against them only the TLBI
+    (and its DSB) before the free protects.  Only the pKVM scenarios declare
+    it; ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``) cannot run
+    there.
 
 To add a scheme (rwlock, refcount, ...), subclass :class:`Scheme`, override
 what differs, and register it in :data:`SCHEMES`; scenarios declare their
@@ -35,13 +48,16 @@ from __future__ import annotations
 
 from . import pgtable as pt
 from .errors import S2ptError
-from .sim.sync import read_lock, read_unlock, write_lock, write_unlock
+from .sim.sync import (read_lock, read_unlock, spin_lock, spin_unlock, write_lock,
+                       write_unlock)
 from .sim.world import DISPLAY
 
-__all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK"]
+__all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
 #: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
 MMU_LOCK = "kvm->mmu_lock"
+#: pKVM's lock for the host stage 2 (struct host_mmu's hyp_spinlock_t).
+HOST_MMU_LOCK = "host_mmu.lock"
 
 
 class Scheme:
@@ -89,13 +105,37 @@ class NoneScheme(Scheme):
         pgt.free_unlinked_table = pt.free_unlinked_table_now
 
 
+class HypLockScheme(Scheme):
+    name = "hyp-lock"
+    summary = ("pKVM at EL2: host faults, donations and reclaims under hyp_spin_lock("
+               "&host_mmu.lock); exclusive walks; unlinked tables freed at once; the "
+               "host CPUs' MMUs take no lock")
+    #: host_stage2_idmap's kvm_pgtable_stage2_map: exclusive (flags 0).
+    fault_flags = 0
+
+    def setup(self, pgt):
+        pgt.free_unlinked_table = pt.free_unlinked_table_now    # host_s2_free_unlinked_table
+
+    def fault_lock(self, unlinks: bool = False):
+        yield spin_lock(HOST_MMU_LOCK)               # host_lock_component()
+
+    def fault_unlock(self, unlinks: bool = False):
+        yield spin_unlock(HOST_MMU_LOCK)             # host_unlock_component()
+
+    def update_lock(self):
+        yield spin_lock(HOST_MMU_LOCK)
+
+    def update_unlock(self):
+        yield spin_unlock(HOST_MMU_LOCK)
+
+
 # The lock wrappers are not kernel functions: diagrams show their caller.
-for _cls in (Scheme,):
+for _cls in (Scheme, HypLockScheme):
     for _fn in (_cls.fault_lock, _cls.fault_unlock, _cls.update_lock, _cls.update_unlock):
         DISPLAY[_fn.__code__] = None
 
 #: name -> Scheme instance, in the order listings show them.
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme())}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme(), HypLockScheme())}
 
 
 def get_scheme(scheme) -> Scheme:

@@ -30,9 +30,23 @@ def _pos(text):
     return v
 
 
+def _scheme_for(scenario: str, scheme: str | None) -> str:
+    """The scheme to run: the one asked for, which the scenario must declare
+    (it says why not otherwise), or by default rcu, else its first declared."""
+    from ..scenarios import get_scenario
+    sc = get_scenario(scenario)
+    if scheme is None:
+        return "rcu" if "rcu" in sc.expect else next(iter(sc.expect))
+    from ..schemes import get_scheme
+    get_scheme(scheme)                   # an unknown scheme is its own error
+    sc.check_scheme(scheme)
+    return scheme
+
+
 @command("explore", help="search a scenario's interleavings for violations", args=[
     arg("scenario", help="a scenario name (see: python -m s2pt scenarios)"),
-    arg("--scheme", default="rcu", help="teardown scheme: none or rcu (default rcu)"),
+    arg("--scheme", default=None, help="teardown scheme: none, rcu or hyp-lock (default: rcu, "
+                                        "or the scenario's first declared scheme)"),
     arg("--exhaustive", action="store_true", help="stateful breadth-first search (the default)"),
     arg("--random", type=_pos, metavar="N", help="N seeded random schedules"),
     arg("--pct", type=_pos, metavar="N", help="N seeded PCT schedules (see --depth)"),
@@ -54,6 +68,7 @@ def explore_cmd(args) -> int:
     Exit status: 0 no violation found, 1 violation found, 2 bad input.
     """
     from .search import explore
+    args.scheme = _scheme_for(args.scenario, args.scheme)
     modes = [m for m in ("exhaustive", "random", "pct") if getattr(args, m)]
     if len(modes) > 1:
         raise S2ptError(f"choose one of --exhaustive, --random N, --pct N (got {', '.join(modes)})")
@@ -80,7 +95,7 @@ def explore_cmd(args) -> int:
 
 @command("replay", help="replay one schedule: race diagram and state log", args=[
     arg("scenario", help="a scenario name"),
-    arg("--scheme", default="rcu", help="teardown scheme (default rcu)"),
+    arg("--scheme", default=None, help="teardown scheme (default: as for explore)"),
     arg("--schedule", default="", help="CPU ids, one per step, e.g. '1 1 1 1 0' or '1*4 0'; "
                                         "afterwards: no preemption, lowest CPU first"),
     arg("--bug", action="append", default=[], metavar="COMMIT", help="as for explore"),
@@ -93,6 +108,7 @@ def replay_cmd(args) -> int:
     Exit status: 0 the run was clean, 1 it showed a violation, 2 bad input.
     """
     from .search import replay
+    args.scheme = _scheme_for(args.scenario, args.scheme)
     w = replay(args.scenario, args.scheme, args.schedule, bugs=args.bug)
     print(w.diagram())
     if not args.no_log:
@@ -110,7 +126,7 @@ def scenarios_cmd(args) -> int:
     from ..schemes import SCHEMES
     print("Schemes:")
     for s in SCHEMES.values():
-        print(f"  {s.name:<6} {s.summary}")
+        print(f"  {s.name:<8} {s.summary}")
     print("\nScenarios (per scheme: the kinds expected Sometimes; all others Never):")
     for sc in SCENARIOS.values():
         print(f"\n  {sc.name}  ({sc.cpus} CPU{'s' if sc.cpus > 1 else ''})")
@@ -118,10 +134,10 @@ def scenarios_cmd(args) -> int:
         for name in SCHEMES:
             kinds = [k for k in KINDS if sc.expected(name, k) == "Sometimes"]
             if sc.expected(name, "leak") is None:
-                text = "not declared"
-            else:
-                text = ", ".join(kinds) if kinds else "nothing (every kind Never)"
-            print(f"    {name:<6} Sometimes: {text}")
+                print(f"    {name:<8} not declared (explore refuses it)")
+                continue
+            text = ", ".join(kinds) if kinds else "nothing (every kind Never)"
+            print(f"    {name:<8} Sometimes: {text}")
     print("\nViolation kinds:")
     for k, v in KINDS.items():
         print(f"  {k:<15} {v}")
