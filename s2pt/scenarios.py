@@ -19,6 +19,13 @@ IPA, 4K granule, start level 1)::
 
 Logging write-protected the pages and mapped them one by one; it is now
 off, so the next write fault may map a 2M block over the whole L3 table.
+
+The pKVM scenarios at the end race on the host's identity-mapped stage 2
+(:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
+a host CPU whose MMU walks the same table and whose faults trap to EL2.
+They reuse pkvm's EL2 paths step by step and add the isolation checker
+(:class:`s2pt.checkers.IsolationChecker`); ``rcu`` and ``none`` cannot run at
+EL2, so they do not declare them.
 """
 
 from __future__ import annotations
@@ -377,3 +384,214 @@ def get_scenario(name) -> Scenario:
     except (KeyError, TypeError):
         raise S2ptError(f"scenario {name!r}: unknown; choose one of {', '.join(SCENARIOS)}") from None
 
+
+# ---------------------------------------------------------------------------
+# pKVM: the host stage 2 at EL2 (s2pt.pkvm), under hyp-lock
+# ---------------------------------------------------------------------------
+#
+# The host owns one 2M region of DRAM at PKVM_BASE (40-bit PA, start level 1):
+#
+#     PGD[1] -> L2 table: [0] 2M block 0x4000_0000 RWX   (host_stage2_idmap)
+#
+# CPU0 is a host CPU that made a hypercall and runs EL2 code; CPU1 is a host
+# CPU at EL1 whose MMU translates through its own TLB and walk cache, takes no
+# lock, and traps to EL2 (handle_host_mem_abort) on a stage-2 fault.
+
+from . import pkvm as _pkvm                                  # noqa: E402
+from .checkers import IsolationChecker, page_owner            # noqa: E402
+from .errors import Fault as _Fault                           # noqa: E402
+
+PKVM_BASE = 0x4000_0000         # DRAM on QEMU's virt board (below the model's table pages)
+VICTIM = PKVM_BASE + 3 * PAGE      # the page given to the protected guest
+NEIGHBOUR = PKVM_BASE + 4 * PAGE   # the host's page next to it
+OTHER = PKVM_BASE + 5 * PAGE       # a host page not faulted in yet
+
+BUGS.update({
+    name: (what + " (pKVM, s2pt.pkvm.BUGS)", lambda pgt: None)
+    for name, what in _pkvm.BUGS.items()})
+
+NOT_PKVM = {
+    "rcu": "pKVM's hypervisor has no RCU: at EL2 kvm_pgtable_walk_begin() returns -EPERM for "
+           "a KVM_PGTABLE_WALK_SHARED walk (\"only non-shared table walkers are allowed in "
+           "the hypervisor\"), so no fault can be an RCU reader there",
+    "none": "'none' runs faults as shared walks under read_lock(&kvm->mmu_lock); the host "
+            "stage 2 has no kvm->mmu_lock and refuses shared walks at EL2 (-EPERM); its "
+            "free-at-once with exclusive walks under one lock is hyp-lock",
+}
+
+
+class PkvmHost:
+    """What the pKVM CPU programs share: the host (its stage 2 and memory
+    layout), the scheme (host_mmu.lock), host_s2_pool (pre-filled: a fixed
+    pool of pages) and the isolation checker (which records page owners)."""
+
+    def __init__(self, setup: Setup, host, tlbs, pool_pages: int = 2):
+        self.host = host
+        self.scheme = setup.scheme
+        self.pool = setup.memcache(pool_pages)
+        self.checker = IsolationChecker(host, tlbs)
+        setup.stateful.append(self.checker)
+        setup.attach.append(self.checker.attach)
+        setup.opaque += [self, host]
+
+
+@kernel_path("__pkvm_host_donate_guest")
+def pkvm_host_donate_guest(ctx: PkvmHost, pa: int):
+    """__pkvm_host_donate_guest(): under host_mmu.lock (and the guest's
+    vm->lock: the guest's own stage 2 is not modelled), check that the host
+    owns the page (hyp_vmemmap, no table access), then
+    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_GUEST): the walk
+    meets the 2M block, cannot place a page there (-E2BIG), breaks the
+    block (break-before-make: LOCKED, TLBI + DSB), installs an empty table,
+    descends and writes the owner annotation.  Only after that maintenance
+    does the hypervisor record the page as gone from the host
+    (__host_update_page_state(PKVM_NOPAGE)), before the guest's stage 2 maps
+    it: from that step on, isolation must hold."""
+    s = ctx.scheme
+    yield from s.update_lock()                       # host_lock_component()
+    ret = yield from _pkvm.host_stage2_set_owner_locked(ctx.host, pa, PAGE, d.PKVM_ID_GUEST,
+                                                        mc=ctx.pool)
+    if not ret:
+        yield page_owner(pa, "guest", "__host_update_page_state(PKVM_NOPAGE)")
+    yield from s.update_unlock()                     # host_unlock_component()
+    return ret
+
+
+@kernel_path("__pkvm_host_reclaim_page")
+def pkvm_host_reclaim_page(ctx: PkvmHost, pa: int):
+    """Guest teardown: __pkvm_host_reclaim_page() (mainline:
+    __pkvm_host_reclaim_page_guest) under host_mmu.lock.  The guest's stage 2
+    no longer maps the page and hyp_poison_page() has cleared it (neither is
+    modelled), so the page has left the guest; then
+    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_HOST) clears the
+    annotation, and on the way back up Android's
+    stage2_coalesce_walk_table_post() zaps each table left holding only
+    default identity mappings: clear the table entry, __kvm_tlb_flush_vmid,
+    put both pages -- the host frees at once, under the lock."""
+    s = ctx.scheme
+    yield from s.update_lock()                       # host_lock_component()
+    yield page_owner(pa, "host", "guest stage 2 unmapped, hyp_poison_page()")
+    ret = yield from _pkvm.host_stage2_set_owner_locked(ctx.host, pa, PAGE, d.PKVM_ID_HOST,
+                                                        mc=ctx.pool)
+    yield from s.update_unlock()                     # host_unlock_component()
+    return ret
+
+
+@kernel_path("host CPU (MMU)")
+def host_accesses(ctx: PkvmHost, tlb, pas):
+    """A host CPU at EL1 touches memory: its MMU translates each access
+    (s2pt.tlb.hw_translate: TLB, walk cache, then one descriptor per step,
+    no lock) and may fill its TLB and walk cache.  A stage-2 translation
+    fault traps to EL2: handle_host_mem_abort() -> host_stage2_idmap() maps
+    the largest block that fits, under host_mmu.lock, and the access is
+    retried; a page the host gave away gets an abort injected instead
+    (Android's host_inject_abort; mainline BUG()s).  Each access is retried
+    at most twice here."""
+    s = ctx.scheme
+    for pa in pas:
+        for _ in range(3):
+            yield hw_walk_start(pa, tlb, "host")     # TLB and walk-cache lookup
+            r = yield from hw_translate(tlb, pa)
+            if not isinstance(r, _Fault):
+                ctx.checker.access(tlb.vcpu, r)
+                break
+            ret = yield from _pkvm.handle_host_mem_abort(ctx.host, pa, ctx.pool,
+                                                         s.fault_lock, s.fault_unlock)
+            if ret == -_pkvm.EPERM:
+                break                                # host_inject_abort(): the host's problem
+
+
+def _pkvm_setup(scheme, bugs):
+    """The host stage 2 with the 2M block faulted in (host_stage2_idmap)."""
+    host = _pkvm.Host(memory=[(PKVM_BASE, BLOCK)], cpus=2)
+    host.bugs |= set(bugs) & set(_pkvm.BUGS)
+    scheme.setup(host.pgt)
+    if host.host_stage2_idmap(PKVM_BASE):
+        raise S2ptError("pKVM scenario setup: host_stage2_idmap failed")
+    s = Setup(host.pgt, scheme, bugs)
+    tlb = host.cpus[1]                    # CPU1's TLB and walk cache, empty
+    s.stateful.append(tlb)
+    s.opaque.append(tlb)
+    return host, s, tlb
+
+
+def _attach_bbm(s, pgt):
+    """casemate's BBM automaton, which also tells the TLB model about the
+    break-before-make window: between the break and its TLBI (+ DSB) the
+    architecture lets a host CPU keep using its cached block -- the page is
+    still the host's then -- so a TLB hit there is not a stale translation.
+    (s2pt.tlb's stale-TLB check knows no window: here it asks the automaton.)"""
+    def attach(machine):
+        from .bbm import BbmChecker
+        bbm = BbmChecker(pgt, on_violation=lambda msg: machine.violations.append(("bbm", msg)))
+        s.stateful.append(bbm)
+        s.opaque.append(bbm)
+        strict = pgt._stale_reason
+
+        def stale_reason(base, level, cached, at=None):
+            if at is not None and all(bbm.tlbi_pending(ipa) for ipa in at):
+                return ""                 # inside the BBM window: allowed
+            return strict(base, level, cached, at)
+        pgt._stale_reason = stale_reason
+    s.attach.append(attach)
+
+
+def build_donate_vs_host_access(scheme, bugs):
+    host, s, tlb = _pkvm_setup(scheme, bugs)
+    ctx = PkvmHost(s, host, [tlb])
+    if not bugs & set(_pkvm.BUGS):
+        # casemate's automaton would stop every broken run at its first make
+        # ("BBM invalid unclean->valid"), before the donation completes.
+        _attach_bbm(s, host.pgt)
+    s.cpu("CPU0", "EL2: __pkvm_host_donate_guest", pkvm_host_donate_guest, ctx, VICTIM)
+    s.cpu("CPU1", "host: MMU loads, faults to EL2", host_accesses, ctx, tlb,
+          (NEIGHBOUR, VICTIM), vcpu=1, pure=False)
+    s.region = (PKVM_BASE, BLOCK)
+    return s
+
+
+def build_coalesce_vs_host_fault(scheme, bugs):
+    host, s, tlb = _pkvm_setup(scheme, bugs)
+    # Earlier: the guest took VICTIM (the block was broken into an L3 table
+    # holding its annotation) and the host faulted NEIGHBOUR back in as a
+    # default 4K page, which Android's counting rule does not count.
+    host.donate(VICTIM, 1, to="guest")
+    host.host_stage2_idmap(NEIGHBOUR)
+    ctx = PkvmHost(s, host, [tlb])
+    if not bugs & set(_pkvm.BUGS):
+        _attach_bbm(s, host.pgt)
+    s.cpu("CPU0", "EL2: __pkvm_host_reclaim_page", pkvm_host_reclaim_page, ctx, VICTIM)
+    s.cpu("CPU1", "host: MMU loads, faults to EL2", host_accesses, ctx, tlb,
+          (NEIGHBOUR, OTHER), vcpu=1, pure=False)
+    s.region = (PKVM_BASE, BLOCK)
+    return s
+
+
+_add(Scenario(
+    "donate-vs-host-access",
+    "CPU0 at EL2 donates a page inside the host's 2M idmap block to a protected guest "
+    "(set_owner: break the block, TLBI, table, annotation) while CPU1's MMU loads from "
+    "the page and its neighbour",
+    build_donate_vs_host_access,
+    {"hyp-lock": {}}, why_not=NOT_PKVM))
+_add(Scenario(
+    "donate-vs-host-access-no-tlbi",
+    "donate-vs-host-access with donate-no-tlbi: the block is broken without the TLBI, so "
+    "CPU1's TLB can keep the 2M block over the donated page",
+    build_donate_vs_host_access,
+    {"hyp-lock": {"isolation": SOMETIMES, "stale-tlb": SOMETIMES}}, why_not=NOT_PKVM,
+    bugs=frozenset({"donate-no-tlbi"})))
+_add(Scenario(
+    "coalesce-vs-host-fault",
+    "CPU0 at EL2 reclaims the guest's page and coalesces the level-3 and level-2 tables "
+    "(stage2_coalesce_walk_table_post) while CPU1's MMU walks into them and its fault "
+    "handler maps a page there (host_stage2_idmap)",
+    build_coalesce_vs_host_fault,
+    {"hyp-lock": {}}, why_not=NOT_PKVM))
+_add(Scenario(
+    "coalesce-vs-host-fault-no-tlbi",
+    "coalesce-vs-host-fault with coalesce-no-tlbi: the zapped tables are freed without "
+    "__kvm_tlb_flush_vmid while CPU1's walk cache still points into them",
+    build_coalesce_vs_host_fault,
+    {"hyp-lock": {"use-after-free": SOMETIMES}}, why_not=NOT_PKVM,
+    bugs=frozenset({"coalesce-no-tlbi"})))

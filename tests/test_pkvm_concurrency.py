@@ -1,0 +1,238 @@
+"""pKVM's host stage 2 under the interleaving explorer (issue 5, part 5):
+the hyp-lock scheme, donate-vs-host-access and coalesce-vs-host-fault, their
+broken variants, and the isolation checker as an engine checker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import s2pt
+from s2pt import pkvm
+from s2pt.checkers import KINDS, IsolationChecker
+from s2pt.cli import main
+from s2pt.scenarios import NEIGHBOUR, OTHER, SCENARIOS, VICTIM
+from s2pt.sim.report import op_text
+from s2pt.sim.search import StateSpace, explore, replay
+from s2pt.sim.world import World
+
+PKVM = ["donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+        "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi"]
+
+
+def _events(w, cpu, name):
+    return [e for e in w.events if e.cpu == cpu and e.op[0] == name]
+
+
+# ---------------------------------------------------------------------------
+# Declarations, exhaustively
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PKVM)
+def test_declared_outcomes_hold(name):
+    assert list(SCENARIOS[name].expect) == ["hyp-lock"]
+    r = explore(name, "hyp-lock", details=False)
+    assert r.complete and r.states > 100
+    assert r.check_declared() == [], r.summary()
+
+
+@pytest.mark.parametrize("name", PKVM)
+def test_reduction_never_changes_a_verdict(name):
+    red = explore(name, "hyp-lock", details=False)
+    unr = explore(name, "hyp-lock", mode="unreduced", details=False)
+    assert unr.complete and red.kinds == unr.kinds
+    assert red.transitions < unr.transitions
+
+
+@pytest.mark.parametrize("name", ["donate-vs-host-access", "coalesce-vs-host-fault"])
+@pytest.mark.parametrize("scheme", ["none", "rcu"])
+def test_schemes_that_cannot_run_at_el2_are_refused(name, scheme):
+    with pytest.raises(s2pt.S2ptError, match=f"does not declare scheme '{scheme}'.*-EPERM"):
+        explore(name, scheme)
+
+
+def test_isolation_is_an_engine_kind():
+    assert "isolation" in KINDS
+
+
+# ---------------------------------------------------------------------------
+# donate-vs-host-access
+# ---------------------------------------------------------------------------
+
+def test_donation_without_tlbi_breaks_isolation_at_the_owner_change():
+    r = explore("donate-vs-host-access-no-tlbi", "hyp-lock")
+    f = r.found["isolation"]
+    v = f.violation
+    assert v.actor == "CPU0" and v.function == "__pkvm_host_donate_guest"
+    assert "host CPU1's TLB still holds the level-2 block" in v.message
+    assert f"PA {VICTIM:#x}" in v.message
+    assert "^^^ ISOLATION ^^^" in f.diagram and "__host_update_page_state" in f.diagram
+    # The race: CPU1's MMU caches the 2M block before CPU0 breaks it, and no
+    # TLBI follows; the violation is the step that records the new owner.
+    w = replay("donate-vs-host-access-no-tlbi", "hyp-lock", f.schedule_text)
+    assert [x.kind for x in w.violations] == ["isolation"]
+    fill = next(e.index for e in _events(w, 1, "hw_read") if e.result & 3 == 1)  # the block
+    brk = next(e.index for e in _events(w, 0, "WRITE_ONCE")
+               if e.op[2] == s2pt.descriptor.KVM_INVALID_PTE_LOCKED)
+    assert fill < brk and not _events(w, 0, "tlbi")
+    assert w.events[-1].op[0] == "page_owner" and w.violations[0].step == w.events[-1].index
+    # BFS: no shorter schedule shows it (the unreduced search finds none shorter).
+    unr = explore("donate-vs-host-access-no-tlbi", "hyp-lock", mode="unreduced", details=False)
+    assert len(f.schedule) <= len(unr.found["isolation"].schedule)
+
+
+def test_replay_is_deterministic():
+    sched = explore("donate-vs-host-access-no-tlbi", "hyp-lock").found["isolation"].schedule
+    a = replay("donate-vs-host-access-no-tlbi", "hyp-lock", sched)
+    b = replay("donate-vs-host-access-no-tlbi", "hyp-lock", sched)
+    trace = [[(e.cpu, op_text(w, e.op), e.result, e.enabled, e.stack, e.note, e.violations)
+              for e in w.events] for w in (a, b)]
+    assert trace[0] == trace[1] and a.diagram() == b.diagram()
+
+
+# CPU1: hw_walk_start(NEIGHBOUR) and two descriptor reads fill its TLB with
+# the 2M block; CPU0: lock, two PGD reads, the L2 read, zalloc, then the
+# break (LOCKED); then CPU1 starts its load from VICTIM.
+IN_BBM_WINDOW = "1*3 0*6 1"
+
+
+def test_the_old_block_may_be_used_inside_the_bbm_window():
+    """Between the break and its TLBI the page is still the host's, and the
+    architecture lets CPU1 keep using its cached block: no violation.  The
+    TLB hit is no walk, so CPU0's TLBI + DSB does not wait for it."""
+    w = replay("donate-vs-host-access", "hyp-lock", IN_BBM_WINDOW)
+    assert w.outcome == "done" and not w.violations, w.status()
+    start = w.events[9]
+    assert start.cpu == 1 and start.op[:2] == ("hw_walk_start", VICTIM)
+    assert w.events[8].op[0] == "WRITE_ONCE" and not _events(w, 0, "tlbi")[0].index < 9
+    hw = w.setup.stateful[0]
+    assert hw.hits == 1
+    # Stepping the same prefix by hand: after the hit, the TLBI is enabled.
+    w2 = World(SCENARIOS["donate-vs-host-access"], "hyp-lock")
+    for c in [1] * 3 + [0] * 6 + [1]:
+        w2.step(c)
+    assert 1 not in w2.machine.hw_inflight
+    assert w2.pending[0][0] == "tlbi" and w2.blocked(0) is None
+    # Without the TLBI the window never closes: the same hit is a stale use.
+    bad = replay("donate-vs-host-access-no-tlbi", "hyp-lock", IN_BBM_WINDOW)
+    assert [v.kind for v in bad.violations] == ["stale-tlb"]
+
+
+def test_after_the_donation_the_host_is_aborted_not_translated():
+    w = replay("donate-vs-host-access", "hyp-lock", "")      # CPU0 first, then CPU1
+    assert w.outcome == "done" and not w.violations
+    chk = next(o for o in w.setup.stateful if isinstance(o, IsolationChecker))
+    assert chk.owner == {VICTIM >> 12: s2pt.descriptor.PKVM_ID_GUEST}
+    # CPU1 faulted NEIGHBOUR back in as a 4K page, and its load from VICTIM
+    # met the annotation: host_stage2_adjust_range() said -EPERM.
+    reads = [e for e in w.events if e.cpu == 1 and e.op[0] == "READ_ONCE"
+             and e.function == "__kvm_pgtable_visit" and e.result == 0x8]
+    assert reads, "CPU1's fault handler never read the owner annotation"
+    hw = chk.tlbs[0]
+    assert all(not (b <= VICTIM < b + w.pgt.granule_size[lvl]) for lvl, b in hw.entries)
+    assert any(lvl == 3 and b == NEIGHBOUR for lvl, b in hw.entries)
+
+
+# ---------------------------------------------------------------------------
+# coalesce-vs-host-fault
+# ---------------------------------------------------------------------------
+
+def test_coalescing_without_tlbi_frees_a_table_the_walk_cache_points_to():
+    r = explore("coalesce-vs-host-fault-no-tlbi", "hyp-lock")
+    f = r.found["use-after-free"]
+    v = f.violation
+    assert v.actor == "CPU0" and v.function == "stage2_coalesce_walk_table_post"
+    assert "walk cache" in v.explanation and "vCPU1's walk cache" in v.message
+    w = replay("coalesce-vs-host-fault-no-tlbi", "hyp-lock", f.schedule_text)
+    assert [x.kind for x in w.violations] == ["use-after-free"]
+    assert "^^^ USE-AFTER-FREE ^^^" in w.diagram()
+
+
+# CPU0 reclaims VICTIM and, in stage2_coalesce_walk_table_post, finds the L3
+# table holding only default entries; CPU1's MMU walks to the L3 table; CPU0
+# clears the L2 entry; CPU1's MMU reads NEIGHBOUR's entry through its walk
+# cache, in the table just unlinked (not yet freed); then the default order.
+THROUGH_ZAPPED = "0*13 1*3 0 1"
+
+
+def test_the_mmu_may_walk_a_zapped_table_until_the_tlbi():
+    w = replay("coalesce-vs-host-fault", "hyp-lock", THROUGH_ZAPPED)
+    assert w.outcome == "done" and not w.violations, w.status()
+    zap = next(e for e in _events(w, 0, "WRITE_ONCE") if e.op[2] == 0
+               and e.function == "stage2_coalesce_walk_table_post")
+    late = next(e for e in _events(w, 1, "hw_read") if e.index > zap.index)
+    tlbi = next(e for e in _events(w, 0, "tlbi") if e.index > zap.index)
+    assert late.index < tlbi.index and late.result & 3 == 3         # NEIGHBOUR's page
+    assert late.op[1] >> 12 != zap.op[1] >> 12                       # in the unlinked L3
+    freed = [pfn for pfn, (step, cpu, fn) in w.frees.items() if cpu == 0]
+    assert late.op[1] >> 12 in freed                                 # freed after the TLBI
+    assert w.frees[late.op[1] >> 12][0] > tlbi.index
+    # And the host's fault afterwards maps a 2M block again.
+    assert w.pgt.get_leaf(OTHER)[1] == 2
+
+
+# ---------------------------------------------------------------------------
+# The checker, the memo, the CLI
+# ---------------------------------------------------------------------------
+
+def test_isolation_checker_reports_a_translation_that_reaches_a_donated_page():
+    host = pkvm.Host(memory=[(1 << 30, 2 << 20)], cpus=2, check=False)
+    host.access(VICTIM)
+    host.donate(VICTIM, 1)
+    chk = IsolationChecker(host, host.cpus)
+    assert chk.owner == {VICTIM >> 12: 2}
+    chk.check()                                   # the correct donation: nothing
+    t = s2pt.Translation(VICTIM, VICTIM, 2, "RWX", "normal", 0, 2 << 20, "tlb")
+    with pytest.raises(s2pt.KernelBug, match="host CPU1 reached PA .* owned by guest, "
+                                             "through its TLB"):
+        chk.access(1, t)
+
+
+@pytest.mark.parametrize("name", PKVM)
+def test_memoised_steps_match_live_runs(name):
+    """Random schedules through the state space (memoised transitions,
+    restores of the TLB, the BBM automaton and the checker's owners) end in
+    the same state as the same schedules run live."""
+    rng = random.Random(3)
+    space = StateSpace(World(SCENARIOS[name], "hyp-lock", record=False), check=True)
+    for _ in range(10):
+        w = World(SCENARIOS[name], "hyp-lock", record=False)
+        s = space.initial
+        while w.outcome is None:
+            en = w.enabled()
+            assert tuple(en) == space.enabled(s)
+            c = rng.choice(en)
+            w.step(c)
+            s, viols = space.step(s, c)
+            if viols is not None or w.outcome == "violation":
+                assert sorted(k for k, _ in viols or ()) == sorted(v.kind for v in w.violations)
+                break
+        else:
+            space.restore(s)
+            for a, b in zip(space.stateful, w.setup.stateful):
+                if isinstance(a, IsolationChecker):
+                    assert a.owner == b.owner
+                elif hasattr(a, "walk"):
+                    assert a.entries == b.entries and a.walk == b.walk
+                else:
+                    assert (a.unclean, a.retired) == (b.unclean, b.retired)
+
+
+def test_cli_lists_hyp_lock_and_refuses_undeclared_schemes(capsys):
+    assert main(["scenarios"]) == 0
+    out = capsys.readouterr().out
+    assert "hyp-lock pKVM at EL2" in out and "donate-vs-host-access" in out
+    assert "hyp-lock Sometimes: stale-tlb, isolation" in out
+    assert main(["explore", "coalesce-vs-host-fault", "--scheme", "rcu"]) == 2
+    err = capsys.readouterr().err
+    assert "does not declare scheme 'rcu'" in err and "no RCU" in err
+    assert main(["explore", "collapse-vs-fault", "--scheme", "hyp-lock"]) == 2
+    assert "guest's stage 2" in capsys.readouterr().err
+    # Without --scheme a pKVM scenario runs under the scheme it declares.
+    assert main(["explore", "donate-vs-host-access-no-tlbi"]) == 1
+    out = capsys.readouterr().out
+    assert "scheme hyp-lock" in out and "ISOLATION" in out
+    assert main(["replay", "coalesce-vs-host-fault", "--schedule", THROUGH_ZAPPED,
+                 "--no-log"]) == 0
+    assert "__pkvm_host_reclaim_page" in capsys.readouterr().out
