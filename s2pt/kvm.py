@@ -50,6 +50,11 @@ _SIZE_NAMES = {"4K": 4 << 10, "16K": 16 << 10, "64K": 64 << 10, "2M": 2 << 20,
 
 
 _FAULT_COUNTER = {k: f"faults_{k}" for k in ("translation", "access", "permission")}
+_PROT_RX = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_X
+_PROT_RWX = _PROT_RX | d.KVM_PGTABLE_PROT_W
+#: A fault handler's walks: shared (read_lock(&kvm->mmu_lock)), and -EAGAIN
+#: goes back to the guest.
+_FAULT_FLAGS = pt.HANDLE_FAULT | pt.SHARED
 
 
 @dataclass
@@ -352,13 +357,11 @@ class VM:
                 vma_pagesize = fault_granule       # relax the whole block at once
         fault_ipa = gpa & ~(vma_pagesize - 1)
         writable = not slot.readonly and not (logging_active and not write)
-        prot = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_X      # CACHE_DIC: always X
-        if writable:
-            prot |= d.KVM_PGTABLE_PROT_W
-        if f.kind == "translation" and logging_active and any(
+        prot = _PROT_RWX if writable else _PROT_RX               # CACHE_DIC: always X
+        if logging_active and f.kind == "translation" and any(
                 (gpa & ~(size - 1), size) in self._split_blocks for size in self._block_sizes):
             c["refaults_after_split"] += 1
-        flags = pt.HANDLE_FAULT | pt.SHARED
+        flags = _FAULT_FLAGS
         if perm and vma_pagesize == fault_granule:
             ret = run(pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags), pgt.machine)
             outcome = "relax_perms"
@@ -373,11 +376,11 @@ class VM:
             attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
             pa = slot.pa + (fault_ipa - slot.gpa)
             ret = run(pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
-                                                v.memcache, flags, force_pte=force_pte),
+                                                v.memcache, flags, force_pte),
                       pgt.machine)
             outcome = "map"
             c["maps"] += 1
-        if writable and not ret:
+        if writable and not ret and slot.logging:
             self._mark_page_dirty(slot, fault_ipa)
         if ret not in (0, -errno.EAGAIN):
             pgt._expect_ok(ret, "user_mem_abort")

@@ -246,7 +246,7 @@ class Machine:
     def bulk_ok(self) -> bool:
         """May a walk started now take the numpy bulk path?  Only inside the
         sequential driver (``run``) and only when nobody watches the steps."""
-        return self.sequential_depth > 0 and not self.watched
+        return self.sequential_depth > 0 and not (self.observers or self.pre_observers)
 
     def perform(self, op):
         for obs in self.pre_observers:
@@ -264,15 +264,19 @@ def run(gen, machine: Machine):
     Deferred ``call_rcu`` callbacks run afterwards: with one CPU there is no
     reader left, so the grace period has already elapsed.
     """
-    perform = machine.perform if machine.watched else None
-    dispatch = machine.dispatch
     send = gen.send
     result = None
     machine.sequential_depth += 1
     try:
-        while True:
-            op = send(result)
-            result = perform(op) if perform else dispatch[op[0]](op)
+        if machine.observers or machine.pre_observers:
+            perform = machine.perform
+            while True:
+                result = perform(send(result))
+        else:
+            dispatch = machine.dispatch
+            while True:
+                op = send(result)
+                result = dispatch[op[0]](op)
     except StopIteration as stop:
         ret = stop.value
     finally:

@@ -148,17 +148,19 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
         ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 
-    if kvm_pgtable_walk_continue(walker, ret):
+    # kvm_pgtable_walk_continue(walker, ret), written out: this is the
+    # walker's innermost loop.
+    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
         if not table:
             gran = pgt.granule_size[level]
             data.addr = (data.addr & ~(gran - 1)) + gran
         else:
             childp = ctx.old & pgt.addr_mask
             ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
-            if kvm_pgtable_walk_continue(walker, ret) and flags & TABLE_POST:
+            if (not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT)) and flags & TABLE_POST:
                 ret = yield from walker.cb(ctx, TABLE_POST)
 
-    if kvm_pgtable_walk_continue(walker, ret):
+    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
         return 0
     return ret
 
@@ -516,9 +518,9 @@ def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
     here the caller passes the attribute bits (Stage2.map computes them) so
     that bad prot strings are rejected before anything runs.
     """
-    data = Stage2MapData(phys=phys & ~(pgt.page_size - 1), attr=attr, memcache=mc,
-                         force_pte=force_pte or (pgt.force_pte_cb is not None
-                                                 and pgt.force_pte_cb(addr, addr + size, attr)))
+    data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc,
+                         force_pte or (pgt.force_pte_cb is not None
+                                       and pgt.force_pte_cb(addr, addr + size, attr)))
     walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF, stage2_map_bulk)
     if pgt.idmap and addr != phys:
         pgt.warn("kvm_pgtable_stage2_map: identity map with addr != phys")

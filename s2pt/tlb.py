@@ -181,6 +181,7 @@ class VcpuTlb:
         self._order: deque = deque()     # fill order, for eviction (lazily pruned)
         self._n_leaf = 0
         self._n_walk = 0
+        _spans(pgt)                      # pgt._tlb_spans
         pgt.mmu.listeners.append(self.invalidate)
         pgt.mm.free_hooks.append(self._on_free)
 
@@ -304,27 +305,30 @@ class VcpuTlb:
                     g3 = self.pgt.granule_size[3]
                     for base in [x for x in d if x < hi and x + g3 > lo]:
                         self._pop_leaf(3, base)
-        # Each store: the entries of one level, each covering ``span`` bytes
-        # from its base.  A TLBI that fits in one span has one candidate.
-        spans = _spans(self.pgt)
-        for walk, stores, pop in ((False, self._leaf, self._pop_leaf),
-                                  (True, self._walk, self._pop_walk)):
-            for level, d in stores.items():
-                if not d:
-                    continue
-                span = spans[walk][level]
+        # Each store holds the entries of one level, each covering ``span``
+        # bytes from its base.  A TLBI that fits in one span has one candidate.
+        spans = self.pgt._tlb_spans
+        leaf_spans, walk_spans = spans[0], spans[1]
+        for level, d in self._leaf.items():
+            if d:
+                span = leaf_spans[level]
                 first = lo & ~(span - 1)
                 if hi - first <= span:
                     if first in d:
-                        pop(level, first)
-                    continue
-                n = (hi - first + span - 1) // span
-                if n <= len(d):
-                    victims = [first + i * span for i in range(n) if first + i * span in d]
+                        self._pop_leaf(level, first)
                 else:
-                    victims = [x for x in d if x < hi and x + span > lo]
-                for base in victims:
-                    pop(level, base)
+                    for base in _victims(d, lo, hi, first, span):
+                        self._pop_leaf(level, base)
+        for level, d in self._walk.items():
+            if d:
+                span = walk_spans[level]
+                first = lo & ~(span - 1)
+                if hi - first <= span:
+                    if first in d:
+                        self._pop_walk(level, first)
+                else:
+                    for base in _victims(d, lo, hi, first, span):
+                        self._pop_walk(level, base)
 
     def invalidate_run(self, kind: str, addr: int, arg, count: int, stride: int):
         """``count`` per-IPA TLBIs ``stride`` apart.  When they are a page
@@ -353,7 +357,7 @@ class VcpuTlb:
             if pte is not None:
                 return 3, pte
         leaf = self._leaf
-        for level, span in _spans(pgt)[2]:
+        for level, span in pgt._tlb_spans[2]:
             d = leaf[level]
             if d:
                 pte = d.get(ipa & ~(span - 1))
@@ -364,7 +368,7 @@ class VcpuTlb:
     def lookup_walk(self, ipa: int):
         """The deepest walk-cache entry for ``ipa``: (level, table PA) or None."""
         walk = self._walk
-        for level, span in _spans(self.pgt)[3]:
+        for level, span in self.pgt._tlb_spans[3]:
             d = walk[level]
             if d:
                 table = d.get(ipa & ~(span - 1))
@@ -380,6 +384,15 @@ class VcpuTlb:
             if why:
                 out.append(f"vCPU{self.vcpu} TLB entry for IPA {base:#x} (level {level}): {why}")
         return out
+
+
+def _victims(d: dict, lo: int, hi: int, first: int, span: int) -> list:
+    """The bases of the entries in ``d`` (each ``span`` bytes, aligned) that
+    overlap [lo, hi); ``first`` is lo rounded down to ``span``."""
+    n = (hi - first + span - 1) // span
+    if n <= len(d):
+        return [first + i * span for i in range(n) if first + i * span in d]
+    return [x for x in d if x < hi and x + span > lo]
 
 
 def _spans(pgt):
