@@ -245,6 +245,10 @@ def page_owner(pa: int, owner: str, kernel: str):
     ``__host_update_page_state``), or, for a reclaim, the guest's loss of the
     page.  ``kernel`` names the step in diagrams.  Performed by the
     :class:`IsolationChecker` attached to the machine."""
+    from .pkvm import OWNER_IDS
+    if owner not in OWNER_IDS:
+        from .errors import S2ptError
+        raise S2ptError(f"page_owner: owner={owner!r} is not one of {', '.join(OWNER_IDS)}")
     return ("page_owner", pa, owner, kernel)
 
 
@@ -289,9 +293,6 @@ class IsolationChecker:
     # -- the operation and the observer -------------------------------------------
     def _page_owner(self, op):
         pa, who = op[1], op[2]
-        if who not in self._ids:
-            from .errors import S2ptError
-            raise S2ptError(f"page_owner: owner {who!r} is not one of {', '.join(self._ids)}")
         pfn = pa >> self.pgt.page_shift
         owner = dict(self.owner)
         if self._ids[who] == self._ids["host"]:

@@ -340,12 +340,16 @@ def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=No
 
 
 def host_stage2_set_owner_locked(host: "Host", addr: int, size: int, owner_id: int,
-                                 data: "HostMapData | None" = None, flags: int = 0, mc=None):
+                                 data: "HostMapData | None" = None, flags: int | None = None,
+                                 mc=None):
     """host_stage2_set_owner_locked(): host_stage2_try(kvm_pgtable_stage2_set_owner)
     -- ACK's walk with the coalescing TABLE_POST visitor when the host
     coalesces, mainline's TABLE_PRE | LEAF walk when it does not.  The caller
-    holds host_mmu.lock and updates the page state afterwards."""
+    holds host_mmu.lock and updates the page state afterwards.  ``flags``
+    None: SKIP_BBM_TLBI with the "donate-no-tlbi" bug, else 0."""
     mc = host.pool if mc is None else mc
+    if flags is None:
+        flags = pt.SKIP_BBM_TLBI if "donate-no-tlbi" in host.bugs else 0
     if data is None:
         data = HostMapData(prefault=host.prefault,
                            skip_coalesce_tlbi="coalesce-no-tlbi" in host.bugs)
@@ -664,7 +668,7 @@ class Host:
             if r.kind != "translation":
                 raise r
             self._stats["faults"] += 1
-            ret = self.host_stage2_idmap(pa)
+            ret = self._run(handle_host_mem_abort(self, pa))
             if ret == -EPERM:
                 self._stats["host_aborts"] += 1
                 owner = OWNER_NAMES.get(self._owner.get(pa >> self.pgt.page_shift), "?")
@@ -701,8 +705,7 @@ class Host:
         """host_stage2_set_owner_locked: host_stage2_try(kvm_pgtable_stage2_set_owner)."""
         data = HostMapData(prefault=self.prefault,
                            skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
-        flags = pt.SKIP_BBM_TLBI if "donate-no-tlbi" in self.bugs else 0
-        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data, flags))
+        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data))
         if ret:
             raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
                                     f"{owner_id}) returned {ret}")

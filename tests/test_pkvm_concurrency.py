@@ -236,3 +236,17 @@ def test_cli_lists_hyp_lock_and_refuses_undeclared_schemes(capsys):
     assert main(["replay", "coalesce-vs-host-fault", "--schedule", THROUGH_ZAPPED,
                  "--no-log"]) == 0
     assert "__pkvm_host_reclaim_page" in capsys.readouterr().out
+
+
+def test_bad_page_owner_is_refused_before_it_runs():
+    from s2pt.checkers import page_owner
+    with pytest.raises(s2pt.S2ptError, match="owner='nobody' is not one of host, hyp, guest"):
+        page_owner(VICTIM, "nobody", "__host_update_page_state")
+
+
+def test_the_pkvm_bugs_switch_on_from_the_command_line(capsys):
+    assert main(["explore", "donate-vs-host-access", "--bug", "donate-no-tlbi"]) == 1
+    assert "ISOLATION" in capsys.readouterr().out
+    assert main(["explore", "coalesce-vs-host-fault", "--bug", "coalesce-no-tlbi",
+                 "--json"]) == 1
+    assert '"kind": "use-after-free"' in capsys.readouterr().out

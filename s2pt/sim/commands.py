@@ -55,7 +55,8 @@ def _scheme_for(scenario: str, scheme: str | None) -> str:
     arg("--preemptions", type=_nonneg, metavar="K", help="bound on preemptive context switches"),
     arg("--bug", action="append", default=[], metavar="COMMIT",
         help="switch a historical bug back on: a9f0e3d5a089 (no reload after the TABLE_PRE "
-             "callback) or f6a27d6dc51b (no final put of the subtree root)"),
+             "callback) or f6a27d6dc51b (no final put of the subtree root); or a broken "
+             "variant: no-bbm-tlbi, donate-no-tlbi, coalesce-no-tlbi"),
     arg("--max-states", type=_pos, default=2_000_000, metavar="N",
         help="stop an exhaustive search after N states (default 2,000,000)"),
     arg("--json", action="store_true", help="print one JSON object"),
