@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import S2ptError
-from .sim.sync import hw_walk_start
+from .sim.sync import hw_walk_start, kvm_mmu_topup_memory_cache
 from .sim.world import Setup, kernel_path
 from .tlb import VcpuTlb, hw_translate
 
@@ -63,6 +63,10 @@ BUGS = {
     "no-bbm-tlbi": ("faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
                     "not a real commit, the hardware walker's hazard",
                     lambda pgt: None),
+    "no-shared-walk": ("faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
+                       "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
+                       "a real commit: the hazard the SHARED flag exists for",
+                       lambda pgt: None),
 }
 
 
@@ -84,7 +88,13 @@ class Kvm:
         self.split_page_cache = None
         # the no-bbm-tlbi bug: faults skip the break-before-make TLBI
         self.extra_flags = pt.SKIP_BBM_TLBI if "no-bbm-tlbi" in setup.bugs else 0
+        # the no-shared-walk bug: parallel faults, but exclusive-walk stores
+        self.drop_flags = pt.SHARED if "no-shared-walk" in setup.bugs else 0
         setup.opaque.append(self)
+
+    def fault_flags(self) -> int:
+        """The walk flags of a fault: the scheme's, with any bug applied."""
+        return (self.scheme.fault_flags | self.extra_flags) & ~self.drop_flags
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +113,7 @@ def user_mem_abort_map_block(kvm: Kvm, vcpu: int, ipa: int):
     pgt, s = kvm.pgt, kvm.scheme
     fault_ipa = ipa & ~(BLOCK - 1)
     attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
-    flags = s.fault_flags | kvm.extra_flags
+    flags = kvm.fault_flags()
     yield from s.fault_lock(unlinks=True)            # read_lock(&kvm->mmu_lock)
     ret = yield from pt.kvm_pgtable_stage2_map(pgt, fault_ipa, BLOCK, pa_of(fault_ipa), attr,
                                                kvm.memcache[vcpu], flags)
@@ -146,6 +156,34 @@ def user_mem_abort_logging(kvm: Kvm, vcpu: int, ipa: int):
                                                kvm.memcache[vcpu], s.fault_flags, force_pte=True)
     yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
     return ret
+
+
+@kernel_path("user_mem_abort")
+def user_mem_abort_map_page(kvm: Kvm, vcpu: int, ipa: int):
+    """user_mem_abort(): a translation fault on a page of a memslot backed
+    by 4K pages (vma_pagesize == PAGE_SIZE): kvm_pgtable_stage2_map() of one
+    page, which installs the level-3 table first if there is none
+    (stage2_map_walk_leaf).  A lost cmpxchg returns -EAGAIN, user_mem_abort()
+    returns 0 and the vCPU re-enters the guest, which takes the same fault
+    again: the loop.  Each fault first tops up the vCPU's memcache (the
+    loser's table page went back to the page allocator).
+
+    The explorer assumes fair scheduling: a vCPU spinning on -EAGAIN while
+    the winner is descheduled between break and make is a cycle in the
+    state graph, not a livelock."""
+    pgt, s = kvm.pgt, kvm.scheme
+    attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
+    mc = kvm.memcache[vcpu]
+    while True:
+        ret = yield kvm_mmu_topup_memory_cache(mc, 1)   # returns at once when full
+        if ret:
+            return ret
+        yield from s.fault_lock()                    # read_lock(&kvm->mmu_lock)
+        ret = yield from pt.kvm_pgtable_stage2_map(pgt, ipa, PAGE, pa_of(ipa), attr, mc,
+                                                   kvm.fault_flags(), force_pte=True)
+        yield from s.fault_unlock()                  # read_unlock(&kvm->mmu_lock)
+        if ret != -pt.EAGAIN:
+            return ret
 
 
 @kernel_path("kvm_unmap_gfn_range")
@@ -374,6 +412,38 @@ _add(Scenario(
     build_collapse_vs_hw_walk,
     {"none": {"use-after-free": SOMETIMES}, "rcu": {"use-after-free": SOMETIMES}},
     bugs=frozenset({"no-bbm-tlbi"})))
+
+
+def build_map_vs_map(scheme, bugs):
+    # The 2M region is empty, its neighbour is mapped (so the level-2 table
+    # exists): both faults need the same new level-3 table.
+    pgt = _stage2(scheme, bugs)
+    pgt.map(IPA + BLOCK, PAGE, pa_of(IPA + BLOCK), prot="RWX", force_pte=True)
+    s = Setup(pgt, scheme, bugs)
+    kvm = Kvm(s, 2)
+    s.cpu("vCPU0", "user_mem_abort: map page 0", user_mem_abort_map_page, kvm, 0, IPA)
+    s.cpu("vCPU1", "user_mem_abort: map page 1", user_mem_abort_map_page, kvm, 1, IPA + PAGE)
+    s.region = (IPA, 2 * BLOCK)
+    return s
+
+
+_add(Scenario(
+    "map-vs-map",
+    "two vCPUs fault on neighbouring pages of an empty 2M region at once; both want to "
+    "install the level-3 table, and stage2_map_walk_leaf()'s cmpxchg lets one win while "
+    "the other frees its table and faults again",
+    build_map_vs_map,
+    {"none": {}, "rcu": {}}))
+_add(Scenario(
+    "map-vs-map-no-shared",
+    "map-vs-map with the faults' walks not marked KVM_PGTABLE_WALK_SHARED: both store a "
+    "table into the same entry, one table and its page mapping are lost",
+    build_map_vs_map,
+    {"none": {"lost-update": SOMETIMES, "leak": SOMETIMES, "refcount": SOMETIMES,
+              "warn": SOMETIMES},
+     "rcu": {"lost-update": SOMETIMES, "leak": SOMETIMES, "refcount": SOMETIMES,
+             "warn": SOMETIMES}},
+    bugs=frozenset({"no-shared-walk"})))
 
 
 def get_scenario(name) -> Scenario:

@@ -98,7 +98,8 @@ def _all_schedules_live(sc, scheme):
 # ---------------------------------------------------------------------------
 
 CHEAP = ["collapse-vs-fault", "unmap-vs-fault", "split-vs-fault", "stash-old-pte",
-         "collapse-vs-hw-walk", "collapse-vs-hw-walk-no-tlbi"]
+         "collapse-vs-hw-walk", "collapse-vs-hw-walk-no-tlbi", "map-vs-map",
+         "map-vs-map-no-shared"]
 
 
 @pytest.mark.parametrize("name,scheme", [(n, s) for n in CHEAP for s in SCHEMES
@@ -192,6 +193,26 @@ def test_random_and_pct_find_the_bug_and_minimise():
     a = explore(TOY3, "none", mode="pct", runs=50, seed=5, details=False)
     b = explore(TOY3, "none", mode="pct", runs=50, seed=5, details=False)
     assert {k: f.schedule for k, f in a.found.items()} == {k: f.schedule for k, f in b.found.items()}
+
+
+def test_map_vs_map_loser_retries_and_the_unshared_walk_loses_a_page():
+    """The cmpxchg in stage2_try_break_pte() is what makes parallel faults
+    safe: with it the loser frees its table and faults again (the final map
+    always has both pages); with plain stores (no KVM_PGTABLE_WALK_SHARED)
+    one table and its page are lost."""
+    ok = explore("map-vs-map", "rcu")
+    assert ok.complete and not ok.found
+    bad = explore("map-vs-map-no-shared", "rcu")
+    assert {"lost-update", "leak", "refcount"} <= bad.kinds
+    w = replay("map-vs-map-no-shared", "rcu", bad.found["lost-update"].schedule)
+    lost = next(v for v in w.violations if v.kind == "lost-update")
+    assert "0x40000000" not in lost.message.split(" is not")[0]      # page 0 is gone
+    # The schedule where vCPU1 loses the cmpxchg: it retries, and both pages end mapped.
+    w = replay("map-vs-map", "rcu", "0*8 1*12 0")
+    ops = [e.op[0] for e in w.events if e.cpu == 1]
+    assert ops.count("kvm_mmu_topup_memory_cache") >= 2 and "put_page" in ops
+    assert w.outcome == "done" and not w.violations
+    assert w.pgt.translate(0x4000_1000).pa == 0x10_4000_1000
 
 
 def test_random_walks_through_the_memo_agree_with_live_runs():

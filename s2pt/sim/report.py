@@ -118,6 +118,8 @@ def op_text(world, op) -> str:
         return f"{op[3] if len(op) > 3 else 'guest'} access {op[1]:#x}: MMU starts"
     if name == "page_owner":
         return f"{op[3]}: PA {op[1]:#x} -> {op[2]}"
+    if name == "kvm_mmu_topup_memory_cache":
+        return f"kvm_mmu_topup_memory_cache(memcache, {op[2]})"
     if len(op) == 2 and isinstance(op[1], str):
         return f"{name}({op[1]})"
     if len(op) == 1:

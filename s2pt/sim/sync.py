@@ -38,7 +38,7 @@ from ..ops import Machine
 
 __all__ = [
     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
-    "synchronize_rcu", "rcu_barrier", "SimMachine", "BLOCKING",
+    "synchronize_rcu", "rcu_barrier", "kvm_mmu_topup_memory_cache", "SimMachine", "BLOCKING",
 ]
 
 
@@ -87,6 +87,14 @@ def hw_walk_start(ipa: int, tlb=None, who: str = "guest"):
     return ("hw_walk_start", ipa) if tlb is None else ("hw_walk_start", ipa, tlb, who)
 
 
+def kvm_mmu_topup_memory_cache(mc, min_objs: int):
+    """kvm_mmu_topup_memory_cache(): fill a vCPU's memcache from the page
+    allocator so that it holds ``min_objs`` pages (user_mem_abort() does it
+    before every fault, outside mmu_lock).  The result is 0 or -ENOMEM.
+    One step: the page allocator is shared."""
+    return ("kvm_mmu_topup_memory_cache", mc, min_objs)
+
+
 def rcu_barrier():
     """rcu_barrier(): wait until every callback queued so far has run."""
     return ("rcu_barrier",)
@@ -133,6 +141,7 @@ class SimMachine(Machine):
         if "hw_read" in d:
             d["hw_read"] = self._hw_read(d["hw_read"])
         d["hw_walk_start"] = self._hw_walk_start
+        d["kvm_mmu_topup_memory_cache"] = self._topup
         d["rcu_read_lock"] = self._rcu_read_lock
         d["rcu_read_unlock"] = self._rcu_read_unlock
         d["call_rcu"] = self._call_rcu
@@ -239,6 +248,10 @@ class SimMachine(Machine):
             self.locks[op[1]] = (None, readers)
         else:
             self.locks.pop(op[1], None)
+
+    # -- memory caches -------------------------------------------------------------
+    def _topup(self, op):
+        return op[1].topup(op[2])
 
     # -- hardware walkers ----------------------------------------------------------
     def _hw_read(self, read):
