@@ -269,7 +269,10 @@ class VM:
             # fault_ipa >= BIT(pgt->ia_bits): kvm_inject_dabt / kvm_inject_pabt
             self.counters["injected_aborts"] += 1
             return FaultResult(int(gpa), "inject_pabt" if exec else "inject_dabt")
-        gpa, write, exec = int(gpa), bool(write), bool(exec)
+        if type(gpa) is not int:
+            gpa = int(gpa)
+        if type(write) is not bool or type(exec) is not bool:
+            write, exec = bool(write), bool(exec)
         pgt.mmu.current_vcpu = v.idx                       # self._mmu(), inlined
         res = run(hw_translate(v.tlb, gpa, write, exec), pgt.machine)
         if isinstance(res, Translation):

@@ -204,8 +204,8 @@ class Machine:
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),
             "tlbi": self._tlbi,
-            "dsb": self._count,
-            "cmo": self._count,
+            "dsb": self._count_dsb,
+            "cmo": self._count_cmo,
             "rcu_read_lock": self._rcu_lock,
             "rcu_read_unlock": self._rcu_unlock,
             "call_rcu": self._call_rcu,
@@ -213,6 +213,12 @@ class Machine:
 
     def _count(self, op):
         self.stats[op[0] if op[0] != "cmo" else op[1]] += 1
+
+    def _count_dsb(self, op):
+        self.stats["dsb"] += 1
+
+    def _count_cmo(self, op):
+        self.stats[op[1]] += 1
 
     def _zalloc(self, op):
         mc = op[1]

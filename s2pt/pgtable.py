@@ -53,6 +53,11 @@ from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
                   put_page, page_count, zalloc_page, tlbi, dsb, cmo,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
+try:        # numpy's C function, without the Python-level dispatch wrapper
+    from numpy._core.multiarray import count_nonzero as _count_nonzero
+except ImportError:     # numpy < 2
+    _count_nonzero = np.count_nonzero
+
 EAGAIN, E2BIG, ENOMEM, EINVAL, ERANGE, EPERM = (
     errno.EAGAIN, errno.E2BIG, errno.ENOMEM, errno.EINVAL, errno.ERANGE, errno.EPERM)
 
@@ -81,7 +86,10 @@ class Walker:
     __slots__ = ("cb", "arg", "flags", "bulk")
 
     def __init__(self, cb, arg=None, flags=0, bulk=None):
-        self.cb, self.arg, self.flags, self.bulk = cb, arg, int(flags), bulk
+        self.cb = cb
+        self.arg = arg
+        self.flags = flags if type(flags) is int else int(flags)
+        self.bulk = bulk
 
 
 class VisitCtx:
@@ -94,8 +102,15 @@ class VisitCtx:
     __slots__ = ("ptep", "old", "arg", "pgt", "start", "addr", "end", "level", "flags")
 
     def __init__(self, ptep, old, arg, pgt, start, addr, end, level, flags):
-        self.ptep, self.old, self.arg, self.pgt = ptep, old, arg, pgt
-        self.start, self.addr, self.end, self.level, self.flags = start, addr, end, level, flags
+        self.ptep = ptep
+        self.old = old
+        self.arg = arg
+        self.pgt = pgt
+        self.start = start
+        self.addr = addr
+        self.end = end
+        self.level = level
+        self.flags = flags
 
     def __repr__(self):
         return (f"<ctx ptep={self.ptep:#x} old={self.old:#x} addr={self.addr:#x} "
@@ -107,7 +122,10 @@ class WalkData:
     __slots__ = ("walker", "start", "addr", "end", "bulk")
 
     def __init__(self, walker, start, addr, end, bulk=False):
-        self.walker, self.start, self.addr, self.end = walker, start, addr, end
+        self.walker = walker
+        self.start = start
+        self.addr = addr
+        self.end = end
         self.bulk = walker.bulk if bulk else None
 
 
@@ -335,8 +353,12 @@ class Stage2MapData:
 
     def __init__(self, phys=0, attr=0, owner_id=0, memcache=None, force_pte=False,
                  annotation=False):
-        self.phys, self.attr, self.owner_id = phys, attr, owner_id
-        self.memcache, self.force_pte, self.annotation = memcache, force_pte, annotation
+        self.phys = phys
+        self.attr = attr
+        self.owner_id = owner_id
+        self.memcache = memcache
+        self.force_pte = force_pte
+        self.annotation = annotation
 
 
 def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
@@ -923,8 +945,9 @@ def stage2_free_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> i
     if page.freed:
         return 0
     shift = pgt.granule_shift[level]
-    n = min(pgt.ptrs_per_pte - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
-    seg = page.table[idx:idx + n]
+    ptrs = pgt.ptrs_per_pte
+    n = min(ptrs - idx, ((data.end - 1) >> shift) - (data.addr >> shift) + 1)
+    seg = page.table if n == ptrs else page.table[idx:idx + n]
     if level < 3:
         is_table = (seg & np.uint64(3)) == np.uint64(3)
         if is_table.any():
@@ -932,7 +955,7 @@ def stage2_free_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> i
             if n == 0:
                 return 0
             seg = seg[:n]
-    cnt = int(np.count_nonzero(seg))
+    cnt = int(_count_nonzero(seg))
     if cnt >= page.refcount:
         return 0          # the last put would free the page: let the slow path report it
     page.refcount -= cnt

@@ -69,9 +69,9 @@ class TlbiLog:
         self.count += count
         if count == 1:
             stride = 0
-        if self.runs:
+        if self.runs and (kind == "ipa" or kind == "ipa_nsh"):
             r = self.runs[-1]
-            if r[0] == kind and r[2] == arg and kind in ("ipa", "ipa_nsh"):
+            if r[0] == kind and r[2] == arg:
                 # Extend the last run when this continues its progression.
                 step = addr - r[1] if r[3] == 1 else r[4]
                 if step > 0 and addr == r[1] + r[3] * step and (count == 1 or stride == step):
@@ -268,7 +268,11 @@ class VcpuTlb:
         table = self._walk[level].pop(base, None)
         if table is not None:
             self._n_walk -= 1
-            self._unindex(table, (level, base))
+            pfn = table >> self.pgt.page_shift           # self._unindex(table, key)
+            keys = self._walk_by_pfn[pfn]
+            keys.discard((level, base))
+            if not keys:
+                del self._walk_by_pfn[pfn]
 
     # -- invalidation ----------------------------------------------------------
     def invalidate(self, kind: str, addr: int, arg):
@@ -341,7 +345,10 @@ class VcpuTlb:
                 self.invalidate(kind, addr + i * stride, arg)
 
     def _on_free(self, page):
-        for level, base in sorted(self._walk_by_pfn.get(page.pfn, ())):
+        keys = self._walk_by_pfn.get(page.pfn)
+        if not keys:
+            return
+        for level, base in sorted(keys):
             self.pgt.mm.violation(
                 "use-after-free",
                 f"table page {page.pa:#x} freed while vCPU{self.vcpu}'s walk cache still "
