@@ -38,7 +38,7 @@ from .errors import Fault, S2ptError
 from .memory import MemCache
 from .ops import run, tlbi
 from .stage2 import Stage2, Translation, _is_int
-from .tlb import VcpuTlb, hw_translate
+from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
 __all__ = ["VM", "Memslot", "FaultResult"]
 
@@ -252,8 +252,12 @@ class VM:
         return self._mmu(v, gpa, bool(write), bool(exec))
 
     def _mmu(self, v: Vcpu, gpa: int, write: bool, exec: bool):
-        self.pgt.mmu.current_vcpu = v.idx
-        return run(hw_translate(v.tlb, gpa, write, exec), self.pgt.machine)
+        pgt = self.pgt
+        pgt.mmu.current_vcpu = v.idx
+        m = pgt.machine
+        if m.observers or m.pre_observers:
+            return run(hw_translate(v.tlb, gpa, write, exec), m)
+        return hw_translate_now(v.tlb, gpa, write, exec)    # nobody watches the steps
 
     def fault(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False) -> FaultResult:
         """One guest access that may abort, and KVM's handling of the abort
@@ -273,8 +277,7 @@ class VM:
             gpa = int(gpa)
         if type(write) is not bool or type(exec) is not bool:
             write, exec = bool(write), bool(exec)
-        pgt.mmu.current_vcpu = v.idx                       # self._mmu(), inlined
-        res = run(hw_translate(v.tlb, gpa, write, exec), pgt.machine)
+        res = self._mmu(v, gpa, write, exec)
         if isinstance(res, Translation):
             return FaultResult(gpa, "none", translation=res)
         return self._handle_guest_abort(v, gpa, res, write, exec)

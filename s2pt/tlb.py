@@ -357,6 +357,8 @@ class VcpuTlb:
 
     def lookup(self, ipa: int):
         """The cached leaf (level, descriptor) that translates ``ipa``, or None."""
+        if not self._n_leaf:
+            return None
         pgt = self.pgt
         d = self._l3.get(ipa // self._g2)
         if d:
@@ -374,6 +376,8 @@ class VcpuTlb:
 
     def lookup_walk(self, ipa: int):
         """The deepest walk-cache entry for ``ipa``: (level, table PA) or None."""
+        if not self._n_walk:
+            return None
         walk = self._walk
         for level, span in self.pgt._tlb_spans[3]:
             d = walk[level]
@@ -430,13 +434,7 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
     pgt = tlb.pgt
     hit = tlb.lookup(ipa)
     if hit is not None:
-        tlb.hits += 1
-        level, pte = hit
-        why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
-        if why:
-            pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
-                                          f"{ipa:#x}: {why} (a TLBI is missing)")
-        return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
+        return _tlb_hit(tlb, ipa, hit, write, exec)
     tlb.misses += 1
     level, table = tlb.lookup_walk(ipa) or (
         pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
@@ -452,4 +450,47 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         # this access does not stop the entry being cached for the next one.
         if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
             tlb.fill((level, ipa & ~(pgt.granule_size[level] - 1)), pte)
+        return pgt._classify(ipa, pte, level, write, exec, "walk", False)
+
+
+def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
+    """A translation served by the TLB; a stale entry is a violation."""
+    pgt = tlb.pgt
+    tlb.hits += 1
+    level, pte = hit
+    why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+    if why:
+        pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
+                                      f"{ipa:#x}: {why} (a TLBI is missing)")
+    return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
+
+
+def hw_translate_now(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):
+    """:func:`hw_translate` performed at once, for the sequential driver
+    when nobody watches the steps (the machine has no observers).
+
+    The same TLB lookup, the same descriptors read in the same order, each
+    through the machine's ``hw_read`` (so a freed or missing table page is
+    reported the same way), the same walk-cache and TLB fills, the same
+    result; only the generator and its driver are left out.  Keep the two in
+    step: tests/test_fastpaths.py compares them on random tables and TLBs.
+    """
+    pgt = tlb.pgt
+    hit = tlb.lookup(ipa)
+    if hit is not None:
+        return _tlb_hit(tlb, ipa, hit, write, exec)
+    tlb.misses += 1
+    level, table = tlb.lookup_walk(ipa) or (
+        pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
+    read = pgt.machine.dispatch["hw_read"]
+    shift, size, idx_mask = pgt.granule_shift, pgt.granule_size, pgt.ptrs_per_pte - 1
+    while True:
+        pte = read(("hw_read", table + 8 * ((ipa >> shift[level]) & idx_mask)))
+        if level < 3 and pte & 3 == 3:
+            table = pte & pgt.addr_mask
+            level += 1
+            tlb.fill_walk((level, ipa & ~(size[level - 1] - 1)), table)
+            continue
+        if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
+            tlb.fill((level, ipa & ~(size[level] - 1)), pte)
         return pgt._classify(ipa, pte, level, write, exec, "walk", False)

@@ -204,3 +204,85 @@ def test_tlb_eviction_keeps_capacity_and_index():
         assert tlb._n_leaf <= 4 and tlb._n_walk <= 3
         _check_tlb(tlb, pgt, tlb.entries, tlb.walk)
     assert {(3, i * g3) for i in range(47, 50)} <= set(tlb.entries)     # the newest
+
+
+# ---------------------------------------------------------------------------
+# hw_translate_now == run(hw_translate)
+# ---------------------------------------------------------------------------
+
+def _mmu_world(prog, granule):
+    """A table built from ``prog``, a vCPU TLB, and a violation log."""
+    from s2pt.ops import run
+    from s2pt.tlb import hw_translate
+    pgt = s2pt.Stage2(ipa_bits=40, granule=granule)
+    log = []
+    pgt.mm.violation = lambda kind, msg: log.append((kind, msg))
+    tlb = VcpuTlb(pgt, 0, capacity=6, walk_capacity=4)      # small: evictions happen
+    blk = pgt.granule_size[2]
+    for what, k, n in prog:
+        ipa, size = 0x4000_0000 + k * blk, n * blk
+        if what == "map":
+            pgt.map(ipa, size, 0x8_0000_0000 + k * blk)
+        elif what == "pages":
+            pgt.map(ipa, size, 0x8_0000_0000 + k * blk, force_pte=True)
+        elif what == "ro":
+            pgt.map(ipa, size, 0x8_0000_0000 + k * blk, prot="R")
+        elif what == "unmap":
+            pgt.unmap(ipa, size)
+        elif what == "old":
+            pgt.test_clear_young(ipa, size)
+        elif what == "fill":                     # the MMU walks and caches
+            run(hw_translate(tlb, ipa + 5 * pgt.page_size), pgt.machine)
+        elif what == "tlbi":
+            pgt.flush_tlb(ipa, size)
+    return pgt, tlb, log
+
+
+def _outcome(r):
+    if isinstance(r, s2pt.Fault):
+        return ("fault", r.kind, r.level, r.ipa, r.write, r.exec, r.reason)
+    return ("ok", r)
+
+
+_MMU_PROG = st.lists(st.tuples(st.sampled_from(["map", "pages", "ro", "unmap", "old", "fill",
+                                                "fill", "tlbi"]),
+                               st.integers(0, 7), st.integers(1, 3)), max_size=12)
+
+
+@pytest.mark.parametrize("granule", [4096, 65536])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prog=_MMU_PROG, accesses=st.lists(st.tuples(st.integers(0, 10 * 512 - 1),
+                                                   st.sampled_from(["r", "w", "x"])),
+                                         min_size=1, max_size=12))
+def test_hw_translate_now_equals_the_generator(granule, prog, accesses):
+    from s2pt.ops import run
+    from s2pt.tlb import hw_translate, hw_translate_now
+    a, tlb_a, log_a = _mmu_world(prog, granule)
+    b, tlb_b, log_b = _mmu_world(prog, granule)
+    for page, kind in accesses:
+        ipa = 0x4000_0000 + page * a.page_size + 0x18
+        w, x = kind == "w", kind == "x"
+        ra = run(hw_translate(tlb_a, ipa, w, x), a.machine)
+        rb = hw_translate_now(tlb_b, ipa, w, x)
+        assert _outcome(ra) == _outcome(rb)
+        assert (tlb_a.entries, tlb_a.walk, tlb_a.hits, tlb_a.misses, list(tlb_a._order)) == \
+            (tlb_b.entries, tlb_b.walk, tlb_b.hits, tlb_b.misses, list(tlb_b._order))
+        assert log_a == log_b
+    assert a.mm.snapshot() == b.mm.snapshot()
+
+
+def test_hw_translate_now_reports_a_walk_into_a_freed_table():
+    """A walk-cache entry left pointing at a freed table (the missing-TLBI
+    bug): both walkers read the freed page and report it the same way."""
+    from s2pt.ops import run
+    from s2pt.tlb import hw_translate, hw_translate_now
+    logs = []
+    for now in (False, True):
+        pgt, tlb, log = _mmu_world([("pages", 0, 1), ("fill", 0, 1)], 4096)
+        pgt.mmu.listeners.remove(tlb.invalidate)          # the TLBIs never reach this TLB
+        pgt.unmap(0x4000_0000, pgt.granule_size[2])       # frees the level-3 table
+        ipa = 0x4000_0000 + 9 * pgt.page_size
+        r = hw_translate_now(tlb, ipa) if now else run(hw_translate(tlb, ipa), pgt.machine)
+        logs.append((_outcome(r), [k for k, _ in log]))
+    assert logs[0] == logs[1]
+    assert "use-after-free" in logs[0][1]
