@@ -434,7 +434,15 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
     pgt = tlb.pgt
     hit = tlb.lookup(ipa)
     if hit is not None:
-        return _tlb_hit(tlb, ipa, hit, write, exec)
+        # (_tlb_hit(), written out: the order in which this frame's locals
+        # are first bound shows in the explorer's frame keys.)
+        tlb.hits += 1
+        level, pte = hit
+        why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+        if why:
+            pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
+                                          f"{ipa:#x}: {why} (a TLBI is missing)")
+        return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
     tlb.misses += 1
     level, table = tlb.lookup_walk(ipa) or (
         pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
