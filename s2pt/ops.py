@@ -181,9 +181,11 @@ class Machine:
 
         def put_page(op):
             page = pages.get(op[1] >> shift)
-            if page is None or page.freed or page.refcount <= 1:
+            if page is None or page.freed or page.refcount < 1:
                 return m.put_page(op[1])
             page.refcount -= 1
+            if not page.refcount:
+                m.free_page(page)            # the last reference: PhysMem.put_page frees it
 
         def page_count(op):
             page = pages.get(op[1] >> shift)
