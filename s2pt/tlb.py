@@ -20,7 +20,6 @@ keeps a small log while ``len(log)`` still counts every instruction.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from .ops import hw_read
@@ -178,9 +177,10 @@ class VcpuTlb:
         self._leaf = {lvl: {} for lvl in range(pgt.start_level, 3)}     # level -> {base: pte}
         self._walk = {lvl: {} for lvl in range(pgt.start_level + 1, 4)}  # level -> {base: table}
         self._walk_by_pfn: dict = {}     # table pfn -> walk-cache keys pointing at it
-        self._order: deque = deque()     # fill order, for eviction (lazily pruned)
-        self._n_leaf = 0
-        self._n_walk = 0
+        # Fill order, for eviction: (level, base) -> None, oldest first.  An
+        # entry leaves its order when it leaves the TLB, so the order is exact.
+        self._fifo_leaf: dict = {}
+        self._fifo_walk: dict = {}
         _spans(pgt)                      # pgt._tlb_spans
         pgt.mmu.listeners.append(self.invalidate)
         pgt.mm.free_hooks.append(self._on_free)
@@ -198,7 +198,40 @@ class VcpuTlb:
         return {(lvl, base): t for lvl, d in self._walk.items() for base, t in d.items()}
 
     def __repr__(self):
-        return f"<VcpuTlb vcpu{self.vcpu}: {self._n_leaf} entries, {self._n_walk} walk-cache>"
+        return (f"<VcpuTlb vcpu{self.vcpu}: {len(self._fifo_leaf)} entries, "
+                f"{len(self._fifo_walk)} walk-cache>")
+
+    @property
+    def _n_leaf(self) -> int:
+        return len(self._fifo_leaf)
+
+    @property
+    def _n_walk(self) -> int:
+        return len(self._fifo_walk)
+
+    # -- the explorer's snapshot protocol ------------------------------------
+    def sim_state(self):
+        """A hashable snapshot: every entry in fill order (s2pt.sim.search
+        restores stored states with :meth:`sim_restore`, not deep copies)."""
+        return (tuple((lvl, base, self._leaf_get(lvl, base)) for lvl, base in self._fifo_leaf),
+                tuple((lvl, base, self._walk[lvl][base]) for lvl, base in self._fifo_walk))
+
+    def sim_restore(self, state):
+        leaves, walks = state
+        self._l3 = {}
+        self._leaf = {lvl: {} for lvl in self._leaf}
+        self._walk = {lvl: {} for lvl in self._walk}
+        self._walk_by_pfn = {}
+        self._fifo_leaf, self._fifo_walk = {}, {}
+        for lvl, base, pte in leaves:
+            self.fill((lvl, base), pte)
+        for lvl, base, table in walks:
+            self.fill_walk((lvl, base), table)
+
+    def _leaf_get(self, level: int, base: int) -> int:
+        if level == 3:
+            return self._l3[base // self._g2][base]
+        return self._leaf[level][base]
 
     # -- filling, with eviction of the oldest entry --------------------------
     def fill(self, key, pte: int):
@@ -211,12 +244,12 @@ class VcpuTlb:
                 d = self._l3[b] = {}
         else:
             d = self._leaf[level]
-        if base not in d:
-            self._n_leaf += 1
-            self._order.append((False, level, base))
+        new = base not in d
         d[base] = pte
-        if self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
-            self._evict()
+        if new:
+            self._fifo_leaf[key] = None
+            if len(self._fifo_leaf) > self.capacity:
+                self._evict()
 
     def fill_walk(self, key, table_pa: int):
         """Cache a table pointer (a walk-cache entry)."""
@@ -226,8 +259,7 @@ class VcpuTlb:
         if old is not None:
             self._unindex(old, key)
         else:
-            self._n_walk += 1
-            self._order.append((True, level, base))
+            self._fifo_walk[key] = None
         d[base] = table_pa
         pfn = table_pa >> self.pgt.page_shift
         keys = self._walk_by_pfn.get(pfn)
@@ -235,7 +267,7 @@ class VcpuTlb:
             self._walk_by_pfn[pfn] = {key}
         else:
             keys.add(key)
-        if self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
+        if len(self._fifo_walk) > self.walk_capacity:
             self._evict()
 
     def _unindex(self, table_pa: int, key):
@@ -246,28 +278,27 @@ class VcpuTlb:
             del self._walk_by_pfn[pfn]
 
     def _evict(self):
-        while self._n_leaf > self.capacity or self._n_walk > self.walk_capacity:
-            walk, level, base = self._order.popleft()
-            if walk and self._n_walk > self.walk_capacity:
-                self._pop_walk(level, base)
-            elif not walk and self._n_leaf > self.capacity:
-                self._pop_leaf(level, base)
+        """Drop the oldest entries of whichever store is over capacity."""
+        while len(self._fifo_leaf) > self.capacity:
+            self._pop_leaf(*next(iter(self._fifo_leaf)))
+        while len(self._fifo_walk) > self.walk_capacity:
+            self._pop_walk(*next(iter(self._fifo_walk)))
 
     def _pop_leaf(self, level: int, base: int):
         if level == 3:
             b = base // self._g2
             d = self._l3.get(b)
             if d is not None and d.pop(base, None) is not None:
-                self._n_leaf -= 1
+                del self._fifo_leaf[level, base]
                 if not d:
                     del self._l3[b]
         elif self._leaf[level].pop(base, None) is not None:
-            self._n_leaf -= 1
+            del self._fifo_leaf[level, base]
 
     def _pop_walk(self, level: int, base: int):
         table = self._walk[level].pop(base, None)
         if table is not None:
-            self._n_walk -= 1
+            del self._fifo_walk[level, base]
             pfn = table >> self.pgt.page_shift           # self._unindex(table, key)
             keys = self._walk_by_pfn[pfn]
             keys.discard((level, base))
@@ -283,8 +314,8 @@ class VcpuTlb:
             for d in (*self._leaf.values(), *self._walk.values()):
                 d.clear()
             self._walk_by_pfn.clear()
-            self._order.clear()
-            self._n_leaf = self._n_walk = 0
+            self._fifo_leaf.clear()
+            self._fifo_walk.clear()
             return
         else:
             if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
@@ -303,7 +334,9 @@ class VcpuTlb:
             for b in buckets:
                 d = l3[b]
                 if b * g2 >= lo and (b + 1) * g2 <= hi:
-                    self._n_leaf -= len(d)
+                    fifo = self._fifo_leaf
+                    for base in d:
+                        del fifo[3, base]
                     del l3[b]
                 else:
                     g3 = self.pgt.granule_size[3]
@@ -357,7 +390,7 @@ class VcpuTlb:
 
     def lookup(self, ipa: int):
         """The cached leaf (level, descriptor) that translates ``ipa``, or None."""
-        if not self._n_leaf:
+        if not self._fifo_leaf:
             return None
         pgt = self.pgt
         d = self._l3.get(ipa // self._g2)
@@ -376,7 +409,7 @@ class VcpuTlb:
 
     def lookup_walk(self, ipa: int):
         """The deepest walk-cache entry for ``ipa``: (level, table PA) or None."""
-        if not self._n_walk:
+        if not self._fifo_walk:
             return None
         walk = self._walk
         for level, span in self.pgt._tlb_spans[3]:
@@ -434,21 +467,13 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
     pgt = tlb.pgt
     hit = tlb.lookup(ipa)
     if hit is not None:
-        # (_tlb_hit(), written out: the order in which this frame's locals
-        # are first bound shows in the explorer's frame keys.)
-        tlb.hits += 1
-        level, pte = hit
-        why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
-        if why:
-            pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
-                                          f"{ipa:#x}: {why} (a TLBI is missing)")
-        return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
+        return _tlb_hit(tlb, ipa, hit, write, exec)
     tlb.misses += 1
     level, table = tlb.lookup_walk(ipa) or (
         pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
     while True:
         idx = (ipa >> pgt.granule_shift[level]) & (pgt.ptrs_per_pte - 1)
-        pte = yield hw_read(table + 8 * idx)
+        pte = yield hw_read(table + 8 * idx, level)
         if level < 3 and pte & 3 == 3:
             table = pte & pgt.addr_mask
             level += 1
@@ -475,30 +500,14 @@ def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
 
 def hw_translate_now(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):
     """:func:`hw_translate` performed at once, for the sequential driver
-    when nobody watches the steps (the machine has no observers).
-
-    The same TLB lookup, the same descriptors read in the same order, each
-    through the machine's ``hw_read`` (so a freed or missing table page is
-    reported the same way), the same walk-cache and TLB fills, the same
-    result; only the generator and its driver are left out.  Keep the two in
-    step: tests/test_fastpaths.py compares them on random tables and TLBs.
-    """
-    pgt = tlb.pgt
-    hit = tlb.lookup(ipa)
-    if hit is not None:
-        return _tlb_hit(tlb, ipa, hit, write, exec)
-    tlb.misses += 1
-    level, table = tlb.lookup_walk(ipa) or (
-        pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size)
-    read = pgt.machine.dispatch["hw_read"]
-    shift, size, idx_mask = pgt.granule_shift, pgt.granule_size, pgt.ptrs_per_pte - 1
-    while True:
-        pte = read(("hw_read", table + 8 * ((ipa >> shift[level]) & idx_mask)))
-        if level < 3 and pte & 3 == 3:
-            table = pte & pgt.addr_mask
-            level += 1
-            tlb.fill_walk((level, ipa & ~(size[level - 1] - 1)), table)
-            continue
-        if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
-            tlb.fill((level, ipa & ~(size[level] - 1)), pte)
-        return pgt._classify(ipa, pte, level, write, exec, "walk", False)
+    when nobody watches the steps: the same generator, each ``hw_read``
+    answered by the machine's own handler, without :func:`s2pt.ops.run`'s
+    bookkeeping."""
+    gen = hw_translate(tlb, ipa, write, exec)
+    read = tlb.pgt.machine.dispatch["hw_read"]
+    try:
+        op = gen.send(None)
+        while True:
+            op = gen.send(read(op))
+    except StopIteration as stop:
+        return stop.value

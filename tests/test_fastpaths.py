@@ -140,7 +140,7 @@ def _tlb_program(draw, pgt):
 def _check_tlb(tlb, pgt, leaf, walk):
     assert tlb.entries == leaf
     assert tlb.walk == walk
-    assert tlb._n_leaf == len(leaf) and tlb._n_walk == len(walk)
+    assert set(tlb._fifo_leaf) == set(leaf) and set(tlb._fifo_walk) == set(walk)
     index = {}
     for (level, base), table in walk.items():
         index.setdefault(table >> pgt.page_shift, set()).add((level, base))
@@ -203,7 +203,34 @@ def test_tlb_eviction_keeps_capacity_and_index():
         tlb.fill_walk((3, (i % 7) * g2), (i % 5) << pgt.page_shift)
         assert tlb._n_leaf <= 4 and tlb._n_walk <= 3
         _check_tlb(tlb, pgt, tlb.entries, tlb.walk)
-    assert {(3, i * g3) for i in range(47, 50)} <= set(tlb.entries)     # the newest
+    # First in, first out, exactly: the four newest leaves, the three newest
+    # walk-cache entries.
+    assert set(tlb.entries) == {(3, i * g3) for i in range(46, 50)}
+    assert set(tlb.walk) == {(3, k * g2) for k in (5, 6, 0)}
+
+
+def test_tlb_eviction_of_one_kind_never_strands_the_other():
+    """Leaves and walk-cache entries have separate capacities and separate
+    fill orders: evicting walk-cache entries must not lose track of leaves
+    (each entry stays evictable), and a snapshot restores exactly."""
+    pgt = s2pt.Stage2(ipa_bits=40)
+    tlb = VcpuTlb(pgt, 0, capacity=3, walk_capacity=2)
+    g2, g3 = pgt.granule_size[2], pgt.granule_size[3]
+    tlb.fill((3, 0), 1)
+    for i in range(10):                        # only walk-cache pressure
+        tlb.fill_walk((3, i * g2), 1 << pgt.page_shift)
+    for i in range(1, 6):                      # now leaf pressure: (3, 0) goes first
+        tlb.fill((3, i * g3), i + 1)
+        assert len(tlb.entries) == min(i + 1, 3) == tlb._n_leaf
+    assert set(tlb.entries) == {(3, i * g3) for i in (3, 4, 5)}
+    snap = tlb.sim_state()
+    other = VcpuTlb(pgt, 1, capacity=3, walk_capacity=2)
+    other.sim_restore(snap)
+    assert (other.entries, other.walk, other.sim_state()) == (tlb.entries, tlb.walk, snap)
+    _check_tlb(other, pgt, tlb.entries, tlb.walk)
+    other.fill((3, 9 * g3), 10)                # the restored order evicts the same entry
+    tlb.fill((3, 9 * g3), 10)
+    assert other.entries == tlb.entries and (3, 3 * g3) not in tlb.entries
 
 
 # ---------------------------------------------------------------------------
@@ -265,8 +292,8 @@ def test_hw_translate_now_equals_the_generator(granule, prog, accesses):
         ra = run(hw_translate(tlb_a, ipa, w, x), a.machine)
         rb = hw_translate_now(tlb_b, ipa, w, x)
         assert _outcome(ra) == _outcome(rb)
-        assert (tlb_a.entries, tlb_a.walk, tlb_a.hits, tlb_a.misses, list(tlb_a._order)) == \
-            (tlb_b.entries, tlb_b.walk, tlb_b.hits, tlb_b.misses, list(tlb_b._order))
+        assert (tlb_a.entries, tlb_a.walk, tlb_a.hits, tlb_a.misses, tlb_a.sim_state()) == \
+            (tlb_b.entries, tlb_b.walk, tlb_b.hits, tlb_b.misses, tlb_b.sim_state())
         assert log_a == log_b
     assert a.mm.snapshot() == b.mm.snapshot()
 
