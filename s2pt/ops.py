@@ -56,9 +56,10 @@ def cmpxchg(ptep, old, new):
     return ("cmpxchg", ptep, old, new)
 
 
-def hw_read(pa):
-    """A descriptor read by a vCPU's hardware page-table walker (not software)."""
-    return ("hw_read", pa)
+def hw_read(pa, level=None):
+    """A descriptor read by a vCPU's hardware page-table walker (not
+    software), from a table of ``level`` when the walker knows it."""
+    return ("hw_read", pa) if level is None else ("hw_read", pa, level)
 
 
 def get_page(pa):
@@ -138,6 +139,7 @@ class Machine:
         self.rcu_nesting = 0
         self.rcu_callbacks: list = []
         self.sequential_depth = 0      # > 0 while run() drives this machine
+        self.draining_rcu = False      # run() is invoking queued callbacks
         m = mem
         pages, shift, mask = mem.pages, mem.page_shift, mem.page_size - 1
 
@@ -289,7 +291,14 @@ def run(gen, machine: Machine):
         ret = stop.value
     finally:
         machine.sequential_depth -= 1
-    while machine.rcu_callbacks and machine.rcu_nesting == 0:
-        fn, args = machine.rcu_callbacks.pop(0)
-        run(fn(*args), machine)
+    if not machine.draining_rcu:
+        # One loop invokes the callbacks, in queue order, including those
+        # that callbacks queue: a run() per callback, never nested.
+        machine.draining_rcu = True
+        try:
+            while machine.rcu_callbacks and machine.rcu_nesting == 0:
+                fn, args = machine.rcu_callbacks.pop(0)
+                run(fn(*args), machine)
+        finally:
+            machine.draining_rcu = False
     return ret

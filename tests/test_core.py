@@ -451,3 +451,27 @@ def test_errno_values_are_kernel_style():
     pgt = s2pt.Stage2()
     assert pgt.relax_perms(0, "RW") == -errno.EAGAIN
     assert pgt.mkyoung(0) == -errno.EAGAIN
+
+
+def test_queued_rcu_callbacks_run_in_order_without_nesting():
+    """ops.run invokes call_rcu callbacks after the walk, oldest first, and a
+    long queue must not nest one run() inside the next (recursion limit)."""
+    from s2pt.memory import PhysMem
+    from s2pt.ops import Machine, run
+    m = Machine(PhysMem())
+    done = []
+
+    def cb(k):
+        done.append(k)
+        if k == 0:
+            m.rcu_callbacks.append((cb, (-1,)))     # queued by a callback: runs last
+        return 0
+        yield
+
+    def walk():
+        return 0
+        yield
+
+    m.rcu_callbacks.extend((cb, (k,)) for k in range(5000))
+    assert run(walk(), m) == 0
+    assert done == list(range(5000)) + [-1] and not m.rcu_callbacks

@@ -496,3 +496,31 @@ def test_lost_update_is_found_against_serial_orders():
     r = explore(sc, "rcu")
     assert r.kinds == {"lost-update"}
     assert "serial order" in r.found["lost-update"].violation.explanation
+
+
+def test_a_level3_page_at_a_table_address_ends_the_hardware_walk():
+    """The MMU's walk is in flight until it reads a leaf: a level-3 page
+    descriptor ends it even when its output address is a table page's (a
+    TLBI + DSB elsewhere must not wait for it forever)."""
+    from s2pt.sim.sync import SimMachine
+    from s2pt.tlb import VcpuTlb, hw_translate
+    pgt = s2pt.Stage2(ipa_bits=40)
+    ipa = 0x4000_0000
+    pgt.map(ipa, 4096, pgt.pgd, prot="RW", force_pte=True)   # a page whose PA is the PGD's
+    m = SimMachine(pgt.mm, pgt.mmu, 1)
+    pgt.machine = m
+    tlb = VcpuTlb(pgt, 0)
+    m.cpu = 0
+    m.perform(("hw_walk_start", ipa))
+    gen = hw_translate(tlb, ipa)
+    op = gen.send(None)
+    levels = []
+    try:
+        while True:
+            levels.append(op[2])
+            result = m.perform(op)
+            assert m.hw_inflight == (frozenset() if op[2] == 3 else {0})
+            op = gen.send(result)
+    except StopIteration as stop:
+        assert stop.value.pa == pgt.pgd
+    assert levels == [1, 2, 3] and m.hw_inflight == frozenset()

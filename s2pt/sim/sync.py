@@ -260,9 +260,11 @@ class SimMachine(Machine):
 
         def hw_read(op):
             value = read(op)
-            # A table descriptor (one that points at a table page) means the
-            # walk goes on: it is in flight until it reads a leaf or fault.
+            # A table descriptor (above level 3, pointing at a table page)
+            # means the walk goes on: it is in flight until it reads a leaf
+            # or faults.  (At level 3, 0b11 is a page, whatever its address.)
             going_on = (value is not None and value & 3 == 3
+                        and (len(op) < 3 or op[2] < 3)
                         and ((value & pa_mask) >> mem.page_shift) in mem.pages)
             if not going_on:
                 self.hw_inflight = self.hw_inflight - {self.cpu}

@@ -161,8 +161,10 @@ def frames(gen, opaque: dict) -> tuple:
     memo = {}             # id -> frozen value: the frames share their walker, data, ctx
     for _, f in _chain(gen):
         loc = f.f_locals
+        # Sorted by name: f_locals lists names in the order they were first
+        # seen bound, which depends on when the frame was first inspected.
         out.append((f.f_code, f.f_lasti,
-                    tuple((k, freeze(v, opaque, 0, memo)) for k, v in loc.items()
+                    tuple((k, freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
                           if not isinstance(v, types.GeneratorType))))
     return tuple(out)
 
