@@ -4,7 +4,6 @@ broken variants, and the isolation checker as an engine checker."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 
@@ -14,7 +13,7 @@ from s2pt.checkers import KINDS, IsolationChecker
 from s2pt.cli import main
 from s2pt.scenarios import NEIGHBOUR, OTHER, SCENARIOS, VICTIM
 from s2pt.sim.report import op_text
-from s2pt.sim.search import StateSpace, explore, replay
+from s2pt.sim.search import explore, replay
 from s2pt.sim.world import World
 
 PKVM = ["donate-vs-host-access", "donate-vs-host-access-no-tlbi",
@@ -193,36 +192,6 @@ def test_isolation_checker_reports_a_translation_that_reaches_a_donated_page():
     with pytest.raises(s2pt.KernelBug, match="host CPU1 reached PA .* owned by guest, "
                                              "through its TLB"):
         chk.access(1, t)
-
-
-@pytest.mark.parametrize("name", PKVM)
-def test_memoised_steps_match_live_runs(name):
-    """Random schedules through the state space (memoised transitions,
-    restores of the TLB, the BBM automaton and the checker's owners) end in
-    the same state as the same schedules run live."""
-    rng = random.Random(3)
-    space = StateSpace(World(SCENARIOS[name], "hyp-lock", record=False), check=True)
-    for _ in range(10):
-        w = World(SCENARIOS[name], "hyp-lock", record=False)
-        s = space.initial
-        while w.outcome is None:
-            en = w.enabled()
-            assert tuple(en) == space.enabled(s)
-            c = rng.choice(en)
-            w.step(c)
-            s, viols = space.step(s, c)
-            if viols is not None or w.outcome == "violation":
-                assert sorted(k for k, _ in viols or ()) == sorted(v.kind for v in w.violations)
-                break
-        else:
-            space.restore(s)
-            for a, b in zip(space.stateful, w.setup.stateful):
-                if isinstance(a, IsolationChecker):
-                    assert a.owner == b.owner
-                elif hasattr(a, "walk"):
-                    assert a.entries == b.entries and a.walk == b.walk
-                else:
-                    assert (a.unclean, a.retired) == (b.unclean, b.retired)
 
 
 def test_cli_lists_hyp_lock_and_refuses_undeclared_schemes(capsys):
