@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import S2ptError
-from .sim.sync import hw_walk_start, kvm_mmu_topup_memory_cache
+from .sim.sync import cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache
 from .sim.world import Setup, kernel_path
 from .tlb import VcpuTlb, hw_translate
 
@@ -184,6 +184,7 @@ def user_mem_abort_map_page(kvm: Kvm, vcpu: int, ipa: int):
         yield from s.fault_unlock()                  # read_unlock(&kvm->mmu_lock)
         if ret != -pt.EAGAIN:
             return ret
+        yield cpu_relax()              # back to the guest; let the winner go on first
 
 
 @kernel_path("kvm_unmap_gfn_range")

@@ -55,7 +55,7 @@ _READS = frozenset({"READ_ONCE", "hw_read", "page_count"})
 #: stores, TLBIs, allocations; a put_page that frees is caught separately.
 _OBSERVED = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg", "tlbi", "zalloc_page",
                        "free_page"})
-_NOMEM = frozenset({"hw_walk_start", "tlbi", "dsb", "cmo", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
+_NOMEM = frozenset({"cpu_relax", "hw_walk_start", "tlbi", "dsb", "cmo", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
                     "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback", "rcu_barrier",
                     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock",
                     "write_unlock"})
@@ -752,12 +752,15 @@ def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_dept
 # ---------------------------------------------------------------------------
 
 def _walk(space: StateSpace, choose, max_steps):
-    """One run from the initial state, ``choose(enabled, last, step)``
-    picking each CPU, through the memoised state space (so repeated runs
+    """One run from the initial state, ``choose(enabled, last, step,
+    relaxed)`` picking each CPU (``relaxed``: the last step was a
+    ``cpu_relax()`` hint), through the memoised state space (so repeated runs
     cost a dictionary lookup per step).  Returns (schedule, violations)."""
     s = space.initial
     sched = []
     last = None
+    relaxed = False
+    nodes = space.nodes
     while True:
         en = space.enabled(s)
         if not en:
@@ -767,9 +770,10 @@ def _walk(space: StateSpace, choose, max_steps):
                                                   for i, why in space.blocked_reasons(s)))]
         if len(sched) >= max_steps:
             return sched, [("livelock", f"more than {max_steps} steps")]
-        c = choose(en, last, len(sched))
+        c = choose(en, last, len(sched), relaxed)
         sched.append(c)
         last = c
+        relaxed = nodes[s[1][c]].op[0] == "cpu_relax"
         s, viols = space.step(s, c)
         if viols:
             return sched, viols
@@ -783,9 +787,11 @@ def _pct_chooser(rng, n, depth, k):
     points = sorted(rng.sample(range(1, max(k, depth) + 1), depth - 1)) if depth > 1 else []
     change = {pt: depth - 1 - j for j, pt in enumerate(points)}
 
-    def choose(en, last, step):
+    def choose(en, last, step, relaxed=False):
         if len(en) > 1 and step in change and last is not None:
             prio[last] = change[step]
+        elif relaxed and len(en) > 1:
+            prio[last] = min(prio) - 1       # a yield hint: below everyone (as shuttle does)
         return max(en, key=lambda c: prio[c])
     return choose
 
@@ -812,13 +818,14 @@ def trim_schedule(scenario, scheme, schedule, bugs=()) -> list:
     w = World(get_scenario(scenario), scheme, bugs, record=False)
     keep = 0
     last = None
+    relaxed = False
     for k, c in enumerate(schedule):
         if w.outcome is not None:
             break
         en = w.enabled()
-        if c != default_choice(en, last):
+        if c != default_choice(en, last, relaxed):
             keep = k + 1
-        w.step(c)
+        relaxed = w.step(c).op[0] == "cpu_relax"
         last = c
     return list(schedule[:keep])
 
@@ -916,9 +923,11 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, se
         space = StateSpace(World(sc, scheme, bugs, max_steps=max_steps, record=False), check)
         if mode == "random":
             def chooser():
-                return lambda en, last, step: rng.choice(en)
+                return lambda en, last, step, relaxed: rng.choice(en)
         else:
-            k = len(_walk(space, lambda en, last, step: en[0], max_steps)[0])
+            k = len(_walk(space, lambda en, last, step, relaxed:       # lowest CPU first
+                          next((c for c in en if not (relaxed and c == last)), en[0]),
+                          max_steps)[0])
             def chooser():
                 return _pct_chooser(rng, space.n, depth, k)
         raw = {}

@@ -38,7 +38,8 @@ from ..ops import Machine
 
 __all__ = [
     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
-    "synchronize_rcu", "rcu_barrier", "kvm_mmu_topup_memory_cache", "SimMachine", "BLOCKING",
+    "synchronize_rcu", "rcu_barrier", "kvm_mmu_topup_memory_cache", "cpu_relax", "SimMachine",
+    "BLOCKING",
 ]
 
 
@@ -95,6 +96,16 @@ def kvm_mmu_topup_memory_cache(mc, min_objs: int):
     return ("kvm_mmu_topup_memory_cache", mc, min_objs)
 
 
+def cpu_relax():
+    """A hint, not a shared access: this CPU cannot make progress until
+    another one does (a vCPU that lost a cmpxchg goes back to the guest,
+    which will fault again).  Like loom's and shuttle's ``yield_now``, it
+    lets the default policy and PCT run someone else first, so that a retry
+    loop does not spin forever in a live run.  Exhaustive search ignores it:
+    every interleaving is explored anyway."""
+    return ("cpu_relax",)
+
+
 def rcu_barrier():
     """rcu_barrier(): wait until every callback queued so far has run."""
     return ("rcu_barrier",)
@@ -142,6 +153,7 @@ class SimMachine(Machine):
             d["hw_read"] = self._hw_read(d["hw_read"])
         d["hw_walk_start"] = self._hw_walk_start
         d["kvm_mmu_topup_memory_cache"] = self._topup
+        d["cpu_relax"] = lambda op: None
         d["rcu_read_lock"] = self._rcu_read_lock
         d["rcu_read_unlock"] = self._rcu_read_unlock
         d["call_rcu"] = self._call_rcu

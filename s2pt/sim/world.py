@@ -383,6 +383,7 @@ class World:
         """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
         keep running the last CPU while it can, else the lowest enabled)."""
         last = None
+        relaxed = False
         for k, tok in enumerate(schedule):
             if self.outcome is not None:
                 return self
@@ -392,12 +393,12 @@ class World:
             if tok not in self.enabled():
                 raise S2ptError(f"schedule step {k}: CPU {tok} ({self.name(tok)}) cannot step: "
                                 f"{self.blocked(tok)}")
-            self.step(tok)
+            relaxed = self.step(tok).op[0] == "cpu_relax"
             last = tok
         while self.outcome is None:
             en = self.enabled()
-            choice = policy(self, en) if policy else default_choice(en, last)
-            self.step(choice)
+            choice = policy(self, en) if policy else default_choice(en, last, relaxed)
+            relaxed = self.step(choice).op[0] == "cpu_relax"
             last = choice
         return self
 
@@ -488,9 +489,12 @@ _SYNC_OPS = frozenset({"spin_lock", "spin_unlock", "read_lock", "read_unlock", "
                        "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback"})
 
 
-def default_choice(enabled, last):
+def default_choice(enabled, last, relaxed=False):
     """Without a schedule: no preemption (the last CPU keeps running while
-    it can), otherwise the lowest-numbered enabled CPU."""
+    it can), otherwise the lowest-numbered enabled CPU.  After a
+    ``cpu_relax()`` hint (``relaxed``) the last CPU runs only if no other can."""
     if last is not None and last in enabled:
-        return last
+        if not relaxed or len(enabled) == 1:
+            return last
+        return next(c for c in enabled if c != last)
     return enabled[0]
