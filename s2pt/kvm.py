@@ -36,7 +36,7 @@ from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, S2ptError
 from .memory import MemCache
-from .ops import run, tlbi
+from .ops import run
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 

@@ -107,7 +107,7 @@ import numpy as np
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
-from .ops import READ_ONCE, WRITE_ONCE, page_count, put_page, run, tlbi, zalloc_page
+from .ops import WRITE_ONCE, page_count, put_page, run, tlbi
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate
 

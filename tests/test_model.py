@@ -21,9 +21,8 @@ entry-by-entry path left byte-identical memory, refcounts and TLBI logs.
 
 import bisect
 
-import pytest
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import s2pt
 from s2pt.invariants import leaves

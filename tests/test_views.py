@@ -368,7 +368,7 @@ def test_draw_highlight_path_and_result(small4k):
     assert "▶ entry 1: 4K page RWX normal → PA 0x900001000" in src
     assert "entry 2: 4K page RWX normal → PA 0x900002000" in src
     assert "→ PA 0x900001234" in src and "level 3 page, RWX, normal" in src
-    assert f'vttbr -> t80000000 [color="#c0392b"' in src
+    assert 'vttbr -> t80000000 [color="#c0392b"' in src
     assert f't{l3:x}:e1:e -> result [color=' in src
 
 
