@@ -179,7 +179,8 @@ def race_diagram(world, width: int | None = None, fold: bool = True) -> str:
                 j += 1
         fn = ev.stack[-1] if ev.stack else ""
         if last_stack.get(ev.cpu) != fn:
-            rows.append(("", ev.cpu, f"{fn}()"))
+            # kernel functions get "()"; descriptive labels ("guest (MMU)") do not
+            rows.append(("", ev.cpu, fn if " " in fn else f"{fn}()"))
             last_stack[ev.cpu] = fn
         if j - i > 1:
             text = f"  {_fold_text(world, events[i:j])} x{j - i}"
