@@ -570,6 +570,13 @@ class StateSpace:
             self.end_memo[s[0]] = out
         return out
 
+    def terminal(self, s) -> list:
+        """The violations of a state where no CPU can step: the end-of-run
+        checks if every CPU finished, else a deadlock with each CPU's reason."""
+        if self.all_done(s):
+            return self.end_checks(s)
+        return [("deadlock", "; ".join(f"CPU {i} {why}" for i, why in self.blocked_reasons(s)))]
+
     def blocked_reasons(self, s) -> list:
         self.restore(s)
         return [(i, self.m.blocked(i, self.nodes[nid].op)) for i, nid in enumerate(s[1])
@@ -612,6 +619,12 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _preempts(i, last, enabled) -> int:
+    """1 if stepping CPU ``i`` preempts ``last`` (a switch away from a CPU
+    that could have gone on), else 0."""
+    return int(last is not None and i != last and last in enabled)
+
+
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
          first_only=False):
     """Breadth-first stateful search.  Returns (found, stats)."""
@@ -642,24 +655,18 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         en = space.enabled(s)
         if not en:
             terminals += 1
-            if space.all_done(s):
-                for kind, msg in space.end_checks(s):
-                    found.setdefault(kind, (path(sid), msg))
-            else:
-                found.setdefault("deadlock", (path(sid), "; ".join(
-                    f"CPU {i} {why}" for i, why in space.blocked_reasons(s))))
+            for kind, msg in space.terminal(s):
+                found.setdefault(kind, (path(sid), msg))
             continue
         if depth[sid] >= max_depth:
             found.setdefault("livelock", (path(sid), f"more than {max_depth} steps"))
             continue
         last = via[sid] if sid else None
         for i in en:
-            p = pre[sid]
-            if bound is not None and last is not None and i != last and last in en:
-                p += 1
-                if p > bound:
-                    bound_hits += 1
-                    continue
+            p = pre[sid] + _preempts(i, last, en)
+            if bound is not None and p > bound:
+                bound_hits += 1
+                continue
             t, viols = space.step(s, i)
             transitions += 1
             if viols:
@@ -706,11 +713,8 @@ def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_dept
         depth = len(stack) - 1
         if not en:
             executions += 1
-            if space.all_done(s):
-                for kind, msg in space.end_checks(s):
-                    found.setdefault(kind, (path[:depth], msg))
-            else:
-                found.setdefault("deadlock", (path[:depth], "deadlock"))
+            for kind, msg in space.terminal(s):
+                found.setdefault(kind, (path[:depth], msg))
             stack.pop()
             if executions >= max_executions:
                 complete = False
@@ -725,12 +729,10 @@ def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_dept
         top[2] = k + 1
         i = en[k]
         last = path[depth - 1] if depth else None
-        q = p
-        if bound is not None and last is not None and i != last and last in en:
-            q += 1
-            if q > bound:
-                bound_hits += 1
-                continue
+        q = p + _preempts(i, last, en)
+        if bound is not None and q > bound:
+            bound_hits += 1
+            continue
         t, viols = space.step(s, i)
         transitions += 1
         del path[depth:]
@@ -764,10 +766,7 @@ def _walk(space: StateSpace, choose, max_steps):
     while True:
         en = space.enabled(s)
         if not en:
-            if space.all_done(s):
-                return sched, space.end_checks(s)
-            return sched, [("deadlock", "; ".join(f"CPU {i} {why}"
-                                                  for i, why in space.blocked_reasons(s)))]
+            return sched, space.terminal(s)
         if len(sched) >= max_steps:
             return sched, [("livelock", f"more than {max_steps} steps")]
         c = choose(en, last, len(sched), relaxed)
