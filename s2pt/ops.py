@@ -20,20 +20,30 @@ them all: memory reports use-after-free, the TLB log records invalidations,
 and observers (checkers, traces) receive each operation as an event.
 
 An operation is a plain tuple ``(name, *args)``; the constructors below only
-give them kernel names.
+give them kernel names.  **The op table** :data:`OPS` says, for every name,
+what it does to table memory, whether it synchronises, blocks or is observed,
+and how it reads in a log and a race diagram.  Every other module asks that
+table; adding an operation means a constructor and a row here, and the code
+that yields it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
-from .memory import PhysMem
+from . import descriptor as d
+from .memory import PAGE_POISON64, PhysMem
 
 __all__ = [
     "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
-    "rcu_read_unlock", "call_rcu", "Machine", "run",
+    "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
+    "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
+    "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
+    "Machine", "run",
 ]
 
 
@@ -118,6 +128,319 @@ def rcu_read_unlock():
 def call_rcu(fn, *args):
     """Queue ``fn(*args)`` (a generator function) to run after a grace period."""
     return ("call_rcu", fn, args)
+
+
+def spin_lock(lock: str):
+    return ("spin_lock", lock)
+
+
+def spin_unlock(lock: str):
+    return ("spin_unlock", lock)
+
+
+def read_lock(lock: str):
+    return ("read_lock", lock)
+
+
+def read_unlock(lock: str):
+    return ("read_unlock", lock)
+
+
+def write_lock(lock: str):
+    return ("write_lock", lock)
+
+
+def write_unlock(lock: str):
+    return ("write_unlock", lock)
+
+
+def kvm_mmu_topup_memory_cache(mc, min_objs: int):
+    """kvm_mmu_topup_memory_cache(): fill a vCPU's memcache from the page
+    allocator so that it holds at least ``min_objs`` pages (user_mem_abort()
+    does it before every fault, outside mmu_lock).  The result is 0 or
+    -ENOMEM.  One step: the page allocator is shared."""
+    return ("kvm_mmu_topup_memory_cache", mc, min_objs)
+
+
+def cpu_relax():
+    """A hint, not a shared access: this CPU cannot make progress until
+    another one does (a vCPU that lost a cmpxchg goes back to the guest,
+    which will fault again).  Like loom's and shuttle's ``yield_now``, it
+    lets the default policy and PCT run someone else first, so that a retry
+    loop does not spin forever in a live run.  Exhaustive search ignores it:
+    every interleaving is explored anyway."""
+    return ("cpu_relax",)
+
+
+def hw_walk_start(ipa: int, tlb=None, who: str = "guest"):
+    """A guest (or pKVM host) load or store reaches the MMU, which starts
+    translating ``ipa`` (TLB and walk-cache lookups happen at this step).
+
+    With ``tlb`` (the CPU's :class:`~s2pt.tlb.VcpuTlb`) a TLB hit is known
+    here: the access completes at this step and no walk is in flight, so a
+    TLBI + DSB elsewhere need not wait for it."""
+    return ("hw_walk_start", ipa) if tlb is None else ("hw_walk_start", ipa, tlb, who)
+
+
+# ---------------------------------------------------------------------------
+# Rendering: names for table entries and descriptors
+# ---------------------------------------------------------------------------
+
+class View:
+    """What a log needs to name table memory: the table (``pgt``), the level
+    of each table page it has seen (``levels``: pfn -> level) and the PGD
+    pages.  A World keeps one and teaches it the levels of new tables as
+    they are linked; :func:`op_text` without a view prints raw addresses."""
+
+    def __init__(self, pgt, levels: dict | None = None):
+        self.pgt = pgt
+        self.pgd_pfns = [p.pfn for p in pgt.pgd_pages]
+        self.levels = dict(levels) if levels is not None else _table_levels(pgt)
+
+    def learn(self, ptep: int, value: int):
+        """A table descriptor was written at ``ptep``: its child's level is known."""
+        pgt = self.pgt
+        lvl = self.levels.get(ptep >> pgt.page_shift)
+        if lvl is not None and lvl < 3 and value & 3 == 3:
+            child = (value & pgt.addr_mask) >> pgt.page_shift
+            if child in pgt.mm.pages:
+                self.levels[child] = lvl + 1
+
+
+def _table_levels(pgt) -> dict:
+    """pfn -> level of every table reachable from the PGD (a plain scan of
+    table memory; the walker is not used)."""
+    mm = pgt.mm
+    out = {}
+    stack = [(p, pgt.start_level) for p in pgt.pgd_pages]
+    while stack:
+        page, level = stack.pop()
+        if page.pfn in out or page.freed:
+            continue
+        out[page.pfn] = level
+        if level < 3:
+            for v in page.table[(page.table & 3) == 3].tolist():
+                child = mm.pages.get((v & pgt.addr_mask) >> mm.page_shift)
+                if child is not None:
+                    stack.append((child, level + 1))
+    return out
+
+
+def loc_text(view, ptep: int) -> str:
+    """L3[1] for entry 1 of a level-3 table; 0x...[idx] when the level is unknown."""
+    if view is None:
+        return f"[{ptep:#x}]"
+    pgt = view.pgt
+    pfn = ptep >> pgt.page_shift
+    idx = (ptep & (pgt.page_size - 1)) >> 3
+    level = view.levels.get(pfn)
+    base = f"{pfn << pgt.page_shift:#x}"
+    if level is None:
+        return f"{base}[{idx}]"
+    if level == pgt.start_level and pfn in view.pgd_pfns:
+        return f"PGD[{idx + view.pgd_pfns.index(pfn) * pgt.ptrs_per_pte}]"
+    if sum(1 for lv in view.levels.values() if lv == level) == 1:
+        return f"L{level}[{idx}]"
+    return f"L{level}@{base}[{idx}]"
+
+
+def desc_text(view, value, level=None) -> str:
+    """A descriptor in a few words: table 0x..., page 0x... R-X, LOCKED ..."""
+    if value is None:
+        return "-"
+    if not isinstance(value, int):
+        return str(value)
+    if value == 0:
+        return "0"
+    if value == d.KVM_INVALID_PTE_LOCKED:
+        return "LOCKED"
+    if value == PAGE_POISON64:
+        return "0xaaaa... (poison)"
+    if not value & 1:
+        return f"{value:#x} (invalid)"
+    if view is None:
+        return f"{value:#x}"
+    pgt = view.pgt
+    pa = value & pgt.addr_mask
+    if value & 2 and (level is None or level < 3) and pgt.mm.pages.get(pa >> pgt.page_shift):
+        return f"table {pa:#x}"
+    kind = "page" if level == 3 else "block" if level is not None else "leaf"
+    af = "" if value & d.KVM_PTE_LEAF_ATTR_LO_S2_AF else " !AF"
+    return f"{kind} {pa:#x} {d.prot_of(value)}{af}"
+
+
+def _lvl(view, ptep):
+    return None if view is None else view.levels.get(ptep >> view.pgt.page_shift)
+
+
+def _page(view, pa):
+    return pa & ~(view.pgt.page_size - 1) if view is not None else pa
+
+
+def _tlbi_text(view, op):
+    kind, addr, arg = op[1], op[2], op[3]
+    if kind == "vmid":
+        return "TLBI VMALLS12E1IS"
+    if kind == "range":
+        return f"TLBI range [{addr:#x}, +{arg:#x})"
+    return f"TLBI IPAS2E1{'' if kind == 'ipa_nsh' else 'IS'} {addr:#x}"
+
+
+def _call_rcu_text(view, op):
+    args = op[2]
+    what = f", table {args[1]:#x}" if len(args) > 1 and isinstance(args[1], int) else ""
+    return f"call_rcu({op[1].__name__}{what})"
+
+
+def _read_result(view, op, r):
+    return desc_text(view, r, _lvl(view, op[1]))
+
+
+def _cmpxchg_result(view, op, r):
+    return "ok" if r == op[2] else f"failed, found {desc_text(view, r, _lvl(view, op[1]))}"
+
+
+def _generic_text(view, op):
+    if len(op) == 2 and isinstance(op[1], str):
+        return f"{op[0]}({op[1]})"
+    if len(op) == 1:
+        return f"{op[0]}()"
+    return f"{op[0]}{op[1:]!r}"
+
+
+# ---------------------------------------------------------------------------
+# The op table
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpKind:
+    """What one kind of operation is.
+
+    ``memory``: what it does to table pages -- "read" (a descriptor load),
+    "write" (a plain store), "atomic" (a read-modify-write), "ref" (a
+    ``struct page`` refcount or the allocator), "alloc" (a memcache), "none",
+    or "any" (it may change anything: snapshot all).  ``addr``: ``op[1]`` is
+    a table-memory address.  ``sync``: it may change locks, RCU or the
+    walks in flight.  ``blocks``: it may have to wait (only a simulated CPU
+    can wait; see s2pt.sim.sync).  ``observed``: it may change an observer's
+    state (a TLB, the BBM automaton).  ``fold``: consecutive ones of a CPU
+    fold into one race-diagram line.  ``text(view, op)`` and
+    ``result(view, op, result)`` render it; ``verb`` says what a CPU did to a
+    page in a use-after-free explanation.
+    """
+    name: str
+    memory: str = "none"
+    addr: bool = False
+    sync: bool = False
+    blocks: bool = False
+    observed: bool = False
+    fold: bool = False
+    text: Callable | None = None
+    result: Callable | None = None
+    verb: str = ""
+
+    @property
+    def stores(self) -> bool:
+        """A store to a descriptor (plain or atomic)."""
+        return self.memory in ("write", "atomic")
+
+
+def _k(name, **kw):
+    return OpKind(name, **kw)
+
+
+#: name -> OpKind, for every operation any CPU program yields.
+OPS: dict[str, OpKind] = {k.name: k for k in (
+    _k("READ_ONCE", memory="read", addr=True, fold=True, verb="read an entry of",
+       text=lambda v, op: f"READ_ONCE({loc_text(v, op[1])})", result=_read_result),
+    _k("hw_read", memory="read", sync=True, fold=True, verb="its MMU read an entry of",
+       text=lambda v, op: f"MMU reads({loc_text(v, op[1])})", result=_read_result),
+    _k("WRITE_ONCE", memory="write", addr=True, observed=True, verb="wrote an entry of",
+       text=lambda v, op: f"WRITE_ONCE({loc_text(v, op[1])}, "
+                          f"{desc_text(v, op[2], _lvl(v, op[1]))})"),
+    _k("smp_store_release", memory="write", addr=True, observed=True, verb="wrote an entry of",
+       text=lambda v, op: f"smp_store_release({loc_text(v, op[1])}, "
+                          f"{desc_text(v, op[2], _lvl(v, op[1]))})"),
+    _k("cmpxchg", memory="atomic", addr=True, observed=True, verb="did a cmpxchg on an entry of",
+       text=lambda v, op: f"cmpxchg({loc_text(v, op[1])}, {desc_text(v, op[2], _lvl(v, op[1]))}"
+                          f" -> {desc_text(v, op[3], _lvl(v, op[1]))})",
+       result=_cmpxchg_result),
+    _k("get_page", memory="ref", addr=True, fold=True, verb="took a reference on",
+       text=lambda v, op: f"get_page({_page(v, op[1]):#x})"),
+    _k("put_page", memory="ref", addr=True, fold=True, verb="dropped a reference on",
+       text=lambda v, op: f"put_page({_page(v, op[1]):#x})"),
+    _k("page_count", memory="read", addr=True, fold=True, verb="read the refcount of",
+       text=lambda v, op: f"page_count({_page(v, op[1]):#x})",
+       result=lambda v, op, r: str(r)),
+    _k("get_page_unless_zero", memory="ref", addr=True, verb="tried to take a reference on",
+       text=lambda v, op: f"get_page_unless_zero({_page(v, op[1]):#x})",
+       result=lambda v, op, r: str(r)),
+    _k("free_page", memory="ref", addr=True, observed=True, verb="freed",
+       text=lambda v, op: f"free_page({_page(v, op[1]):#x})"),
+    _k("zalloc_page", memory="alloc", observed=True,
+       text=lambda v, op: "zalloc_page(memcache)",
+       result=lambda v, op, r: f"{r:#x}" if isinstance(r, int) else "NULL"),
+    _k("kvm_mmu_topup_memory_cache", memory="any",
+       text=lambda v, op: f"kvm_mmu_topup_memory_cache(memcache, {op[2]})",
+       result=lambda v, op, r: str(r) if r else ""),
+    _k("tlbi", blocks=True, observed=True, text=_tlbi_text),
+    _k("dsb", text=lambda v, op: f"dsb({op[1]})"),
+    _k("cmo", fold=True, text=lambda v, op: op[1]),
+    _k("rcu_read_lock", sync=True, text=lambda v, op: "rcu_read_lock()"),
+    _k("rcu_read_unlock", sync=True, text=lambda v, op: "rcu_read_unlock()"),
+    _k("call_rcu", sync=True, text=_call_rcu_text),
+    _k("synchronize_rcu", sync=True, text=lambda v, op: "synchronize_rcu(): grace period starts"),
+    _k("rcu_gp_wait", sync=True, blocks=True,
+       text=lambda v, op: "synchronize_rcu(): readers gone"),
+    _k("rcu_next_callback", sync=True, blocks=True, text=lambda v, op: "callback",
+       result=lambda v, op, r: r[0].__name__ if r else ""),
+    _k("rcu_barrier", blocks=True, text=lambda v, op: "rcu_barrier()"),
+    _k("spin_lock", sync=True, blocks=True, text=_generic_text),
+    _k("spin_unlock", sync=True, text=_generic_text),
+    _k("read_lock", sync=True, blocks=True, text=_generic_text),
+    _k("read_unlock", sync=True, text=_generic_text),
+    _k("write_lock", sync=True, blocks=True, text=_generic_text),
+    _k("write_unlock", sync=True, text=_generic_text),
+    _k("cpu_relax", text=lambda v, op: "cpu_relax()"),
+    _k("hw_walk_start", sync=True,
+       text=lambda v, op: f"{op[3] if len(op) > 3 else 'guest'} access {op[1]:#x}: MMU starts"),
+    # pKVM: the hypervisor records a page's new owner (s2pt.checkers.page_owner);
+    # the isolation checker performs it, so it may change an observer's state.
+    _k("page_owner", memory="none", observed=True,
+       text=lambda v, op: f"{op[3]}: PA {op[1]:#x} -> {op[2]}"),
+)}
+
+
+def _names(pred) -> frozenset:
+    return frozenset(n for n, k in OPS.items() if pred(k))
+
+
+#: Derived sets, for the inner loops that cannot afford an attribute lookup.
+READS = _names(lambda k: k.memory == "read")
+STORES = _names(lambda k: k.stores)
+REFS = _names(lambda k: k.memory == "ref")
+NOMEM = _names(lambda k: k.memory == "none")
+SYNC = _names(lambda k: k.sync)
+BLOCKING = _names(lambda k: k.blocks)
+OBSERVED = _names(lambda k: k.observed)
+ADDR = _names(lambda k: k.addr)
+FOLDABLE = _names(lambda k: k.fold)
+
+
+def op_text(op, view: View | None = None) -> str:
+    """How ``op`` reads in a log: ``cmpxchg(L2[0], table 0x... -> LOCKED)``."""
+    kind = OPS.get(op[0])
+    if kind is None or kind.text is None:
+        return _generic_text(view, op)
+    return kind.text(view, op)
+
+
+def result_text(op, result, view: View | None = None) -> str:
+    """How the result of ``op`` reads ('' when there is nothing to say)."""
+    kind = OPS.get(op[0])
+    if kind is None or kind.result is None:
+        return ""
+    return kind.result(view, op, result)
 
 
 class Machine:
@@ -213,7 +536,16 @@ class Machine:
             "rcu_read_lock": self._rcu_lock,
             "rcu_read_unlock": self._rcu_unlock,
             "call_rcu": self._call_rcu,
+            # One CPU: a lock is always free, a yield hint has no one to
+            # yield to, and an MMU walk starts at once (s2pt.sim.sync's
+            # SimMachine gives these their concurrent meaning).
+            "spin_lock": _nop, "spin_unlock": _nop, "read_lock": _nop, "read_unlock": _nop,
+            "write_lock": _nop, "write_unlock": _nop, "cpu_relax": _nop,
+            "hw_walk_start": _nop,
+            "kvm_mmu_topup_memory_cache": lambda op: op[1].topup(op[2]),
         }
+        missing = set(self.dispatch) - set(OPS)
+        assert not missing, f"ops without a row in OPS: {missing}"
 
     def _count(self, op):
         self.stats[op[0] if op[0] != "cmo" else op[1]] += 1
@@ -265,6 +597,10 @@ class Machine:
         for obs in self.observers:
             obs(op, result)
         return result
+
+
+def _nop(op):
+    return None
 
 
 def run(gen, machine: Machine):

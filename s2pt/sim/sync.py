@@ -34,7 +34,8 @@ expedited grace periods or quiescent-state machinery.
 from __future__ import annotations
 
 from ..errors import KernelBug, S2ptError
-from ..ops import Machine
+from ..ops import (BLOCKING, Machine, cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache,
+                   read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock)
 
 __all__ = [
     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
@@ -43,31 +44,8 @@ __all__ = [
 ]
 
 
-# ---- constructors -----------------------------------------------------------
-
-def spin_lock(lock: str):
-    return ("spin_lock", lock)
-
-
-def spin_unlock(lock: str):
-    return ("spin_unlock", lock)
-
-
-def read_lock(lock: str):
-    return ("read_lock", lock)
-
-
-def read_unlock(lock: str):
-    return ("read_unlock", lock)
-
-
-def write_lock(lock: str):
-    return ("write_lock", lock)
-
-
-def write_unlock(lock: str):
-    return ("write_unlock", lock)
-
+# The lock, RCU and MMU operations are constructed in s2pt.ops (one op table
+# for every operation); the machine below gives them their concurrent meaning.
 
 def synchronize_rcu():
     """synchronize_rcu(): two steps, because other CPUs run in between.
@@ -76,34 +54,6 @@ def synchronize_rcu():
     the second blocks until each of those sections has ended."""
     yield ("synchronize_rcu",)
     yield ("rcu_gp_wait",)
-
-
-def hw_walk_start(ipa: int, tlb=None, who: str = "guest"):
-    """A guest (or pKVM host) load or store reaches the MMU, which starts
-    translating ``ipa`` (TLB and walk-cache lookups happen at this step).
-
-    With ``tlb`` (the CPU's :class:`~s2pt.tlb.VcpuTlb`) a TLB hit is known
-    here: the access completes at this step and no walk is in flight, so a
-    TLBI + DSB elsewhere need not wait for it."""
-    return ("hw_walk_start", ipa) if tlb is None else ("hw_walk_start", ipa, tlb, who)
-
-
-def kvm_mmu_topup_memory_cache(mc, min_objs: int):
-    """kvm_mmu_topup_memory_cache(): fill a vCPU's memcache from the page
-    allocator so that it holds ``min_objs`` pages (user_mem_abort() does it
-    before every fault, outside mmu_lock).  The result is 0 or -ENOMEM.
-    One step: the page allocator is shared."""
-    return ("kvm_mmu_topup_memory_cache", mc, min_objs)
-
-
-def cpu_relax():
-    """A hint, not a shared access: this CPU cannot make progress until
-    another one does (a vCPU that lost a cmpxchg goes back to the guest,
-    which will fault again).  Like loom's and shuttle's ``yield_now``, it
-    lets the default policy and PCT run someone else first, so that a retry
-    loop does not spin forever in a live run.  Exhaustive search ignores it:
-    every interleaving is explored anyway."""
-    return ("cpu_relax",)
 
 
 def rcu_barrier():
@@ -115,11 +65,6 @@ def rcu_next_callback():
     """What the RCU callback thread waits on: the oldest queued callback,
     once its grace period has ended.  The result is ``(fn, args)``."""
     return ("rcu_next_callback",)
-
-
-#: Operations that may block (everything else is always enabled).
-BLOCKING = frozenset({"spin_lock", "read_lock", "write_lock", "rcu_gp_wait",
-                      "rcu_barrier", "rcu_next_callback", "tlbi"})
 
 
 class SimMachine(Machine):
