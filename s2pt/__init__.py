@@ -10,6 +10,7 @@ The names you need::
     s2pt.Drill       seeded translation exercises (python -m s2pt drill)
     s2pt.explore     search a scenario's interleavings (python -m s2pt explore)
     s2pt.replay      run one schedule, step by step (python -m s2pt replay)
+    s2pt.world       a scenario's CPUs, ready to step by hand
     s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
 
 Everything else lives in modules named after the kernel concept they model:
@@ -25,9 +26,9 @@ from .kvm import VM
 from . import pkvm
 from .stage2 import Stage2, Translation
 
-from .sim.search import explore, replay
+from .explorer import explore, replay, world
 
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "Drill", "explore", "replay"]
+           "KernelBug", "Drill", "explore", "replay", "world"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import descriptor as d
-from .errors import KernelBug
+from .snapshot import Stateful
 
 __all__ = ["BbmChecker"]
 
@@ -45,9 +45,17 @@ _IN_PLACE = (d.KVM_PTE_LEAF_ATTR_S2_PERMS | d.KVM_PTE_LEAF_ATTR_LO_S2_AF
              | d.KVM_PTE_LEAF_ATTR_HI_SW)
 
 
-class BbmChecker:
-    def __init__(self, pgt, on_violation=None):
+class BbmChecker(Stateful):
+    #: Not state: the table, the report channel, the violations seen so far,
+    #: and the old value carried from before() to after() within one store.
+    sim_ignore = ("pgt", "machine", "violations", "on_violation", "_old")
+
+    def __init__(self, pgt, on_violation=None, machine=None):
+        """Observe ``machine`` (default: the table's own).  Violations go to
+        ``on_violation(message)`` if given, else the machine's ``violation``
+        (which raises KernelBug in sequential use, records in the explorer)."""
         self.pgt = pgt
+        self.machine = pgt.machine if machine is None else machine
         self.violations: list[str] = []
         self.on_violation = on_violation
         self.info: dict = {}       # table pfn -> (base IPA, level)
@@ -57,13 +65,13 @@ class BbmChecker:
         for n, page in enumerate(pgt.pgd_pages):
             span = pgt.ptrs_per_pte * pgt.granule_size[pgt.start_level]
             self._link(page.pa, n * span, pgt.start_level)
-        pgt.machine.pre_observers.append(self.before)
-        pgt.machine.observers.append(self.after)
+        self.machine.pre_observers.append(self.before)
+        self.machine.observers.append(self.after)
         pgt.mm.free_hooks.append(self.on_free)
 
     def detach(self):
-        self.pgt.machine.pre_observers.remove(self.before)
-        self.pgt.machine.observers.remove(self.after)
+        self.machine.pre_observers.remove(self.before)
+        self.machine.observers.remove(self.after)
         self.pgt.mm.free_hooks.remove(self.on_free)
 
     # -- the explorer's snapshot protocol ---------------------------------
@@ -82,7 +90,7 @@ class BbmChecker:
         if self.on_violation is not None:
             self.on_violation(message)
         else:
-            raise KernelBug("bbm", message)
+            self.machine.violation("bbm", message)
 
     def _link(self, table_pa: int, base: int, level: int):
         """Record where a (newly linked) table sits, and its subtables."""

@@ -78,8 +78,10 @@ def leaves(pgt):
     return out
 
 
-def check_stage2(pgt, extra_owned=()):
-    """Raise KernelBug listing every broken invariant (none: returns None)."""
+def check_stage2(pgt, extra_owned=(), memcaches=None):
+    """Raise KernelBug listing every broken invariant (none: returns None).
+    ``memcaches``: the memcaches whose pages are not leaks (default: the
+    table's owner's, ``pgt.memcaches``)."""
     problems = []
     try:
         tables = reachable_tables(pgt)
@@ -99,7 +101,7 @@ def check_stage2(pgt, extra_owned=()):
         if len(locked):
             problems.append(f"table {page.pa:#x} entry {int(locked[0])} is still "
                             f"KVM_INVALID_PTE_LOCKED at a quiescent point")
-    for mc in getattr(pgt, "memcaches", ()):
+    for mc in getattr(pgt, "memcaches", ()) if memcaches is None else memcaches:
         owned.update(p.pfn for p in mc.objects)
     for fn, args in pgt.machine.rcu_callbacks:
         # An unlinked subtree waiting for its grace period: its pages are

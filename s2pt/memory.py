@@ -69,7 +69,9 @@ class PhysMem:
     """
 
     def __init__(self, page_shift: int = 12, limit: int | None = None,
-                 base: int = TABLE_POOL_BASE):
+                 base: int = TABLE_POOL_BASE, report=None):
+        #: report(kind, message): where violations go (default: raise KernelBug)
+        self._report = report
         self.page_shift = page_shift
         self.page_size = 1 << page_shift
         self.entries = self.page_size // 8
@@ -89,9 +91,12 @@ class PhysMem:
 
     # -- errors ---------------------------------------------------------------
     def violation(self, kind: str, message: str):
-        """Report a memory-safety violation.  Sequential use raises KernelBug;
-        the explorer replaces this hook to record the violation instead."""
-        raise KernelBug(kind, message)
+        """Report a memory-safety violation to the ``report`` callable given
+        at construction (a Stage2 passes its machine's, which raises
+        KernelBug in sequential use and records it in the explorer)."""
+        if self._report is None:
+            raise KernelBug(kind, message)
+        self._report(kind, message)
 
     # -- allocation -----------------------------------------------------------
     def available(self) -> int | None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import descriptor as d
+from .errors import KernelBug, S2ptError
 from .memory import PAGE_POISON64, PhysMem
 
 __all__ = [
@@ -453,12 +454,14 @@ class Machine:
     with its bulk numpy runs, is used only when both lists are empty.
     """
 
-    def __init__(self, mem: PhysMem, mmu=None):
+    def __init__(self, mem: PhysMem, mmu=None, stats: Counter | None = None):
         self.mem = mem
         self.mmu = mmu
         self.observers: list = []
         self.pre_observers: list = []
-        self.stats: Counter = Counter()
+        #: operations registered by checkers (``register``): name -> handler
+        self.extensions: dict = {}
+        self.stats: Counter = Counter() if stats is None else stats
         self.rcu_nesting = 0
         self.rcu_callbacks: list = []
         self.sequential_depth = 0      # > 0 while run() drives this machine
@@ -546,6 +549,20 @@ class Machine:
         }
         missing = set(self.dispatch) - set(OPS)
         assert not missing, f"ops without a row in OPS: {missing}"
+
+    def violation(self, kind: str, message: str):
+        """A rule was broken (a use-after-free, a stale TLB entry, ...).
+        The sequential machine raises :class:`~s2pt.KernelBug`; the
+        explorer's machine records it against the step."""
+        raise KernelBug(kind, message)
+
+    def register(self, name: str, handler):
+        """Let ``handler(op)`` perform operation ``name`` (a checker's own
+        operation, such as pKVM's ``page_owner``; it must have a row in OPS)."""
+        if name not in OPS:
+            raise S2ptError(f"register({name!r}): no such operation in s2pt.ops.OPS")
+        self.extensions[name] = handler
+        self.dispatch[name] = handler
 
     def _count(self, op):
         self.stats[op[0] if op[0] != "cmo" else op[1]] += 1

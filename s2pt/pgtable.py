@@ -117,6 +117,35 @@ class VisitCtx:
                 f"level={self.level}>")
 
 
+class MmOps:
+    """struct kvm_pgtable_mm_ops, the parts whose choice matters here.
+
+    ``free_unlinked_table(pgt, pgtable, level)`` (a generator function):
+    how an unlinked subtree is freed -- :func:`stage2_free_unlinked_table`
+    (call_rcu, kernel KVM) or :func:`free_unlinked_table_now` (pKVM's
+    host_s2_free_unlinked_table, and the counterfactual "none" scheme).
+    ``dcache_clean_inval_poc`` / ``icache_inval_pou``: whether the owner
+    provides cache maintenance at all.  The kernel's callbacks may be NULL,
+    and the walker then skips them: kvm_s2_mm_ops has both, pKVM's
+    host_mmu.mm_ops (prepare_s2_pool) has neither, so host maps do no CMOs.
+    (zalloc_page, get_page, put_page, page_count, phys_to_virt are the
+    memory's own, :mod:`s2pt.memory`.)
+    """
+    __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou")
+
+    def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
+                 icache_inval_pou: bool = True):
+        self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
+                                    else free_unlinked_table)
+        self.dcache_clean_inval_poc = dcache_clean_inval_poc
+        self.icache_inval_pou = icache_inval_pou
+
+    def __repr__(self):
+        return (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
+                f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
+                f"icache_inval_pou={self.icache_inval_pou})")
+
+
 class WalkData:
     """struct kvm_pgtable_walk_data (start, addr, end) plus the bulk switch."""
     __slots__ = ("walker", "start", "addr", "end", "bulk")
@@ -407,11 +436,14 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     if not (yield from stage2_try_break_pte(ctx)):
         return -EAGAIN
 
-    # Perform CMOs before installation of the guest stage-2 PTE.
+    # Perform CMOs before installation of the guest stage-2 PTE (only where
+    # the owner's mm_ops provide them: pKVM's host stage 2 has none).
     gran = pgt.granule_size[ctx.level]
-    if not ctx.flags & SKIP_CMO and d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb:
+    mm_ops = pgt.mm_ops
+    if (not ctx.flags & SKIP_CMO and mm_ops.dcache_clean_inval_poc
+            and d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb):
         yield cmo("dcache_clean_inval_poc", phys, gran)
-    if not ctx.flags & SKIP_CMO and stage2_pte_executable(new):
+    if not ctx.flags & SKIP_CMO and mm_ops.icache_inval_pou and stage2_pte_executable(new):
         yield cmo("icache_inval_pou", phys, gran)
 
     yield from stage2_make_pte(ctx, new)
@@ -431,7 +463,7 @@ def stage2_map_walk_table_pre(ctx: VisitCtx, data: Stage2MapData):
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
     if ret:
         return ret
-    yield from ctx.pgt.free_unlinked_table(ctx.pgt, childp, ctx.level)
+    yield from ctx.pgt.mm_ops.free_unlinked_table(ctx.pgt, childp, ctx.level)
     return 0
 
 
@@ -523,10 +555,10 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     np.add(pgt.strides[level][:n], np.uint64(new), out=seg)
     page.refcount += n
     if not data.walker.flags & SKIP_CMO:
-        stats = pgt.machine.stats
-        if d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb:
+        stats, mm_ops = pgt.machine.stats, pgt.mm_ops
+        if mm_ops.dcache_clean_inval_poc and d.stage2_pte_cacheable(new, pgt.fwb) and not pgt.fwb:
             stats["dcache_clean_inval_poc"] += n
-        if stage2_pte_executable(new):
+        if mm_ops.icache_inval_pou and stage2_pte_executable(new):
             stats["icache_inval_pou"] += n
     data.addr = addr + n * gran
     return n
@@ -623,7 +655,7 @@ def stage2_unmap_walker(ctx: VisitCtx, visit: int):
         if (yield page_count(childp)) != 1:
             return 0
     elif d.stage2_pte_cacheable(ctx.old, pgt.fwb):
-        need_flush = not pgt.fwb
+        need_flush = not pgt.fwb and pgt.mm_ops.dcache_clean_inval_poc
     # "We unmap the entire block entry and rely on the remaining portions
     # being faulted back lazily."
     yield from stage2_unmap_put_pte(ctx)
@@ -686,7 +718,7 @@ def stage2_unmap_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> 
                 pgt.mmu.tlbi("ipa", first, level)
                 pgt.mmu.tlbi_run("ipa", base + (start + 1) * gran, level, length - 1, gran)
                 pgt.machine.stats["tlbi"] += length
-        if not pgt.fwb:
+        if not pgt.fwb and pgt.mm_ops.dcache_clean_inval_poc:
             memattr = (seg[valid] & np.uint64(d.KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR)) >> np.uint64(2)
             pgt.machine.stats["dcache_clean_inval_poc"] += int(
                 np.count_nonzero(memattr == np.uint64(d.MT_S2_NORMAL)))
@@ -729,7 +761,8 @@ def stage2_attr_walker(ctx: VisitCtx, visit: int):
     # worst-case the access flag update gets lost and will be set on the
     # next access instead."
     if ctx.old != pte:
-        if stage2_pte_executable(pte) and not stage2_pte_executable(ctx.old):
+        if (ctx.pgt.mm_ops.icache_inval_pou and stage2_pte_executable(pte)
+                and not stage2_pte_executable(ctx.old)):
             yield cmo("icache_inval_pou", pte & ctx.pgt.addr_mask,
                       ctx.pgt.granule_size[ctx.level])
         if not (yield from stage2_try_set_pte(ctx, pte)):
@@ -755,8 +788,9 @@ def stage2_attr_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> i
         old = seg[valid]
         new = (old & np.uint64(~adata.attr_clr & (2**64 - 1))) | np.uint64(adata.attr_set)
         xn = np.uint64(KVM_PTE_LEAF_ATTR_HI_S2_XN)
-        became_exec = ((new & xn) == 0) & ((old & xn) != 0)
-        pgt.machine.stats["icache_inval_pou"] += int(np.count_nonzero(became_exec))
+        if pgt.mm_ops.icache_inval_pou:
+            became_exec = ((new & xn) == 0) & ((old & xn) != 0)
+            pgt.machine.stats["icache_inval_pou"] += int(np.count_nonzero(became_exec))
         seg[valid] = new
     gran = pgt.granule_size[level]
     data.addr = (data.addr & ~(gran - 1)) + n * gran

@@ -108,6 +108,7 @@ from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
 from .ops import WRITE_ONCE, page_count, put_page, run, tlbi
+from .geometry import Geometry
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate
 
@@ -525,14 +526,17 @@ class Host:
 
     def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
-                 coalesce: bool = True, check: bool = True):
+                 coalesce: bool = True, check: bool = True, bugs=(), machine=None):
         if not _is_int(cpus) or cpus < 1:
             raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
         if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
             raise S2ptError(f"pool_pages={pool_pages!r}: must be a positive integer or None")
-        pgt = Stage2(ipa_bits=pa_bits, granule=granule, vmid=0)
-        self.pgt = pgt
-        self.granule = pgt.page_size
+        unknown = set(bugs) - set(BUGS)
+        if unknown:
+            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
+        geom = Geometry(pa_bits, granule)
+        self.granule = geom.granule
+        self._ia_bits = geom.ipa_bits
         self.memory = self._check_regions(memory, "memory", allow_empty=False)
         self.mmio = self._check_regions(mmio, "mmio")
         for b, s in self.mmio:
@@ -541,20 +545,25 @@ class Host:
                     raise S2ptError(f"mmio region [{b:#x}, {b + s:#x}) overlaps memory "
                                     f"[{mb:#x}, {mb + ms:#x})")
         self._mem_starts = [b for b, _ in self.memory]
-        # kvm_host_prepare_stage2: KVM_HOST_S2_FLAGS = NOFWB | IDMAP, built for EL2.
-        pgt.idmap = True
-        pgt.hyp = True
-        pgt.free_unlinked_table = pt.free_unlinked_table_now      # host_s2_free_unlinked_table
-        pgt.force_pte_cb = self.host_stage2_force_pte_cb
-        pgt.max_owner_id = ACK_KVM_MAX_OWNER_ID
-        pgt.pte_is_counted = lambda pte, level: host_stage2_pte_is_counted(self, pte, level)
-        pgt.counts_every_entry = False
-        if pool_pages is not None:
-            pgt.mm.limit = pgt.mm.allocated + int(pool_pages)
+        # kvm_host_prepare_stage2: KVM_HOST_S2_FLAGS = NOFWB | IDMAP, built for
+        # EL2, with host_mmu.mm_ops (prepare_s2_pool): tables come from
+        # host_s2_pool, unlinked ones are freed at once
+        # (host_s2_free_unlinked_table), and there is no cache maintenance.
+        pgt = Stage2(
+            ipa_bits=pa_bits, granule=granule, vmid=0, hyp=True, idmap=True,
+            ram_pages=None if pool_pages is None else geom.pgd_pages + int(pool_pages),
+            mm_ops=pt.MmOps(pt.free_unlinked_table_now, dcache_clean_inval_poc=False,
+                            icache_inval_pou=False),
+            force_pte_cb=self.host_stage2_force_pte_cb,
+            max_owner_id=ACK_KVM_MAX_OWNER_ID,
+            pte_is_counted=lambda pte, level: host_stage2_pte_is_counted(self, pte, level),
+            machine=machine)
+        self.pgt = pgt
         self.pool = HostS2Pool(pgt.mm, pool_pages)
         self.prefault, self.coalesce_on_reclaim = bool(prefault), bool(coalesce)
         self.check = bool(check)
-        self.bugs: set[str] = set()
+        #: Broken variants switched on (see BUGS), fixed when the host is built.
+        self.bugs = frozenset(bugs)
         self.cpus = [VcpuTlb(pgt, i) for i in range(cpus)]
         self._owner: dict[int, int] = {}          # pfn -> owner id (not host)
         self._shared: set[int] = set()            # pfns the host shares with hyp
@@ -579,9 +588,9 @@ class Host:
             if b % self.granule or s % self.granule:
                 raise S2ptError(f"{what} region [{b:#x}, +{s:#x}): must be aligned to the "
                                 f"{self.granule // KiB}K granule")
-            if b + s > 1 << self.pgt.ia_bits:
+            if b + s > 1 << self._ia_bits:
                 raise S2ptError(f"{what} region [{b:#x}, {b + s:#x}): beyond the "
-                                f"{self.pgt.ia_bits}-bit PA space")
+                                f"{self._ia_bits}-bit PA space")
             out.append((b, s))
         out.sort()
         for (b0, s0), (b1, _) in zip(out, out[1:]):

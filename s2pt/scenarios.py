@@ -34,14 +34,19 @@ from dataclasses import dataclass, field
 
 from . import descriptor as d
 from . import pgtable as pt
+from . import pkvm as _pkvm
+from .bbm import BbmChecker
+from .checkers import IsolationChecker, page_owner
+from .errors import Fault as _Fault
 from .errors import S2ptError
-from .sim.sync import cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache
+from .ops import cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache
+from .sim.search import NEVER, SOMETIMES
+from .sim.sync import SimMachine
 from .sim.world import Setup, kernel_path
+from .stage2 import Stage2
 from .tlb import VcpuTlb, hw_translate
 
 __all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER"]
-
-SOMETIMES, NEVER = "Sometimes", "Never"
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE, BLOCK = 4 * KiB, 2 * MiB
@@ -54,19 +59,18 @@ def pa_of(ipa: int) -> int:
     return HOST_PA + ipa
 
 
-#: Historical bugs a scenario can switch back on: name -> (what, how).
+#: Historical bugs a scenario can switch back on: name -> (what, the Stage2
+#: arguments that switch it on when the table is built).
 BUGS = {
     "a9f0e3d5a089": ("no reload of the PTE after a TABLE_PRE callback",
-                     lambda pgt: setattr(pgt, "reload_after_cb", False)),
+                     {"reload_after_cb": False}),
     "f6a27d6dc51b": ("free_unlinked does not drop the subtree root's last reference",
-                     lambda pgt: setattr(pgt, "free_unlinked_drops_root", False)),
+                     {"free_unlinked_drops_root": False}),
     "no-bbm-tlbi": ("faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
-                    "not a real commit, the hardware walker's hazard",
-                    lambda pgt: None),
+                    "not a real commit, the hardware walker's hazard", {}),
     "no-shared-walk": ("faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
                        "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
-                       "a real commit: the hazard the SHARED flag exists for",
-                       lambda pgt: None),
+                       "a real commit: the hazard the SHARED flag exists for", {}),
 }
 
 
@@ -241,10 +245,13 @@ class Scenario:
 
     def build(self, scheme, bugs=frozenset()) -> Setup:
         self.check_scheme(getattr(scheme, "name", scheme))
+        self.check_bugs(bugs)
+        return self.builder(scheme, frozenset(bugs) | self.bugs, **self.params)
+
+    def check_bugs(self, bugs) -> None:
         unknown = set(bugs) - set(BUGS)
         if unknown:
             raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
-        return self.builder(scheme, frozenset(bugs) | self.bugs, **self.params)
 
     def check_scheme(self, scheme: str) -> None:
         """Raise S2ptError unless this scenario declares outcomes for ``scheme``:
@@ -267,12 +274,11 @@ class Scenario:
 
 
 def _stage2(scheme, bugs, **kw):
-    from .stage2 import Stage2
-    pgt = Stage2(ipa_bits=40, granule=4096, **kw)
-    scheme.setup(pgt)
+    """The scenario's table, built for the explorer (its SimMachine) with
+    the scheme's mm_ops and any historical bug switched on."""
     for b in sorted(bugs):
-        BUGS[b][1](pgt)
-    return pgt
+        kw.update(BUGS[b][1])
+    return Stage2(ipa_bits=40, granule=4096, machine=SimMachine, mm_ops=scheme.mm_ops(), **kw)
 
 
 def _logged_table(pgt, pages=3, aged=(2,)):
@@ -341,19 +347,12 @@ def build_collapse_vs_hw_walk(scheme, bugs):
     s = Setup(pgt, scheme, bugs)
     kvm = Kvm(s, 2)
     tlb = VcpuTlb(pgt, 1)
-    s.stateful.append(tlb)
-    s.opaque.append(tlb)
-
-    def attach(machine):
-        from .bbm import BbmChecker
-        bbm = BbmChecker(pgt, on_violation=lambda msg: machine.violations.append(("bbm", msg)))
-        s.stateful.append(bbm)
-        s.opaque.append(bbm)
+    s.share(tlb)
     if "no-bbm-tlbi" not in bugs:
         # Without the TLBI, casemate's automaton would stop every run at the
         # first make ("BBM invalid unclean->valid"), before the walk cache
         # meets the freed table: that variant runs without it.
-        s.attach.append(attach)
+        s.share(BbmChecker(pgt))
     s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort_map_block, kvm, 0, IPA)
     s.cpu("MMU1", "vCPU1's MMU: two guest loads", guest_accesses, tlb,
           (IPA + PAGE, IPA + 3 * PAGE), vcpu=1, pure=False)
@@ -468,17 +467,13 @@ def get_scenario(name) -> Scenario:
 # CPU at EL1 whose MMU translates through its own TLB and walk cache, takes no
 # lock, and traps to EL2 (handle_host_mem_abort) on a stage-2 fault.
 
-from . import pkvm as _pkvm                                  # noqa: E402
-from .checkers import IsolationChecker, page_owner            # noqa: E402
-from .errors import Fault as _Fault                           # noqa: E402
-
 PKVM_BASE = 0x4000_0000         # DRAM on QEMU's virt board (below the model's table pages)
 VICTIM = PKVM_BASE + 3 * PAGE      # the page given to the protected guest
 NEIGHBOUR = PKVM_BASE + 4 * PAGE   # the host's page next to it
 OTHER = PKVM_BASE + 5 * PAGE       # a host page not faulted in yet
 
 BUGS.update({
-    name: (what + " (pKVM, s2pt.pkvm.BUGS)", lambda pgt: None)
+    name: (what + " (pKVM, s2pt.pkvm.BUGS)", {})
     for name, what in _pkvm.BUGS.items()})
 
 NOT_PKVM = {
@@ -501,9 +496,7 @@ class PkvmHost:
         self.scheme = setup.scheme
         self.pool = setup.memcache(pool_pages)
         self.checker = IsolationChecker(host, tlbs)
-        setup.stateful.append(self.checker)
-        setup.attach.append(self.checker.attach)
-        setup.opaque += [self, host]
+        setup.share(self, host, self.checker)
 
 
 @kernel_path("__pkvm_host_donate_guest")
@@ -573,47 +566,35 @@ def host_accesses(ctx: PkvmHost, tlb, pas):
 
 
 def _pkvm_setup(scheme, bugs):
-    """The host stage 2 with the 2M block faulted in (host_stage2_idmap)."""
-    host = _pkvm.Host(memory=[(PKVM_BASE, BLOCK)], cpus=2)
-    host.bugs |= set(bugs) & set(_pkvm.BUGS)
-    scheme.setup(host.pgt)
+    """The host stage 2 with the 2M block faulted in (host_stage2_idmap),
+    built for the explorer, and CPU1's TLB and walk cache (empty).
+
+    With the correct kernel paths, casemate's BBM automaton watches too, and
+    tells CPU1's TLB model about the break-before-make window: between the
+    break and its TLBI (+ DSB) the architecture lets a host CPU keep using
+    its cached block -- the page is still the host's then -- so a TLB hit
+    there is not a stale translation.  (The broken variants run without it:
+    the automaton would stop every run at its first make, "BBM invalid
+    unclean->valid", before the donation completes.)"""
+    host = _pkvm.Host(memory=[(PKVM_BASE, BLOCK)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+                      machine=SimMachine)
     if host.host_stage2_idmap(PKVM_BASE):
         raise S2ptError("pKVM scenario setup: host_stage2_idmap failed")
-    s = Setup(host.pgt, scheme, bugs)
-    tlb = host.cpus[1]                    # CPU1's TLB and walk cache, empty
-    s.stateful.append(tlb)
-    s.opaque.append(tlb)
-    return host, s, tlb
+    return host
 
 
-def _attach_bbm(s, pgt):
-    """casemate's BBM automaton, which also tells the TLB model about the
-    break-before-make window: between the break and its TLBI (+ DSB) the
-    architecture lets a host CPU keep using its cached block -- the page is
-    still the host's then -- so a TLB hit there is not a stale translation.
-    (s2pt.tlb's stale-TLB check knows no window: here it asks the automaton.)"""
-    def attach(machine):
-        from .bbm import BbmChecker
-        bbm = BbmChecker(pgt, on_violation=lambda msg: machine.violations.append(("bbm", msg)))
-        s.stateful.append(bbm)
-        s.opaque.append(bbm)
-        strict = pgt._stale_reason
-
-        def stale_reason(base, level, cached, at=None):
-            if at is not None and all(bbm.tlbi_pending(ipa) for ipa in at):
-                return ""                 # inside the BBM window: allowed
-            return strict(base, level, cached, at)
-        pgt._stale_reason = stale_reason
-    s.attach.append(attach)
+def _pkvm_cpu1(s, host, bugs):
+    bbm = None if bugs & set(_pkvm.BUGS) else BbmChecker(host.pgt)
+    tlb = VcpuTlb(host.pgt, 1, window=bbm.tlbi_pending if bbm is not None else None)
+    s.share(tlb, *([bbm] if bbm is not None else []))
+    return tlb
 
 
 def build_donate_vs_host_access(scheme, bugs):
-    host, s, tlb = _pkvm_setup(scheme, bugs)
+    host = _pkvm_setup(scheme, bugs)
+    s = Setup(host.pgt, scheme, bugs)
+    tlb = _pkvm_cpu1(s, host, bugs)
     ctx = PkvmHost(s, host, [tlb])
-    if not bugs & set(_pkvm.BUGS):
-        # casemate's automaton would stop every broken run at its first make
-        # ("BBM invalid unclean->valid"), before the donation completes.
-        _attach_bbm(s, host.pgt)
     s.cpu("CPU0", "EL2: __pkvm_host_donate_guest", pkvm_host_donate_guest, ctx, VICTIM)
     s.cpu("CPU1", "host: MMU loads, faults to EL2", host_accesses, ctx, tlb,
           (NEIGHBOUR, VICTIM), vcpu=1, pure=False)
@@ -622,15 +603,15 @@ def build_donate_vs_host_access(scheme, bugs):
 
 
 def build_coalesce_vs_host_fault(scheme, bugs):
-    host, s, tlb = _pkvm_setup(scheme, bugs)
+    host = _pkvm_setup(scheme, bugs)
     # Earlier: the guest took VICTIM (the block was broken into an L3 table
     # holding its annotation) and the host faulted NEIGHBOUR back in as a
     # default 4K page, which Android's counting rule does not count.
     host.donate(VICTIM, 1, to="guest")
     host.host_stage2_idmap(NEIGHBOUR)
+    s = Setup(host.pgt, scheme, bugs)
+    tlb = _pkvm_cpu1(s, host, bugs)
     ctx = PkvmHost(s, host, [tlb])
-    if not bugs & set(_pkvm.BUGS):
-        _attach_bbm(s, host.pgt)
     s.cpu("CPU0", "EL2: __pkvm_host_reclaim_page", pkvm_host_reclaim_page, ctx, VICTIM)
     s.cpu("CPU1", "host: MMU loads, faults to EL2", host_accesses, ctx, tlb,
           (NEIGHBOUR, OTHER), vcpu=1, pure=False)

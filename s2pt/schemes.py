@@ -9,8 +9,9 @@ points where the designs in the thread differ:
 * ``update_lock``/``update_unlock``: what other table updates take (MMU
   notifier unmap, eager split: ``write_lock(&kvm->mmu_lock)``);
 * ``fault_flags``: the walk flags of a fault (``SHARED | HANDLE_FAULT``);
-* ``setup(pgt)``: how ``mm_ops->free_unlinked_table`` frees an unlinked
-  subtree.
+* ``free_unlinked_table``: how ``mm_ops->free_unlinked_table`` frees an
+  unlinked subtree; ``mm_ops()`` builds the table's mm_ops with it (a
+  scenario builds its table with them: nothing is patched afterwards).
 
 The schemes:
 
@@ -22,9 +23,12 @@ The schemes:
     lock, and unlinked tables go to ``call_rcu``, whose callback frees the
     subtree with a "boring traversal" (``stage2_free_unlinked_table_rcu_cb``).
 ``none``
-    The same locking, but the unlinked subtree is freed at once
-    (``free_unlinked_table_now``), as pKVM's host stage 2 does under its
-    exclusive lock.  With parallel faults this is the bug the thread is about.
+    A **counterfactual**: no kernel ever shipped it.  The same parallel
+    faults under the read lock as ``rcu``, but the unlinked subtree is freed
+    at once (``free_unlinked_table_now``).  It exists to show why the 2022
+    series needed something more than the read lock: with parallel faults
+    this is the use-after-free the thread is about.  (pKVM's host stage 2
+    also frees at once, but under an exclusive lock: that is ``hyp-lock``.)
 ``hyp-lock``
     pKVM's hypervisor (EL2) and its host stage 2 (arch/arm64/kvm/hyp/nvhe/
     mem_protect.c): host faults (``handle_host_mem_abort`` ->
@@ -39,17 +43,16 @@ The schemes:
     it; ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``) cannot run
     there.
 
-To add a scheme (rwlock, refcount, ...), subclass :class:`Scheme`, override
-what differs, and register it in :data:`SCHEMES`; scenarios declare their
-expected outcomes per scheme name.
+To add a scheme, subclass :class:`Scheme`, override what differs, and
+register it in :data:`SCHEMES`; scenarios declare their expected outcomes
+per scheme name.
 """
 
 from __future__ import annotations
 
 from . import pgtable as pt
 from .errors import S2ptError
-from .sim.sync import (read_lock, read_unlock, spin_lock, spin_unlock, write_lock,
-                       write_unlock)
+from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
 from .sim.world import DISPLAY
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
@@ -66,9 +69,12 @@ class Scheme:
     #: Flags of a vCPU fault's walk (user_mem_abort, handle_access_fault).
     fault_flags = pt.SHARED | pt.HANDLE_FAULT
 
-    def setup(self, pgt):
-        """Install mm_ops->free_unlinked_table (and any other knob)."""
-        pgt.free_unlinked_table = pt.stage2_free_unlinked_table
+    #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
+    free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
+
+    def mm_ops(self) -> pt.MmOps:
+        """The mm_ops a guest table is built with under this scheme."""
+        return pt.MmOps(self.free_unlinked_table)
 
     # Each returns a generator, so a scheme may take several steps.
     def fault_lock(self, unlinks: bool = False):
@@ -98,11 +104,9 @@ class RcuScheme(Scheme):
 
 class NoneScheme(Scheme):
     name = "none"
-    summary = ("the same locking as rcu, but unlinked tables are freed immediately "
-               "(no grace period)")
-
-    def setup(self, pgt):
-        pgt.free_unlinked_table = pt.free_unlinked_table_now
+    summary = ("counterfactual, never shipped: parallel faults under read_lock(mmu_lock), "
+               "unlinked tables freed at once (no grace period)")
+    free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
 
 
 class HypLockScheme(Scheme):
@@ -112,9 +116,7 @@ class HypLockScheme(Scheme):
                "host CPUs' MMUs take no lock")
     #: host_stage2_idmap's kvm_pgtable_stage2_map: exclusive (flags 0).
     fault_flags = 0
-
-    def setup(self, pgt):
-        pgt.free_unlinked_table = pt.free_unlinked_table_now    # host_s2_free_unlinked_table
+    free_unlinked_table = staticmethod(pt.free_unlinked_table_now)   # host_s2_free_unlinked_table
 
     def fault_lock(self, unlinks: bool = False):
         yield spin_lock(HOST_MMU_LOCK)               # host_lock_component()

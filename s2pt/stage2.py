@@ -40,12 +40,27 @@ MAX_TLBI_RANGE_PAGES = 32 << 16
 class KvmPgtable:
     """struct kvm_pgtable, its mm_ops and the model's knobs.
 
+    Everything is given when the table is built (kvm_pgtable_stage2_init
+    takes the mm_ops, the flags and the force_pte callback too); nothing
+    patches a table afterwards.  ``mm_ops`` (a :class:`s2pt.pgtable.MmOps`)
+    says how unlinked tables are freed and whether the owner does cache
+    maintenance; ``hyp``/``idmap`` are KVM_PGTABLE_S2_* flags as pKVM sets
+    them; ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
+    stage 2 counts only non-default entries); ``machine`` builds the machine
+    that performs operations (the explorer passes its SimMachine);
+    ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
+    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on.
+
     The walker reads these fields in its inner loops, so they are plain
     attributes precomputed from the :class:`Geometry`.
     """
 
     def __init__(self, geom: Geometry, *, vmid: int = 1, fwb: bool = False,
-                 ram_pages: int | None = None, hyp: bool = False, idmap: bool = False):
+                 ram_pages: int | None = None, hyp: bool = False, idmap: bool = False,
+                 mm_ops: pt.MmOps | None = None, force_pte_cb=None,
+                 max_owner_id: int = d.KVM_MAX_OWNER_ID, pte_is_counted=None,
+                 machine=None, reload_after_cb: bool = True,
+                 free_unlinked_drops_root: bool = True):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
         self.start_level = geom.start_level
@@ -65,22 +80,22 @@ class KvmPgtable:
         self.unmap_defer_tlb_flush = self.tlb_range and self.fwb   # stage2_unmap_defer_tlb_flush
         self.hyp = hyp                 # built for EL2: shared walks return -EPERM
         self.idmap = idmap             # KVM_PGTABLE_S2_IDMAP
-        self.force_pte_cb = None
-        self.max_owner_id = d.KVM_MAX_OWNER_ID
+        self.force_pte_cb = force_pte_cb
+        self.max_owner_id = max_owner_id
         # stage2_pte_is_counted(): which entries hold a reference on their
         # table.  Upstream, every non-zero entry; Android's host stage 2
         # counts only non-default ones so that tables can coalesce.
-        self.pte_is_counted = _counted_if_nonzero
-        self.counts_every_entry = True
-        # mm_ops->free_unlinked_table: call_rcu in the kernel, immediate in pKVM
-        self.free_unlinked_table = pt.stage2_free_unlinked_table
+        self.pte_is_counted = _counted_if_nonzero if pte_is_counted is None else pte_is_counted
+        self.counts_every_entry = pte_is_counted is None
+        # mm_ops: free_unlinked_table is call_rcu in the kernel, immediate in pKVM
+        self.mm_ops = pt.MmOps() if mm_ops is None else mm_ops
         # Switches for the seeded historical bugs (all True = today's kernel)
-        self.reload_after_cb = True            # a9f0e3d5a089
-        self.free_unlinked_drops_root = True   # f6a27d6dc51b
+        self.reload_after_cb = reload_after_cb                  # a9f0e3d5a089
+        self.free_unlinked_drops_root = free_unlinked_drops_root  # f6a27d6dc51b
         # Memory, TLB bookkeeping and the machine that performs operations
-        self.mm = PhysMem(geom.page_shift, limit=ram_pages)
+        self.mm = PhysMem(geom.page_shift, limit=ram_pages, report=self._report)
         self.mmu = S2Mmu(vmid)
-        self.machine = Machine(self.mm, self.mmu)
+        self.machine = (Machine if machine is None else machine)(self.mm, self.mmu)
         pgd = self.mm.alloc_pages_exact(geom.pgd_pages)
         if pgd is None:
             raise S2ptError(
@@ -88,6 +103,9 @@ class KvmPgtable:
                 f"(kvm_pgtable_stage2_init would fail with -ENOMEM)")
         self.pgd_pages = pgd
         self.pgd = pgd[0].pa
+
+    def _report(self, kind: str, message: str):
+        self.machine.violation(kind, message)
 
     def supports_block(self, level: int) -> bool:
         return level >= self._min_block_level
@@ -98,6 +116,11 @@ class KvmPgtable:
     def warn(self, message: str):
         """WARN_ON(): in the sequential model a warning is a bug."""
         raise KernelBug("warn", message)
+
+
+#: What a Stage2 may be built with besides its geometry (see KvmPgtable).
+_CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
+                     "machine", "reload_after_cb", "free_unlinked_drops_root"})
 
 
 def _counted_if_nonzero(pte: int, level: int) -> bool:
@@ -145,13 +168,17 @@ class Stage2(KvmPgtable):
     """
 
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vmid: int = 1,
-                 fwb: bool = False, ram_pages: int | None = None):
+                 fwb: bool = False, ram_pages: int | None = None, **config):
         if not _is_int(vmid) or not 0 <= vmid < 1 << 16:
             raise S2ptError(f"vmid={vmid!r}: VMIDs are 16-bit unsigned integers")
         if ram_pages is not None and (not _is_int(ram_pages) or ram_pages < 1):
             raise S2ptError(f"ram_pages={ram_pages!r}: must be a positive integer or None")
+        unknown = set(config) - _CONFIG
+        if unknown:
+            raise S2ptError(f"Stage2: unknown argument(s) {sorted(unknown)}; the table's "
+                            f"configuration is one of {sorted(_CONFIG)}")
         super().__init__(Geometry(ipa_bits, granule), vmid=int(vmid), fwb=bool(fwb),
-                         ram_pages=ram_pages)
+                         ram_pages=ram_pages, **config)
 
     # -- architectural registers ----------------------------------------------
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ops import hw_read
+from .snapshot import Stateful
 
 __all__ = ["Tlbi", "TlbiLog", "S2Mmu", "TLBI_TTL_UNKNOWN"]
 
@@ -135,7 +136,7 @@ class S2Mmu:
 # Per-vCPU TLBs and walk caches, and the hardware walker that fills them
 # ---------------------------------------------------------------------------
 
-class VcpuTlb:
+class VcpuTlb(Stateful):
     """One vCPU's cached stage-2 state for one VMID.
 
     * ``entries``: leaf translations, keyed by ``(level, block-aligned IPA)``,
@@ -162,8 +163,18 @@ class VcpuTlb:
       do now (another PA, or W/X that was taken away): a missing TLBI.
     """
 
-    def __init__(self, pgt, vcpu: int, capacity: int = 2048, walk_capacity: int = 256):
+    #: Counters and back-pointers, not state (the explorer's snapshot protocol).
+    sim_ignore = ("pgt", "vcpu", "capacity", "walk_capacity", "hits", "misses", "_g2", "window")
+
+    def __init__(self, pgt, vcpu: int, capacity: int = 2048, walk_capacity: int = 256,
+                 window=None):
+        """``window(ipa) -> bool``, when given: is ``ipa`` inside a
+        break-before-make window (invalidated, its TLBI + DSB not yet
+        complete)?  There the architecture lets a TLB keep using the old
+        entry, so a hit is not a stale translation (the explorer passes
+        casemate's automaton, s2pt.bbm.BbmChecker.tlbi_pending)."""
         self.pgt = pgt
+        self.window = window
         self.vcpu = vcpu
         self.capacity = capacity
         self.walk_capacity = walk_capacity
@@ -492,6 +503,8 @@ def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
     tlb.hits += 1
     level, pte = hit
     why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+    if why and tlb.window is not None and tlb.window(ipa):
+        why = ""                      # inside the BBM window: the architecture allows it
     if why:
         pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
                                       f"{ipa:#x}: {why} (a TLBI is missing)")

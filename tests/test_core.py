@@ -439,10 +439,8 @@ def test_missing_reload_walks_freed_table_a9f0e3d5a089():
     # pKVM frees unlinked tables synchronously; without the reload after the
     # TABLE_PRE callback the walker descends into the table it just freed.
     from s2pt import pgtable as pt
-    pgt = s2pt.Stage2()
-    pgt.free_unlinked_table = pt.free_unlinked_table_now
+    pgt = s2pt.Stage2(mm_ops=pt.MmOps(pt.free_unlinked_table_now), reload_after_cb=False)
     pgt.map(0, 2 * MiB, 0, force_pte=True)
-    pgt.reload_after_cb = False
     with pytest.raises(s2pt.KernelBug, match="use-after-free"):
         pgt.map(0, 2 * MiB, 0)
 

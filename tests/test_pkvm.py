@@ -220,8 +220,7 @@ def test_enomem_recycles_mmio_tables():
 # ---------------------------------------------------------------------------
 
 def test_isolation_catches_donation_without_tlbi():
-    host = pkvm.Host(memory=[(2 * G, 1 * G)])
-    host.bugs.add("donate-no-tlbi")
+    host = pkvm.Host(memory=[(2 * G, 1 * G)], bugs={"donate-no-tlbi"})
     host.access(2 * G, cpu=1)
     with pytest.raises(s2pt.KernelBug, match=r"CPU1's TLB still holds the level-1 block") as e:
         host.donate(2 * G + 7 * PAGE, 1, to="guest")
@@ -229,8 +228,7 @@ def test_isolation_catches_donation_without_tlbi():
 
 
 def test_isolation_checker_off_then_access_reaches_guest_page():
-    host = pkvm.Host(memory=[(2 * G, 1 * G)], check=False)
-    host.bugs.add("donate-no-tlbi")
+    host = pkvm.Host(memory=[(2 * G, 1 * G)], check=False, bugs={"donate-no-tlbi"})
     host.access(2 * G)
     host.donate(2 * G + 7 * PAGE, 1, to="guest")
     with pytest.raises(s2pt.KernelBug):
@@ -249,11 +247,10 @@ def test_correct_donation_leaves_no_stale_translation():
 
 
 def test_coalesce_without_tlbi_is_a_walk_cache_use_after_free():
-    host = pkvm.Host(memory=[(2 * G, 1 * G)])
+    host = pkvm.Host(memory=[(2 * G, 1 * G)], bugs={"coalesce-no-tlbi"})
     host.access(2 * G)
     host.donate(2 * G + 7 * PAGE, 1)
     host.access(2 * G + 8 * PAGE)          # walk cache now points at the L2/L3 tables
-    host.bugs.add("coalesce-no-tlbi")
     with pytest.raises(s2pt.KernelBug, match="walk cache"):
         host.reclaim(2 * G + 7 * PAGE, 1)
 

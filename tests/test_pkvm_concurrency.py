@@ -9,12 +9,13 @@ import pytest
 
 import s2pt
 from s2pt import pkvm
-from s2pt.checkers import KINDS, IsolationChecker
+from s2pt.checkers import IsolationChecker
+from s2pt.sim.violation import KINDS
 from s2pt.cli import main
 from s2pt.scenarios import NEIGHBOUR, OTHER, SCENARIOS, VICTIM
 from s2pt.sim.report import op_text
-from s2pt.sim.search import explore, replay
-from s2pt.sim.world import World
+from s2pt.explorer import explore, replay
+from s2pt.tlb import VcpuTlb
 
 PKVM = ["donate-vs-host-access", "donate-vs-host-access-no-tlbi",
         "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi"]
@@ -111,10 +112,10 @@ def test_the_old_block_may_be_used_inside_the_bbm_window():
     start = w.events[9]
     assert start.cpu == 1 and start.op[:2] == ("hw_walk_start", VICTIM)
     assert w.events[8].op[0] == "WRITE_ONCE" and not _events(w, 0, "tlbi")[0].index < 9
-    hw = w.setup.stateful[0]
+    hw = next(o for o in w.stateful if isinstance(o, VcpuTlb) and o.vcpu == 1)
     assert hw.hits == 1
     # Stepping the same prefix by hand: after the hit, the TLBI is enabled.
-    w2 = World(SCENARIOS["donate-vs-host-access"], "hyp-lock")
+    w2 = s2pt.world("donate-vs-host-access", "hyp-lock")
     for c in [1] * 3 + [0] * 6 + [1]:
         w2.step(c)
     assert 1 not in w2.machine.hw_inflight
@@ -127,7 +128,7 @@ def test_the_old_block_may_be_used_inside_the_bbm_window():
 def test_after_the_donation_the_host_is_aborted_not_translated():
     w = replay("donate-vs-host-access", "hyp-lock", "")      # CPU0 first, then CPU1
     assert w.outcome == "done" and not w.violations
-    chk = next(o for o in w.setup.stateful if isinstance(o, IsolationChecker))
+    chk = next(o for o in w.stateful if isinstance(o, IsolationChecker))
     assert chk.owner == {VICTIM >> 12: s2pt.descriptor.PKVM_ID_GUEST}
     # CPU1 faulted NEIGHBOUR back in as a 4K page, and its load from VICTIM
     # met the annotation: host_stage2_adjust_range() said -EPERM.

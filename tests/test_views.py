@@ -425,20 +425,20 @@ def test_draw_marks_entries_and_tables(small4k):
     assert "◀ locked by CPU0" in src
 
 
+def _park(pgt, pgtable, level):
+    """free_unlinked_table that only records the level: the subtree
+    waits, unlinked, as it would for an RCU grace period."""
+    pgt.mm.page_of(pgtable).private = level
+    return
+    yield
+
+
 def test_draw_unlinked_and_freed_tables():
-    p = s2pt.Stage2(ipa_bits=40, granule=4096)
+    p = s2pt.Stage2(ipa_bits=40, granule=4096, mm_ops=s2pt.pgtable.MmOps(_park))
     p.map(0x4000_0000, 8 * KiB, 0x8_0000_0000)
     l2 = table_pa(p, p.pgd + 8 * 1)
     old_l3 = table_pa(p, l2)
 
-    def park(pgt, pgtable, level):
-        """free_unlinked_table that only records the level: the subtree
-        waits, unlinked, as it would for an RCU grace period."""
-        pgt.mm.page_of(pgtable).private = level
-        return
-        yield
-
-    p.free_unlinked_table = park
     p.map(0x4000_0000, 2 * MiB, 0x9_0000_0000)            # collapse into a block
     src = draw(p, tables={old_l3: "waiting for RCU"}).source
     assert "unlinked: not reachable from the PGD" in src
@@ -605,17 +605,10 @@ def test_bulk_equals_per_entry_and_oracle(prog):
 def test_draw_unlinked_subtree_with_a_labelled_child():
     """A 1G collapse unlinks an L2 table with an L3 table below it; both
     are labelled, the L3 is drawn inside the detached subtree, once."""
-    p = s2pt.Stage2(ipa_bits=40, granule=4096)
+    p = s2pt.Stage2(ipa_bits=40, granule=4096, mm_ops=s2pt.pgtable.MmOps(_park))
     p.map(1 * GiB, 8 * KiB, 0x8_0000_0000)
     l2 = table_pa(p, p.pgd + 8 * 1)
     l3 = table_pa(p, l2)
-
-    def park(pgt, pgtable, level):
-        pgt.mm.page_of(pgtable).private = level
-        return
-        yield
-
-    p.free_unlinked_table = park
     p.map(1 * GiB, 1 * GiB, 0x40_0000_0000)                # a level-1 block
     src = draw(p, tables={l2: "L2 waits", l3: "L3 waits"}).source
     assert src.count(f"  t{l3:x} [") == 1 and "level unknown" not in src

@@ -23,124 +23,34 @@ The **state log** lists every step with its result and what it changed
 
 from __future__ import annotations
 
-from .. import descriptor as d
-from ..memory import PAGE_POISON64
+from ..ops import FOLDABLE as _FOLDABLE
+from ..ops import desc_text as _desc_text, loc_text as _loc_text
+from ..ops import op_text as _op_text, result_text as _result_text
 
-__all__ = ["op_text", "desc_text", "race_diagram", "state_log"]
+__all__ = ["op_text", "desc_text", "loc_text", "result_text", "race_diagram", "state_log"]
 
 
-def _level_of(world, pfn):
-    return world.levels.get(pfn) if hasattr(world, "levels") else None
+# A World's view of table memory names entries (L2[0], PGD[1]); the op
+# table in s2pt.ops renders each operation (these take a World, or a View).
+
+def _view(world):
+    return getattr(world, "view", world)
 
 
 def loc_text(world, ptep: int) -> str:
-    """L3[1] for entry 1 of a level-3 table; [0x...] when the level is unknown."""
-    pgt = world.pgt
-    pfn = ptep >> pgt.page_shift
-    idx = (ptep & (pgt.page_size - 1)) >> 3
-    level = _level_of(world, pfn)
-    base = f"{pfn << pgt.page_shift:#x}"
-    if level is None:
-        return f"{base}[{idx}]"
-    if level == pgt.start_level and pfn in world.pgd_pfns:
-        return f"PGD[{idx + world.pgd_pfns.index(pfn) * pgt.ptrs_per_pte}]"
-    if sum(1 for lv in world.levels.values() if lv == level) == 1:
-        return f"L{level}[{idx}]"
-    return f"L{level}@{base}[{idx}]"
+    return _loc_text(_view(world), ptep)
 
 
 def desc_text(world, value, level=None) -> str:
-    """A descriptor in a few words: table 0x..., page 0x... R-X, LOCKED ..."""
-    if value is None:
-        return "-"
-    if not isinstance(value, int):
-        return str(value)
-    if value == 0:
-        return "0"
-    if value == d.KVM_INVALID_PTE_LOCKED:
-        return "LOCKED"
-    if value == PAGE_POISON64:
-        return "0xaaaa... (poison)"
-    pgt = world.pgt
-    if not value & 1:
-        return f"{value:#x} (invalid)"
-    pa = value & pgt.addr_mask
-    if value & 2 and (level is None or level < 3) and pgt.mm.pages.get(pa >> pgt.page_shift):
-        return f"table {pa:#x}"
-    kind = "page" if level == 3 else "block" if level is not None else "leaf"
-    af = "" if value & d.KVM_PTE_LEAF_ATTR_LO_S2_AF else " !AF"
-    return f"{kind} {pa:#x} {d.prot_of(value)}{af}"
-
-
-def _entry_level(world, ptep):
-    return _level_of(world, ptep >> world.pgt.page_shift)
+    return _desc_text(_view(world), value, level)
 
 
 def op_text(world, op) -> str:
-    name = op[0]
-    pgt = world.pgt
-    if name in ("READ_ONCE", "hw_read"):
-        return f"{'MMU reads' if name == 'hw_read' else 'READ_ONCE'}({loc_text(world, op[1])})"
-    if name in ("WRITE_ONCE", "smp_store_release"):
-        return f"{name}({loc_text(world, op[1])}, {desc_text(world, op[2], _entry_level(world, op[1]))})"
-    if name == "cmpxchg":
-        lv = _entry_level(world, op[1])
-        return (f"cmpxchg({loc_text(world, op[1])}, {desc_text(world, op[2], lv)} -> "
-                f"{desc_text(world, op[3], lv)})")
-    if name in ("get_page", "put_page", "page_count", "get_page_unless_zero", "free_page"):
-        return f"{name}({op[1] & ~(pgt.page_size - 1):#x})"
-    if name == "zalloc_page":
-        return "zalloc_page(memcache)"
-    if name == "tlbi":
-        kind, addr, arg = op[1], op[2], op[3]
-        if kind == "vmid":
-            return "TLBI VMALLS12E1IS"
-        if kind == "range":
-            return f"TLBI range [{addr:#x}, +{arg:#x})"
-        return f"TLBI IPAS2E1{'' if kind == 'ipa_nsh' else 'IS'} {addr:#x}"
-    if name == "dsb":
-        return f"dsb({op[1]})"
-    if name == "cmo":
-        return op[1]
-    if name == "call_rcu":
-        args = op[2]
-        what = f", table {args[1]:#x}" if len(args) > 1 and isinstance(args[1], int) else ""
-        return f"call_rcu({op[1].__name__}{what})"
-    if name == "synchronize_rcu":
-        return "synchronize_rcu(): grace period starts"
-    if name == "rcu_gp_wait":
-        return "synchronize_rcu(): readers gone"
-    if name == "rcu_next_callback":
-        return "callback"
-    if name == "rcu_barrier":
-        return "rcu_barrier()"
-    if name == "hw_walk_start":
-        return f"{op[3] if len(op) > 3 else 'guest'} access {op[1]:#x}: MMU starts"
-    if name == "page_owner":
-        return f"{op[3]}: PA {op[1]:#x} -> {op[2]}"
-    if name == "kvm_mmu_topup_memory_cache":
-        return f"kvm_mmu_topup_memory_cache(memcache, {op[2]})"
-    if len(op) == 2 and isinstance(op[1], str):
-        return f"{name}({op[1]})"
-    if len(op) == 1:
-        return f"{name}()"
-    return f"{name}{op[1:]!r}"
+    return _op_text(op, _view(world))
 
 
 def result_text(world, ev) -> str:
-    name = ev.op[0]
-    r = ev.result
-    if name in ("READ_ONCE", "hw_read"):
-        return desc_text(world, r, _entry_level(world, ev.op[1]))
-    if name == "cmpxchg":
-        return "ok" if r == ev.op[2] else f"failed, found {desc_text(world, r, _entry_level(world, ev.op[1]))}"
-    if name in ("page_count", "get_page_unless_zero"):
-        return str(r)
-    if name == "zalloc_page":
-        return f"{r:#x}" if isinstance(r, int) else "NULL"
-    if name == "rcu_next_callback" and r:
-        return r[0].__name__
-    return ""
+    return _result_text(ev.op, ev.result, _view(world))
 
 
 def _step_text(world, ev) -> str:
@@ -240,9 +150,6 @@ def _fold_text(world, evs) -> str:
     if not all(t.startswith(name + "(") for t in texts):
         return ", ".join(texts) if len(texts) <= 3 else f"{texts[0]} .. {texts[-1]}"
     return f"{name}({', '.join(args) if len(args) <= 3 else args[0] + ' .. ' + args[-1]})"
-
-
-_FOLDABLE = {"READ_ONCE", "put_page", "page_count", "get_page", "hw_read", "cmo"}
 
 
 def state_log(world) -> str:

@@ -33,7 +33,6 @@ state log.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import random
 import sys
@@ -42,26 +41,17 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
-from .sync import BLOCKING
+from ..ops import BLOCKING, NOMEM as _NOMEM, OBSERVED as _OBSERVED, READS as _READS
+from ..ops import REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
+from ..snapshot import audit_fields
+from .violation import KINDS
 from .world import World, default_choice, frames, freeze, stack_names
 
-__all__ = ["explore", "replay", "Result", "Found", "parse_schedule", "format_schedule",
-           "StateSpace"]
+__all__ = ["search", "replay_world", "serial_outcomes", "Result", "Found", "parse_schedule",
+           "format_schedule", "StateSpace", "SOMETIMES", "NEVER"]
 
-_WRITES = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg"})
-_REFS = frozenset({"get_page", "put_page", "get_page_unless_zero", "free_page"})
-_READS = frozenset({"READ_ONCE", "hw_read", "page_count"})
-#: Operations that can change an observer's state (a TLB, the BBM automaton):
-#: stores, TLBIs, allocations; a put_page that frees is caught separately.
-_OBSERVED = frozenset({"WRITE_ONCE", "smp_store_release", "cmpxchg", "tlbi", "zalloc_page",
-                       "free_page"})
-_NOMEM = frozenset({"cpu_relax", "hw_walk_start", "tlbi", "dsb", "cmo", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
-                    "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback", "rcu_barrier",
-                    "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock",
-                    "write_unlock"})
-_SYNC = frozenset({"hw_read", "hw_walk_start", "rcu_read_lock", "rcu_read_unlock", "call_rcu", "synchronize_rcu",
-                   "rcu_gp_wait", "rcu_next_callback", "spin_lock", "spin_unlock", "read_lock",
-                   "read_unlock", "write_lock", "write_unlock"})
+#: A scenario's declared outcome for one kind of violation under one scheme.
+SOMETIMES, NEVER = "Sometimes", "Never"
 
 
 # ---------------------------------------------------------------------------
@@ -149,9 +139,7 @@ class Result:
     def check_declared(self) -> list:
         """Mismatches between this result and the scenario's declaration
         (a Never that was found; a Sometimes not found by a complete search)."""
-        from ..checkers import KINDS
-        from ..scenarios import SOMETIMES, get_scenario
-        sc = getattr(self, "_scenario", None) or get_scenario(self.scenario)
+        sc = self._scenario
         out = []
         for kind in KINDS:
             exp = sc.expected(self.scheme, kind)
@@ -248,11 +236,12 @@ class StateSpace:
         self.pages = [mm.pages[p] for p in self.pfns]
         self.cdata, self.cids = [], {}          # page contents, interned
         self.pdata, self.pids = [], {}          # (refcount, freed, content id), interned
-        self.content = [self._content(k) for k in range(len(self.pages))]
-        self.live_pages = tuple(self._pid(k) for k in range(len(self.pages)))
+        self.live = _Live(len(self.pages))
+        self.live.content = [self._content(k) for k in range(len(self.pages))]
+        self.live.pages = tuple(self._pid(k) for k in range(len(self.pages)))
         self.mcs = list(w.setup.memcaches)
-        self.stateful = list(w.setup.stateful)
-        self.st_copies = {}
+        self.stateful = list(w.stateful)        # checked by World: each one is Stateful
+        self.audits: dict = {}                  # (object index, state) -> its fields (check mode)
         self.impure = [not a.pure for a in w.actors]
         self.daemon = [a.daemon for a in w.actors]
         self.n = w.n
@@ -262,19 +251,18 @@ class StateSpace:
         self.mstates: list = []                 # machine id -> machine state tuple
         self.mids: dict = {}                    # machine state tuple -> machine id
         self.tmemo: dict = {}                   # (machine id, node id) -> transition
-        self.live_mid = None                    # the live machine's id, when known
         self.end_memo: dict = {}
-        self.live_alloc = (tuple(mm.free_list), mm.allocated)
-        self.live_mc = self._mc_state()
-        self.live_sync = m.sync_state()
-        self.live_st = self._st_state()
+        self.live.alloc = (tuple(mm.free_list), mm.allocated)
+        self.live.mc = self._mc_state()
+        self.live.sync = m.sim_state()
+        self.live.st = self._st_state()
         mstate = self.machine_state()
         ids = []
         for i in range(self.n):
             gen = w.cpus[i]
             ids.append(self._node_from(i, gen, w.pending[i], (), w.results[i], mstate))
-        self.live_mid = self._intern(mstate)
-        self.initial = (self.live_mid, tuple(ids))
+        self.live.mid = self._intern(mstate)
+        self.initial = (self.live.mid, tuple(ids))
 
     # -- machine snapshots ------------------------------------------------------
     def _content(self, k):
@@ -289,7 +277,7 @@ class StateSpace:
 
     def _pid(self, k):
         p = self.pages[k]
-        key = (p.refcount, p.freed, self.content[k])
+        key = (p.refcount, p.freed, self.live.content[k])
         pid = self.pids.get(key)
         if pid is None:
             pid = len(self.pdata)
@@ -301,38 +289,35 @@ class StateSpace:
         return tuple(tuple(p.pfn for p in mc.objects) for mc in self.mcs)
 
     def _st_state(self):
-        """The observers' state: ``sim_state()`` where an observer offers
-        it (a cheap hashable snapshot, restored by ``sim_restore``), else a
-        frozen copy of its fields (restored from a deep copy)."""
+        """The observers' states: each one's ``sim_state()`` (the snapshot
+        protocol, s2pt.snapshot).  In check mode, each object's fields are
+        recorded with the state, so a restore can be audited."""
         if not self.stateful:
             return ()
-        out = []
-        for o in self.stateful:
-            snap = getattr(o, "sim_state", None)
-            if snap is not None:
-                out.append(snap())
-            else:
-                key = freeze(_fields(o), self.w.opaque)
-                out.append(key)
-                if (id(o), key) not in self.st_copies:
-                    self.st_copies[id(o), key] = copy.deepcopy(_fields(o), self._memo())
-        return tuple(out)
-
-    def _memo(self):
-        return {id(o): o for o in self.w.setup.opaque}
+        out = tuple(o.sim_state() for o in self.stateful)
+        if self.check:
+            for k, (o, st) in enumerate(zip(self.stateful, out)):
+                fields = freeze(audit_fields(o), self.w.opaque)
+                old = self.audits.setdefault((k, st), fields)
+                if old != fields:
+                    raise S2ptError(
+                        f"{type(o).__name__}.sim_state() returned the same snapshot for two "
+                        f"different states: a field it does not capture changed "
+                        f"({_diff(old, fields)}); pruning on it would be unsound")
+        return out
 
     def machine_state(self, full=True) -> tuple:
         if full:
             if len(self.mm.pages) != len(self.pfns):
                 raise S2ptError("a table page was allocated from the page allocator during "
                                 "the run; scenarios must fill their memcaches up front")
-            self.content = [self._content(k) for k in range(len(self.pages))]
-            self.live_pages = tuple(self._pid(k) for k in range(len(self.pages)))
-            self.live_alloc = (tuple(self.mm.free_list), self.mm.allocated)
-            self.live_mc = self._mc_state()
-            self.live_sync = self.m.sync_state()
-            self.live_st = self._st_state()
-        return (self.live_pages, self.live_alloc, self.live_mc, self.live_sync, self.live_st)
+            self.live.content = [self._content(k) for k in range(len(self.pages))]
+            self.live.pages = tuple(self._pid(k) for k in range(len(self.pages)))
+            self.live.alloc = (tuple(self.mm.free_list), self.mm.allocated)
+            self.live.mc = self._mc_state()
+            self.live.sync = self.m.sim_state()
+            self.live.st = self._st_state()
+        return (self.live.pages, self.live.alloc, self.live.mc, self.live.sync, self.live.st)
 
     def _intern(self, mstate) -> int:
         mid = self.mids.get(mstate)
@@ -344,56 +329,57 @@ class StateSpace:
     def restore(self, s):
         """Make the live machine equal to state ``s`` (or machine id ``s``)."""
         mid = s if isinstance(s, int) else s[0]
-        if mid != self.live_mid:
+        if mid != self.live.mid:
             self._restore(self.mstates[mid])
-            self.live_mid = mid
+            self.live.mid = mid
 
     def _restore(self, s):
         """Make the live machine equal to machine state tuple ``s``."""
-        self.live_mid = None
+        self.live.forget("mid")
         pages = s[0]
-        if pages is not self.live_pages:
-            live = list(self.live_pages) if self.live_pages is not None else [None] * len(pages)
+        if pages is not self.live.pages:
+            live = list(self.live.pages) if self.live.pages is not None else [None] * len(pages)
             for k, pid in enumerate(pages):
                 if live[k] != pid:
                     rc, freed, cid = self.pdata[pid]
                     page = self.pages[k]
                     page.refcount, page.freed = rc, freed
-                    if self.content[k] != cid:
+                    if self.live.content[k] != cid:
                         page.table[:] = self.cdata[cid]
-                        self.content[k] = cid
-            self.live_pages = pages
-        if s[1] != self.live_alloc:
+                        self.live.content[k] = cid
+            self.live.pages = pages
+        if s[1] != self.live.alloc:
             self.mm.free_list[:] = s[1][0]
             self.mm.allocated = s[1][1]
-            self.live_alloc = s[1]
-        if s[2] != self.live_mc:
+            self.live.alloc = s[1]
+        if s[2] != self.live.mc:
             for mc, pfns in zip(self.mcs, s[2]):
                 mc.objects = [self.mm.pages[p] for p in pfns]
-            self.live_mc = s[2]
-        if s[3] != self.live_sync:
-            self.m.set_sync_state(s[3])
-            self.live_sync = s[3]
-        if s[4] != self.live_st:
-            for o, key in zip(self.stateful, s[4]):
-                if hasattr(o, "sim_restore"):
-                    o.sim_restore(key)
-                else:
-                    for k, v in copy.deepcopy(self.st_copies[id(o), key], self._memo()).items():
-                        setattr(o, k, v)
-            self.live_st = s[4]
+            self.live.mc = s[2]
+        if s[3] != self.live.sync:
+            self.m.sim_restore(s[3])
+            self.live.sync = s[3]
+        if s[4] != self.live.st:
+            for k, (o, key) in enumerate(zip(self.stateful, s[4])):
+                o.sim_restore(key)
+                if self.check:
+                    fields = freeze(audit_fields(o), self.w.opaque)
+                    want = self.audits.get((k, key))
+                    if want is not None and want != fields:
+                        raise S2ptError(
+                            f"{type(o).__name__}.sim_restore() did not bring back the state "
+                            f"it was given ({_diff(want, fields)})")
+            self.live.st = s[4]
 
     def _invalidate(self):
         """The live machine no longer matches any snapshot: the next
         restore rewrites everything."""
-        self.live_pages = self.live_mid = None
-        self.content = [None] * len(self.pages)
-        self.live_alloc = self.live_mc = self.live_sync = self.live_st = None
+        self.live.forget()
 
     def _after_op(self, op):
         """Update the live snapshot after ``op``; return the machine state."""
         name = op[0]
-        alloc = self.live_alloc[1]
+        alloc = self.live.alloc[1]
         if name in _READS:
             pass
         elif name in _WRITES or name in _REFS:
@@ -401,23 +387,23 @@ class StateSpace:
             if k is not None:
                 page = self.pages[k]
                 if name in _WRITES or page.freed:
-                    self.content[k] = self._content(k)
+                    self.live.content[k] = self._content(k)
                 pid = self._pid(k)
-                if pid != self.live_pages[k]:
-                    lp = list(self.live_pages)
+                if pid != self.live.pages[k]:
+                    lp = list(self.live.pages)
                     lp[k] = pid
-                    self.live_pages = tuple(lp)
+                    self.live.pages = tuple(lp)
                 if name in ("put_page", "free_page"):
-                    self.live_alloc = (tuple(self.mm.free_list), self.mm.allocated)
+                    self.live.alloc = (tuple(self.mm.free_list), self.mm.allocated)
         elif name == "zalloc_page":
-            self.live_mc = self._mc_state()
+            self.live.mc = self._mc_state()
         elif name not in _NOMEM:
             return self.machine_state(full=True)
         if name in _SYNC:
-            self.live_sync = self.m.sync_state()
-        if self.stateful and (name in _OBSERVED or (name in _REFS and self.live_alloc[1] != alloc)):
-            self.live_st = self._st_state()
-        return (self.live_pages, self.live_alloc, self.live_mc, self.live_sync, self.live_st)
+            self.live.sync = self.m.sim_state()
+        if self.stateful and (name in _OBSERVED or (name in _REFS and self.live.alloc[1] != alloc)):
+            self.live.st = self._st_state()
+        return (self.live.pages, self.live.alloc, self.live.mc, self.live.sync, self.live.st)
 
     # -- CPU nodes ---------------------------------------------------------------
     def _node_from(self, i, gen, op, hist, ret, mstate):
@@ -444,20 +430,19 @@ class StateSpace:
         impure = self.impure[i]
         hist = node.hist
         if impure:
-            self.live_st = None
+            self.live.forget("st")
             self._restore(hist[0][1])
             hist = hist[1:]
         op = gen.send(None)
         for result, mstate in hist:
             if impure:
-                self.live_st = None       # the code between yields changed observers
+                self.live.forget("st")       # the code between yields changed observers
                 self._restore(mstate)
             op = gen.send(result)
         if impure:
-            self.live_st = None
-            self.live_pages = None
+            self.live.forget("st")
+            self.live.forget("pages")
         m.violations.clear()
-        w.warnings.clear()
         if self.check and not impure:
             key = (i, frames(gen, w.opaque), freeze(op, w.opaque))
             assert self.node_ids[key] is self.node_ids.get(key), "rebuild diverged"
@@ -480,11 +465,10 @@ class StateSpace:
             done, ret = True, stop.value
         except KernelBug as e:
             viols.append((e.kind, str(e).split(": ", 1)[-1]))
-        viols += m.violations + w.warnings
+        viols += m.violations
         m.violations.clear()
-        w.warnings.clear()
         if self.impure[i]:
-            self.live_st = None           # its code may have changed observers (a TLB fill)
+            self.live.forget("st")           # its code may have changed observers (a TLB fill)
         if viols:
             return (None, viols, None)
         hist = node.hist + ((result, mstate if self.impure[i] else None),)
@@ -504,10 +488,10 @@ class StateSpace:
             if node.op[0] in BLOCKING:
                 if sync is None:
                     sync = self.mstates[s[0]][3]
-                    if sync != self.live_sync:
-                        self.m.set_sync_state(sync)
-                        self.live_sync = sync
-                        self.live_mid = None
+                    if sync != self.live.sync:
+                        self.m.sim_restore(sync)
+                        self.live.sync = sync
+                        self.live.forget("mid")
                 if self.m.blocked(i, node.op) is not None:
                     continue
             out.append(i)
@@ -536,7 +520,7 @@ class StateSpace:
         m = self.m
         m.cpu = i
         op = node.op
-        self.live_mid = None
+        self.live.forget("mid")
         result = m.perform(op)
         if m.violations:
             v = tuple(m.violations)
@@ -557,7 +541,7 @@ class StateSpace:
             self._restore(post)
             mstate = post
         mid2 = self._intern(mstate)
-        self.live_mid = mid2
+        self.live.mid = mid2
         return (mid2, child, ())
 
     def end_checks(self, s) -> list:
@@ -565,8 +549,7 @@ class StateSpace:
         out = self.end_memo.get(s[0])
         if out is None:
             self.restore(s)
-            from ..checkers import end_of_run
-            out = [(v.kind, v.explanation) for v in end_of_run(self.w)]
+            out = [(v.kind, v.explanation) for v in self.w.end_checks()]
             self.end_memo[s[0]] = out
         return out
 
@@ -583,11 +566,33 @@ class StateSpace:
                 if not self.nodes[nid].done and not self.daemon[i]]
 
 
-def _fields(o) -> dict:
-    """The state-bearing fields of an observer (counters and logs left out)."""
-    skip = getattr(o, "_sim_ignore", ("hits", "misses", "violations", "on_violation", "pgt",
-                                       "_old"))
-    return {k: v for k, v in vars(o).items() if k not in skip}
+class _Live:
+    """What the StateSpace knows about the live machine, part by part: the
+    interned id of its whole state (``mid``), each page's content id and
+    (refcount, freed, content) id, the allocator, the memcaches, locks and
+    RCU, the observers.  ``None`` means "unknown": the next restore
+    rewrites that part.  One reset, :meth:`forget`."""
+    __slots__ = ("mid", "content", "pages", "alloc", "mc", "sync", "st", "npages")
+
+    def __init__(self, npages: int):
+        self.npages = npages
+        self.forget()
+
+    def forget(self, *parts):
+        """Forget ``parts`` (all of them when none is named); forgetting
+        any part forgets the interned id of the whole state too."""
+        for p in parts or ("content", "pages", "alloc", "mc", "sync", "st"):
+            setattr(self, p, [None] * self.npages if p == "content" else None)
+        self.mid = None
+
+
+def _diff(a, b) -> str:
+    """Which fields of two frozen field dicts differ (for the audit's message)."""
+    if isinstance(a, tuple) and isinstance(b, tuple) and a[:1] == b[:1] == ("dict",):
+        da, db = dict(a[1:]), dict(b[1:])
+        keys = [k for k in sorted(set(da) | set(db), key=str) if da.get(k) != db.get(k)]
+        return "field(s) " + ", ".join(map(str, keys))
+    return "its fields"
 
 
 # ---------------------------------------------------------------------------
@@ -799,22 +804,18 @@ def _pct_chooser(rng, n, depth, k):
 # Public entry points
 # ---------------------------------------------------------------------------
 
-def replay(scenario, scheme="rcu", schedule="", bugs=(), max_steps=20000) -> World:
+def replay_world(world: World, schedule="") -> World:
     """Run ``schedule`` (then the default: no preemption, lowest CPU first)
-    on a live world with every event recorded.  Returns the World: see
-    ``.events``, ``.violations``, and :func:`s2pt.sim.report.race_diagram`."""
-    from ..scenarios import get_scenario
-    sc = get_scenario(scenario)
-    w = World(sc, scheme, bugs, max_steps=max_steps)
-    w.run(parse_schedule(schedule))
-    return w
+    on ``world`` with every event recorded; returns it (see ``.events``,
+    ``.violations``, ``.diagram()``)."""
+    world.run(parse_schedule(schedule))
+    return world
 
 
-def trim_schedule(scenario, scheme, schedule, bugs=()) -> list:
+def trim_schedule(template: World, schedule) -> list:
     """Drop the tail of ``schedule`` that the default policy would choose
     anyway: the shorter schedule replays identically."""
-    from ..scenarios import get_scenario
-    w = World(get_scenario(scenario), scheme, bugs, record=False)
+    w = template.again(record=False)
     keep = 0
     last = None
     relaxed = False
@@ -829,33 +830,33 @@ def trim_schedule(scenario, scheme, schedule, bugs=()) -> list:
     return list(schedule[:keep])
 
 
-def _materialise(sc, scheme, bugs, kind, sched, msg, max_steps):
+def _materialise(template: World, kind, sched, msg):
     """Replay a found schedule live: the events, diagram and log."""
     from .report import race_diagram, state_log
-    w = World(sc, scheme, bugs, max_steps=max_steps)
+    w = template.again(record=True)
     w.run(sched)
     viol = next((v for v in w.violations if v.kind == kind), None)
     if viol is None:
         raise AssertionError(f"explorer bug: schedule {format_schedule(sched)} for {kind} "
                              f"did not reproduce it on replay (got {w.outcome}: "
                              f"{[v.kind for v in w.violations]})")
-    short = trim_schedule(sc, scheme, sched, bugs)
+    short = trim_schedule(template, sched)
     return Found(kind, short, msg, viol, race_diagram(w), state_log(w))
 
 
-def _minimise(sc, scheme, bugs, kind, sched, max_steps):
+def _minimise(template: World, kind, sched):
     """Delta debugging (ddmin) on a schedule found by random or PCT search:
     the smallest schedule (with the default completion) that still shows
     ``kind``."""
     def shows(cand):
         try:
-            w = World(sc, scheme, bugs, max_steps=max_steps, record=False)
+            w = template.again(record=False)
             w.run(cand)
         except S2ptError:
             return False
         return any(v.kind == kind for v in w.violations)
 
-    cur = trim_schedule(sc, scheme, sched, bugs)
+    cur = trim_schedule(template, sched)
     n = 2
     while len(cur) >= 2:
         chunk = max(1, len(cur) // n)
@@ -863,7 +864,7 @@ def _minimise(sc, scheme, bugs, kind, sched, max_steps):
         for start in range(0, len(cur), chunk):
             cand = cur[:start] + cur[start + chunk:]
             if shows(cand):
-                cur = trim_schedule(sc, scheme, cand, bugs)
+                cur = trim_schedule(template, cand)
                 n = max(n - 1, 2)
                 reduced = True
                 break
@@ -874,52 +875,103 @@ def _minimise(sc, scheme, bugs, kind, sched, max_steps):
     return cur
 
 
-def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, seed=0,
-            preemptions=None, bugs=(), max_states=2_000_000, max_steps=20000,
-            progress=False, details=True, check=False) -> Result:
-    """Search a scenario's interleavings for violations.
+# ---------------------------------------------------------------------------
+# The serial-order oracle
+# ---------------------------------------------------------------------------
+
+_SERIAL: dict = {}
+
+
+def content_key(obj):
+    """What a scenario or scheme *is*, for caching: its type and fields
+    (functions by identity), not its name -- a reader who rebuilds
+    ``Scenario("x", ...)`` with another builder gets a fresh oracle."""
+    fields = getattr(obj, "__dict__", None)
+    if fields is None:
+        return (type(obj), id(obj))
+    return (type(obj),) + tuple((k, freeze(v, {})) for k, v in sorted(fields.items()))
+
+
+def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
+    """``final(world)`` of every serial order of the scenario's CPUs (each
+    runs to completion before the next starts; RCU callbacks run at the
+    end), for the lost-update oracle.  Orders that hit a violation
+    (including one of ``checks`` at the end) contribute nothing.  Cached on
+    the scenario's and the scheme's content."""
+    key = (content_key(scenario), content_key(scheme), frozenset(bugs), final, tuple(checks))
+    out = _SERIAL.get(key)
+    if out is not None:
+        return out
+    probe = World(scenario, scheme, bugs, checks, record=False)
+    cpus = [i for i, a in enumerate(probe.actors) if not a.daemon]
+    found = set()
+    for order in itertools.permutations(cpus):
+        w = probe.again()
+        rank = {c: k for k, c in enumerate(order)}
+
+        def policy(world, enabled, rank=rank):
+            return min(enabled, key=lambda c: rank.get(c, len(rank)))
+
+        w.run((), policy)
+        if w.outcome == "done" and not w.violations:
+            found.add(final(w))
+    out = _SERIAL[key] = frozenset(found)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The search entry point
+# ---------------------------------------------------------------------------
+
+def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
+           preemptions=None, max_states=2_000_000, details=True, check=False,
+           progress=False, cancel=None) -> Result:
+    """Search the interleavings of ``template``'s scenario (a fresh World:
+    scenario, scheme, bugs and end-of-run checks) for violations.
 
     ``mode``: "exhaustive" (stateful breadth-first; shortest schedules),
     "unreduced" (every interleaving, no visited set: a baseline), "random"
     (``runs`` seeded random schedules) or "pct" (``runs`` seeded PCT
     schedules of depth ``depth``).  ``preemptions`` bounds the number of
-    preemptive context switches (exhaustive modes).  ``bugs`` switches
-    historical bugs back on (see :data:`s2pt.scenarios.BUGS`).
+    preemptive context switches (exhaustive modes).  ``check`` audits the
+    snapshot protocol on every restore (slower; the tests use it).
 
     Each violation kind comes back once, with its shortest schedule found
     (random/PCT schedules are minimised by delta debugging), replayed to a
     race diagram and a state log.
     """
-    from ..scenarios import get_scenario
-    from ..schemes import get_scheme
-    sc = get_scenario(scenario)
-    scheme = get_scheme(scheme).name
-    bugs = frozenset(bugs)
+    if template.nsteps:
+        raise S2ptError("search: the template World has already stepped; pass a fresh one")
     if preemptions is not None and (not isinstance(preemptions, int) or preemptions < 0):
         raise S2ptError(f"preemptions={preemptions!r}: a bound is a non-negative integer")
+    max_steps = template.max_steps
+    name = getattr(template.scenario, "name", "?")
+    scheme = getattr(template.scheme, "name", "?")
     t0 = time.perf_counter()
     settings = {"seed": seed} if mode in ("random", "pct") else {}
     if preemptions is not None:
         settings["preemptions"] = preemptions
     if mode in ("exhaustive", "unreduced"):
-        space = StateSpace(World(sc, scheme, bugs, max_steps=max_steps, record=False), check)
-        prog = _Progress(progress, f"{sc.name}/{scheme}") if progress else None
+        space = StateSpace(template.again(record=False), check)
+        prog = _Progress(progress, f"{name}/{scheme}") if progress else None
         if mode == "exhaustive":
             raw, st = _bfs(space, preemptions, max_states, max_steps, prog)
         else:
             raw, st = _unreduced(space, preemptions, max_states, max_steps)
         if prog:
             prog.done()
-        res = Result(sc.name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
+        res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
                      settings=settings)
     elif mode in ("random", "pct"):
-        if not isinstance(runs, int) or runs < 1:
+        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
             raise S2ptError(f"runs={runs!r}: need a positive number of runs")
         if mode == "pct" and (not isinstance(depth, int) or depth < 1):
             raise S2ptError(f"depth={depth!r}: PCT depth is a positive integer")
+        if not isinstance(seed, int) or not 0 <= seed < 1 << 64:
+            raise S2ptError(f"seed={seed!r}: a seed is an integer from 0 to 2**64 - 1")
         rng = random.Random(seed)
-        space = StateSpace(World(sc, scheme, bugs, max_steps=max_steps, record=False), check)
+        space = StateSpace(template.again(record=False), check)
         if mode == "random":
             def chooser():
                 return lambda en, last, step, relaxed: rng.choice(en)
@@ -927,6 +979,7 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, se
             k = len(_walk(space, lambda en, last, step, relaxed:       # lowest CPU first
                           next((c for c in en if not (relaxed and c == last)), en[0]),
                           max_steps)[0])
+
             def chooser():
                 return _pct_chooser(rng, space.n, depth, k)
         raw = {}
@@ -935,19 +988,18 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=3, se
             for kind, msg in viols:
                 if kind not in raw or len(sched) < len(raw[kind][0]):
                     raw[kind] = (sched, msg)
-        res = Result(sc.name, scheme, mode, False, 0.0, executions=runs, settings=settings)
+        res = Result(name, scheme, mode, False, 0.0, executions=runs, settings=settings)
         if mode == "pct":
             res.settings["depth"] = depth
-        raw = {kind: (_minimise(sc, scheme, bugs, kind, s, max_steps), msg)
-               for kind, (s, msg) in raw.items()}
+        raw = {kind: (_minimise(template, kind, s), msg) for kind, (s, msg) in raw.items()}
     else:
         raise S2ptError(f"mode={mode!r}: choose exhaustive, unreduced, random or pct")
     res.seconds = time.perf_counter() - t0
-    res._scenario = sc
+    res._scenario = template.scenario
     for kind in sorted(raw):
         sched, msg = raw[kind]
         if details:
-            res.found[kind] = _materialise(sc, scheme, bugs, kind, sched, msg, max_steps)
+            res.found[kind] = _materialise(template, kind, sched, msg)
         else:
             res.found[kind] = Found(kind, sched, msg)
     return res

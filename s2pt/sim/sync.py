@@ -34,6 +34,7 @@ expedited grace periods or quiescent-state machinery.
 from __future__ import annotations
 
 from ..errors import KernelBug, S2ptError
+from ..snapshot import Stateful
 from ..ops import (BLOCKING, Machine, cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache,
                    read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock)
 
@@ -67,29 +68,32 @@ def rcu_next_callback():
     return ("rcu_next_callback",)
 
 
-class SimMachine(Machine):
+class SimMachine(Machine, Stateful):
     """A :class:`~s2pt.ops.Machine` that knows which CPU performs each
     operation, and adds locks and a faithful RCU.
 
-    ``cpu`` is set by the explorer before each operation.  Memory-safety
-    violations are *recorded* in ``violations`` as ``(kind, message)``
-    instead of raised, so the explorer can report where they happened.
+    A table is built with it (``Stage2(..., machine=SimMachine)``) when the
+    explorer will run it.  ``cpu`` is set by the explorer before each
+    operation (a register, like the CPU number of the kernel's
+    ``smp_processor_id()``), and ``vcpu_of`` maps explorer actors to the
+    vCPU whose TLB a local TLBI reaches.  Violations are *recorded* in
+    ``violations`` as ``(kind, message)`` instead of raised, so the explorer
+    can report where they happened.
 
     All synchronisation state is small and immutable-valued, so that
-    :meth:`sync_state` can be a hashable tuple (part of a state fingerprint)
-    and :meth:`set_sync_state` can restore it.
+    :meth:`sim_state` can be a hashable tuple (part of a state fingerprint)
+    and :meth:`sim_restore` can restore it.
     """
 
-    def __init__(self, mem, mmu=None, ncpus: int = 1, vcpu_of=None):
-        super().__init__(mem, mmu)
-        self.ncpus = ncpus
+    def __init__(self, mem, mmu=None, stats=None):
+        super().__init__(mem, mmu, stats)
         self.cpu = 0
         #: explorer actor -> the vCPU index whose TLB a local TLBI reaches
-        self.vcpu_of = vcpu_of or {}
+        self.vcpu_of: dict = {}
         self.violations: list = []
         # lock name -> (writer cpu or None, frozenset of reader cpus)
         self.locks: dict = {}
-        self.nesting = [0] * ncpus            # rcu_read_lock nesting per CPU
+        self.nesting: dict = {}               # cpu -> rcu_read_lock nesting (> 0 only)
         self.gp_waiters: dict = {}            # cpu in synchronize_rcu -> readers awaited
         self.callbacks: list = []             # [(readers awaited, fn, args)], queue order
         self.hw_inflight = frozenset()        # CPUs whose MMU is in the middle of a walk
@@ -109,11 +113,12 @@ class SimMachine(Machine):
         for name in ("spin_lock", "spin_unlock", "read_lock", "read_unlock",
                      "write_lock", "write_unlock"):
             d[name] = getattr(self, "_" + name)
-        mem.violation = self._violation
 
     # -- violations ------------------------------------------------------------
-    def _violation(self, kind: str, message: str):
+    def violation(self, kind: str, message: str):
         self.violations.append((kind, message))
+
+    _violation = violation
 
     def perform(self, op):
         if self.mmu is not None and op[0] == "tlbi":
@@ -239,19 +244,21 @@ class SimMachine(Machine):
 
     # -- RCU ---------------------------------------------------------------------
     def _readers(self) -> frozenset:
-        return frozenset(c for c, n in enumerate(self.nesting) if n)
+        return frozenset(self.nesting)
 
     def _rcu_read_lock(self, op):
-        self.nesting[self.cpu] += 1
+        self.nesting[self.cpu] = self.nesting.get(self.cpu, 0) + 1
 
     def _rcu_read_unlock(self, op):
         cpu = self.cpu
-        if self.nesting[cpu] == 0:
+        n = self.nesting.get(cpu, 0)
+        if n == 0:
             self._violation("rcu", f"rcu_read_unlock() on CPU {cpu} without rcu_read_lock()")
             return
-        self.nesting[cpu] -= 1
-        if self.nesting[cpu]:
+        if n > 1:
+            self.nesting[cpu] = n - 1
             return
+        del self.nesting[cpu]
         # The read-side section ended: no grace period waits for it any more.
         for w, left in list(self.gp_waiters.items()):
             if cpu in left:
@@ -281,16 +288,17 @@ class SimMachine(Machine):
         return None
 
     # -- state -------------------------------------------------------------------
-    def sync_state(self) -> tuple:
-        """Locks, RCU nesting, grace-period waits, callback queue: hashable."""
-        return (tuple(sorted(self.locks.items())), tuple(self.nesting),
+    def sim_state(self) -> tuple:
+        """Locks, RCU nesting, grace-period waits, callback queue, walks in
+        flight: hashable (the explorer's snapshot protocol)."""
+        return (tuple(sorted(self.locks.items())), tuple(sorted(self.nesting.items())),
                 tuple(sorted(self.gp_waiters.items())),
                 tuple((w, fn, args) for w, fn, args in self.callbacks), self.hw_inflight)
 
-    def set_sync_state(self, s: tuple):
+    def sim_restore(self, s: tuple):
         self.hw_inflight = s[4]
         self.locks = dict(s[0])
-        self.nesting = list(s[1])
+        self.nesting = dict(s[1])
         self.gp_waiters = dict(s[2])
         self.callbacks = list(s[3])
 

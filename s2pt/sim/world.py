@@ -22,7 +22,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
+from ..invariants import reachable_tables
+from ..memory import MemCache
+from ..ops import ADDR, SYNC, View, desc_text, loc_text, op_text
+from ..snapshot import Stateful, Stateless, owner_of
 from .sync import SimMachine, rcu_next_callback
+from .violation import Violation
 
 __all__ = ["Actor", "Setup", "Event", "World", "frames", "stack_names", "freeze"]
 
@@ -51,18 +56,22 @@ class Actor:
 class Setup:
     """What a scenario builds: the table, the CPUs, and extra state.
 
-    ``stateful`` lists objects whose fields are part of the machine state
-    (per-vCPU TLBs, checkers with automata); ``attach`` lists callables run
-    once the explorer's machine is in place (checkers subscribe there).
+    The table must have been built with the explorer's machine
+    (``Stage2(..., machine=SimMachine)``), so that checkers attach to it as
+    they are built.  ``opaque`` lists shared objects that CPU programs hold
+    (the table, TLBs, contexts): they freeze to a name, not a copy, when the
+    explorer fingerprints a CPU's local variables.
     """
 
     def __init__(self, pgt, scheme, bugs=frozenset()):
+        if not isinstance(pgt.machine, SimMachine):
+            raise S2ptError("Setup: the scenario's table must be built with the explorer's "
+                            "machine (Stage2(..., machine=SimMachine)), not "
+                            f"{type(pgt.machine).__name__}")
         self.pgt = pgt
         self.scheme = scheme
         self.bugs = frozenset(bugs)
         self.actors: list[Actor] = []
-        self.stateful: list = []
-        self.attach: list = []
         self.opaque: list = [pgt, pgt.mm, pgt.mmu]
         self.memcaches: list = []
         self.region: tuple | None = None       # (ipa, size) the lost-update oracle compares
@@ -74,13 +83,43 @@ class Setup:
 
     def memcache(self, pages: int):
         """A pre-filled struct kvm_mmu_memory_cache (topped up before the run)."""
-        from ..memory import MemCache
         mc = MemCache(self.pgt.mm)
         if mc.topup(pages):
             raise KernelBug("setup", "memcache top-up failed")
         self.memcaches.append(mc)
         self.opaque.append(mc)
         return mc
+
+    def share(self, *objs):
+        """Objects the CPU programs hold that are part of the machine (opaque
+        to the fingerprint of a CPU's locals)."""
+        self.opaque += objs
+
+
+def stateful_parts(machine) -> list:
+    """Every object hooked into ``machine`` (observers, TLBI listeners, free
+    hooks, registered operations), each once, in registration order.  Each
+    must be :class:`~s2pt.snapshot.Stateful` or
+    :class:`~s2pt.snapshot.Stateless`: the explorer refuses anything else,
+    because an observer whose state it cannot see makes pruning unsound."""
+    hooks = (list(machine.pre_observers) + list(machine.observers)
+             + list(machine.mmu.listeners if machine.mmu is not None else ())
+             + list(machine.mem.free_hooks) + list(machine.extensions.values()))
+    out, seen = [], set()
+    for h in hooks:
+        o = owner_of(h)
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, Stateless):
+            continue
+        if not isinstance(o, Stateful):
+            raise S2ptError(
+                f"{o!r} observes the machine but does not follow the snapshot protocol: "
+                f"make it an s2pt.snapshot.Stateful (sim_state/sim_restore) or, if nothing "
+                f"it keeps can change what happens next, an s2pt.snapshot.Stateless")
+        out.append(o)
+    return out
 
 
 #: code object -> the kernel function name to show (None: a helper frame
@@ -230,55 +269,64 @@ class World:
     always the RCU callback thread.
     """
 
-    def __init__(self, scenario, scheme, bugs=(), max_steps: int = 20000, record: bool = True):
-        from ..schemes import get_scheme
+    def __init__(self, scenario, scheme, bugs=(), checks=(), max_steps: int = 20000,
+                 record: bool = True):
+        """``scenario`` builds the Setup (``scenario.build(scheme, bugs)``);
+        ``scheme`` is a scheme object (s2pt.schemes), not a name; ``checks``
+        are the end-of-run checks, each ``check(world) -> [Violation]``, run
+        after every CPU has finished and ``rcu_barrier()`` (s2pt.checkers)."""
         self.scenario = scenario
-        self.scheme = get_scheme(scheme)
-        setup = scenario.build(self.scheme, frozenset(bugs))
+        self.scheme = scheme
+        self.bugs = frozenset(bugs)
+        self.checks = tuple(checks)
+        setup = scenario.build(scheme, self.bugs)
         setup.cpu("rcu", "RCU callbacks (rcu_do_batch)", rcu_callback_thread, daemon=True)
         self.setup = setup
         pgt = self.pgt = setup.pgt
         self.actors = setup.actors
         n = len(self.actors)
-        old = pgt.machine
-        m = SimMachine(pgt.mm, pgt.mmu, n, {i: a.vcpu for i, a in enumerate(self.actors)
-                                            if a.vcpu is not None})
-        m.stats = old.stats
-        pgt.machine = m
-        self.machine = m
-        self.warnings: list = []
-        pgt.warn = self._warn
-        for fn in setup.attach:
-            fn(m)
+        m = self.machine = pgt.machine
+        if m.violations:
+            raise KernelBug("setup", f"the scenario's setup broke a rule: {m.violations}")
+        m.vcpu_of = {i: a.vcpu for i, a in enumerate(self.actors) if a.vcpu is not None}
+        self.stateful = stateful_parts(m)
         self.opaque = {id(o): f"<{type(o).__name__}#{k}>" for k, o in enumerate(setup.opaque)}
-        for k, o in enumerate(setup.stateful):
-            self.opaque[id(o)] = f"<{type(o).__name__}#s{k}>"
+        for k, o in enumerate(self.stateful):
+            self.opaque.setdefault(id(o), f"<{type(o).__name__}#s{k}>")
         self.opaque[id(m)] = "<machine>"
         self.opaque[id(self)] = "<world>"
         self.max_steps = max_steps
         self.record = record
         # For the views: the level of each table page, who freed what.
-        from ..invariants import reachable_tables
-        self.pgd_pfns = [p.pfn for p in pgt.pgd_pages]
-        self.levels = {p.pfn: lvl for p, lvl in reachable_tables(pgt)}
+        self.view = View(pgt, {p.pfn: lvl for p, lvl in reachable_tables(pgt)})
         self.frees: dict = {}                 # pfn -> (step, cpu, function)
-        if hasattr(pgt.mm, "free_hooks"):
-            pgt.mm.free_hooks.append(self._on_free)
+        self._freed = _FreeLog(self)
+        pgt.mm.free_hooks.append(self._freed.on_free)
         self.events: list[Event] = []
         self.nsteps = 0
         self.cpus: list = [None] * n
         self.pending: list = [None] * n
         self.results: list = [None] * n       # each actor's return value
         self.outcome = None                   # None while running; "done", "deadlock", "violation", "livelock"
-        self.violations: list = []            # checkers.Violation objects
+        self.violations: list = []            # Violation objects
         for i, a in enumerate(self.actors):
             self._prime(i, a.start())
 
-    # -- helpers ------------------------------------------------------------------
-    def _warn(self, message: str):
-        """WARN_ON() in the walker: recorded, as a kernel splat would be."""
-        self.warnings.append(("warn", message))
+    def again(self, record: bool | None = None, max_steps: int | None = None) -> "World":
+        """A fresh World of the same scenario, scheme, bugs and checks."""
+        return World(self.scenario, self.scheme, self.bugs, self.checks,
+                     self.max_steps if max_steps is None else max_steps,
+                     self.record if record is None else record)
 
+    @property
+    def levels(self) -> dict:
+        return self.view.levels
+
+    @property
+    def pgd_pfns(self) -> list:
+        return self.view.pgd_pfns
+
+    # -- helpers ------------------------------------------------------------------
     def _prime(self, i, gen):
         try:
             self.cpus[i] = gen
@@ -340,9 +388,6 @@ class World:
             if m.violations:                  # raised from code between yields
                 viol += m.violations
                 m.violations = []
-            if self.warnings:
-                viol += self.warnings
-                self.warnings = []
         ev = Event(self.nsteps, i, op, result, stack, viol, enabled)
         if self.record:
             ev.note = self._changes(op, pre)
@@ -350,12 +395,10 @@ class World:
         if self.record:
             self.events.append(ev)
         if viol:
-            from ..checkers import Violation
             for kind, msg in viol:
                 self.violations.append(Violation.at_step(self, ev, kind, msg))
             self.outcome = "violation"
         elif self.nsteps >= self.max_steps:
-            from ..checkers import Violation
             self.violations.append(Violation.livelock(self, ev))
             self.outcome = "livelock"
         else:
@@ -365,7 +408,6 @@ class World:
     def _maybe_finish(self):
         if self.live():
             if not self.enabled():
-                from ..checkers import Violation
                 self.violations.append(Violation.deadlock(self))
                 self.outcome = "deadlock"
             return
@@ -374,10 +416,20 @@ class World:
         if self.enabled():
             return
         self.outcome = "done"
-        from ..checkers import end_of_run
-        self.violations += end_of_run(self)
+        self.violations += self.end_checks()
         if self.violations:
             self.outcome = "violation"
+
+    def end_checks(self) -> list:
+        """The end-of-run violations of the machine as it is now: queued RCU
+        callbacks after rcu_barrier(), then each check this World was given."""
+        out = []
+        if self.machine.callbacks:
+            out.append(Violation.at_end("leak", "RCU callbacks still queued after rcu_barrier()",
+                                        "rcu_barrier() returned with callbacks still queued."))
+        for check in self.checks:
+            out += check(self)
+        return out
 
     def run(self, schedule=(), policy=None) -> "World":
         """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
@@ -403,47 +455,38 @@ class World:
         return self
 
     # -- bookkeeping for the views ---------------------------------------------------
-    def _on_free(self, page):
-        if self.record:
-            st = getattr(self, "_stack", ())
-            self.frees[page.pfn] = (self.nsteps, self.machine.cpu, st[-1] if st else "?")
-
     def _peek(self, op):
         name = op[0]
-        if name in _ADDR_OPS:
+        if name in ADDR:
             mm = self.pgt.mm
             page = mm.pages.get(op[1] >> mm.page_shift)
             if page is None:
                 return None
             idx = (op[1] & (mm.page_size - 1)) >> 3
             return (page.refcount, page.freed, page.table.item(idx))
-        if name in _SYNC_OPS:
+        if name in SYNC:
             return self.machine.describe_sync()
         return None
 
     def _changes(self, op, pre) -> str:
-        from .report import desc_text, loc_text
         name = op[0]
-        if name in _ADDR_OPS and pre is not None:
+        view = self.view
+        if name in ADDR and pre is not None:
             post = self._peek(op)
             mm = self.pgt.mm
             pa = op[1] & ~(mm.page_size - 1)
-            lvl = self.levels.get(op[1] >> mm.page_shift)
+            lvl = view.levels.get(op[1] >> mm.page_shift)
             out = []
             if post[2] != pre[2] and not post[1]:
-                out.append(f"{loc_text(self, op[1])}: {desc_text(self, pre[2], lvl)} -> "
-                           f"{desc_text(self, post[2], lvl)}")
-                new = post[2]
-                if lvl is not None and lvl < 3 and new & 3 == 3:
-                    child = (new & self.pgt.addr_mask) >> mm.page_shift
-                    if child in mm.pages:
-                        self.levels[child] = lvl + 1
+                out.append(f"{loc_text(view, op[1])}: {desc_text(view, pre[2], lvl)} -> "
+                           f"{desc_text(view, post[2], lvl)}")
+                view.learn(op[1], post[2])
             if post[1] and not pre[1]:
                 out.append(f"table page {pa:#x} freed (poisoned, back to the allocator)")
             elif post[0] != pre[0]:
                 out.append(f"page_count({pa:#x}): {pre[0]} -> {post[0]}")
             return "; ".join(out)
-        if name in _SYNC_OPS:
+        if name in SYNC:
             post = self.machine.describe_sync()
             return post if post != pre else ""
         return ""
@@ -476,17 +519,22 @@ class World:
         p.text(self.diagram() + "\n\n" + self.status())
 
     def pending_text(self, i: int) -> str:
-        from .report import op_text
         if self.cpus[i] is None:
             return "finished"
-        return op_text(self, self.pending[i])
+        return op_text(self.pending[i], self.view)
 
 
-_ADDR_OPS = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "get_page",
-                       "put_page", "page_count", "get_page_unless_zero", "free_page"})
-_SYNC_OPS = frozenset({"spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock",
-                       "write_unlock", "rcu_read_lock", "rcu_read_unlock", "call_rcu",
-                       "synchronize_rcu", "rcu_gp_wait", "rcu_next_callback"})
+class _FreeLog(Stateless):
+    """Who freed each table page, for the explanations (bookkeeping only)."""
+
+    def __init__(self, world):
+        self.world = world
+
+    def on_free(self, page):
+        w = self.world
+        if w.record:
+            st = getattr(w, "_stack", ())
+            w.frees[page.pfn] = (w.nsteps, w.machine.cpu, st[-1] if st else "?")
 
 
 def default_choice(enabled, last, relaxed=False):

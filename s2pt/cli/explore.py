@@ -1,8 +1,7 @@
 """``python -m s2pt explore | replay | scenarios``: the explorer's commands.
 
-Imported by :mod:`s2pt.cli`, which registers each function below as one
-subcommand.  Exit status: 0 when no violation was found, 1 when one was,
-2 on bad input (one line on stderr, never a traceback).
+Exit status: 0 when no violation was found, 1 when one was, 2 on bad input
+(one line on stderr, never a traceback).
 """
 
 from __future__ import annotations
@@ -10,34 +9,20 @@ from __future__ import annotations
 import json
 import sys
 
-from ..cli import arg, command, _int
 from ..errors import S2ptError
-
-
-def _nonneg(text):
-    v = _int(text)
-    if v < 0:
-        import argparse
-        raise argparse.ArgumentTypeError(f"must be non-negative: {text!r}")
-    return v
-
-
-def _pos(text):
-    v = _int(text)
-    if v < 1:
-        import argparse
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
+from ..explorer import explore, replay
+from ..scenarios import SCENARIOS, get_scenario
+from ..schemes import SCHEMES, get_scheme
+from ..sim.violation import KINDS
+from .registry import arg, command, integer as _int, nonneg as _nonneg, positive as _pos
 
 
 def _scheme_for(scenario: str, scheme: str | None) -> str:
     """The scheme to run: the one asked for, which the scenario must declare
     (it says why not otherwise), or by default rcu, else its first declared."""
-    from ..scenarios import get_scenario
     sc = get_scenario(scenario)
     if scheme is None:
         return "rcu" if "rcu" in sc.expect else next(iter(sc.expect))
-    from ..schemes import get_scheme
     get_scheme(scheme)                   # an unknown scheme is its own error
     sc.check_scheme(scheme)
     return scheme
@@ -68,7 +53,6 @@ def explore_cmd(args) -> int:
 
     Exit status: 0 no violation found, 1 violation found, 2 bad input.
     """
-    from .search import explore
     args.scheme = _scheme_for(args.scenario, args.scheme)
     modes = [m for m in ("exhaustive", "random", "pct") if getattr(args, m)]
     if len(modes) > 1:
@@ -83,10 +67,6 @@ def explore_cmd(args) -> int:
     if args.json:
         print(json.dumps(res.to_json()))
     else:
-        print(f"ARG scenario {res.scenario}  scheme {res.scheme}  mode {mode}"
-              + (f"  seed {args.seed}" if mode != "exhaustive" else "")
-              + (f"  preemptions {args.preemptions}" if args.preemptions is not None else "")
-              + (f"  bugs {','.join(args.bug)}" if args.bug else ""))
         print(res.summary())
         for f in res.violations:
             print(f"\nreplay it: python -m s2pt replay {res.scenario} --scheme {res.scheme} "
@@ -108,7 +88,6 @@ def replay_cmd(args) -> int:
 
     Exit status: 0 the run was clean, 1 it showed a violation, 2 bad input.
     """
-    from .search import replay
     args.scheme = _scheme_for(args.scenario, args.scheme)
     w = replay(args.scenario, args.scheme, args.schedule, bugs=args.bug)
     print(w.diagram())
@@ -122,9 +101,6 @@ def replay_cmd(args) -> int:
 def scenarios_cmd(args) -> int:
     """Every scenario with, per scheme, the violations it is declared to show
     Sometimes (every other kind is declared Never)."""
-    from ..checkers import KINDS
-    from ..scenarios import SCENARIOS
-    from ..schemes import SCHEMES
     print("Schemes:")
     for s in SCHEMES.values():
         print(f"  {s.name:<8} {s.summary}")

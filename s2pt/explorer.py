@@ -1,0 +1,59 @@
+"""The explorer's entry points, by name: ``s2pt.explore``, ``s2pt.replay``, ``s2pt.world``.
+
+The engine (:mod:`s2pt.sim`) knows no scenario, scheme or checker by name:
+a :class:`~s2pt.sim.world.World` is given a scenario object, a scheme object
+and its end-of-run checks.  This module, one layer up, looks the names up
+(:mod:`s2pt.scenarios`, :mod:`s2pt.schemes`), gives the World the checks
+that :func:`s2pt.checkers.end_checks` chooses for them, and calls the
+search::
+
+    >>> import s2pt
+    >>> r = s2pt.explore("collapse-vs-fault", "none")       # every interleaving
+    >>> sorted(r.kinds)
+    ['use-after-free']
+    >>> w = s2pt.replay("collapse-vs-fault", "none", r.found["use-after-free"].schedule_text)
+    >>> w.outcome
+    'violation'
+"""
+
+from __future__ import annotations
+
+from .checkers import end_checks
+from .scenarios import get_scenario
+from .schemes import get_scheme
+from .sim.search import Result, replay_world, search
+from .sim.world import World
+
+__all__ = ["world", "explore", "replay"]
+
+
+def world(scenario, scheme="rcu", bugs=(), *, max_steps: int = 20000,
+          record: bool = True) -> World:
+    """A fresh World of ``scenario`` (a name or a Scenario) under ``scheme``
+    (a name or a Scheme), ready to be stepped by hand (``w.step(cpu)``)."""
+    sc = get_scenario(scenario)
+    sch = get_scheme(scheme)
+    sc.check_scheme(sch.name)
+    bugs = frozenset(bugs)
+    sc.check_bugs(bugs)
+    return World(sc, sch, bugs, end_checks(sc, sch, bugs), max_steps=max_steps, record=record)
+
+
+def replay(scenario, scheme="rcu", schedule="", bugs=(), max_steps: int = 20000) -> World:
+    """Run ``schedule`` (CPU ids, e.g. ``"1*4 0"``; then the default: no
+    preemption, lowest CPU first) on a live world with every event
+    recorded.  Returns the World: ``.events``, ``.violations``,
+    ``.diagram()``, ``.log()``."""
+    return replay_world(world(scenario, scheme, bugs, max_steps=max_steps), schedule)
+
+
+def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, seed=0,
+            preemptions=None, bugs=(), max_states=2_000_000, max_steps=20000,
+            progress=False, details=True, check=False) -> Result:
+    """Search a scenario's interleavings for violations (see
+    :func:`s2pt.sim.search.search`): ``mode`` "exhaustive" (the default,
+    shortest schedules), "unreduced", "random" or "pct"; ``bugs`` switches
+    historical bugs back on (:data:`s2pt.scenarios.BUGS`)."""
+    w = world(scenario, scheme, bugs, max_steps=max_steps, record=False)
+    return search(w, mode=mode, runs=runs, depth=depth, seed=seed, preemptions=preemptions,
+                  max_states=max_states, details=details, check=check, progress=progress)
