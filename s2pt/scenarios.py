@@ -597,13 +597,13 @@ def _attach_bbm(s, pgt):
         bbm = BbmChecker(pgt, on_violation=lambda msg: machine.violations.append(("bbm", msg)))
         s.stateful.append(bbm)
         s.opaque.append(bbm)
-        strict = pgt._stale_reason
+        strict = pgt.stale_reason
 
         def stale_reason(base, level, cached, at=None):
             if at is not None and all(bbm.tlbi_pending(ipa) for ipa in at):
                 return ""                 # inside the BBM window: allowed
             return strict(base, level, cached, at)
-        pgt._stale_reason = stale_reason
+        pgt.stale_reason = stale_reason
     s.attach.append(attach)
 
 

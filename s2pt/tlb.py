@@ -424,7 +424,7 @@ class VcpuTlb:
         """Cached translations that grant more than the tables do now."""
         out = []
         for (level, base), pte in self.entries.items():
-            why = self.pgt._stale_reason(base, level, pte)
+            why = self.pgt.stale_reason(base, level, pte)
             if why:
                 out.append(f"vCPU{self.vcpu} TLB entry for IPA {base:#x} (level {level}): {why}")
         return out
@@ -483,7 +483,7 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         # this access does not stop the entry being cached for the next one.
         if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
             tlb.fill((level, ipa & ~(pgt.granule_size[level] - 1)), pte)
-        return pgt._classify(ipa, pte, level, write, exec, "walk", False)
+        return pgt.classify(ipa, pte, level, write, exec, "walk", False)
 
 
 def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
@@ -491,11 +491,11 @@ def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
     pgt = tlb.pgt
     tlb.hits += 1
     level, pte = hit
-    why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+    why = pgt.stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
     if why:
         pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
                                       f"{ipa:#x}: {why} (a TLBI is missing)")
-    return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
+    return pgt.classify(ipa, pte, level, write, exec, "tlb", False)
 
 
 def hw_translate_now(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):
