@@ -150,8 +150,9 @@ class VcpuTlb:
     architecture lets an implementation drop any entry at any time).
 
     Both are dropped by TLBIs for the VMID (``S2Mmu.listeners``): by IPA
-    (any level, since KVM uses the non-"last level" TLBI IPAS2E1IS), by range,
-    or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
+    (walk-cache entries of any level, since KVM uses the non-"last level"
+    TLBI IPAS2E1IS; leaves only of the level named by the TTL hint, or of
+    every level when it is TLBI_TTL_UNKNOWN), by range, or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
     issued it (``S2Mmu.current_vcpu``).
 
     Two hazards are checked here, the hardware side of break-before-make:
@@ -320,9 +321,37 @@ class VcpuTlb:
         else:
             if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
                 return
-            lo, hi = addr, addr + 1
+            # ``arg`` is the TTL level hint (None: TLBI_TTL_UNKNOWN).
+            self._drop(addr, addr + 1, arg)
+            return
+        self._drop(lo, hi, None)
+
+    def _drop(self, lo: int, hi: int, leaf_level):
+        """Drop the cached entries that overlap [lo, hi): leaves of every
+        level, or only of ``leaf_level`` (a TLBI's TTL hint), and walk-cache
+        entries of every level.
+
+        TTL (FEAT_TTL, TLBI IPAS2E1IS bits [47:44]) names the level of the
+        *leaf* entry for the address; the Arm ARM lets a TLBI with a wrong
+        hint invalidate nothing ("If an incorrect value for the TTL field is
+        specified for the entries being invalidated by the instruction, then
+        no entries are required by the architecture to be invalidated"), and
+        the kernel says the same in asm/tlbflush.h ("If the level is wrong,
+        no invalidation may take place").  So a cached leaf of another level
+        survives here: the stale-TLB check then catches a wrong hint.
+
+        Walk-cache entries (cached table descriptors) are dropped at every
+        level, as before.  The hint describes the leaf; the architecture
+        ties the walk-cache entries on the way to it to the same TLBI and
+        gives no separate rule for a table entry's own level, and the kernel
+        never relies on one: whenever it invalidates a *table* entry it
+        passes TLBI_TTL_UNKNOWN (stage2_unmap_put_pte, hyp_unmap_walker) or
+        a range flush (stage2_try_break_pte -> kvm_tlb_flush_vmid_range).
+        Keeping them unconditional can only hide a stale walk cache after a
+        wrongly hinted TLBI, never invent one.
+        """
         l3 = self._l3
-        if l3:
+        if l3 and (leaf_level is None or leaf_level == 3):
             g2 = self._g2
             first, last = lo // g2, (hi - 1) // g2
             if first == last:
@@ -347,7 +376,7 @@ class VcpuTlb:
         spans = self.pgt._tlb_spans
         leaf_spans, walk_spans = spans[0], spans[1]
         for level, d in self._leaf.items():
-            if d:
+            if d and (leaf_level is None or leaf_level == level):
                 span = leaf_spans[level]
                 first = lo & ~(span - 1)
                 if hi - first <= span:
@@ -370,9 +399,10 @@ class VcpuTlb:
     def invalidate_run(self, kind: str, addr: int, arg, count: int, stride: int):
         """``count`` per-IPA TLBIs ``stride`` apart.  When they are a page
         apart, every cached entry overlapping the run contains one of the
-        IPAs, so one pass over the range does the same work."""
-        if stride == self.pgt.page_size and kind == "ipa":
-            self.invalidate("range", addr, count * stride)
+        IPAs, so one pass over the range does the same work -- restricted,
+        like each TLBI, to leaves of the hinted level (``arg``)."""
+        if stride == self.pgt.page_size and kind == "ipa" and count > 0:
+            self._drop(addr, addr + count * stride, arg)
         else:
             for i in range(count):
                 self.invalidate(kind, addr + i * stride, arg)

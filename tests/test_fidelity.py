@@ -8,6 +8,8 @@ import pytest
 
 import s2pt
 from s2pt import descriptor as d
+from s2pt import ops
+from s2pt.ops import run
 from s2pt.kvm import VM, KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -130,3 +132,59 @@ def test_bad_userspace_addr_rejected_and_no_slot_added(bad):
         vm.add_memslot(BASE, 16 * MiB, backing="2M", userspace_addr=bad)
     assert "userspace_addr" in str(e.value) and repr(bad) in str(e.value)
     assert vm.memslots == []
+
+
+# ---------------------------------------------------------------------------
+# 2. A TLBI's level hint (TTL) reaches only leaves of that level
+# ---------------------------------------------------------------------------
+
+def _ptep(pgt, ipa, level):
+    """The address of the descriptor that resolves ``ipa`` at ``level``."""
+    lvl, table = pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size
+    while True:
+        ptep = table + 8 * ((ipa >> pgt.granule_shift[lvl]) & (pgt.ptrs_per_pte - 1))
+        if lvl == level:
+            return ptep
+        pte = pgt.mm.pages[ptep >> pgt.page_shift].table.item((ptep & (pgt.page_size - 1)) >> 3)
+        table, lvl = pte & pgt.addr_mask, lvl + 1
+
+
+def _raw(*ops_):
+    def gen():
+        for op in ops_:
+            yield op
+    return gen()
+
+
+def _vm_with_cached_block():
+    vm = VM()
+    vm.add_memslot(BASE, 16 * MiB, backing="2M")
+    assert vm.access(BASE, write=True).level == 2          # fault, then a TLB fill
+    assert (2, BASE) in vm.vcpus[0].tlb.entries
+    return vm
+
+
+def test_tlbi_with_wrong_level_hint_leaves_a_stale_entry():
+    """__kvm_tlb_flush_vmid_ipa(mmu, ipa, level) -> __tlbi_level(ipas2e1is,
+    ipa, level): "If the level is wrong, no invalidation may take place"
+    (asm/tlbflush.h).  Unmapping a 2M block but hinting level 3 leaves the
+    cached block; the next access through it is a stale-TLB hit."""
+    vm = _vm_with_cached_block()
+    pgt = vm.pgt
+    run(_raw(ops.WRITE_ONCE(_ptep(pgt, BASE, 2), 0), ops.tlbi("ipa", BASE, 3)), pgt.machine)
+    assert (2, BASE) in vm.vcpus[0].tlb.entries
+    with pytest.raises(s2pt.KernelBug) as e:
+        vm.translate(BASE + 0x5000)
+    assert e.value.kind == "stale-tlb"
+
+
+@pytest.mark.parametrize("hint", [2, None])
+def test_tlbi_with_right_or_unknown_hint_drops_the_block(hint):
+    """__kvm_tlb_flush_vmid_ipa with the leaf's own level, or with
+    TLBI_TTL_UNKNOWN (a non-hinted invalidation), drops the cached block."""
+    vm = _vm_with_cached_block()
+    pgt = vm.pgt
+    run(_raw(ops.WRITE_ONCE(_ptep(pgt, BASE, 2), 0), ops.tlbi("ipa", BASE, hint)), pgt.machine)
+    assert (2, BASE) not in vm.vcpus[0].tlb.entries
+    f = vm.translate(BASE + 0x5000)
+    assert isinstance(f, s2pt.Fault) and f.kind == "translation"
