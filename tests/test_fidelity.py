@@ -188,3 +188,102 @@ def test_tlbi_with_right_or_unknown_hint_drops_the_block(hint):
     assert (2, BASE) not in vm.vcpus[0].tlb.entries
     f = vm.translate(BASE + 0x5000)
     assert isinstance(f, s2pt.Fault) and f.kind == "translation"
+
+
+# ---------------------------------------------------------------------------
+# 1. Break-before-make covers the whole subtree of an invalidated table entry
+# ---------------------------------------------------------------------------
+
+from s2pt.bbm import BbmChecker            # noqa: E402
+
+
+def _two_level_subtree():
+    """A Stage2 with a level-1 -> level-2 -> level-3 chain under IPA 0, and
+    the ptep of the level-1 entry (linking the level-2 table), the level-2
+    table and the level-3 table."""
+    pgt = s2pt.Stage2()                    # 40-bit IPA, 4K: levels 1..3
+    pgt.map(0, 2 * MiB, 0x4000_0000, force_pte=True)
+    l1e = _ptep(pgt, 0, 1)
+    l2 = pgt.mem.read64(l1e) & pgt.addr_mask
+    l3 = pgt.mem.read64(l2) & pgt.addr_mask
+    return pgt, l1e, l2, l3
+
+
+def test_free_subtree_table_before_tlbi_is_a_violation():
+    """casemate step_write_on_valid -> mark_not_writable_cb, and
+    check_release_cb: once the level-1 table entry is cleared, the level-3
+    table two levels down is still reachable by a walk cache until the TLBI,
+    so releasing it is "cannot release table where children are still
+    unclean" (the kernel frees it only after kvm_tlb_flush_vmid_range /
+    __kvm_tlb_flush_vmid_ipa(TLBI_TTL_UNKNOWN))."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    BbmChecker(pgt)                        # no on_violation: raises KernelBug
+    with pytest.raises(s2pt.KernelBug) as e:
+        run(_raw(ops.WRITE_ONCE(l1e, 0), ops.free_page(l3)), pgt.machine)
+    assert e.value.kind == "bbm"
+    assert "cannot release table where children are still unclean" in str(e.value)
+
+
+def test_put_page_of_subtree_table_before_tlbi_is_a_violation():
+    """The same through the refcount: stage2_free_walker's put_page of the
+    last reference frees the level-2 table before the TLBI."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    BbmChecker(pgt)
+    with pytest.raises(s2pt.KernelBug, match="cannot release table where children"):
+        run(_raw(ops.WRITE_ONCE(l1e, 0),
+                 *[ops.put_page(l2)] * pgt.mm.page_of(l2).refcount), pgt.machine)
+
+
+@pytest.mark.parametrize("tlbi", [("range", 0, 1 * GiB), ("ipa", 0x1000, None), ("vmid", 0, 0)])
+def test_free_subtree_after_tlbi_is_fine(tlbi):
+    """kvm_pgtable_stage2_free_unlinked() from an RCU callback, long after
+    the TLBI that stage2_try_break_pte (kvm_tlb_flush_vmid_range) or
+    stage2_unmap_put_pte (TLBI_TTL_UNKNOWN) issued: no violation."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    bbm = BbmChecker(pgt)
+    run(_raw(ops.WRITE_ONCE(l1e, 0), ops.tlbi(*tlbi), ops.free_page(l3), ops.free_page(l2)),
+        pgt.machine)
+    assert bbm.violations == [] and bbm.check_clean() == []
+
+
+def test_relink_subtree_table_before_tlbi_is_a_violation():
+    """casemate step_write_table_mark_children: a table descriptor may only
+    be written when everything it reaches is clean.  Linking the level-3
+    table of a just-unlinked subtree under another IPA before the TLBI is
+    "BBM write table descriptor with unclean children"."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    pgt.map(1 * GiB, 4 * KiB, 0x8000_0000)     # another level-2 table
+    other = _ptep(pgt, 1 * GiB + 2 * MiB, 2)   # an empty level-2 entry in it
+    BbmChecker(pgt)
+    with pytest.raises(s2pt.KernelBug, match="BBM write table descriptor with unclean children"):
+        run(_raw(ops.WRITE_ONCE(l1e, 0), ops.WRITE_ONCE(other, l3 | 3)), pgt.machine)
+
+
+def test_relink_subtree_table_after_tlbi_is_not_flagged():
+    """After the TLBI the subtree is clean: reusing its table is no BBM
+    violation (whether it is wise is the refcount checker's business)."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    pgt.map(1 * GiB, 4 * KiB, 0x8000_0000)
+    other = _ptep(pgt, 1 * GiB + 2 * MiB, 2)
+    bbm = BbmChecker(pgt)
+    run(_raw(ops.WRITE_ONCE(l1e, 0), ops.tlbi("range", 0, 1 * GiB),
+             ops.WRITE_ONCE(other, l3 | 3)), pgt.machine)
+    assert bbm.violations == []
+
+
+def test_bbm_snapshot_restores_the_subtree_state():
+    """The explorer's snapshot protocol (sim_state/sim_restore) must carry
+    the doomed subtree: restoring a state taken between the table break and
+    its TLBI must still flag an early free."""
+    pgt, l1e, l2, l3 = _two_level_subtree()
+    bbm = BbmChecker(pgt, on_violation=lambda m: None)
+    before = bbm.sim_state()
+    run(_raw(ops.WRITE_ONCE(l1e, 0)), pgt.machine)
+    broken = bbm.sim_state()
+    assert broken != before and hash(broken) is not None
+    bbm.sim_restore(before)
+    bbm.sim_restore(broken)
+    run(_raw(ops.free_page(l3)), pgt.machine)
+    assert any("cannot release table where children are still unclean" in v
+               for v in bbm.violations)
+    assert bbm.tlbi_pending(0x1000)
