@@ -105,10 +105,24 @@ _MEMATTR_CODE = {
     (True, "device"): MT_S2_FWB_DEVICE_nGnRE,
 }
 
-# pKVM component ids (enum pkvm_component_id, nvhe/mem_protect.h)
+# pKVM component ids (enum pkvm_component_id, nvhe/mem_protect.h).  0 and 1
+# are the same everywhere.  2 differs: mainline's enum is {HOST, HYP, FFA}
+# and mainline never writes an owner above KVM_MAX_OWNER_ID = 1; the Android
+# Common Kernel's enum is {HOST, HYP, GUEST, ...}, and the model uses that.
 PKVM_ID_HOST = 0
 PKVM_ID_HYP = 1
-PKVM_ID_GUEST = 2       # modelled owner id for "a protected guest"; see s2pt.pkvm
+PKVM_ID_GUEST = 2       # ACK's PKVM_ID_GUEST (mainline: PKVM_ID_FFA); see s2pt.pkvm
+
+
+def _owner_name(owner: int) -> str:
+    """What an owner id in an invalid descriptor (bits 9:2) means."""
+    if owner == PKVM_ID_HYP:
+        return "PKVM_ID_HYP, the hypervisor (mainline and Android alike)"
+    if owner == PKVM_ID_GUEST:
+        return ("PKVM_ID_GUEST, a protected guest, in the Android Common Kernel; mainline's "
+                "id 2 is PKVM_ID_FFA and mainline never writes it (KVM_MAX_OWNER_ID is 1)")
+    return ("not an id mainline writes (KVM_MAX_OWNER_ID is 1), nor one of the Android "
+            "Common Kernel's ids that the model knows")
 
 
 # ---------------------------------------------------------------------------
@@ -372,9 +386,8 @@ def decode(value: int, level: int, granule: int = 4096, fwb: bool = False) -> De
         elif value & KVM_INVALID_PTE_OWNER_MASK:
             d.kind = "owner"
             d.owner = _get(value, 9, 2)
-            who = {PKVM_ID_HOST: "host", PKVM_ID_HYP: "hypervisor", PKVM_ID_GUEST: "guest"}.get(
-                d.owner, "unknown component")
-            add(Field("owner", 9, 2, d.owner, f"pKVM owner id {d.owner} ({who}); counted entry"))
+            add(Field("owner", 9, 2, d.owner, f"pKVM owner id {d.owner}: {_owner_name(d.owner)}; "
+                                              f"counted entry"))
         elif value:
             add(Field("ignored", 63, 1, value >> 1, "software-defined bits of an invalid entry"))
         return d

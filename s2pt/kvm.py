@@ -59,7 +59,17 @@ _FAULT_FLAGS = pt.HANDLE_FAULT | pt.SHARED
 
 @dataclass
 class Memslot:
-    """struct kvm_memory_slot: guest IPA range -> host memory."""
+    """struct kvm_memory_slot: guest IPA range -> host memory.
+
+    ``userspace_addr`` is the slot's host virtual address (the VMM's
+    mapping, ``memslot->userspace_addr``); ``pa`` is the host physical
+    address behind it.  The host memory is one contiguous range whose PA is
+    congruent to the hva modulo 1 GiB: a THP or hugetlbfs page is naturally
+    aligned, so PA and hva agree modulo the backing size (any size up to
+    1 GiB).  By default the hva is congruent to the IPA modulo 1 GiB, so
+    every block the backing allows can be mapped; add_memslot's
+    ``userspace_addr`` can break that (fault_supports_stage2_huge_mapping).
+    """
 
     id: int
     gpa: int
@@ -69,6 +79,12 @@ class Memslot:
     pa: int               # host PA of the slot's first byte
     logging: bool = False
     dirty: np.ndarray | None = field(default=None, repr=False)
+    userspace_addr: int = 0   # host virtual address of the slot's first byte
+
+    #: Where add_memslot places default hvas (an mmap-like user address), and
+    #: the end of the user VA range access_ok() accepts (48-bit VAs).
+    HVA_BASE = 0x7f00_0000_0000
+    USER_VA_LIMIT = 1 << 48
 
     @property
     def npages(self) -> int:
@@ -189,11 +205,18 @@ class VM:
         self.split_chunk = int(chunk)
         self._chunk_chosen = True
 
-    def add_memslot(self, gpa: int, size: int, backing="2M", readonly: bool = False) -> Memslot:
+    def add_memslot(self, gpa: int, size: int, backing="2M", readonly: bool = False,
+                    userspace_addr: int | None = None) -> Memslot:
         """KVM_SET_USER_MEMORY_REGION: guest IPAs [gpa, gpa+size) become RAM.
 
         ``backing`` is the host page size behind the slot: "4K" (no huge
         pages), "2M" (THP) or "1G" (hugetlbfs), or the 16K/64K equivalents.
+        ``userspace_addr`` is the hva of the VMM's mapping (granule-aligned,
+        as kvm_set_memory_region requires).  Default: the next free hva
+        congruent to ``gpa`` modulo 1 GiB, so huge mappings are possible
+        wherever the backing allows; an hva whose offset within a block
+        differs from the IPA's gets pages there
+        (fault_supports_stage2_huge_mapping).
         """
         g = self.pgt.page_size
         if not _is_int(gpa) or not _is_int(size) or gpa < 0 or size <= 0:
@@ -215,13 +238,31 @@ class VM:
             raise S2ptError(f"backing={backing!r}: must be the page size or a block size of this "
                             f"granule ({', '.join(_name(x) for x in sorted(set(allowed)))})")
         align = 1 << 30
+        if userspace_addr is None:
+            # The next free hva, congruent to the IPA modulo 1 GiB.
+            nxt = max((s.userspace_addr + s.size for s in self.memslots), default=Memslot.HVA_BASE)
+            hva = -(-nxt // align) * align + gpa % align
+        else:
+            # kvm_set_memory_region(): "(mem->userspace_addr & (PAGE_SIZE - 1))"
+            # and "!access_ok(userspace_addr, memory_size)" are -EINVAL.
+            if not _is_int(userspace_addr) or userspace_addr < 0 or userspace_addr % g:
+                raise S2ptError(f"userspace_addr={userspace_addr!r}: must be a non-negative "
+                                f"integer aligned to the {g // 1024}K granule "
+                                f"(kvm_set_memory_region returns -EINVAL)")
+            hva = int(userspace_addr)
+            if hva + size > Memslot.USER_VA_LIMIT:
+                raise S2ptError(f"userspace_addr={userspace_addr!r}: [{hva:#x}, {hva + size:#x}) "
+                                f"is not a user address range below {Memslot.USER_VA_LIMIT:#x} "
+                                f"(access_ok fails: -EINVAL)")
+        # The PA behind the hva is congruent to it modulo the backing size
+        # (huge pages are naturally aligned); the model keeps it modulo 1 GiB.
         base = -(-self._next_pa // align) * align
-        pa = base + gpa % align
+        pa = base + hva % align
         if pa + size > 1 << self.pgt.geom.pa_bits:
             raise S2ptError(f"memslot of {size:#x} bytes: no host memory left below the "
                             f"{self.pgt.geom.pa_bits}-bit PA limit")
         self._next_pa = pa + size
-        slot = Memslot(len(self.memslots), gpa, size, b, bool(readonly), pa)
+        slot = Memslot(len(self.memslots), gpa, size, b, bool(readonly), pa, userspace_addr=hva)
         self.memslots.append(slot)
         return slot
 
@@ -331,14 +372,28 @@ class VM:
     def _vma_pagesize(self, slot: Memslot, gpa: int) -> int:
         """The largest mapping the host backing and the slot allow at gpa
         (get_vma_page_shift + fault_supports_stage2_huge_mapping +
-        transparent_hugepage_adjust, folded together)."""
+        transparent_hugepage_adjust, folded together).
+
+        fault_supports_stage2_huge_mapping(memslot, hva, map_size): no block
+        when ``(gpa_start & (map_size - 1)) != (uaddr_start & (map_size - 1))``
+        (the kernel's "abcde" picture: the hva's huge page would back the
+        wrong IPAs), nor when the block would stick out of the slot's uaddr
+        range [uaddr_start, uaddr_end).  The PA needs no check of its own:
+        it is congruent to the hva modulo the backing size (see Memslot).
+        """
         page_size = self.pgt.page_size
+        hva = slot.userspace_addr + (gpa - slot.gpa)     # gfn_to_hva_memslot_prot
+        uaddr_start, uaddr_end = slot.userspace_addr, slot.userspace_addr + slot.size
         for size in self._block_sizes:
             if size > slot.backing:
                 continue
-            base = gpa & ~(size - 1)
-            if size == page_size or (slot.gpa <= base and base + size <= slot.gpa + slot.size
-                                     and (slot.pa - slot.gpa) % size == 0):
+            if size == page_size:
+                return size
+            mask = size - 1
+            if (slot.gpa & mask) != (uaddr_start & mask):
+                continue
+            base = hva & ~mask
+            if uaddr_start <= base and base + size <= uaddr_end:
                 return size
         return page_size
 

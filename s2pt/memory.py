@@ -238,11 +238,24 @@ class PhysMem:
 class MemCache:
     """struct kvm_mmu_memory_cache: pages set aside before a walk.
 
-    ``topup(min)`` is kvm_mmu_topup_memory_cache(): fill the cache from the
-    allocator so that at least ``min`` objects are ready, or fail with
-    ``-ENOMEM`` *before* anything is changed.  ``alloc()`` is
-    kvm_mmu_memory_cache_alloc(); the walker calls it through
-    ``mm_ops->zalloc_page(mc)``.
+    ``topup(min)`` is __kvm_mmu_topup_memory_cache(mc, capacity, min)
+    (virt/kvm/kvm_main.c): nothing to do if ``min`` objects are already
+    held; otherwise allocate until the cache holds ``capacity`` objects
+    (``while (mc->nobjs < mc->capacity)``).  An allocation that fails after
+    ``min`` objects are held still returns 0 and keeps what it got; one
+    that fails earlier returns ``-ENOMEM`` (the pages already taken stay in
+    the cache, as in the kernel).  kvm_mmu_topup_memory_cache(mc, min) is
+    the same with capacity KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE (40 on arm64):
+    the vCPU caches in :mod:`s2pt.kvm` are ``MemCache(mm, 40)``.
+
+    Model simplification (kernel: every cache has a capacity and a top-up
+    fills to it; here: a cache built with ``capacity=None`` fills to exactly
+    ``min``).  Stage2.map's temporary caches and the explorer's scenarios
+    use that, so their page counts -- and the explorer's state space -- do
+    not grow by pages nobody uses.
+
+    ``alloc()`` is kvm_mmu_memory_cache_alloc(); the walker calls it
+    through ``mm_ops->zalloc_page(mc)``.
     """
 
     def __init__(self, mem: PhysMem, capacity: int | None = None):
@@ -255,17 +268,31 @@ class MemCache:
         return len(self.objects)
 
     def topup(self, min_objs: int) -> int:
-        """0 on success, -ENOMEM (as a negative int) when it cannot be met."""
-        if len(self.objects) >= min_objs:
+        """0 on success, -ENOMEM (as a negative int) when fewer than
+        ``min_objs`` pages can be held."""
+        objects = self.objects
+        if len(objects) >= min_objs:
             return 0
-        if self.capacity is not None and min_objs > self.capacity:
+        capacity = self.capacity
+        if capacity is None:
+            # Fill to exactly min (see the class docstring); all or nothing,
+            # so a failed top-up leaves the model unchanged.
+            need = min_objs - len(objects)
+            avail = self.mem.available()
+            if avail is not None and avail < need:
+                return -errno.ENOMEM
+            for _ in range(need):
+                objects.append(self.mem.alloc_page())
+            return 0
+        if min_objs > capacity:
+            # kvm_mmu_topup_memory_cache() WARNs and clamps min; a request
+            # beyond the capacity can never be met here.
             return -errno.ENOMEM
-        need = min_objs - len(self.objects)
-        avail = self.mem.available()
-        if avail is not None and avail < need:
-            return -errno.ENOMEM
-        for _ in range(need):
-            self.objects.append(self.mem.alloc_page())
+        while len(objects) < capacity:
+            page = self.mem.alloc_page()
+            if page is None:
+                return 0 if len(objects) >= min_objs else -errno.ENOMEM
+            objects.append(page)
         return 0
 
     def alloc(self) -> Page | None:

@@ -88,6 +88,12 @@ the ``TABLE_POST``-only walk that "eagerly coalesces" a range.  With
 ``prefault=True`` a broken block is refilled with copies of itself
 (``stage2_map_prefault_idmap``) instead of faulting back lazily.
 
+That combination is the model's own.  The only Android source that has
+coalescing puts it in the *pre-6.2* walker (no shared walks, no
+``KVM_INVALID_PTE_LOCKED``, no ``stage2_try_break_pte``).  Here it runs on
+the post-6.2 walker that the rest of s2pt models, with the LOCKED marker
+and ``stage2_try_break_pte``; no kernel tree ships that pairing.
+
 Isolation (the security property): after every step, no host translation --
 the tables, and every host CPU's TLB and walk-cache entries
 (:class:`s2pt.tlb.VcpuTlb`) -- may reach a page owned by the guest or the

@@ -429,10 +429,14 @@ class Stage2(KvmPgtable):
         ipa = self._check_ipa(ipa)
         out = pt.LeafWalkData()
         run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
-        return self._classify(ipa, out.pte, out.level, bool(write), bool(exec))
+        return self.classify(ipa, out.pte, out.level, bool(write), bool(exec))
 
-    def _stale_reason(self, base: int, level: int, cached: int, at=None) -> str:
+    def stale_reason(self, base: int, level: int, cached: int, at=None) -> str:
         """Why a cached leaf for [base, +granule) is dangerous now, or ''.
+
+        Public because the TLB model (:mod:`s2pt.tlb`: ``VcpuTlb.stale`` and
+        every TLB hit) asks it; it has no kernel counterpart -- it is the
+        checker's question "does the hardware hold more than the tables?".
 
         ``at`` names the IPAs to check (default: the first and last page of
         the cached block, a cheap scan; a TLB hit checks its own IPA).
@@ -464,9 +468,15 @@ class Stage2(KvmPgtable):
                 return "execute permission was removed"
         return ""
 
-    def _classify(self, ipa, pte, level, write, exec, source="walk", raise_fault=True):
+    def classify(self, ipa, pte, level, write, exec, source="walk", raise_fault=True):
         """The Translation of an access through leaf ``pte``; or the Fault,
-        raised (or returned, with ``raise_fault=False``: the MMU model)."""
+        raised (or returned, with ``raise_fault=False``: the MMU model).
+
+        This is the architecture's stage-2 fault classification (translation,
+        access flag, permission: what ESR_EL2.DFSC reports to
+        kvm_handle_guest_abort), shared by :meth:`translate` and by the
+        vCPU MMU model in :mod:`s2pt.tlb` (``source`` = "walk" or "tlb").
+        """
         f = None
         if not pte & d.KVM_PTE_VALID:
             why = ("a break-before-make is in progress" if d.stage2_pte_is_locked(pte)

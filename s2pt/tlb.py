@@ -151,8 +151,9 @@ class VcpuTlb(Stateful):
     architecture lets an implementation drop any entry at any time).
 
     Both are dropped by TLBIs for the VMID (``S2Mmu.listeners``): by IPA
-    (any level, since KVM uses the non-"last level" TLBI IPAS2E1IS), by range,
-    or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
+    (walk-cache entries of any level, since KVM uses the non-"last level"
+    TLBI IPAS2E1IS; leaves only of the level named by the TTL hint, or of
+    every level when it is TLBI_TTL_UNKNOWN), by range, or all of them.  The local ``ipa_nsh`` variant only reaches the vCPU that
     issued it (``S2Mmu.current_vcpu``).
 
     Two hazards are checked here, the hardware side of break-before-make:
@@ -331,9 +332,37 @@ class VcpuTlb(Stateful):
         else:
             if kind == "ipa_nsh" and self.pgt.mmu.current_vcpu != self.vcpu:
                 return
-            lo, hi = addr, addr + 1
+            # ``arg`` is the TTL level hint (None: TLBI_TTL_UNKNOWN).
+            self._drop(addr, addr + 1, arg)
+            return
+        self._drop(lo, hi, None)
+
+    def _drop(self, lo: int, hi: int, leaf_level):
+        """Drop the cached entries that overlap [lo, hi): leaves of every
+        level, or only of ``leaf_level`` (a TLBI's TTL hint), and walk-cache
+        entries of every level.
+
+        TTL (FEAT_TTL, TLBI IPAS2E1IS bits [47:44]) names the level of the
+        *leaf* entry for the address; the Arm ARM lets a TLBI with a wrong
+        hint invalidate nothing ("If an incorrect value for the TTL field is
+        specified for the entries being invalidated by the instruction, then
+        no entries are required by the architecture to be invalidated"), and
+        the kernel says the same in asm/tlbflush.h ("If the level is wrong,
+        no invalidation may take place").  So a cached leaf of another level
+        survives here: the stale-TLB check then catches a wrong hint.
+
+        Walk-cache entries (cached table descriptors) are dropped at every
+        level, as before.  The hint describes the leaf; the architecture
+        ties the walk-cache entries on the way to it to the same TLBI and
+        gives no separate rule for a table entry's own level, and the kernel
+        never relies on one: whenever it invalidates a *table* entry it
+        passes TLBI_TTL_UNKNOWN (stage2_unmap_put_pte, hyp_unmap_walker) or
+        a range flush (stage2_try_break_pte -> kvm_tlb_flush_vmid_range).
+        Keeping them unconditional can only hide a stale walk cache after a
+        wrongly hinted TLBI, never invent one.
+        """
         l3 = self._l3
-        if l3:
+        if l3 and (leaf_level is None or leaf_level == 3):
             g2 = self._g2
             first, last = lo // g2, (hi - 1) // g2
             if first == last:
@@ -358,7 +387,7 @@ class VcpuTlb(Stateful):
         spans = self.pgt._tlb_spans
         leaf_spans, walk_spans = spans[0], spans[1]
         for level, d in self._leaf.items():
-            if d:
+            if d and (leaf_level is None or leaf_level == level):
                 span = leaf_spans[level]
                 first = lo & ~(span - 1)
                 if hi - first <= span:
@@ -381,9 +410,10 @@ class VcpuTlb(Stateful):
     def invalidate_run(self, kind: str, addr: int, arg, count: int, stride: int):
         """``count`` per-IPA TLBIs ``stride`` apart.  When they are a page
         apart, every cached entry overlapping the run contains one of the
-        IPAs, so one pass over the range does the same work."""
-        if stride == self.pgt.page_size and kind == "ipa":
-            self.invalidate("range", addr, count * stride)
+        IPAs, so one pass over the range does the same work -- restricted,
+        like each TLBI, to leaves of the hinted level (``arg``)."""
+        if stride == self.pgt.page_size and kind == "ipa" and count > 0:
+            self._drop(addr, addr + count * stride, arg)
         else:
             for i in range(count):
                 self.invalidate(kind, addr + i * stride, arg)
@@ -435,7 +465,7 @@ class VcpuTlb(Stateful):
         """Cached translations that grant more than the tables do now."""
         out = []
         for (level, base), pte in self.entries.items():
-            why = self.pgt._stale_reason(base, level, pte)
+            why = self.pgt.stale_reason(base, level, pte)
             if why:
                 out.append(f"vCPU{self.vcpu} TLB entry for IPA {base:#x} (level {level}): {why}")
         return out
@@ -494,7 +524,7 @@ def hw_translate(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False
         # this access does not stop the entry being cached for the next one.
         if pte & 1 and pte & (1 << 10) and (level < 3 or pte & 2):
             tlb.fill((level, ipa & ~(pgt.granule_size[level] - 1)), pte)
-        return pgt._classify(ipa, pte, level, write, exec, "walk", False)
+        return pgt.classify(ipa, pte, level, write, exec, "walk", False)
 
 
 def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
@@ -502,13 +532,13 @@ def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
     pgt = tlb.pgt
     tlb.hits += 1
     level, pte = hit
-    why = pgt._stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
+    why = pgt.stale_reason(ipa & ~(pgt.granule_size[level] - 1), level, pte, at=(ipa,))
     if why and tlb.window is not None and tlb.window(ipa):
         why = ""                      # inside the BBM window: the architecture allows it
     if why:
         pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
                                       f"{ipa:#x}: {why} (a TLBI is missing)")
-    return pgt._classify(ipa, pte, level, write, exec, "tlb", False)
+    return pgt.classify(ipa, pte, level, write, exec, "tlb", False)
 
 
 def hw_translate_now(tlb: VcpuTlb, ipa: int, write: bool = False, exec: bool = False):

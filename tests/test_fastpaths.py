@@ -174,8 +174,13 @@ def test_tlb_invalidate_and_lookup_equal_brute_force(granule, data):
                 walk.clear()
             else:
                 lo, hi = (addr, addr + arg) if kind == "range" else (addr, addr + 1)
+                # A per-IPA TLBI's level hint (TTL) limits it to leaves of
+                # that level; walk-cache entries go at every level.
+                hint = arg if kind != "range" else None
                 for store, is_walk in ((leaf, False), (walk, True)):
                     for level, base in list(store):
+                        if not is_walk and hint is not None and level != hint:
+                            continue
                         span = _covers(pgt, level, base, is_walk)
                         if base < hi and base + span > lo:
                             del store[level, base]
@@ -192,6 +197,39 @@ def test_tlb_invalidate_and_lookup_equal_brute_force(granule, data):
                  if b <= probe < b + pgt.granule_size[lvl - 1]]
         wwant = max(whits, key=lambda h: h[0]) if whits else None
         assert tlb.lookup_walk(probe) == wwant
+
+
+@pytest.mark.parametrize("granule", [4096, 16384])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_tlb_invalidate_run_equals_one_tlbi_at_a_time(granule, data):
+    """S2Mmu.tlbi_run's page-stride shortcut (one pass over the range) drops
+    exactly what ``count`` separate per-IPA TLBIs with the same level hint
+    drop, for every hint."""
+    pgt = s2pt.Stage2(ipa_bits=40, granule=granule)
+    fast = VcpuTlb(pgt, 0, capacity=10**6, walk_capacity=10**6)
+    slow = VcpuTlb(pgt, 1, capacity=10**6, walk_capacity=10**6)
+    pgt.mmu.listeners.remove(slow.invalidate)
+    top = 1 << 30
+    for _ in range(data.draw(st.integers(1, 40))):
+        level = data.draw(st.integers(pgt.start_level, 3))
+        g = pgt.granule_size[level]
+        base = data.draw(st.integers(0, top // g - 1)) * g
+        for t in (fast, slow):
+            t.fill((level, base), 1)
+        wlevel = data.draw(st.integers(pgt.start_level + 1, 3))
+        wg = pgt.granule_size[wlevel - 1]
+        wbase = data.draw(st.integers(0, top // wg - 1)) * wg
+        for t in (fast, slow):
+            t.fill_walk((wlevel, wbase), 0x1000)
+    ps = pgt.page_size
+    addr = data.draw(st.integers(0, top // ps - 1)) * ps
+    count = data.draw(st.integers(0, 3 * pgt.ptrs_per_pte))
+    hint = data.draw(st.sampled_from([None, 1, 2, 3]))
+    pgt.mmu.tlbi_run("ipa", addr, hint, count, ps)
+    for i in range(count):
+        slow.invalidate("ipa", addr + i * ps, hint)
+    assert fast.entries == slow.entries and fast.walk == slow.walk
 
 
 def test_tlb_eviction_keeps_capacity_and_index():
