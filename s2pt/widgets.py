@@ -335,12 +335,14 @@ class Builder(W.VBox):
         self.last_redraw_s = 0.0
         name = "vm" if self.vm else "pgt"
         self._name = name
-        lay = W.Layout(width="15em")
-        self.ipa = W.Text(f"{ipa:#x}", description="IPA", layout=lay)
-        self.size = W.Text(size_str(size), description="size", layout=W.Layout(width="10em"))
-        self.pa = W.Text(f"{pa:#x}", description="PA", layout=lay)
-        self.prot = W.Dropdown(options=_PROTS, value=prot, description="prot",
-                               layout=W.Layout(width="10em"))
+        tight = {"description_width": "initial"}
+        lay = W.Layout(width="13em", margin="2px 8px 2px 0")
+        self.ipa = W.Text(f"{ipa:#x}", description="IPA", layout=lay, style=tight)
+        self.size = W.Text(size_str(size), description="size", style=tight,
+                           layout=W.Layout(width="8em", margin="2px 8px 2px 0"))
+        self.pa = W.Text(f"{pa:#x}", description="PA", layout=lay, style=tight)
+        self.prot = W.Dropdown(options=_PROTS, value=prot, description="prot", style=tight,
+                               layout=W.Layout(width="8em", margin="2px 8px 2px 0"))
         self.pages_only = W.Checkbox(False, description="pages only (force_pte)",
                                      indent=False, layout=W.Layout(width="13em"))
         if self.vm:
