@@ -82,7 +82,7 @@ def _timed(page, click, done, what):
     return dt
 
 
-def test_widgets_in_jupyterlab(lab, browser, shots):
+def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip before starting a server
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
