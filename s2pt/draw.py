@@ -26,6 +26,12 @@ one row per entry -- or per run of entries, because a table has 512 (4K),
   are drawn, at most ``max_children`` per parent, taken in IPA order; the
   rest fold into rows such as "entries 4–511: 508 tables (not drawn)" and a
   summary node per level, "… 32 753 more level-3 tables".
+* **Tall tables fold too.**  A table whose entries do not fold into runs
+  (pKVM's host after donating every other page: page, owner, page, ...)
+  would be hundreds of rows tall.  At most ``max_rows`` rows are drawn per
+  table; the rest of the table becomes one row, "entries 40–511: 472 more
+  rows (max_rows=24)".  Rows on the highlighted path, marked rows and rows
+  pointing at drawn tables are always kept.
 * ``highlight=ipa`` colours the translation path: every entry the MMU reads
   for that IPA (the tables on it are always drawn), and a final node with
   the result -- the PA, or the fault and its level, as
@@ -59,6 +65,7 @@ from .vmprint import (EMPTY, INVALID, LEAF_KIND, TABLE, check_pgt, entry_kind, l
 __all__ = ["draw", "translation_path"]
 
 HIDDEN = 4          # a table entry whose child is not drawn
+FOLDED = 5          # rows beyond max_rows, folded into one
 
 PATH_FILL = "#fff2cc"
 PATH_EDGE = "#c0392b"
@@ -163,6 +170,30 @@ class DrawState:
             self.drawn += 1
             return True
         return False
+
+
+def cap_rows(node: TableNode, max_rows: int) -> None:
+    """Keep at most ``max_rows`` rows of ``node`` (plus the rows that must
+    stay: path, marks, drawn children); fold each stretch of the others into
+    one FOLDED row, whose ``count`` is how many rows it stands for."""
+    if len(node.rows) <= max_rows:
+        return
+    budget = max(max_rows - 1, 0)           # leave room for one folded row
+    budget -= sum(1 for r in node.rows if r.special or r.kind == TABLE)
+    out: list[Row] = []
+    for r in node.rows:
+        if r.special or r.kind == TABLE or budget > 0:
+            if not (r.special or r.kind == TABLE):
+                budget -= 1
+            out.append(r)
+            continue
+        last = out[-1] if out else None
+        if last is not None and last.kind == FOLDED:
+            last.last, last.count = r.last, last.count + 1
+        else:
+            out.append(Row(r.first, FOLDED, r.first_pte, r.last_pte, 1, r.ipa, r.ptep))
+            out[-1].last = r.last
+    node.rows = out
 
 
 def _page_of(pgt, ptep):
@@ -311,6 +342,10 @@ def _row_text(pgt, node: TableNode, row: Row) -> str:
     elif row.kind == HIDDEN:
         what = (f"table → {row.child:#x} (not drawn)" if row.count == 1
                 else f"{row.count} tables (not drawn)")
+    elif row.kind == FOLDED:
+        where = f"entries {row.first}–{row.last}"
+        what = f"{row.count} more rows (not drawn: max_rows={row.note})"
+        return f"{where}: {what}"
     elif row.kind == INVALID:
         what = leaf_text(row.first_pte, lvl, row.count, pgt)
     else:
@@ -372,19 +407,21 @@ def _dot_str(s: str) -> str:
 
 
 def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int = 12,
-         max_children: int = 4, *, marks: dict | None = None, tables: dict | None = None,
-         bulk: bool | None = None) -> Drawing:
+         max_children: int = 4, *, max_rows: int = 24, marks: dict | None = None,
+         tables: dict | None = None, bulk: bool | None = None) -> Drawing:
     """A Graphviz drawing of the table tree (an :class:`s2pt.render.Drawing`).
 
     ``highlight``: an IPA whose translation path is coloured.  ``fold``:
     fold runs of similar leaves.  ``max_tables``/``max_children``: how many
     tables below the PGD are drawn, in total and per parent (tables on the
-    path or named in ``marks``/``tables`` are always drawn).
+    path or named in ``marks``/``tables`` are always drawn).  ``max_rows``: how
+    many rows a table node keeps before the rest fold into one row.
     ``marks={ptep: label}`` and ``tables={pa: label or (label, level)}``
     annotate entries and table pages (see the module docstring).
     """
     check_pgt(pgt, "draw")
-    for name, v in (("max_tables", max_tables), ("max_children", max_children)):
+    for name, v in (("max_tables", max_tables), ("max_children", max_children),
+                    ("max_rows", max_rows)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise S2ptError(f"draw: {name}={v!r} must be a non-negative integer")
     marks = dict(marks or {})
@@ -473,6 +510,11 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
     for pa, label in st.table_labels.items():
         if pa in st.nodes:
             st.nodes[pa].label = label
+    for node in st.nodes.values():
+        cap_rows(node, max_rows)
+        for row in node.rows:
+            if row.kind == FOLDED:
+                row.note = max_rows
 
     return Drawing(_dot(pgt, st, highlight, stubs))
 

@@ -29,13 +29,14 @@ use; that only makes later renders faster, it never changes the answer.)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-__all__ = ["render_svg", "available_renderers", "Drawing", "RenderError"]
+__all__ = ["render_svg", "available_renderers", "responsive_svg", "Drawing", "RenderError"]
 
 #: Seconds a subprocess renderer may take before we give up on it.  A tree of
 #: a few thousand nodes lays out in well under a second.
@@ -150,6 +151,28 @@ def render_svg(dot_source: str) -> str:
     return _render_with(renderers[0], dot_source)
 
 
+_SVG_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([0-9.]+)(pt|px)?"\s+height="([0-9.]+)(pt|px)?"')
+
+
+def responsive_svg(svg: str) -> str:
+    """The SVG as a notebook should show it: no XML prolog, and sized to fit.
+
+    Graphviz writes a fixed size (``width="927pt" height="7810pt"``) next to
+    the ``viewBox``.  Here the width becomes ``100%`` of the output column,
+    capped at the natural width (``max-width``) so a small tree is not blown
+    up, and the height follows from the viewBox's aspect ratio.  A picture
+    wider than the column is scaled down instead of scrolling sideways.
+    """
+    svg = svg[svg.find("<svg"):] if "<svg" in svg else svg
+    m = _SVG_SIZE.search(svg)
+    if m is None:
+        return svg
+    w, unit = m.group(2), m.group(3) or "px"
+    sized = (f'<svg{m.group(1)} width="100%" '
+             f'style="max-width: {w}{unit}; height: auto; display: block"')
+    return svg[:m.start()] + sized + svg[m.end():]
+
+
 class Drawing:
     """A Graphviz drawing that a notebook shows as SVG.
 
@@ -177,8 +200,18 @@ class Drawing:
     def _repr_svg_(self) -> str:
         return self.svg()
 
+    def html(self) -> str:
+        """The picture inline in HTML, scaled to fit its column (see
+        :func:`responsive_svg`); widgets put this in an ``HTML`` widget."""
+        return (f'<div class="s2pt-drawing" style="max-width: 100%; overflow: hidden">'
+                f'{responsive_svg(self.svg())}</div>')
+
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+        # JupyterLab shows image/svg+xml as an <img>, which keeps Graphviz's
+        # fixed size; text/html comes first in every front end's order and
+        # is inline, so the picture scales with the column.
+        return {"text/html": self.html(), "image/svg+xml": responsive_svg(self.svg()),
+                "text/plain": repr(self)}
 
     def __repr__(self) -> str:
         lines = self.source.count("\n") + 1

@@ -83,3 +83,60 @@ def test_drawing_rerenders_when_source_changes(no_dot):
     assert "first" in d.svg()
     d.source = 'digraph { a [label="second"] }'
     assert "second" in d.svg() and "first" not in d.svg()
+
+
+# ---------------------------------------------------------------------------
+# Pictures fit the notebook column
+# ---------------------------------------------------------------------------
+
+def _svg_tag(svg: str) -> str:
+    import re
+    return re.search(r"<svg\b[^>]*>", svg).group(0)
+
+
+def test_notebook_svg_scales_to_its_column(no_dot):
+    """What a notebook shows has no fixed width: 100% of the column, capped
+    at the natural width, height from the viewBox.  ``svg()``/``save()``
+    keep Graphviz's own size for files."""
+    d = Drawing(DOT)
+    bundle = d._repr_mimebundle_()
+    for shown in (bundle["image/svg+xml"], bundle["text/html"]):
+        tag = _svg_tag(shown)
+        assert 'width="100%"' in tag and "viewBox=" in tag, tag
+        assert "height=" not in tag.replace("height: auto", ""), tag
+        assert "max-width:" in tag and "<?xml" not in shown
+    assert 'width="100%"' not in _svg_tag(d.svg())
+    assert_svg_with_labels(bundle["image/svg+xml"])
+    assert all(label in bundle["text/html"] for label in LABELS)
+
+
+def test_responsive_svg_leaves_other_text_alone():
+    assert render.responsive_svg("no picture") == "no picture"
+    out = render.responsive_svg('<svg width="10" height="20" viewBox="0 0 10 20"/>')
+    assert out == ('<svg width="100%" style="max-width: 10px; height: auto; display: block"'
+                   ' viewBox="0 0 10 20"/>')
+
+
+def test_a_host_with_scattered_donations_draws_a_bounded_tree():
+    """pKVM's host after donating scattered pages has hundreds of table pages,
+    and tables whose entries alternate page / owner: the drawing keeps
+    max_tables tables, max_rows rows per table, and says what it left out."""
+    import re
+    import s2pt
+
+    host = s2pt.pkvm.Host(memory=[(0x8000_0000, 4 << 30)])
+    for k in range(0, 400, 2):                   # every other page of 1.6 MiB
+        host.donate(0x9000_0000 + k * 4096, 1, to="guest")
+    for k in range(60):                          # one page in each of 60 2M blocks
+        host.donate(0x1_0000_0000 + k * (2 << 20) + 0x5000, 1, to="guest")
+    assert host.pgt.stats["tables_live"] > 60
+    src = host.pgt.draw(max_rows=24).source
+    nodes = [line for line in src.splitlines() if re.match(r"\s+t[0-9a-f]+ \[label=", line)]
+    assert len(nodes) <= 3 + 12                  # the root pages + max_tables
+    assert max(n.count("\\l") for n in nodes) <= 24
+    assert re.search(r"more rows \(not drawn: max_rows=24\)", src)
+    assert re.search(r"… \d+ more level-3 tables", src)
+    few = host.pgt.draw(max_rows=5).source
+    assert max(n.count("\\l") for n in few.splitlines() if "[label=" in n) <= 5
+    with pytest.raises(s2pt.S2ptError, match="max_rows"):
+        host.pgt.draw(max_rows=-1)

@@ -1,0 +1,545 @@
+"""Widgets for the notebooks: poke at descriptors and tables with the mouse.
+
+Two widgets, both ipywidgets 8 boxes (JupyterLab 4, VS Code), both thin:
+every answer comes from the library, never from logic of their own.
+
+**Decoder** -- one descriptor, bit by bit::
+
+    import s2pt.widgets
+    s2pt.widgets.Decoder(0x9_0000_07ff, level=3)
+
+Type a 64-bit value in hex, or click any of the 64 bit buttons; pick the
+level and the granule.  The buttons are grouped by the fields that
+:func:`s2pt.decode` finds for *this* value at *this* level (a table entry
+has an address and little else; an invalid one only bit 0), and the table
+below names and explains each field.  Encodings the MMU or KVM would reject
+are pointed out: a block at a level that cannot hold one, bit 1 clear at
+level 3, a KVM_INVALID_PTE_LOCKED entry left behind.  Bits that ``decode``
+does not interpret (nG, Contiguous, DBM, 63:59) are shown as "not decoded".
+
+**Builder** -- a stage-2 table you change with buttons::
+
+    pgt = s2pt.Stage2()
+    s2pt.widgets.Builder(pgt)          # map, unmap, write-protect, split, collapse
+    s2pt.widgets.Builder(s2pt.VM())    # guest faults, dirty logging on/off
+
+Each button runs one library call on the IPA / size / PA / prot in the
+boxes (the call is echoed, so you can paste it into a cell), then redraws
+the tree (``pgt.draw``), the ``ptdump`` and the counters (table pages, TLBIs)
+with what the action changed.  Bad input or a refused operation
+(:class:`s2pt.S2ptError`) is shown as a message; the table is unchanged.
+
+Both keep their logic in plain methods (``set_value``, ``toggle``, ``html``;
+``map``, ``unmap``, ...), so tests drive them without a browser:
+``Button.click()`` and ``Text.value = ...`` work without a kernel.
+
+This module sits on top of the others: it imports from s2pt, nothing in
+s2pt imports it, and ``import s2pt`` does not load ipywidgets.
+"""
+
+from __future__ import annotations
+
+import html as _html
+import re
+import time
+from contextlib import ExitStack
+
+import ipywidgets as W
+
+from .descriptor import decode
+from .errors import Fault, S2ptError
+from .geometry import GRANULES, size_str
+from .kvm import VM
+from .ops import run
+from . import pgtable as pt
+
+__all__ = ["Decoder", "Builder", "parse_number"]
+
+_UNITS = {"K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def parse_number(text, what: str = "value", bits: int = 64) -> int:
+    """ "0x4000_0000", "2M", "4K", "1G", "4096" -> int; S2ptError otherwise.
+
+    Hex needs its ``0x``; a bare number is decimal unless ``what`` is the
+    descriptor, which is always hex (see :meth:`Decoder.set_value`)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        n = text
+    else:
+        s = str(text).strip().replace("_", "").replace(" ", "")
+        if not s:
+            raise S2ptError(f"{what}: empty; type a number such as 0x4000_0000 or 2M")
+        try:
+            m = re.fullmatch(r"(\d+)([KMGT])i?B?", s, re.I)
+            if m:
+                n = int(m.group(1)) << _UNITS[m.group(2).upper()]
+            else:
+                n = int(s, 0)
+        except ValueError:
+            raise S2ptError(f"{what}={text!r}: not a number (try 0x4000_0000, 4096 or 2M)") from None
+    if n < 0 or n >= 1 << bits:
+        raise S2ptError(f"{what}={text!r}: must be in [0, 2^{bits})")
+    return n
+
+
+def _esc(s) -> str:
+    return _html.escape(str(s))
+
+
+def _msg(text: str, ok: bool) -> str:
+    colour = "#1e7b34" if ok else "#b02a37"
+    return f'<div style="color:{colour}; white-space: pre-wrap">{_esc(text)}</div>'
+
+
+# ---------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------
+
+_FIELD_COLOURS = ["#dbe9ff", "#ffe8cc", "#d9f2d9", "#f2d9f2", "#fff5b3", "#d9f2f2",
+                  "#f9d6d5", "#e6e6fa"]
+
+
+class Decoder(W.VBox):
+    """A 64-bit stage-2 descriptor you edit bit by bit; see the module docstring.
+
+    ``value``, ``level`` and ``granule`` are the current state; change them
+    with :meth:`set_value` (an int, or hex text), :meth:`toggle`,
+    :meth:`set_level` and :meth:`set_granule`, or with the controls.
+    ``decoded`` is ``s2pt.decode(value, level, granule)``; ``problems`` the
+    encoding errors; ``html`` what the widget shows under the buttons.
+    """
+
+    def __init__(self, value=0, level: int = 3, granule: int = 4096):
+        self.value, self.level, self.granule = 0, 3, 4096
+        self.message = ""                 # the last input error, or ""
+        self._syncing = False
+        self.text = W.Text(description="value (hex)", continuous_update=False,
+                           layout=W.Layout(width="22em"))
+        self.level_box = W.Dropdown(options=[(f"level {i}", i) for i in range(4)], value=3,
+                                    description="", layout=W.Layout(width="7em"))
+        self.granule_box = W.Dropdown(options=[(f"{g // 1024}K granule", g) for g in GRANULES],
+                                      value=4096, layout=W.Layout(width="9em"))
+        self.bits = [W.Button(description="0", tooltip=f"bit {i}",
+                              layout=W.Layout(width="1.9em", height="1.9em", padding="0",
+                                              margin="0"))
+                     for i in range(64)]
+        for i, b in enumerate(self.bits):
+            b.on_click(lambda _b, i=i: self.toggle(i))
+        self.groups = W.Box(layout=W.Layout(flex_flow="row wrap", align_items="flex-end"))
+        self._spans: tuple = ()
+        self.out = W.HTML()
+        self.text.observe(lambda ch: self._syncing or self.set_value(ch["new"]), "value")
+        self.level_box.observe(lambda ch: self._syncing or self.set_level(ch["new"]), "value")
+        self.granule_box.observe(lambda ch: self._syncing or self.set_granule(ch["new"]), "value")
+        super().__init__([W.HBox([self.text, self.level_box, self.granule_box]),
+                          self.groups, self.out])
+        self.add_class("s2pt-decoder")
+        for setter, v in ((self.set_granule, granule), (self.set_level, level)):
+            if not setter(v):
+                raise S2ptError(self.message)
+        if not self.set_value(value):
+            raise S2ptError(self.message)
+
+    # -- state changes; each returns True if accepted ---------------------------
+    def set_value(self, value) -> bool:
+        """Set the descriptor: an int, or text in hex ("0x9000007ff",
+        "9_0000_07ff").  Bad text leaves the value and sets ``message``."""
+        try:
+            if isinstance(value, str):
+                s = value.strip().replace("_", "").replace(" ", "")
+                if s.lower().startswith("0x"):
+                    s = s[2:]
+                if not s or not re.fullmatch(r"[0-9a-fA-F]+", s):
+                    raise S2ptError(f"{value!r} is not a hexadecimal number "
+                                    f"(type e.g. 0x9_0000_07ff)")
+                value = int(s, 16)
+            if not isinstance(value, int) or isinstance(value, bool) \
+                    or not 0 <= value < 1 << 64:
+                raise S2ptError(f"{value!r}: a descriptor is an unsigned 64-bit integer")
+        except S2ptError as e:
+            self.message = str(e)
+            self._refresh()
+            return False
+        self.value, self.message = value, ""
+        self._refresh()
+        return True
+
+    def toggle(self, bit: int) -> bool:
+        """Flip one bit (0 = valid ... 63)."""
+        if not isinstance(bit, int) or not 0 <= bit < 64:
+            self.message = f"bit={bit!r}: bits run from 0 to 63"
+            self._refresh()
+            return False
+        return self.set_value(self.value ^ (1 << bit))
+
+    def set_level(self, level) -> bool:
+        return self._set("level", level)
+
+    def set_granule(self, granule) -> bool:
+        return self._set("granule", granule)
+
+    def _set(self, name, v) -> bool:
+        old = getattr(self, name)
+        setattr(self, name, v)
+        try:
+            self.decoded
+        except S2ptError as e:
+            setattr(self, name, old)
+            self.message = str(e)
+            self._refresh()
+            return False
+        self.message = ""
+        self._refresh()
+        return True
+
+    # -- what it shows ----------------------------------------------------------
+    @property
+    def decoded(self):
+        return decode(self.value, self.level, self.granule)
+
+    def field_of(self) -> list[tuple[int, int, str]]:
+        """[(hi, lo, field name)] covering bits 63..0, from ``decoded``'s fields;
+        stretches that ``decode`` does not interpret are named "not decoded"."""
+        spans = sorted(((f.hi, f.lo, f.name) for f in self.decoded.fields), reverse=True)
+        out, top = [], 63
+        for hi, lo, name in spans:
+            if hi < top:
+                out.append((top, hi + 1, "not decoded"))
+            out.append((hi, lo, name))
+            top = lo - 1
+        if top >= 0:
+            out.append((top, 0, "not decoded"))
+        return out
+
+    @property
+    def problems(self) -> list[str]:
+        """Encoding errors and warnings for this value, from ``decode``."""
+        d = self.decoded
+        out = []
+        if d.kind == "reserved":
+            why = next(f.meaning for f in d.fields if f.name == "type")
+            out.append(f"Encoding error: {why}. The MMU treats it as a translation fault "
+                       f"at level {self.level}.")
+        if d.kind == "locked":
+            out.append("KVM_INVALID_PTE_LOCKED: only ever transient, while one walker "
+                       "breaks the entry (stage2_try_break_pte) before making it again; "
+                       "others that read it back off with -EAGAIN. One left in a table "
+                       "is a bug.")
+        for hi, lo, name in self.field_of():
+            if d.kind not in ("table", "block", "page"):
+                break               # decode already says what the rest means
+            on = [i for i in range(hi, lo - 1, -1) if self.value >> i & 1]
+            if name == "not decoded" and on:
+                where = ("bit " if len(on) == 1 else "bits ") + ", ".join(map(str, on))
+                out.append(f"{where} set: s2pt.decode does not interpret "
+                           f"{'it' if len(on) == 1 else 'them'} (see the field table in "
+                           f"s2pt.descriptor; KVM never sets them)")
+        return out
+
+    @property
+    def html(self) -> str:
+        """The message, the problems and decode's field table, as HTML."""
+        parts = []
+        if self.message:
+            parts.append(_msg(self.message, False))
+        for p in self.problems:
+            parts.append(f'<div style="color:#b02a37">⚠ {_esc(p)}</div>')
+        parts.append(self.decoded._repr_html_())
+        return "\n".join(parts)
+
+    def _refresh(self):
+        self._syncing = True
+        try:
+            self.text.value = f"{self.value:#018x}"
+            self.level_box.value = self.level
+            self.granule_box.value = self.granule
+            spans = tuple(self.field_of())
+            for i, b in enumerate(self.bits):
+                on = (self.value >> i) & 1
+                if b.description != str(on):
+                    b.description = str(on)
+                    b.button_style = "info" if on else ""
+            if spans != self._spans:
+                self._spans = spans
+                boxes = []
+                for k, (hi, lo, name) in enumerate(spans):
+                    bits = f"{hi}" if hi == lo else f"{hi}:{lo}"
+                    colour = "#eeeeee" if name == "not decoded" else \
+                        _FIELD_COLOURS[k % len(_FIELD_COLOURS)]
+                    for i in range(lo, hi + 1):
+                        self.bits[i].tooltip = f"bit {i}: {name} [{bits}]"
+                    label = W.HTML(f'<div style="font-size:10px; line-height:1.1; '
+                                   f'background:{colour}; padding:0 2px; white-space:nowrap">'
+                                   f'{_esc(name)}<br>{bits}</div>')
+                    row = W.Box([self.bits[i] for i in range(hi, lo - 1, -1)],
+                                layout=W.Layout(flex_flow="row wrap"))
+                    boxes.append(W.VBox([label, row], layout=W.Layout(margin="0 4px 2px 0")))
+                self.groups.children = boxes
+            self.out.value = self.html
+        finally:
+            self._syncing = False
+
+    def _repr_mimebundle_(self, **kw):
+        # Where widgets cannot run (GitHub, nbconvert), the text is decode's.
+        bundle = super()._repr_mimebundle_(**kw)
+        if isinstance(bundle, tuple):
+            data, md = bundle
+            data["text/plain"] = str(self.decoded)
+            return data, md
+        if isinstance(bundle, dict):
+            bundle["text/plain"] = str(self.decoded)
+        return bundle
+
+    def __repr__(self):
+        return f"Decoder({self.value:#x}, level={self.level}, granule={self.granule})"
+
+
+# ---------------------------------------------------------------------------
+# Builder
+# ---------------------------------------------------------------------------
+
+_PROTS = ["RWX", "RW", "R", "X", "WX", "RX", ""]
+_COUNTERS = (("tables_live", "table pages"), ("tables_allocated", "allocated"),
+             ("tables_freed", "freed"), ("tlbi", "TLBIs"), ("faults", "faults"),
+             ("maps", "maps"), ("lazy_splits", "lazy splits"))
+
+
+class Builder(W.VBox):
+    """Change a stage-2 table with buttons and watch it redraw; see the module
+    docstring.  ``Builder(pgt)`` for a :class:`s2pt.Stage2`, ``Builder(vm)``
+    for a :class:`s2pt.VM` (guest faults and dirty logging on its table).
+
+    The actions are methods too: :meth:`map`, :meth:`unmap`,
+    :meth:`wrprotect`, :meth:`split`, :meth:`collapse` (a Stage2);
+    :meth:`fault`, :meth:`enable_logging`, :meth:`disable_logging` (a VM).
+    Each reads the boxes (``ipa``, ``size``, ``pa``, ``prot``), returns True
+    if the library accepted it, and records the equivalent call in
+    ``history``.  ``panels`` is a Tab (tree, ptdump); :meth:`add_panel` adds
+    one, e.g. the kernel operations of the last action from s2pt.trace;
+    ``action_hooks`` holds context-manager factories ``hook(builder, name)``
+    entered around every action, so such a panel can record it.
+    """
+
+    def __init__(self, target, ipa=0x4000_0000, size=2 << 20, pa=0x8_0000_0000,
+                 prot="RWX"):
+        if isinstance(target, VM):
+            self.vm, self.pgt = target, target.pgt
+            if target.memslots:
+                ipa = target.memslots[0].gpa
+        elif hasattr(target, "map") and hasattr(target, "draw") and hasattr(target, "ptdump"):
+            self.vm, self.pgt = None, target
+        else:
+            raise S2ptError(f"Builder({target!r}): give it a s2pt.Stage2 or a s2pt.VM")
+        self.history: list[str] = []
+        self.action_hooks: list = []
+        self.last_redraw_s = 0.0
+        name = "vm" if self.vm else "pgt"
+        self._name = name
+        tight = {"description_width": "initial"}
+        lay = W.Layout(width="13em", margin="2px 8px 2px 0")
+        self.ipa = W.Text(f"{ipa:#x}", description="IPA", layout=lay, style=tight)
+        self.size = W.Text(size_str(size), description="size", style=tight,
+                           layout=W.Layout(width="8em", margin="2px 8px 2px 0"))
+        self.pa = W.Text(f"{pa:#x}", description="PA", layout=lay, style=tight)
+        self.prot = W.Dropdown(options=_PROTS, value=prot, description="prot", style=tight,
+                               layout=W.Layout(width="8em", margin="2px 8px 2px 0"))
+        self.pages_only = W.Checkbox(False, description="pages only (force_pte)",
+                                     indent=False, layout=W.Layout(width="13em"))
+        if self.vm:
+            actions = [("fault", "guest read", self.fault),
+                       ("write_fault", "guest write", lambda: self.fault(write=True)),
+                       ("log_on", "dirty logging on", self.enable_logging),
+                       ("log_off", "dirty logging off", self.disable_logging)]
+            fields = [self.ipa]
+        else:
+            actions = [("map", "map", self.map), ("unmap", "unmap", self.unmap),
+                       ("wrprotect", "write-protect", self.wrprotect),
+                       ("split", "split", self.split), ("collapse", "collapse", self.collapse)]
+            fields = [self.ipa, self.size, self.pa, self.prot, self.pages_only]
+        self.buttons = {}
+        for key, label, fn in actions:
+            b = W.Button(description=label, layout=W.Layout(width="auto"))
+            b.on_click(lambda _b, fn=fn: fn())
+            b.add_class(f"s2pt-{key}")
+            self.buttons[key] = b
+        self.message = W.HTML()
+        self.counters = W.HTML()
+        self.tree = W.HTML()
+        self.dump = W.HTML()
+        self.panels = W.Tab([self.tree, self.dump], titles=("tree", "ptdump"))
+        super().__init__([W.Box(fields, layout=W.Layout(flex_flow="row wrap")),
+                          W.Box(list(self.buttons.values()),
+                                layout=W.Layout(flex_flow="row wrap")),
+                          self.message, self.counters, self.panels])
+        self.add_class("s2pt-builder")
+        self._before = self._stats()
+        self.redraw()
+
+    def add_panel(self, title: str, widget) -> None:
+        """Add a tab next to "tree" and "ptdump"."""
+        titles = (*self.panels.titles, title)
+        self.panels.children = (*self.panels.children, widget)
+        self.panels.titles = titles
+
+    # -- reading the boxes -------------------------------------------------------
+    def _ipa(self):
+        return parse_number(self.ipa.value, "IPA")
+
+    def _range(self):
+        return self._ipa(), parse_number(self.size.value, "size")
+
+    # -- running one action ---------------------------------------------------------
+    def _act(self, call: str, fn) -> bool:
+        """Run fn() (one library call, shown as ``call``); show its result or
+        its S2ptError / Fault; redraw."""
+        self._before = self._stats()
+        try:
+            with ExitStack() as stack:
+                for hook in self.action_hooks:
+                    stack.enter_context(hook(self, call))
+                result = fn()
+        except (S2ptError, Fault) as e:
+            self.message.value = _msg(f"{call}\n✗ {e}", False)
+            self.redraw()
+            return False
+        self.history.append(call)
+        self.message.value = _msg(f"{call}" + (f"\n→ {result}" if result else ""), True)
+        self.redraw()
+        return True
+
+    def _guarded(self, build):
+        """build() reads the boxes and returns (call text, fn); a parse error
+        is shown like a refused operation."""
+        try:
+            call, fn = build()
+        except S2ptError as e:
+            self.message.value = _msg(f"✗ {e}", False)
+            return False
+        return self._act(call, fn)
+
+    def map(self) -> bool:
+        """kvm_pgtable_stage2_map over [IPA, IPA+size) -> PA, with prot."""
+        def build():
+            ipa, size = self._range()
+            pa = parse_number(self.pa.value, "PA")
+            prot, fp = self.prot.value, self.pages_only.value
+            extra = ", force_pte=True" if fp else ""
+            return (f"pgt.map({ipa:#x}, {size:#x}, {pa:#x}, prot={prot!r}{extra})",
+                    lambda: self.pgt.map(ipa, size, pa, prot=prot, force_pte=fp))
+        return self._guarded(build)
+
+    def unmap(self) -> bool:
+        """kvm_pgtable_stage2_unmap over [IPA, IPA+size)."""
+        def build():
+            ipa, size = self._range()
+            return f"pgt.unmap({ipa:#x}, {size:#x})", lambda: self.pgt.unmap(ipa, size)
+        return self._guarded(build)
+
+    def wrprotect(self) -> bool:
+        """kvm_pgtable_stage2_wrprotect, then the TLB flush the caller owes
+        (kvm_mmu_wp_memory_region does both)."""
+        def build():
+            ipa, size = self._range()
+
+            def go():
+                self.pgt.wrprotect(ipa, size)
+                self.pgt.flush_tlb(ipa, size)
+            return (f"pgt.wrprotect({ipa:#x}, {size:#x}); pgt.flush_tlb({ipa:#x}, {size:#x})",
+                    go)
+        return self._guarded(build)
+
+    def split(self) -> bool:
+        """kvm_pgtable_stage2_split: every block in the range becomes a table
+        of pages, from a memcache topped up first (as the eager split does).
+        Stage2 has no public split(), so this runs the kernel function."""
+        def build():
+            ipa, size = self._range()
+            pgt = self.pgt
+
+            def go():
+                ipa_, size_ = pgt._check_range(ipa, size)
+                mc = pgt._topup(pgt._map_table_bound(ipa_, size_, ipa_, True),
+                                f"split of [{ipa_:#x}, {ipa_ + size_:#x})")
+                try:
+                    ret = run(pt.kvm_pgtable_stage2_split(pgt, ipa_, size_, mc, bulk=pgt._bulk),
+                              pgt.machine)
+                finally:
+                    mc.free_all()
+                pgt._expect_ok(ret, "kvm_pgtable_stage2_split")
+            return f"kvm_pgtable_stage2_split(pgt, {ipa:#x}, {size:#x}, mc)", go
+        return self._guarded(build)
+
+    def collapse(self) -> bool:
+        """Map the range again as blocks, keeping what IPA maps to (its PA,
+        prot and memory type): kvm_pgtable_stage2_map replaces the table
+        entry with a block and frees the subtree, as a guest fault does after
+        dirty logging ends (notebook 04)."""
+        def build():
+            ipa, size = self._range()
+            try:
+                t = self.pgt.translate(ipa)
+            except Fault as f:
+                raise S2ptError(f"collapse: nothing mapped at IPA {ipa:#x} to keep "
+                                f"({f.kind} fault, level {f.level})") from None
+            return (f"pgt.map({ipa:#x}, {size:#x}, {t.pa:#x}, prot={t.prot!r}, "
+                    f"memattr={t.memattr!r})",
+                    lambda: self.pgt.map(ipa, size, t.pa, prot=t.prot, memattr=t.memattr))
+        return self._guarded(build)
+
+    def fault(self, write: bool = False) -> bool:
+        """A guest access at IPA that faults: vm.fault -> user_mem_abort."""
+        def build():
+            ipa = self._ipa()
+            return (f"vm.fault({ipa:#x}, write={bool(write)})",
+                    lambda: self.vm.fault(ipa, write=bool(write)))
+        return self._guarded(build)
+
+    def _slot_call(self, method: str):
+        def build():
+            ipa = self._ipa()
+            slot = self.vm.memslot_for(ipa)
+            if slot is None:
+                raise S2ptError(f"IPA {ipa:#x} is in no memslot: dirty logging is per memslot")
+            return (f"vm.{method}({slot.id})", lambda: getattr(self.vm, method)(slot))
+        return self._guarded(build)
+
+    def enable_logging(self) -> bool:
+        """KVM_MEM_LOG_DIRTY_PAGES on for the memslot holding IPA."""
+        return self._slot_call("enable_dirty_logging")
+
+    def disable_logging(self) -> bool:
+        """KVM_MEM_LOG_DIRTY_PAGES off for the memslot holding IPA."""
+        return self._slot_call("disable_dirty_logging")
+
+    # -- the views ----------------------------------------------------------------------
+    def _stats(self) -> dict:
+        return dict(self.vm.stats if self.vm else self.pgt.stats)
+
+    def counters_html(self) -> str:
+        now = self._stats()
+        cells = []
+        for key, label in _COUNTERS:
+            if key not in now and key not in self._before:
+                continue
+            v, d = now.get(key, 0), now.get(key, 0) - self._before.get(key, 0)
+            delta = f' <b style="color:#1e7b34">({d:+d})</b>' if d else ""
+            cells.append(f"{label} {v}{delta}")
+        return f'<div class="s2pt-counters">{" · ".join(cells)}</div>'
+
+    def redraw(self) -> None:
+        """Redraw the tree, the ptdump and the counters from the table."""
+        t = time.perf_counter()
+        try:
+            hl = self._ipa()
+            if hl >= 1 << self.pgt.ia_bits:
+                hl = None
+        except S2ptError:
+            hl = None
+        self.tree.value = self.pgt.draw(highlight=hl).html()
+        self.dump.value = (f'<pre style="max-height: 24em; overflow: auto; font-size: 11px">'
+                           f'{_esc(self.pgt.ptdump())}</pre>')
+        self.counters.value = self.counters_html()
+        self.last_redraw_s = time.perf_counter() - t
+
+    def __repr__(self):
+        return f"Builder({self._name}, {len(self.history)} actions)"
