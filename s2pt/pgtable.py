@@ -646,7 +646,7 @@ def _runs(mask: np.ndarray):
 
 def _leaf_run(pgt, data: WalkData, table: int, level: int, idx: int):
     """The run of entries from idx that the walk will visit in this table and
-    that are all empty or valid leaves: (page, seg, n, first entry addr)."""
+    that are all empty or valid leaves: (page, seg, n), or None."""
     page = pgt.mm.pages[table >> pgt.page_shift]
     if page.freed:
         return None
