@@ -53,10 +53,8 @@ from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
                   put_page, page_count, zalloc_page, tlbi, dsb, cmo,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
-try:        # numpy's C function, without the Python-level dispatch wrapper
-    from numpy._core.multiarray import count_nonzero as _count_nonzero
-except ImportError:     # numpy < 2
-    _count_nonzero = np.count_nonzero
+# numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
+from numpy._core.multiarray import count_nonzero as _count_nonzero
 
 EAGAIN, E2BIG, ENOMEM, EINVAL, ERANGE, EPERM = (
     errno.EAGAIN, errno.E2BIG, errno.ENOMEM, errno.EINVAL, errno.ERANGE, errno.EPERM)
