@@ -164,19 +164,26 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
         ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 
-    # kvm_pgtable_walk_continue(walker, ret), written out: this is the
-    # walker's innermost loop.
-    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
-        if not table:
-            gran = pgt.granule_size[level]
-            data.addr = (data.addr & ~(gran - 1)) + gran
-        else:
-            childp = ctx.old & pgt.addr_mask
-            ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
-            if (not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT)) and flags & TABLE_POST:
-                ret = yield from walker.cb(ctx, TABLE_POST)
+    # "if (!kvm_pgtable_walk_continue(data->walker, ret)) goto out;".  In
+    # this innermost loop ret is almost always 0, which always continues:
+    # "ret and" skips the call then, with the same result.
+    if ret and not kvm_pgtable_walk_continue(walker, ret):
+        return ret
+    if not table:
+        gran = pgt.granule_size[level]
+        data.addr = (data.addr & ~(gran - 1)) + gran
+        return 0
 
-    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
+    childp = ctx.old & pgt.addr_mask
+    ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
+    if ret and not kvm_pgtable_walk_continue(walker, ret):
+        return ret
+
+    if flags & TABLE_POST:
+        ret = yield from walker.cb(ctx, TABLE_POST)
+
+    # out:
+    if not ret or kvm_pgtable_walk_continue(walker, ret):
         return 0
     return ret
 
