@@ -11,6 +11,7 @@ The names you need::
     s2pt.explore     search a scenario's interleavings (python -m s2pt explore)
     s2pt.replay      run one schedule, step by step (python -m s2pt replay)
     s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
+    s2pt.trace       the kernel operations one call performs, in order
 
 Everything else lives in modules named after the kernel concept they model:
 ``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
@@ -24,10 +25,11 @@ from .geometry import Geometry
 from .kvm import VM
 from . import pkvm
 from .stage2 import Stage2, Translation
+from .trace import trace
 
 from .sim.search import explore, replay
 
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "Drill", "explore", "replay"]
+           "KernelBug", "Drill", "explore", "replay", "trace"]
