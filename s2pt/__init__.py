@@ -12,6 +12,7 @@ The names you need::
     s2pt.replay      run one schedule, step by step (python -m s2pt replay)
     s2pt.world       a scenario's CPUs, ready to step by hand
     s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
+    s2pt.trace       the kernel operations one call performs, in order
 
 Everything else lives in modules named after the kernel concept they model:
 ``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
@@ -25,10 +26,11 @@ from .geometry import Geometry
 from .kvm import VM
 from . import pkvm
 from .stage2 import Stage2, Translation
+from .trace import trace
 
 from .explorer import explore, replay, world
 
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "Drill", "explore", "replay", "world"]
+           "KernelBug", "Drill", "explore", "replay", "world", "trace"]

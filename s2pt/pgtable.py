@@ -53,10 +53,8 @@ from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
                   put_page, page_count, zalloc_page, tlbi, dsb, cmo,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
-try:        # numpy's C function, without the Python-level dispatch wrapper
-    from numpy._core.multiarray import count_nonzero as _count_nonzero
-except ImportError:     # numpy < 2
-    _count_nonzero = np.count_nonzero
+# numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
+from numpy._core.multiarray import count_nonzero as _count_nonzero
 
 EAGAIN, E2BIG, ENOMEM, EINVAL, ERANGE, EPERM = (
     errno.EAGAIN, errno.E2BIG, errno.ENOMEM, errno.EINVAL, errno.ERANGE, errno.EPERM)
@@ -195,19 +193,26 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
         ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 
-    # kvm_pgtable_walk_continue(walker, ret), written out: this is the
-    # walker's innermost loop.
-    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
-        if not table:
-            gran = pgt.granule_size[level]
-            data.addr = (data.addr & ~(gran - 1)) + gran
-        else:
-            childp = ctx.old & pgt.addr_mask
-            ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
-            if (not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT)) and flags & TABLE_POST:
-                ret = yield from walker.cb(ctx, TABLE_POST)
+    # "if (!kvm_pgtable_walk_continue(data->walker, ret)) goto out;".  In
+    # this innermost loop ret is almost always 0, which always continues:
+    # "ret and" skips the call then, with the same result.
+    if ret and not kvm_pgtable_walk_continue(walker, ret):
+        return ret
+    if not table:
+        gran = pgt.granule_size[level]
+        data.addr = (data.addr & ~(gran - 1)) + gran
+        return 0
 
-    if not ret or (ret == -EAGAIN and not flags & HANDLE_FAULT):
+    childp = ctx.old & pgt.addr_mask
+    ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
+    if ret and not kvm_pgtable_walk_continue(walker, ret):
+        return ret
+
+    if flags & TABLE_POST:
+        ret = yield from walker.cb(ctx, TABLE_POST)
+
+    # out:
+    if not ret or kvm_pgtable_walk_continue(walker, ret):
         return 0
     return ret
 
@@ -678,7 +683,7 @@ def _runs(mask: np.ndarray):
 
 def _leaf_run(pgt, data: WalkData, table: int, level: int, idx: int):
     """The run of entries from idx that the walk will visit in this table and
-    that are all empty or valid leaves: (page, seg, n, first entry addr)."""
+    that are all empty or valid leaves: (page, seg, n), or None."""
     page = pgt.mm.pages[table >> pgt.page_shift]
     if page.freed:
         return None
