@@ -410,9 +410,12 @@ class VM:
                 c["enomem"] += 1
                 return FaultResult(gpa, "-ENOMEM", f, ret=-errno.ENOMEM)
         if logging_active:
-            force_pte, vma_pagesize = True, pgt.page_size
+            # force_pte: the fault maps PAGE_SIZE.  It forces pages by the
+            # size it asks to map; the walker has no force_pte for a guest
+            # (kvm_pgtable_stage2_init passes no force_pte_cb: only pKVM's
+            # host stage 2 has one).
+            vma_pagesize = pgt.page_size
         else:
-            force_pte = False
             vma_pagesize = self._vma_pagesize(slot, gpa)
             if perm and vma_pagesize == pgt.page_size and fault_granule > pgt.page_size:
                 vma_pagesize = fault_granule       # relax the whole block at once
@@ -437,7 +440,7 @@ class VM:
             attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
             pa = slot.pa + (fault_ipa - slot.gpa)
             ret = run(pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
-                                                v.memcache, flags, force_pte),
+                                                v.memcache, flags),
                       pgt.machine)
             outcome = "map"
             c["maps"] += 1

@@ -151,13 +151,14 @@ def handle_access_fault(kvm: Kvm, vcpu: int, ipa: int):
 @kernel_path("user_mem_abort")
 def user_mem_abort_logging(kvm: Kvm, vcpu: int, ipa: int):
     """user_mem_abort(): a write fault on a write-protected block while
-    dirty logging is on: force_pte, so kvm_pgtable_stage2_map() maps one 4K
-    page, replacing the block with a table first (stage2_map_walk_leaf)."""
+    dirty logging is on: force_pte, so kvm_pgtable_stage2_map() maps
+    PAGE_SIZE (one 4K page), replacing the block with a table first
+    (stage2_map_walk_leaf).  The walker itself has no force_pte for a guest."""
     pgt, s = kvm.pgt, kvm.scheme
     attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
     yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
     ret = yield from pt.kvm_pgtable_stage2_map(pgt, ipa, PAGE, pa_of(ipa), attr,
-                                               kvm.memcache[vcpu], s.fault_flags, force_pte=True)
+                                               kvm.memcache[vcpu], s.fault_flags)
     yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
     return ret
 
@@ -184,7 +185,7 @@ def user_mem_abort_map_page(kvm: Kvm, vcpu: int, ipa: int):
             return ret
         yield from s.fault_lock()                    # read_lock(&kvm->mmu_lock)
         ret = yield from pt.kvm_pgtable_stage2_map(pgt, ipa, PAGE, pa_of(ipa), attr, mc,
-                                                   kvm.fault_flags(), force_pte=True)
+                                                   kvm.fault_flags())
         yield from s.fault_unlock()                  # read_unlock(&kvm->mmu_lock)
         if ret != -pt.EAGAIN:
             return ret

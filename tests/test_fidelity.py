@@ -287,3 +287,31 @@ def test_bbm_snapshot_restores_the_subtree_state():
     assert any("cannot release table where children are still unclean" in v
                for v in bbm.violations)
     assert bbm.tlbi_pending(0x1000)
+
+
+# ---------------------------------------------------------------------------
+# Guest faults do not pass force_pte into the walker
+# ---------------------------------------------------------------------------
+
+def test_guest_fault_forces_pages_by_size_not_by_a_walker_flag(monkeypatch):
+    """user_mem_abort(): with logging on, force_pte makes vma_pagesize
+    PAGE_SIZE and the fault maps that size; kvm_pgtable_stage2_map() gets no
+    force_pte (kvm_pgtable_stage2_init passes a NULL force_pte_cb for a guest;
+    only pKVM's host stage 2 has one)."""
+    from s2pt import pgtable as pt
+    calls = []
+    real = pt.kvm_pgtable_stage2_map
+
+    def spy(pgt, addr, size, phys, attr, mc, flags=0, force_pte=False, bulk=False):
+        calls.append((size, force_pte))
+        return real(pgt, addr, size, phys, attr, mc, flags, force_pte, bulk)
+
+    monkeypatch.setattr(pt, "kvm_pgtable_stage2_map", spy)
+    vm = s2pt.VM()
+    slot = vm.add_memslot(0x4000_0000, 4 << 20, backing="2M")
+    vm.fault(0x4000_0000, write=True)                 # a 2M block
+    vm.enable_dirty_logging(slot)
+    r = vm.fault(0x4000_5000, write=True)             # write-protected block: a 4K page
+    assert r.outcome == "map" and r.size == 4096
+    assert calls == [(2 << 20, False), (4096, False)]
+    assert vm.pgt.get_leaf(0x4000_5000)[1] == 3
