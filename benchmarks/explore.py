@@ -26,7 +26,7 @@ import time
 
 from s2pt.scenarios import SCENARIOS
 from s2pt.schemes import SCHEMES
-from s2pt.sim.search import explore
+from s2pt.explorer import explore
 
 #: scenario -> preemption bound for the unreduced comparison (None: unbounded)
 UNREDUCED_BOUND = {"collapse-vs-fault": 1, "collapse-vs-fault-3": 1, "stash-old-pte": 2,

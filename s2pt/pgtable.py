@@ -590,13 +590,25 @@ def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
 
 
 def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
-                                 bulk: bool = False):
+                                 bulk: bool = False, data: Stage2MapData | None = None,
+                                 flags: int = 0, cb=None):
     """Annotate [addr, addr+size) as owned by ``owner_id`` (pKVM): invalid,
-    counted leaves at page granularity; covering blocks are broken."""
-    data = Stage2MapData(memcache=mc, owner_id=owner_id, force_pte=True, annotation=True)
-    walker = Walker(stage2_map_walker, data, TABLE_PRE | LEAF)
+    counted leaves at page granularity; covering blocks are broken.
+
+    Mainline walks ``TABLE_PRE | LEAF`` with stage2_map_walker.  Android's
+    variant passes ``cb``, a visitor that adds the coalescing ``TABLE_POST``
+    visit (s2pt.pkvm.host_set_owner_walker); the walk then asks for
+    ``TABLE_POST`` too.  ``data`` lets the caller keep its own counters."""
     if owner_id > pgt.max_owner_id:
         return -EINVAL
+    if data is None:
+        data = Stage2MapData()
+    data.memcache, data.owner_id = mc, owner_id
+    data.force_pte, data.annotation = True, True
+    if cb is None:
+        walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF)
+    else:
+        walker = Walker(cb, data, flags | TABLE_PRE | LEAF | TABLE_POST)
     return (yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk))
 
 

@@ -231,15 +231,11 @@ def host_set_owner_walker(ctx: pt.VisitCtx, visit: int):
 
 def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
                                  data: HostMapData | None = None, flags: int = 0):
-    """ACK kvm_pgtable_stage2_set_owner / annotate: TABLE_PRE | LEAF | TABLE_POST."""
-    if owner_id > pgt.max_owner_id:
-        return -EINVAL
-    if data is None:
-        data = HostMapData()
-    data.memcache, data.owner_id = mc, owner_id
-    data.force_pte, data.annotation = True, True
-    walker = pt.Walker(host_set_owner_walker, data, flags | pt.TABLE_PRE | pt.LEAF | pt.TABLE_POST)
-    return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
+    """ACK kvm_pgtable_stage2_set_owner / annotate: the one set-owner walk of
+    s2pt.pgtable with the coalescing visitor (TABLE_PRE | LEAF | TABLE_POST)."""
+    return (yield from pt.kvm_pgtable_stage2_set_owner(
+        pgt, addr, size, mc, owner_id, data=HostMapData() if data is None else data,
+        flags=flags, cb=host_set_owner_walker))
 
 
 def _reclaim_leaf_walker(ctx, visit):
@@ -365,7 +361,8 @@ def host_stage2_set_owner_locked(host: "Host", addr: int, size: int, owner_id: i
             return kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id, data, flags)
     else:
         def walk():
-            return _set_owner_no_coalesce(host.pgt, addr, size, mc, owner_id, data, flags)
+            return pt.kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id,
+                                                   data=data, flags=flags)
     return (yield from host_stage2_try(host, walk))
 
 
@@ -934,16 +931,3 @@ class Host:
         return (f"<pkvm.Host {_size(mem)} memory in {len(self.memory)} region(s), "
                 f"{len(self.mmio)} MMIO, {self.stats['tables_live']} table pages, "
                 f"{len(self._owner)} pages given away>")
-
-
-def _set_owner_no_coalesce(pgt, addr, size, mc, owner_id, data, flags):
-    """Mainline's set_owner walk (TABLE_PRE | LEAF): no coalescing."""
-    if owner_id > pgt.max_owner_id:
-        return -EINVAL
-    data.memcache, data.owner_id = mc, owner_id
-    data.force_pte, data.annotation = True, True
-
-    def cb(ctx, visit):
-        return (yield from pt.stage2_map_walker(ctx, visit))
-    walker = pt.Walker(cb, data, flags | pt.TABLE_PRE | pt.LEAF)
-    return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
