@@ -279,8 +279,6 @@ def test_memoised_steps_match_live_runs(name, scheme):
     restores of memory and of the observers: TLBs, the BBM automaton, the
     isolation checker's owners) end in the same state as the same schedules
     run live."""
-    from s2pt.snapshot import audit_fields
-    from s2pt.sim.world import freeze
     rng = random.Random(7)
     space = StateSpace(s2pt.world(SCENARIOS[name], scheme, record=False), check=True)
     for _ in range(12):
@@ -302,7 +300,6 @@ def test_memoised_steps_match_live_runs(name, scheme):
             assert [type(o) for o in space.stateful] == [type(o) for o in w.stateful]
             for a, b in zip(space.stateful, w.stateful):   # TLBs, BBM, isolation checker
                 assert a.sim_state() == b.sim_state()
-                assert freeze(audit_fields(a), {}, 0) .__class__ is tuple
 
 
 @pytest.mark.parametrize("sc,scheme,bound", [
