@@ -20,7 +20,7 @@ from s2pt.explorer import explore, replay
 from s2pt.sim.search import StateSpace, format_schedule, parse_schedule
 from s2pt.ops import read_lock, read_unlock, write_lock, write_unlock
 from s2pt.sim.sync import SimMachine, synchronize_rcu
-from s2pt.sim.world import Setup, World
+from s2pt.sim.world import Setup
 
 GiB, PAGE = 1 << 30, 4096
 

@@ -20,7 +20,7 @@ import sys
 
 from ..errors import S2ptError
 from . import drill as _drill, explore as _explore  # noqa: F401  (they register commands)
-from .registry import COMMANDS, arg, command, integer as _int
+from .registry import COMMANDS, arg, command
 
 __all__ = ["main", "command", "arg", "COMMANDS"]
 

@@ -450,7 +450,7 @@ class StateSpace:
 
     def _advance(self, i, nid, node, result, mstate):
         """Run CPU ``i``'s code from ``node`` with ``result``: the edge."""
-        w, m = self.w, self.m
+        m = self.m
         gen = self.gens.pop(nid, None)
         if gen is None:
             gen = self._rebuild(i, node)

@@ -40,7 +40,8 @@ from ..ops import (BLOCKING, Machine, cpu_relax, hw_walk_start, kvm_mmu_topup_me
 
 __all__ = [
     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
-    "synchronize_rcu", "rcu_barrier", "kvm_mmu_topup_memory_cache", "cpu_relax", "SimMachine",
+    "synchronize_rcu", "rcu_barrier", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
+    "SimMachine",
     "BLOCKING",
 ]
 
@@ -118,8 +119,6 @@ class SimMachine(Machine, Stateful):
     def violation(self, kind: str, message: str):
         self.violations.append((kind, message))
 
-    _violation = violation
-
     def perform(self, op):
         if self.mmu is not None and op[0] == "tlbi":
             # Local TLBIs (ipa_nsh) reach only the issuing vCPU's TLB.
@@ -192,7 +191,7 @@ class SimMachine(Machine, Stateful):
     def _spin_unlock(self, op):
         writer, readers = self._lock(op[1])
         if writer != self.cpu:
-            self._violation("lock", f"{op[0]}({op[1]}) by CPU {self.cpu}, which does not hold it")
+            self.violation("lock", f"{op[0]}({op[1]}) by CPU {self.cpu}, which does not hold it")
         self.locks.pop(op[1], None)
 
     _write_unlock = _spin_unlock
@@ -204,7 +203,7 @@ class SimMachine(Machine, Stateful):
     def _read_unlock(self, op):
         writer, readers = self._lock(op[1])
         if self.cpu not in readers:
-            self._violation("lock", f"read_unlock({op[1]}) by CPU {self.cpu}, which does not hold it")
+            self.violation("lock", f"read_unlock({op[1]}) by CPU {self.cpu}, which does not hold it")
         readers = readers - {self.cpu}
         if readers:
             self.locks[op[1]] = (None, readers)
@@ -253,7 +252,7 @@ class SimMachine(Machine, Stateful):
         cpu = self.cpu
         n = self.nesting.get(cpu, 0)
         if n == 0:
-            self._violation("rcu", f"rcu_read_unlock() on CPU {cpu} without rcu_read_lock()")
+            self.violation("rcu", f"rcu_read_unlock() on CPU {cpu} without rcu_read_lock()")
             return
         if n > 1:
             self.nesting[cpu] = n - 1
