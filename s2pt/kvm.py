@@ -36,11 +36,13 @@ from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, S2ptError
 from .memory import MemCache
-from .ops import run
+from .ops import kernel_path, read_lock, read_unlock, run, write_lock, write_unlock
+from .ops import kvm_mmu_topup_memory_cache as _topup_op
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
-__all__ = ["VM", "Memslot", "FaultResult"]
+__all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK", "BUGS",
+           "user_mem_abort", "handle_access_fault"]
 
 #: KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE on arm64: the vCPU memcache's capacity.
 KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE = 40
@@ -52,9 +54,59 @@ _SIZE_NAMES = {"4K": 4 << 10, "16K": 16 << 10, "64K": 64 << 10, "2M": 2 << 20,
 _FAULT_COUNTER = {k: f"faults_{k}" for k in ("translation", "access", "permission")}
 _PROT_RX = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_X
 _PROT_RWX = _PROT_RX | d.KVM_PGTABLE_PROT_W
-#: A fault handler's walks: shared (read_lock(&kvm->mmu_lock)), and -EAGAIN
-#: goes back to the guest.
-_FAULT_FLAGS = pt.HANDLE_FAULT | pt.SHARED
+
+#: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
+MMU_LOCK = "kvm->mmu_lock"
+
+#: Deliberately broken variants of the guest paths, for the lessons on what
+#: each piece is for (none is a real commit): name -> what it leaves out.
+BUGS = {
+    "no-flush-after-wp": "write-protecting a memslot for dirty logging skips "
+                         "kvm_flush_remote_tlbs_memslot()",
+    "no-bbm-tlbi": "faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
+                   "not a real commit, the hardware walker's hazard",
+    "no-shared-walk": "faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
+                      "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
+                      "a real commit: the hazard the SHARED flag exists for",
+}
+
+
+class MmuLock:
+    """How KVM serialises stage-2 updates of a guest: ``kvm->mmu_lock``.
+
+    Mainline since 6.2 (the parallel-faults series): a vCPU's fault handler
+    (user_mem_abort, handle_access_fault) walks under
+    ``read_lock(&kvm->mmu_lock)`` with ``KVM_PGTABLE_WALK_SHARED |
+    KVM_PGTABLE_WALK_HANDLE_FAULT``; every other update (the MMU notifier's
+    unmap, write-protection, eager splitting) takes ``write_lock``.
+
+    The teardown schemes of :mod:`s2pt.schemes` subclass this and override
+    what they do differently; a VM is built with one (``VM(locking=...)``).
+    Each method returns a generator, so a scheme may take several steps.
+    """
+
+    #: Flags of a vCPU fault's walk: shared, and -EAGAIN goes back to the guest.
+    fault_flags = pt.HANDLE_FAULT | pt.SHARED
+
+    def fault_lock(self, unlinks: bool = False):
+        """Around a fault's walk.  ``unlinks``: this fault may replace a
+        table with a block (a scheme may want a stronger lock for it)."""
+        yield read_lock(MMU_LOCK)
+
+    def fault_unlock(self, unlinks: bool = False):
+        yield read_unlock(MMU_LOCK)
+
+    def update_lock(self):
+        """Around an exclusive update: MMU-notifier unmap, eager split."""
+        yield write_lock(MMU_LOCK)
+
+    def update_unlock(self):
+        yield write_unlock(MMU_LOCK)
+
+
+# The lock wrappers are not kernel functions: traces and diagrams show their caller.
+for _fn in (MmuLock.fault_lock, MmuLock.fault_unlock, MmuLock.update_lock, MmuLock.update_unlock):
+    kernel_path(None)(_fn)
 
 
 @dataclass
@@ -124,6 +176,9 @@ class FaultResult:
     size: int = 0          # bytes mapped or relaxed
     ret: int = 0           # the kernel's return value (0 or -errno)
     translation: Translation | None = None
+    #: The walk returned -EAGAIN (it lost a race); user_mem_abort() returns 0
+    #: and the vCPU re-enters the guest, which faults again if it must.
+    eagain: bool = False
 
     def __str__(self):
         f = f" after a {self.fault.kind} fault at level {self.fault.level}" if self.fault else ""
@@ -135,7 +190,7 @@ class Vcpu:
     def __init__(self, vm: "VM", idx: int):
         self.idx = idx
         # vcpu->arch.mmu_page_cache, topped up before each fault
-        self.memcache = MemCache(vm.pgt.mm, KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE)
+        self.memcache = MemCache(vm.pgt.mm, vm._memcache_capacity)
         self.tlb = VcpuTlb(vm.pgt, idx)
 
 
@@ -151,8 +206,30 @@ class VM:
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vcpus: int = 2,
                  vmid: int = 1, eager_split_chunk: int | None = None, manual_protect: bool = True,
                  initially_set: bool = False, ram_pages: int | None = None,
-                 fwb: bool = False):
-        self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb)
+                 fwb: bool = False, bugs=(), locking: MmuLock | None = None,
+                 memcache_capacity: int | None = KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE,
+                 **config):
+        """``locking``: how faults and updates lock (default: mainline's
+        :class:`MmuLock`; the explorer passes a teardown scheme).  ``bugs``:
+        names from :data:`BUGS`.  ``memcache_capacity``: the vCPU memcaches'
+        capacity (the kernel's 40; None fills to exactly the minimum, as the
+        explorer's scenarios do, see :class:`~s2pt.memory.MemCache`).  Any
+        other keyword is the table's configuration, passed to
+        :class:`~s2pt.stage2.Stage2` (``machine``, ``mm_ops``, ...)."""
+        unknown = set(bugs) - set(BUGS) if not isinstance(bugs, str) else {bugs}
+        if unknown:
+            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
+        self.bugs = frozenset(bugs)
+        self.locking = locking if locking is not None else MmuLock()
+        # The walk flags of a fault: the locking's, with any bug applied.
+        flags = self.locking.fault_flags
+        if "no-bbm-tlbi" in self.bugs:
+            flags |= pt.SKIP_BBM_TLBI
+        if "no-shared-walk" in self.bugs:
+            flags &= ~pt.SHARED
+        self.fault_flags = flags
+        self._memcache_capacity = memcache_capacity
+        self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
         if not _is_int(vcpus) or not 1 <= vcpus <= 64:
@@ -177,10 +254,6 @@ class VM:
         self.counters: Counter = Counter()
         self._split_blocks: set = set()     # blocks broken lazily while logging
         self._next_pa = 0x40_0000_0000      # host memory handed to memslots
-        #: Deliberately broken variants, for the lessons on what TLBIs are for:
-        #: "no-flush-after-wp" skips kvm_flush_remote_tlbs_memslot() after
-        #: write-protecting a slot.
-        self.bugs: set = set()
 
     # -- capabilities and memslots --------------------------------------------
     def _check_chunk(self, chunk, explicit_cap: bool = False):
@@ -338,13 +411,24 @@ class VM:
                         f"(a livelock in the model)")
 
     def touch(self, gpa: int, size: int, write: bool = False, stride: int | None = None,
-              vcpu: int = 0) -> int:
+              vcpu: int = 0, write_every: int | None = None) -> int:
         """Access every ``stride`` bytes (default: every page) of a range;
-        returns how many faults that took."""
+        returns how many faults that took.  ``write_every=n``: a mixed
+        workload, where the 1st, (n+1)th, ... access writes and the others
+        read (``write`` is then ignored)."""
+        if stride is not None and (not _is_int(stride) or stride <= 0):
+            raise S2ptError(f"stride={stride!r}: must be a positive number of bytes")
+        if write_every is not None and (not _is_int(write_every) or write_every <= 0):
+            raise S2ptError(f"write_every={write_every!r}: must be a positive integer "
+                            f"(1: every access writes)")
         before = self.counters["faults"]
         step = stride or self.pgt.page_size
-        for a in range(gpa, gpa + size, step):
-            self.access(a, write=write, vcpu=vcpu)
+        if write_every is None:
+            for a in range(gpa, gpa + size, step):
+                self.access(a, write=write, vcpu=vcpu)
+        else:
+            for j, a in enumerate(range(gpa, gpa + size, step)):
+                self.access(a, write=j % write_every == 0, vcpu=vcpu)
         return self.counters["faults"] - before
 
     def _handle_guest_abort(self, v: Vcpu, gpa: int, f: Fault, write: bool, exec: bool):
@@ -362,12 +446,11 @@ class VM:
             c["mmio_exits"] += 1
             return FaultResult(gpa, "KVM_EXIT_MMIO", f)
         if f.kind == "access":
-            # handle_access_fault(): read_lock(mmu_lock); mkyoung
-            ret = run(pt.kvm_pgtable_stage2_mkyoung(self.pgt, gpa & ~(self.pgt.page_size - 1),
-                                                    pt.HANDLE_FAULT | pt.SHARED),
-                      self.pgt.machine)
-            return FaultResult(gpa, "mkyoung", f, ret=ret)
-        return self._user_mem_abort(v, gpa, slot, f, write, exec)
+            return run(handle_access_fault(self, v.idx, gpa, f), self.pgt.machine)
+        res = run(user_mem_abort(self, v.idx, gpa, slot, f, write, exec), self.pgt.machine)
+        if res.ret and res.outcome != "-ENOMEM":
+            self.pgt._expect_ok(res.ret, "user_mem_abort")
+        return res
 
     def _vma_pagesize(self, slot: Memslot, gpa: int) -> int:
         """The largest mapping the host backing and the slot allow at gpa
@@ -396,59 +479,6 @@ class VM:
             if uaddr_start <= base and base + size <= uaddr_end:
                 return size
         return page_size
-
-    def _user_mem_abort(self, v: Vcpu, gpa: int, slot: Memslot, f: Fault, write: bool, exec: bool):
-        pgt = self.pgt
-        c = self.counters
-        logging_active = slot.logging and not slot.readonly
-        fault_granule = pgt.granule_size[f.level]
-        perm = f.kind == "permission"
-        if not perm or (logging_active and write):
-            mc = v.memcache
-            if len(mc.objects) < self._min_pages and mc.topup(self._min_pages):
-                # kvm_mmu_topup_memory_cache(kvm_mmu_cache_min_pages) failed
-                c["enomem"] += 1
-                return FaultResult(gpa, "-ENOMEM", f, ret=-errno.ENOMEM)
-        if logging_active:
-            # force_pte: the fault maps PAGE_SIZE.  It forces pages by the
-            # size it asks to map; the walker has no force_pte for a guest
-            # (kvm_pgtable_stage2_init passes no force_pte_cb: only pKVM's
-            # host stage 2 has one).
-            vma_pagesize = pgt.page_size
-        else:
-            vma_pagesize = self._vma_pagesize(slot, gpa)
-            if perm and vma_pagesize == pgt.page_size and fault_granule > pgt.page_size:
-                vma_pagesize = fault_granule       # relax the whole block at once
-        fault_ipa = gpa & ~(vma_pagesize - 1)
-        writable = not slot.readonly and not (logging_active and not write)
-        prot = _PROT_RWX if writable else _PROT_RX               # CACHE_DIC: always X
-        if logging_active and f.kind == "translation" and any(
-                (gpa & ~(size - 1), size) in self._split_blocks for size in self._block_sizes):
-            c["refaults_after_split"] += 1
-        flags = _FAULT_FLAGS
-        if perm and vma_pagesize == fault_granule:
-            ret = run(pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags), pgt.machine)
-            outcome = "relax_perms"
-            c["relax_perms"] += 1
-        else:
-            if perm and fault_granule > vma_pagesize:
-                # A write to a write-protected block while logging: the map
-                # walk replaces the block with an *empty* table (-E2BIG ->
-                # stage2_map_walk_leaf); the rest of the block faults back.
-                c["lazy_splits"] += 1
-                self._split_blocks.add((gpa & ~(fault_granule - 1), fault_granule))
-            attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
-            pa = slot.pa + (fault_ipa - slot.gpa)
-            ret = run(pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
-                                                v.memcache, flags),
-                      pgt.machine)
-            outcome = "map"
-            c["maps"] += 1
-        if writable and not ret and slot.logging:
-            self._mark_page_dirty(slot, fault_ipa)
-        if ret not in (0, -errno.EAGAIN):
-            pgt._expect_ok(ret, "user_mem_abort")
-        return FaultResult(gpa, outcome, f, vma_pagesize, 0 if ret == -errno.EAGAIN else ret)
 
     def _mark_page_dirty(self, slot: Memslot, gpa: int):
         """mark_page_dirty_in_slot(): one bit, for the (block-aligned) fault IPA."""
@@ -649,3 +679,109 @@ class VM:
     def __repr__(self):
         return (f"VM(ipa_bits={self.pgt.ia_bits}, granule={self.pgt.page_size}, "
                 f"vcpus={len(self.vcpus)}, memslots={len(self.memslots)})")
+
+
+# ---------------------------------------------------------------------------
+# The fault paths, as generators: VM.fault runs them to completion, the
+# explorer's scenarios step them one shared access at a time.
+# ---------------------------------------------------------------------------
+
+def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
+                   write: bool = False, exec: bool = False):
+    """user_mem_abort() (arch/arm64/kvm/mmu.c), for a fault KVM has already
+    classified (kvm_handle_guest_abort found ``slot`` and the fault is not
+    an access-flag fault).  Returns a :class:`FaultResult`.
+
+    The steps, in the kernel's order:
+
+    1. ``logging_active = memslot_is_logging(memslot)``: sampled once, from
+       the memslot this vCPU looked up (a vCPU that looked it up before
+       logging was turned off still sees it on);
+    2. top up the vCPU's memcache (``kvm_mmu_topup_memory_cache``, outside
+       the lock) unless this is a permission fault that needs no table;
+    3. the mapping size: PAGE_SIZE when logging (force_pte), else the
+       largest the backing and the slot's alignment allow
+       (get_vma_page_shift, fault_supports_stage2_huge_mapping,
+       transparent_hugepage_adjust); a permission fault on a block relaxes
+       the whole block;
+    4. ``read_lock(&kvm->mmu_lock)`` (the VM's locking);
+    5. a permission fault whose mapping size equals the fault granule
+       relaxes permissions (kvm_pgtable_stage2_relax_perms); anything else
+       maps (kvm_pgtable_stage2_map), which may replace a table by a block
+       (the unlinked subtree) or a block by a table;
+    6. ``read_unlock``; mark the page dirty if it was mapped writable and
+       the walk succeeded; -EAGAIN becomes 0 (the guest re-executes the
+       access and faults again if it must).
+
+    Simplification: the model has no MMU notifiers racing with the page
+    lookup, so there is no ``mmu_invalidate_retry`` check.
+    """
+    pgt = vm.pgt
+    # (No local holds vm.counters: the explorer fingerprints a CPU's locals,
+    # and a counter is bookkeeping, not state.)
+    logging_active = slot.logging and not slot.readonly
+    fault_granule = pgt.granule_size[fault.level]
+    perm = fault.kind == "permission"
+    if not perm or (logging_active and write):
+        # One step, always: it returns at once when the cache holds enough
+        # (and the explorer replays a CPU from its recorded results, so a
+        # program must not branch on state it did not read through an op).
+        ret = yield _topup_op(vm.vcpus[vcpu].memcache, vm._min_pages)
+        if ret:
+            vm.counters["enomem"] += 1
+            return FaultResult(gpa, "-ENOMEM", fault, ret=-errno.ENOMEM)
+    if logging_active:
+        # force_pte: the fault maps PAGE_SIZE.  It forces pages by the size
+        # it asks to map; the walker has no force_pte for a guest
+        # (kvm_pgtable_stage2_init passes no force_pte_cb: only pKVM's host
+        # stage 2 has one).
+        vma_pagesize = pgt.page_size
+    else:
+        vma_pagesize = vm._vma_pagesize(slot, gpa)
+        if perm and vma_pagesize == pgt.page_size and fault_granule > pgt.page_size:
+            vma_pagesize = fault_granule       # relax the whole block at once
+    fault_ipa = gpa & ~(vma_pagesize - 1)
+    writable = not slot.readonly and not (logging_active and not write)
+    prot = _PROT_RWX if writable else _PROT_RX               # CACHE_DIC: always X
+    if logging_active and fault.kind == "translation" and any(
+            (gpa & ~(size - 1), size) in vm._split_blocks for size in vm._block_sizes):
+        vm.counters["refaults_after_split"] += 1
+    # Can this fault replace a table with a block (the unlinked subtree)?
+    unlinks = vma_pagesize > fault_granule
+    lock = vm.locking
+    flags = vm.fault_flags
+    yield from lock.fault_lock(unlinks)                  # read_lock(&kvm->mmu_lock)
+    if perm and vma_pagesize == fault_granule:
+        ret = yield from pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags)
+        outcome = "relax_perms"
+    else:
+        if perm and fault_granule > vma_pagesize:
+            # A write to a write-protected block while logging: the map walk
+            # replaces the block with an *empty* table (-E2BIG ->
+            # stage2_map_walk_leaf); the rest of the block faults back.
+            vm.counters["lazy_splits"] += 1
+            vm._split_blocks.add((gpa & ~(fault_granule - 1), fault_granule))
+        attr = d.stage2_set_prot_attr(prot, "normal", pgt.fwb)
+        pa = slot.pa + (fault_ipa - slot.gpa)
+        ret = yield from pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
+                                                   vm.vcpus[vcpu].memcache, flags)
+        outcome = "map"
+    yield from lock.fault_unlock(unlinks)                # read_unlock(&kvm->mmu_lock)
+    vm.counters["relax_perms" if outcome == "relax_perms" else "maps"] += 1
+    if writable and not ret:
+        vm._mark_page_dirty(slot, fault_ipa)             # mark_page_dirty_in_slot()
+    eagain = ret == -errno.EAGAIN
+    return FaultResult(gpa, outcome, fault, vma_pagesize, 0 if eagain else ret, eagain=eagain)
+
+
+def handle_access_fault(vm: VM, vcpu: int, gpa: int, fault: Fault | None = None):
+    """handle_access_fault() (arch/arm64/kvm/mmu.c): the guest touched a
+    page whose access flag aging cleared; set it again with
+    kvm_pgtable_stage2_mkyoung() under ``read_lock(&kvm->mmu_lock)``."""
+    pgt = vm.pgt
+    lock = vm.locking
+    yield from lock.fault_lock()                         # read_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_mkyoung(pgt, gpa & ~(pgt.page_size - 1),
+                                                   vm.fault_flags)
+    yield from lock.fault_unlock()                       # read_unlock(&kvm->mmu_lock)
+    return FaultResult(gpa, "mkyoung", fault, ret=ret)

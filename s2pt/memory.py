@@ -267,6 +267,10 @@ class MemCache:
     def nobjs(self) -> int:
         return len(self.objects)
 
+    def __repr__(self):
+        cap = "" if self.capacity is None else f" of {self.capacity}"
+        return f"<MemCache: {len(self.objects)} pages{cap}>"
+
     def topup(self, min_objs: int) -> int:
         """0 on success, -ENOMEM (as a negative int) when fewer than
         ``min_objs`` pages can be held."""

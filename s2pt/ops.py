@@ -620,6 +620,21 @@ def _nop(op):
     return None
 
 
+#: code object -> the kernel function name to show in traces and race
+#: diagrams (None: a helper frame that is not shown, such as a lock wrapper).
+DISPLAY: dict = {}
+
+
+def kernel_path(name: str | None):
+    """Decorator: show this generator as kernel function ``name`` in traces
+    and race diagrams (None: do not show its frame; its caller shows)."""
+    def mark(fn):
+        DISPLAY[fn.__code__] = name
+        fn.kernel_name = name
+        return fn
+    return mark
+
+
 def run(gen, machine: Machine):
     """The sequential driver: perform each operation at once, to completion.
 

@@ -1,9 +1,13 @@
 """Litmus-style scenarios: a few CPUs, a tiny table, declared outcomes.
 
-Each scenario builds one small stage-2 table in a known state, then gives
-each CPU one kernel path to run.  The CPU programs are written like the
-kernel functions they model and call the one walker (:mod:`s2pt.pgtable`)
-step by step; locking comes from the scheme (:mod:`s2pt.schemes`).
+Each guest scenario builds a small VM (:mod:`s2pt.kvm`) and brings its
+stage-2 table into a known state with the VM's own operations (memslots,
+dirty logging, guest accesses), then gives each CPU one kernel path to run.
+The vCPUs run the VM's own fault paths, :func:`s2pt.kvm.user_mem_abort` and
+:func:`s2pt.kvm.handle_access_fault`: the generators ``VM.fault`` runs to
+completion, stepped here one shared access at a time, down through the one
+walker (:mod:`s2pt.pgtable`).  The scheme (:mod:`s2pt.schemes`) is the VM's
+locking and its table's mm_ops.
 
 For every scheme it knows, a scenario declares which kinds of violation are
 expected **Sometimes** (some interleaving shows it) -- every other kind is
@@ -11,14 +15,14 @@ expected **Never**.  ``python -m s2pt scenarios`` lists them and
 ``tests/test_explorer.py`` checks every declaration exhaustively.
 
 The table for the collapse scenarios, as dirty logging leaves it (40-bit
-IPA, 4K granule, start level 1)::
+IPA, 4K granule, start level 1; a 2M-backed memslot at IPA 1 GiB)::
 
-    PGD[1] -> L2 table: [0] -> L3 table: [0] page 0x10_4000_0000 R-X
-                                          [1] page 0x10_4000_1000 R-X
-                                          [2] page 0x10_4000_2000 R-X (AF clear)
+    PGD[1] -> L2 table: [0] -> L3 table: [0] page 0x40_0000_0000 R-X
+                                          [1] page 0x40_0000_1000 R-X
+                                          [2] page 0x40_0000_2000 R-X (AF clear)
 
-Logging write-protected the pages and mapped them one by one; it is now
-off, so the next write fault may map a 2M block over the whole L3 table.
+Logging write-protected the slot and each read fault mapped one page; it is
+now off, so the next write fault may map a 2M block over the whole L3 table.
 
 The pKVM scenarios at the end race on the host's identity-mapped stage 2
 (:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
@@ -31,19 +35,21 @@ EL2, so they do not declare them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
 
 from . import descriptor as d
+from . import kvm as _kvm
 from . import pgtable as pt
 from . import pkvm as _pkvm
 from .bbm import BbmChecker
 from .checkers import IsolationChecker, page_owner
 from .errors import Fault as _Fault
 from .errors import S2ptError
-from .ops import cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache
+from .kvm import handle_access_fault, user_mem_abort
+from .ops import cpu_relax, hw_walk_start
 from .sim.search import NEVER, SOMETIMES
 from .sim.sync import SimMachine
 from .sim.world import Setup, kernel_path
-from .stage2 import Stage2
 from .tlb import VcpuTlb, hw_translate
 
 __all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER"]
@@ -51,12 +57,6 @@ __all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE, BLOCK = 4 * KiB, 2 * MiB
 IPA = 1 * GiB                      # the 2M region every scenario races on
-HOST_PA = 0x10_0000_0000           # guest RAM in host PA space (congruent mod 1G)
-RWX = d.KVM_PGTABLE_PROT_R | d.KVM_PGTABLE_PROT_W | d.KVM_PGTABLE_PROT_X
-
-
-def pa_of(ipa: int) -> int:
-    return HOST_PA + ipa
 
 
 #: Historical bugs a scenario can switch back on: name -> (what, the Stage2
@@ -66,12 +66,10 @@ BUGS = {
                      {"reload_after_cb": False}),
     "f6a27d6dc51b": ("free_unlinked does not drop the subtree root's last reference",
                      {"free_unlinked_drops_root": False}),
-    "no-bbm-tlbi": ("faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
-                    "not a real commit, the hardware walker's hazard", {}),
-    "no-shared-walk": ("faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
-                       "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
-                       "a real commit: the hazard the SHARED flag exists for", {}),
 }
+#: The guest paths' deliberate breakages (s2pt.kvm.BUGS): the VM is built with them.
+_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk")
+BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
 
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
@@ -81,123 +79,98 @@ NOT_DECLARED = {
 }
 
 
-class Kvm:
-    """The bits of struct kvm the CPU programs need: the table, the scheme,
-    the vCPU memcaches (vcpu->arch.mmu_page_cache) and the split cache."""
-
-    def __init__(self, setup: Setup, vcpus: int, cache_pages: int = 1):
-        self.pgt = setup.pgt
-        self.scheme = setup.scheme
-        self.memcache = [setup.memcache(cache_pages) for _ in range(vcpus)]
-        self.split_page_cache = None
-        # the no-bbm-tlbi bug: faults skip the break-before-make TLBI
-        self.extra_flags = pt.SKIP_BBM_TLBI if "no-bbm-tlbi" in setup.bugs else 0
-        # the no-shared-walk bug: parallel faults, but exclusive-walk stores
-        self.drop_flags = pt.SHARED if "no-shared-walk" in setup.bugs else 0
-        setup.opaque.append(self)
-
-    def fault_flags(self) -> int:
-        """The walk flags of a fault: the scheme's, with any bug applied."""
-        return (self.scheme.fault_flags | self.extra_flags) & ~self.drop_flags
-
-
 # ---------------------------------------------------------------------------
-# CPU programs: kernel paths, one yield per shared access
+# The guest scenarios: a VM (s2pt.kvm) built for the explorer.  Its vCPUs run
+# the VM's own fault paths -- s2pt.kvm.user_mem_abort and
+# handle_access_fault, the generators VM.fault runs to completion -- one
+# shared access per step; the scheme is the VM's locking.
 # ---------------------------------------------------------------------------
 
-@kernel_path("user_mem_abort")
-def user_mem_abort_map_block(kvm: Kvm, vcpu: int, ipa: int):
-    """user_mem_abort(): a write fault after dirty logging was turned off.
-
-    The memslot allows 2M again (vma_pagesize > fault_granule), so the
-    fault maps a block with kvm_pgtable_stage2_map(); where the level-3
-    table is, stage2_map_walk_table_pre() replaces the table entry with the
-    block and hands the old table to mm_ops->free_unlinked_table().
-    (kernel: the memcache is topped up before the lock; here it is full.)"""
-    pgt, s = kvm.pgt, kvm.scheme
-    fault_ipa = ipa & ~(BLOCK - 1)
-    attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
-    flags = kvm.fault_flags()
-    yield from s.fault_lock(unlinks=True)            # read_lock(&kvm->mmu_lock)
-    ret = yield from pt.kvm_pgtable_stage2_map(pgt, fault_ipa, BLOCK, pa_of(fault_ipa), attr,
-                                               kvm.memcache[vcpu], flags)
-    yield from s.fault_unlock(unlinks=True)          # read_unlock(&kvm->mmu_lock)
-    return ret
+def _vm(scheme, bugs, vcpus=2, backing="2M", size=BLOCK):
+    """A VM for the explorer: its table on the explorer's machine, with the
+    scheme's mm_ops and locking and any bug switched on, and one memslot
+    [IPA, IPA + size).  Its vCPU memcaches fill to exactly the minimum (see
+    s2pt.memory.MemCache), so the state space does not carry 40 idle pages."""
+    kw = {}
+    for b in sorted(bugs):
+        kw.update(BUGS[b][1])
+    vm = _kvm.VM(40, 4096, vcpus=vcpus, locking=scheme, memcache_capacity=None,
+                 bugs=set(bugs) & set(_VM_BUGS), machine=SimMachine, mm_ops=scheme.mm_ops(),
+                 **kw)
+    return vm, vm.add_memslot(IPA, size, backing=backing)
 
 
-@kernel_path("user_mem_abort")
-def user_mem_abort_relax_perms(kvm: Kvm, vcpu: int, ipa: int):
-    """user_mem_abort(): a write fault on a write-protected page whose
-    mapping size equals the fault granule (the vCPU sampled the memslot
-    while logging was still on): kvm_pgtable_stage2_relax_perms()."""
-    pgt, s = kvm.pgt, kvm.scheme
-    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
-    ret = yield from pt.kvm_pgtable_stage2_relax_perms(pgt, ipa, RWX, s.fault_flags)
-    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
-    return ret
+def _setup(vm, scheme, bugs) -> Setup:
+    """The explorer's view of a VM set up by the scenario: the vCPUs' TLBs
+    start empty (kvm_flush_remote_tlbs), their memcaches are topped up, as
+    user_mem_abort did before the earlier faults.
+
+    The dirty bitmap is outside what the explorer compares: no path in
+    these scenarios reads it, so a bit one interleaving set and another did
+    not cannot change what happens next."""
+    vm.pgt.flush_tlb()
+    s = Setup(vm.pgt, scheme, bugs)
+    for v in vm.vcpus:
+        s.memcache(vm._min_pages, v.memcache)
+    s.share(vm, *vm.memslots)
+    s.subject = vm
+    return s
 
 
-@kernel_path("handle_access_fault")
-def handle_access_fault(kvm: Kvm, vcpu: int, ipa: int):
-    """handle_access_fault(): the guest touched a page whose AF was cleared
-    by aging; set it again with kvm_pgtable_stage2_mkyoung()."""
-    pgt, s = kvm.pgt, kvm.scheme
-    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
-    ret = yield from pt.kvm_pgtable_stage2_mkyoung(pgt, ipa, s.fault_flags)
-    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
-    return ret
+def _logged_table(vm, slot, pages=3, aged=(2,)):
+    """Dirty logging's leftovers, made by dirty logging: logging on, the
+    guest reads a few pages (each read fault maps one read-only page:
+    force_pte, not writable), aging clears some access flags
+    (kvm_age_gfn), and logging is turned off again.
+
+    Returns the memslot as it was while logging was on: memslots are
+    replaced, not changed in place (kvm_set_memslot), so a vCPU that looked
+    the slot up before the change still sees logging on."""
+    vm.enable_dirty_logging(slot)
+    for k in range(pages):
+        vm.access(slot.gpa + k * PAGE)
+    for k in aged:
+        vm.pgt.test_clear_young(slot.gpa + k * PAGE, PAGE)
+    logging = _dc_replace(slot)
+    vm.disable_dirty_logging(slot)
+    return logging
 
 
-@kernel_path("user_mem_abort")
-def user_mem_abort_logging(kvm: Kvm, vcpu: int, ipa: int):
-    """user_mem_abort(): a write fault on a write-protected block while
-    dirty logging is on: force_pte, so kvm_pgtable_stage2_map() maps
-    PAGE_SIZE (one 4K page), replacing the block with a table first
-    (stage2_map_walk_leaf).  The walker itself has no force_pte for a guest."""
-    pgt, s = kvm.pgt, kvm.scheme
-    attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
-    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
-    ret = yield from pt.kvm_pgtable_stage2_map(pgt, ipa, PAGE, pa_of(ipa), attr,
-                                               kvm.memcache[vcpu], s.fault_flags)
-    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
-    return ret
+def _fault(vm, ipa, write=True, vcpu=0):
+    """The abort vCPU ``vcpu`` takes on this access, as its MMU reports it
+    walking the table (its TLB flushed first: aging clears access flags
+    without a TLBI, so a cached entry would hide the access-flag fault)."""
+    vm.pgt.flush_tlb()
+    f = vm.translate(ipa, write=write, vcpu=vcpu)
+    if not isinstance(f, _Fault):
+        raise S2ptError(f"scenario setup: IPA {ipa:#x} does not fault")
+    return f
 
 
-@kernel_path("user_mem_abort")
-def user_mem_abort_map_page(kvm: Kvm, vcpu: int, ipa: int):
-    """user_mem_abort(): a translation fault on a page of a memslot backed
-    by 4K pages (vma_pagesize == PAGE_SIZE): kvm_pgtable_stage2_map() of one
-    page, which installs the level-3 table first if there is none
-    (stage2_map_walk_leaf).  A lost cmpxchg returns -EAGAIN, user_mem_abort()
-    returns 0 and the vCPU re-enters the guest, which takes the same fault
-    again: the loop.  Each fault first tops up the vCPU's memcache (the
-    loser's table page went back to the page allocator).
+@kernel_path("kvm_handle_guest_abort")
+def guest_fault(vm, vcpu: int, ipa: int, slot, fault, write: bool = True):
+    """The vCPU takes ``fault`` and KVM handles it: user_mem_abort().  A
+    lost cmpxchg returns -EAGAIN, user_mem_abort() returns 0 and the vCPU
+    re-enters the guest, which takes the same fault again: the loop.  Each
+    round tops up the vCPU's memcache again (the loser's table page went
+    back to the page allocator).
 
     The explorer assumes fair scheduling: a vCPU spinning on -EAGAIN while
     the winner is descheduled between break and make is a cycle in the
     state graph, not a livelock."""
-    pgt, s = kvm.pgt, kvm.scheme
-    attr = d.stage2_set_prot_attr(RWX, "normal", pgt.fwb)
-    mc = kvm.memcache[vcpu]
     while True:
-        ret = yield kvm_mmu_topup_memory_cache(mc, 1)   # returns at once when full
-        if ret:
-            return ret
-        yield from s.fault_lock()                    # read_lock(&kvm->mmu_lock)
-        ret = yield from pt.kvm_pgtable_stage2_map(pgt, ipa, PAGE, pa_of(ipa), attr, mc,
-                                                   kvm.fault_flags())
-        yield from s.fault_unlock()                  # read_unlock(&kvm->mmu_lock)
-        if ret != -pt.EAGAIN:
-            return ret
+        res = yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+        if not res.eagain:
+            return res.ret
         yield cpu_relax()              # back to the guest; let the winner go on first
 
 
 @kernel_path("kvm_unmap_gfn_range")
-def kvm_unmap_gfn_range(kvm: Kvm, ipa: int, size: int):
+def kvm_unmap_gfn_range(vm, ipa: int, size: int):
     """The MMU notifier's invalidate_range_start -> kvm_unmap_gfn_range() ->
     __unmap_stage2_range(): kvm_pgtable_stage2_unmap() with mmu_lock held
     for write by the generic code.  The unmap walk frees tables it empties."""
-    pgt, s = kvm.pgt, kvm.scheme
+    pgt, s = vm.pgt, vm.locking
     yield from s.update_lock()                       # KVM_MMU_LOCK(kvm): write_lock
     ret = yield from pt.kvm_pgtable_stage2_unmap(pgt, ipa, size)
     yield from s.update_unlock()                     # KVM_MMU_UNLOCK(kvm)
@@ -205,14 +178,14 @@ def kvm_unmap_gfn_range(kvm: Kvm, ipa: int, size: int):
 
 
 @kernel_path("kvm_mmu_split_huge_pages")
-def kvm_mmu_split_huge_pages(kvm: Kvm, ipa: int, size: int):
+def kvm_mmu_split_huge_pages(vm, ipa: int, size: int):
     """kvm_mmu_split_memory_region() -> kvm_mmu_split_huge_pages(): eager
     splitting when dirty logging starts, under write_lock(&kvm->mmu_lock).
     Each block becomes a new level-3 table built unlinked
     (kvm_pgtable_stage2_create_unlinked) and then swapped in."""
-    pgt, s = kvm.pgt, kvm.scheme
+    pgt, s = vm.pgt, vm.locking
     yield from s.update_lock()                       # write_lock(&kvm->mmu_lock)
-    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, kvm.split_page_cache)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache)
     yield from s.update_unlock()                     # write_unlock(&kvm->mmu_lock)
     return ret
 
@@ -274,57 +247,48 @@ class Scenario:
         return f"<scenario {self.name}: {self.summary}>"
 
 
-def _stage2(scheme, bugs, **kw):
-    """The scenario's table, built for the explorer (its SimMachine) with
-    the scheme's mm_ops and any historical bug switched on."""
-    for b in sorted(bugs):
-        kw.update(BUGS[b][1])
-    return Stage2(ipa_bits=40, granule=4096, machine=SimMachine, mm_ops=scheme.mm_ops(), **kw)
-
-
-def _logged_table(pgt, pages=3, aged=(2,)):
-    """Dirty logging's leftovers: a level-3 table with a few write-protected
-    pages, some of them aged (AF clear)."""
-    for k in range(pages):
-        pgt.map(IPA + k * PAGE, PAGE, pa_of(IPA + k * PAGE), prot="RX", force_pte=True)
-    for k in aged:
-        pgt.test_clear_young(IPA + k * PAGE, PAGE)
-
-
 def build_collapse_vs_fault(scheme, bugs, vcpus=2):
-    pgt = _stage2(scheme, bugs)
-    _logged_table(pgt)
-    s = Setup(pgt, scheme, bugs)
-    kvm = Kvm(s, vcpus)
-    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort_map_block, kvm, 0, IPA)
-    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort_relax_perms, kvm, 1, IPA + PAGE)
+    vm, slot = _vm(scheme, bugs, vcpus)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA + k * PAGE, write=k < 2) for k in range(vcpus)]
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    # vCPU0 looked the slot up after logging was turned off: it may map 2M
+    # again, over the level-3 table.  vCPU1 looked it up while logging was
+    # still on: it relaxes the permissions of one page.
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
+          faults[1], True)
     if vcpus > 2:
-        s.cpu("vCPU2", "handle_access_fault: mkyoung", handle_access_fault, kvm, 2, IPA + 2 * PAGE)
+        s.cpu("vCPU2", "handle_access_fault: mkyoung", handle_access_fault, vm, 2,
+              IPA + 2 * PAGE, faults[2])
     s.region = (IPA, BLOCK)
     return s
 
 
 def build_unmap_vs_fault(scheme, bugs):
-    pgt = _stage2(scheme, bugs)
-    _logged_table(pgt, pages=1, aged=(0,))
-    s = Setup(pgt, scheme, bugs)
-    kvm = Kvm(s, 2)
-    s.cpu("notifier", "kvm_unmap_gfn_range: unmap 4K", kvm_unmap_gfn_range, kvm, IPA, PAGE)
-    s.cpu("vCPU1", "handle_access_fault: mkyoung", handle_access_fault, kvm, 1, IPA)
+    vm, slot = _vm(scheme, bugs)
+    _logged_table(vm, slot, pages=1, aged=(0,))
+    fault = _fault(vm, IPA, write=False, vcpu=1)
+    s = _setup(vm, scheme, bugs)
+    s.cpu("notifier", "kvm_unmap_gfn_range: unmap 4K", kvm_unmap_gfn_range, vm, IPA, PAGE)
+    s.cpu("vCPU1", "handle_access_fault: mkyoung", handle_access_fault, vm, 1, IPA, fault)
     s.region = (IPA, BLOCK)
     return s
 
 
 def build_split_vs_fault(scheme, bugs):
-    pgt = _stage2(scheme, bugs)
-    pgt.map(IPA, BLOCK, pa_of(IPA), prot="RX")       # a 2M block, write-protected by logging
-    s = Setup(pgt, scheme, bugs)
-    kvm = Kvm(s, 2)
-    kvm.split_page_cache = s.memcache(1)              # mmu->split_page_cache
-    s.cpu("split", "kvm_mmu_split_huge_pages: eager split", kvm_mmu_split_huge_pages, kvm,
+    vm, slot = _vm(scheme, bugs)
+    vm.access(IPA)                      # the guest ran on a 2M block ...
+    vm.enable_dirty_logging(slot)       # ... that logging write-protected (lazy splitting)
+    fault = _fault(vm, IPA + 5 * PAGE, vcpu=1)
+    s = _setup(vm, scheme, bugs)
+    s.memcache(1, vm.split_page_cache)                # mmu->split_page_cache
+    s.cpu("split", "kvm_mmu_split_huge_pages: eager split", kvm_mmu_split_huge_pages, vm,
           IPA, BLOCK)
-    s.cpu("vCPU1", "user_mem_abort: write while logging", user_mem_abort_logging, kvm, 1,
-          IPA + 5 * PAGE)
+    s.cpu("vCPU1", "user_mem_abort: write while logging", user_mem_abort, vm, 1,
+          IPA + 5 * PAGE, slot, fault, True)
     s.region = (IPA, BLOCK)
     return s
 
@@ -333,28 +297,30 @@ def build_stash_old_pte(scheme, bugs):
     # One vCPU collapses the table, with a9f0e3d5a089 reverted: after its
     # TABLE_PRE callback the walker does not reload the entry, so it still
     # believes it points to the old level-3 table, and descends into it.
-    pgt = _stage2(scheme, bugs | {"a9f0e3d5a089"})
-    _logged_table(pgt, pages=2, aged=())
-    s = Setup(pgt, scheme, bugs | {"a9f0e3d5a089"})
-    kvm = Kvm(s, 1)
-    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort_map_block, kvm, 0, IPA)
+    bugs = bugs | {"a9f0e3d5a089"}
+    vm, slot = _vm(scheme, bugs, vcpus=1)
+    _logged_table(vm, slot, pages=2, aged=())
+    fault = _fault(vm, IPA)
+    s = _setup(vm, scheme, bugs)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          fault, True)
     s.region = (IPA, BLOCK)
     return s
 
 
 def build_collapse_vs_hw_walk(scheme, bugs):
-    pgt = _stage2(scheme, bugs)
-    _logged_table(pgt)
-    s = Setup(pgt, scheme, bugs)
-    kvm = Kvm(s, 2)
-    tlb = VcpuTlb(pgt, 1)
-    s.share(tlb)
+    vm, slot = _vm(scheme, bugs)
+    _logged_table(vm, slot)
+    fault = _fault(vm, IPA)
+    s = _setup(vm, scheme, bugs)
+    tlb = vm.vcpus[1].tlb
     if "no-bbm-tlbi" not in bugs:
         # Without the TLBI, casemate's automaton would stop every run at the
         # first make ("BBM invalid unclean->valid"), before the walk cache
         # meets the freed table: that variant runs without it.
-        s.share(BbmChecker(pgt))
-    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort_map_block, kvm, 0, IPA)
+        s.share(BbmChecker(vm.pgt))
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          fault, True)
     s.cpu("MMU1", "vCPU1's MMU: two guest loads", guest_accesses, tlb,
           (IPA + PAGE, IPA + 3 * PAGE), vcpu=1, pure=False)
     s.region = (IPA, BLOCK)
@@ -416,14 +382,16 @@ _add(Scenario(
 
 
 def build_map_vs_map(scheme, bugs):
-    # The 2M region is empty, its neighbour is mapped (so the level-2 table
-    # exists): both faults need the same new level-3 table.
-    pgt = _stage2(scheme, bugs)
-    pgt.map(IPA + BLOCK, PAGE, pa_of(IPA + BLOCK), prot="RWX", force_pte=True)
-    s = Setup(pgt, scheme, bugs)
-    kvm = Kvm(s, 2)
-    s.cpu("vCPU0", "user_mem_abort: map page 0", user_mem_abort_map_page, kvm, 0, IPA)
-    s.cpu("vCPU1", "user_mem_abort: map page 1", user_mem_abort_map_page, kvm, 1, IPA + PAGE)
+    # A 4K-backed slot over two 2M regions; the guest has touched the second
+    # (so the level-2 table exists), the first is empty: both faults need
+    # the same new level-3 table.
+    vm, slot = _vm(scheme, bugs, backing="4K", size=2 * BLOCK)
+    vm.access(IPA + BLOCK, write=True)
+    faults = [_fault(vm, IPA + k * PAGE, vcpu=k) for k in range(2)]
+    s = _setup(vm, scheme, bugs)
+    s.cpu("vCPU0", "user_mem_abort: map page 0", guest_fault, vm, 0, IPA, slot, faults[0])
+    s.cpu("vCPU1", "user_mem_abort: map page 1", guest_fault, vm, 1, IPA + PAGE, slot,
+          faults[1])
     s.region = (IPA, 2 * BLOCK)
     return s
 
@@ -498,6 +466,7 @@ class PkvmHost:
         self.pool = setup.memcache(pool_pages)
         self.checker = IsolationChecker(host, tlbs)
         setup.share(self, host, self.checker)
+        setup.subject = host
 
 
 @kernel_path("__pkvm_host_donate_guest")

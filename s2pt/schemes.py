@@ -52,22 +52,24 @@ from __future__ import annotations
 
 from . import pgtable as pt
 from .errors import S2ptError
-from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
-from .sim.world import DISPLAY
+from .kvm import MMU_LOCK, MmuLock
+from .ops import spin_lock, spin_unlock
+from .ops import kernel_path
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
-#: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
-MMU_LOCK = "kvm->mmu_lock"
 #: pKVM's lock for the host stage 2 (struct host_mmu's hyp_spinlock_t).
 HOST_MMU_LOCK = "host_mmu.lock"
 
 
-class Scheme:
+class Scheme(MmuLock):
+    """A teardown scheme: the kernel's locking of ``kvm->mmu_lock``
+    (:class:`s2pt.kvm.MmuLock`, whose lock methods it inherits) plus how
+    unlinked tables are freed.  A scenario builds its VM with the scheme as
+    its locking and its table with the scheme's mm_ops."""
+
     name = "?"
     summary = ""
-    #: Flags of a vCPU fault's walk (user_mem_abort, handle_access_fault).
-    fault_flags = pt.SHARED | pt.HANDLE_FAULT
 
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
@@ -75,22 +77,6 @@ class Scheme:
     def mm_ops(self) -> pt.MmOps:
         """The mm_ops a guest table is built with under this scheme."""
         return pt.MmOps(self.free_unlinked_table)
-
-    # Each returns a generator, so a scheme may take several steps.
-    def fault_lock(self, unlinks: bool = False):
-        """Around a fault's walk.  ``unlinks``: this fault may collapse a
-        table into a block (a scheme may want a stronger lock for it)."""
-        yield read_lock(MMU_LOCK)
-
-    def fault_unlock(self, unlinks: bool = False):
-        yield read_unlock(MMU_LOCK)
-
-    def update_lock(self):
-        """Around an exclusive update: MMU-notifier unmap, eager split."""
-        yield write_lock(MMU_LOCK)
-
-    def update_unlock(self):
-        yield write_unlock(MMU_LOCK)
 
     def __repr__(self):
         return f"<scheme {self.name}: {self.summary}>"
@@ -132,9 +118,9 @@ class HypLockScheme(Scheme):
 
 
 # The lock wrappers are not kernel functions: diagrams show their caller.
-for _cls in (Scheme, HypLockScheme):
-    for _fn in (_cls.fault_lock, _cls.fault_unlock, _cls.update_lock, _cls.update_unlock):
-        DISPLAY[_fn.__code__] = None
+for _fn in (HypLockScheme.fault_lock, HypLockScheme.fault_unlock, HypLockScheme.update_lock,
+            HypLockScheme.update_unlock):
+    kernel_path(None)(_fn)
 
 #: name -> Scheme instance, in the order listings show them.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme(), HypLockScheme())}

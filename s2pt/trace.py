@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 from . import ops as _ops
 from .errors import S2ptError
-from .ops import OPS, View, op_text, result_text
+from .ops import DISPLAY, OPS, View, op_text, result_text
 
 __all__ = ["trace", "Trace", "Step"]
 
@@ -192,7 +192,9 @@ class Trace:
             if frame is None:
                 break
             code = frame.f_code
-            names.append(code.co_name)
+            name = DISPLAY.get(code, code.co_name)
+            if name is not None:
+                names.append(name)
             if code is self._visit:
                 loc = frame.f_locals
                 visit = (loc.get("ptep"), loc.get("level"))

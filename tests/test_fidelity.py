@@ -315,3 +315,64 @@ def test_guest_fault_forces_pages_by_size_not_by_a_walker_flag(monkeypatch):
     assert r.outcome == "map" and r.size == 4096
     assert calls == [(2 << 20, False), (4096, False)]
     assert vm.pgt.get_leaf(0x4000_5000)[1] == 3
+
+
+# ---------------------------------------------------------------------------
+# One user_mem_abort: VM.fault and the explorer's guest scenarios run the
+# same generator (s2pt.kvm.user_mem_abort), as the kernel has one.
+# ---------------------------------------------------------------------------
+
+def _functions_named(name):
+    import ast
+    import pathlib
+    root = pathlib.Path(s2pt.__file__).parent
+    return [(str(p.relative_to(root)), node.lineno)
+            for p in sorted(root.rglob("*.py"))
+            for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, ast.FunctionDef) and name in node.name]
+
+
+def test_user_mem_abort_is_written_once():
+    assert [f for f, _ in _functions_named("user_mem_abort")] == ["kvm.py"]
+    assert [f for f, _ in _functions_named("handle_access_fault")] == ["kvm.py"]
+    # No scenario calls the walker's fault-time entry points itself.
+    import inspect
+    from s2pt import scenarios
+    src = inspect.getsource(scenarios)
+    for fn in ("kvm_pgtable_stage2_map(", "kvm_pgtable_stage2_relax_perms(",
+               "kvm_pgtable_stage2_mkyoung("):
+        assert fn not in src
+
+
+def _logged_vm(**kw):
+    """Dirty logging's leftovers on a fresh VM: three read-only pages in a
+    level-3 table, logging off again, TLBs empty."""
+    vm = VM(**kw)
+    slot = vm.add_memslot(1 << 30, 2 << 20, backing="2M")
+    vm.enable_dirty_logging(slot)
+    for k in range(3):
+        vm.access((1 << 30) + k * 4096)
+    vm.disable_dirty_logging(slot)
+    vm.pgt.flush_tlb()
+    return vm, slot
+
+
+def _shape(op):
+    """An op without its addresses and objects: what it does, not where."""
+    return op[0]
+
+
+def test_scenario_vcpu_runs_the_same_steps_as_vm_fault():
+    # Sequential: VM.fault of a write after logging, traced (the MMU's own
+    # walk, which found the permission fault, is not KVM's code).
+    vm, _ = _logged_vm()
+    t = s2pt.trace(vm.fault, 1 << 30, write=True)
+    seq = [_shape(s.op) for s in t.steps if s.stack and s.stack[0] == "user_mem_abort"]
+    # The explorer: the same fault on vCPU0 of collapse-vs-fault, run alone
+    # to its end under rcu (the kernel's scheme).
+    w = s2pt.world("collapse-vs-fault", "rcu")
+    while 0 in w.enabled():
+        w.step(0)
+    sim = [_shape(e.op) for e in w.events]
+    assert sim == seq and "cmpxchg" in sim and "call_rcu" in sim
+    assert w.events[0].stack[0] == "user_mem_abort"

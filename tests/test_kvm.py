@@ -5,6 +5,7 @@ dirty log against a flat model: a page is dirty exactly when the guest wrote
 it since logging started or the log was last cleared.
 """
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -240,8 +241,7 @@ def test_collapse_by_unmapping_the_memslot():
 # ---------------------------------------------------------------------------
 
 def test_missing_tlbi_after_write_protect_is_a_stale_translation():
-    vm, slot = vm_with_blocks(2 * MiB)
-    vm.bugs.add("no-flush-after-wp")
+    vm, slot = vm_with_blocks(2 * MiB, bugs={"no-flush-after-wp"})
     vm.enable_dirty_logging(slot)
     assert vm.check()                      # a TLB entry still grants write
     with pytest.raises(s2pt.KernelBug, match="stale TLB entry.*write permission was removed"):
@@ -459,3 +459,23 @@ class DirtyLogMachine(RuleBasedStateMachine):
 TestDirtyLog = DirtyLogMachine.TestCase
 TestDirtyLog.settings = settings(max_examples=40, stateful_step_count=30, deadline=None,
                                  suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_vm_bugs_are_chosen_when_it_is_built():
+    with pytest.raises(s2pt.S2ptError, match="unknown"):
+        VM(bugs={"no-such-bug"})
+    vm = VM(bugs={"no-shared-walk", "no-bbm-tlbi"})
+    assert not vm.fault_flags & pt.SHARED and vm.fault_flags & pt.SKIP_BBM_TLBI
+    assert VM().fault_flags == pt.SHARED | pt.HANDLE_FAULT
+
+
+def test_touch_write_every_writes_one_access_in_n():
+    vm = VM()
+    slot = vm.add_memslot(BASE, 2 * MiB, backing="4K")
+    vm.enable_dirty_logging(slot)
+    vm.touch(BASE, 2 * MiB, stride=64 * KiB, write_every=4)
+    dirty = np.flatnonzero(vm.get_dirty_log(slot))
+    assert list(dirty) == [j * 16 for j in range(0, 32, 4)]   # accesses 0, 4, 8, ... (16 pages apart)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(s2pt.S2ptError, match="write_every"):
+            vm.touch(BASE, 4 * KiB, write_every=bad)

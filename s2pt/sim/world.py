@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import KernelBug, S2ptError
 from ..invariants import reachable_tables
 from ..memory import MemCache
-from ..ops import ADDR, SYNC, View, desc_text, loc_text, op_text
+from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
 from ..snapshot import Stateful, Stateless, owner_of
 from .sync import SimMachine, rcu_next_callback
 from .violation import Violation
@@ -75,15 +75,20 @@ class Setup:
         self.opaque: list = [pgt, pgt.mm, pgt.mmu]
         self.memcaches: list = []
         self.region: tuple | None = None       # (ipa, size) the lost-update oracle compares
-        self.notes: dict = {}
+        #: The object the scenario races on, for readers and widgets: a
+        #: s2pt.kvm.VM or a s2pt.pkvm.Host.
+        self.subject = None
 
     def cpu(self, name, role, program, *args, vcpu=None, pure=True, daemon=False):
         self.actors.append(Actor(name, role, program, args, daemon, pure, vcpu))
         return len(self.actors) - 1
 
-    def memcache(self, pages: int):
-        """A pre-filled struct kvm_mmu_memory_cache (topped up before the run)."""
-        mc = MemCache(self.pgt.mm)
+    def memcache(self, pages: int, mc: MemCache | None = None):
+        """A struct kvm_mmu_memory_cache topped up to ``pages`` before the
+        run: ``mc`` (a cache the scenario's objects already hold, such as a
+        vCPU's) or a new one.  The explorer tracks its contents."""
+        if mc is None:
+            mc = MemCache(self.pgt.mm)
         if mc.topup(pages):
             raise KernelBug("setup", "memcache top-up failed")
         self.memcaches.append(mc)
@@ -120,21 +125,6 @@ def stateful_parts(machine) -> list:
                 f"it keeps can change what happens next, an s2pt.snapshot.Stateless")
         out.append(o)
     return out
-
-
-#: code object -> the kernel function name to show (None: a helper frame
-#: that is not shown, such as a scheme's lock wrapper).  See :func:`kernel_path`.
-DISPLAY: dict = {}
-
-
-def kernel_path(name: str | None):
-    """Decorator: show this CPU program as kernel function ``name`` in
-    diagrams (several programs model different paths of user_mem_abort)."""
-    def mark(fn):
-        DISPLAY[fn.__code__] = name
-        fn.kernel_name = name
-        return fn
-    return mark
 
 
 @kernel_path("rcu_do_batch")
