@@ -13,7 +13,7 @@ from s2pt.cli import main
 from s2pt.htmltrace import Recorder, shared_state, trace_html, tree_drawing, verdict, write_html
 from s2pt.sim.search import parse_schedule
 
-from conftest import CASES, shortest
+from scenario_cases import CASES, shortest             # noqa: E402
 
 MB = 1 << 20
 UAF = "1*5 0"                       # collapse-vs-fault under none: vCPU1 stops in L3

@@ -15,7 +15,7 @@ from s2pt.htmltrace import Recorder, cpus_html, shared_state, verdict   # noqa: 
 from s2pt.sim.search import format_schedule, parse_schedule   # noqa: E402
 from s2pt.widgets import Interleave                    # noqa: E402
 
-from conftest import CASES, shortest                   # noqa: E402
+from scenario_cases import CASES, shortest             # noqa: E402
 
 IDS = [f"{a}/{b}" for a, b in CASES]
 

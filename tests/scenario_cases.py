@@ -1,5 +1,5 @@
-"""Shared by the widget and trace tests: each scenario x declared scheme and
-the schedule to show for it, found once per session."""
+"""Shared by the widget and trace tests (a module, not a conftest): each scenario x declared
+scheme and the schedule to show for it, found once per session."""
 
 from __future__ import annotations
 
