@@ -382,8 +382,9 @@ class Drill:
         return f"{ipa:#0{2 + (self.ipa_bits + 3) // 4}x}"
 
     def args(self) -> list[str]:
-        return [f"ARG seed {self.seed}", f"ARG n {self.n}", f"ARG ipa_bits {self.ipa_bits}",
-                f"ARG granule {self.granule}"]
+        """One line naming the drill's settings, as the command that repeats it."""
+        return [f"Drill: python -m s2pt drill --seed {self.seed} -n {self.n} "
+                f"--ipa-bits {self.ipa_bits} --granule {self.granule // 1024}K"]
 
     def problem(self) -> str:
         """The drill as a student sees it: settings, registers, dump, questions."""

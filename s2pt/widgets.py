@@ -53,7 +53,7 @@ from .kvm import VM
 from .ops import run
 from . import pgtable as pt
 
-__all__ = ["Decoder", "Builder", "parse_number"]
+__all__ = ["Decoder", "Builder", "Interleave", "parse_number"]
 
 _UNITS = {"K": 10, "M": 20, "G": 30, "T": 40}
 
@@ -543,3 +543,436 @@ class Builder(W.VBox):
 
     def __repr__(self):
         return f"Builder({self._name}, {len(self.history)} actions)"
+
+
+# ---------------------------------------------------------------------------
+# Interleave
+# ---------------------------------------------------------------------------
+
+class Interleave(W.VBox):
+    """Step a scenario's CPUs yourself and watch the race; see
+    :mod:`s2pt.htmltrace` for what each panel shows (the widget and the HTML
+    trace share those renderers).
+
+    ``Interleave("collapse-vs-fault", "none")`` or ``Interleave(world)`` (a
+    World from :func:`s2pt.world` or :func:`s2pt.replay`; its steps so far
+    are replayed on a fresh copy, the engine being deterministic).
+
+    Per actor: **Step** (greyed out, with the reason, when it cannot run),
+    **to shared** (run it until it performs a step another CPU can see or
+    race with: a store, a refcount or lock or RCU operation, a free, or an
+    access to an entry or page another actor has touched) and **until
+    blocked**.  Then **Undo** (the schedule minus its last step, replayed),
+    **Reset**, a schedule box with **Load**, **Shortest counterexample**
+    (the exhaustive search in a background thread, with a progress bar and
+    **Cancel**), **Play** along the loaded schedule with a speed slider, and
+    **Export** (schedule string, plain-text race diagram, HTML trace file).
+
+    The same operations are methods, for tests and cells: :meth:`step`,
+    :meth:`step_to_shared`, :meth:`run_until_blocked`, :meth:`undo`,
+    :meth:`reset`, :meth:`load`, :meth:`load_shortest`, :meth:`play_to`,
+    :meth:`export`.  Each returns False (and shows a message) when refused.
+    """
+
+    def __init__(self, scenario, scheme="rcu", bugs=(), *, max_states: int = 2_000_000):
+        from .htmltrace import Recorder
+        from .sim.world import World
+        if isinstance(scenario, World):
+            w = scenario
+            if w.nsteps and not w.record:
+                raise S2ptError("Interleave(world): the World did not record its steps "
+                                "(record=False); pass a fresh one or s2pt.world(...)")
+            self.template = w.again(record=True)
+            start = [ev.cpu for ev in w.events]
+        else:
+            from .explorer import world as _world
+            self.template = _world(scenario, scheme, bugs)
+            start = []
+        self.max_states = max_states
+        self.rec = Recorder(self.template.again(record=True))
+        self.loaded: list = []               # the full run of the loaded schedule
+        self.found = None                    # the last search Result
+        self.last_redraw_s = 0.0
+        self._prev_rows = None
+        self._cancel = False
+        self._thread = None
+        w = self.template
+        name = getattr(w.scenario, "name", "?")
+        sch = getattr(w.scheme, "name", "?")
+        self.title = W.HTML(f'<div class="s2pt-trace"><b>{_esc(name)}</b> under '
+                            f'<b>{_esc(sch)}</b>{"".join(" + " + _esc(b) for b in sorted(w.bugs))}'
+                            f'<div class="role">{_esc(getattr(w.scenario, "summary", ""))}</div></div>'
+                            f'<style>{_css()}</style>')
+        self.banner = W.HTML()
+        self.message = W.HTML()
+        self.event = W.HTML()
+        b = lambda text, tip="", cls="": self._button(text, tip, cls)   # noqa: E731
+        self.step_buttons, self.shared_buttons, self.run_buttons, self.columns = [], [], [], []
+        boxes = []
+        for i, a in enumerate(w.actors):
+            col = W.HTML()
+            st = b("Step", f"{a.name} performs its next operation", f"s2pt-step-{i}")
+            sh = b("to shared", f"run {a.name} to its next step another CPU can see or race with",
+                   f"s2pt-shared-{i}")
+            ru = b("until blocked", f"run {a.name} until it blocks or finishes", f"s2pt-run-{i}")
+            st.on_click(lambda _b, i=i: self.step(i))
+            sh.on_click(lambda _b, i=i: self.step_to_shared(i))
+            ru.on_click(lambda _b, i=i: self.run_until_blocked(i))
+            st.button_style = "primary"
+            self.step_buttons.append(st)
+            self.shared_buttons.append(sh)
+            self.run_buttons.append(ru)
+            self.columns.append(col)
+            boxes.append(W.VBox([W.HBox([st, sh, ru], layout=W.Layout(flex_flow="row wrap")), col],
+                                layout=W.Layout(flex="1 1 220px", min_width="0",
+                                                margin="0 6px 0 0")))
+        self.cpu_box = W.Box(boxes, layout=W.Layout(flex_flow="row wrap", width="100%"))
+        self.undo_button = b("Undo", "take back the last step", "s2pt-undo")
+        self.reset_button = b("Reset", "back to the start", "s2pt-reset")
+        self.undo_button.on_click(lambda _b: self.undo())
+        self.reset_button.on_click(lambda _b: self.reset())
+        self.schedule_box = W.Text(placeholder="schedule, e.g. 1*5 0", continuous_update=False,
+                                   layout=W.Layout(width="16em"))
+        self.load_button = b("Load", "load the schedule and go back to its start", "s2pt-load")
+        self.load_button.on_click(lambda _b: self.load(self.schedule_box.value))
+        self.search_button = b("Shortest counterexample",
+                               "search every interleaving (breadth first) and load the shortest "
+                               "schedule that breaks a rule", "s2pt-search")
+        self.search_button.on_click(lambda _b: self.load_shortest(wait=False))
+        self.cancel_button = b("Cancel", "stop the search", "s2pt-cancel")
+        self.cancel_button.on_click(lambda _b: self.cancel())
+        self.cancel_button.layout.display = "none"
+        self.progress = W.IntProgress(0, 0, max_states, layout=W.Layout(width="12em",
+                                                                         display="none"))
+        self.progress_text = W.HTML()
+        self.play = W.Play(value=0, min=0, max=0, interval=120, description="Play",
+                           show_repeat=False)
+        self.play.add_class("s2pt-play")
+        self.speed = W.IntSlider(120, min=5, max=1000, step=5, description="ms/step",
+                                 readout=True, layout=W.Layout(width="16em"),
+                                 style={"description_width": "initial"})
+        self.speed.observe(lambda ch: setattr(self.play, "interval", ch["new"]), "value")
+        self.play.observe(self._on_play, "value")
+        self.export_button = b("Export", "schedule string, race diagram and an HTML trace file",
+                               "s2pt-export")
+        self.export_button.on_click(lambda _b: self.export())
+        self.export_out = W.Textarea(layout=W.Layout(width="100%", height="10em",
+                                                     display="none"))
+        self.shared = W.HTML()
+        self.tree = W.HTML()
+        self.timeline = W.HTML()
+        panels = W.Box([W.VBox([W.HTML("<b>Shared state</b>"), self.shared],
+                               layout=W.Layout(flex="1 1 320px", min_width="0")),
+                        W.VBox([W.HTML("<b>Tree</b>"), self.tree],
+                               layout=W.Layout(flex="1 1 320px", min_width="0"))],
+                       layout=W.Layout(flex_flow="row wrap", width="100%"))
+        row = lambda kids: W.Box(kids, layout=W.Layout(flex_flow="row wrap",   # noqa: E731
+                                                       align_items="center"))
+        super().__init__([self.title, self.banner,
+                          row([self.undo_button, self.reset_button, self.schedule_box,
+                               self.load_button, self.search_button, self.cancel_button,
+                               self.progress, self.progress_text]),
+                          row([self.play, self.speed, self.export_button]),
+                          self.message, self.event, self.cpu_box,
+                          W.HTML("<b>Timeline</b>"), self.timeline, panels, self.export_out],
+                         layout=W.Layout(width="100%"))
+        self.add_class("s2pt-interleave")
+        if start:
+            self._rebuild(start)
+        self.redraw()
+
+    @staticmethod
+    def _button(text, tip, cls):
+        bt = W.Button(description=text, tooltip=tip, layout=W.Layout(width="auto"))
+        if cls:
+            bt.add_class(cls)
+        return bt
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def world(self):
+        return self.rec.world
+
+    @property
+    def schedule(self) -> list:
+        """The CPU of every step taken so far."""
+        return list(self.rec.schedule)
+
+    def schedule_text(self) -> str:
+        from .sim.search import format_schedule
+        return format_schedule(self.rec.schedule)
+
+    def _say(self, text: str, ok: bool = False) -> bool:
+        self.message.value = _msg(text, ok) if text else ""
+        return ok
+
+    def _rebuild(self, schedule):
+        from .htmltrace import Recorder
+        self.rec = Recorder.replay(self.template, schedule)
+        self._prev_rows = None
+
+    # -- stepping -----------------------------------------------------------------------
+    def _can(self, i) -> str | None:
+        w = self.world
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < w.n:
+            return f"cpu={i!r}: this scenario's actors are 0..{w.n - 1}"
+        if w.outcome is not None:
+            return f"the run is over ({w.outcome}): Undo or Reset to go on"
+        why = w.blocked(i)
+        if why is not None:
+            return f"{w.actors[i].name} cannot run: {why}"
+        return None
+
+    def step(self, i: int) -> bool:
+        """Actor ``i`` performs its next operation."""
+        why = self._can(i)
+        if why:
+            self.redraw()
+            return self._say(why)
+        self._say("")
+        self.rec.step(i)
+        self.redraw()
+        return True
+
+    def _shared_step(self, ev) -> bool:
+        from .ops import OPS
+        k = OPS.get(ev.op[0])
+        if k is None or ev.violations:
+            return True
+        if k.stores or k.sync or k.blocks or k.memory in ("ref", "alloc"):
+            return True
+        if k.addr or ev.op[0] == "hw_read":
+            others = self.rec.touched.get(ev.op[1], set()) - {ev.cpu}
+            page = ev.op[1] & ~(self.world.pgt.page_size - 1)
+            if others or any(c != ev.cpu for p, who in self.rec.touched.items()
+                             if p & ~(self.world.pgt.page_size - 1) == page for c in who):
+                return True
+        return False
+
+    def step_to_shared(self, i: int, limit: int = 20000) -> bool:
+        """Run actor ``i`` up to and including its next step that another
+        CPU can see or race with (see the class docstring)."""
+        why = self._can(i)
+        if why:
+            return self._say(why)
+        self._say("")
+        n = 0
+        while n < limit and self._can(i) is None:
+            ev = self.rec.step(i)
+            n += 1
+            if self._shared_step(ev):
+                break
+        self.redraw()
+        return True
+
+    def run_until_blocked(self, i: int, limit: int = 20000) -> bool:
+        """Run actor ``i`` until it blocks, finishes or the run ends."""
+        why = self._can(i)
+        if why:
+            return self._say(why)
+        self._say("")
+        n = 0
+        while n < limit and self._can(i) is None:
+            self.rec.step(i)
+            n += 1
+        self.redraw()
+        return True
+
+    def undo(self) -> bool:
+        """Take back the last step (replay the schedule without it)."""
+        if not self.rec.schedule:
+            return self._say("nothing to undo")
+        self._rebuild(self.rec.schedule[:-1])
+        self._say("")
+        self.redraw()
+        return True
+
+    def reset(self) -> bool:
+        self._rebuild([])
+        self._say("")
+        self.redraw()
+        return True
+
+    # -- schedules ------------------------------------------------------------------------
+    def load(self, schedule) -> bool:
+        """Load a schedule (text such as ``"1*5 0"`` or a list of CPU ids):
+        the run goes back to its start, and Play (or :meth:`play_to`) walks
+        along it, then along the default order (no preemption, lowest CPU
+        first) to the end of the run."""
+        from .sim.search import format_schedule, parse_schedule
+        try:
+            sched = parse_schedule(schedule)
+            w = self.template.again(record=False)
+            w.run(sched)
+        except S2ptError as e:
+            return self._say(f"schedule {schedule!r}: {e}")
+        full = self.template.again(record=True)
+        full.run(sched)
+        self.loaded = [ev.cpu for ev in full.events]
+        self.schedule_box.value = format_schedule(sched)
+        self._rebuild([])
+        self.play.value = 0
+        self.play.max = len(self.loaded)
+        self._say(f"loaded {format_schedule(sched) or '(the default order)'}: "
+                  f"{len(self.loaded)} steps to the end of the run; press Play", True)
+        self.redraw()
+        return True
+
+    def play_to(self, k: int) -> bool:
+        """Go to step ``k`` of the loaded schedule (what Play does each tick)."""
+        if not self.loaded:
+            return self._say("load a schedule first (or the shortest counterexample)")
+        k = max(0, min(int(k), len(self.loaded)))
+        cur = self.rec.schedule
+        if cur != self.loaded[:len(cur)] or k < len(cur):
+            self._rebuild(self.loaded[:k])
+        else:
+            for c in self.loaded[len(cur):k]:
+                if self.world.outcome is not None:
+                    break
+                self.rec.step(c)
+        self.redraw()
+        return True
+
+    def _on_play(self, ch):
+        if ch["new"] != len(self.rec.schedule) or self.rec.schedule != self.loaded[:ch["new"]]:
+            self.play_to(ch["new"])
+
+    def load_shortest(self, kind: str | None = None, wait: bool = True) -> bool:
+        """Run the exhaustive search (s2pt.explore) and load the shortest
+        counterexample (of ``kind``, or the shortest of all kinds found).
+        ``wait=False`` (the button) searches in a background thread with a
+        progress bar and a Cancel button."""
+        if self._thread is not None and self._thread.is_alive():
+            return self._say("a search is already running")
+        self._cancel = False
+        if wait:
+            return self._search(kind)
+        import threading
+        self._thread = threading.Thread(target=self._search, args=(kind,), daemon=True)
+        self._thread.start()
+        return True
+
+    def cancel(self) -> bool:
+        self._cancel = True
+        return True
+
+    def _search(self, kind=None) -> bool:
+        from .sim.search import search
+        self.progress.layout.display = ""
+        self.cancel_button.layout.display = ""
+        self.search_button.disabled = True
+        self.progress.value = 0
+        t0 = time.perf_counter()
+
+        def progress(states, depth, frontier):
+            self.progress.value = min(states, self.max_states)
+            self.progress_text.value = (f"{states:,} states, depth {depth}, "
+                                        f"{time.perf_counter() - t0:.1f} s")
+        try:
+            r = search(self.template.again(record=False), max_states=self.max_states,
+                       progress=progress, cancel=lambda: self._cancel)
+        finally:
+            self.progress.layout.display = "none"
+            self.cancel_button.layout.display = "none"
+            self.search_button.disabled = False
+        self.found = r
+        what = f"{r.states:,} states, {r.seconds:.1f} s"
+        self.progress_text.value = what + ("" if r.complete else " (not complete)")
+        if self._cancel and not r.found:
+            return self._say(f"search cancelled after {what}")
+        if not r.found:
+            return self._say(f"no violation in any interleaving ({what}, "
+                             f"{'complete' if r.complete else 'NOT complete'})", True)
+        if kind is not None and kind not in r.found:
+            return self._say(f"kind={kind!r} not found; found: {', '.join(sorted(r.found))}")
+        f = r.found[kind] if kind else min(r.found.values(), key=lambda f: len(f.schedule))
+        ok = self.load(f.schedule)
+        self._say(f"shortest {f.kind}: {f.schedule_text or '(the default order)'} "
+                  f"({what}); press Play or step it yourself", ok)
+        return ok
+
+    # -- export -------------------------------------------------------------------------
+    def export(self, path=None) -> dict:
+        """The schedule string and the plain-text race diagram (shown in a
+        text box, ready to paste into an email), and the HTML trace written
+        to ``path`` (default ``<scenario>-<scheme>.html`` here)."""
+        from .htmltrace import write_html
+        w = self.world
+        name = getattr(w.scenario, "name", "run")
+        sch = getattr(w.scheme, "name", "scheme")
+        path = path or f"{name}-{sch}.html"
+        size = write_html(w, path)
+        sched = self.schedule_text()
+        cmd = (f"python -m s2pt replay {name} --scheme {sch}"
+               + (f" --schedule '{sched}'" if sched else "")
+               + "".join(f" --bug {b}" for b in sorted(w.bugs)))
+        from .htmltrace import verdict
+        text = f"{cmd}\n\n{verdict(w)}\n\n{w.diagram()}\n"
+        self.export_out.value = text
+        self.export_out.layout.display = ""
+        self._say(f"wrote {path} ({size:,} bytes); the schedule and race diagram are below", True)
+        return {"schedule": sched, "diagram": w.diagram(), "text": text, "path": str(path),
+                "bytes": size}
+
+    # -- drawing -------------------------------------------------------------------------
+    def redraw(self) -> None:
+        """Redraw every panel from the World (only what changed is sent)."""
+        from .htmltrace import (cpus_html, shared_html, shared_state, step_text, timeline_svg,
+                                tree_svg, verdict)
+        t = time.perf_counter()
+        w = self.world
+        last = w.events[-1] if w.events else None
+        cols = cpus_html(w, last)
+        for i, (html_, col) in enumerate(zip(cols, self.columns)):
+            _set(col, f'<div class="s2pt-trace">{html_}</div>')
+            why = self._can(i)
+            off = why is not None
+            for bt in (self.step_buttons[i], self.shared_buttons[i], self.run_buttons[i]):
+                if bt.disabled != off:
+                    bt.disabled = off
+            self.step_buttons[i].tooltip = why or f"{w.actors[i].name}: {w.pending_text(i)}"
+        rows = shared_state(self.rec)
+        _set(self.shared, f'<div class="s2pt-trace">{shared_html(rows, self._prev_rows)}</div>')
+        self._prev_rows = rows
+        _set(self.tree, f'<div class="s2pt-trace"><div class="tree">{tree_svg(self.rec)}</div></div>')
+        _set(self.timeline, f'<div class="s2pt-trace">{timeline_svg(self.rec)}</div>')
+        cls = "bad" if w.violations else ("ok" if w.outcome == "done" else "run")
+        _set(self.banner, f'<div class="s2pt-trace"><div class="banner {cls}">'
+                          f'{_esc(verdict(w))}</div></div>')
+        if last is None:
+            ev = "before the first step"
+        else:
+            ev = (f"step {last.index}: <b>{_esc(w.actors[last.cpu].name)}</b> in "
+                  f"{_esc(last.function)}(): {_esc(step_text(w, last))}")
+            if last.note:
+                ev += f'<div class="note">→ {_esc(last.note)}</div>'
+        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{ev}</div></div>')
+        self.undo_button.disabled = not self.rec.schedule
+        if self.loaded and self.rec.schedule == self.loaded[:len(self.rec.schedule)] \
+                and self.play.value != len(self.rec.schedule):
+            self.play.value = len(self.rec.schedule)
+        self.last_redraw_s = time.perf_counter() - t
+
+    def _repr_mimebundle_(self, **kw):
+        bundle = super()._repr_mimebundle_(**kw)
+        text = self.world.diagram() + "\n\n" + self.world.status()
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict):
+            data["text/plain"] = text
+        return bundle
+
+    def __repr__(self):
+        w = self.world
+        return (f"Interleave({getattr(w.scenario, 'name', '?')}, "
+                f"{getattr(w.scheme, 'name', '?')}, {len(self.rec.schedule)} steps)")
+
+
+def _set(widget, value: str) -> None:
+    if widget.value != value:
+        widget.value = value
+
+
+def _css() -> str:
+    from .htmltrace import CSS
+    return CSS

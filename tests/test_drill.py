@@ -89,7 +89,9 @@ def test_golden_seed_1():
 
 def test_args_echoed():
     text = Drill(seed=4, n=3, ipa_bits=40, granule=16384).problem()
-    assert text.startswith("ARG seed 4\nARG n 3\nARG ipa_bits 40\nARG granule 16384\n")
+    first = text.splitlines()[0]
+    assert first == "Drill: python -m s2pt drill --seed 4 -n 3 --ipa-bits 40 --granule 16K"
+    assert "ARG" not in text
 
 
 # -- the answers are the model's answers ----------------------------------------------
@@ -253,7 +255,8 @@ def test_cli_drill_solve():
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     d = Drill(seed=3)
-    assert r.stdout.startswith("ARG seed 3\nARG n 5\n")
+    assert r.stdout.startswith("Drill: python -m s2pt drill --seed 3 -n 5 ")
+    assert "ARG " not in r.stdout
     assert d.problem() in r.stdout and d.solution() in r.stdout
     for piece in ("VTTBR_EL2", "VTCR_EL2", "page 0x80000000:", "translates to what PA? Or fault?",
                   "IPA split:", "-->", "level 1: PGD 0x80000000"):

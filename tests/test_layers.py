@@ -27,7 +27,7 @@ LAYERS = [
     ["kvm", "pkvm", "drill", "trace"],
     ["sim", "sim.sync", "sim.violation", "sim.world", "sim.report", "sim.search"],
     ["checkers", "schemes", "scenarios", "explorer"],
-    ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "widgets",
+    ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "htmltrace", "widgets",
      "exercises"],
 ]
 LAYER = {m: k for k, ms in enumerate(LAYERS) for m in ms}

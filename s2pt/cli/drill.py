@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from .registry import arg, command, integer as _int
+from .registry import arg, command, integer as _int, seed64
 
 
 @command("drill", help="seeded IPA -> PA translation drills (OSTEP style)", args=[
-    arg("-s", "--seed", type=_int, default=0, help="the random seed (default 0)"),
+    arg("-s", "--seed", type=seed64, default=0, help="the random seed, 0 .. 2**64-1 (default 0)"),
     arg("-n", "--n", type=_int, default=5, metavar="K",
         help="how many accesses to ask about (default 5)"),
     arg("--ipa-bits", type=_int, default=36, metavar="B",

@@ -6,15 +6,18 @@ Exit status: 0 when no violation was found, 1 when one was, 2 on bad input
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from ..errors import S2ptError
 from ..explorer import explore, replay
+from ..htmltrace import verdict, write_html
 from ..scenarios import SCENARIOS, get_scenario
 from ..schemes import SCHEMES, get_scheme
 from ..sim.violation import KINDS
-from .registry import arg, command, integer as _int, nonneg as _nonneg, positive as _pos
+from ..sim.search import parse_schedule
+from .registry import arg, command, nonneg as _nonneg, positive as _pos, seed64 as _seed
 
 
 def _scheme_for(scenario: str, scheme: str | None) -> str:
@@ -35,8 +38,11 @@ def _scheme_for(scenario: str, scheme: str | None) -> str:
     arg("--exhaustive", action="store_true", help="stateful breadth-first search (the default)"),
     arg("--random", type=_pos, metavar="N", help="N seeded random schedules"),
     arg("--pct", type=_pos, metavar="N", help="N seeded PCT schedules (see --depth)"),
-    arg("--depth", type=_pos, default=3, metavar="D", help="PCT bug depth (default 3)"),
-    arg("--seed", type=_int, default=0, help="seed for --random and --pct (default 0)"),
+    arg("--depth", type=_pos, default=2, metavar="D",
+        help="PCT bug depth: the ordering constraints the bug needs, plus one (default 2: "
+             "a use-after-free needs only the free between a reader's load and its access)"),
+    arg("--seed", type=_seed, default=0, help="seed for --random and --pct, 0 .. 2**64-1 "
+                                               "(default 0)"),
     arg("--preemptions", type=_nonneg, metavar="K", help="bound on preemptive context switches"),
     arg("--bug", action="append", default=[], metavar="COMMIT",
         help="switch a historical bug back on: a9f0e3d5a089 (no reload after the TABLE_PRE "
@@ -74,26 +80,53 @@ def explore_cmd(args) -> int:
     return 1 if res.found else 0
 
 
-@command("replay", help="replay one schedule: race diagram and state log", args=[
+def _schedule(text: str) -> str:
+    """--schedule: refuse an empty one (leave the option out for the default
+    order) and bad tokens, as usage errors."""
+    try:
+        steps = parse_schedule(text)
+    except S2ptError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not steps:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is empty: give CPU ids, one per step (e.g. '1*5 0'), or leave "
+            f"--schedule out to run the default order (no preemption, lowest CPU first)")
+    return text
+
+
+@command("replay", help="replay one schedule: race diagram, verdict, optional state log", args=[
     arg("scenario", help="a scenario name"),
     arg("--scheme", default=None, help="teardown scheme (default: as for explore)"),
-    arg("--schedule", default="", help="CPU ids, one per step, e.g. '1 1 1 1 0' or '1*4 0'; "
-                                        "afterwards: no preemption, lowest CPU first"),
+    arg("--schedule", type=_schedule, default=None,
+        help="CPU ids, one per step, e.g. '1 1 1 1 0' or '1*4 0'; afterwards (and without "
+             "--schedule): no preemption, lowest CPU first"),
     arg("--bug", action="append", default=[], metavar="COMMIT", help="as for explore"),
-    arg("--no-log", action="store_true", help="print the race diagram only"),
+    arg("--log", action="store_true",
+        help="after the diagram, every step with its result and what it changed "
+             "(a thousand lines or more)"),
+    arg("--no-log", action="store_true", help=argparse.SUPPRESS),   # the old default's opt-out
+    arg("--html", metavar="FILE",
+        help="also write the run as one self-contained HTML page (steps, CPUs, shared "
+             "state, timeline, tree, verdict), for a browser or an email attachment"),
 ])
 def replay_cmd(args) -> int:
-    """Run the scenario with the given schedule and print the race diagram,
-    then every step with its result and what it changed.
+    """Run the scenario with the given schedule and print the race diagram
+    and the verdict; with --log, then every step with its result and what
+    it changed; with --html FILE, write the self-contained trace page.
 
     Exit status: 0 the run was clean, 1 it showed a violation, 2 bad input.
     """
     args.scheme = _scheme_for(args.scenario, args.scheme)
-    w = replay(args.scenario, args.scheme, args.schedule, bugs=args.bug)
+    w = replay(args.scenario, args.scheme, args.schedule or "", bugs=args.bug)
     print(w.diagram())
-    if not args.no_log:
+    print()
+    print(verdict(w))
+    if args.log and not args.no_log:
         print()
         print(w.log())
+    if args.html:
+        n = write_html(w, args.html, schedule=args.schedule or "")
+        print(f"\nwrote {args.html} ({n:,} bytes, {len(w.events)} steps)")
     return 1 if w.violations else 0
 
 

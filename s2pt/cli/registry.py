@@ -21,7 +21,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["Command", "COMMANDS", "command", "arg", "integer", "nonneg", "positive"]
+__all__ = ["Command", "COMMANDS", "command", "arg", "integer", "nonneg", "positive", "seed64"]
 
 
 @dataclass
@@ -50,8 +50,6 @@ def command(name: str, help: str, args: list = (), description: str | None = Non
     return register
 
 
-
-
 def integer(text: str) -> int:
     """An integer in decimal or 0x hex; a granule may also be 4K, 16K, 64K."""
     t = text.strip().upper()
@@ -74,4 +72,13 @@ def positive(text):
     v = integer(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def seed64(text):
+    """A random seed: an integer from 0 to 2**64 - 1 (what random.Random
+    is seeded with here; the same seed always gives the same run)."""
+    v = integer(text)
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is an integer from 0 to 2**64 - 1")
     return v

@@ -631,8 +631,10 @@ def _preempts(i, last, enabled) -> int:
 
 
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
-         first_only=False):
-    """Breadth-first stateful search.  Returns (found, stats)."""
+         first_only=False, cancel=None):
+    """Breadth-first stateful search.  Returns (found, stats).  ``progress``
+    is called with (states, depth, frontier) every 1024 states; ``cancel()``
+    is asked as often and, when true, stops the search (incomplete)."""
     s0 = space.initial
     states = [s0]
     parent = [-1]
@@ -655,8 +657,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     while queue:
         sid = queue.popleft()
         s = states[sid]
-        if progress is not None and not (sid & 1023):
-            progress(len(states), depth[sid], len(queue))
+        if not (sid & 1023):
+            if progress is not None:
+                progress(len(states), depth[sid], len(queue))
+            if cancel is not None and cancel():
+                complete = False
+                break
         en = space.enabled(s)
         if not en:
             terminals += 1
@@ -939,7 +945,15 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     Each violation kind comes back once, with its shortest schedule found
     (random/PCT schedules are minimised by delta debugging), replayed to a
     race diagram and a state log.
+
+    ``progress``: True prints a progress line on stderr; a callable is
+    called as ``progress(states, depth, frontier)`` every 1024 states of an
+    exhaustive search.  ``cancel``: a callable asked as often; when it
+    returns true the search stops and the Result says it is not complete
+    (what was found so far is kept).  Neither changes what is found.
     """
+    if cancel is not None and not callable(cancel):
+        raise S2ptError(f"cancel={cancel!r}: give a function returning True to stop the search")
     if template.nsteps:
         raise S2ptError("search: the template World has already stepped; pass a fresh one")
     if preemptions is not None and (not isinstance(preemptions, int) or preemptions < 0):
@@ -953,12 +967,15 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         settings["preemptions"] = preemptions
     if mode in ("exhaustive", "unreduced"):
         space = StateSpace(template.again(record=False), check)
-        prog = _Progress(progress, f"{name}/{scheme}") if progress else None
+        if callable(progress):
+            prog = progress
+        else:
+            prog = _Progress(progress, f"{name}/{scheme}") if progress else None
         if mode == "exhaustive":
-            raw, st = _bfs(space, preemptions, max_states, max_steps, prog)
+            raw, st = _bfs(space, preemptions, max_states, max_steps, prog, cancel=cancel)
         else:
             raw, st = _unreduced(space, preemptions, max_states, max_steps)
-        if prog:
+        if isinstance(prog, _Progress):
             prog.done()
         res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],

@@ -1,0 +1,200 @@
+"""The command-line replay, the verdict sentence and the self-contained HTML
+trace (s2pt.htmltrace), for every scenario and declared scheme."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+import s2pt
+from s2pt.cli import main
+from s2pt.htmltrace import Recorder, shared_state, trace_html, tree_drawing, verdict, write_html
+from s2pt.sim.search import parse_schedule
+
+from scenario_cases import CASES, shortest             # noqa: E402
+
+MB = 1 << 20
+UAF = "1*5 0"                       # collapse-vs-fault under none: vCPU1 stops in L3
+
+
+# -- the command line --------------------------------------------------------------
+
+def test_replay_prints_diagram_and_verdict_and_the_log_only_on_request(capsys):
+    assert main(["replay", "collapse-vs-fault", "--scheme", "none", "--schedule", UAF]) == 1
+    out = capsys.readouterr().out
+    assert out.lstrip().startswith("step")                 # the race diagram comes first
+    assert "USE-AFTER-FREE" in out and "[enabled:" not in out and "outcome:" not in out
+    assert out.count("\n") < 200                           # not the 1,000-line log
+    assert ("vCPU1 read an entry of table page 0x80002000 at step 1051 (in "
+            "__kvm_pgtable_visit()), after vCPU0 freed it at step 1046 (in "
+            "kvm_pgtable_stage2_free_unlinked()).") in out
+    assert main(["replay", "collapse-vs-fault", "--scheme", "none", "--schedule", UAF,
+                 "--log"]) == 1
+    out = capsys.readouterr().out
+    assert out.index("USE-AFTER-FREE") < out.index("[enabled:") and "outcome: violation" in out
+    assert out.count("\n") > 1000
+
+
+@pytest.mark.parametrize("sched", ["", "  ", ","])
+def test_empty_schedule_is_refused(sched, capsys):
+    assert main(["replay", "collapse-vs-fault", "--schedule", sched]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s2pt replay: argument --schedule:") and "empty" in err
+    assert "leave --schedule out" in err and "Traceback" not in err
+
+
+def test_no_schedule_runs_the_default_order(capsys):
+    assert main(["replay", "map-vs-map", "--scheme", "rcu"]) == 0
+    assert "No violation: every CPU finished after 41 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["explore", "collapse-vs-fault", "--random", "2", "--seed", "-1"],
+    ["explore", "collapse-vs-fault", "--random", "2", "--seed", str(1 << 64)],
+    ["drill", "--seed", str(1 << 64)],
+    ["drill", "-s", "-3"],
+])
+def test_seed_is_bounded_to_64_bits(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a seed is an integer from 0 to 2**64 - 1" in err and "Traceback" not in err
+
+
+def test_largest_seed_is_accepted(capsys):
+    top = str((1 << 64) - 1)
+    assert main(["explore", "map-vs-map", "--scheme", "rcu", "--random", "2", "--seed", top]) == 0
+    assert main(["drill", "--seed", hex((1 << 64) - 1), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"--seed {top} " in out
+
+
+def test_pct_default_depth_finds_the_use_after_free(capsys):
+    # Two ordering constraints (the free between vCPU1's load and its access):
+    # PCT's default depth must be 2 to find it; depth 3 at 1,000 runs does not.
+    assert main(["explore", "collapse-vs-fault", "--scheme", "none", "--pct", "1000"]) == 1
+    assert "USE-AFTER-FREE" in capsys.readouterr().out
+
+
+# -- the verdict ---------------------------------------------------------------------
+
+def test_verdict_names_cpu_step_page_and_who_freed_it():
+    w = s2pt.replay("collapse-vs-fault", "none", UAF)
+    v = w.violations[0]
+    text = verdict(w)
+    assert text.count(". ") == 0 and text.endswith(".")
+    for piece in (v.actor, f"step {v.step}", "0x80002000", f"step {w.frees[0x80002]}"[:0],
+                  "vCPU0 freed it at step 1046"):
+        assert piece in text
+    clean = s2pt.replay("collapse-vs-fault", "rcu", UAF)
+    assert verdict(clean).startswith("No violation: every CPU finished after")
+    fresh = s2pt.world("collapse-vs-fault", "none")
+    assert verdict(fresh) == "No violation so far."
+
+
+def test_end_of_run_verdict():
+    r = s2pt.explore("map-vs-map-no-shared", "rcu")
+    w = s2pt.replay("map-vs-map-no-shared", "rcu", r.found["lost-update"].schedule_text)
+    assert w.outcome == "violation" and all(v.step is None for v in w.violations)
+    text = verdict(w)
+    assert text.startswith(f"{w.violations[0].kind} at the end of the run: ")
+    if len(w.violations) > 1:
+        assert f"(and {len(w.violations) - 1} more: " in text
+
+
+# -- panels -----------------------------------------------------------------------------
+
+def test_shared_state_and_tree_follow_the_run():
+    w = s2pt.world("collapse-vs-fault", "none")
+    rec = Recorder(w)
+    rows0 = {k: v for k, _, _, v in shared_state(rec)}
+    assert rows0[("rcu",)] == "none" and not any(k[0] == "lock" for k in rows0)
+    for c in parse_schedule(UAF):
+        rec.step(c)
+    rows = {k: (label, v) for k, _, label, v in shared_state(rec)}
+    assert rows[("lock", "kvm->mmu_lock")][1] == "held for read by vCPU0, vCPU1"
+    assert rows[("rcu",)][1] == "vCPU1 (depth 1)"          # vCPU0 took one step: read_lock
+    src = tree_drawing(rec).source
+    assert "vCPU1 is here" in src and "vCPU0 is here" not in src     # vCPU0: rcu_read_lock next
+    while w.outcome is None:                              # vCPU0 runs on: LOCKED, then freed
+        ev = rec.step(0 if 0 in w.enabled() else w.enabled()[0])
+        if "LOCKED" in (ev.note or "") and "-> LOCKED" in ev.note:
+            assert "LOCKED by vCPU0" in tree_drawing(rec).source
+        if w.frees:
+            break
+    src = tree_drawing(rec).source
+    assert "freed (poisoned)" in src and "freed at step" in src
+    assert w.violations == [] and w.machine.violations == []   # drawing is not a step
+
+
+def test_recorder_refuses_a_stepped_world():
+    w = s2pt.world("map-vs-map", "rcu")
+    w.step(0)
+    with pytest.raises(s2pt.S2ptError, match="already taken 1 steps"):
+        Recorder(w)
+
+
+# -- the page ------------------------------------------------------------------------------
+
+EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?!data:|#)[a-z]+:|url\(|@import|//[a-z0-9.-]+\.[a-z]{2,}/""", re.I)
+
+
+def _data(text):
+    m = re.search(r'<script type="application/json" id="s2pt-data">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1).replace("<\\/", "</"))
+
+
+@pytest.mark.parametrize("name, scheme", CASES, ids=[f"{a}/{b}" for a, b in CASES])
+def test_html_trace_for_every_scenario(name, scheme, tmp_path, capsys):
+    found = shortest(name, scheme)
+    sched = found[1] if found else ""
+    w = s2pt.replay(name, scheme, sched)
+    path = tmp_path / "t.html"
+    size = write_html(w, path)
+    text = path.read_text()
+    with capsys.disabled():
+        print(f"\nHTML trace {name}/{scheme}: {size:,} bytes, {len(w.events)} steps")
+    # An email attachment: <= 2 MB for every shortest counterexample.  A clean
+    # run's default order can be longer (split-vs-fault: 4,121 steps), 3 MB.
+    assert size == len(text.encode()) and size <= (2 * MB if found else 3 * MB)
+    d = _data(text)
+    for piece in [text[:text.index('id="s2pt-data"')]] + d["pool"]:
+        bare = re.sub(r'xmlns(?::\w+)?="[^"]*"', "", piece)   # namespaces name, never load
+        assert not EXTERNAL.search(bare), EXTERNAL.search(bare).group(0)
+    assert len(d["steps"]) == len(w.events) + 1 == len(d["xs"])
+    last = d["pool"][d["steps"][-1][4]]
+    assert last.split("|", 1)[1] == verdict(w)
+    if found:
+        assert last.startswith("bad|") and w.violations[0].actor in last
+    else:
+        assert last.startswith("ok|")
+    # Tree pictures are stored once each: far fewer than the steps.
+    svgs = {s[2] for s in d["steps"]}
+    assert len(svgs) < max(40, len(w.events) // 10)
+    assert all(d["pool"][j].startswith("<svg") for j in svgs)
+
+
+def test_html_trace_from_a_stepped_world_and_a_schedule_agree():
+    w = s2pt.replay("collapse-vs-fault", "none", UAF)
+    assert trace_html(w) == trace_html(s2pt.world("collapse-vs-fault", "none"), UAF)
+    with pytest.raises(s2pt.S2ptError, match="schedule step 0: CPU 5"):
+        trace_html(s2pt.world("collapse-vs-fault", "none"), "5")
+
+
+def test_cli_html(tmp_path, capsys):
+    out = tmp_path / "uaf.html"
+    assert main(["replay", "collapse-vs-fault", "--scheme", "none", "--schedule", UAF,
+                 "--html", str(out)]) == 1
+    assert f"wrote {out}" in capsys.readouterr().out
+    text = out.read_text()
+    assert "--schedule &#x27;1*5 0&#x27;" in text and "kvm_pgtable_stage2_free_unlinked" in text
+
+
+def test_trace_draws_without_dot(monkeypatch):
+    import s2pt.htmltrace as ht
+    import s2pt.render as render
+    monkeypatch.setattr(render, "_dot_binary", lambda: None)
+    monkeypatch.setattr(ht, "_SVG_CACHE", {})
+    w = s2pt.replay("map-vs-map", "rcu", "0*8 1")
+    assert "<svg" in trace_html(w)
