@@ -16,8 +16,8 @@
    1 to 4 vCPUs (:data:`COST_SCENARIO`, ``collapse-vs-fault``: one vCPU
    collapses a level-3 table into a block while the others fault inside it).
    For each scheme and vCPU count: the verdict (exhaustive up to
-   :data:`EXHAUSTIVE_VCPUS` vCPUs, seeded PCT and random sampling above:
-   the cell says which), then ``runs`` recorded runs -- the default
+   :data:`EXHAUSTIVE_VCPUS` vCPUs; above it, sampled -- seeded PCT schedules
+   plus the search bounded to one preemption -- and the cell says so), then ``runs`` recorded runs -- the default
    schedule, then seeded random and PCT schedules, alternately -- each
    measured by :func:`run_costs`: table pages retained while waiting to be
    freed (peak and mean), steps from unlink to free (the grace period),
@@ -59,7 +59,7 @@ from .invariants import leaves as _leaves
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
-from .sim.search import format_schedule, parse_schedule
+from .sim.search import parse_schedule
 from .sim.violation import KINDS
 from .sim.world import default_choice
 
@@ -73,6 +73,8 @@ MAX_VCPUS = 4
 #: Up to this many vCPUs a cost cell's verdict is an exhaustive search;
 #: above it, seeded PCT and random sampling (the cell says so).
 EXHAUSTIVE_VCPUS = 3
+#: The state budget of the preemption-bounded search of a sampled cell.
+BOUNDED_STATES = 400_000
 
 #: The kernel's fault handlers: a CPU entering one of them handles one fault.
 FAULT_HANDLERS = ("user_mem_abort", "handle_access_fault", "handle_host_mem_abort")
@@ -584,7 +586,7 @@ def logging_off_refaults(scheme, blocks: int = 2, pages_per_block: int = 8) -> i
     from .kvm import VM
     sch = get_scheme(scheme)
     vm = VM(40, 4096, vcpus=1, locking=sch, mm_ops=sch.mm_ops())
-    base, block, page = 1 << 30, 2 << 20, 4096
+    base, block = 1 << 30, 2 << 20
     slot = vm.add_memslot(base, blocks * block, backing="2M")
     ipas = [base + b * block + k * (block // pages_per_block)
             for b in range(blocks) for k in range(pages_per_block)]
@@ -598,7 +600,6 @@ def logging_off_refaults(scheme, blocks: int = 2, pages_per_block: int = 8) -> i
         if r.outcome != "none":
             faults += 1
             vm.access(ipa)
-    del page
     return faults
 
 
@@ -917,7 +918,7 @@ class Comparison:
                f"1..{max(self.vcpus)} vCPUs.  Each number: the mean over the clean runs of "
                f"{st.get('runs')} recorded runs (the default schedule, then seeded random and "
                f"PCT schedules, seed {st.get('seed')}); min, max and every run are in --json.",
-               "Verdict: * = sampled (PCT + random), otherwise exhaustive.", ""]
+               "Verdict: * = sampled (PCT + the search bounded to 1 preemption), otherwise exhaustive.", ""]
         sw = max(len(s) for s in self.schemes + ["scheme"])
         w = 9
         out.append(f"{'scheme':<{sw}}  n  {'verdict':<10}"
@@ -945,8 +946,8 @@ class Comparison:
         sampled = [f"{s} at {n}" for (s, n), c in self.costs.items() if c.sampled]
         if sampled:
             out.append(f"Sampled verdicts (exhaustive search too large): {', '.join(sampled)} "
-                       f"vCPUs ({st.get('sample_runs')} PCT + {st.get('sample_runs')} random "
-                       f"schedules, seed {st.get('seed')})")
+                       f"vCPUs ({st.get('sample_runs')} PCT schedules, seed {st.get('seed')}, "
+                       f"and the search bounded to 1 preemption)")
         if notes:
             out.append("Not measured:")
             out += notes
@@ -1136,7 +1137,8 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     ``schemes`` / ``scenarios``: names (default: every registered one).
     ``costs``: measure the costs on :data:`COST_SCENARIO` with 1..``vcpus``
     vCPUs (exhaustive verdicts up to :data:`EXHAUSTIVE_VCPUS`, above that
-    ``sample_runs`` seeded PCT and as many random schedules), ``runs``
+    ``sample_runs`` seeded PCT schedules and the search bounded to one
+    preemption), ``runs``
     recorded runs per cell.  ``mutations``: also search every mutation
     (:func:`mutations`).  ``max_states`` bounds each exhaustive search (a
     cell that reaches it says NOT complete).  ``progress``: called with a
@@ -1269,43 +1271,43 @@ def _cost_cell(cache, scheme, n, runs, seed, sample_runs, max_states) -> CostCel
         found = dict(res.found)
         complete = res.complete
     else:
-        found = {}
-        for mode in ("pct", "random"):
-            r = cache.explore(sc, scheme, (), mode=mode, runs=sample_runs, seed=seed,
-                              depth=3)
-            for k, f in r.found.items():
-                if k not in found or len(f.schedule) < len(found[k].schedule):
-                    found[k] = f
+        # Too large to search exhaustively: seeded PCT schedules (depth 2: one
+        # priority change, the preemption a reader needs), and every
+        # interleaving with at most one preemption, up to a state budget.
+        pct = cache.explore(sc, scheme, (), mode="pct", runs=sample_runs, seed=seed, depth=2)
+        bounded = cache.explore(sc, scheme, (), preemptions=1,
+                                max_states=min(max_states, BOUNDED_STATES))
+        found = dict(pct.found)
+        for k, f in bounded.found.items():
+            if k not in found or len(f.schedule) < len(found[k].schedule):
+                found[k] = f
         cell.sampled = True
-        cell.mode = f"sampled: {sample_runs} PCT (depth 3) + {sample_runs} random, seed {seed}"
+        cell.mode = (f"sampled: {sample_runs} PCT schedules (depth 2, seed {seed}) + the "
+                     f"search bounded to 1 preemption ({bounded.states:,} states"
+                     + ("" if bounded.bound_hits == 0 and bounded.complete else
+                        ", state budget reached" if bounded.states >= BOUNDED_STATES else "")
+                     + ")")
         complete = False
     cell.found = {k: f.schedule_text for k, f in found.items()}
-    cell.verdict = ("+".join(sorted(found)) if found else
-                    ("safe" if complete or cell.sampled else "nothing found"))
-    if cell.verdict == "nothing found":
-        cell.verdict = "safe"          # the mode says NOT complete
-    # The measured runs.
+    # The measured runs: the default schedule, then random and PCT alternately.
     rng = random.Random(seed * 1000003 + n)
-    w0, first = run_costs(sc, scheme, template=template)
+    first = run_costs(sc, scheme, template=template)[1]
     cell.runs.append(first)
-    k = max(first.steps, 1)
     for j in range(1, runs):
-        if j % 2:
-            choose = _random_chooser(rng)
-        else:
-            choose = _pct_chooser(rng, template.n, 3, k)
-        _, rc = run_costs(sc, scheme, choose=choose, template=template)
+        choose = (_random_chooser(rng) if j % 2 else
+                  _pct_chooser(rng, template.n, 3, max(first.steps, 1)))
+        rc = run_costs(sc, scheme, choose=choose, template=template)[1]
         cell.runs.append(rc)
-        if rc.kinds and not set(rc.kinds) <= set(cell.found):
-            for kind in rc.kinds:
-                cell.found.setdefault(kind, "(found by a cost run)")
+        for kind in rc.kinds:                  # a sampled verdict may have missed it
+            cell.found.setdefault(kind, "(found by a cost run)")
+    # "safe" when nothing was found by a complete search or by the sampling
+    # (the mode says which); "nothing found" when the search hit its bound.
+    cell.verdict = ("+".join(sorted(cell.found)) if cell.found else
+                    "safe" if complete or cell.sampled else "nothing found")
     clean = [r for r in cell.runs if r.outcome == "done" and not r.kinds]
     cell.clean_runs = len(clean)
     cell.summary = _summarise(clean)
     cell.primitives = sorted(set().union(*[set(r.primitives) for r in cell.runs]))
     cell.grace_periods = any(r.grace_periods for r in cell.runs)
-    if cell.found and cell.verdict == "safe":
-        cell.verdict = "+".join(sorted(cell.found))
     cell.seconds = round(time.perf_counter() - t0, 3)
-    del w0
     return cell

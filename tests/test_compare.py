@@ -335,3 +335,18 @@ def test_bad_lookups(cmp):
         C.scaled_scenario(9)
     with pytest.raises(S2ptError, match="schedule step 0"):
         C.run_costs("collapse-vs-fault", "rcu", "7")
+
+
+def test_sampled_cost_cells_say_so(monkeypatch):
+    """Above EXHAUSTIVE_VCPUS a cost cell's verdict is sampled (seeded PCT and
+    the search bounded to one preemption), and says so; the sampling still
+    finds none's use-after-free."""
+    monkeypatch.setattr(C, "EXHAUSTIVE_VCPUS", 2)
+    c = C.compare(["none", "rcu"], ["unmap-vs-fault"], vcpus=3, runs=2, sample_runs=100, seed=1)
+    for s in ("none", "rcu"):
+        assert not c.cost(s, 2).sampled
+        cell = c.cost(s, 3)
+        assert cell.sampled and cell.mode.startswith("sampled: 100 PCT") and "seed 1" in cell.mode
+    assert "use-after-free" in c.cost("none", 3).found
+    assert c.cost("rcu", 3).safe
+    assert "Sampled verdicts (exhaustive search too large): none at 3, rcu at 3" in c.costs_table()

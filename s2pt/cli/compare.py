@@ -12,7 +12,7 @@ import sys
 
 from ..comparison import MAX_VCPUS, compare
 from ..errors import S2ptError
-from .registry import arg, command, integer as _int, nonneg as _nonneg, positive as _pos
+from .registry import arg, command, nonneg as _nonneg, positive as _pos
 
 
 def _names(values):
@@ -26,6 +26,10 @@ def _names(values):
     return out
 
 
+def _progress(text):
+    print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+
+
 @command("compare", help="every scheme against every scenario: verdicts, costs, mutations", args=[
     arg("--json", action="store_true", help="print one JSON document with everything"),
     arg("--mutations", action="store_true",
@@ -36,8 +40,7 @@ def _names(values):
     arg("--runs", type=_pos, default=12, metavar="N",
         help="recorded runs per cost cell (default 12)"),
     arg("--sample-runs", type=_pos, default=300, metavar="N",
-        help="PCT and random schedules each, where a cost cell's verdict is sampled "
-             "(default 300)"),
+        help="PCT schedules where a cost cell's verdict is sampled (default 300)"),
     arg("--seed", type=_nonneg, default=0, help="seed of the sampled schedules (default 0)"),
     arg("--scheme", action="append", default=[], metavar="NAME",
         help="only these schemes (repeat, or comma-separate; default: all)"),
@@ -63,14 +66,12 @@ def compare_cmd(args) -> int:
         raise S2ptError("--plot needs the costs: drop --no-costs")
     if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
         raise S2ptError(f"--plot {args.plot!r}: give a .png, .svg or .pdf file name")
-    progress = None
-    if sys.stderr.isatty() and not args.json:
-        def progress(text):
-            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    live = sys.stderr.isatty() and not args.json
+    progress = _progress if live else None
     c = compare(_names(args.scheme), _names(args.scenario), costs=not args.no_costs,
                 vcpus=args.vcpus, runs=args.runs, seed=args.seed, sample_runs=args.sample_runs,
                 mutations=args.mutations, max_states=args.max_states, progress=progress)
-    if progress is not None:
+    if live:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     if args.plot:
         try:
