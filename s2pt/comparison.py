@@ -74,7 +74,7 @@ MAX_VCPUS = 4
 #: above it, seeded PCT and random sampling (the cell says so).
 EXHAUSTIVE_VCPUS = 3
 #: The state budget of the preemption-bounded search of a sampled cell.
-BOUNDED_STATES = 400_000
+BOUNDED_STATES = 150_000
 
 #: The kernel's fault handlers: a CPU entering one of them handles one fault.
 FAULT_HANDLERS = ("user_mem_abort", "handle_access_fault", "handle_host_mem_abort")
