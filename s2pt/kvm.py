@@ -216,7 +216,10 @@ class VM:
         explorer's scenarios do, see :class:`~s2pt.memory.MemCache`).  Any
         other keyword is the table's configuration, passed to
         :class:`~s2pt.stage2.Stage2` (``machine``, ``mm_ops``, ...)."""
-        unknown = set(bugs) - set(BUGS) if not isinstance(bugs, str) else {bugs}
+        if isinstance(bugs, str) or not hasattr(bugs, "__iter__"):
+            raise S2ptError(f"bugs={bugs!r}: a set of bug names (e.g. {{'no-bbm-tlbi'}}), "
+                            f"not a single value")
+        unknown = set(bugs) - set(BUGS)
         if unknown:
             raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
         self.bugs = frozenset(bugs)

@@ -543,3 +543,21 @@ def test_a_level3_page_at_a_table_address_ends_the_hardware_walk():
     except StopIteration as stop:
         assert stop.value.pa == pgt.pgd
     assert levels == [1, 2, 3] and m.hw_inflight == frozenset()
+
+
+def test_incremental_stacks_equal_a_fresh_walk_of_the_chain():
+    """World.step keeps each CPU's kernel stack incrementally (StackCache);
+    at every step it must equal stack_names(), which walks the whole
+    ``yield from`` chain afresh."""
+    from s2pt.sim.world import stack_names
+    for name, sc in SCENARIOS.items():
+        for scheme in sc.expect:
+            w = s2pt.world(name, scheme)
+            k = 0
+            while w.outcome is None and w.enabled():
+                en = w.enabled()
+                cpu = en[k % len(en)]         # rotate, so stacks grow and shrink on every CPU
+                k += 1
+                want = stack_names(w.cpus[cpu])
+                ev = w.step(cpu)
+                assert ev.stack == want, (name, scheme, ev.index)

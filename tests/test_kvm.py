@@ -464,6 +464,9 @@ TestDirtyLog.settings = settings(max_examples=40, stateful_step_count=30, deadli
 def test_vm_bugs_are_chosen_when_it_is_built():
     with pytest.raises(s2pt.S2ptError, match="unknown"):
         VM(bugs={"no-such-bug"})
+    for bad in ("no-bbm-tlbi", 3):
+        with pytest.raises(s2pt.S2ptError, match="set of bug names"):
+            VM(bugs=bad)
     vm = VM(bugs={"no-shared-walk", "no-bbm-tlbi"})
     assert not vm.fault_flags & pt.SHARED and vm.fault_flags & pt.SKIP_BBM_TLBI
     assert VM().fault_flags == pt.SHARED | pt.HANDLE_FAULT

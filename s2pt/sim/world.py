@@ -182,6 +182,54 @@ def stack_names(gen) -> tuple:
     return tuple(out)
 
 
+class StackCache:
+    """:func:`stack_names` for one CPU, kept up to date incrementally.
+
+    Between two steps only the tail of a CPU's ``yield from`` chain changes:
+    generators that returned drop off the end, and ones newly delegated to
+    join it.  A suspended generator's callers cannot change while it is
+    alive (they are suspended in ``yield from`` it), so the cache pops the
+    finished tail and extends from the last live generator, instead of
+    walking the whole chain on every step (a widget steps on every click).
+    """
+
+    __slots__ = ("gens", "names", "out")
+
+    def __init__(self):
+        self.gens: list = []
+        self.names: list = []
+        self.out: tuple = ()
+
+    def names_of(self, root) -> tuple:
+        gens, names = self.gens, self.names
+        changed = False
+        while gens and gens[-1].gi_frame is None:
+            gens.pop()
+            names.pop()
+            changed = True
+        if not gens:
+            if root is None or root.gi_frame is None:
+                self.out = ()
+                return ()
+            gens.append(root)
+            code = root.gi_frame.f_code
+            names.append(DISPLAY.get(code, code.co_name))
+            changed = True
+        g = gens[-1]
+        while True:
+            nxt = g.gi_yieldfrom
+            if type(nxt) is not types.GeneratorType or nxt.gi_frame is None:
+                break
+            gens.append(nxt)
+            code = nxt.gi_frame.f_code
+            names.append(DISPLAY.get(code, code.co_name))
+            g = nxt
+            changed = True
+        if changed:
+            self.out = tuple(n for n in names if n is not None)
+        return self.out
+
+
 def frames(gen, opaque: dict) -> tuple:
     """A suspended generator's position and locals, down its ``yield from``
     chain, as a hashable value: two generators with equal ``frames`` behave
@@ -299,6 +347,7 @@ class World:
         self.results: list = [None] * n       # each actor's return value
         self.outcome = None                   # None while running; "done", "deadlock", "violation", "livelock"
         self.violations: list = []            # Violation objects
+        self._stacks = [StackCache() for _ in self.actors]
         for i, a in enumerate(self.actors):
             self._prime(i, a.start())
 
@@ -357,7 +406,7 @@ class World:
             raise S2ptError(f"CPU {i} ({self.name(i)}) cannot step: {self.blocked(i)}")
         op = self.pending[i]
         m = self.machine
-        stack = stack_names(gen) if self.record else ()
+        stack = self._stacks[i].names_of(gen) if self.record else ()
         enabled = tuple(self.enabled()) if self.record else ()
         m.cpu = i
         self._stack = stack
