@@ -16,8 +16,9 @@
    1 to 4 vCPUs (:data:`COST_SCENARIO`, ``collapse-vs-fault``: one vCPU
    collapses a level-3 table into a block while the others fault inside it).
    For each scheme and vCPU count: the verdict (exhaustive up to
-   :data:`EXHAUSTIVE_VCPUS` vCPUs; above it, sampled -- seeded PCT schedules
-   plus the search bounded to one preemption -- and the cell says so), then ``runs`` recorded runs -- the default
+   :data:`EXHAUSTIVE_VCPUS` vCPUs; above it, sampled -- seeded PCT schedules,
+   and the counterexamples found with fewer vCPUs replayed -- and the
+   cell says so), then ``runs`` recorded runs -- the default
    schedule, then seeded random and PCT schedules, alternately -- each
    measured by :func:`run_costs`: table pages retained while waiting to be
    freed (peak and mean), steps from unlink to free (the grace period),
@@ -59,7 +60,7 @@ from .invariants import leaves as _leaves
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
-from .sim.search import parse_schedule
+from .sim.search import format_schedule, parse_schedule
 from .sim.violation import KINDS
 from .sim.world import default_choice
 
@@ -73,8 +74,10 @@ MAX_VCPUS = 4
 #: Up to this many vCPUs a cost cell's verdict is an exhaustive search;
 #: above it, seeded PCT and random sampling (the cell says so).
 EXHAUSTIVE_VCPUS = 3
-#: The state budget of the preemption-bounded search of a sampled cell.
-BOUNDED_STATES = 150_000
+#: A sampled cell runs PCT in batches of ``sample_runs`` schedules (one seed
+#: each) while a kind the same scheme showed with fewer vCPUs is still
+#: unfound, at most this many batches.
+SAMPLE_BATCHES = 6
 
 #: The kernel's fault handlers: a CPU entering one of them handles one fault.
 FAULT_HANDLERS = ("user_mem_abort", "handle_access_fault", "handle_host_mem_abort")
@@ -918,7 +921,7 @@ class Comparison:
                f"1..{max(self.vcpus)} vCPUs.  Each number: the mean over the clean runs of "
                f"{st.get('runs')} recorded runs (the default schedule, then seeded random and "
                f"PCT schedules, seed {st.get('seed')}); min, max and every run are in --json.",
-               "Verdict: * = sampled (PCT + the search bounded to 1 preemption), otherwise exhaustive.", ""]
+               "Verdict: * = sampled (seeded PCT + the smaller cell's counterexamples replayed), otherwise exhaustive.", ""]
         sw = max(len(s) for s in self.schemes + ["scheme"])
         w = 9
         out.append(f"{'scheme':<{sw}}  n  {'verdict':<10}"
@@ -947,7 +950,7 @@ class Comparison:
         if sampled:
             out.append(f"Sampled verdicts (exhaustive search too large): {', '.join(sampled)} "
                        f"vCPUs ({st.get('sample_runs')} PCT schedules, seed {st.get('seed')}, "
-                       f"and the search bounded to 1 preemption)")
+                       f"and the counterexamples found with fewer vCPUs, replayed)")
         if notes:
             out.append("Not measured:")
             out += notes
@@ -1098,6 +1101,7 @@ class _Cache:
 
     def __init__(self):
         self.results: dict = {}
+        self.cost_cells: dict = {}        # (scheme, vcpus) -> (CostCell, template World)
 
     def explore(self, sc, scheme, bugs, **kw):
         key = (id(sc), scheme, frozenset(bugs) | sc.bugs, tuple(sorted(kw.items())))
@@ -1137,8 +1141,8 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     ``schemes`` / ``scenarios``: names (default: every registered one).
     ``costs``: measure the costs on :data:`COST_SCENARIO` with 1..``vcpus``
     vCPUs (exhaustive verdicts up to :data:`EXHAUSTIVE_VCPUS`, above that
-    ``sample_runs`` seeded PCT schedules and the search bounded to one
-    preemption), ``runs``
+    ``sample_runs`` seeded PCT schedules, and the counterexamples found with
+    fewer vCPUs replayed), ``runs``
     recorded runs per cell.  ``mutations``: also search every mutation
     (:func:`mutations`).  ``max_states`` bounds each exhaustive search (a
     cell that reaches it says NOT complete).  ``progress``: called with a
@@ -1203,6 +1207,7 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
                 say(f"costs: {s} at {n} vCPU{'s' if n > 1 else ''}")
                 cmp.costs[(s, n)] = _cost_cell(cache, s, n, runs, seed, sample_runs,
                                                max_states)
+                cache.cost_cells[(s, n)] = (cmp.costs[(s, n)], cache.template)
         timings["costs"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         base = get_scenario(COST_SCENARIO)
@@ -1248,8 +1253,38 @@ def _run_mutation(cache, m, max_states) -> MutationResult:
                           sched, mode)
 
 
+def _carry_over(cache, scheme, n, sc) -> dict:
+    """kind -> schedule: the counterexamples of the scheme's cost cells with
+    fewer vCPUs that, replayed on ``sc`` (CPUs matched by name, the others
+    left to the default order), show the same kind of violation (the
+    shortest such schedule of each kind)."""
+    out = {}
+    for m in range(n - 1, 0, -1):
+        prev = cache.cost_cells.get((scheme, m))
+        if prev is None or prev[1] is None:
+            continue
+        pcell, ptemplate = prev
+        for kind, text in pcell.found.items():
+            try:
+                old = parse_schedule(text)
+            except S2ptError:
+                continue                      # "(found by a cost run)": no schedule kept
+            w = _world(sc, scheme, record=False)
+            ids = {a.name: i for i, a in enumerate(w.actors)}
+            try:
+                new = [ids[ptemplate.actors[c].name] for c in old]
+                w.run(new)
+            except (KeyError, IndexError, S2ptError):
+                continue
+            if any(v.kind == kind for v in w.violations) and (
+                    kind not in out or len(new) < len(parse_schedule(out[kind]))):
+                out[kind] = format_schedule(new)
+    return out
+
+
 def _cost_cell(cache, scheme, n, runs, seed, sample_runs, max_states) -> CostCell:
     t0 = time.perf_counter()
+    cache.template = None
     base = get_scenario(COST_SCENARIO)
     if scheme not in base.expect:
         return CostCell(scheme, n, base.name, "unsupported: " + (_why_not(base, scheme)
@@ -1263,6 +1298,7 @@ def _cost_cell(cache, scheme, n, runs, seed, sample_runs, max_states) -> CostCel
     if cpus != n:
         return CostCell(scheme, n, sc.name,
                         f"unsupported: the builder gave {cpus} CPUs for vcpus={n}")
+    cache.template = template
     cell = CostCell(scheme, n, sc.name, "safe")
     if n <= EXHAUSTIVE_VCPUS:
         res = cache.explore(sc, scheme, (), max_states=max_states)
@@ -1272,23 +1308,36 @@ def _cost_cell(cache, scheme, n, runs, seed, sample_runs, max_states) -> CostCel
         complete = res.complete
     else:
         # Too large to search exhaustively: seeded PCT schedules (depth 2: one
-        # priority change, the preemption a reader needs), and every
-        # interleaving with at most one preemption, up to a state budget.
-        pct = cache.explore(sc, scheme, (), mode="pct", runs=sample_runs, seed=seed, depth=2)
-        bounded = cache.explore(sc, scheme, (), preemptions=1,
-                                max_states=min(max_states, BOUNDED_STATES))
-        found = dict(pct.found)
-        for k, f in bounded.found.items():
-            if k not in found or len(f.schedule) < len(found[k].schedule):
-                found[k] = f
+        # priority change, the preemption a reader needs), and each
+        # counterexample found with fewer vCPUs, replayed here (the extra
+        # vCPUs run in the default order): a replay that shows the violation
+        # is a witness at this size too.
+        found = _carry_over(cache, scheme, n, sc)
+        carried = sorted(found)
+        # The kinds the smaller cells found are worth more schedules: PCT
+        # goes on, a batch of sample_runs per seed, until it has found them
+        # too, for at most SAMPLE_BATCHES batches.
+        wanted = set().union(*[set(c.found) for (s_, m), (c, _) in cache.cost_cells.items()
+                               if s_ == scheme and m < n]) if n > 1 else set()
+        batches = 0
+        while True:
+            pct = cache.explore(sc, scheme, (), mode="pct", runs=sample_runs,
+                                seed=seed + batches, depth=2)
+            batches += 1
+            for k, f in pct.found.items():
+                if k not in found or len(f.schedule) < len(parse_schedule(found[k])):
+                    found[k] = f.schedule_text
+            if wanted <= set(found) or batches >= SAMPLE_BATCHES:
+                break
+        seeds = f"seed {seed}" if batches == 1 else f"seeds {seed}..{seed + batches - 1}"
         cell.sampled = True
-        cell.mode = (f"sampled: {sample_runs} PCT schedules (depth 2, seed {seed}) + the "
-                     f"search bounded to 1 preemption ({bounded.states:,} states"
-                     + ("" if bounded.bound_hits == 0 and bounded.complete else
-                        ", state budget reached" if bounded.states >= BOUNDED_STATES else "")
-                     + ")")
+        cell.mode = (f"sampled: {batches * sample_runs} PCT schedules (depth 2, {seeds}), and "
+                     f"the counterexamples found with fewer vCPUs replayed "
+                     f"({', '.join(carried) or 'none'} reproduced)")
         complete = False
-    cell.found = {k: f.schedule_text for k, f in found.items()}
+    if not cell.sampled:
+        found = {k: f.schedule_text for k, f in found.items()}
+    cell.found = dict(found)
     # The measured runs: the default schedule, then random and PCT alternately.
     rng = random.Random(seed * 1000003 + n)
     first = run_costs(sc, scheme, template=template)[1]

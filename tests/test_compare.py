@@ -338,15 +338,17 @@ def test_bad_lookups(cmp):
 
 
 def test_sampled_cost_cells_say_so(monkeypatch):
-    """Above EXHAUSTIVE_VCPUS a cost cell's verdict is sampled (seeded PCT and
-    the search bounded to one preemption), and says so; the sampling still
-    finds none's use-after-free."""
+    """Above EXHAUSTIVE_VCPUS a cost cell's verdict is sampled (seeded PCT,
+    and the smaller cell's counterexamples replayed), and says so; none's
+    use-after-free is found, with a schedule that replays to it."""
     monkeypatch.setattr(C, "EXHAUSTIVE_VCPUS", 2)
     c = C.compare(["none", "rcu"], ["unmap-vs-fault"], vcpus=3, runs=2, sample_runs=100, seed=1)
     for s in ("none", "rcu"):
         assert not c.cost(s, 2).sampled
         cell = c.cost(s, 3)
         assert cell.sampled and cell.mode.startswith("sampled: 100 PCT") and "seed 1" in cell.mode
-    assert "use-after-free" in c.cost("none", 3).found
+    sched = c.cost("none", 3).found["use-after-free"]
+    w = s2pt.replay("collapse-vs-fault-3", "none", sched)
+    assert "use-after-free" in {v.kind for v in w.violations}
     assert c.cost("rcu", 3).safe
     assert "Sampled verdicts (exhaustive search too large): none at 3, rcu at 3" in c.costs_table()
