@@ -217,8 +217,9 @@ class Cell:
     def replay_command(self, kind: str | None = None) -> str:
         bugs = "".join(f" --bug {b}" for b in self.bugs
                        if b not in get_scenario(self.scenario).bugs)
-        return (f"python -m s2pt replay {self.scenario} --scheme {self.scheme} "
-                f"--schedule '{self.schedule(kind)}'{bugs}")
+        sched = self.schedule(kind)
+        sched = f" --schedule '{sched}'" if sched else ""      # '': the default order
+        return f"python -m s2pt replay {self.scenario} --scheme {self.scheme}{sched}{bugs}"
 
     def _found(self, kind):
         if not self.found:
@@ -896,7 +897,7 @@ class Comparison:
             out.append("")
             out.append("Not declared (the explorer refuses these, and says why):")
             for (s, why), scs in undeclared.items():
-                out.append(f"  {s} x {', '.join(scs)}: {why}")
+                out.append(f"  {s} x {', '.join(scs)}: {why or '(the scenario gives no reason)'}")
         out.append("")
         mm = self.mismatches
         if mm:
@@ -1013,10 +1014,7 @@ class Comparison:
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise S2ptError(f"metrics={bad!r}: unknown; choose from {', '.join(METRICS)}")
-        import matplotlib
-        if matplotlib.get_backend().lower() not in ("agg",) and not _interactive():
-            matplotlib.use("Agg")
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure        # no pyplot: no backend, no global state
         ncol = 4 if len(metrics) > 4 else len(metrics)
         nrow = (len(metrics) + ncol - 1) // ncol
         fig = Figure(figsize=(3.6 * ncol, 3.0 * nrow + 0.6), layout="constrained")
@@ -1085,11 +1083,6 @@ def _fmt(v) -> str:
     if v is None:
         return "-"
     return f"{int(v)}" if v == int(v) else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-
-
-def _interactive() -> bool:
-    import sys
-    return "ipykernel" in sys.modules
 
 
 # ---------------------------------------------------------------------------

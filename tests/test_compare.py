@@ -352,3 +352,14 @@ def test_sampled_cost_cells_say_so(monkeypatch):
     assert "use-after-free" in {v.kind for v in w.violations}
     assert c.cost("rcu", 3).safe
     assert "Sampled verdicts (exhaustive search too large): none at 3, rcu at 3" in c.costs_table()
+
+
+def test_a_counterexample_in_the_default_order_replays_from_its_command(capsys):
+    """stash-old-pte needs no preemption: its schedule is empty, and the
+    replay command leaves --schedule out."""
+    cell = C.compare(["none"], ["stash-old-pte"], costs=False).cell("none", "stash-old-pte")
+    assert cell.schedule("use-after-free") == ""
+    cmd = cell.replay_command("use-after-free")
+    assert "--schedule" not in cmd
+    assert main(cmd.split()[3:]) == 1                 # python -m s2pt <replay ...>
+    assert "USE-AFTER-FREE" in capsys.readouterr().out
