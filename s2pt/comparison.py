@@ -947,11 +947,10 @@ class Comparison:
         out.append("Columns:")
         for k, m in enumerate(SHOWN):
             out.append(f"  ({k + 1}) {METRICS[m][0]}: {METRICS[m][1]}")
-        sampled = [f"{s} at {n}" for (s, n), c in self.costs.items() if c.sampled]
+        sampled = [(s, n, c) for (s, n), c in self.costs.items() if c.sampled]
         if sampled:
-            out.append(f"Sampled verdicts (exhaustive search too large): {', '.join(sampled)} "
-                       f"vCPUs ({st.get('sample_runs')} PCT schedules, seed {st.get('seed')}, "
-                       f"and the counterexamples found with fewer vCPUs, replayed)")
+            out.append("Sampled verdicts (exhaustive search too large):")
+            out += [f"  {s} at {n} vCPUs: {c.mode}" for s, n, c in sampled]
         if notes:
             out.append("Not measured:")
             out += notes
