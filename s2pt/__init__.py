@@ -13,6 +13,7 @@ The names you need::
     s2pt.world       a scenario's CPUs, ready to step by hand
     s2pt.pkvm.Host   pKVM's host stage 2: identity map, donation, coalescing
     s2pt.trace       the kernel operations one call performs, in order
+    s2pt.compare     every scheme against every scenario: verdicts, costs, mutations
 
 Everything else lives in modules named after the kernel concept they model:
 ``geometry``, ``descriptor``, ``memory``, ``ops``, ``pgtable`` (the walker and
@@ -29,8 +30,9 @@ from .stage2 import Stage2, Translation
 from .trace import trace
 
 from .explorer import explore, replay, world
+from .comparison import compare
 
 __version__ = "0.1.0"
 
 __all__ = ["Stage2", "VM", "Translation", "Geometry", "decode", "Fault", "S2ptError",
-           "KernelBug", "Drill", "explore", "replay", "world", "trace"]
+           "KernelBug", "Drill", "explore", "replay", "world", "trace", "compare"]

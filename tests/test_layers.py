@@ -26,8 +26,9 @@ LAYERS = [
     ["tlb", "stage2", "bbm"],
     ["kvm", "pkvm", "drill", "trace"],
     ["sim", "sim.sync", "sim.violation", "sim.world", "sim.report", "sim.search"],
-    ["checkers", "schemes", "scenarios", "explorer"],
-    ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "htmltrace", "widgets",
+    ["checkers", "schemes", "scenarios", "explorer", "comparison"],
+    ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "cli.compare",
+     "htmltrace", "widgets",
      "exercises"],
 ]
 LAYER = {m: k for k, ms in enumerate(LAYERS) for m in ms}

@@ -2,12 +2,14 @@
 
 The commands: ``drill`` (seeded translation drills, :mod:`s2pt.cli.drill`),
 ``explore``, ``replay`` and ``scenarios`` (the interleaving explorer,
-:mod:`s2pt.cli.explore`).  Each is one function registered with
+:mod:`s2pt.cli.explore`), ``compare`` (every scheme side by side,
+:mod:`s2pt.cli.compare`).  Each is one function registered with
 :func:`s2pt.cli.registry.command`; to add one, write it in a module of this
 package and import that module below.
 
 Exit status: 0 on success; for ``explore`` and ``replay``, 1 when a
-violation was found; 2 on bad input.  Bad input is an argparse usage error
+violation was found; for ``compare``, 1 on a declaration mismatch; 2 on bad
+input.  Bad input is an argparse usage error
 or an :class:`~s2pt.S2ptError` raised by the library; either way it prints
 one line, ``s2pt <command>: <message>``, to stderr, never a traceback.
 """
@@ -19,7 +21,7 @@ import os
 import sys
 
 from ..errors import S2ptError
-from . import drill as _drill, explore as _explore  # noqa: F401  (they register commands)
+from . import compare as _compare, drill as _drill, explore as _explore  # noqa: F401  (they register commands)
 from .registry import COMMANDS, arg, command
 
 __all__ = ["main", "command", "arg", "COMMANDS"]
