@@ -60,7 +60,7 @@ from .invariants import leaves as _leaves
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
-from .sim.search import format_schedule, parse_schedule
+from .sim.search import format_schedule, parse_schedule, pct_chooser, random_chooser
 from .sim.violation import KINDS
 from .sim.world import default_choice
 
@@ -550,28 +550,8 @@ def run_costs(scenario, scheme="rcu", schedule="", bugs=(), *, choose=None,
     return w, _costs_of(w, tr)
 
 
-# Schedulers for the cost runs: seeded random, and PCT (Burckhardt et al.
-# 2010: distinct random priorities, depth-1 priority-change points over the
-# first k steps; a cpu_relax() hint drops the CPU below everyone).
-
-def _random_chooser(rng):
-    return lambda en, last, step, relaxed: rng.choice(en)
-
-
-def _pct_chooser(rng, n, depth, k):
-    prio = list(range(depth, depth + n))
-    rng.shuffle(prio)
-    points = sorted(rng.sample(range(1, max(k, depth) + 1), depth - 1)) if depth > 1 else []
-    change = {pt: depth - 1 - j for j, pt in enumerate(points)}
-
-    def choose(en, last, step, relaxed):
-        if len(en) > 1 and step in change and last is not None:
-            prio[last] = change[step]
-        elif relaxed and len(en) > 1:
-            prio[last] = min(prio) - 1
-        return max(en, key=lambda c: prio[c])
-    return choose
-
+# The cost runs' schedulers are the explorer's: sim.search.random_chooser and
+# pct_chooser.
 
 # ---------------------------------------------------------------------------
 # Refaults after dirty logging is turned off (sequential)
@@ -1335,8 +1315,8 @@ def _cost_cell(cache, scheme, n, runs, seed, sample_runs, max_states) -> CostCel
     first = run_costs(sc, scheme, template=template)[1]
     cell.runs.append(first)
     for j in range(1, runs):
-        choose = (_random_chooser(rng) if j % 2 else
-                  _pct_chooser(rng, template.n, 3, max(first.steps, 1)))
+        choose = (random_chooser(rng) if j % 2 else
+                  pct_chooser(rng, template.n, 3, max(first.steps, 1)))
         rc = run_costs(sc, scheme, choose=choose, template=template)[1]
         cell.runs.append(rc)
         for kind in rc.kinds:                  # a sampled verdict may have missed it

@@ -752,6 +752,15 @@ class Interleave(W.VBox):
     def step_to_shared(self, i: int, limit: int = 20000) -> bool:
         """Run actor ``i`` up to and including its next step that another
         CPU can see or race with (see the class docstring)."""
+        return self._run(i, limit, self._shared_step)
+
+    def run_until_blocked(self, i: int, limit: int = 20000) -> bool:
+        """Run actor ``i`` until it blocks, finishes or the run ends."""
+        return self._run(i, limit, lambda ev: False)
+
+    def _run(self, i: int, limit: int, stop_after) -> bool:
+        """Step actor ``i`` while it can, at most ``limit`` times, stopping
+        after a step for which ``stop_after(event)`` is true; then redraw."""
         why = self._can(i)
         if why:
             return self._say(why)
@@ -760,21 +769,8 @@ class Interleave(W.VBox):
         while n < limit and self._can(i) is None:
             ev = self.rec.step(i)
             n += 1
-            if self._shared_step(ev):
+            if stop_after(ev):
                 break
-        self.redraw()
-        return True
-
-    def run_until_blocked(self, i: int, limit: int = 20000) -> bool:
-        """Run actor ``i`` until it blocks, finishes or the run ends."""
-        why = self._can(i)
-        if why:
-            return self._say(why)
-        self._say("")
-        n = 0
-        while n < limit and self._can(i) is None:
-            self.rec.step(i)
-            n += 1
         self.redraw()
         return True
 

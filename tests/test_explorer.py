@@ -232,14 +232,14 @@ def test_map_vs_map_loser_retries_and_the_unshared_walk_loses_a_page():
 def test_random_walks_through_the_memo_agree_with_live_runs():
     """Random and PCT runs walk the memoised state space; every schedule
     they produce must end the same way on a live world."""
-    from s2pt.sim.search import _pct_chooser, _walk
+    from s2pt.sim.search import _walk, pct_chooser
     rng = random.Random(3)
     for name, scheme in (("collapse-vs-fault", "none"), ("collapse-vs-hw-walk-no-tlbi", "rcu"),
                          ("stash-old-pte", "none")):
         space = StateSpace(s2pt.world(SCENARIOS[name], scheme, record=False), check=True)
         seen = set()
         for run in range(12):
-            choose = (_pct_chooser(rng, space.n, 2, 40) if run % 2
+            choose = (pct_chooser(rng, space.n, 2, 40) if run % 2
                       else (lambda en, last, step, relaxed: rng.choice(en)))
             sched, viols = _walk(space, choose, 20000)
             w = replay(name, scheme, sched)

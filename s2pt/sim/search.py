@@ -789,9 +789,16 @@ def _walk(space: StateSpace, choose, max_steps):
             return sched, viols
 
 
-def _pct_chooser(rng, n, depth, k):
+def random_chooser(rng):
+    """Seeded random scheduling: any enabled CPU, uniformly."""
+    return lambda en, last, step, relaxed=False: rng.choice(en)
+
+
+def pct_chooser(rng, n, depth, k):
     """PCT (Burckhardt et al. 2010): distinct random priorities, d-1
-    priority-change points spread over the first k steps."""
+    priority-change points spread over the first k steps.  Like
+    :func:`random_chooser`, it returns ``choose(enabled, last, step,
+    relaxed)``, as live runs and :func:`_walk` call it."""
     prio = list(range(depth, depth + n))
     rng.shuffle(prio)
     points = sorted(rng.sample(range(1, max(k, depth) + 1), depth - 1)) if depth > 1 else []
@@ -991,14 +998,14 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         space = StateSpace(template.again(record=False), check)
         if mode == "random":
             def chooser():
-                return lambda en, last, step, relaxed: rng.choice(en)
+                return random_chooser(rng)
         else:
             k = len(_walk(space, lambda en, last, step, relaxed:       # lowest CPU first
                           next((c for c in en if not (relaxed and c == last)), en[0]),
                           max_steps)[0])
 
             def chooser():
-                return _pct_chooser(rng, space.n, depth, k)
+                return pct_chooser(rng, space.n, depth, k)
         raw = {}
         for _ in range(runs):
             sched, viols = _walk(space, chooser(), max_steps)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import nbformat
-import pytest
 
 ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 CELLS = [
@@ -82,15 +81,26 @@ def _timed(page, click, done, what):
     return dt
 
 
-def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip before starting a server
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+def _notebook(lab, name, cells):
+    """Write a notebook of these code cells into the server's root."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    nbformat.write(nb, lab.root / "widgets.ipynb")
-    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
+    nbformat.write(nb, lab.root / name)
+
+
+def _page(browser, width):
+    """A fresh browser context and page, with the page's JS errors collected."""
+    ctx = browser.new_context(viewport={"width": width, "height": 1000})
     page = ctx.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)[:300]))
+    return ctx, page, errors
+
+
+def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip before starting a server
+    _notebook(lab, "widgets.ipynb", CELLS)
+    ctx, page, errors = _page(browser, 1280)
     t0 = time.time()
     try:
         page.goto(lab.url("lab/tree/widgets.ipynb") + "&reset")

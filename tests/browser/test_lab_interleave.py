@@ -12,13 +12,12 @@ import os
 import statistics
 import time
 
-import nbformat
 
 import s2pt
 from s2pt.htmltrace import write_html
 from s2pt.scenarios import SCENARIOS
 
-from test_lab import ACTIVE, WIDE, _run_all, _wait_idle
+from test_lab import ACTIVE, WIDE, _notebook, _page, _run_all, _wait_idle
 from conftest import REPO
 
 UAF = "1*5 0"
@@ -46,14 +45,8 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
     cells = ["import s2pt, s2pt.widgets\n"
              "uaf = s2pt.widgets.Interleave('collapse-vs-fault', 'none')\nuaf"]
     cells += [f"s2pt.widgets.Interleave({n!r}, {s!r})" for n, s in CASES]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, lab.root / "interleave.ipynb")
-    ctx = browser.new_context(viewport={"width": 1100, "height": 1000})
-    page = ctx.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)[:300]))
+    _notebook(lab, "interleave.ipynb", cells)
+    ctx, page, errors = _page(browser, 1100)
     try:
         page.goto(lab.url("lab/tree/interleave.ipynb") + "&reset")
         page.wait_for_selector(f"{ACTIVE} .jp-Cell", timeout=30_000)
@@ -85,7 +78,7 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         banner = uaf.locator(".banner.bad").inner_text()
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
         assert uaf.locator("button.s2pt-step-1").is_disabled()       # the run is over
-        print(f"\nclick-to-redraw, collapse-vs-fault/none Step: "
+        print("\nclick-to-redraw, collapse-vs-fault/none Step: "
               + ", ".join(f"{t * 1000:.0f}" for t in times) + " ms")
         no = page.locator(".jp-toast-button:has-text('No')")      # the news toast
         if no.count():
