@@ -750,7 +750,13 @@ def trimmed_schedule(rec: Recorder) -> list:
 
 def write_html(world: World, path, schedule=None) -> int:
     """Write :func:`trace_html` to ``path``; returns its size in bytes."""
-    text = trace_html(world, schedule or None)
-    data = text.encode("utf-8")
-    Path(path).write_bytes(data)
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise S2ptError(f"html path {str(path)!r}: its directory {str(target.parent)!r} "
+                        f"does not exist")
+    data = trace_html(world, schedule or None).encode("utf-8")
+    try:
+        target.write_bytes(data)
+    except OSError as e:
+        raise S2ptError(f"html path {str(path)!r}: cannot write it ({e.strerror})") from None
     return len(data)

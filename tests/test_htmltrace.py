@@ -198,3 +198,15 @@ def test_trace_draws_without_dot(monkeypatch):
     monkeypatch.setattr(ht, "_SVG_CACHE", {})
     w = s2pt.replay("map-vs-map", "rcu", "0*8 1")
     assert "<svg" in trace_html(w)
+
+
+def test_html_path_that_cannot_be_written_is_a_message(tmp_path):
+    w = s2pt.replay("map-vs-map", "rcu")
+    with pytest.raises(s2pt.S2ptError, match="does not exist"):
+        write_html(w, tmp_path / "missing" / "trace.html")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "dir.html").mkdir()
+    with pytest.raises(s2pt.S2ptError, match="cannot write it"):
+        write_html(w, tmp_path / "dir.html")
+    assert main(["replay", "map-vs-map", "--scheme", "rcu",
+                 "--html", str(tmp_path / "missing" / "t.html")]) == 2
