@@ -32,9 +32,8 @@
    table generated from the same numbers, each need with its rule.
 
 3. **Mutations**: every deliberately broken variant
-   (``s2pt.scenarios.MUTATIONS`` where it exists; otherwise one per scenario
-   that switches a bug on, under each scheme it declares with a Sometimes
-   kind) is searched exhaustively and scored caught / total.
+   (``s2pt.scenarios.MUTATIONS``) is searched exhaustively and scored
+   caught / total.
 
 Everything is generic over the three registries: a scheme, scenario or
 mutation added there appears here without a change.  Costs are counted from
@@ -105,37 +104,10 @@ PRIMITIVE_OPS = frozenset(n for n, k in OPS.items()
 # Mutations
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DerivedMutation:
-    """A mutation derived from a scenario that switches bugs on (used while
-    ``s2pt.scenarios`` has no MUTATIONS table): the same fields as
-    ``s2pt.scenarios.Mutation``."""
-    name: str
-    scheme: str
-    bugs: frozenset
-    scenario: str
-    kind: str
-    what: str
-
-
 def mutations() -> dict:
-    """name -> mutation: ``s2pt.scenarios.MUTATIONS`` when it exists, else
-    one per (scenario with bugs, scheme it declares Sometimes kinds for),
-    expecting the first declared kind in :data:`KINDS` order."""
-    table = getattr(_scenarios, "MUTATIONS", None)
-    if table is not None:
-        return dict(table)
-    out = {}
-    for sc in SCENARIOS.values():
-        if not sc.bugs:
-            continue
-        for scheme in sc.expect:
-            kinds = [k for k in KINDS if sc.expected(scheme, k) == SOMETIMES]
-            if kinds:
-                name = f"{sc.name}/{scheme}"
-                out[name] = DerivedMutation(name, scheme, frozenset(sc.bugs), sc.name, kinds[0],
-                                            sc.summary)
-    return out
+    """name -> mutation (:class:`s2pt.scenarios.Mutation`): every
+    deliberately broken variant, from ``s2pt.scenarios.MUTATIONS``."""
+    return dict(_scenarios.MUTATIONS)
 
 
 # ---------------------------------------------------------------------------

@@ -52,7 +52,8 @@ from .sim.sync import SimMachine
 from .sim.world import Setup, kernel_path
 from .tlb import VcpuTlb, hw_translate
 
-__all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER"]
+__all__ = ["Scenario", "SCENARIOS", "get_scenario", "BUGS", "SOMETIMES", "NEVER", "Mutation",
+           "MUTATIONS", "declare"]
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE, BLOCK = 4 * KiB, 2 * MiB
@@ -424,6 +425,64 @@ def get_scenario(name) -> Scenario:
         raise S2ptError(f"scenario {name!r}: unknown; choose one of {', '.join(SCENARIOS)}") from None
 
 
+def declare(scheme: str, outcomes: dict, why_not: dict | None = None) -> None:
+    """Declare ``scheme``'s expected outcomes on scenarios defined elsewhere
+    in this module: ``outcomes`` maps a scenario name to ``{kind: SOMETIMES}``
+    (every kind left out is Never); ``why_not`` maps a scenario name to why
+    it does not declare ``scheme``.  A scheme added to :mod:`s2pt.schemes`
+    declares itself in one such block instead of editing every scenario."""
+    for name, kinds in outcomes.items():
+        sc = SCENARIOS[name]
+        if scheme in sc.expect:
+            raise S2ptError(f"scenario {name!r} already declares scheme {scheme!r}")
+        sc.expect[scheme] = dict(kinds)
+    for name, why in (why_not or {}).items():
+        SCENARIOS[name].why_not[scheme] = why
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """A deliberately broken variant (in the style of TLC's
+    ``EpochModel_buggy.cfg``): ``scheme`` with ``bugs`` switched on, run on
+    ``scenario``, must show a violation of ``kind``.  ``python -m s2pt
+    compare --mutations`` searches each one and scores caught / total."""
+    name: str
+    scheme: str
+    bugs: frozenset
+    scenario: str
+    kind: str
+    what: str
+
+
+#: name -> Mutation: every deliberately broken variant the explorer must catch.
+MUTATIONS: dict[str, Mutation] = {}
+
+
+def mutation(name: str, scheme: str, scenario: str, kind: str, what: str, bugs=()) -> None:
+    """Register a mutation (see :class:`Mutation`); ``bugs`` adds to the
+    scenario's own bug switches."""
+    if name in MUTATIONS:
+        raise S2ptError(f"mutation {name!r} is registered twice")
+    sc = SCENARIOS[scenario]
+    sc.check_bugs(bugs)
+    MUTATIONS[name] = Mutation(name, scheme, frozenset(bugs) | sc.bugs, scenario, kind, what)
+
+
+mutation("no-bbm-tlbi/rcu", "rcu", "collapse-vs-hw-walk-no-tlbi", "use-after-free",
+         "RCU with the break-before-make TLBI left out: RCU does not cover the hardware "
+         "walker, whose walk cache still points at the table when the callback frees it")
+mutation("no-bbm-tlbi/none", "none", "collapse-vs-hw-walk-no-tlbi", "use-after-free",
+         "free-at-once with the break-before-make TLBI left out")
+mutation("no-shared-walk/rcu", "rcu", "map-vs-map-no-shared", "lost-update",
+         "faults in parallel whose walks are not KVM_PGTABLE_WALK_SHARED: plain stores "
+         "instead of cmpxchg, so one vCPU's new table overwrites the other's")
+mutation("no-shared-walk/none", "none", "map-vs-map-no-shared", "lost-update",
+         "the same plain stores under the counterfactual 'none'")
+mutation("no-reload/none", "none", "stash-old-pte", "use-after-free",
+         "a9f0e3d5a089 reverted: no reload after a TABLE_PRE callback, so the collapsing "
+         "walker descends into the table it has just freed")
+
+
 # ---------------------------------------------------------------------------
 # pKVM: the host stage 2 at EL2 (s2pt.pkvm), under hyp-lock
 # ---------------------------------------------------------------------------
@@ -617,3 +676,11 @@ _add(Scenario(
     build_coalesce_vs_host_fault,
     {"hyp-lock": {"use-after-free": SOMETIMES}}, why_not=NOT_PKVM,
     bugs=frozenset({"coalesce-no-tlbi"})))
+
+
+mutation("donate-no-tlbi/hyp-lock", "hyp-lock", "donate-vs-host-access-no-tlbi", "isolation",
+         "pKVM donates a page without the TLBI after breaking the host's block: a host "
+         "CPU's TLB keeps the 2M block over the guest's page")
+mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlbi",
+         "use-after-free", "pKVM coalesces and frees the host's tables without "
+         "__kvm_tlb_flush_vmid: a host CPU's walk cache still points into them")

@@ -258,7 +258,7 @@ def test_every_mutation_is_caught(cmp):
 
 
 def test_a_mutation_that_is_not_caught_is_reported(monkeypatch, capsys):
-    fake = C.DerivedMutation("rcu-is-fine", "rcu", frozenset(), "collapse-vs-fault",
+    fake = _scenarios.Mutation("rcu-is-fine", "rcu", frozenset(), "collapse-vs-fault",
                              "use-after-free", "a mutation that changes nothing")
     monkeypatch.setattr(_scenarios, "MUTATIONS", {fake.name: fake}, raising=False)
     c = C.compare(["rcu"], ["collapse-vs-fault"], costs=False, mutations=True)
