@@ -222,6 +222,13 @@ class PhysMem:
             table[i] = new
         return cur
 
+    def xchg64(self, pa: int, new: int) -> int:
+        """xchg(ptep, new): store ``new`` unconditionally, return the value found."""
+        table, i = self._slot(pa, "xchg")
+        cur = table.item(i)
+        table[i] = new
+        return cur
+
     # -- whole-state views (tests, snapshots) ----------------------------------
     def snapshot(self) -> tuple:
         """Everything observable about memory, for byte-for-byte comparisons."""

@@ -38,7 +38,7 @@ from .errors import KernelBug, S2ptError
 from .memory import PAGE_POISON64, PhysMem
 
 __all__ = [
-    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "hw_read",
+    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
@@ -65,6 +65,14 @@ def smp_store_release(ptep, value):
 def cmpxchg(ptep, old, new):
     """Result: the value that was in memory (== old means it succeeded)."""
     return ("cmpxchg", ptep, old, new)
+
+
+def xchg(ptep, new):
+    """xchg(ptep, new): store ``new`` whatever was there; the result is the
+    old value.  RFC v1's pruning walker (April 2022) took ownership of each
+    descendant entry of an unlinked subtree with it
+    (s2pt.pgtable.stage2_prune_lock_pte)."""
+    return ("xchg", ptep, new)
 
 
 def hw_read(pa, level=None):
@@ -366,6 +374,9 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
        text=lambda v, op: f"cmpxchg({loc_text(v, op[1])}, {desc_text(v, op[2], _lvl(v, op[1]))}"
                           f" -> {desc_text(v, op[3], _lvl(v, op[1]))})",
        result=_cmpxchg_result),
+    _k("xchg", memory="atomic", addr=True, observed=True, verb="exchanged an entry of",
+       text=lambda v, op: f"xchg({loc_text(v, op[1])}, {desc_text(v, op[2], _lvl(v, op[1]))})",
+       result=_read_result),
     _k("get_page", memory="ref", addr=True, fold=True, verb="took a reference on",
        text=lambda v, op: f"get_page({_page(v, op[1]):#x})"),
     _k("put_page", memory="ref", addr=True, fold=True, verb="dropped a reference on",
@@ -501,6 +512,15 @@ class Machine:
                 table[i] = op[3]
             return cur
 
+        def xchg(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.xchg64(op[1], op[2])
+            table, i = page.table, (op[1] & mask) >> 3
+            cur = table.item(i)
+            table[i] = op[2]
+            return cur
+
         def get_page(op):
             page = pages.get(op[1] >> shift)
             if page is None or page.freed:
@@ -527,6 +547,7 @@ class Machine:
             "WRITE_ONCE": write,
             "smp_store_release": write,
             "cmpxchg": cmpxchg,
+            "xchg": xchg,
             "get_page": get_page,
             "put_page": put_page,
             "page_count": page_count,

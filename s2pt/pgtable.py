@@ -49,8 +49,8 @@ from .descriptor import (
     stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
 )
 from .errors import KernelBug
-from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
-                  put_page, page_count, zalloc_page, tlbi, dsb, cmo,
+from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_page,
+                  put_page, page_count, zalloc_page, tlbi, dsb, cmo, cpu_relax,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
 # numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
@@ -73,6 +73,14 @@ class WalkFlags(IntFlag):
 
 LEAF, TABLE_PRE, TABLE_POST, SHARED, HANDLE_FAULT, SKIP_BBM_TLBI, SKIP_CMO = (
     int(f) for f in WalkFlags)
+
+#: Not a flag of today's kernel: RFC v1 of the parallel-faults series (April
+#: 2022; patches 02-03, "Only read the pte once per visit", "Return the next
+#: table from map callbacks") let a callback hand back what it took out of
+#: the entry, and the walk followed that instead of reloading the entry.  Its
+#: pruning walker needs it: the entry now holds KVM_INVALID_PTE_LOCKED, and
+#: the table to descend into is the one the callback swapped out.
+FOLLOW_CB = 1 << 16
 
 
 class Walker:
@@ -122,6 +130,10 @@ class MmOps:
     how an unlinked subtree is freed -- :func:`stage2_free_unlinked_table`
     (call_rcu, kernel KVM) or :func:`free_unlinked_table_now` (pKVM's
     host_s2_free_unlinked_table, and the counterfactual "none" scheme).
+    ``prune_unlinked_table(pgt, pgtable, level)`` (s2pt; None in every
+    kernel since 6.2): RFC v1's pruning of an unlinked subtree *inside* the
+    break-before-make window, between the break of the table entry and the
+    make of the block (:func:`stage2_prune_unlinked_table`).
     ``dcache_clean_inval_poc`` / ``icache_inval_pou``: whether the owner
     provides cache maintenance at all.  The kernel's callbacks may be NULL,
     and the walker then skips them: kvm_s2_mm_ops has both, pKVM's
@@ -129,19 +141,23 @@ class MmOps:
     (zalloc_page, get_page, put_page, page_count, phys_to_virt are the
     memory's own, :mod:`s2pt.memory`.)
     """
-    __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou")
+    __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou",
+                 "prune_unlinked_table")
 
     def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
-                 icache_inval_pou: bool = True):
+                 icache_inval_pou: bool = True, prune_unlinked_table=None):
         self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
                                     else free_unlinked_table)
         self.dcache_clean_inval_poc = dcache_clean_inval_poc
         self.icache_inval_pou = icache_inval_pou
+        self.prune_unlinked_table = prune_unlinked_table
 
     def __repr__(self):
+        prune = ("" if self.prune_unlinked_table is None else
+                 f", prune_unlinked_table={self.prune_unlinked_table.__name__}")
         return (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
                 f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
-                f"icache_inval_pou={self.icache_inval_pou})")
+                f"icache_inval_pou={self.icache_inval_pou}{prune})")
 
 
 class WalkData:
@@ -190,7 +206,8 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
     # a TABLE_PRE callback that replaced the table with a block and freed
     # the old table synchronously would be followed by a walk of freed memory.
     if reload:
-        ctx.old = yield READ_ONCE(ptep)
+        if not flags & FOLLOW_CB:
+            ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 
     # "if (!kvm_pgtable_walk_continue(data->walker, ret)) goto out;".  In
@@ -440,6 +457,13 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
 
     if not (yield from stage2_try_break_pte(ctx)):
         return -EAGAIN
+
+    # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
+    # for a block has its subtree locked and torn down here, before the make:
+    # the entry stays LOCKED all that time.
+    prune = pgt.mm_ops.prune_unlinked_table
+    if prune is not None and kvm_pte_table(ctx.old, ctx.level):
+        yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
 
     # Perform CMOs before installation of the guest stage-2 PTE (only where
     # the owner's mm_ops provide them: pKVM's host stage 2 has none).
@@ -1050,6 +1074,103 @@ def free_unlinked_table_now(pgt, pgtable: int, level: int):
     """mm_ops->free_unlinked_table for pKVM's host stage 2 (and the "none"
     scheme): free synchronously.  Safe only with exclusive walkers."""
     yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+
+# ---------------------------------------------------------------------------
+# RFC v1 (April 2022): prune the unlinked subtree inside the walk
+# ---------------------------------------------------------------------------
+#
+# "[RFC PATCH 09/17] KVM: arm64: Tear down unlinked page tables in parallel
+# walk" and its neighbours (patches 08-14 of Oliver Upton's "KVM: arm64:
+# Parallelize stage 2 fault handling", 2022-04-15).  The collapsing walker
+# broke the table entry and then, still inside its break-before-make, walked
+# the subtree it had unlinked and "locked" every descendant entry with an
+# atomic exchange, so that no other walker could install into it any more;
+# because an entry may turn out to hold a table or a page, one helper served
+# the pre-order and the leaf visits, and the recursion followed what the
+# exchange took out.  Each table page's last reference went to an RCU
+# callback (an rcu_head in the page's private data; rcu_barrier() when the
+# stage 2 is destroyed).  Never merged: v6.2 leaves the subtree untouched
+# until the RCU callback, which needs no atomics ("a boring traversal",
+# stage2_free_unlinked_table_rcu_cb above).
+#
+# The model's names are its own (the RFC did this inside stage2_map_walker's
+# visits below an "anchor" entry); what each step does follows the series.
+
+def stage2_prune_lock_pte(ctx: VisitCtx):
+    """Take exclusive ownership of one entry of the unlinked subtree: xchg in
+    KVM_INVALID_PTE_LOCKED and keep what was there (``ctx.old``, which the
+    walk then follows).  An entry that was already LOCKED belongs to another
+    walker in the middle of its own break-before-make: spin (cpu_relax)
+    until it publishes its new entry, then take that.
+
+    With ``pgt.prune_xchg`` False (the mutation ``rfc-plain-prune``) the
+    same is done with plain accesses: READ_ONCE, then WRITE_ONCE(LOCKED).
+    Between the two, another walker can install into the entry, and the
+    store throws its entry (and the reference it took) away."""
+    ptep = ctx.ptep
+    if ctx.pgt.prune_xchg:
+        while True:
+            old = yield xchg(ptep, KVM_INVALID_PTE_LOCKED)
+            if not stage2_pte_is_locked(old):
+                break
+            yield cpu_relax()                  # another walker owns it: spin
+    else:
+        old = ctx.old                          # the walk's READ_ONCE
+        while stage2_pte_is_locked(old):
+            yield cpu_relax()
+            old = yield READ_ONCE(ptep)
+        yield WRITE_ONCE(ptep, KVM_INVALID_PTE_LOCKED)
+    ctx.old = old
+
+
+def stage2_prune_walker(ctx: VisitCtx, visit: int):
+    """The pruning visitor (TABLE_PRE | LEAF | TABLE_POST, FOLLOW_CB).
+
+    TABLE_PRE and LEAF: lock the entry (:func:`stage2_prune_lock_pte`) and
+    drop the reference the old entry held on its table, at once (it is not
+    the table's last: the table's own is).  If what was swapped out is a
+    table, the walk descends into it (FOLLOW_CB).  TABLE_POST: every entry
+    of the child table is now locked ("Assume a table pte is already owned
+    in post-order traversal", patch 10): punt the child page's last
+    reference to RCU (patch 14)."""
+    pgt = ctx.pgt
+    if visit == TABLE_POST:
+        yield call_rcu(stage2_free_table_page_rcu_cb, pgt, ctx.old & pgt.addr_mask)
+        return 0
+    yield from stage2_prune_lock_pte(ctx)
+    if pgt.pte_is_counted(ctx.old, ctx.level):
+        yield put_page(ctx.ptep)
+    return 0
+
+
+def stage2_free_table_page_rcu_cb(pgt, table: int):
+    """RFC patch 14's RCU callback: drop a pruned table page's last
+    reference, which frees it.  Its entries are all LOCKED (counted by
+    nothing), so there is nothing left to traverse."""
+    yield put_page(table)
+
+
+def stage2_prune_unlinked_table(pgt, pgtable: int, level: int):
+    """mm_ops->prune_unlinked_table under RFC v1: lock every descendant
+    entry of the subtree just unlinked at ``level`` (all of them: 512 per
+    table with 4K pages, invalid ones included), with a deep call into the
+    one walker, as kvm_pgtable_stage2_free_unlinked does.  It runs between
+    the break of the table entry and the make of the block, so the entry
+    stays LOCKED meanwhile and every other walker that meets it gets
+    -EAGAIN."""
+    walker = Walker(stage2_prune_walker, None, LEAF | TABLE_PRE | TABLE_POST | FOLLOW_CB)
+    data = WalkData(walker, 0, 0, pgt.granule_size[level])
+    ret = yield from __kvm_pgtable_walk(data, pgt, pgtable, level + 1)
+    if ret:
+        pgt.warn("stage2_prune_unlinked_table: walk failed")
+
+
+def stage2_put_unlinked_table_rcu(pgt, pgtable: int, level: int):
+    """mm_ops->free_unlinked_table under RFC v1: the subtree was pruned
+    before the make; only the root page's last reference is left, and it
+    goes to RCU like every other table page's (patch 14)."""
+    yield call_rcu(stage2_free_table_page_rcu_cb, pgt, pgtable)
 
 
 def kvm_pgtable_stage2_destroy(pgt, bulk: bool = False):

@@ -684,3 +684,71 @@ mutation("donate-no-tlbi/hyp-lock", "hyp-lock", "donate-vs-host-access-no-tlbi",
 mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlbi",
          "use-after-free", "pKVM coalesces and frees the host's tables without "
          "__kvm_tlb_flush_vmid: a host CPU's walk cache still points into them")
+
+
+# ---------------------------------------------------------------------------
+# rcu-rfc: RFC v1's pruning walker (s2pt.schemes.RcuRfcScheme)
+# ---------------------------------------------------------------------------
+
+BUGS["rfc-plain-prune"] = (
+    "RFC v1's pruning walker locks the unlinked subtree's entries with plain READ_ONCE / "
+    "WRITE_ONCE instead of xchg (not a real commit: what the atomics are for)",
+    {"prune_xchg": False})
+
+
+def build_collapse_vs_map(scheme, bugs):
+    # vCPU0 collapses as in collapse-vs-fault.  vCPU1 looked its memslot up
+    # while logging was still on: it maps one page (force_pte) at an entry
+    # of the level-3 table that is still empty -- an install into the
+    # subtree that vCPU0 is unlinking.
+    vm, slot = _vm(scheme, bugs)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA), _fault(vm, IPA + 3 * PAGE, vcpu=1)]
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: map page 3 (logging)", user_mem_abort, vm, 1,
+          IPA + 3 * PAGE, logging, faults[1], True)
+    # The lost-update oracle watches vCPU1's page: every serial order leaves
+    # it mapped (by the block or by vCPU1's page).  The rest of the 2M is
+    # the logging-mismatch race's business: when vCPU1 splits the new block
+    # and vCPU0's walk goes on into vCPU1's table, a few pages end up mapped
+    # and the rest fault back later -- correct (the walker infers the PA
+    # from the IPA), but no serial order gives it.
+    s.region = (IPA + 3 * PAGE, PAGE)
+    return s
+
+
+_add(Scenario(
+    "collapse-vs-map",
+    "vCPU0 maps a 2M block over a level-3 table while vCPU1, which still sees dirty logging "
+    "on, maps a page into an empty entry of that table: an install into the subtree being "
+    "unlinked",
+    build_collapse_vs_map,
+    {"none": {"use-after-free": SOMETIMES, "leak": SOMETIMES, "warn": SOMETIMES},
+     "rcu": {}}))
+
+declare("rcu-rfc", {
+    "collapse-vs-fault": {},
+    "collapse-vs-fault-3": {},
+    "unmap-vs-fault": {},
+    "split-vs-fault": {},
+    "stash-old-pte": {},
+    "collapse-vs-hw-walk": {},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+    "collapse-vs-map": {},
+}, why_not={name: "rcu-rfc runs guest faults as shared walks under kvm->mmu_lock, like rcu; "
+                  + NOT_PKVM["rcu"]
+            for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                         "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
+
+mutation("rfc-plain-prune/rcu-rfc", "rcu-rfc", "collapse-vs-map", "leak",
+         "RFC v1's pruning walker with plain READ_ONCE / WRITE_ONCE instead of xchg: vCPU1 "
+         "installs its page between the pruner's read and its store, the store throws the "
+         "install away (the block still maps the page, so the guest loses nothing) and the "
+         "reference vCPU1 took on the level-3 table is never dropped: the table leaks",
+         bugs=("rfc-plain-prune",))

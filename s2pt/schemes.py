@@ -134,3 +134,42 @@ def get_scheme(scheme) -> Scheme:
     except (KeyError, TypeError):
         raise S2ptError(f"scheme={scheme!r}: unknown scheme; choose one of "
                         f"{', '.join(SCHEMES)}") from None
+
+
+class RcuRfcScheme(Scheme):
+    """``rcu-rfc``: RFC v1 of the parallel-faults series, the design the
+    2022 thread replies to ("[RFC PATCH 09/17] KVM: arm64: Tear down
+    unlinked page tables in parallel walk", Oliver Upton, April 2022).
+
+    Faults run in parallel as in ``rcu`` (``read_lock(&kvm->mmu_lock)``,
+    shared walks inside RCU read-side sections).  What differs is the
+    teardown.  A fault that collapses a table into a block breaks the table
+    entry (``stage2_try_break_pte``: LOCKED, TLBI), then, before it makes
+    the block (``stage2_make_pte``), walks the subtree it has just unlinked.
+    It "locks" every descendant entry with ``xchg`` so that no other walker
+    can install into it, follows whatever each exchange took out, and
+    drops each entry's reference at once
+    (:func:`s2pt.pgtable.stage2_prune_unlinked_table`).  An entry already
+    LOCKED by another walker is spun on.  Each table page's last reference
+    goes to ``call_rcu``, with an rcu_head in the page's private data
+    (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`).
+
+    The cost is on the break-before-make critical path: one ``xchg`` for
+    each of the 512 entries of a level-3 table, and the table entry stays
+    LOCKED the whole time, so every other fault in the range gets -EAGAIN
+    and retries.  It was never merged.  v6.2 moved the teardown out of that
+    path: the subtree is left alone until the RCU callback, which needs no
+    atomics and no spinning, only "a boring traversal".  That is ``rcu``.
+    """
+    name = "rcu-rfc"
+    summary = ("RFC v1 (April 2022, never merged): faults as in rcu, but a collapse locks every "
+               "entry of the unlinked subtree with xchg inside its break-before-make, and each "
+               "table page's last reference goes to call_rcu")
+    free_unlinked_table = staticmethod(pt.stage2_put_unlinked_table_rcu)
+
+    def mm_ops(self) -> pt.MmOps:
+        return pt.MmOps(self.free_unlinked_table,
+                        prune_unlinked_table=pt.stage2_prune_unlinked_table)
+
+
+SCHEMES.update({s.name: s for s in (RcuRfcScheme(),)})

@@ -49,7 +49,9 @@ class KvmPgtable:
     stage 2 counts only non-default entries); ``machine`` builds the machine
     that performs operations (the explorer passes its SimMachine);
     ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
-    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on.
+    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on; ``prune_xchg``
+    False makes RFC v1's pruning walker (mm_ops->prune_unlinked_table) use
+    plain stores, a deliberate breakage.
 
     The walker reads these fields in its inner loops, so they are plain
     attributes precomputed from the :class:`Geometry`.
@@ -60,7 +62,7 @@ class KvmPgtable:
                  mm_ops: pt.MmOps | None = None, force_pte_cb=None,
                  max_owner_id: int = d.KVM_MAX_OWNER_ID, pte_is_counted=None,
                  machine=None, reload_after_cb: bool = True,
-                 free_unlinked_drops_root: bool = True):
+                 free_unlinked_drops_root: bool = True, prune_xchg: bool = True):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
         self.start_level = geom.start_level
@@ -92,6 +94,9 @@ class KvmPgtable:
         # Switches for the seeded historical bugs (all True = today's kernel)
         self.reload_after_cb = reload_after_cb                  # a9f0e3d5a089
         self.free_unlinked_drops_root = free_unlinked_drops_root  # f6a27d6dc51b
+        # RFC v1's pruning walker locks entries with xchg; False is the
+        # mutation rfc-plain-prune (plain READ_ONCE / WRITE_ONCE).
+        self.prune_xchg = prune_xchg
         # Memory, TLB bookkeeping and the machine that performs operations
         self.mm = PhysMem(geom.page_shift, limit=ram_pages, report=self._report)
         self.mmu = S2Mmu(vmid)
@@ -120,7 +125,7 @@ class KvmPgtable:
 
 #: What a Stage2 may be built with besides its geometry (see KvmPgtable).
 _CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
-                     "machine", "reload_after_cb", "free_unlinked_drops_root"})
+                     "machine", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg"})
 
 
 def _counted_if_nonzero(pte: int, level: int) -> bool:
