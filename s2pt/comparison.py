@@ -56,6 +56,7 @@ from . import scenarios as _scenarios
 from .errors import S2ptError
 from .explorer import explore, replay, world as _world
 from .invariants import leaves as _leaves
+from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
@@ -272,6 +273,7 @@ class RunCosts:
     retained_mean: float = 0.0
     grace: list = field(default_factory=list)
     unfreed: int = 0
+    bbm_window: int = 0
 
     @property
     def atomics(self) -> int:
@@ -317,6 +319,8 @@ class RunCosts:
             "xchg_per_fault": self.per_fault(self.ops.get("xchg", 0)),
             "refcount_per_fault": self.per_fault(self.refcount_ops),
             "eagain": self.eagain,
+            "bbm_window": self.bbm_window,
+            "spin_per_fault": self.per_fault(self.ops.get("cpu_relax", 0)),
             "refaults": self.refaults,
             "tlbi": self.tlbi,
             "steps": self.steps,
@@ -340,6 +344,13 @@ METRICS = {
     "refcount_per_fault": ("refcount ops / fault",
                            "get_page, put_page, get_page_unless_zero per fault"),
     "eagain": ("-EAGAIN retries", "faults whose walk returned -EAGAIN, per run"),
+    "bbm_window": ("BBM window (steps)",
+                   "the longest break-before-make window of a run: steps from an entry's "
+                   "break (LOCKED) to its make; any walker that meets the entry meanwhile "
+                   "gets -EAGAIN"),
+    "spin_per_fault": ("spins / fault",
+                       "cpu_relax() steps per fault: a walker spinning on an entry another "
+                       "walker holds LOCKED, or a vCPU re-entering the guest after -EAGAIN"),
     "refaults": ("mappings lost", "leaf mappings valid at the start and gone at the end of "
                                   "a run: each is a guest refault"),
     "tlbi": ("TLBIs", "TLB invalidations per run"),
@@ -347,7 +358,7 @@ METRICS = {
 }
 #: The metrics the plot and the text table show (the others are in the JSON).
 SHOWN = ("retained_peak", "retained_mean", "grace_steps", "blocked_per_fault",
-         "atomics_per_fault", "eagain", "refaults", "tlbi")
+         "atomics_per_fault", "eagain", "refaults", "tlbi", "bbm_window")
 
 
 def _linked(pgt) -> set:
@@ -473,6 +484,25 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
     events = w.events
     ops = Counter(e.op[0] for e in events)
     failed = sum(1 for e in events if e.op[0] == "cmpxchg" and e.result != e.op[2])
+    # Break-before-make windows: an entry stores LOCKED (the break) and later
+    # a value that is not (the make).  Entries left LOCKED (a pruned
+    # subtree's) close no window.
+    locked_at, window = {}, 0
+    for e in events:
+        op = e.op
+        kind = OPS.get(op[0])
+        if kind is None or not kind.stores:
+            continue
+        if op[0] == "cmpxchg":
+            if e.result != op[2]:
+                continue
+            new = op[3]
+        else:
+            new = op[2]
+        if new == KVM_INVALID_PTE_LOCKED:
+            locked_at.setdefault(op[1], e.index)
+        elif op[1] in locked_at:
+            window = max(window, e.index - locked_at.pop(op[1]))
     # Steps blocked: CPU c waits at step k when it is neither finished nor
     # enabled; what it waits for is its next operation (performed at its next
     # step, or still pending when the run ended).
@@ -506,7 +536,7 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
         blocked=dict(sorted(blocked.items())), eagain=eagain, refaults=refaults,
         retained_peak=tr.retained_peak,
         retained_mean=tr.retained_sum / tr.steps if tr.steps else 0.0,
-        grace=list(tr.grace), unfreed=len(tr.unlinked))
+        grace=list(tr.grace), unfreed=len(tr.unlinked), bbm_window=window)
 
 
 def run_costs(scenario, scheme="rcu", schedule="", bugs=(), *, choose=None,
