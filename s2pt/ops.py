@@ -40,6 +40,7 @@ from .memory import PAGE_POISON64, PhysMem
 __all__ = [
     "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
+    "walker_get", "walker_get_unless_zero", "walker_put",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
     "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
@@ -95,6 +96,24 @@ def page_count(pa):
 
 def get_page_unless_zero(pa):
     return ("get_page_unless_zero", pa)
+
+
+# The walker count: a second count in struct page, apart from page_count
+# (s2pt.memory; only the refcount teardown schemes of s2pt.schemes use it).
+
+def walker_get(pa):
+    """get_page() on the walker count of the table page at ``pa``."""
+    return ("walker_get", pa)
+
+
+def walker_get_unless_zero(pa):
+    """get_page_unless_zero() on the walker count: result True if taken."""
+    return ("walker_get_unless_zero", pa)
+
+
+def walker_put(pa):
+    """put_page_testzero() on the walker count: result True if it was the last."""
+    return ("walker_put", pa)
 
 
 def zalloc_page(mc):
@@ -387,6 +406,17 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
     _k("get_page_unless_zero", memory="ref", addr=True, verb="tried to take a reference on",
        text=lambda v, op: f"get_page_unless_zero({_page(v, op[1]):#x})",
        result=lambda v, op, r: str(r)),
+    _k("walker_get", memory="ref", addr=True, fold=True,
+       verb="took a walker reference on",
+       text=lambda v, op: f"walker_get({_page(v, op[1]):#x})"),
+    _k("walker_get_unless_zero", memory="ref", addr=True,
+       verb="tried to take a walker reference on",
+       text=lambda v, op: f"walker_get_unless_zero({_page(v, op[1]):#x})",
+       result=lambda v, op, r: "got it" if r else "failed: count is 0"),
+    _k("walker_put", memory="ref", addr=True, fold=True,
+       verb="dropped a walker reference on",
+       text=lambda v, op: f"walker_put({_page(v, op[1]):#x})",
+       result=lambda v, op, r: "last reference" if r else ""),
     _k("free_page", memory="ref", addr=True, observed=True, verb="freed",
        text=lambda v, op: f"free_page({_page(v, op[1]):#x})"),
     _k("zalloc_page", memory="alloc", observed=True,
@@ -552,6 +582,9 @@ class Machine:
             "put_page": put_page,
             "page_count": page_count,
             "get_page_unless_zero": lambda op: m.get_page_unless_zero(op[1]),
+            "walker_get": lambda op: m.walker_get(op[1]),
+            "walker_get_unless_zero": lambda op: m.walker_get_unless_zero(op[1]),
+            "walker_put": lambda op: m.walker_put(op[1]),
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),
             "tlbi": self._tlbi,

@@ -48,7 +48,7 @@ from .descriptor import (
     KVM_PTE_LEAF_ATTR_HI, kvm_pte_table, kvm_pte_valid,
     stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
 )
-from .errors import KernelBug
+from .errors import KernelBug, S2ptError
 from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_page,
                   put_page, page_count, zalloc_page, tlbi, dsb, cmo, cpu_relax,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
@@ -140,24 +140,51 @@ class MmOps:
     host_mmu.mm_ops (prepare_s2_pool) has neither, so host maps do no CMOs.
     (zalloc_page, get_page, put_page, page_count, phys_to_virt are the
     memory's own, :mod:`s2pt.memory`.)
+
+    **Walker hooks** (s2pt only: no kernel has them).  ``table_enter(ctx,
+    childp)`` and ``table_leave(ctx, childp)`` are generator functions that
+    a *shared* walk calls around its descent into the child table of entry
+    ``ctx.ptep`` (in :func:`__kvm_pgtable_visit`).  ``table_enter`` returns
+    the table to descend into, or None to visit the entry again from the
+    start (its READ_ONCE, callbacks and reload).  They are what Quentin
+    Perret's refcount teardown idea needs (s2pt.schemes: ``refcount``,
+    ``refcount-revalidate``).  Exclusive walks never call them: they hold
+    ``mmu_lock`` for write, or own the unlinked subtree they free.  None
+    (the default) costs no step.  ``rcu_walkers``: shared walks are RCU
+    readers (``kvm_pgtable_walk_begin`` takes ``rcu_read_lock``); a scheme
+    that protects walkers otherwise turns it off.
     """
     __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou",
-                 "prune_unlinked_table")
+                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers")
 
     def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
-                 icache_inval_pou: bool = True, prune_unlinked_table=None):
+                 icache_inval_pou: bool = True, prune_unlinked_table=None, table_enter=None,
+                 table_leave=None, rcu_walkers: bool = True):
         self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
                                     else free_unlinked_table)
         self.dcache_clean_inval_poc = dcache_clean_inval_poc
         self.icache_inval_pou = icache_inval_pou
         self.prune_unlinked_table = prune_unlinked_table
+        if (table_enter is None) != (table_leave is None):
+            raise S2ptError("MmOps: table_enter and table_leave come together (both or "
+                            "neither): a reference taken on the way down is dropped on the "
+                            "way back")
+        self.table_enter = table_enter
+        self.table_leave = table_leave
+        self.rcu_walkers = rcu_walkers
 
     def __repr__(self):
-        prune = ("" if self.prune_unlinked_table is None else
-                 f", prune_unlinked_table={self.prune_unlinked_table.__name__}")
-        return (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
-                f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
-                f"icache_inval_pou={self.icache_inval_pou}{prune})")
+        out = (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
+               f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
+               f"icache_inval_pou={self.icache_inval_pou}")
+        if self.prune_unlinked_table is not None:
+            out += f", prune_unlinked_table={self.prune_unlinked_table.__name__}"
+        if self.table_enter is not None:
+            out += (f", table_enter={self.table_enter.__name__}, "
+                    f"table_leave={self.table_leave.__name__}")
+        if not self.rcu_walkers:
+            out += ", rcu_walkers=False"
+        return out + ")"
 
 
 class WalkData:
@@ -221,12 +248,24 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
         return 0
 
     childp = ctx.old & pgt.addr_mask
+    # The walker hooks (MmOps): only shared walks, only when a scheme sets them.
+    enter = pgt.mm_ops.table_enter if flags & SHARED else None
+    if enter is not None:
+        childp = yield from enter(ctx, childp)
+        if childp is None:
+            # The entry no longer points at the table whose pointer was read:
+            # visit it again from the start.
+            return (yield from __kvm_pgtable_visit(data, pgt, ptep, level))
     ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
     if ret and not kvm_pgtable_walk_continue(walker, ret):
+        if enter is not None:
+            yield from pgt.mm_ops.table_leave(ctx, childp)
         return ret
 
     if flags & TABLE_POST:
         ret = yield from walker.cb(ctx, TABLE_POST)
+    if enter is not None:
+        yield from pgt.mm_ops.table_leave(ctx, childp)
 
     # out:
     if not ret or kvm_pgtable_walk_continue(walker, ret):
@@ -274,17 +313,20 @@ def _kvm_pgtable_walk(pgt, data: WalkData):
 
 
 def kvm_pgtable_walk_begin(pgt, walker: Walker):
-    """Shared walks are RCU readers in the kernel; at EL2 they are refused."""
+    """Shared walks are RCU readers in the kernel; at EL2 they are refused.
+    (A scheme whose walkers are protected otherwise -- the refcount schemes
+    -- sets ``mm_ops.rcu_walkers = False``: no rcu_read_lock step.)"""
     if walker.flags & SHARED:
         if pgt.hyp:
             # "only non-shared table walkers are allowed in the hypervisor"
             return -EPERM
-        yield rcu_read_lock()
+        if pgt.mm_ops.rcu_walkers:
+            yield rcu_read_lock()
     return 0
 
 
 def kvm_pgtable_walk_end(pgt, walker: Walker):
-    if walker.flags & SHARED and not pgt.hyp:
+    if walker.flags & SHARED and not pgt.hyp and pgt.mm_ops.rcu_walkers:
         yield rcu_read_unlock()
 
 

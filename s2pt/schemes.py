@@ -53,8 +53,10 @@ from __future__ import annotations
 from . import pgtable as pt
 from .errors import S2ptError
 from .kvm import MMU_LOCK, MmuLock
+from .descriptor import kvm_pte_table
 from .ops import spin_lock, spin_unlock
-from .ops import kernel_path
+from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, put_page,
+                  walker_get, walker_get_unless_zero, walker_put)
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
@@ -74,8 +76,9 @@ class Scheme(MmuLock):
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
 
-    def mm_ops(self) -> pt.MmOps:
-        """The mm_ops a guest table is built with under this scheme."""
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        """The mm_ops a guest table is built with under this scheme (with
+        the scenario's bug switches, for a scheme that has its own)."""
         return pt.MmOps(self.free_unlinked_table)
 
     def __repr__(self):
@@ -167,9 +170,175 @@ class RcuRfcScheme(Scheme):
                "table page's last reference goes to call_rcu")
     free_unlinked_table = staticmethod(pt.stage2_put_unlinked_table_rcu)
 
-    def mm_ops(self) -> pt.MmOps:
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
         return pt.MmOps(self.free_unlinked_table,
                         prune_unlinked_table=pt.stage2_prune_unlinked_table)
 
 
 SCHEMES.update({s.name: s for s in (RcuRfcScheme(),)})
+
+
+# ---------------------------------------------------------------------------
+# Refcounted walkers: Quentin Perret's idea (2022-04-22), never merged
+# ---------------------------------------------------------------------------
+
+class RefcountScheme(Scheme):
+    """``refcount``: walkers take a reference on each table page on the way
+    down and drop it on the way back; the unlinker drops the parent's
+    reference; the last reference frees the page.
+
+    **History.**  Quentin Perret, replying to RFC patch 09 of the parallel
+    faults series on 2022-04-22: RCU is a non-starter for pKVM's hypervisor,
+    so "have all walkers take references on the pages as they walk down, and
+    release them on their way back, but I'm still not sure how to make this
+    race-safe".  It was never merged; the kernel took RCU (``rcu``).  This
+    class is the idea taken literally, so that the explorer can show why he
+    was unsure.
+
+    **The counts.**  Walker references go in a second count of struct page
+    (``s2pt.memory``'s walker count), never in ``page_count``: the kernel's
+    ``page_count(table) == 1`` means "no valid entries" to
+    ``stage2_unmap_walker`` and ``stage2_free_walker``.  A table's walker
+    count starts at 1, the reference its parent entry holds.
+
+    **The walk.**  The one walker calls the scheme's hooks (``MmOps.
+    table_enter``/``table_leave``) around each descent of a shared walk:
+    enter is ``get_page`` on the walker count of the table whose pointer the
+    walker has just read, leave is ``put_page_testzero``.  Whoever drops the
+    last reference frees the table *and the subtree below it*:
+    ``kvm_pgtable_stage2_free_unlinked`` with the level kept in page->private
+    (``set_page_private``), as ``stage2_free_unlinked_table`` does for RCU.
+    That freeing walk holds no walker reference and needs none: every walker
+    below the table holds a reference on the table itself, so once its count
+    is zero the subtree is the freeing CPU's alone.  It is an exclusive walk
+    (no hooks), the same "boring traversal" as the RCU callback.
+
+    **The unlinker.**  A collapse (``stage2_map_walk_table_pre``) calls
+    ``mm_ops->free_unlinked_table``, which here drops the parent's reference
+    instead of calling ``call_rcu``: the table is freed at once if no walker
+    is inside, else by the last walker to leave.  Unmap
+    (``stage2_unmap_walker``) frees emptied tables with ``put_page`` as the
+    kernel does, under the write lock, when no shared walker can hold a
+    reference.
+
+    **The lock.**  The kernel's since 6.2, minus RCU: faults run in parallel
+    under ``read_lock(&kvm->mmu_lock)``, the MMU notifier's unmap and eager
+    splitting take it for write.  Shared walks are not RCU readers
+    (``kvm_pgtable_walk_begin`` takes no ``rcu_read_lock``): the references
+    are meant to work where there is no RCU, as at pKVM's EL2 (which would
+    also need a read-write lock there; today pKVM has ``hyp_spin_lock``).
+
+    **The race** (naive, as here): the walker reads the table pointer
+    (``READ_ONCE`` of the parent entry) and only then takes its reference.
+    In between the unlinker can drop the last reference and free the table;
+    the walker's ``get_page`` then resurrects a freed page (a use after
+    free), or -- the allocator is LIFO -- a page already reused as a table
+    somewhere else, which the walker then walks as if it were the old one
+    (ABA; scenario ``aba-table-reuse``).  ``refcount-revalidate`` fixes it.
+    """
+
+    name = "refcount"
+    summary = ("Quentin Perret's 2022 idea, naive: walkers get a reference on each table on "
+               "the way down (after reading its pointer), put it on the way back; the "
+               "unlinker drops the parent's reference; the last one frees. No RCU")
+
+    #: The walker hooks' operations on the walker count (s2pt.ops).
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        if "shared-walker-count" in bugs:
+            return pt.MmOps(self.free_unlinked_table_shared, table_enter=self.table_enter_shared,
+                            table_leave=self.table_leave_shared, rcu_walkers=False)
+        return pt.MmOps(self.free_unlinked_table, table_enter=self.table_enter,
+                        table_leave=self.table_leave, rcu_walkers=False)
+
+    def table_enter(self, ctx, childp):
+        """Naive: the pointer was read by the visit's READ_ONCE; take the
+        reference now, whatever happened to the page in between."""
+        yield walker_get(childp)
+        return childp
+
+    def table_leave(self, ctx, childp):
+        """put_page_testzero(); the last reference frees the subtree."""
+        if (yield walker_put(childp)):
+            yield from pt.kvm_pgtable_stage2_free_unlinked(ctx.pgt, childp, ctx.level)
+
+    def free_unlinked_table(self, pgt, pgtable, level):
+        """mm_ops->free_unlinked_table: drop the parent's reference instead
+        of call_rcu; free now if it was the last."""
+        pgt.mm.page_of(pgtable).private = level              # set_page_private()
+        if (yield walker_put(pgtable)):
+            yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+    # -- the mutation "shared-walker-count": walker references in page_count --
+    def table_enter_shared(self, ctx, childp):
+        yield get_page(childp)
+        return childp
+
+    def table_leave_shared(self, ctx, childp):
+        # put_page(): the kernel's count frees the page when it reaches zero,
+        # which the references of the table's own entries prevent.
+        yield put_page(childp)
+
+    def free_unlinked_table_shared(self, pgt, pgtable, level):
+        pgt.mm.page_of(pgtable).private = level
+        yield put_page(pgtable)
+
+
+class RefcountRevalidateScheme(RefcountScheme):
+    """``refcount-revalidate``: ``refcount`` with its race closed, in three
+    steps on the way down (the ``table_enter`` hook):
+
+    1. ``get_page_unless_zero`` on the walker count.  Struct page outlives
+       the page, so this is legal on a freed page and fails there (count 0);
+    2. with the reference held, re-read the parent entry (``READ_ONCE``) and
+       check that it still holds a table pointer to this page;
+    3. if either fails, drop the reference (``put_page_testzero``; the last
+       one frees the subtree) and visit the entry again from the start.
+
+    **Why the check holds even under ABA.**  The allocator reuses the most
+    recently freed page first, so between the walker's read and its
+    ``get_page_unless_zero`` the table may be freed and the page may come back
+    as a new table, its count 1 again, so step 1 succeeds.  Step 2 decides:
+    the reference is already held, so the page cannot be freed or reused
+    after it; if the parent entry points at the page *after* the reference
+    was taken, then the page is, at that moment and for as long as the
+    reference is held, the table linked at this entry -- same level, same
+    IPA range -- and walking it is exactly what a walker that read the entry
+    now would do, whether it is the old table or a new one that came back
+    at the same place (scenario ``aba-table-reuse-same``).  If it came back
+    anywhere else, the entry no longer points at it and the walker retries
+    (scenario ``aba-table-reuse``).  The parent table itself cannot change
+    identity under the walker: the walker holds a reference on it (the PGD
+    is never freed).
+
+    Same lock, same unlinker and same freeing as ``refcount``; never merged
+    (the kernel took RCU, ``rcu``).  The kernel's own pattern for this is
+    the lockless page-cache lookup (``filemap_get_entry``:
+    ``folio_try_get`` then re-check that the slot still holds the folio).
+    """
+
+    name = "refcount-revalidate"
+    summary = ("refcount made race-safe: get_page_unless_zero on the walker count, re-read "
+               "the parent entry, and if it no longer points at the page, put and retry")
+
+    def table_enter(self, ctx, childp):
+        pgt = ctx.pgt
+        if not (yield walker_get_unless_zero(childp)):
+            return None                                  # freed: visit the entry again
+        cur = yield READ_ONCE(ctx.ptep)
+        if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:
+            return childp
+        yield from self.table_leave(ctx, childp)         # put (maybe the last), retry
+        return None
+
+    def table_enter_shared(self, ctx, childp):
+        pgt = ctx.pgt
+        if not (yield get_page_unless_zero(childp)):
+            return None
+        cur = yield READ_ONCE(ctx.ptep)
+        if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:
+            return childp
+        yield put_page(childp)
+        return None
+
+
+SCHEMES.update({s.name: s for s in (RefcountScheme(), RefcountRevalidateScheme())})
