@@ -213,7 +213,10 @@ class PhysMem:
         page = self.page_of(pa)
         if page.freed or page.walkers <= 0:
             self.violation("use-after-free",
-                           f"walker reference taken on freed table page {page.pa:#x}")
+                           f"walker reference taken on freed table page {page.pa:#x}"
+                           if page.freed else
+                           f"walker reference taken on table page {page.pa:#x}, whose last "
+                           f"reference is gone: it is being freed")
             return
         page.walkers += 1
 

@@ -840,7 +840,7 @@ _add(Scenario(
     "page as that slot's new level-3 table; a walker that took its reference only after "
     "reading the old pointer walks the ROM's table and makes a ROM page writable",
     build_aba_table_reuse,
-    {"none": {"use-after-free": SOMETIMES}, "rcu": {}}))
+    {"none": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES}, "rcu": {}}))
 #: ABA at the same place.  Not in SCENARIOS: with three CPUs and the
 #: 512-entry walk that frees the collapsed table, its exhaustive search
 #: exceeds two million states (beyond the engine's 60 s target), so it is
