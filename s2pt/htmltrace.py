@@ -249,7 +249,8 @@ def _fmt_arg(a) -> str:
 def shared_state(rec: Recorder) -> list:
     """``[(key, section, label, value)]``: the shared state now, in a stable
     order.  ``key`` identifies a row across steps (for highlighting what
-    changed)."""
+    changed).  A table page's row gives its ``page_count`` (1 + its valid
+    entries), and under a scheme with walker hooks its walker count too."""
     w = rec.world
     pgt = w.pgt
     mm = pgt.mm
@@ -274,6 +275,8 @@ def shared_state(rec: Recorder) -> list:
         reach = {p.pfn for p, _ in reachable_tables(pgt)}
     except KernelBug:
         reach = set()
+    # A scheme with walker hooks (refcount) keeps a second count: show both.
+    walkers = pgt.mm_ops.table_enter is not None
     pfns = {p >> mm.page_shift for p in rec.touched} | set(w.frees)
     pfns |= {pfn for pfn in view.levels if pfn not in reach and pfn in mm.pages}
     for pfn in sorted(pfns):
@@ -286,11 +289,14 @@ def shared_state(rec: Recorder) -> list:
             how = (f"freed at step {freed[0]} by {w.actors[freed[1]].name} in {freed[2]}()"
                    if freed else "free")
         elif freed is not None:
-            how = f"reused: freed at step {freed[0]}, allocated again"
+            how = f"reused: freed at step {freed[0]}, allocated again, page_count {page.refcount}"
         elif pfn in reach:
             how = f"linked, page_count {page.refcount}"
         else:
             how = f"unlinked, not freed yet, page_count {page.refcount}"
+        if walkers and not page.freed:
+            # The refcount schemes' second count (s2pt.memory), never page_count's.
+            how += f", walker count {page.walkers}"
         name = f"L{lvl} table" if lvl is not None else "table page"
         rows.append((("page", pfn), "table pages", f"{name} {page.pa:#x}", how))
     # Locks, RCU, grace periods, callbacks, walks in flight.
