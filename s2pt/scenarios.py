@@ -260,8 +260,13 @@ class Scenario:
 
 
 def build_collapse_vs_fault(scheme, bugs, vcpus=2):
+    # One vCPU per page of the logged table: vCPU0 collapses, vCPU1 relaxes
+    # page 1, and vCPU2, vCPU3, ... each take an access-flag fault on their
+    # own aged page (pages 2, 3, ...).  With vcpus=1, vCPU0 collapses alone.
+    # (s2pt.comparison scales the cost scenario from 1 to 4 vCPUs with it.)
     vm, slot = _vm(scheme, bugs, vcpus)
-    logging = _logged_table(vm, slot)
+    pages = max(3, vcpus)
+    logging = _logged_table(vm, slot, pages=pages, aged=tuple(range(2, pages)))
     faults = [_fault(vm, IPA + k * PAGE, write=k < 2) for k in range(vcpus)]
     s = _setup(vm, scheme, bugs)
     s.share(logging)
@@ -270,11 +275,12 @@ def build_collapse_vs_fault(scheme, bugs, vcpus=2):
     # still on: it relaxes the permissions of one page.
     s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
           faults[0], True)
-    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
-          faults[1], True)
-    if vcpus > 2:
-        s.cpu("vCPU2", "handle_access_fault: mkyoung", handle_access_fault, vm, 2,
-              IPA + 2 * PAGE, faults[2])
+    if vcpus > 1:
+        s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE,
+              logging, faults[1], True)
+    for k in range(2, vcpus):
+        s.cpu(f"vCPU{k}", "handle_access_fault: mkyoung", handle_access_fault, vm, k,
+              IPA + k * PAGE, faults[k])
     s.region = (IPA, BLOCK)
     return s
 
