@@ -30,6 +30,13 @@ a host CPU whose MMU walks the same table and whose faults trap to EL2.
 They reuse pkvm's EL2 paths step by step and add the isolation checker
 (:class:`s2pt.checkers.IsolationChecker`); ``rcu`` and ``none`` cannot run at
 EL2, so they do not declare them.
+
+``aba-table-reuse`` adds a read-only slot next to the collapse table, so that
+the page of the freed level-3 table comes back from the (LIFO) allocator as
+the new table of another region while a walker still holds its old pointer:
+ABA, for the refcount schemes.  :data:`ABA_SAME` is its same-place twin
+(the page comes back as the table at the same entry), replayed rather than
+searched.
 """
 
 from __future__ import annotations
@@ -809,12 +816,13 @@ _REFCOUNT_COMMON = {
     "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
                              "refcount": SOMETIMES, "warn": SOMETIMES},
 }
-_REFCOUNT_WHY_NOT = {
-    name: f"{name} races on pKVM's host stage 2 at EL2 under hyp-lock (host_mmu.lock, "
-          f"exclusive walks): walker references would change nothing there; the refcount "
-          f"schemes run shared guest faults under read_lock(&kvm->mmu_lock)"
-    for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
-                 "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")}
+_REFCOUNT_WHY = ("this scenario races on pKVM's host stage 2 at EL2 under hyp-lock "
+                 "(host_mmu.lock, exclusive walks only): walker references would change "
+                 "nothing there; the refcount schemes run shared guest faults under "
+                 "read_lock(&kvm->mmu_lock)")
+_REFCOUNT_WHY_NOT = {name: _REFCOUNT_WHY for name in (
+    "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
+    "coalesce-vs-host-fault-no-tlbi")}
 declare("refcount", dict(_REFCOUNT_COMMON, **{
     # the walker takes its reference after the unlinker dropped the last one
     "collapse-vs-fault": {"use-after-free": SOMETIMES},
