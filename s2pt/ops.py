@@ -44,7 +44,7 @@ __all__ = [
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
     "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
-    "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
+    "memcache_nobjs", "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
     "Machine", "run",
 ]
 
@@ -180,6 +180,14 @@ def kvm_mmu_topup_memory_cache(mc, min_objs: int):
     does it before every fault, outside mmu_lock).  The result is 0 or
     -ENOMEM.  One step: the page allocator is shared."""
     return ("kvm_mmu_topup_memory_cache", mc, min_objs)
+
+
+def memcache_nobjs(mc):
+    """Read ``mc->nobjs``: how many pages a memcache holds (stage2_split_walker
+    decides how much of a block to split by it).  A read of the memcache,
+    not of table memory; an operation, so that a CPU program never branches
+    on machine state it did not read through one."""
+    return ("memcache_nobjs", mc)
 
 
 def cpu_relax():
@@ -414,6 +422,7 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
     _k("kvm_mmu_topup_memory_cache", memory="any",
        text=lambda v, op: f"kvm_mmu_topup_memory_cache(memcache, {op[2]})",
        result=lambda v, op, r: str(r) if r else ""),
+    _k("memcache_nobjs", text=lambda v, op: "mc->nobjs", result=lambda v, op, r: str(r)),
     _k("tlbi", blocks=True, observed=True, text=_tlbi_text),
     _k("dsb", text=lambda v, op: f"dsb({op[1]})"),
     _k("cmo", fold=True, text=lambda v, op: op[1]),
@@ -579,6 +588,7 @@ class Machine:
             "write_lock": _nop, "write_unlock": _nop, "cpu_relax": _nop,
             "hw_walk_start": _nop,
             "kvm_mmu_topup_memory_cache": lambda op: op[1].topup(op[2]),
+            "memcache_nobjs": lambda op: op[1].nobjs,
         }
         missing = set(self.dispatch) - set(OPS)
         assert not missing, f"ops without a row in OPS: {missing}"

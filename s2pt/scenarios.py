@@ -28,8 +28,14 @@ The pKVM scenarios at the end race on the host's identity-mapped stage 2
 (:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
 a host CPU whose MMU walks the same table and whose faults trap to EL2.
 They reuse pkvm's EL2 paths step by step and add the isolation checker
-(:class:`s2pt.checkers.IsolationChecker`); ``rcu`` and ``none`` cannot run at
-EL2, so they do not declare them.
+(:class:`s2pt.checkers.IsolationChecker`); ``rcu``, ``none``, ``write-lock``
+and ``rwlock`` are schemes of ``kvm->mmu_lock`` and do not declare them.
+The guest scenarios declare ``hyp-lock`` too, as a question: what if KVM
+guarded a guest's stage 2 with pKVM's lock?
+
+The schemes added after the first three (``write-lock``, ``rwlock``)
+declare their outcomes on the scenarios above them in one block at the
+end (:func:`declare`), with the reason wherever a scenario refuses one.
 
 ``aba-table-reuse`` adds a read-only slot next to the collapse table, so that
 the page of the freed level-3 table comes back from the (LIFO) allocator as
@@ -76,7 +82,7 @@ BUGS = {
                      {"free_unlinked_drops_root": False}),
 }
 #: The guest paths' deliberate breakages (s2pt.kvm.BUGS): the VM is built with them.
-_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk")
+_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk", "collapse-under-read-lock")
 BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
 #: The schemes' own deliberate breakages: the scheme builds its mm_ops with them.
 BUGS["shared-walker-count"] = (
@@ -86,8 +92,9 @@ BUGS["shared-walker-count"] = (
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
 NOT_DECLARED = {
-    "hyp-lock": "hyp-lock is pKVM's lock for the host stage 2 at EL2 (host_mmu.lock); this "
-                "scenario races on a guest's stage 2 in the host kernel",
+    "hyp-lock": "hyp-lock is pKVM's lock for the host stage 2 at EL2 (host_mmu.lock); the "
+                "guest scenarios declare it only where 'what if KVM used pKVM's lock' has a "
+                "meaning, and this one does not",
 }
 
 
@@ -372,8 +379,9 @@ _add(Scenario(
 _add(Scenario(
     "stash-old-pte",
     "a9f0e3d5a089 reverted: after collapsing, the map walker keeps the old table "
-    "PTE and descends into the table it just unlinked; freed at once (as pKVM "
-    "does) that is a use-after-free, deferred by RCU it is harmless",
+    "PTE and descends into the table it just unlinked; freed at once (the "
+    "counterfactual 'none', or an exclusive lock) that is a use-after-free, "
+    "deferred by RCU it is harmless",
     build_stash_old_pte,
     {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=1))
 
@@ -698,6 +706,207 @@ mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlb
 
 
 # ---------------------------------------------------------------------------
+# The baseline and Oliver Upton's rwlock (write-lock, rwlock); the races they
+# need; and the historical bugs of the parallel walker they are checked on
+# ---------------------------------------------------------------------------
+
+BUGS.update({
+    "1f0f4a2ef7a5": ("the map walker advances its own PA after each leaf instead of inferring "
+                     "it from the IPA (KVM: arm64: Infer the PA offset from IPA in stage-2 "
+                     "map walker, reverted)",
+                     {"map_phys_from_ipa": False}),
+    "c60d847be7b8": ("the split walker puts the subtree root again after "
+                     "kvm_pgtable_stage2_free_unlinked() (KVM: arm64: Fix double-free "
+                     "following kvm_pgtable_stage2_free_unlinked(), reverted)",
+                     {"free_unlinked_once": False}),
+    "no-rcu-read-lock": ("shared walks skip rcu_read_lock() in kvm_pgtable_walk_begin(): "
+                         "not a real commit, an RCU reader that forgets to be one",
+                         {"shared_walk_rcu": False}),
+    "collapse-under-read-lock": (_kvm.BUGS["collapse-under-read-lock"], {}),
+})
+
+
+@kernel_path("kvm_arch_mmu_enable_log_dirty_pt_masked")
+def clear_dirty_log_split(vm, ipa: int, size: int):
+    """KVM_CLEAR_DIRTY_LOG -> kvm_arch_mmu_enable_log_dirty_pt_masked() ->
+    kvm_mmu_split_huge_pages(), as Vipin Sharma's 2023 series proposed it
+    ("Split huge pages during clear-dirty-log under MMU read lock", not
+    merged): under ``read_lock(&kvm->mmu_lock)``, with a
+    KVM_PGTABLE_WALK_SHARED split walk, so that vCPUs keep faulting.  Only a
+    shared split can lose its break to a vCPU and take the walker's -EAGAIN
+    path; mainline splits under the write lock."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache,
+                                                 flags=pt.SHARED)
+    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
+    return ret
+
+
+def build_unmap_vs_collapse(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    _logged_table(vm, slot)
+    fault = _fault(vm, IPA)
+    s = _setup(vm, scheme, bugs)
+    # vCPU0 maps 2M again after logging (over the level-3 table where one is
+    # left); the MMU notifier invalidates the whole 2M (a THP split or
+    # migration: kvm_unmap_gfn_range over the block).
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          fault, True)
+    s.cpu("notifier", "kvm_unmap_gfn_range: unmap 2M", kvm_unmap_gfn_range, vm, IPA, BLOCK)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+def build_logging_mismatch(scheme, bugs):
+    # A 2M-backed slot over one empty 2M region, and a 4K slot next to it
+    # that the guest has touched, so that the level-2 table exists (the
+    # race is at its entry 0, and turning logging off does not free it).
+    vm, slot = _vm(scheme, bugs)
+    other = vm.add_memslot(IPA + BLOCK, PAGE, backing="4K")
+    vm.access(other.gpa, write=True)
+    vm.enable_dirty_logging(slot)
+    logging = _dc_replace(slot)       # the memslot as vCPU1 looked it up
+    vm.disable_dirty_logging(slot)
+    last = IPA + BLOCK - PAGE
+    faults = [_fault(vm, IPA, vcpu=0), _fault(vm, last, vcpu=1)]
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    # The commit's picture: both vCPUs abort in the same 2M region; vCPU0
+    # sees logging off and maps a PMD (2M block), vCPU1 sees it on and maps
+    # a PTE (force_pte), replacing the block with a table if it finds one.
+    # vCPU1's page is the region's last, so that a map walk that meets it
+    # has mapped every other page first (its -EAGAIN stops the walk there):
+    # whichever vCPU goes first, the region ends fully mapped or holding
+    # vCPU1's page alone, as in the serial orders.
+    s.cpu("vCPU0", "user_mem_abort: 2M block (logging off)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: 4K page (logging on)", user_mem_abort, vm, 1, last, logging,
+          faults[1], True)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+def build_split_double_put(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    vm.access(IPA)                      # the guest ran on a 2M block ...
+    vm.enable_dirty_logging(slot)       # ... that logging write-protected,
+    vm.pgt.test_clear_young(IPA, BLOCK)  # and aging cleared its access flag
+    fault = _fault(vm, IPA + 5 * PAGE, write=False, vcpu=1)
+    s = _setup(vm, scheme, bugs)
+    s.memcache(1, vm.split_page_cache)                # mmu->split_page_cache
+    # The split's break loses when the block changes under it.  Oliver
+    # Upton's guess in the fix's thread was a hardware access-flag update
+    # (FEAT_HAFDBS, which the model's CPU lacks); vCPU1's access-flag fault
+    # makes the same change in software (kvm_pgtable_stage2_mkyoung's
+    # cmpxchg), and can, once the split runs on the read side.
+    s.cpu("split", "clear-dirty-log split under the read lock", clear_dirty_log_split, vm,
+          IPA, BLOCK)
+    s.cpu("vCPU1", "handle_access_fault: mkyoung", handle_access_fault, vm, 1,
+          IPA + 5 * PAGE, fault)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_NO_MMU_LOCK = ("{} is a scheme of kvm->mmu_lock for a guest's stage 2; the host stage 2 at "
+                "EL2 has only host_mmu.lock (a hyp_spinlock_t) and refuses shared walks "
+                "(-EPERM)")
+
+_add(Scenario(
+    "unmap-vs-collapse",
+    "vCPU0 maps a 2M block over a level-3 table (the collapse) while the MMU notifier "
+    "unmaps the same 2M under the write lock, which frees the tables it empties",
+    build_unmap_vs_collapse,
+    {"none": {}, "rcu": {}, "hyp-lock": {}, "write-lock": {}, "rwlock": {}}))
+_add(Scenario(
+    "logging-mismatch",
+    "two vCPUs abort in one empty 2M region, one seeing dirty logging off (a 2M block), the "
+    "other on (a page, replacing the block with a table if it finds one): the race of "
+    "1f0f4a2ef7a5 ('Infer the PA offset from IPA in stage-2 map walker'); under 'none' the "
+    "block also replaces a fresh table while its installer is inside",
+    build_logging_mismatch,
+    {"none": {"use-after-free": SOMETIMES, "leak": SOMETIMES, "warn": SOMETIMES}, "rcu": {}, "hyp-lock": {}, "write-lock": {},
+     "rwlock": {}}))
+_add(Scenario(
+    "split-double-put",
+    "a split under the read lock (the 2023 proposal to split during KVM_CLEAR_DIRTY_LOG with "
+    "a shared walk) loses its break to vCPU1 setting the block's access flag, and frees its "
+    "unused subtree: the -EAGAIN path whose double put c60d847be7b8 removed",
+    build_split_double_put,
+    {"none": {}, "rcu": {}, "rwlock": {}},
+    why_not={
+        "write-lock": "before 6.2 no walk was shared: a split under the read lock, racing "
+                      "vCPU faults, is a later proposal",
+        "hyp-lock": "under one spinlock the split cannot run beside a fault, so its break "
+                    "never loses (the scenario is a split on the read side)",
+    }))
+
+
+# Outcomes of write-lock, rwlock and (as "what if KVM used pKVM's lock")
+# hyp-lock on the scenarios above, in one block.
+declare("write-lock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
+    "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {}, "map-vs-map-no-shared": {},
+}, why_not={name: _NO_MMU_LOCK.format("write-lock") for name in (
+    "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
+    "coalesce-vs-host-fault-no-tlbi")})
+
+_RWLOCK_UNMAPPED = ("under rwlock, turning dirty logging off unmapped the memslot "
+                    "(VM.disable_dirty_logging -> kvm_stage2_unmap_range), so the aged page "
+                    "this scenario gives to handle_access_fault is gone: the guest would take "
+                    "a translation fault, not an access-flag fault")
+declare("rwlock", {
+    "split-vs-fault": {}, "stash-old-pte": {},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+}, why_not={
+    "collapse-vs-fault": "under rwlock, turning dirty logging off unmapped the memslot "
+                         "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
+                         "table is left for vCPU0 to collapse.  The race that remains, a vCPU "
+                         "that sees logging off against one that still sees it on, is "
+                         "logging-mismatch, where rwlock's faults meet each other's tables",
+    "collapse-vs-fault-3": _RWLOCK_UNMAPPED, "unmap-vs-fault": _RWLOCK_UNMAPPED,
+    **{name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in the "
+       "model: coalescing (the host stage 2's only unlink) would go on the write side, host "
+       "faults and donations on the read side; see s2pt.schemes.RwlockScheme"
+       for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                    "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")}})
+
+declare("hyp-lock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
+    "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {}, "map-vs-map-no-shared": {},
+})
+
+
+mutation("no-rcu-read-lock/rcu", "rcu", "collapse-vs-fault", "use-after-free",
+         "RCU whose shared walkers forget rcu_read_lock() (kvm_pgtable_walk_begin): the "
+         "grace period does not wait for vCPU1, and the callback frees the table it walks",
+         bugs=("no-rcu-read-lock",))
+mutation("collapse-under-read-lock/rwlock", "rwlock", "logging-mismatch", "use-after-free",
+         "rwlock whose faults may replace a table by a block under the read lock: vCPU0 "
+         "frees, at once, the table vCPU1 has just installed and is walking",
+         bugs=("collapse-under-read-lock",))
+mutation("f6a27d6dc51b/rcu", "rcu", "collapse-vs-fault", "leak",
+         "f6a27d6dc51b reverted: kvm_pgtable_stage2_free_unlinked() does not drop the "
+         "subtree root's last reference, so every collapsed table leaks",
+         bugs=("f6a27d6dc51b",))
+mutation("c60d847be7b8/rcu", "rcu", "split-double-put", "double-free",
+         "c60d847be7b8 reverted: the split walker that lost its break frees its unused "
+         "subtree and then puts the root once more",
+         bugs=("c60d847be7b8",))
+mutation("1f0f4a2ef7a5/rcu", "rcu", "logging-mismatch", "lost-update",
+         "1f0f4a2ef7a5 reverted: vCPU0 installs its block, advances its PA by 2M, finds "
+         "vCPU1's table on reloading and maps the whole table 2M off",
+         bugs=("1f0f4a2ef7a5",))
+
+
+# ---------------------------------------------------------------------------
 # ABA: a table page freed and reused while a walker holds its pointer
 # ---------------------------------------------------------------------------
 #
@@ -808,6 +1017,12 @@ ABA_SAME = Scenario(
 # free protects, as for every scheme.
 
 _REFCOUNT_COMMON = {
+    # The unmap takes the write lock: no walker is inside when it frees; the
+    # collapse that loses to it, or wins, drops the parent's reference.
+    "unmap-vs-collapse": {},
+    # A split on the read side walks shared, so it takes walker references;
+    # its unused subtree was never linked, and it frees that at once.
+    "split-double-put": {},
     "unmap-vs-fault": {},
     "split-vs-fault": {},
     "collapse-vs-hw-walk": {},
@@ -831,6 +1046,9 @@ declare("refcount", dict(_REFCOUNT_COMMON, **{
     "stash-old-pte": {"use-after-free": SOMETIMES},
     # ... or, the page reused elsewhere, walks the ROM's new table
     "aba-table-reuse": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES},
+    # vCPU0's block replaces the table vCPU1 has just installed, before
+    # vCPU1's reference on it
+    "logging-mismatch": {"use-after-free": SOMETIMES},
 }), why_not=_REFCOUNT_WHY_NOT)
 declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
     "collapse-vs-fault": {},
@@ -839,7 +1057,19 @@ declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
     # entry again and finds its own block (a9f0e3d5a089 is not needed here)
     "stash-old-pte": {},
     "aba-table-reuse": {},
+    "logging-mismatch": {},
 }), why_not=_REFCOUNT_WHY_NOT)
+
+# The schemes of schemes-a's block, on aba-table-reuse: under write-lock and
+# hyp-lock the collapse excludes the relax_perms walk, so the page is reused
+# only once no walker holds its pointer.
+declare("write-lock", {"aba-table-reuse": {}})
+declare("hyp-lock", {"aba-table-reuse": {}})
+declare("rwlock", {}, why_not={
+    "aba-table-reuse": "under rwlock, turning dirty logging off unmapped the memslot "
+                       "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
+                       "table is left for vCPU0 to collapse, so none is freed and reused; "
+                       "no fault unlinks a table under rwlock"})
 
 mutation("no-revalidate/refcount", "refcount", "aba-table-reuse", "lost-update",
          "refcount without revalidation: the walker takes its reference after reading the "
