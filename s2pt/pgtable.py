@@ -329,18 +329,17 @@ def kvm_pgtable_walk_begin(pgt, walker: Walker):
         if pgt.hyp:
             # "only non-shared table walkers are allowed in the hypervisor"
             return -EPERM
-        # mm_ops.rcu_walkers False: a scheme whose walkers are protected
-        # otherwise (the refcount schemes); pgt.shared_walk_rcu False: the
-        # mutation "no-rcu-read-lock" (no kernel commit), a shared walker
-        # that is no RCU reader.
-        if pgt.mm_ops.rcu_walkers and pgt.shared_walk_rcu:
+        # pgt.shared_walk_rcu = False: the mutation "no-rcu-read-lock" (no
+        # kernel commit), a shared walker that is no RCU reader.
+        # mm_ops.rcu_walkers = False: a scheme whose walkers are protected
+        # otherwise (the refcount schemes), no RCU reader by design.
+        if pgt.shared_walk_rcu and pgt.mm_ops.rcu_walkers:
             yield rcu_read_lock()
     return 0
 
 
 def kvm_pgtable_walk_end(pgt, walker: Walker):
-    if (walker.flags & SHARED and not pgt.hyp and pgt.mm_ops.rcu_walkers
-            and pgt.shared_walk_rcu):
+    if walker.flags & SHARED and not pgt.hyp and pgt.shared_walk_rcu and pgt.mm_ops.rcu_walkers:
         yield rcu_read_unlock()
 
 

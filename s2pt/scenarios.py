@@ -36,6 +36,13 @@ guarded a guest's stage 2 with pKVM's lock?
 The schemes added after the first three (``write-lock``, ``rwlock``)
 declare their outcomes on the scenarios above them in one block at the
 end (:func:`declare`), with the reason wherever a scenario refuses one.
+
+``aba-table-reuse`` adds a read-only slot next to the collapse table, so that
+the page of the freed level-3 table comes back from the (LIFO) allocator as
+the new table of another region while a walker still holds its old pointer:
+ABA, for the refcount schemes.  :data:`ABA_SAME` is its same-place twin
+(the page comes back as the table at the same entry), replayed rather than
+searched.
 """
 
 from __future__ import annotations
@@ -738,81 +745,6 @@ def build_collapse_vs_map(scheme, bugs):
     return s
 
 
-# ---------------------------------------------------------------------------
-# ABA: a table page freed and reused while a walker holds its pointer
-# ---------------------------------------------------------------------------
-#
-# The collapse-vs-fault table, and a second memslot next to it: a read-only
-# 4K-backed slot (a ROM) at IPA + 2M, so that a fault there needs a new
-# level-3 table under L2[1].  The faulting vCPU's memcache is one page short
-# of kvm_mmu_cache_min_pages, so its top-up takes a page from the page
-# allocator -- which hands out the most recently freed page first (LIFO):
-# the collapsed table, if it has been freed by then.  One spare page waits
-# in the allocator for the runs where it has not.
-
-ROM = IPA + BLOCK                    # the read-only slot's first IPA
-
-
-@kernel_path("vcpu_run")
-def guest_faults(vm, vcpu: int, faults):
-    """The vCPU runs the guest, which takes each fault in turn:
-    kvm_handle_guest_abort() -> user_mem_abort() once per ``(ipa, slot,
-    fault, write)``, each with its own top-up, lock and walk."""
-    for ipa, slot, fault, write in faults:
-        yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
-
-
-def _one_page_short(vm, vcpu):
-    """Give back all but one page of vCPU ``vcpu``'s memcache (it now holds
-    one less than kvm_mmu_cache_min_pages), so that its next top-up takes a
-    page from the allocator; the page given back is the allocator's spare."""
-    mc = vm.vcpus[vcpu].memcache
-    while mc.nobjs > vm._min_pages - 1:
-        vm.pgt.mm.free_page(mc.objects.pop(), was_table=False)
-
-
-def build_aba_table_reuse(scheme, bugs):
-    vm, slot = _vm(scheme, bugs)
-    rom = vm.add_memslot(ROM, BLOCK, backing="4K", readonly=True)
-    logging = _logged_table(vm, slot)
-    faults = [_fault(vm, IPA, write=True), _fault(vm, IPA + PAGE, write=True, vcpu=1),
-              _fault(vm, ROM + PAGE, write=False)]
-    s = _setup(vm, scheme, bugs)
-    _one_page_short(vm, 0)
-    # vCPU0: collapse (the L3 table is unlinked and, once no walker holds it,
-    # freed), then a read of the ROM: a new L3 table under L2[1] -- the
-    # collapsed table's page, if the allocator has it back by then -- with
-    # ROM + 4K mapped read-only at index 1.
-    s.cpu("vCPU0", "collapse, then a read fault on the ROM slot", guest_faults, vm, 0,
-          ((IPA, slot, faults[0], True), (ROM + PAGE, rom, faults[2], False)))
-    # vCPU1: relax_perms at IPA + 4K, index 1 of the collapsed table.
-    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
-          faults[1], True)
-    s.region = (IPA, 2 * BLOCK)
-    return s
-
-
-def build_aba_table_reuse_same(scheme, bugs):
-    vm, slot = _vm(scheme, bugs, vcpus=3)
-    logging = _logged_table(vm, slot)
-    faults = [_fault(vm, IPA + k * PAGE, write=True, vcpu=v) for v, k in enumerate((0, 1, 3))]
-    s = _setup(vm, scheme, bugs)
-    _one_page_short(vm, 2)
-    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
-          faults[0], True)
-    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
-          faults[1], True)
-    # vCPU2 took its translation fault on page 3 before the collapse, and
-    # looked the slot up while logging was on: it maps 4K, and where it
-    # meets the new 2M block it replaces the block with a table
-    # (stage2_map_walk_leaf) -- at the same entry, L2[0], and, if the
-    # collapsed table is back in the allocator by then, on the same page.
-    s.cpu("vCPU2", "user_mem_abort: 4K write while logging", user_mem_abort, vm, 2,
-          IPA + 3 * PAGE, logging, faults[2], True)
-    s.region = (IPA, BLOCK)
-    return s
-
-
 _add(Scenario(
     "collapse-vs-map",
     "vCPU0 maps a 2M block over a level-3 table while vCPU1, which still sees dirty logging "
@@ -845,88 +777,6 @@ mutation("rfc-plain-prune/rcu-rfc", "rcu-rfc", "collapse-vs-map", "leak",
          "install away (the block still maps the page, so the guest loses nothing) and the "
          "reference vCPU1 took on the level-3 table is never dropped: the table leaks",
          bugs=("rfc-plain-prune",))
-
-
-_add(Scenario(
-    "aba-table-reuse",
-    "ABA elsewhere: vCPU0 collapses the level-3 table that vCPU1's relax_perms is walking "
-    "into, then faults on a read-only slot, and the allocator hands it the freed table's "
-    "page as that slot's new level-3 table; a walker that took its reference only after "
-    "reading the old pointer walks the ROM's table and makes a ROM page writable",
-    build_aba_table_reuse,
-    {"none": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES}, "rcu": {}}))
-#: ABA at the same place.  Not in SCENARIOS: with three CPUs and the
-#: 512-entry walk that frees the collapsed table, its exhaustive search
-#: exceeds two million states (beyond the engine's 60 s target), so it is
-#: replayed with chosen schedules instead (tests/test_refcount.py, notebook 07).
-ABA_SAME = Scenario(
-    "aba-table-reuse-same",
-    "ABA at the same place: while vCPU1 holds a pointer to the level-3 table, vCPU0 "
-    "collapses and frees it and vCPU2's logging fault splits the block again, getting the "
-    "same page back as the new table at the same entry; a walker that checks the entry "
-    "after taking its reference walks the new table, which is correct",
-    build_aba_table_reuse_same,
-    {"none": {"use-after-free": SOMETIMES}, "rcu": {}, "refcount": {"use-after-free": SOMETIMES},
-     "refcount-revalidate": {}}, cpus=3)
-
-
-# ---------------------------------------------------------------------------
-# The refcount schemes (s2pt.schemes: refcount, refcount-revalidate)
-# ---------------------------------------------------------------------------
-
-#
-# Both run faults under read_lock(&kvm->mmu_lock) as the kernel does, and
-# unmap and eager splitting under the write lock, without RCU; refcount takes
-# its walker reference after reading the table pointer, refcount-revalidate
-# takes it with get_page_unless_zero and checks the entry again.  The
-# hardware walker takes no reference: against it only the TLBI before the
-# free protects, as for every scheme.
-
-_REFCOUNT_COMMON = {
-    "unmap-vs-fault": {},
-    "split-vs-fault": {},
-    "collapse-vs-hw-walk": {},
-    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
-    "map-vs-map": {},
-    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
-                             "refcount": SOMETIMES, "warn": SOMETIMES},
-}
-_REFCOUNT_WHY_NOT = {
-    name: f"{name} races on pKVM's host stage 2 at EL2 under hyp-lock (host_mmu.lock, "
-          f"exclusive walks): walker references would change nothing there; the refcount "
-          f"schemes run shared guest faults under read_lock(&kvm->mmu_lock)"
-    for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
-                 "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")}
-declare("refcount", dict(_REFCOUNT_COMMON, **{
-    # the walker takes its reference after the unlinker dropped the last one
-    "collapse-vs-fault": {"use-after-free": SOMETIMES},
-    "collapse-vs-fault-3": {"use-after-free": SOMETIMES},
-    # a9f0e3d5a089 reverted: the collapser descends into the table it freed
-    "stash-old-pte": {"use-after-free": SOMETIMES},
-    # ... or, the page reused elsewhere, walks the ROM's new table
-    "aba-table-reuse": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES},
-}), why_not=_REFCOUNT_WHY_NOT)
-declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
-    "collapse-vs-fault": {},
-    "collapse-vs-fault-3": {},
-    # get_page_unless_zero fails on the freed table: the walker visits the
-    # entry again and finds its own block (a9f0e3d5a089 is not needed here)
-    "stash-old-pte": {},
-    "aba-table-reuse": {},
-}), why_not=_REFCOUNT_WHY_NOT)
-
-mutation("no-revalidate/refcount", "refcount", "aba-table-reuse", "lost-update",
-         "refcount without revalidation: the walker takes its reference after reading the "
-         "table pointer, on a page that was freed and reused as the ROM's table; it makes a "
-         "read-only page writable")
-mutation("no-revalidate/refcount-uaf", "refcount", "collapse-vs-fault", "use-after-free",
-         "refcount without revalidation: the walker takes its reference on a table whose "
-         "last reference the collapse has just dropped")
-mutation("shared-walker-count/refcount-revalidate", "refcount-revalidate", "collapse-vs-fault",
-         "leak", "walker references kept in page_count, where 1 means 'no valid entries': the "
-         "unlinked table's entries keep the count above zero, so the last walker reference "
-         "is never the last reference and the table is never freed",
-         bugs=("shared-walker-count",))
 
 
 # ---------------------------------------------------------------------------
@@ -1128,3 +978,182 @@ mutation("1f0f4a2ef7a5/rcu", "rcu", "logging-mismatch", "lost-update",
          "1f0f4a2ef7a5 reverted: vCPU0 installs its block, advances its PA by 2M, finds "
          "vCPU1's table on reloading and maps the whole table 2M off",
          bugs=("1f0f4a2ef7a5",))
+
+
+# ---------------------------------------------------------------------------
+# ABA: a table page freed and reused while a walker holds its pointer
+# ---------------------------------------------------------------------------
+#
+# The collapse-vs-fault table, and a second memslot next to it: a read-only
+# 4K-backed slot (a ROM) at IPA + 2M, so that a fault there needs a new
+# level-3 table under L2[1].  The faulting vCPU's memcache is one page short
+# of kvm_mmu_cache_min_pages, so its top-up takes a page from the page
+# allocator -- which hands out the most recently freed page first (LIFO):
+# the collapsed table, if it has been freed by then.  One spare page waits
+# in the allocator for the runs where it has not.
+
+ROM = IPA + BLOCK                    # the read-only slot's first IPA
+
+
+@kernel_path("vcpu_run")
+def guest_faults(vm, vcpu: int, faults):
+    """The vCPU runs the guest, which takes each fault in turn:
+    kvm_handle_guest_abort() -> user_mem_abort() once per ``(ipa, slot,
+    fault, write)``, each with its own top-up, lock and walk."""
+    for ipa, slot, fault, write in faults:
+        yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+
+
+def _one_page_short(vm, vcpu):
+    """Give back all but one page of vCPU ``vcpu``'s memcache (it now holds
+    one less than kvm_mmu_cache_min_pages), so that its next top-up takes a
+    page from the allocator; the page given back is the allocator's spare."""
+    mc = vm.vcpus[vcpu].memcache
+    while mc.nobjs > vm._min_pages - 1:
+        vm.pgt.mm.free_page(mc.objects.pop(), was_table=False)
+
+
+def build_aba_table_reuse(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    rom = vm.add_memslot(ROM, BLOCK, backing="4K", readonly=True)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA, write=True), _fault(vm, IPA + PAGE, write=True, vcpu=1),
+              _fault(vm, ROM + PAGE, write=False)]
+    s = _setup(vm, scheme, bugs)
+    _one_page_short(vm, 0)
+    # vCPU0: collapse (the L3 table is unlinked and, once no walker holds it,
+    # freed), then a read of the ROM: a new L3 table under L2[1] -- the
+    # collapsed table's page, if the allocator has it back by then -- with
+    # ROM + 4K mapped read-only at index 1.
+    s.cpu("vCPU0", "collapse, then a read fault on the ROM slot", guest_faults, vm, 0,
+          ((IPA, slot, faults[0], True), (ROM + PAGE, rom, faults[2], False)))
+    # vCPU1: relax_perms at IPA + 4K, index 1 of the collapsed table.
+    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
+          faults[1], True)
+    s.region = (IPA, 2 * BLOCK)
+    return s
+
+
+def build_aba_table_reuse_same(scheme, bugs):
+    vm, slot = _vm(scheme, bugs, vcpus=3)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA + k * PAGE, write=True, vcpu=v) for v, k in enumerate((0, 1, 3))]
+    s = _setup(vm, scheme, bugs)
+    _one_page_short(vm, 2)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
+          faults[1], True)
+    # vCPU2 took its translation fault on page 3 before the collapse, and
+    # looked the slot up while logging was on: it maps 4K, and where it
+    # meets the new 2M block it replaces the block with a table
+    # (stage2_map_walk_leaf) -- at the same entry, L2[0], and, if the
+    # collapsed table is back in the allocator by then, on the same page.
+    s.cpu("vCPU2", "user_mem_abort: 4K write while logging", user_mem_abort, vm, 2,
+          IPA + 3 * PAGE, logging, faults[2], True)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_add(Scenario(
+    "aba-table-reuse",
+    "ABA elsewhere: vCPU0 collapses the level-3 table that vCPU1's relax_perms is walking "
+    "into, then faults on a read-only slot, and the allocator hands it the freed table's "
+    "page as that slot's new level-3 table; a walker that took its reference only after "
+    "reading the old pointer walks the ROM's table and makes a ROM page writable",
+    build_aba_table_reuse,
+    {"none": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES}, "rcu": {}}))
+#: ABA at the same place.  Not in SCENARIOS: with three CPUs and the
+#: 512-entry walk that frees the collapsed table, its exhaustive search
+#: exceeds two million states (beyond the engine's 60 s target), so it is
+#: replayed with chosen schedules instead (tests/test_refcount.py, notebook 07).
+ABA_SAME = Scenario(
+    "aba-table-reuse-same",
+    "ABA at the same place: while vCPU1 holds a pointer to the level-3 table, vCPU0 "
+    "collapses and frees it and vCPU2's logging fault splits the block again, getting the "
+    "same page back as the new table at the same entry; a walker that checks the entry "
+    "after taking its reference walks the new table, which is correct",
+    build_aba_table_reuse_same,
+    {"none": {"use-after-free": SOMETIMES}, "rcu": {}, "refcount": {"use-after-free": SOMETIMES},
+     "refcount-revalidate": {}}, cpus=3)
+
+
+# ---------------------------------------------------------------------------
+# The refcount schemes (s2pt.schemes: refcount, refcount-revalidate)
+# ---------------------------------------------------------------------------
+
+#
+# Both run faults under read_lock(&kvm->mmu_lock) as the kernel does, and
+# unmap and eager splitting under the write lock, without RCU; refcount takes
+# its walker reference after reading the table pointer, refcount-revalidate
+# takes it with get_page_unless_zero and checks the entry again.  The
+# hardware walker takes no reference: against it only the TLBI before the
+# free protects, as for every scheme.
+
+_REFCOUNT_COMMON = {
+    # The unmap takes the write lock: no walker is inside when it frees; the
+    # collapse that loses to it, or wins, drops the parent's reference.
+    "unmap-vs-collapse": {},
+    # A split on the read side walks shared, so it takes walker references;
+    # its unused subtree was never linked, and it frees that at once.
+    "split-double-put": {},
+    "unmap-vs-fault": {},
+    "split-vs-fault": {},
+    "collapse-vs-hw-walk": {},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+}
+_REFCOUNT_WHY = ("this scenario races on pKVM's host stage 2 at EL2 under hyp-lock "
+                 "(host_mmu.lock, exclusive walks only): walker references would change "
+                 "nothing there; the refcount schemes run shared guest faults under "
+                 "read_lock(&kvm->mmu_lock)")
+_REFCOUNT_WHY_NOT = {name: _REFCOUNT_WHY for name in (
+    "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
+    "coalesce-vs-host-fault-no-tlbi")}
+declare("refcount", dict(_REFCOUNT_COMMON, **{
+    # the walker takes its reference after the unlinker dropped the last one
+    "collapse-vs-fault": {"use-after-free": SOMETIMES},
+    "collapse-vs-fault-3": {"use-after-free": SOMETIMES},
+    # a9f0e3d5a089 reverted: the collapser descends into the table it freed
+    "stash-old-pte": {"use-after-free": SOMETIMES},
+    # ... or, the page reused elsewhere, walks the ROM's new table
+    "aba-table-reuse": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES},
+    # vCPU0's block replaces the table vCPU1 has just installed, before
+    # vCPU1's reference on it
+    "logging-mismatch": {"use-after-free": SOMETIMES},
+}), why_not=_REFCOUNT_WHY_NOT)
+declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
+    "collapse-vs-fault": {},
+    "collapse-vs-fault-3": {},
+    # get_page_unless_zero fails on the freed table: the walker visits the
+    # entry again and finds its own block (a9f0e3d5a089 is not needed here)
+    "stash-old-pte": {},
+    "aba-table-reuse": {},
+    "logging-mismatch": {},
+}), why_not=_REFCOUNT_WHY_NOT)
+
+# The schemes of schemes-a's block, on aba-table-reuse: under write-lock and
+# hyp-lock the collapse excludes the relax_perms walk, so the page is reused
+# only once no walker holds its pointer.
+declare("write-lock", {"aba-table-reuse": {}})
+declare("hyp-lock", {"aba-table-reuse": {}})
+declare("rwlock", {}, why_not={
+    "aba-table-reuse": "under rwlock, turning dirty logging off unmapped the memslot "
+                       "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
+                       "table is left for vCPU0 to collapse, so none is freed and reused; "
+                       "no fault unlinks a table under rwlock"})
+
+mutation("no-revalidate/refcount", "refcount", "aba-table-reuse", "lost-update",
+         "refcount without revalidation: the walker takes its reference after reading the "
+         "table pointer, on a page that was freed and reused as the ROM's table; it makes a "
+         "read-only page writable")
+mutation("no-revalidate/refcount-uaf", "refcount", "collapse-vs-fault", "use-after-free",
+         "refcount without revalidation: the walker takes its reference on a table whose "
+         "last reference the collapse has just dropped")
+mutation("shared-walker-count/refcount-revalidate", "refcount-revalidate", "collapse-vs-fault",
+         "leak", "walker references kept in page_count, where 1 means 'no valid entries': the "
+         "unlinked table's entries keep the count above zero, so the last walker reference "
+         "is never the last reference and the table is never freed",
+         bugs=("shared-walker-count",))
