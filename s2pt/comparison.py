@@ -894,6 +894,23 @@ class Comparison:
                        f"with their scenarios' Sometimes/Never declarations.")
         return "\n".join(out)
 
+    def verdict_markdown(self) -> str:
+        """The verdict grid as a Markdown table for a notebook, transposed
+        so that it fits a column: rows are scenarios, columns schemes, each
+        cell :meth:`Cell.short` ("safe", "UAF", "-" for not declared, ...),
+        then the legend of the abbreviations used."""
+        out = ["| scenario | " + " | ".join(f"`{s}`" for s in self.schemes) + " |",
+               "|---|" + "|".join(":-:" for _ in self.schemes) + "|"]
+        for sc in self.scenarios:
+            out.append(f"| `{sc}` | " + " | ".join(self.cells[(s, sc)].short()
+                                                   for s in self.schemes) + " |")
+        kinds = sorted({k for c in self.cells.values() for k in c.found})
+        out.append("")
+        out.append("safe: nothing found, exhaustive search complete; -: the scenario does not "
+                   "declare the scheme; " + "; ".join(f"{kind_abbrev(k)}: {k}" for k in kinds)
+                   + "; +N: N more kinds; !: the declaration did not hold.")
+        return "\n".join(out)
+
     def costs_table(self) -> str:
         """Rows: scheme x vCPU count; columns: the verdict, then each cost
         (mean over the clean runs; the JSON has min, max and every run)."""
@@ -986,17 +1003,21 @@ class Comparison:
         p.text(self.text())
 
     # -- plots -------------------------------------------------------------------------
-    def plot(self, metrics=SHOWN):
+    def plot(self, metrics=SHOWN, ncols: int | None = None):
         """A matplotlib Figure: each metric against the vCPU count, one line
         per scheme (mean over the clean runs; hollow markers where the
-        verdict was sampled)."""
+        verdict was sampled).  ``ncols``: panels per row (default 4, or
+        fewer metrics); 2 gives a figure that fits a notebook's column."""
         if not self.costs:
             raise S2ptError("plot: this comparison has no costs (compare(costs=True))")
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise S2ptError(f"metrics={bad!r}: unknown; choose from {', '.join(METRICS)}")
+        if ncols is not None and (not isinstance(ncols, int) or isinstance(ncols, bool)
+                                  or ncols < 1):
+            raise S2ptError(f"ncols={ncols!r}: a positive number of panels per row")
         from matplotlib.figure import Figure        # no pyplot: no backend, no global state
-        ncol = 4 if len(metrics) > 4 else len(metrics)
+        ncol = min(ncols or 4, len(metrics))
         nrow = (len(metrics) + ncol - 1) // ncol
         fig = Figure(figsize=(3.6 * ncol, 3.0 * nrow + 0.6), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
@@ -1018,7 +1039,8 @@ class Comparison:
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, len(labels)))
+        fig.legend(handles, labels, loc="outside lower center",
+                   ncol=max(1, min(len(labels), 2 * ncol)))
         fig.suptitle(f"Costs per scheme, {self.settings.get('cost_scenario', COST_SCENARIO)} "
                      f"(hollow: verdict sampled)", fontsize=11)
         return fig
