@@ -1253,7 +1253,12 @@ def stage2_prune_unlinked_table(pgt, pgtable: int, level: int):
     one walker, as kvm_pgtable_stage2_free_unlinked does.  It runs between
     the break of the table entry and the make of the block, so the entry
     stays LOCKED meanwhile and every other walker that meets it gets
-    -EAGAIN."""
+    -EAGAIN.
+
+    Modelled from the series' cover letter and the thread, not from the
+    patch text: the exchange is used on exclusive walks too (harmless:
+    nobody races there), and the spin on an entry another walker holds is
+    where the thread's "no need for atomics/spinning" places it."""
     walker = Walker(stage2_prune_walker, None, LEAF | TABLE_PRE | TABLE_POST | FOLLOW_CB)
     data = WalkData(walker, 0, 0, pgt.granule_size[level])
     ret = yield from __kvm_pgtable_walk(data, pgt, pgtable, level + 1)

@@ -259,3 +259,23 @@ def test_costs_show_the_prune_on_the_critical_path():
     # The break and the make are of the same entry, the level-2 table entry.
     locked = [e for e in w.events if e.op[0] in ("cmpxchg", "WRITE_ONCE") and e.op[-1] == LOCKED]
     assert locked and all(e.cpu == 0 for e in locked)
+
+
+def test_race_diagram_folds_the_prune_loop_into_blocks():
+    """The prune is a loop over 512 entries: the race diagram folds each
+    run of identical loop iterations into one block, counting them, so a
+    collapse under rcu-rfc reads in a page instead of 1,500 lines."""
+    w = s2pt.replay("collapse-vs-fault", "rcu-rfc", "")
+    pgt = w.pgt
+    l3 = [pfn for pfn, lvl in w.view.levels.items() if lvl == 3]
+    counted = sum(1 for e in w.events if e.op[0] == "put_page" and e.op[1] >> 12 in l3
+                  and "stage2_prune_walker" in e.stack)
+    assert counted == 3                            # the three pages logging left
+    full = w.diagram(fold=False)
+    text = w.diagram()
+    assert len(full.splitlines()) > 3 * pgt.ptrs_per_pte
+    assert len(text.splitlines()) < 100
+    assert f"+ {counted} times:" in text
+    assert f"+ {pgt.ptrs_per_pte - counted} times:" in text
+    assert f"xchg(L3[{counted}..{pgt.ptrs_per_pte - 1}], LOCKED)" in text
+    assert f"READ_ONCE(L3[{counted}..{pgt.ptrs_per_pte - 1}])" in text

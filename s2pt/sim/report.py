@@ -14,8 +14,18 @@ step marked::
     31                                     READ_ONCE(L3[1])   <== use-after-free
 
 Consecutive steps of one CPU with the same operation in the same function
-fold into one line ("READ_ONCE(L3[2..511]) x510").  Plain ASCII except the
-arrow, so it pastes into an email.
+fold into one line ("READ_ONCE(L3[2..511]) x510"), and a loop of a few
+different steps repeated by one CPU (a walk visiting every entry of a
+table: READ_ONCE, xchg, READ_ONCE, xchg ...) folds into one block::
+
+             + 509 times:
+               | __kvm_pgtable_visit()
+    24-1041    |   READ_ONCE(L3[3..511])
+               | stage2_prune_lock_pte()
+               |   xchg(L3[3..511], LOCKED)
+               +
+
+Plain ASCII except the arrow, so it pastes into an email.
 
 The **state log** lists every step with its result and what it changed
 (descriptor values, refcounts, locks and RCU).
@@ -82,6 +92,24 @@ def race_diagram(world, width: int | None = None, fold: bool = True) -> str:
     while i < len(events):
         ev = events[i]
         j = i + 1
+        cycle = _cycle(events, i) if fold else None
+        if cycle is not None:
+            period, reps = cycle
+            end = i + period * reps
+            rows.append(("", ev.cpu, f"+ {reps} times:"))
+            fn_prev = None
+            for k in range(period):
+                evs = events[i + k:end:period]
+                fn = evs[0].stack[-1] if evs[0].stack else ""
+                if fn != fn_prev:
+                    rows.append(("", ev.cpu, "| " + (fn if " " in fn else f"{fn}()")))
+                    fn_prev = fn
+                rows.append((f"{ev.index}-{events[end - 1].index}" if k == 0 else "", ev.cpu,
+                             f"|   {_fold_text(world, evs)}"))
+            rows.append(("", ev.cpu, "+"))
+            last_stack[ev.cpu] = None
+            i = end
+            continue
         if fold:
             while (j < len(events) and events[j].cpu == ev.cpu and events[j].op[0] == ev.op[0]
                    and events[j].stack == ev.stack and not events[j].violations
@@ -126,6 +154,35 @@ def race_diagram(world, width: int | None = None, fold: bool = True) -> str:
     return "\n".join(out)
 
 
+#: A loop folds into a block when it repeats at least this often.
+_MIN_REPS = 3
+
+
+def _key(ev):
+    return (ev.cpu, ev.op[0], ev.stack)
+
+
+def _cycle(events, i):
+    """(period, repetitions) of the longest loop of 2 to 4 different steps
+    that one CPU repeats from ``events[i]`` at least _MIN_REPS times, with
+    no violation inside; or None.  (One step repeated is the plain fold.)"""
+    best = None
+    for p in (2, 3, 4):
+        if i + p * _MIN_REPS > len(events):
+            break
+        pattern = [_key(e) for e in events[i:i + p]]
+        if len(set(pattern)) < p or any(k[0] != pattern[0][0] for k in pattern):
+            continue           # a step repeated inside, or two CPUs: not this period
+        n = 0
+        while (i + (n + 1) * p <= len(events)
+               and all(_key(events[i + n * p + k]) == pattern[k] and not
+                       events[i + n * p + k].violations for k in range(p))):
+            n += 1
+        if n >= _MIN_REPS and (best is None or n * p > best[0] * best[1]):
+            best = (p, n)
+    return best
+
+
 def _fold_text(world, evs) -> str:
     """READ_ONCE(L3[1..511]) for a run of reads across one table; a short
     run of different operations lists them all (a walk's reads down the
@@ -137,6 +194,14 @@ def _fold_text(world, evs) -> str:
             a, b = loc_text(world, first), loc_text(world, last)
             head = a[:a.rindex("[")]
             return f"{op_text(world, op).split('(')[0]}({head}[{a[a.rindex('[') + 1:-1]}..{b[b.rindex('[') + 1:-1]}])"
+    if op[0] in ("xchg", "WRITE_ONCE") and len({e.op[2:] for e in evs}) == 1:
+        # The same value stored across one table: xchg(L3[3..511], LOCKED).
+        first, last = evs[0].op[1], evs[-1].op[1]
+        if first >> world.pgt.page_shift == last >> world.pgt.page_shift and first != last:
+            a, b = loc_text(world, first), loc_text(world, last)
+            text = op_text(world, op)
+            return text.replace(a, f"{a[:a.rindex('[')]}[{a[a.rindex('[') + 1:-1]}.."
+                                   f"{b[b.rindex('[') + 1:-1]}]", 1)
     texts = []
     for e in evs:
         t = op_text(world, e.op)
