@@ -54,7 +54,8 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, se
     :func:`s2pt.sim.search.search`): ``mode`` "exhaustive" (the default,
     shortest schedules), "unreduced", "random" or "pct"; ``bugs`` switches
     historical bugs back on (:data:`s2pt.scenarios.BUGS`).  ``progress``
-    (True, or ``fn(states, depth, frontier)``) and ``cancel`` (``fn() ->
+    (True: on stderr; a stream such as ``sys.stdout``; or ``fn(states, depth,
+    frontier)``) and ``cancel`` (``fn() ->
     bool``) report on and stop a long exhaustive search."""
     w = world(scenario, scheme, bugs, max_steps=max_steps, record=False)
     return search(w, mode=mode, runs=runs, depth=depth, seed=seed, preemptions=preemptions,

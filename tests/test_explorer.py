@@ -711,3 +711,23 @@ def test_forgetting_rcu_read_lock_lets_the_callback_free_under_a_walker():
     r = explore("collapse-vs-fault", "rcu", bugs=["no-rcu-read-lock"])
     v = r.found["use-after-free"].violation
     assert v.actor == "vCPU1" and "rcu" in v.explanation
+
+
+def test_progress_goes_to_the_stream_given(capsys, monkeypatch):
+    """progress=True writes the progress line on stderr; progress=sys.stdout
+    (a notebook, where stderr looks like an error) writes it there.  Neither
+    changes the result."""
+    import io
+    import itertools
+    from s2pt.sim import search as S
+    ticks = itertools.count()
+    monkeypatch.setattr(S.time, "perf_counter", lambda: float(next(ticks)))  # a second a call
+    buf = io.StringIO()
+    quiet = s2pt.explore("collapse-vs-fault", "rcu")
+    shown = s2pt.explore("collapse-vs-fault", "rcu", progress=buf)
+    assert (shown.states, shown.kinds) == (quiet.states, quiet.kinds)
+    text = buf.getvalue()
+    assert "collapse-vs-fault/rcu:" in text and "states" in text
+    s2pt.explore("collapse-vs-fault", "rcu", progress=True)
+    err = capsys.readouterr().err
+    assert "collapse-vs-fault/rcu:" in err

@@ -600,8 +600,11 @@ def _diff(a, b) -> str:
 # ---------------------------------------------------------------------------
 
 class _Progress:
-    def __init__(self, enabled: bool, label: str):
-        self.on = enabled
+    def __init__(self, enabled, label: str):
+        # True: stderr; a stream (anything with .write): that stream, e.g.
+        # sys.stdout in a notebook, where stderr is shown as an error.
+        self.on = bool(enabled)
+        self.out = enabled if hasattr(enabled, "write") else None
         self.label = label
         self.t0 = time.perf_counter()
         self.last = self.t0
@@ -614,14 +617,16 @@ class _Progress:
             return
         self.last = now
         rate = states / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\r{self.label}: {states:,} states, depth {depth}, frontier "
-                         f"{queue:,}, {rate:,.0f} states/s ")
-        sys.stderr.flush()
+        out = self.out or sys.stderr
+        out.write(f"\r{self.label}: {states:,} states, depth {depth}, frontier "
+                  f"{queue:,}, {rate:,.0f} states/s ")
+        out.flush()
 
     def done(self):
         if self.on and self.last != self.t0:
-            sys.stderr.write("\r" + " " * 78 + "\r")
-            sys.stderr.flush()
+            out = self.out or sys.stderr
+            out.write("\r" + " " * 78 + "\r")
+            out.flush()
 
 
 def _preempts(i, last, enabled) -> int:
@@ -953,7 +958,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     (random/PCT schedules are minimised by delta debugging), replayed to a
     race diagram and a state log.
 
-    ``progress``: True prints a progress line on stderr; a callable is
+    ``progress``: True prints a progress line on stderr, a stream (e.g.
+    ``sys.stdout``, in a notebook) prints it there; a callable is
     called as ``progress(states, depth, frontier)`` every 1024 states of an
     exhaustive search.  ``cancel``: a callable asked as often; when it
     returns true the search stops and the Result says it is not complete
