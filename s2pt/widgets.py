@@ -927,7 +927,10 @@ class Interleave(W.VBox):
             for bt in (self.step_buttons[i], self.shared_buttons[i], self.run_buttons[i]):
                 if bt.disabled != off:
                     bt.disabled = off
-            self.step_buttons[i].tooltip = why or f"{w.actors[i].name}: {w.pending_text(i)}"
+            # The tooltip changes only with the reason (not with the next
+            # operation, which the column shows): one message less per step.
+            _set_attr(self.step_buttons[i], "tooltip",
+                      why or f"{w.actors[i].name} performs its next operation")
         rows = shared_state(self.rec)
         _set(self.shared, f'<div class="s2pt-trace">{shared_html(rows, self._prev_rows)}</div>')
         self._prev_rows = rows
@@ -965,8 +968,14 @@ class Interleave(W.VBox):
 
 
 def _set(widget, value: str) -> None:
-    if widget.value != value:
-        widget.value = value
+    """Change a widget's value only if it differs: an unchanged panel sends
+    nothing to the browser."""
+    _set_attr(widget, "value", value)
+
+
+def _set_attr(widget, name: str, value) -> None:
+    if getattr(widget, name) != value:
+        setattr(widget, name, value)
 
 
 def _css() -> str:
