@@ -20,9 +20,11 @@ here.
   unlinked and freed pages marked) and :func:`verdict` (one sentence).
 * :func:`trace_html` / :func:`write_html`: the whole run as one file with
   inline CSS, JavaScript and SVG -- no network, no fonts, no kernel -- with
-  Prev / Next / Play through the steps.  Each distinct panel is stored once
-  and tree pictures only when the tree changed, so a thousand-step
-  counterexample stays well under 2 MB.
+  Prev / Next / Play through the steps.  Each distinct piece of a panel is
+  stored once (tree pictures only when the tree changed), shared-state rows
+  as deltas (a step stores only the rows it changed), and the page rebuilds
+  each step's panels from them, so a thousand-step counterexample stays well
+  under 2 MB even when every step changes the shared state.
 
 Nothing here knows a scenario by name: actors, locks, TLBs and table pages
 are read off the World, so a scenario added later is shown the same way.
@@ -45,7 +47,8 @@ from .sim.search import format_schedule
 from .sim.world import World, stack_names
 
 __all__ = ["Recorder", "verdict", "cpus_html", "shared_html", "shared_state", "timeline_svg",
-           "tree_drawing", "tree_svg", "step_text", "trace_html", "write_html", "CSS"]
+           "tree_drawing", "tree_svg", "step_text", "event_html", "trace_html", "write_html",
+           "CSS"]
 
 #: Operations on one table entry (the entry a walker is at).
 _ENTRY_OPS = frozenset(n for n, k in OPS.items()
@@ -185,6 +188,29 @@ def step_text(world: World, ev) -> str:
     return f"{s} = {r}" if r else s
 
 
+def _event_parts(world: World, ev) -> tuple:
+    """(actor name, function, step text, the rest) of the event line, each
+    escaped HTML; the page stores them apart (the step text once, shared
+    with the CPU column) and joins them as :func:`event_html` does."""
+    rest = ""
+    if ev.note:
+        rest += f'<div class="note">→ {_esc(ev.note)}</div>'
+    for kind, msg in ev.violations:
+        rest += f'<div class="why">!! {_esc(kind)}: {_esc(msg)}</div>'
+    return (_esc(world.actors[ev.cpu].name), _esc(ev.function),
+            _esc(step_text(world, ev)), rest)
+
+
+def event_html(world: World, ev) -> str:
+    """The line saying what step ``ev`` did (``None``: before the first
+    step), with its note and any violation it raised."""
+    if ev is None:
+        return "before the first step"
+    name, fn, text, rest = _event_parts(world, ev)
+    # The page's JavaScript writes the same markup (EVENT in _JS).
+    return f"step {ev.index}: <b>{name}</b> in {fn}(): {text}{rest}"
+
+
 def cpu_state(world: World, i: int) -> dict:
     """What actor ``i``'s column shows: name, role, stack (kernel functions,
     outermost first), next operation, and why it cannot run (or None)."""
@@ -209,8 +235,8 @@ def cpu_parts(world: World, i: int, last=None) -> list:
     parts = [f'<div class="{cls}"><div class="cname">{_esc(c["name"])} '
              f'<span class="cid">CPU {i}</span></div>'
              f'<div class="role">{_esc(c["role"])}</div>']
-    if moved:
-        parts.append(f'<div class="last">step {last.index}: {_esc(step_text(world, last))}</div>')
+    if moved:                   # always parts[1]: the page rebuilds it (see trace_html)
+        parts.append(_last_html(last.index, _esc(step_text(world, last))))
     if c["finished"]:
         parts.append('<div class="state">finished</div></div>')
         return parts
@@ -222,6 +248,11 @@ def cpu_parts(world: World, i: int, last=None) -> list:
         parts.append(f'<div class="why">cannot run: {_esc(c["blocked"])}</div>')
     parts.append("</div>")
     return parts
+
+
+def _last_html(index: int, text: str) -> str:
+    # The page's JavaScript writes the same markup (LAST in _JS).
+    return f'<div class="last">step {index}: {text}</div>'
 
 
 def cpus_html(world: World, last=None) -> list:
@@ -336,13 +367,21 @@ def shared_html(rows: list, before: list | None = None) -> str:
     sec = None
     for key, section, label, value in rows:
         if section != sec:
-            out.append(f'<tr class="sec"><th colspan="2">{_esc(section)}</th></tr>')
+            out.append(_sec_html(section))
             sec = section
         changed = before is not None and old.get(key) != value
-        out.append(f'<tr{" class=chg" if changed else ""}><td>{_esc(label)}</td>'
-                   f'<td>{_esc(value)}</td></tr>')
+        out.append(f'<tr{" class=chg" if changed else ""}>{_cells_html(label, value)}</tr>')
     out.append("</table>")
     return "".join(out)
+
+
+# The page's JavaScript builds the same table from these pieces (SHARED in _JS).
+def _sec_html(section) -> str:
+    return f'<tr class="sec"><th colspan="2">{_esc(section)}</th></tr>'
+
+
+def _cells_html(label, value) -> str:
+    return f"<td>{_esc(label)}</td><td>{_esc(value)}</td>"
 
 
 # ---------------------------------------------------------------------------
@@ -597,11 +636,26 @@ const D=JSON.parse(document.getElementById('s2pt-data').textContent);
 const P=D.pool, S=D.steps, N=S.length-1;
 let k=0, timer=null;
 const $=id=>document.getElementById(id);
+// Shared state: undo the deltas once (see trace_html): per step, the row
+// ids in order, their cells, and the ids whose value changed.
+let cur={};
+const SH=S.map(s=>{ const hl={};
+  for(const [kid,c,h] of s[1][1]){ cur[kid]=c; if(h) hl[kid]=1; }
+  const order=P[s[1][0]].split(',').filter(x=>x!=='').map(Number);
+  const next={}; for(const kid of order) next[kid]=cur[kid]; cur=next;
+  return [order, order.map(kid=>cur[kid]), hl]; });
+function SHARED(i){ const [order,cells,hl]=SH[i]; let out='<table class="shared">', sec=null;
+  order.forEach((kid,j)=>{ if(D.keys[kid]!==sec){ sec=D.keys[kid]; out+=P[sec]; }
+    out+='<tr'+(hl[kid]?' class=chg':'')+'>'+P[cells[j]]+'</tr>'; });
+  return out+'</table>'; }
+function LAST(i,text){ return '<div class="last">step '+i+': '+text+'</div>'; }
+function EVENT(i,e){ if(typeof e==='number') return P[e];
+  return 'step '+i+': <b>'+D.names[e[0]]+'</b> in '+P[e[1]]+'(): '+P[e[2]]+P[e[3]]; }
 function show(i){
   k=Math.max(0,Math.min(N,i)); const s=S[k];
-  $('cols').innerHTML=s[0].map(c=>c.map(j=>P[j]).join('')).join('');
-  $('shared').innerHTML=P[s[1]]; $('tree').innerHTML=P[s[2]];
-  $('ev').innerHTML=P[s[3]];
+  $('cols').innerHTML=s[0].map(c=>c.map(j=>j<0?LAST(k-1,P[-1-j]):P[j]).join('')).join('');
+  $('shared').innerHTML=SHARED(k); $('tree').innerHTML=P[s[2]];
+  $('ev').innerHTML=EVENT(k-1,s[3]);
   $('pos').textContent='step '+k+' of '+N; $('slider').value=k;
   const b=$('banner'); b.className='banner '+P[s[4]].split('|')[0]; b.textContent=P[s[4]].slice(P[s[4]].indexOf('|')+1);
   const c=$('cursor'); const x=D.xs[Math.min(k,D.xs.length-1)];
@@ -653,24 +707,55 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
         return j
 
     prev_rows = None
+    # Shared-state rows are stored as deltas: each row key gets an id (and
+    # its section, once); a step stores the order of the ids (a pooled
+    # string: it rarely changes) and only the rows whose cells changed, with
+    # a flag when the value changed (highlighted).  A step that changes one
+    # row costs one small entry, however many rows there are.
+    keys: dict = {}
+    key_sec: list = []
+    prev_cells: dict | None = None
+
+    def shared_delta(rows):
+        nonlocal prev_cells
+        old = {k: v for k, _, _, v in prev_rows} if prev_rows is not None else None
+        order, changes, cells = [], [], {}
+        for key, section, label, value in rows:
+            kid = keys.get((key, section))
+            if kid is None:
+                kid = keys[(key, section)] = len(key_sec)
+                key_sec.append(ref(_sec_html(section)))
+            c = cells[kid] = ref(_cells_html(label, value))
+            order.append(kid)
+            hl = old is not None and old.get(key) != value
+            if prev_cells is None or prev_cells.get(kid) != c or hl:
+                changes.append([kid, c, 1] if hl else [kid, c])
+        prev_cells = cells
+        return [ref(",".join(map(str, order))), changes]
 
     def snap(ev):
         nonlocal prev_rows
         rows = shared_state(rec)
-        cols = [[ref(p) for p in cpu_parts(w, i, ev)] for i in range(w.n)]
-        shared = ref(shared_html(rows, prev_rows))
+        if ev is not None:
+            name, fn, text, rest = _event_parts(w, ev)
+        cols = []
+        for i in range(w.n):
+            parts = cpu_parts(w, i, ev)
+            refs = [ref(p) for p in parts]
+            if ev is not None and ev.cpu == i:      # the "last" line: its text is pooled
+                assert parts[1] == _last_html(ev.index, text)
+                refs[1] = -1 - ref(text)
+            cols.append(refs)
+        shared = shared_delta(rows)
         quiet = ev is not None and prev_rows is not None and rows == prev_rows
         prev_rows = rows
         if ev is None:
-            evt = "before the first step"
+            evt = ref(event_html(w, None))
         else:
-            evt = (f"step {ev.index}: <b>{_esc(w.actors[ev.cpu].name)}</b> in "
-                   f"{_esc(ev.function)}(): {_esc(step_text(w, ev))}")
-            if ev.note:
-                evt += f'<div class="note">→ {_esc(ev.note)}</div>'
-            for kind, msg in ev.violations:
-                evt += f'<div class="why">!! {_esc(kind)}: {_esc(msg)}</div>'
-        frames.append([cols, shared, ref(tree_svg(rec)), ref(evt),
+            assert ev.index == len(frames) - 1 and event_html(w, ev) == \
+                f"step {ev.index}: <b>{name}</b> in {fn}(): {text}{rest}"
+            evt = [ev.cpu, ref(fn), ref(text), ref(rest)]
+        frames.append([cols, shared, ref(tree_svg(rec)), evt,
                        ref(f"{_banner_class(w)}|{verdict(w)}"), 1 if quiet else 0])
 
     snap(None)
@@ -696,7 +781,8 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
     xs_px = [round(_LEFT + x * _WIDTH, 1) for x in xs]
     # The cursor sits on the step just taken (frame k = after k steps).
     cursor = [xs_px[0]] + [round((xs_px[k] + xs_px[k + 1]) / 2, 1) for k in range(len(w.events))]
-    data = {"pool": list(pool), "steps": frames, "xs": cursor}
+    data = {"pool": list(pool), "steps": frames, "xs": cursor, "keys": key_sec,
+            "names": [_esc(a.name) for a in w.actors]}
     name = getattr(w.scenario, "name", "?")
     scheme = getattr(w.scheme, "name", "?")
     sched_text = format_schedule(trimmed_schedule(rec))

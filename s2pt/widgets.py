@@ -914,7 +914,7 @@ class Interleave(W.VBox):
     # -- drawing -------------------------------------------------------------------------
     def redraw(self) -> None:
         """Redraw every panel from the World (only what changed is sent)."""
-        from .htmltrace import (cpus_html, shared_html, shared_state, step_text, timeline_svg,
+        from .htmltrace import (cpus_html, event_html, shared_html, shared_state, timeline_svg,
                                 tree_svg, verdict)
         t = time.perf_counter()
         w = self.world
@@ -939,14 +939,8 @@ class Interleave(W.VBox):
         cls = "bad" if w.violations else ("ok" if w.outcome == "done" else "run")
         _set(self.banner, f'<div class="s2pt-trace"><div class="banner {cls}">'
                           f'{_esc(verdict(w))}</div></div>')
-        if last is None:
-            ev = "before the first step"
-        else:
-            ev = (f"step {last.index}: <b>{_esc(w.actors[last.cpu].name)}</b> in "
-                  f"{_esc(last.function)}(): {_esc(step_text(w, last))}")
-            if last.note:
-                ev += f'<div class="note">→ {_esc(last.note)}</div>'
-        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{ev}</div></div>')
+        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{event_html(w, last)}'
+                         f'</div></div>')
         self.undo_button.disabled = not self.rec.schedule
         if self.loaded and self.rec.schedule == self.loaded[:len(self.rec.schedule)] \
                 and self.play.value != len(self.rec.schedule):

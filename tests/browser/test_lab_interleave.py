@@ -15,7 +15,7 @@ import time
 
 
 import s2pt
-from s2pt.htmltrace import write_html
+from s2pt.htmltrace import Recorder, cpus_html, event_html, shared_html, shared_state, write_html
 from s2pt.scenarios import SCENARIOS
 
 from test_lab import ACTIVE, WIDE, _notebook, _page, _run_all, _wait_idle
@@ -182,6 +182,27 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         page.click("#next")
         assert "step 1 of 1052" in page.inner_text("#pos")
         assert "step 0: vCPU1" in page.inner_text("#ev")
+        # The page rebuilds each step's panels from its deltas: they must be
+        # the widget's panels for that step (both normalised by the browser).
+        norm = "(h) => { const t = document.createElement('div'); t.innerHTML = h; return t.innerHTML; }"
+        rec = Recorder(s2pt.world("collapse-vs-fault", "none"))
+        before, highlighted = shared_state(rec), 0
+        for k in range(1053):
+            if k:
+                before = shared_state(rec)
+                rec.step(w.events[k - 1].cpu)
+            if k in (0, 1, 6, 7, 500, 1046, 1047, 1051, 1052):
+                page.evaluate(f"window.s2ptShow({k})")
+                last = rec.world.events[-1] if k else None
+                want = {"shared": shared_html(shared_state(rec), before if k else None),
+                        "cols": "".join(cpus_html(rec.world, last)),
+                        "ev": event_html(rec.world, last)}
+                for panel, html in want.items():
+                    got = page.evaluate(f"document.getElementById('{panel}').innerHTML")
+                    assert got == page.evaluate(norm, html), (k, panel)
+                highlighted += "chg" in want["shared"]
+        assert highlighted >= 3             # rows the step changed, marked in both
+        page.evaluate("window.s2ptShow(1)")
         page.select_option("#speed", "1")
         t = time.perf_counter()
         page.click("#play")
