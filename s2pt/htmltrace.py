@@ -34,6 +34,8 @@ pip-installed Graphviz), as every drawing in the course does.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import html as _html
 import json
 from pathlib import Path
@@ -389,9 +391,17 @@ def _cells_html(label, value) -> str:
 # ---------------------------------------------------------------------------
 
 def tree_drawing(rec: Recorder) -> Drawing:
-    """``pgt.draw`` with what the run has done marked: the table each
-    walker is about to access, LOCKED entries (and who locked them),
-    unlinked tables not yet freed, freed (and reused) pages."""
+    """``pgt.draw`` with what the run has done marked:
+
+    * per entry, each walker about to access it ("vCPU1 next: READ_ONCE";
+      the hardware walker's ``hw_read`` too), even in an unlinked or freed
+      page, where a stale walker is the story;
+    * LOCKED entries, and who locked them;
+    * unlinked tables not yet freed (drawn detached), freed pages (a grey
+      stub: who freed them and when), pages reused after a free;
+    * once a checker fires, the entry (or page) of the violating step, with
+      a ✖, its table drawn in red (``draw(alert=)``).
+    """
     w = rec.world
     pgt, mm, view = w.pgt, w.pgt.mm, w.view
     marks, tables = {}, {}
@@ -402,6 +412,9 @@ def tree_drawing(rec: Recorder) -> Drawing:
         text = f"{old_text}; {text}" if old_text else text
         tables[pa] = (text, level) if level is not None else text
 
+    def mark(ptep, text):
+        marks[ptep] = f"{marks[ptep]}; {text}" if ptep in marks else text
+
     try:
         reach = {p.pfn: lvl for p, lvl in reachable_tables(pgt)}
     except KernelBug:
@@ -409,39 +422,44 @@ def tree_drawing(rec: Recorder) -> Drawing:
     for pfn, (step, cpu, fn) in w.frees.items():
         page = mm.pages.get(pfn)
         if page is not None:
-            label(page.pa, f"freed at step {step} by {w.actors[cpu].name}"
-                  if page.freed else f"reused after its free at step {step}")
+            label(page.pa, f"freed at step {step} by {w.actors[cpu].name}" if page.freed else
+                  f"reused: allocated again after {w.actors[cpu].name} freed it at step {step}")
     for pfn, lvl in view.levels.items():
         page = mm.pages.get(pfn)
         if page is not None and not page.freed and pfn not in reach and pfn not in w.frees:
             label(page.pa, "unlinked, not freed yet", lvl)
-    for i in range(w.n):
+    for i in range(w.n if w.outcome is None else 0):     # a finished run has no "next"
         op = w.pending[i]
         if w.cpus[i] is None or op is None or op[0] not in _ENTRY_OPS:
             continue
-        pfn = op[1] >> mm.page_shift
-        page = mm.pages.get(pfn)
-        if page is None:
-            continue
-        lvl = view.levels.get(pfn)
-        label(page.pa, f"{w.actors[i].name} is here", lvl if pfn not in reach else None)
+        if op[1] >> mm.page_shift in mm.pages:
+            mark(op[1], f"{w.actors[i].name} next: {op_text(op, view).split('(')[0]}")
     for pfn in reach:
         page = mm.pages[pfn]
         hits = (page.table == KVM_INVALID_PTE_LOCKED).nonzero()[0]
         for idx in hits[:8].tolist():
             ptep = page.pa + idx * 8
             who = rec.locked_by.get(ptep)
-            marks[ptep] = "LOCKED" + (f" by {w.actors[who].name}" if who is not None else "")
-    # A level the drawing needs but nobody recorded: leave the page out.
-    for pa, v in list(tables.items()):
-        page = mm.pages.get(pa >> mm.page_shift)
-        if page is not None and not page.freed and (pa >> mm.page_shift) not in reach \
-                and not isinstance(v, tuple) and page.private is None:
-            del tables[pa]
+            mark(ptep, "LOCKED" + (f" by {w.actors[who].name}" if who is not None else ""))
+    alert = None
+    v = next((v for v in w.violations if v.step is not None and v.step < len(w.events)), None)
+    if v is not None:
+        op = w.events[v.step].op
+        what = f"{v.kind} at step {v.step}" + (f" ({v.actor})" if v.actor else "")
+        if op[0] in _ENTRY_OPS and op[1] >> mm.page_shift in mm.pages:
+            alert = op[1]
+            mark(alert, what)
+        else:
+            page = _victim_page(w, v)
+            if page is not None and page >> mm.page_shift in mm.pages:
+                alert = page
+                label(page, what)
     m = w.machine
     saved = (list(m.violations), m.cpu)
     try:
-        return pgt.draw(marks=marks, tables=tables, max_tables=8)
+        # bulk: runs of leaves are read straight from the pages, not one
+        # operation each through the machine (a drawing is no part of the run).
+        return pgt.draw(marks=marks, tables=tables, alert=alert, max_tables=8, bulk=True)
     finally:
         # Drawing walks the tables through the machine; nothing it reads
         # may count as a step of the run.
@@ -632,7 +650,19 @@ CSS = """
 
 _JS = r"""
 (function(){
-const D=JSON.parse(document.getElementById('s2pt-data').textContent);
+// The data is gzipped JSON in base64 (see trace_html), unpacked by the
+// browser's own DecompressionStream: nothing is fetched.
+const el=document.getElementById('s2pt-data');
+if(typeof DecompressionStream==='undefined'){
+  const b=document.getElementById('banner'); b.className='banner bad';
+  b.textContent='This browser cannot unpack the steps (it needs DecompressionStream: Chrome 80, '+
+    'Firefox 113, Safari 16.4 or later). The race diagram below is plain text.';
+  return;
+}
+const bin=Uint8Array.from(atob(el.textContent.trim()),c=>c.charCodeAt(0));
+new Response(new Blob([bin]).stream().pipeThrough(new DecompressionStream('gzip')))
+  .text().then(t=>start(JSON.parse(t)));
+function start(D){
 const P=D.pool, S=D.steps, N=S.length-1;
 let k=0, timer=null;
 const $=id=>document.getElementById(id);
@@ -674,6 +704,7 @@ $('speed').onchange=()=>{ if(timer){stop();play();} };
 document.addEventListener('keydown',e=>{ if(e.key==='ArrowRight'){stop();show(k+1)} if(e.key==='ArrowLeft'){stop();show(k-1)} });
 window.s2ptShow=show; window.s2ptStep=()=>k;
 show(0);
+}
 })();
 """
 
@@ -790,7 +821,7 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
     bugs = "".join(f" --bug {b}" for b in sorted(w.bugs))
     cmd = (f"python -m s2pt replay {name} --scheme {scheme}"
            + (f" --schedule '{sched_text}'" if sched_text else "") + bugs)
-    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    blob = page_data_pack(data)
     diagram = w.diagram()
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -807,6 +838,7 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
 <h3 style="margin:0">{_esc(name)} under {_esc(scheme)}{_esc(bugs)}</h3>
 <div class="role">{_esc(getattr(w.scenario, "summary", ""))}</div>
 <div class="ev">replay: <code>{_esc(cmd)}</code></div>
+<div class="ev">at the end: {_esc(verdict(w))}</div>
 <div id="banner" class="banner"></div>
 <div class="bar"><button id="first">|&lt;</button><button id="prev">&lt; Prev</button>
 <button id="next">Next &gt;</button><button id="last">&gt;|</button><button id="play">Play</button>
@@ -822,10 +854,29 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
 <div><h4>Tree</h4><div id="tree" class="tree"></div></div></div>
 <details><summary>Race diagram (plain text, for email)</summary><pre>{_esc(diagram)}</pre></details>
 </div>
-<script type="application/json" id="s2pt-data">{blob}</script>
+<script type="text/plain" id="s2pt-data">{blob}</script>
 <script>{_JS}</script>
 </body></html>
 """
+
+
+def page_data_pack(data) -> str:
+    """The page's data as gzipped JSON in base64.  A step that moves a walker
+    by one entry redraws the tree, so a thousand-step walk stores a thousand
+    tree pictures that differ in one row: gzip takes them (and everything
+    else repeated) from 4.6 MB to under 100 KB.  ``mtime=0``: the same run
+    gives the same bytes."""
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return base64.b64encode(gzip.compress(raw, 9, mtime=0)).decode("ascii")
+
+
+def page_data(text: str):
+    """The data of a page written by :func:`trace_html` (for tests and tools)."""
+    import re
+    m = re.search(r'<script type="text/plain" id="s2pt-data">([A-Za-z0-9+/=\s]*)</script>', text)
+    if m is None:
+        raise S2ptError("page_data: no s2pt trace data in this text")
+    return json.loads(gzip.decompress(base64.b64decode(m.group(1))))
 
 
 def trimmed_schedule(rec: Recorder) -> list:

@@ -213,6 +213,9 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
         assert "vCPU0 freed it at step 1046" in banner
         assert "freed (poisoned)" in page.inner_text("#tree")
+        # The violation's step: a ✖ on the entry in the tree, red in the timeline.
+        assert "✖ entry 1: ◀ use-after-free at step 1051 (vCPU1)" in page.inner_text("#tree")
+        assert page.locator("svg.timeline rect[fill='#d62728']").count() == 1
         assert page.locator("#tree svg").count() == 1
         assert asked == [] and errors == [], (asked, errors)
     except BaseException:
