@@ -450,7 +450,9 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
                             f"table page ({pgt.page_size // 1024}K aligned)")
     if alert is not None and (not isinstance(alert, int) or isinstance(alert, bool)
                               or alert & 7 or alert < 0):
-        raise S2ptError(f"draw: alert={alert!r} must be the physical address of an entry "
+        shown = f"{alert:#x}" if isinstance(alert, int) and not isinstance(alert, bool) \
+            and alert >= 0 else repr(alert)
+        raise S2ptError(f"draw: alert={shown} must be the physical address of an entry "
                         f"or a table page (an 8-byte aligned int)")
     path = translation_path(pgt, highlight) if highlight is not None else []
     if bulk is None:
