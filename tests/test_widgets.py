@@ -3,6 +3,7 @@ the boxes, and assertions on the model and on the HTML/SVG the widget shows."""
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -215,9 +216,29 @@ def test_builder_panel_slot_and_action_hooks():
     b = Builder(s2pt.Stage2())
     b.action_hooks.append(hook)
     b.add_panel("operations", W.HTML("ops"))
-    assert b.panels.titles == ("tree", "ptdump", "operations")
+    assert b.panels.titles == ("tree", "ptdump", "kernel operations", "operations")
     b.buttons["map"].click()
     assert [k for k, _ in seen] == ["enter", "exit"] and seen[0][1].startswith("pgt.map(")
+
+
+def test_builder_lists_the_kernel_operations_of_the_last_action():
+    pgt = s2pt.Stage2()
+    b = Builder(pgt, size=4096)
+    b.buttons["map"].click()
+    ops = b.ops.value
+    # What s2pt.trace records for the same call on a twin table.
+    twin = s2pt.Stage2()
+    want = str(s2pt.trace(twin.map, 0x4000_0000, 4096, 0x8_0000_0000, prot="RWX"))
+    body = want.split("\n", 1)[1]                   # the trace without its call line
+    shown = html.unescape(re.sub(r"</?pre[^>]*>", "", ops))
+    assert shown == "pgt.map(0x40000000, 0x1000, 0x800000000, prot='RWX')\n" + body
+    assert "stage2_make_pte()" in shown and "2 tables allocated" in shown
+    b.size.value = "1G"
+    b.ipa.value = "0x80000000"
+    b.pages_only.value = True
+    assert b.map()                                  # 262 144 pages: not traced
+    assert "not traced: it covers 1G" in b.ops.value
+    assert pgt.get_leaf(0x8000_0000)[1] == 3
 
 
 # ---------------------------------------------------------------------------
