@@ -21,7 +21,7 @@ does not interpret (nG, Contiguous, DBM, 63:59) are shown as "not decoded".
 
     pgt = s2pt.Stage2()
     s2pt.widgets.Builder(pgt)          # map, unmap, write-protect, split, collapse
-    s2pt.widgets.Builder(s2pt.VM())    # guest faults, dirty logging on/off
+    s2pt.widgets.Builder(s2pt.VM())    # guest faults, dirty logging on/off, unmap a memslot
 
 Each button runs one library call on the IPA / size / PA / prot in the
 boxes (the call is echoed, so you can paste it into a cell), then redraws
@@ -313,7 +313,8 @@ class Builder(W.VBox):
 
     The actions are methods too: :meth:`map`, :meth:`unmap`,
     :meth:`wrprotect`, :meth:`split`, :meth:`collapse` (a Stage2);
-    :meth:`fault`, :meth:`enable_logging`, :meth:`disable_logging` (a VM).
+    :meth:`fault`, :meth:`enable_logging`, :meth:`disable_logging`,
+    :meth:`unmap_memslot` (a VM).
     Each reads the boxes (``ipa``, ``size``, ``pa``, ``prot``), returns True
     if the library accepted it, and records the equivalent call in
     ``history``.  ``panels`` is a Tab: the tree, the ptdump, and the kernel
@@ -352,7 +353,8 @@ class Builder(W.VBox):
             actions = [("fault", "guest read", self.fault),
                        ("write_fault", "guest write", lambda: self.fault(write=True)),
                        ("log_on", "dirty logging on", self.enable_logging),
-                       ("log_off", "dirty logging off", self.disable_logging)]
+                       ("log_off", "dirty logging off", self.disable_logging),
+                       ("unmap_slot", "unmap memslot", self.unmap_memslot)]
             fields = [self.ipa]
         else:
             actions = [("map", "map", self.map), ("unmap", "unmap", self.unmap),
@@ -537,6 +539,11 @@ class Builder(W.VBox):
     def disable_logging(self) -> bool:
         """KVM_MEM_LOG_DIRTY_PAGES off for the memslot holding IPA."""
         return self._slot_call("disable_dirty_logging")
+
+    def unmap_memslot(self) -> bool:
+        """Unmap the whole memslot holding IPA (kvm_stage2_unmap_range): the
+        alternative to lazy collapse in notebook 04."""
+        return self._slot_call("unmap_memslot")
 
     # -- the views ----------------------------------------------------------------------
     def _stats(self) -> dict:

@@ -249,7 +249,7 @@ def test_builder_vm_faults_and_dirty_logging():
     vm = s2pt.VM()
     slot = vm.add_memslot(0x4000_0000, 1 << 30, backing="2M")
     b = Builder(vm)
-    assert set(b.buttons) == {"fault", "write_fault", "log_on", "log_off"}
+    assert set(b.buttons) == {"fault", "write_fault", "log_on", "log_off", "unmap_slot"}
     assert b.ipa.value == "0x40000000"
     b.buttons["write_fault"].click()
     assert "map (2M)" in b.message.value and "2M block RWX" in svg_of(b)
@@ -262,6 +262,11 @@ def test_builder_vm_faults_and_dirty_logging():
     assert "lazy splits 1" in b.counters.value
     b.buttons["log_off"].click()
     assert not slot.logging
+    b.buttons["unmap_slot"].click()                 # the whole slot: nothing left to translate
+    assert "vm.unmap_memslot(0)" in b.history and "not traced: it covers 1G" in b.ops.value
+    with pytest.raises(s2pt.Fault):
+        vm.pgt.translate(0x4000_0000)
+    assert vm.pgt.stats["tables_live"] == 0
     b.ipa.value = "0x1000"                          # outside every memslot
     assert not b.enable_logging() and "no memslot" in b.message.value
     b.buttons["fault"].click()                      # MMIO exit: a result, not an error
