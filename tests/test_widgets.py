@@ -306,3 +306,34 @@ def test_nothing_in_s2pt_imports_widgets():
              if p.name != "widgets.py"
              and re.search(r"^\s*(from|import)\s.*\bwidgets\b", p.read_text(), re.M)]
     assert users == []
+
+
+# ---------------------------------------------------------------------------
+# The course: every widget cell has a static fallback
+# ---------------------------------------------------------------------------
+
+def test_every_widget_cell_in_the_course_is_followed_by_a_static_fallback():
+    """Where widgets do not run (GitHub, nbconvert), the cell after a widget
+    must show the same thing as text or a drawing, without a widget."""
+    import ast
+    import json
+    from pathlib import Path
+
+    found = 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        code = [("".join(c["source"])) for c in json.loads(path.read_text())["cells"]
+                if c["cell_type"] == "code"]
+        for k, src in enumerate(code):
+            body = ast.parse(src).body
+            last = body[-1] if body else None
+            if not (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                    and ast.unparse(last.value.func).startswith("s2pt.widgets.")):
+                continue
+            found += 1
+            assert k + 1 < len(code), f"{path.name}: the last cell is a widget"
+            after = code[k + 1]
+            assert "s2pt.widgets" not in after, f"{path.name}: widget cell {k} has no fallback"
+            tail = ast.parse(after).body[-1]
+            assert "print(" in after or isinstance(tail, ast.Expr), \
+                f"{path.name}: the cell after widget cell {k} shows nothing"
+    assert found >= 5            # notebooks 02 (two), 03, 04 and 05
