@@ -150,7 +150,7 @@ def test_bad_input_is_a_message():
     assert "9 is not a CPU of this scenario (0..2)" in iw.message.value and iw.schedule == []
     assert not iw.play_to(3) and "load a schedule first" in iw.message.value
     with pytest.raises(s2pt.S2ptError, match="does not declare"):
-        Interleave("collapse-vs-fault", "hyp-lock")
+        Interleave("donate-vs-host-access", "rcu")      # pKVM declares only hyp-lock
 
 
 def test_shortest_counterexample_button_and_cancel():
