@@ -607,7 +607,8 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "") 
     # Step axis labels: the first, the last, and the violation.
     marks = {0, n - 1} | {v.step for v in w.violations if v.step is not None and v.step < n}
     for s in sorted(m for m in marks if 0 <= m < n):
-        out.append(f'<text x="{X(s):.1f}" y="{height - 4}" fill="#666">{s}</text>')
+        end = ' text-anchor="end"' if X(s) > _LEFT + _WIDTH - 30 else ""   # not cut at the edge
+        out.append(f'<text x="{X(s):.1f}" y="{height - 4}" fill="#666"{end}>{s}</text>')
     cx = X(cursor) if cursor is not None else X(n)
     out.append(f'<line {f"id={cursor_id!r} " if cursor_id else ""}x1="{cx:.1f}" y1="0" '
                f'x2="{cx:.1f}" y2="{nl * _LANE + 4}" stroke="#c00" stroke-width="1.5" '

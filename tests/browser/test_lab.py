@@ -141,7 +141,7 @@ def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip b
                f"() => document.querySelector('{ACTIVE} .s2pt-builder svg').textContent"
                ".includes('511x4K pages')", "Builder split")
         bld.locator(".lm-TabBar-tab:has-text('ptdump')").click()
-        assert "2M 3   R W x  AF" in bld.locator("pre").inner_text()     # 512 pages at level 3
+        assert "2M 3   R W x  AF" in bld.locator("pre").first.inner_text()   # ptdump: 512 pages, level 3
         # An error is a message; the table stays.
         bld.locator("input").first.fill("0x123")
         bld.locator("input").first.press("Enter")
