@@ -12,7 +12,7 @@ boring traversal interleaves with everything), so for them the comparison
 is made at a preemption bound of 1 (stash-old-pte: 2, because its
 RCU callback interleaves with the end of the fault).
 
-Targets (issue 4): each 2-vCPU scenario <= 10 s, the 3-vCPU
+Targets (issues 4 and 10): each 2-vCPU scenario <= 10 s, the 3-vCPU
 collapse-vs-fault <= 60 s, >= 100k states/s or 10k executions/s, peak
 memory <= 2 GiB.  The last line is one JSON object.
 """
@@ -30,7 +30,8 @@ from s2pt.explorer import explore
 
 #: scenario -> preemption bound for the unreduced comparison (None: unbounded)
 UNREDUCED_BOUND = {"collapse-vs-fault": 1, "collapse-vs-fault-3": 1, "stash-old-pte": 2,
-                   "collapse-vs-hw-walk": 1, "collapse-vs-hw-walk-no-tlbi": 1}
+                   "collapse-vs-hw-walk": 1, "collapse-vs-hw-walk-no-tlbi": 1,
+                   "unmap-vs-collapse": 1, "logging-mismatch": 1, "split-double-put": 1}
 UNREDUCED_BUDGET = 3_000_000        # executions
 #: Scenarios whose CPUs retry (a lost cmpxchg: the vCPU faults again): with no
 #: visited set the unreduced search follows the retry loop forever.

@@ -597,17 +597,25 @@ class VM:
         self._flush_memslot(s)
         self._split_huge_pages(s.gpa, s.gpa + s.size)
 
-    def disable_dirty_logging(self, slot) -> None:
-        """Clear KVM_MEM_LOG_DIRTY_PAGES (kvm_set_memslot: the new memslot
-        is published, then kvm_arch_commit_memory_region).  Mainline frees
-        only the split cache: blocks come back lazily, one guest fault at a
-        time.  The VM's locking may do more (``MmuLock.logging_off``: the
-        ``rwlock`` scheme unmaps the whole slot)."""
+    def disable_dirty_logging(self, slot, commit: bool = True) -> None:
+        """Clear KVM_MEM_LOG_DIRTY_PAGES.  kvm_set_memslot() publishes the
+        new memslot (kvm_swap_active_memslots, whose synchronize_srcu waits
+        for vCPUs still using the old one), then calls
+        kvm_arch_commit_memory_region().  Mainline's commit frees only the
+        split cache: blocks come back lazily, one guest fault at a time.
+        The VM's locking may do more there (``MmuLock.logging_off``: the
+        ``rwlock`` scheme unmaps the whole slot).
+
+        ``commit=False`` stops after publishing: the state in which a vCPU
+        that looks the memslot up already sees logging off while one that
+        looked it up before may still be in its fault handler (the
+        explorer's scenarios start there).  Nothing finishes it later."""
         s = self._slot(slot)
         s.logging = False
         s.dirty = None
-        run(self.locking.logging_off(self, s), self.pgt.machine)
-        self.split_page_cache.free_all()
+        if commit:
+            run(self.locking.logging_off(self, s), self.pgt.machine)
+            self.split_page_cache.free_all()
 
     def get_dirty_log(self, slot) -> np.ndarray:
         """KVM_GET_DIRTY_LOG: one bool per page of the slot, in order.

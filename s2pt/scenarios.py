@@ -144,14 +144,18 @@ def _logged_table(vm, slot, pages=3, aged=(2,)):
 
     Returns the memslot as it was while logging was on: memslots are
     replaced, not changed in place (kvm_set_memslot), so a vCPU that looked
-    the slot up before the change still sees logging on."""
+    the slot up before the change still sees logging on.  The scenarios
+    start while that vCPU may still be in its fault handler: the new
+    memslot is published, kvm_arch_commit_memory_region() has not run yet
+    (it waits for the old memslot's users), so a scheme's commit
+    (``rwlock``: unmap the slot) has not happened."""
     vm.enable_dirty_logging(slot)
     for k in range(pages):
         vm.access(slot.gpa + k * PAGE)
     for k in aged:
         vm.pgt.test_clear_young(slot.gpa + k * PAGE, PAGE)
     logging = _dc_replace(slot)
-    vm.disable_dirty_logging(slot)
+    vm.disable_dirty_logging(slot, commit=False)
     return logging
 
 
@@ -767,7 +771,7 @@ def build_logging_mismatch(scheme, bugs):
     vm.access(other.gpa, write=True)
     vm.enable_dirty_logging(slot)
     logging = _dc_replace(slot)       # the memslot as vCPU1 looked it up
-    vm.disable_dirty_logging(slot)
+    vm.disable_dirty_logging(slot, commit=False)      # as _logged_table
     last = IPA + BLOCK - PAGE
     faults = [_fault(vm, IPA, vcpu=0), _fault(vm, last, vcpu=1)]
     s = _setup(vm, scheme, bugs)
@@ -853,28 +857,18 @@ declare("write-lock", {
     "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
     "coalesce-vs-host-fault-no-tlbi")})
 
-_RWLOCK_UNMAPPED = ("under rwlock, turning dirty logging off unmapped the memslot "
-                    "(VM.disable_dirty_logging -> kvm_stage2_unmap_range), so the aged page "
-                    "this scenario gives to handle_access_fault is gone: the guest would take "
-                    "a translation fault, not an access-flag fault")
 declare("rwlock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
     "split-vs-fault": {}, "stash-old-pte": {},
     "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {},
     "map-vs-map": {},
     "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
                              "refcount": SOMETIMES, "warn": SOMETIMES},
-}, why_not={
-    "collapse-vs-fault": "under rwlock, turning dirty logging off unmapped the memslot "
-                         "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
-                         "table is left for vCPU0 to collapse.  The race that remains, a vCPU "
-                         "that sees logging off against one that still sees it on, is "
-                         "logging-mismatch, where rwlock's faults meet each other's tables",
-    "collapse-vs-fault-3": _RWLOCK_UNMAPPED, "unmap-vs-fault": _RWLOCK_UNMAPPED,
-    **{name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in the "
-       "model: coalescing (the host stage 2's only unlink) would go on the write side, host "
-       "faults and donations on the read side; see s2pt.schemes.RwlockScheme"
-       for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
-                    "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")}})
+}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in "
+            "the model: coalescing (the host stage 2's only unlink) would go on the write side, "
+            "host faults and donations on the read side; see s2pt.schemes.RwlockScheme"
+            for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                         "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
 
 declare("hyp-lock", {
     "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
@@ -888,9 +882,9 @@ mutation("no-rcu-read-lock/rcu", "rcu", "collapse-vs-fault", "use-after-free",
          "RCU whose shared walkers forget rcu_read_lock() (kvm_pgtable_walk_begin): the "
          "grace period does not wait for vCPU1, and the callback frees the table it walks",
          bugs=("no-rcu-read-lock",))
-mutation("collapse-under-read-lock/rwlock", "rwlock", "logging-mismatch", "use-after-free",
+mutation("collapse-under-read-lock/rwlock", "rwlock", "collapse-vs-fault", "use-after-free",
          "rwlock whose faults may replace a table by a block under the read lock: vCPU0 "
-         "frees, at once, the table vCPU1 has just installed and is walking",
+         "collapses the table dirty logging left and frees it at once while vCPU1 walks it",
          bugs=("collapse-under-read-lock",))
 mutation("f6a27d6dc51b/rcu", "rcu", "collapse-vs-fault", "leak",
          "f6a27d6dc51b reverted: kvm_pgtable_stage2_free_unlinked() does not drop the "

@@ -75,10 +75,10 @@ def test_every_cell_agrees_with_the_explorer_and_the_declarations(cmp):
 
 
 def test_undeclared_cells_say_why_the_explorer_refuses_them(cmp):
-    cell = cmp.cell("hyp-lock", "collapse-vs-fault")
+    cell = cmp.cell("none", "donate-vs-host-access")
     assert cell.status == "not-declared" and cell.why
     with pytest.raises(S2ptError) as e:
-        s2pt.explore("collapse-vs-fault", "hyp-lock")
+        s2pt.explore("donate-vs-host-access", "none")
     assert cell.why in str(e.value)
     assert cell.text() == f"not declared: {cell.why}" and cell.short() == "-"
     assert cmp.cell("rcu", "donate-vs-host-access").why in cmp.verdict_table()
@@ -200,7 +200,11 @@ def test_cost_cells(cmp):
     assert cell.grace_periods and "call_rcu" in cell.primitives
     assert not cmp.cost("none", 2).grace_periods
     assert "use-after-free" in cmp.cost("none", 2).found
-    assert not cmp.cost("hyp-lock", 2).supported       # not declared on the guest scenario
+    # hyp-lock on a guest ("what if KVM used pKVM's lock"): safe, every fault
+    # exclusive under one spinlock, no grace period.
+    hl = cmp.cost("hyp-lock", 2)
+    assert hl.supported and hl.safe and not hl.grace_periods
+    assert "spin_lock" in hl.primitives and "read_lock" not in hl.primitives
     assert C.scaled_scenario(3) is SCENARIOS["collapse-vs-fault-3"]
     assert C.scaled_scenario(2) is SCENARIOS["collapse-vs-fault"]
     four = C.scaled_scenario(4)
@@ -209,6 +213,10 @@ def test_cost_cells(cmp):
 
 def test_logging_off_refaults(monkeypatch):
     assert C.logging_off_refaults("rcu") == 0       # the read-only pages stay mapped
+    # rwlock unmaps the slot when logging goes off: one 2M refault per block.
+    assert C.logging_off_refaults("rwlock", blocks=2) == 2
+    assert C.logging_off_refaults("rwlock", blocks=3) == 3
+    assert C.logging_off_refaults("write-lock") == 0
     from s2pt.kvm import VM
 
     def unmap_everything(vm, slot):                 # what an unmap-everything scheme does

@@ -99,7 +99,10 @@ def _all_schedules_live(sc, scheme):
 
 CHEAP = ["collapse-vs-fault", "unmap-vs-fault", "split-vs-fault", "stash-old-pte",
          "collapse-vs-hw-walk", "collapse-vs-hw-walk-no-tlbi", "map-vs-map",
-         "map-vs-map-no-shared"]
+         "map-vs-map-no-shared", "unmap-vs-collapse"]
+#: Scenarios whose exhaustive search takes seconds per scheme (tens of
+#: thousands of states, a 512-entry table walked step by step).
+EXPENSIVE = {"collapse-vs-fault-3", "logging-mismatch", "split-double-put"}
 
 
 @pytest.mark.parametrize("name,scheme", [(n, s) for n in CHEAP for s in SCHEMES
@@ -115,6 +118,43 @@ def test_declared_outcomes_hold(name, scheme):
 def test_declared_outcomes_three_vcpus(scheme):
     r = explore("collapse-vs-fault-3", scheme, details=False)
     assert r.complete and r.check_declared() == []
+
+
+def _rest():
+    """Every declared (scenario, scheme) pair the two tests above leave out."""
+    for name, sc in SCENARIOS.items():
+        if name in CHEAP or name == "collapse-vs-fault-3":
+            continue
+        for scheme in sc.expect:
+            marks = [pytest.mark.slow] if name in EXPENSIVE else []
+            yield pytest.param(name, scheme, marks=marks, id=f"{name}-{scheme}")
+
+
+@pytest.mark.parametrize("name,scheme", list(_rest()))
+def test_every_other_declaration_holds_exhaustively(name, scheme):
+    """With the three tests above: every correct scheme x scenario pair the
+    registries hold passes its declaration, by an exhaustive search."""
+    r = explore(name, scheme, details=False)
+    assert r.complete
+    assert r.check_declared() == [], r.summary()
+
+
+def _mutations():
+    from s2pt.scenarios import MUTATIONS
+    for m in MUTATIONS.values():
+        marks = [pytest.mark.slow] if m.scenario in EXPENSIVE else []
+        yield pytest.param(m, marks=marks, id=m.name)
+
+
+@pytest.mark.parametrize("m", list(_mutations()))
+def test_every_mutation_is_caught_with_its_kind(m):
+    """Each deliberately broken variant in scenarios.MUTATIONS shows the
+    violation it declares, and the same scheme without the mutation's own
+    switches (the scenario's standing bugs kept) does not show it."""
+    r = explore(m.scenario, m.scheme, bugs=m.bugs, details=False)
+    assert m.kind in r.kinds, (m.name, r.summary())
+    clean = explore(m.scenario, m.scheme, details=False)
+    assert m.kind not in clean.kinds or m.bugs == SCENARIOS[m.scenario].bugs
 
 
 def test_every_scheme_is_declared_and_undeclared_ones_are_refused():
@@ -561,3 +601,113 @@ def test_incremental_stacks_equal_a_fresh_walk_of_the_chain():
                 want = stack_names(w.cpus[cpu])
                 ev = w.step(cpu)
                 assert ev.stack == want, (name, scheme, ev.index)
+
+
+# ---------------------------------------------------------------------------
+# write-lock, rwlock, hyp-lock on a guest; the historical bugs of issue 10
+# ---------------------------------------------------------------------------
+
+def _run_until(w, cpu, opname):
+    """Step ``cpu`` until its next operation is ``opname``; perform that too."""
+    for _ in range(200):
+        op = w.pending[cpu]
+        w.step(cpu)
+        if op[0] == opname:
+            return op
+    raise AssertionError(f"{w.name(cpu)} never reached {opname}")
+
+
+def test_write_lock_serialises_maps_and_lets_only_the_relax_read():
+    """Before 6.2 (write-lock): the collapsing fault takes mmu_lock for
+    write, and while it holds it the relax_perms fault (a write permission
+    fault on a logging memslot at PAGE_SIZE: use_read_lock) waits for the
+    read side; the collapse's walk is exclusive, so it stores with plain
+    WRITE_ONCE, never cmpxchg."""
+    w = s2pt.world("collapse-vs-fault", "write-lock")
+    assert _run_until(w, 0, "write_lock") == ("write_lock", "kvm->mmu_lock")
+    assert w.pending[1][0] != "read_lock"
+    _run_until_pending(w, 1, "read_lock")
+    assert "held for write" in w.blocked(1)
+    w.run()
+    assert w.outcome == "done" and not w.violations
+    ops0 = [e.op[0] for e in w.events if e.cpu == 0]
+    assert "cmpxchg" not in ops0 and "WRITE_ONCE" in ops0
+    assert "rcu_read_lock" not in {e.op[0] for e in w.events}
+    ops1 = [e.op for e in w.events if e.cpu == 1]
+    assert ("read_lock", "kvm->mmu_lock") in ops1
+    # A second map fault also waits: the 3-vCPU scenario's mkyoung
+    # (handle_access_fault took write_lock before 6.2) cannot run beside it.
+    w = s2pt.world("collapse-vs-fault-3", "write-lock")
+    _run_until(w, 0, "write_lock")
+    _run_until_pending(w, 2, "write_lock")
+    assert w.blocked(2) == "waits for kvm->mmu_lock, held by CPU 0"
+
+
+def _run_until_pending(w, cpu, opname):
+    for _ in range(200):
+        if w.pending[cpu][0] == opname:
+            return
+        w.step(cpu)
+    raise AssertionError(f"{w.name(cpu)} never reached {opname}")
+
+
+def test_rwlock_faults_never_unlink_and_the_mutation_does():
+    """rwlock: vCPU0's 2M fault meets the level-3 table dirty logging left
+    and maps inside it instead (no TABLE_PRE break of the table entry, no
+    free); with the NO_COLLAPSE flag taken away it collapses under the read
+    lock and frees the table at once: the use-after-free of 'none'."""
+    r = explore("collapse-vs-fault", "rwlock")
+    assert r.complete and not r.found
+    w = replay("collapse-vs-fault", "rwlock", "")
+    l2 = next(pfn << w.pgt.page_shift for pfn, lvl in w.view.levels.items() if lvl == 2)
+    writes = [e for e in w.events if e.op[0] in ("cmpxchg", "WRITE_ONCE", "smp_store_release")]
+    assert writes and all(not (l2 <= e.op[1] < l2 + PAGE) for e in writes)
+    assert not any(e.op[0] in ("free_page", "call_rcu") for e in w.events)
+    bad = explore("collapse-vs-fault", "rwlock", bugs=["collapse-under-read-lock"])
+    assert "use-after-free" in bad.kinds
+    assert bad.found["use-after-free"].violation.actor == "vCPU1"
+
+
+def test_logging_mismatch_pa_counter_maps_the_table_a_block_off():
+    """1f0f4a2ef7a5 reverted: vCPU0 installs its block (its PA advances by
+    2M), vCPU1 replaces the block with a table, vCPU0 reloads, descends and
+    maps the table's pages 2M past where they belong.  Behind the write
+    lock the same revert is harmless ("This arrangement worked fine when we
+    handled faults behind the write lock")."""
+    r = explore("logging-mismatch", "rcu", bugs=["1f0f4a2ef7a5"])
+    f = r.found["lost-update"]
+    w = replay("logging-mismatch", "rcu", f.schedule, bugs=["1f0f4a2ef7a5"])
+    slot = w.setup.subject.memslots[0]
+    assert w.pgt.translate(IPA_).pa == slot.pa + (2 << 20)      # one block off
+    ok = replay("logging-mismatch", "rcu", f.schedule)
+    assert ok.outcome == "done" and not ok.violations
+    assert ok.pgt.translate(IPA_).pa == slot.pa
+    assert not explore("logging-mismatch", "write-lock", bugs=["1f0f4a2ef7a5"]).found
+
+
+IPA_ = 1 << 30
+
+
+def test_split_double_put_frees_the_unused_subtree_root_twice():
+    """c60d847be7b8 reverted: the split that loses its break (vCPU1's
+    mkyoung changed the block first) frees its new table with
+    kvm_pgtable_stage2_free_unlinked(), which drops the root's last
+    reference since f6a27d6dc51b, and then puts it once more."""
+    r = explore("split-double-put", "rcu", bugs=["c60d847be7b8"])
+    f = r.found["double-free"]
+    v = f.violation
+    assert v.actor == "split" and v.function == "stage2_split_walker"
+    w = replay("split-double-put", "rcu", f.schedule, bugs=["c60d847be7b8"])
+    lost = [e for e in w.events if e.cpu == 0 and e.op[0] == "cmpxchg"]
+    assert lost and lost[-1].result != lost[-1].op[2]        # the break was lost
+    # With the fix, the same schedule runs clean.
+    ok = replay("split-double-put", "rcu", f.schedule[:-1])
+    assert not ok.violations
+
+
+def test_forgetting_rcu_read_lock_lets_the_callback_free_under_a_walker():
+    w = replay("collapse-vs-fault", "rcu", "", bugs=["no-rcu-read-lock"])
+    assert not any(e.op[0] == "rcu_read_lock" for e in w.events)
+    r = explore("collapse-vs-fault", "rcu", bugs=["no-rcu-read-lock"])
+    v = r.found["use-after-free"].violation
+    assert v.actor == "vCPU1" and "rcu" in v.explanation

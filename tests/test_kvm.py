@@ -482,3 +482,77 @@ def test_touch_write_every_writes_one_access_in_n():
     for bad in (0, -1, 1.5):
         with pytest.raises(s2pt.S2ptError, match="write_every"):
             vm.touch(BASE, 4 * KiB, write_every=bad)
+
+
+# ---------------------------------------------------------------------------
+# The schemes as a VM's locking (s2pt.schemes)
+# ---------------------------------------------------------------------------
+
+def _logged_vm(scheme, blocks=2):
+    from s2pt.schemes import get_scheme
+    sch = get_scheme(scheme)
+    vm = VM(locking=sch, mm_ops=sch.mm_ops())
+    slot = vm.add_memslot(BASE, blocks * 2 * MiB, backing="2M")
+    vm.touch(BASE, slot.size, write=True, stride=2 * MiB)
+    vm.enable_dirty_logging(slot)
+    vm.touch(BASE, slot.size, write=True, stride=64 * KiB)   # lazy splits: L3 tables
+    return vm, slot
+
+
+def test_rwlock_turning_logging_off_unmaps_the_slot_and_blocks_fault_back():
+    """rwlock: disable_dirty_logging unmaps the memslot under the write lock
+    (kvm_stage2_unmap_range): nothing in it translates, every level-3 table
+    is freed, and each 2M block comes back with one guest fault."""
+    vm, slot = _logged_vm("rwlock")
+    other = vm.add_memslot(BASE + slot.size, 4 * KiB, backing="4K")
+    vm.access(other.gpa, write=True)
+    tables = vm.stats["tables_live"]
+    assert tables >= 2 + 1                   # two L3 tables in the slot, the L2 table
+    vm.disable_dirty_logging(slot)
+    for ipa in range(BASE, BASE + slot.size, 4 * KiB):
+        assert isinstance(vm.translate(ipa), s2pt.Fault)
+    assert vm.translate(other.gpa).pa        # outside the slot: untouched
+    assert vm.stats["tables_live"] == tables - 2
+    before = vm.counters["faults"]
+    vm.touch(BASE, slot.size, stride=4 * KiB)
+    assert vm.counters["faults"] - before == 2
+    assert all(r.level == 2 for r in leaves_in(vm, slot))       # ptdump merges the blocks
+    assert [vm.translate(BASE + k * 2 * MiB).level for k in range(2)] == [2, 2]
+    assert vm.check() == []
+
+
+@pytest.mark.parametrize("scheme", ["rcu", "none", "write-lock", "hyp-lock"])
+def test_other_schemes_leave_the_pages_for_lazy_collapse(scheme):
+    vm, slot = _logged_vm(scheme)
+    leaves = leaves_in(vm, slot)
+    vm.disable_dirty_logging(slot)
+    assert leaves_in(vm, slot) == leaves and all(r.level == 3 for r in leaves)
+    vm.touch(BASE + 4 * KiB, slot.size, write=True, stride=2 * MiB)   # collapse by fault
+    assert all(r.level == 2 for r in leaves_in(vm, slot))       # ptdump merges the blocks
+    assert [vm.translate(BASE + k * 2 * MiB).level for k in range(2)] == [2, 2]
+    assert vm.check() == []
+
+
+def test_disable_logging_without_commit_publishes_only_the_memslot():
+    """commit=False: the new memslot (logging off) is visible, the table and
+    the split cache are as logging left them (kvm_arch_commit_memory_region,
+    where rwlock would unmap, has not run)."""
+    vm, slot = _logged_vm("rwlock")
+    vm.split_page_cache.topup(2)
+    leaves = leaves_in(vm, slot)
+    vm.disable_dirty_logging(slot, commit=False)
+    assert not slot.logging and leaves_in(vm, slot) == leaves
+    assert vm.split_page_cache.nobjs == 2
+
+
+def test_rwlock_fault_maps_inside_a_table_instead_of_collapsing():
+    """With the slot's tables still there (before the commit's unmap), an
+    rwlock fault that wants 2M maps at the table's level: the level-3
+    table stays, no table is freed."""
+    vm, slot = _logged_vm("rwlock", blocks=1)
+    vm.disable_dirty_logging(slot, commit=False)
+    freed = vm.stats["tables_freed"]
+    vm.fault(BASE + 12 * KiB, write=True)            # unmapped page in the table: 2M wanted
+    assert vm.stats["tables_freed"] == freed
+    assert vm.translate(BASE + 12 * KiB).level == 3
+    assert all(r.level == 3 for r in leaves_in(vm, slot))
