@@ -32,7 +32,7 @@ from s2pt.explorer import explore
 UNREDUCED_BOUND = {"collapse-vs-fault": 1, "collapse-vs-fault-3": 1, "stash-old-pte": 2,
                    "collapse-vs-hw-walk": 1, "collapse-vs-hw-walk-no-tlbi": 1,
                    "collapse-vs-map": 1, "unmap-vs-collapse": 1, "logging-mismatch": 1,
-                   "split-double-put": 1}
+                   "split-double-put": 1, "aba-table-reuse": 1}
 UNREDUCED_BUDGET = 3_000_000        # executions
 #: Scenarios whose CPUs retry (a lost cmpxchg: the vCPU faults again): with no
 #: visited set the unreduced search follows the retry loop forever.

@@ -42,7 +42,11 @@ one row per entry -- or per run of entries, because a table has 512 (4K),
   label in their header; an *unlinked* subtree (e.g. waiting for its RCU
   grace period) is drawn as a detached node, and a *freed* page as a grey
   stub.  For an unlinked page the level comes from ``page->private`` (set
-  by stage2_free_unlinked_table) or from a ``(label, level)`` value.
+  by stage2_free_unlinked_table) or from a ``(label, level)`` value.  A
+  freed page's stub lists the marks on its entries ("entry 1: vCPU1 next:
+  READ_ONCE"): a stale walker's position stays visible.
+* ``alert=pa`` is where a checker fired: an entry (its row gets a ✖) or a
+  table page; that table is always drawn, in red.
 
 The picture is built by one ``TABLE_PRE | LEAF`` visitor on the one walker
 (with a numpy bulk function for runs of leaves), and rendered by
@@ -118,7 +122,7 @@ class TableNode:
 
 
 class DrawState:
-    def __init__(self, pgt, fold, max_tables, max_children, path, marks, tables):
+    def __init__(self, pgt, fold, max_tables, max_children, path, marks, tables, alert=None):
         self.pgt = pgt
         self.fold = fold
         self.max_tables = max_tables
@@ -128,10 +132,13 @@ class DrawState:
         self.marks = marks                    # ptep -> label
         self.specials = sorted(self.path_pteps | set(marks))
         self.table_labels = tables            # pa -> label
+        self.alert = alert                    # entry or table page where a checker fired
+        self.alert_page = None if alert is None else alert & ~(pgt.page_size - 1)
         # Tables drawn whenever their parent is: the path, labelled tables,
         # and the tables holding marked entries.
         self.forced = ({p[2] & pgt.addr_mask for p in path[:-1]} | set(tables)
-                       | {m & ~(pgt.page_size - 1) for m in marks})
+                       | {m & ~(pgt.page_size - 1) for m in marks}
+                       | ({self.alert_page} if alert is not None else set()))
         self.forced -= {page.pa for page in pgt.pgd_pages}
         self.nodes: dict[int, TableNode] = {}
         self.drawn = 0                        # non-root, non-forced tables drawn
@@ -386,10 +393,15 @@ def _node_dot(pgt, node: TableNode, st: DrawState, on_path: bool) -> str:
         text = _row_text(pgt, node, row)
         if row.ptep in st.path_pteps:
             text = "▶ " + text
+        if st.alert is not None and row.ptep == st.alert and row.count == 1:
+            text = "✖ " + text
         fields.append(f"<{row.port}> {_rec(text)}\\l")
     attrs = [f'label="{"|".join(fields)}"']
     styles = []
-    if on_path:
+    if node.pa == st.alert_page:
+        attrs.append(f'color="{PATH_EDGE}", penwidth=2.5, fillcolor="{FAULT_FILL}"')
+        styles.append("filled")
+    elif on_path:
         attrs.append(f'color="{PATH_EDGE}", penwidth=2, fillcolor="{PATH_FILL}"')
         styles.append("filled")
     elif node.label:
@@ -408,7 +420,8 @@ def _dot_str(s: str) -> str:
 
 def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int = 12,
          max_children: int = 4, *, max_rows: int = 24, marks: dict | None = None,
-         tables: dict | None = None, bulk: bool | None = None) -> Drawing:
+         tables: dict | None = None, alert: int | None = None,
+         bulk: bool | None = None) -> Drawing:
     """A Graphviz drawing of the table tree (an :class:`s2pt.render.Drawing`).
 
     ``highlight``: an IPA whose translation path is coloured.  ``fold``:
@@ -417,7 +430,8 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
     path or named in ``marks``/``tables`` are always drawn).  ``max_rows``: how
     many rows a table node keeps before the rest fold into one row.
     ``marks={ptep: label}`` and ``tables={pa: label or (label, level)}``
-    annotate entries and table pages (see the module docstring).
+    annotate entries and table pages; ``alert`` is the entry or table page
+    where a checker fired, drawn in red (see the module docstring).
     """
     check_pgt(pgt, "draw")
     for name, v in (("max_tables", max_tables), ("max_children", max_children),
@@ -434,12 +448,19 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
         if not isinstance(k, int) or k & (pgt.page_size - 1):
             raise S2ptError(f"draw: tables key {k!r} must be the physical address of a "
                             f"table page ({pgt.page_size // 1024}K aligned)")
+    if alert is not None and (not isinstance(alert, int) or isinstance(alert, bool)
+                              or alert & 7 or alert < 0):
+        shown = f"{alert:#x}" if isinstance(alert, int) and not isinstance(alert, bool) \
+            and alert >= 0 else repr(alert)
+        raise S2ptError(f"draw: alert={shown} must be the physical address of an entry "
+                        f"or a table page (an 8-byte aligned int)")
     path = translation_path(pgt, highlight) if highlight is not None else []
     if bulk is None:
         bulk = not pgt.machine.watched
     st = DrawState(pgt, bool(fold), max_tables, max_children, path, marks,
-                   {k: (v[0] if isinstance(v, tuple) else v) for k, v in tables.items()})
-    if marks or tables:
+                   {k: (v[0] if isinstance(v, tuple) else v) for k, v in tables.items()},
+                   alert)
+    if marks or tables or alert is not None:
         # A table that must be drawn needs its ancestors drawn too.
         parents = table_parents(pgt, bool(bulk))
         for pa in list(st.forced):
@@ -570,7 +591,14 @@ def _dot(pgt, st: DrawState, highlight, stubs) -> str:
     for pa, why in stubs:
         label = st.table_labels.get(pa)
         text = f"table page PA {pa:#x}\n{why}" + (f"\n◀ {label}" if label else "")
-        out.append(f'  t{pa:x} [shape=box, style="filled,dashed", fillcolor="#dddddd", '
+        # Its entries cannot be drawn (reading them is the bug); their marks can.
+        for ptep in sorted(m for m in st.marks if m & ~(pgt.page_size - 1) == pa):
+            cross = "✖ " if ptep == st.alert else ""
+            text += f"\n{cross}entry {(ptep - pa) >> 3}: ◀ {st.marks[ptep]}"
+        red = pa == st.alert_page
+        out.append(f'  t{pa:x} [shape=box, style="filled,dashed", '
+                   f'fillcolor="{FAULT_FILL if red else "#dddddd"}"'
+                   f'{f", color={_dot_str(PATH_EDGE)}, penwidth=2.5" if red else ""}, '
                    f'label={_dot_str(text)}];')
 
     more_ids = {}

@@ -1132,16 +1132,14 @@ declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
     "logging-mismatch": {},
 }), why_not=_REFCOUNT_WHY_NOT)
 
-# The schemes of schemes-a's block, on aba-table-reuse: under write-lock and
-# hyp-lock the collapse excludes the relax_perms walk, so the page is reused
-# only once no walker holds its pointer.
+# The other schemes on aba-table-reuse: under write-lock and hyp-lock the
+# collapse excludes the relax_perms walk, so the page is reused only once no
+# walker holds its pointer.
 declare("write-lock", {"aba-table-reuse": {}})
 declare("hyp-lock", {"aba-table-reuse": {}})
-declare("rwlock", {}, why_not={
-    "aba-table-reuse": "under rwlock, turning dirty logging off unmapped the memslot "
-                       "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
-                       "table is left for vCPU0 to collapse, so none is freed and reused; "
-                       "no fault unlinks a table under rwlock"})
+# Under rwlock vCPU0's fault maps inside the table instead of collapsing it
+# (no fault unlinks a table on the read side), so nothing is freed or reused.
+declare("rwlock", {"aba-table-reuse": {}})
 
 mutation("no-revalidate/refcount", "refcount", "aba-table-reuse", "lost-update",
          "refcount without revalidation: the walker takes its reference after reading the "

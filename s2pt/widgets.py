@@ -21,12 +21,13 @@ does not interpret (nG, Contiguous, DBM, 63:59) are shown as "not decoded".
 
     pgt = s2pt.Stage2()
     s2pt.widgets.Builder(pgt)          # map, unmap, write-protect, split, collapse
-    s2pt.widgets.Builder(s2pt.VM())    # guest faults, dirty logging on/off
+    s2pt.widgets.Builder(s2pt.VM())    # guest faults, dirty logging on/off, unmap a memslot
 
 Each button runs one library call on the IPA / size / PA / prot in the
 boxes (the call is echoed, so you can paste it into a cell), then redraws
 the tree (``pgt.draw``), the ``ptdump`` and the counters (table pages, TLBIs)
-with what the action changed.  Bad input or a refused operation
+with what the action changed, and lists the kernel operations the action
+performed (``s2pt.trace``) under its kernel functions.  Bad input or a refused operation
 (:class:`s2pt.S2ptError`) is shown as a message; the table is unchanged.
 
 Both keep their logic in plain methods (``set_value``, ``toggle``, ``html``;
@@ -51,6 +52,7 @@ from .errors import Fault, S2ptError
 from .geometry import GRANULES, size_str
 from .kvm import VM
 from .ops import run
+from .trace import trace
 from . import pgtable as pt
 
 __all__ = ["Decoder", "Builder", "Interleave", "parse_number"]
@@ -311,13 +313,15 @@ class Builder(W.VBox):
 
     The actions are methods too: :meth:`map`, :meth:`unmap`,
     :meth:`wrprotect`, :meth:`split`, :meth:`collapse` (a Stage2);
-    :meth:`fault`, :meth:`enable_logging`, :meth:`disable_logging` (a VM).
+    :meth:`fault`, :meth:`enable_logging`, :meth:`disable_logging`,
+    :meth:`unmap_memslot` (a VM).
     Each reads the boxes (``ipa``, ``size``, ``pa``, ``prot``), returns True
     if the library accepted it, and records the equivalent call in
-    ``history``.  ``panels`` is a Tab (tree, ptdump); :meth:`add_panel` adds
-    one, e.g. the kernel operations of the last action from s2pt.trace;
-    ``action_hooks`` holds context-manager factories ``hook(builder, name)``
-    entered around every action, so such a panel can record it.
+    ``history``.  ``panels`` is a Tab: the tree, the ptdump, and the kernel
+    operations of the last action (``s2pt.trace``, for actions over at most
+    ``TRACE_LIMIT`` bytes); :meth:`add_panel` adds one, and ``action_hooks``
+    holds context-manager factories ``hook(builder, name)`` entered around
+    every action, so such a panel can record it.
     """
 
     def __init__(self, target, ipa=0x4000_0000, size=2 << 20, pa=0x8_0000_0000,
@@ -349,7 +353,8 @@ class Builder(W.VBox):
             actions = [("fault", "guest read", self.fault),
                        ("write_fault", "guest write", lambda: self.fault(write=True)),
                        ("log_on", "dirty logging on", self.enable_logging),
-                       ("log_off", "dirty logging off", self.disable_logging)]
+                       ("log_off", "dirty logging off", self.disable_logging),
+                       ("unmap_slot", "unmap memslot", self.unmap_memslot)]
             fields = [self.ipa]
         else:
             actions = [("map", "map", self.map), ("unmap", "unmap", self.unmap),
@@ -366,7 +371,9 @@ class Builder(W.VBox):
         self.counters = W.HTML()
         self.tree = W.HTML()
         self.dump = W.HTML()
-        self.panels = W.Tab([self.tree, self.dump], titles=("tree", "ptdump"))
+        self.ops = W.HTML('<pre style="font-size: 11px">(no action yet)</pre>')
+        self.panels = W.Tab([self.tree, self.dump, self.ops],
+                            titles=("tree", "ptdump", "kernel operations"))
         super().__init__([W.Box(fields, layout=W.Layout(flex_flow="row wrap")),
                           W.Box(list(self.buttons.values()),
                                 layout=W.Layout(flex_flow="row wrap")),
@@ -389,33 +396,55 @@ class Builder(W.VBox):
         return self._ipa(), parse_number(self.size.value, "size")
 
     # -- running one action ---------------------------------------------------------
-    def _act(self, call: str, fn) -> bool:
+    def _act(self, call: str, fn, span: int | None = None) -> bool:
         """Run fn() (one library call, shown as ``call``); show its result or
-        its S2ptError / Fault; redraw."""
+        its S2ptError / Fault, and its kernel operations (s2pt.trace) when it
+        covers at most TRACE_LIMIT bytes (``span``; None: one fault); redraw."""
         self._before = self._stats()
+        traced = span is None or span <= self.TRACE_LIMIT
+        t = None
         try:
             with ExitStack() as stack:
                 for hook in self.action_hooks:
                     stack.enter_context(hook(self, call))
+                if traced:
+                    t = stack.enter_context(trace(self.vm if self.vm else self.pgt))
                 result = fn()
         except (S2ptError, Fault) as e:
             self.message.value = _msg(f"{call}\n✗ {e}", False)
+            self._show_ops(call, t, span)
             self.redraw()
             return False
         self.history.append(call)
         self.message.value = _msg(f"{call}" + (f"\n→ {result}" if result else ""), True)
+        self._show_ops(call, t, span)
         self.redraw()
         return True
 
+    #: Actions over larger ranges are not traced: while s2pt.trace watches, the
+    #: walker visits every entry one operation at a time (about 25 ms per MiB
+    #: of pages), and the list would be long.
+    TRACE_LIMIT = 16 << 20
+
+    def _show_ops(self, call, t, span):
+        if t is None:
+            text = (f"{call}\n(not traced: it covers {size_str(span)}; s2pt.trace walks "
+                    f"entry by entry, so the builder traces actions up to "
+                    f"{size_str(self.TRACE_LIMIT)})")
+        else:
+            text = f"{call}\n{t}"
+        self.ops.value = (f'<pre style="max-height: 24em; overflow: auto; font-size: 11px">'
+                          f'{_esc(text)}</pre>')
+
     def _guarded(self, build):
-        """build() reads the boxes and returns (call text, fn); a parse error
-        is shown like a refused operation."""
+        """build() reads the boxes and returns (call text, fn[, span]); a
+        parse error is shown like a refused operation."""
         try:
-            call, fn = build()
+            call, fn, *span = build()
         except S2ptError as e:
             self.message.value = _msg(f"✗ {e}", False)
             return False
-        return self._act(call, fn)
+        return self._act(call, fn, *span)
 
     def map(self) -> bool:
         """kvm_pgtable_stage2_map over [IPA, IPA+size) -> PA, with prot."""
@@ -425,14 +454,14 @@ class Builder(W.VBox):
             prot, fp = self.prot.value, self.pages_only.value
             extra = ", force_pte=True" if fp else ""
             return (f"pgt.map({ipa:#x}, {size:#x}, {pa:#x}, prot={prot!r}{extra})",
-                    lambda: self.pgt.map(ipa, size, pa, prot=prot, force_pte=fp))
+                    lambda: self.pgt.map(ipa, size, pa, prot=prot, force_pte=fp), size)
         return self._guarded(build)
 
     def unmap(self) -> bool:
         """kvm_pgtable_stage2_unmap over [IPA, IPA+size)."""
         def build():
             ipa, size = self._range()
-            return f"pgt.unmap({ipa:#x}, {size:#x})", lambda: self.pgt.unmap(ipa, size)
+            return f"pgt.unmap({ipa:#x}, {size:#x})", lambda: self.pgt.unmap(ipa, size), size
         return self._guarded(build)
 
     def wrprotect(self) -> bool:
@@ -445,7 +474,7 @@ class Builder(W.VBox):
                 self.pgt.wrprotect(ipa, size)
                 self.pgt.flush_tlb(ipa, size)
             return (f"pgt.wrprotect({ipa:#x}, {size:#x}); pgt.flush_tlb({ipa:#x}, {size:#x})",
-                    go)
+                    go, size)
         return self._guarded(build)
 
     def split(self) -> bool:
@@ -466,7 +495,7 @@ class Builder(W.VBox):
                 finally:
                     mc.free_all()
                 pgt._expect_ok(ret, "kvm_pgtable_stage2_split")
-            return f"kvm_pgtable_stage2_split(pgt, {ipa:#x}, {size:#x}, mc)", go
+            return f"kvm_pgtable_stage2_split(pgt, {ipa:#x}, {size:#x}, mc)", go, size
         return self._guarded(build)
 
     def collapse(self) -> bool:
@@ -483,7 +512,7 @@ class Builder(W.VBox):
                                 f"({f.kind} fault, level {f.level})") from None
             return (f"pgt.map({ipa:#x}, {size:#x}, {t.pa:#x}, prot={t.prot!r}, "
                     f"memattr={t.memattr!r})",
-                    lambda: self.pgt.map(ipa, size, t.pa, prot=t.prot, memattr=t.memattr))
+                    lambda: self.pgt.map(ipa, size, t.pa, prot=t.prot, memattr=t.memattr), size)
         return self._guarded(build)
 
     def fault(self, write: bool = False) -> bool:
@@ -500,7 +529,7 @@ class Builder(W.VBox):
             slot = self.vm.memslot_for(ipa)
             if slot is None:
                 raise S2ptError(f"IPA {ipa:#x} is in no memslot: dirty logging is per memslot")
-            return (f"vm.{method}({slot.id})", lambda: getattr(self.vm, method)(slot))
+            return (f"vm.{method}({slot.id})", lambda: getattr(self.vm, method)(slot), slot.size)
         return self._guarded(build)
 
     def enable_logging(self) -> bool:
@@ -510,6 +539,11 @@ class Builder(W.VBox):
     def disable_logging(self) -> bool:
         """KVM_MEM_LOG_DIRTY_PAGES off for the memslot holding IPA."""
         return self._slot_call("disable_dirty_logging")
+
+    def unmap_memslot(self) -> bool:
+        """Unmap the whole memslot holding IPA (kvm_stage2_unmap_range): the
+        alternative to lazy collapse in notebook 04."""
+        return self._slot_call("unmap_memslot")
 
     # -- the views ----------------------------------------------------------------------
     def _stats(self) -> dict:
@@ -914,7 +948,7 @@ class Interleave(W.VBox):
     # -- drawing -------------------------------------------------------------------------
     def redraw(self) -> None:
         """Redraw every panel from the World (only what changed is sent)."""
-        from .htmltrace import (cpus_html, shared_html, shared_state, step_text, timeline_svg,
+        from .htmltrace import (cpus_html, event_html, shared_html, shared_state, timeline_svg,
                                 tree_svg, verdict)
         t = time.perf_counter()
         w = self.world
@@ -927,7 +961,10 @@ class Interleave(W.VBox):
             for bt in (self.step_buttons[i], self.shared_buttons[i], self.run_buttons[i]):
                 if bt.disabled != off:
                     bt.disabled = off
-            self.step_buttons[i].tooltip = why or f"{w.actors[i].name}: {w.pending_text(i)}"
+            # The tooltip changes only with the reason (not with the next
+            # operation, which the column shows): one message less per step.
+            _set_attr(self.step_buttons[i], "tooltip",
+                      why or f"{w.actors[i].name} performs its next operation")
         rows = shared_state(self.rec)
         _set(self.shared, f'<div class="s2pt-trace">{shared_html(rows, self._prev_rows)}</div>')
         self._prev_rows = rows
@@ -936,14 +973,8 @@ class Interleave(W.VBox):
         cls = "bad" if w.violations else ("ok" if w.outcome == "done" else "run")
         _set(self.banner, f'<div class="s2pt-trace"><div class="banner {cls}">'
                           f'{_esc(verdict(w))}</div></div>')
-        if last is None:
-            ev = "before the first step"
-        else:
-            ev = (f"step {last.index}: <b>{_esc(w.actors[last.cpu].name)}</b> in "
-                  f"{_esc(last.function)}(): {_esc(step_text(w, last))}")
-            if last.note:
-                ev += f'<div class="note">→ {_esc(last.note)}</div>'
-        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{ev}</div></div>')
+        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{event_html(w, last)}'
+                         f'</div></div>')
         self.undo_button.disabled = not self.rec.schedule
         if self.loaded and self.rec.schedule == self.loaded[:len(self.rec.schedule)] \
                 and self.play.value != len(self.rec.schedule):
@@ -965,8 +996,14 @@ class Interleave(W.VBox):
 
 
 def _set(widget, value: str) -> None:
-    if widget.value != value:
-        widget.value = value
+    """Change a widget's value only if it differs: an unchanged panel sends
+    nothing to the browser."""
+    _set_attr(widget, "value", value)
+
+
+def _set_attr(widget, name: str, value) -> None:
+    if getattr(widget, name) != value:
+        setattr(widget, name, value)
 
 
 def _css() -> str:

@@ -452,6 +452,23 @@ def test_draw_unlinked_and_freed_tables():
     assert q.mm.page_of(gone).freed
     src = draw(q, tables={gone: "freed by collapse"}).source
     assert "freed (poisoned)" in src and "◀ freed by collapse" in src
+    # A mark on an entry of the freed page shows in its stub; alert= marks
+    # that entry with a cross and draws the page red.
+    src = draw(q, marks={gone + 8: "stale walker"}, alert=gone + 8).source
+    stub = next(line for line in src.splitlines() if line.startswith(f"  t{gone:x} "))
+    assert "✖ entry 1: ◀ stale walker" in stub and 'fillcolor="#f8c8c8"' in stub
+
+
+def test_draw_alert_marks_the_entry_and_its_table(small4k):
+    small4k.map(0x4000_0000, 8 * KiB, 0x8_0000_0000)
+    l3 = table_pa(small4k, table_pa(small4k, small4k.pgd + 8 * 1))
+    plain = draw(small4k).source
+    assert "✖" not in plain and "#f8c8c8" not in plain
+    src = draw(small4k, marks={l3 + 8: "here"}, alert=l3 + 8).source
+    node = next(line for line in src.splitlines() if line.startswith(f"  t{l3:x} "))
+    assert "<e1> ✖ entry 1: 4K page" in node and "◀ here" in node
+    assert 'fillcolor="#f8c8c8"' in node
+    assert sum('fillcolor="#f8c8c8"' in line for line in src.splitlines()) == 1
 
 
 def test_draw_bad_input(small4k):
@@ -461,6 +478,8 @@ def test_draw_bad_input(small4k):
         draw(small4k, marks={0x1003: "x"})
     with pytest.raises(s2pt.S2ptError, match="tables key"):
         draw(small4k, tables={0x1008: "x"})
+    with pytest.raises(s2pt.S2ptError, match="alert=0x1003"):
+        draw(small4k, alert=0x1003)
 
 
 def test_stage2_methods_use_the_views(small4k):

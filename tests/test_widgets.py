@@ -3,6 +3,7 @@ the boxes, and assertions on the model and on the HTML/SVG the widget shows."""
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 import sys
@@ -215,9 +216,29 @@ def test_builder_panel_slot_and_action_hooks():
     b = Builder(s2pt.Stage2())
     b.action_hooks.append(hook)
     b.add_panel("operations", W.HTML("ops"))
-    assert b.panels.titles == ("tree", "ptdump", "operations")
+    assert b.panels.titles == ("tree", "ptdump", "kernel operations", "operations")
     b.buttons["map"].click()
     assert [k for k, _ in seen] == ["enter", "exit"] and seen[0][1].startswith("pgt.map(")
+
+
+def test_builder_lists_the_kernel_operations_of_the_last_action():
+    pgt = s2pt.Stage2()
+    b = Builder(pgt, size=4096)
+    b.buttons["map"].click()
+    ops = b.ops.value
+    # What s2pt.trace records for the same call on a twin table.
+    twin = s2pt.Stage2()
+    want = str(s2pt.trace(twin.map, 0x4000_0000, 4096, 0x8_0000_0000, prot="RWX"))
+    body = want.split("\n", 1)[1]                   # the trace without its call line
+    shown = html.unescape(re.sub(r"</?pre[^>]*>", "", ops))
+    assert shown == "pgt.map(0x40000000, 0x1000, 0x800000000, prot='RWX')\n" + body
+    assert "stage2_make_pte()" in shown and "2 tables allocated" in shown
+    b.size.value = "1G"
+    b.ipa.value = "0x80000000"
+    b.pages_only.value = True
+    assert b.map()                                  # 262 144 pages: not traced
+    assert "not traced: it covers 1G" in b.ops.value
+    assert pgt.get_leaf(0x8000_0000)[1] == 3
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +249,7 @@ def test_builder_vm_faults_and_dirty_logging():
     vm = s2pt.VM()
     slot = vm.add_memslot(0x4000_0000, 1 << 30, backing="2M")
     b = Builder(vm)
-    assert set(b.buttons) == {"fault", "write_fault", "log_on", "log_off"}
+    assert set(b.buttons) == {"fault", "write_fault", "log_on", "log_off", "unmap_slot"}
     assert b.ipa.value == "0x40000000"
     b.buttons["write_fault"].click()
     assert "map (2M)" in b.message.value and "2M block RWX" in svg_of(b)
@@ -241,6 +262,11 @@ def test_builder_vm_faults_and_dirty_logging():
     assert "lazy splits 1" in b.counters.value
     b.buttons["log_off"].click()
     assert not slot.logging
+    b.buttons["unmap_slot"].click()                 # the whole slot: nothing left to translate
+    assert "vm.unmap_memslot(0)" in b.history and "not traced: it covers 1G" in b.ops.value
+    with pytest.raises(s2pt.Fault):
+        vm.pgt.translate(0x4000_0000)
+    assert vm.pgt.stats["tables_live"] == 0
     b.ipa.value = "0x1000"                          # outside every memslot
     assert not b.enable_logging() and "no memslot" in b.message.value
     b.buttons["fault"].click()                      # MMIO exit: a result, not an error
@@ -280,3 +306,34 @@ def test_nothing_in_s2pt_imports_widgets():
              if p.name != "widgets.py"
              and re.search(r"^\s*(from|import)\s.*\bwidgets\b", p.read_text(), re.M)]
     assert users == []
+
+
+# ---------------------------------------------------------------------------
+# The course: every widget cell has a static fallback
+# ---------------------------------------------------------------------------
+
+def test_every_widget_cell_in_the_course_is_followed_by_a_static_fallback():
+    """Where widgets do not run (GitHub, nbconvert), the cell after a widget
+    must show the same thing as text or a drawing, without a widget."""
+    import ast
+    import json
+    from pathlib import Path
+
+    found = 0
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        code = [("".join(c["source"])) for c in json.loads(path.read_text())["cells"]
+                if c["cell_type"] == "code"]
+        for k, src in enumerate(code):
+            body = ast.parse(src).body
+            last = body[-1] if body else None
+            if not (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                    and ast.unparse(last.value.func).startswith("s2pt.widgets.")):
+                continue
+            found += 1
+            assert k + 1 < len(code), f"{path.name}: the last cell is a widget"
+            after = code[k + 1]
+            assert "s2pt.widgets" not in after, f"{path.name}: widget cell {k} has no fallback"
+            tail = ast.parse(after).body[-1]
+            assert "print(" in after or isinstance(tail, ast.Expr), \
+                f"{path.name}: the cell after widget cell {k} shows nothing"
+    assert found >= 5            # notebooks 02 (two), 03, 04 and 05

@@ -1,6 +1,6 @@
 """The widgets in a real JupyterLab: they display, a click redraws, nothing
 is wider than its column.  Click-to-redraw times are printed (run with -s to
-see them), not asserted beyond a 10 s sanity bound."""
+see them), not asserted (a redraw that never comes times out after 10 s)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,6 @@ def _timed(page, click, done, what):
     page.wait_for_function(done, timeout=10_000)
     dt = time.perf_counter() - t
     print(f"\nclick-to-redraw, {what}: {dt * 1000:.0f} ms")
-    assert dt < 10, f"{what} took {dt:.1f} s to redraw"
     return dt
 
 
@@ -142,7 +141,7 @@ def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip b
                f"() => document.querySelector('{ACTIVE} .s2pt-builder svg').textContent"
                ".includes('511x4K pages')", "Builder split")
         bld.locator(".lm-TabBar-tab:has-text('ptdump')").click()
-        assert "2M 3   R W x  AF" in bld.locator("pre").inner_text()     # 512 pages at level 3
+        assert "2M 3   R W x  AF" in bld.locator("pre").first.inner_text()   # ptdump: 512 pages, level 3
         # An error is a message; the table stays.
         bld.locator("input").first.fill("0x123")
         bld.locator("input").first.press("Enter")

@@ -1,10 +1,11 @@
 """The Interleave widget in a real JupyterLab, and the HTML trace in the same
 headless Chromium with the network blocked.
 
-Click-to-redraw times of Step clicks are measured for every shipped
-scenario and printed (run with -s); the target is 100 ms, asserted on the
-median with headroom for a loaded machine.  With S2PT_UPDATE_SCREENSHOT=1 the
-widget's screenshot is written to docs/interleave.png (for the README)."""
+Click-to-redraw times of Step clicks are measured in the page for every
+shipped scenario and printed (run with -s; S2PT_TIMING_DETAIL=1 adds the time
+of each DOM change on the way); the target is 100 ms, measured, not asserted.
+With S2PT_UPDATE_SCREENSHOT=1 the widget's screenshot is written to
+docs/interleave.png (for the README)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,40 @@ import time
 
 
 import s2pt
-from s2pt.htmltrace import write_html
+from s2pt.htmltrace import Recorder, cpus_html, event_html, shared_html, shared_state, write_html
 from s2pt.scenarios import SCENARIOS
 
 from test_lab import ACTIVE, WIDE, _notebook, _page, _run_all, _wait_idle
 from conftest import REPO
 
 UAF = "1*5 0"
+CLICKS = 7
+#: JS: click a button of widget k (its first enabled Step button unless
+#: ``sel`` says which), in the page, and time it from the click to the frame
+#: after the widget's event line changes (the event line is the last panel a
+#: redraw sends, so every panel is then drawn).  ``marks`` are the times of
+#: the widget's DOM changes on the way.  Timing in the page leaves out
+#: playwright's own round trips (its actionability checks add 30-40 ms).
+CLICK_TO_REDRAW = f"""([k, sel]) => new Promise((resolve, reject) => {{
+  const w = document.querySelectorAll('{ACTIVE} .s2pt-interleave')[k];
+  const btn = w.querySelector(sel || "button[class*='s2pt-step-']:not([disabled])");
+  const before = w.querySelector('.ev').innerText;
+  const marks = [];
+  let t0 = 0;
+  const obs = new MutationObserver(() => {{
+    marks.push(Math.round(performance.now() - t0));
+    const e = w.querySelector('.ev');
+    if (e && e.innerText !== before) {{
+      obs.disconnect();
+      requestAnimationFrame(() => setTimeout(() => resolve(
+        {{done: performance.now() - t0, marks: marks, ev: e.innerText}}), 0));
+    }}
+  }});
+  obs.observe(w, {{subtree: true, childList: true, characterData: true, attributes: true}});
+  setTimeout(() => {{ obs.disconnect(); reject('no redraw in 10 s'); }}, 10000);
+  t0 = performance.now();
+  btn.click();
+}})"""
 #: One widget per scenario, under its first declared scheme.
 CASES = [(name, next(iter(sc.expect))) for name, sc in SCENARIOS.items()]
 
@@ -32,6 +60,15 @@ def _shot(page, shots, name):
         print(f"\nscreenshot of the failure: {path}")
     except Exception:
         pass
+
+
+def _click(page, k, sel=""):
+    """Click a button of widget k (see CLICK_TO_REDRAW); returns the
+    click-to-redraw time in seconds and the new event line."""
+    r = page.evaluate(CLICK_TO_REDRAW, [k, sel])
+    if os.environ.get("S2PT_TIMING_DETAIL"):
+        print(f"  widget {k}: {r['done']:.0f} ms, DOM changes at {r['marks']} ms")
+    return r["done"] / 1000, r["ev"]
 
 
 def _ev_is(k, n):
@@ -66,10 +103,9 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         assert "no RCU callback queued" in uaf.inner_text()
         times = []
         for k in range(5):
-            t = time.perf_counter()
-            uaf.locator("button.s2pt-step-1").click()
-            page.wait_for_function(_ev_is(0, k), timeout=10_000)
-            times.append(time.perf_counter() - t)
+            t, ev = _click(page, 0, "button.s2pt-step-1")
+            assert ev.startswith(f"step {k}: vCPU1"), ev
+            times.append(t)
         assert "next: READ_ONCE(L3[1])" in uaf.inner_text()
         uaf.locator("button.s2pt-run-0").click()
         page.wait_for_function(_ev_is(0, 1050), timeout=20_000)     # vCPU0's last step
@@ -78,7 +114,7 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         banner = uaf.locator(".banner.bad").inner_text()
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
         assert uaf.locator("button.s2pt-step-1").is_disabled()       # the run is over
-        print("\nclick-to-redraw, collapse-vs-fault/none Step: "
+        print("\nclick-to-redraw, collapse-vs-fault/none, vCPU1's Step by hand: "
               + ", ".join(f"{t * 1000:.0f}" for t in times) + " ms")
         no = page.locator(".jp-toast-button:has-text('No')")      # the news toast
         if no.count():
@@ -94,26 +130,22 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
 
         page.set_viewport_size({"width": 1100, "height": 1000})
 
-        # 2. Every scenario: three Step clicks on whoever can run, timed.
+        # 2. Every scenario: Step clicks on whoever can run, timed in the page.
         medians = {}
         for j, (name, scheme) in enumerate(CASES, start=1):
             w = widgets.nth(j)
             w.scroll_into_view_if_needed()
             ts = []
-            for k in range(3):
-                before = w.locator(".ev").inner_text()
-                btn = w.locator("button[class*='s2pt-step-']:not([disabled])").first
-                t = time.perf_counter()
-                btn.click()
-                page.wait_for_function(_ev_is(j, k), timeout=10_000)
-                ts.append(time.perf_counter() - t)
-                assert w.locator(".ev").inner_text() != before
+            for k in range(CLICKS):
+                t, ev = _click(page, j)
+                assert ev.startswith(f"step {k}:"), ev
+                ts.append(t)
             medians[f"{name}/{scheme}"] = statistics.median(ts)
-            print(f"click-to-redraw, {name}/{scheme}: "
-                  + ", ".join(f"{t * 1000:.0f}" for t in ts) + " ms")
-        overall = statistics.median(times + [m for m in medians.values()])
-        print(f"click-to-redraw, median over all: {overall * 1000:.0f} ms (target 100 ms)")
-        assert overall < 0.5, medians
+            print(f"click-to-redraw, {name}/{scheme}: median {medians[f'{name}/{scheme}'] * 1000:.0f} ms ("
+                  + ", ".join(f"{t * 1000:.0f}" for t in ts) + ")")
+        overall = statistics.median(medians.values())
+        print(f"click-to-redraw, median of the scenarios' medians: {overall * 1000:.0f} ms, "
+              f"slowest scenario {max(medians.values()) * 1000:.0f} ms (target 100 ms)")
 
         page.wait_for_timeout(300)
         wide = page.evaluate(WIDE, ACTIVE)
@@ -150,6 +182,27 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         page.click("#next")
         assert "step 1 of 1052" in page.inner_text("#pos")
         assert "step 0: vCPU1" in page.inner_text("#ev")
+        # The page rebuilds each step's panels from its deltas: they must be
+        # the widget's panels for that step (both normalised by the browser).
+        norm = "(h) => { const t = document.createElement('div'); t.innerHTML = h; return t.innerHTML; }"
+        rec = Recorder(s2pt.world("collapse-vs-fault", "none"))
+        before, highlighted = shared_state(rec), 0
+        for k in range(1053):
+            if k:
+                before = shared_state(rec)
+                rec.step(w.events[k - 1].cpu)
+            if k in (0, 1, 6, 7, 500, 1046, 1047, 1051, 1052):
+                page.evaluate(f"window.s2ptShow({k})")
+                last = rec.world.events[-1] if k else None
+                want = {"shared": shared_html(shared_state(rec), before if k else None),
+                        "cols": "".join(cpus_html(rec.world, last)),
+                        "ev": event_html(rec.world, last)}
+                for panel, html in want.items():
+                    got = page.evaluate(f"document.getElementById('{panel}').innerHTML")
+                    assert got == page.evaluate(norm, html), (k, panel)
+                highlighted += "chg" in want["shared"]
+        assert highlighted >= 3             # rows the step changed, marked in both
+        page.evaluate("window.s2ptShow(1)")
         page.select_option("#speed", "1")
         t = time.perf_counter()
         page.click("#play")
@@ -160,6 +213,9 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
         assert "vCPU0 freed it at step 1046" in banner
         assert "freed (poisoned)" in page.inner_text("#tree")
+        # The violation's step: a ✖ on the entry in the tree, red in the timeline.
+        assert "✖ entry 1: ◀ use-after-free at step 1051 (vCPU1)" in page.inner_text("#tree")
+        assert page.locator("svg.timeline rect[fill='#d62728']").count() == 1
         assert page.locator("#tree svg").count() == 1
         assert asked == [] and errors == [], (asked, errors)
     except BaseException:
