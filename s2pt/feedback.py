@@ -33,7 +33,7 @@ from __future__ import annotations
 from .errors import Fault, S2ptError
 
 __all__ = ["Wrong", "TAUGHT", "taught", "show", "expect", "check", "explain_pa",
-           "explain_trail", "check_walk", "check_bbm"]
+           "explain_trail", "check_walk", "check_bbm", "FAULT_RULES", "ACCESS"]
 
 
 class Wrong(AssertionError):
@@ -210,7 +210,10 @@ def explain_trail(got, want, pgd_pages: int = 1) -> str | None:
     return None
 
 
-_FAULT_RULES = {
+#: how a message names an access
+ACCESS = {"read": "a read", "write": "a write", "exec": "an instruction fetch"}
+
+FAULT_RULES = {
     "translation": ("bit 0 clear is a translation fault; so is a level-3 descriptor with "
                     "bit 1 clear (the reserved encoding)", ("01", 6)),
     "access": ("a leaf with AF (bit 10) clear gives an access flag fault (no FEAT_HAFDBS), "
@@ -247,7 +250,7 @@ def check_walk(walk, pgt, ipa: int, access: str = "read", view=None):
     except Fault as f:
         want = (f.kind, f.level)
         leaf_level = f.level
-    what = f"the walk of a {access} at IPA {ipa:#x} ({g.granule // 1024}K granule, {g.ipa_bits}-bit IPA)"
+    what = f"the walk of {ACCESS.get(access, repr(access))} at IPA {ipa:#x} ({g.granule // 1024}K granule, {g.ipa_bits}-bit IPA)"
     why = explain_trail(list(trail), want_trail, g.pgd_pages)
     if why:
         raise Wrong(_message(f"{what}: the trail", why, [("01", 3), ("01", 5)],
@@ -260,7 +263,7 @@ def check_walk(walk, pgt, ipa: int, access: str = "read", view=None):
                 else f"this access translates; you reported a fault {show(outcome)}")
         raise Wrong(_message(f"{what}: the PA", rule, ("01", 5), outcome, want))
     kind = want[0]
-    rule, where = _FAULT_RULES[kind]
+    rule, where = FAULT_RULES[kind]
     last = want_trail[-1][3]
     if kind == "translation":
         rule = ("a level-3 descriptor with bit 1 clear is the reserved encoding: a translation "
