@@ -88,22 +88,30 @@ def taught(where) -> str:
 
 def show(value, decimal: bool = False) -> str:
     """Render a value for a message: integers >= 10 in hex (unless ``decimal``),
-    recursively inside tuples, lists, sets and dicts; everything else by repr."""
+    recursively inside tuples, lists, sets and dicts; a string as it is at
+    the top level (a description such as 'a TLBI'), quoted inside a
+    container; everything else by repr."""
     if isinstance(value, bool) or value is None:
         return repr(value)
+    if isinstance(value, str):
+        return value
     if isinstance(value, int):
         return str(value) if decimal or 0 <= value < 10 else hex(value)
     if isinstance(value, tuple):
-        inner = ", ".join(show(v, decimal) for v in value)
+        inner = ", ".join(_inner(v, decimal) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
     if isinstance(value, list):
-        return "[" + ", ".join(show(v, decimal) for v in value) + "]"
+        return "[" + ", ".join(_inner(v, decimal) for v in value) + "]"
     if isinstance(value, (set, frozenset)):
-        return "{" + ", ".join(sorted(show(v, decimal) for v in value)) + "}"
+        return "{" + ", ".join(sorted(_inner(v, decimal) for v in value)) + "}"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{show(k, decimal)}: {show(v, decimal)}"
+        return "{" + ", ".join(f"{_inner(k, decimal)}: {_inner(v, decimal)}"
                                for k, v in value.items()) + "}"
     return repr(value)
+
+
+def _inner(value, decimal: bool) -> str:
+    return repr(value) if isinstance(value, str) else show(value, decimal)
 
 
 _MISSING = object()
