@@ -130,11 +130,14 @@ def _message(what, rule, where, got=_MISSING, want=_MISSING, decimal=False) -> s
     return "\n".join(lines)
 
 
-def expect(got, want, what: str, rule: str, where, decimal: bool = False):
-    """Return ``got`` if it equals ``want``; otherwise raise :class:`Wrong`
-    with both values, the rule and where it is taught."""
+def expect(got, want, what: str, rule: str, where, decimal: bool = False) -> None:
+    """Raise :class:`Wrong` with both values, the rule and where it is taught,
+    unless ``got`` equals ``want`` (a bool never equals an int).
+
+    Returns None, so that a grade cell ending in ``expect(...)`` displays
+    nothing: nbgrader would read a displayed number as partial credit."""
     if got == want and isinstance(got, bool) == isinstance(want, bool):
-        return got
+        return
     raise Wrong(_message(what, rule, where, got, want, decimal))
 
 
