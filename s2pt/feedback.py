@@ -170,6 +170,9 @@ def explain_pa(got: int, want: int, ipa: int, level: int, size: int) -> str:
     if got >> k == want >> k:
         # Same output address: the offset is wrong.  How many low bits match?
         low = got & (size - 1)
+        if low == 0 and ipa & (size - 1):
+            return (f"{through}; your PA is the {kind}'s output address alone: add the offset "
+                    f"IPA{_bits(k - 1)} = {ipa & (size - 1):#x}")
         # The offset a common mistake takes: a granule's or a level's, else the fewest bits.
         usual = [12, 14, 16, 21, 25, 29, 30, 36, 39, 42]
         for m in [m for m in usual if m < k] + list(range(1, k)):
