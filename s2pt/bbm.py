@@ -174,14 +174,14 @@ class BbmChecker(Stateful):
     # -- observing operations ----------------------------------------------
     def before(self, op):
         name = op[0]
-        if name in ("WRITE_ONCE", "smp_store_release", "cmpxchg"):
+        if name in ("WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg"):
             page = self.pgt.mm.pages.get(op[1] >> self.pgt.page_shift)
             self._old = None if page is None or page.freed else page.table.item(
                 (op[1] & (self.pgt.page_size - 1)) >> 3)
 
     def after(self, op, result):
         name = op[0]
-        if name in ("WRITE_ONCE", "smp_store_release"):
+        if name in ("WRITE_ONCE", "smp_store_release", "xchg"):
             self._store(op[1], self._old, op[2])
         elif name == "cmpxchg":
             if result == op[2]:

@@ -56,6 +56,7 @@ from . import scenarios as _scenarios
 from .errors import S2ptError
 from .explorer import explore, replay, world as _world
 from .invariants import leaves as _leaves
+from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
@@ -272,6 +273,7 @@ class RunCosts:
     retained_mean: float = 0.0
     grace: list = field(default_factory=list)
     unfreed: int = 0
+    bbm_window: int = 0
 
     @property
     def atomics(self) -> int:
@@ -317,6 +319,8 @@ class RunCosts:
             "xchg_per_fault": self.per_fault(self.ops.get("xchg", 0)),
             "refcount_per_fault": self.per_fault(self.refcount_ops),
             "eagain": self.eagain,
+            "bbm_window": self.bbm_window,
+            "spin_per_fault": self.per_fault(self.ops.get("cpu_relax", 0)),
             "refaults": self.refaults,
             "tlbi": self.tlbi,
             "steps": self.steps,
@@ -340,6 +344,13 @@ METRICS = {
     "refcount_per_fault": ("refcount ops / fault",
                            "get_page, put_page, get_page_unless_zero per fault"),
     "eagain": ("-EAGAIN retries", "faults whose walk returned -EAGAIN, per run"),
+    "bbm_window": ("BBM window (steps)",
+                   "the longest break-before-make window of a run: steps from an entry's "
+                   "break (LOCKED) to its make; any walker that meets the entry meanwhile "
+                   "gets -EAGAIN"),
+    "spin_per_fault": ("spins / fault",
+                       "cpu_relax() steps per fault: a walker spinning on an entry another "
+                       "walker holds LOCKED, or a vCPU re-entering the guest after -EAGAIN"),
     "refaults": ("mappings lost", "leaf mappings valid at the start and gone at the end of "
                                   "a run: each is a guest refault"),
     "tlbi": ("TLBIs", "TLB invalidations per run"),
@@ -347,7 +358,7 @@ METRICS = {
 }
 #: The metrics the plot and the text table show (the others are in the JSON).
 SHOWN = ("retained_peak", "retained_mean", "grace_steps", "blocked_per_fault",
-         "atomics_per_fault", "eagain", "refaults", "tlbi")
+         "atomics_per_fault", "eagain", "refaults", "tlbi", "bbm_window")
 
 
 def _linked(pgt) -> set:
@@ -473,6 +484,25 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
     events = w.events
     ops = Counter(e.op[0] for e in events)
     failed = sum(1 for e in events if e.op[0] == "cmpxchg" and e.result != e.op[2])
+    # Break-before-make windows: an entry stores LOCKED (the break) and later
+    # a value that is not (the make).  Entries left LOCKED (a pruned
+    # subtree's) close no window.
+    locked_at, window = {}, 0
+    for e in events:
+        op = e.op
+        kind = OPS.get(op[0])
+        if kind is None or not kind.stores:
+            continue
+        if op[0] == "cmpxchg":
+            if e.result != op[2]:
+                continue
+            new = op[3]
+        else:
+            new = op[2]
+        if new == KVM_INVALID_PTE_LOCKED:
+            locked_at.setdefault(op[1], e.index)
+        elif op[1] in locked_at:
+            window = max(window, e.index - locked_at.pop(op[1]))
     # Steps blocked: CPU c waits at step k when it is neither finished nor
     # enabled; what it waits for is its next operation (performed at its next
     # step, or still pending when the run ended).
@@ -506,7 +536,7 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
         blocked=dict(sorted(blocked.items())), eagain=eagain, refaults=refaults,
         retained_peak=tr.retained_peak,
         retained_mean=tr.retained_sum / tr.steps if tr.steps else 0.0,
-        grace=list(tr.grace), unfreed=len(tr.unlinked))
+        grace=list(tr.grace), unfreed=len(tr.unlinked), bbm_window=window)
 
 
 def run_costs(scenario, scheme="rcu", schedule="", bugs=(), *, choose=None,
@@ -864,6 +894,23 @@ class Comparison:
                        f"with their scenarios' Sometimes/Never declarations.")
         return "\n".join(out)
 
+    def verdict_markdown(self) -> str:
+        """The verdict grid as a Markdown table for a notebook, transposed
+        so that it fits a column: rows are scenarios, columns schemes, each
+        cell :meth:`Cell.short` ("safe", "UAF", "-" for not declared, ...),
+        then the legend of the abbreviations used."""
+        out = ["| scenario | " + " | ".join(f"`{s}`" for s in self.schemes) + " |",
+               "|---|" + "|".join(":-:" for _ in self.schemes) + "|"]
+        for sc in self.scenarios:
+            out.append(f"| `{sc}` | " + " | ".join(self.cells[(s, sc)].short()
+                                                   for s in self.schemes) + " |")
+        kinds = sorted({k for c in self.cells.values() for k in c.found})
+        out.append("")
+        out.append("safe: nothing found, exhaustive search complete; -: the scenario does not "
+                   "declare the scheme; " + "; ".join(f"{kind_abbrev(k)}: {k}" for k in kinds)
+                   + "; +N: N more kinds; !: the declaration did not hold.")
+        return "\n".join(out)
+
     def costs_table(self) -> str:
         """Rows: scheme x vCPU count; columns: the verdict, then each cost
         (mean over the clean runs; the JSON has min, max and every run)."""
@@ -956,17 +1003,21 @@ class Comparison:
         p.text(self.text())
 
     # -- plots -------------------------------------------------------------------------
-    def plot(self, metrics=SHOWN):
+    def plot(self, metrics=SHOWN, ncols: int | None = None):
         """A matplotlib Figure: each metric against the vCPU count, one line
         per scheme (mean over the clean runs; hollow markers where the
-        verdict was sampled)."""
+        verdict was sampled).  ``ncols``: panels per row (default 4, or
+        fewer metrics); 2 gives a figure that fits a notebook's column."""
         if not self.costs:
             raise S2ptError("plot: this comparison has no costs (compare(costs=True))")
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise S2ptError(f"metrics={bad!r}: unknown; choose from {', '.join(METRICS)}")
+        if ncols is not None and (not isinstance(ncols, int) or isinstance(ncols, bool)
+                                  or ncols < 1):
+            raise S2ptError(f"ncols={ncols!r}: a positive number of panels per row")
         from matplotlib.figure import Figure        # no pyplot: no backend, no global state
-        ncol = 4 if len(metrics) > 4 else len(metrics)
+        ncol = min(ncols or 4, len(metrics))
         nrow = (len(metrics) + ncol - 1) // ncol
         fig = Figure(figsize=(3.6 * ncol, 3.0 * nrow + 0.6), layout="constrained")
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
@@ -988,7 +1039,8 @@ class Comparison:
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, len(labels)))
+        fig.legend(handles, labels, loc="outside lower center",
+                   ncol=max(1, min(len(labels), 2 * ncol)))
         fig.suptitle(f"Costs per scheme, {self.settings.get('cost_scenario', COST_SCENARIO)} "
                      f"(hollow: verdict sampled)", fontsize=11)
         return fig

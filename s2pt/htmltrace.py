@@ -45,6 +45,7 @@ from .sim.search import format_schedule
 from .sim.world import World, stack_names
 
 __all__ = ["Recorder", "verdict", "cpus_html", "shared_html", "shared_state", "timeline_svg",
+           "timeline", "Timeline", "grace_periods",
            "tree_drawing", "tree_svg", "step_text", "trace_html", "write_html", "CSS"]
 
 #: Operations on one table entry (the entry a walker is at).
@@ -248,7 +249,8 @@ def _fmt_arg(a) -> str:
 def shared_state(rec: Recorder) -> list:
     """``[(key, section, label, value)]``: the shared state now, in a stable
     order.  ``key`` identifies a row across steps (for highlighting what
-    changed)."""
+    changed).  A table page's row gives its ``page_count`` (1 + its valid
+    entries), and under a scheme with walker hooks its walker count too."""
     w = rec.world
     pgt = w.pgt
     mm = pgt.mm
@@ -273,6 +275,8 @@ def shared_state(rec: Recorder) -> list:
         reach = {p.pfn for p, _ in reachable_tables(pgt)}
     except KernelBug:
         reach = set()
+    # A scheme with walker hooks (refcount) keeps a second count: show both.
+    walkers = pgt.mm_ops.table_enter is not None
     pfns = {p >> mm.page_shift for p in rec.touched} | set(w.frees)
     pfns |= {pfn for pfn in view.levels if pfn not in reach and pfn in mm.pages}
     for pfn in sorted(pfns):
@@ -285,11 +289,14 @@ def shared_state(rec: Recorder) -> list:
             how = (f"freed at step {freed[0]} by {w.actors[freed[1]].name} in {freed[2]}()"
                    if freed else "free")
         elif freed is not None:
-            how = f"reused: freed at step {freed[0]}, allocated again"
+            how = f"reused: freed at step {freed[0]}, allocated again, page_count {page.refcount}"
         elif pfn in reach:
             how = f"linked, page_count {page.refcount}"
         else:
             how = f"unlinked, not freed yet, page_count {page.refcount}"
+        if walkers and not page.freed:
+            # The refcount schemes' second count (s2pt.memory), never page_count's.
+            how += f", walker count {page.walkers}"
         name = f"L{lvl} table" if lvl is not None else "table page"
         rows.append((("page", pfn), "table pages", f"{name} {page.pa:#x}", how))
     # Locks, RCU, grace periods, callbacks, walks in flight.
@@ -456,24 +463,120 @@ def step_positions(events) -> list:
     return xs + [1.0]
 
 
-def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "") -> str:
+def grace_periods(rec: Recorder) -> list:
+    """The grace periods of the recorded run, from its sync history: one dict
+    per ``call_rcu()`` callback and per ``synchronize_rcu()`` wait, with
+    ``kind`` ("call_rcu" or "synchronize_rcu"), ``cpu`` (who started it; for
+    a callback, the actor that queued it), ``start`` (the first step after
+    it began), ``end`` (the first step after which it no longer waits for
+    anyone: the grace period is over; None if it never ended),
+    ``waited_for`` (actor ids of the read-side sections it waited for: those
+    in progress when it started), ``invoked`` (for a callback: the first
+    step after which it is no longer queued, i.e. the callback thread took
+    it; else None) and ``fn`` (the callback's name).
+
+    Steps count as the timeline's: ``start == k`` means "after k steps"."""
+    w = rec.world
+    n = len(rec.sync) - 1
+    out = []
+    # Callbacks: identified by (fn, args); queued by the CPU of the step
+    # just before they first appear.
+    seen: dict = {}
+    for k in range(n + 1):
+        cbs = rec.sync[k][3]
+        present = set()
+        for waits, fn, args in cbs:
+            key = (fn, args)
+            present.add(key)
+            g = seen.get(key)
+            if g is None:
+                g = seen[key] = {"kind": "call_rcu", "fn": fn,
+                                 "cpu": w.events[k - 1].cpu if k else None,
+                                 "start": k, "end": None, "invoked": None,
+                                 "waited_for": tuple(sorted(waits))}
+                out.append(g)
+            if not waits and g["end"] is None:
+                g["end"] = k
+        for key, g in seen.items():
+            if key not in present and g["invoked"] is None and k > g["start"]:
+                g["invoked"] = k
+                if g["end"] is None:
+                    g["end"] = k
+    # synchronize_rcu(): gp_waiters (cpu, readers still awaited).
+    open_: dict = {}
+    for k in range(n + 1):
+        now = dict(rec.sync[k][2])
+        for c, left in now.items():
+            g = open_.get(c)
+            if g is None:
+                g = open_[c] = {"kind": "synchronize_rcu", "fn": "synchronize_rcu", "cpu": c,
+                                "start": k, "end": None, "invoked": None,
+                                "waited_for": tuple(sorted(left))}
+                out.append(g)
+            if not left and g["end"] is None:
+                g["end"] = k
+        for c in [c for c in open_ if c not in now]:
+            g = open_.pop(c)
+            if g["end"] is None:
+                g["end"] = k
+    out.sort(key=lambda g: g["start"])
+    return out
+
+
+#: The timeline's colours, named once (the legend reads them too).
+_READER, _GP_WAIT, _QUEUED, _GRACE = "#c8f0c8", "#ffd8a8", "#ffe9c7", "#f4a261"
+_TOP = 14          # the row above the lanes for grace-period labels
+_LEGEND = 18       # the legend's row below the axis
+
+
+def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
+                 grace: bool = False, legend: bool = False, responsive: bool = True) -> str:
     """One lane per actor: a tick per step it took, RCU read-side sections
     (green band) and grace periods it waits in (orange band), lock holds
     (bar under the lane: solid for write, light for read), frees (black
-    marks), the violation (red).  ``cursor``: the step to mark."""
+    marks), the violation (red).  ``cursor``: the step to mark.
+
+    ``grace``: also draw each grace period (:func:`grace_periods`) as a
+    band across every lane, perfbook-style, from ``call_rcu()`` (or
+    ``synchronize_rcu()``) to the end of the last read-side section it
+    waited for, labelled above the lanes.  ``legend``: a key below the axis.
+    ``responsive``: scale to the column (the widget, the HTML page); False
+    gives the picture its pixel size (an ``image/svg+xml`` output)."""
     w = rec.world
     events = w.events
     n = len(events)
     xs = step_positions(events)
     nl = w.n
-    height = nl * _LANE + 22
+    top = _TOP if grace else 0
+    body = nl * _LANE + 22
+    width = _LEFT + _WIDTH + 10
+    keys = _legend(rec, grace, width) if legend else []
+    height = top + body + (max(k[1] for k in keys) + _LEGEND if keys else 0)
 
     def X(k):   # left edge of step k (k may be n)
         return _LEFT + xs[min(k, n)] * _WIDTH
 
-    out = [f'<svg class="timeline" viewBox="0 0 {_LEFT + _WIDTH + 10} {height}" '
-           f'width="100%" style="max-width:{_LEFT + _WIDTH + 10}px;height:auto;display:block" '
+    size = (f'width="100%" style="max-width:{width}px;height:auto;display:block"' if responsive
+            else f'width="{width}" height="{height}"')
+    out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" {size} '
            f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="10">']
+    if not responsive:
+        out.append(f'<rect width="{width}" height="{height}" fill="#fff"/>')
+    if grace:
+        for g in grace_periods(rec):
+            a = g["start"]
+            b = g["end"] if g["end"] is not None else n
+            who = _names(w, g["waited_for"])
+            what = (f"{g['kind']}() by {w.actors[g['cpu']].name}" if g["cpu"] is not None
+                    else g["kind"] + "()")
+            out.append(f'<rect x="{X(a):.1f}" y="{top - 2}" width="{max(X(b) - X(a), 2):.1f}" '
+                       f'height="{nl * _LANE + 6}" fill="{_GRACE}" fill-opacity="0.22" '
+                       f'stroke="{_GRACE}" stroke-dasharray="4,2"><title>grace period: '
+                       f'{_esc(what)} at step {max(a - 1, 0)}; waits for {_esc(who)}; over after '
+                       f'step {b - 1}</title></rect>')
+            out.append(f'<text x="{X(a) + 2:.1f}" y="{top - 4}" fill="#b85c00">grace period '
+                       f'(waits for {_esc(who)})</text>')
+    out.append(f'<g transform="translate(0,{top})">')
     # Bands from the sync history: sync[k+1] is after step k.
     def spans(pred):
         """[(start step, end step)] where pred(sync after k steps) holds."""
@@ -496,16 +599,16 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "") 
                    f'stroke="#ddd"/>')
         for a, b in spans(lambda s, i=i: any(c == i for c, _ in s[1])):
             out.append(f'<rect x="{X(a):.1f}" y="{y}" width="{max(X(b) - X(a), 1):.1f}" '
-                       f'height="18" fill="#c8f0c8"><title>{_esc(w.actors[i].name)}: RCU '
+                       f'height="18" fill="{_READER}"><title>{_esc(w.actors[i].name)}: RCU '
                        f'read-side section, steps {a}-{b - 1}</title></rect>')
         for a, b in spans(lambda s, i=i: any(c == i and left for c, left in s[2])):
             out.append(f'<rect x="{X(a):.1f}" y="{y}" width="{max(X(b) - X(a), 1):.1f}" '
-                       f'height="18" fill="#ffd8a8"><title>{_esc(w.actors[i].name)}: '
+                       f'height="18" fill="{_GP_WAIT}"><title>{_esc(w.actors[i].name)}: '
                        f'synchronize_rcu() waits for a grace period</title></rect>')
         if w.actors[i].daemon:
             for a, b in spans(lambda s: bool(s[3])):
                 out.append(f'<rect x="{X(a):.1f}" y="{y}" width="{max(X(b) - X(a), 1):.1f}" '
-                           f'height="18" fill="#ffe9c7"><title>RCU callbacks queued, '
+                           f'height="18" fill="{_QUEUED}"><title>RCU callbacks queued, '
                            f'waiting for their grace period</title></rect>')
         for li, name in enumerate(rec.locks_seen):
             for mode, colour in (("W", "#444"), ("R", "#9ab")):
@@ -538,6 +641,9 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "") 
             out.append(f'<path d="M{X(step):.1f} {y} v18" stroke="#000" stroke-width="1.5">'
                        f'<title>step {step}: {_esc(fn)}() frees table page '
                        f'{pfn << w.pgt.page_shift:#x}</title></path>')
+            if grace:
+                out.append(f'<text x="{X(step) - 3:.1f}" y="{y + 14}" text-anchor="end">'
+                           f'free</text>')
     for v in w.violations:
         if v.step is not None and v.step < n:
             xv = X(v.step)
@@ -547,13 +653,76 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "") 
     # Step axis labels: the first, the last, and the violation.
     marks = {0, n - 1} | {v.step for v in w.violations if v.step is not None and v.step < n}
     for s in sorted(m for m in marks if 0 <= m < n):
-        out.append(f'<text x="{X(s):.1f}" y="{height - 4}" fill="#666">{s}</text>')
+        anchor = ' text-anchor="end"' if s == n - 1 and s else ""
+        out.append(f'<text x="{X(s + 1 if anchor else s):.1f}" y="{body - 4}" fill="#666"'
+                   f'{anchor}>{s}</text>')
     cx = X(cursor) if cursor is not None else X(n)
     out.append(f'<line {f"id={cursor_id!r} " if cursor_id else ""}x1="{cx:.1f}" y1="0" '
                f'x2="{cx:.1f}" y2="{nl * _LANE + 4}" stroke="#c00" stroke-width="1.5" '
                f'stroke-dasharray="3,2"/>')
+    out.append("</g>")
+    for x, y, colour, label in keys:
+        out.append(f'<rect x="{x}" y="{top + body + y}" width="10" height="10" fill="{colour}"'
+                   + (' fill-opacity="0.5"' if colour == _GRACE else "") + "/>")
+        out.append(f'<text x="{x + 13}" y="{top + body + y + 9}">{_esc(label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _legend(rec: Recorder, grace: bool, width: int) -> list:
+    """The timeline's key: ``[(x, y, colour, label)]`` for what this run's
+    picture shows, wrapped to ``width`` (y from the top of the key)."""
+    w, sync = rec.world, rec.sync
+    n = len(w.events)
+    keys = [(_READER, "RCU read-side section", any(s[1] for s in sync)),
+            (_QUEUED, "callback queued", any(s[3] for s in sync)),
+            (_GP_WAIT, "synchronize_rcu() waits", any(s[2] for s in sync)),
+            (_GRACE, "grace period", grace and any(s[3] or s[2] for s in sync)),
+            ("#444", "lock held for write", any(wr is not None for s in sync
+                                                for _, wr, _ in s[0])),
+            ("#9ab", "lock held for read", any(rd for s in sync for _, _, rd in s[0])),
+            ("#000", "table page freed", any(st < n for st, _, _ in w.frees.values())),
+            ("#d62728", "violation", bool(w.violations))]
+    out, x, y = [], 2, 2
+    for colour, label, shown in keys:
+        if not shown:
+            continue
+        step = 13 + 5.6 * len(label) + 12
+        if x + step > width and x > 2:
+            x, y = 2, y + _LEGEND
+        out.append((round(x, 1), y, colour, label))
+        x += step
+    return out
+
+
+class Timeline:
+    """A timeline picture for a notebook cell: ``str(t)`` / ``t.svg`` is the
+    SVG, and Jupyter shows it as an image (``image/svg+xml``, which GitHub
+    renders too).  Made by :func:`timeline`."""
+
+    def __init__(self, svg: str, periods: list):
+        self.svg = svg
+        self.periods = periods
+
+    def _repr_svg_(self):
+        return self.svg
+
+    def __str__(self):
+        return self.svg
+
+
+def timeline(world: World, grace: bool = True, legend: bool = True) -> Timeline:
+    """The timeline of a recorded run (``s2pt.replay(...)`` or a World
+    stepped with ``record=True``), as the widget draws it, here with each
+    grace period drawn as a band across the lanes and a legend.  The World
+    is replayed into a :class:`Recorder` (it is not changed).  The result's
+    ``periods`` are :func:`grace_periods`."""
+    if not world.record:
+        raise S2ptError("timeline: the World did not record its events (record=False); "
+                        "use s2pt.replay(...) or a World made with record=True")
+    rec = Recorder.replay(world, [ev.cpu for ev in world.events])
+    return Timeline(timeline_svg(rec, grace=grace, legend=legend, responsive=False),
+                    grace_periods(rec))
 
 
 # ---------------------------------------------------------------------------

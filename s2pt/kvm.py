@@ -68,6 +68,10 @@ BUGS = {
     "no-shared-walk": "faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
                       "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
                       "a real commit: the hazard the SHARED flag exists for",
+    "collapse-under-read-lock": "the rwlock scheme's faults lose the model's NO_COLLAPSE flag: "
+                                "a fault under the read lock replaces a table by a block and "
+                                "frees it at once. Not a real commit: what Oliver Upton's "
+                                "rwlock sketch rules out",
 }
 
 
@@ -88,12 +92,16 @@ class MmuLock:
     #: Flags of a vCPU fault's walk: shared, and -EAGAIN goes back to the guest.
     fault_flags = pt.HANDLE_FAULT | pt.SHARED
 
-    def fault_lock(self, unlinks: bool = False):
+    def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
         """Around a fault's walk.  ``unlinks``: this fault may replace a
-        table with a block (a scheme may want a stronger lock for it)."""
+        table with a block (a scheme may want a stronger lock for it).
+        ``relax_only``: by the rule before 6.2 (user_mem_abort's
+        ``use_read_lock``: logging is active, a write permission fault, the
+        fault granule is PAGE_SIZE) this fault only relaxes permissions.
+        handle_access_fault passes neither."""
         yield read_lock(MMU_LOCK)
 
-    def fault_unlock(self, unlinks: bool = False):
+    def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
         yield read_unlock(MMU_LOCK)
 
     def update_lock(self):
@@ -103,9 +111,18 @@ class MmuLock:
     def update_unlock(self):
         yield write_unlock(MMU_LOCK)
 
+    def logging_off(self, vm: "VM", slot: "Memslot"):
+        """What turning dirty logging off does to the table, at
+        kvm_arch_commit_memory_region() (``VM.disable_dirty_logging``).
+        Mainline: nothing; guest faults collapse the pages back into blocks
+        lazily, each one unlinking a table."""
+        return
+        yield
+
 
 # The lock wrappers are not kernel functions: traces and diagrams show their caller.
-for _fn in (MmuLock.fault_lock, MmuLock.fault_unlock, MmuLock.update_lock, MmuLock.update_unlock):
+for _fn in (MmuLock.fault_lock, MmuLock.fault_unlock, MmuLock.update_lock, MmuLock.update_unlock,
+            MmuLock.logging_off):
     kernel_path(None)(_fn)
 
 
@@ -230,6 +247,8 @@ class VM:
             flags |= pt.SKIP_BBM_TLBI
         if "no-shared-walk" in self.bugs:
             flags &= ~pt.SHARED
+        if "collapse-under-read-lock" in self.bugs:
+            flags &= ~pt.NO_COLLAPSE
         self.fault_flags = flags
         self._memcache_capacity = memcache_capacity
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
@@ -578,13 +597,25 @@ class VM:
         self._flush_memslot(s)
         self._split_huge_pages(s.gpa, s.gpa + s.size)
 
-    def disable_dirty_logging(self, slot) -> None:
-        """Clear KVM_MEM_LOG_DIRTY_PAGES: only the split cache is freed.
-        Blocks come back lazily, one guest fault at a time."""
+    def disable_dirty_logging(self, slot, commit: bool = True) -> None:
+        """Clear KVM_MEM_LOG_DIRTY_PAGES.  kvm_set_memslot() publishes the
+        new memslot (kvm_swap_active_memslots, whose synchronize_srcu waits
+        for vCPUs still using the old one), then calls
+        kvm_arch_commit_memory_region().  Mainline's commit frees only the
+        split cache: blocks come back lazily, one guest fault at a time.
+        The VM's locking may do more there (``MmuLock.logging_off``: the
+        ``rwlock`` scheme unmaps the whole slot).
+
+        ``commit=False`` stops after publishing: the state in which a vCPU
+        that looks the memslot up already sees logging off while one that
+        looked it up before may still be in its fault handler (the
+        explorer's scenarios start there).  Nothing finishes it later."""
         s = self._slot(slot)
         s.logging = False
         s.dirty = None
-        self.split_page_cache.free_all()
+        if commit:
+            run(self.locking.logging_off(self, s), self.pgt.machine)
+            self.split_page_cache.free_all()
 
     def get_dirty_log(self, slot) -> np.ndarray:
         """KVM_GET_DIRTY_LOG: one bool per page of the slot, in order.
@@ -654,9 +685,7 @@ class VM:
         """Unmap the whole slot (kvm_stage2_unmap_range): the thread's
         alternative to lazy collapse -- the guest faults blocks back in."""
         s = self._slot(slot)
-        pgt = self.pgt
-        self._apply_range(s.gpa, s.gpa + s.size,
-                          lambda a, sz: pt.kvm_pgtable_stage2_unmap(pgt, a, sz, bulk=pgt._bulk))
+        run(kvm_stage2_unmap_range(self, s.gpa, s.size), self.pgt.machine)
 
     # -- views --------------------------------------------------------------------
     @property
@@ -751,9 +780,11 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
         vm.counters["refaults_after_split"] += 1
     # Can this fault replace a table with a block (the unlinked subtree)?
     unlinks = vma_pagesize > fault_granule
+    # Before 6.2 only this fault took the read lock (use_read_lock).
+    relax_only = logging_active and perm and write and fault_granule == pgt.page_size
     lock = vm.locking
     flags = vm.fault_flags
-    yield from lock.fault_lock(unlinks)                  # read_lock(&kvm->mmu_lock)
+    yield from lock.fault_lock(unlinks, relax_only)      # read_lock(&kvm->mmu_lock)
     if perm and vma_pagesize == fault_granule:
         ret = yield from pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags)
         outcome = "relax_perms"
@@ -769,12 +800,28 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
         ret = yield from pt.kvm_pgtable_stage2_map(pgt, fault_ipa, vma_pagesize, pa, attr,
                                                    vm.vcpus[vcpu].memcache, flags)
         outcome = "map"
-    yield from lock.fault_unlock(unlinks)                # read_unlock(&kvm->mmu_lock)
+    yield from lock.fault_unlock(unlinks, relax_only)    # read_unlock(&kvm->mmu_lock)
     vm.counters["relax_perms" if outcome == "relax_perms" else "maps"] += 1
     if writable and not ret:
         vm._mark_page_dirty(slot, fault_ipa)             # mark_page_dirty_in_slot()
     eagain = ret == -errno.EAGAIN
     return FaultResult(gpa, outcome, fault, vma_pagesize, 0 if eagain else ret, eagain=eagain)
+
+
+def kvm_stage2_unmap_range(vm: VM, start: int, size: int):
+    """kvm_stage2_unmap_range() -> __unmap_stage2_range(): unmap with
+    kvm_pgtable_stage2_unmap() one stage2_apply_range() chunk (the largest
+    block size) at a time; the caller holds ``kvm->mmu_lock`` for write.
+    The unmap walk frees every table it empties, at once."""
+    pgt = vm.pgt
+    step = pgt.granule_size[pgt.geom.min_block_level]
+    addr, end = start, start + size
+    ret = 0
+    while addr < end and not ret:
+        nxt = min(end, (addr & ~(step - 1)) + step)
+        ret = yield from pt.kvm_pgtable_stage2_unmap(pgt, addr, nxt - addr, bulk=pgt._bulk)
+        addr = nxt
+    return ret
 
 
 def handle_access_fault(vm: VM, vcpu: int, gpa: int, fault: Fault | None = None):

@@ -11,6 +11,15 @@ What the kernel relies on, and what the model keeps:
   (``get_page(ptep)``), so ``page_count(table) == 1`` means *empty*.  The
   last ``put_page`` frees the page.  The metadata outlives the free, which is
   what makes ``get_page_unless_zero`` meaningful (and ABA possible).
+* **A second count, for walkers** (``Page.walkers``), kept apart from the
+  refcount above.  No kernel has it: it is the count Quentin Perret's
+  refcount teardown idea (2022-04-22, never merged; s2pt.schemes'
+  ``refcount`` and ``refcount-revalidate``) would add to struct page.  A
+  fresh table holds 1 (its parent entry's reference, the way ``zalloc_page``
+  gives ``page_count`` 1); each walker inside the table holds one more; a
+  freed page holds 0.  It lives in struct page too, so it outlives the free
+  and ``walker_get_unless_zero`` on a freed page is meaningful (it fails).
+  Only the refcount schemes' walker hooks touch it.
 * **Freeing poisons** the contents (``PAGE_POISON`` = 0xaa bytes), and any
   later access to the page is a use-after-free, reported through
   :meth:`PhysMem.violation`.
@@ -43,13 +52,14 @@ TABLE_POOL_BASE = 0x8000_0000
 class Page:
     """The parts of ``struct page`` that stage-2 tables use."""
 
-    __slots__ = ("pfn", "pa", "refcount", "freed", "table", "private",
+    __slots__ = ("pfn", "pa", "refcount", "walkers", "freed", "table", "private",
                  "generation", "free_count")
 
     def __init__(self, pfn: int, pa: int, entries: int):
         self.pfn = pfn
         self.pa = pa
         self.refcount = 1
+        self.walkers = 1         # the walker count (module docstring); 0 once freed
         self.freed = False
         self.table = np.zeros(entries, dtype=np.uint64)
         self.private = None      # set_page_private(): the level, for free_unlinked
@@ -110,6 +120,7 @@ class PhysMem:
             page = self.pages[pfn]
             page.table.fill(0)
             page.refcount = 1
+            page.walkers = 1
             page.freed = False
             page.private = None
             page.generation += 1
@@ -150,6 +161,7 @@ class PhysMem:
             hook(page)
         page.freed = True
         page.refcount = 0
+        page.walkers = 0
         page.free_count += 1
         page.table.fill(PAGE_POISON64)
         self.free_list.append(page.pfn)
@@ -193,6 +205,47 @@ class PhysMem:
         page.refcount += 1
         return True
 
+    # -- the walker count (a second count in struct page; see the module docstring)
+    def walker_get(self, pa: int):
+        """Take a walker reference unconditionally (get_page() on the walker
+        count).  On a freed page that is a use of freed memory: the kernel's
+        get_page() VM_BUG_ONs on a zero count."""
+        page = self.page_of(pa)
+        if page.freed or page.walkers <= 0:
+            self.violation("use-after-free",
+                           f"walker reference taken on freed table page {page.pa:#x}"
+                           if page.freed else
+                           f"walker reference taken on table page {page.pa:#x}, whose last "
+                           f"reference is gone: it is being freed")
+            return
+        page.walkers += 1
+
+    def walker_get_unless_zero(self, pa: int) -> bool:
+        """get_page_unless_zero() on the walker count: False (and nothing
+        taken) once the count has reached zero, i.e. the page was freed or
+        is being freed.  Legal on a freed page: struct page outlives it."""
+        page = self.page_of(pa)
+        if page.walkers <= 0:
+            return False
+        page.walkers += 1
+        return True
+
+    def walker_put(self, pa: int) -> bool:
+        """put_page_testzero() on the walker count: drop one reference and
+        say whether it was the last.  It frees nothing itself: whoever drops
+        the last reference frees the table (and the subtree below it)."""
+        page = self.page_of(pa)
+        if page.walkers <= 0:
+            self.violation("use-after-free" if page.freed else "refcount",
+                           f"walker reference dropped on table page {page.pa:#x}, "
+                           f"whose walker count is already 0")
+            return False
+        page.walkers -= 1
+        return page.walkers == 0
+
+    def walker_count(self, pa: int) -> int:
+        return self.page_of(pa).walkers
+
     # -- descriptor accesses -------------------------------------------------
     def _slot(self, pa: int, what: str):
         page = self.pages.get(pa >> self.page_shift)
@@ -222,11 +275,18 @@ class PhysMem:
             table[i] = new
         return cur
 
+    def xchg64(self, pa: int, new: int) -> int:
+        """xchg(ptep, new): store ``new`` unconditionally, return the value found."""
+        table, i = self._slot(pa, "xchg")
+        cur = table.item(i)
+        table[i] = new
+        return cur
+
     # -- whole-state views (tests, snapshots) ----------------------------------
     def snapshot(self) -> tuple:
         """Everything observable about memory, for byte-for-byte comparisons."""
         return (
-            tuple(sorted((pfn, p.refcount, p.freed, p.table.tobytes())
+            tuple(sorted((pfn, p.refcount, p.walkers, p.freed, p.table.tobytes())
                          for pfn, p in self.pages.items())),
             tuple(self.free_list), self._next_pfn, self.allocated,
         )

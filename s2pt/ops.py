@@ -38,12 +38,13 @@ from .errors import KernelBug, S2ptError
 from .memory import PAGE_POISON64, PhysMem
 
 __all__ = [
-    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "hw_read",
+    "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
+    "walker_get", "walker_get_unless_zero", "walker_put",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
     "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
-    "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
+    "memcache_nobjs", "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
     "Machine", "run",
 ]
 
@@ -67,6 +68,14 @@ def cmpxchg(ptep, old, new):
     return ("cmpxchg", ptep, old, new)
 
 
+def xchg(ptep, new):
+    """xchg(ptep, new): store ``new`` whatever was there; the result is the
+    old value.  RFC v1's pruning walker (April 2022) took ownership of each
+    descendant entry of an unlinked subtree with it
+    (s2pt.pgtable.stage2_prune_lock_pte)."""
+    return ("xchg", ptep, new)
+
+
 def hw_read(pa, level=None):
     """A descriptor read by a vCPU's hardware page-table walker (not
     software), from a table of ``level`` when the walker knows it."""
@@ -87,6 +96,24 @@ def page_count(pa):
 
 def get_page_unless_zero(pa):
     return ("get_page_unless_zero", pa)
+
+
+# The walker count: a second count in struct page, apart from page_count
+# (s2pt.memory; only the refcount teardown schemes of s2pt.schemes use it).
+
+def walker_get(pa):
+    """get_page() on the walker count of the table page at ``pa``."""
+    return ("walker_get", pa)
+
+
+def walker_get_unless_zero(pa):
+    """get_page_unless_zero() on the walker count: result True if taken."""
+    return ("walker_get_unless_zero", pa)
+
+
+def walker_put(pa):
+    """put_page_testzero() on the walker count: result True if it was the last."""
+    return ("walker_put", pa)
 
 
 def zalloc_page(mc):
@@ -161,6 +188,14 @@ def kvm_mmu_topup_memory_cache(mc, min_objs: int):
     does it before every fault, outside mmu_lock).  The result is 0 or
     -ENOMEM.  One step: the page allocator is shared."""
     return ("kvm_mmu_topup_memory_cache", mc, min_objs)
+
+
+def memcache_nobjs(mc):
+    """Read ``mc->nobjs``: how many pages a memcache holds (stage2_split_walker
+    decides how much of a block to split by it).  A read of the memcache,
+    not of table memory; an operation, so that a CPU program never branches
+    on machine state it did not read through one."""
+    return ("memcache_nobjs", mc)
 
 
 def cpu_relax():
@@ -366,6 +401,9 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
        text=lambda v, op: f"cmpxchg({loc_text(v, op[1])}, {desc_text(v, op[2], _lvl(v, op[1]))}"
                           f" -> {desc_text(v, op[3], _lvl(v, op[1]))})",
        result=_cmpxchg_result),
+    _k("xchg", memory="atomic", addr=True, observed=True, verb="exchanged an entry of",
+       text=lambda v, op: f"xchg({loc_text(v, op[1])}, {desc_text(v, op[2], _lvl(v, op[1]))})",
+       result=_read_result),
     _k("get_page", memory="ref", addr=True, fold=True, verb="took a reference on",
        text=lambda v, op: f"get_page({_page(v, op[1]):#x})"),
     _k("put_page", memory="ref", addr=True, fold=True, verb="dropped a reference on",
@@ -376,6 +414,17 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
     _k("get_page_unless_zero", memory="ref", addr=True, verb="tried to take a reference on",
        text=lambda v, op: f"get_page_unless_zero({_page(v, op[1]):#x})",
        result=lambda v, op, r: str(r)),
+    _k("walker_get", memory="ref", addr=True, fold=True,
+       verb="took a walker reference on",
+       text=lambda v, op: f"walker_get({_page(v, op[1]):#x})"),
+    _k("walker_get_unless_zero", memory="ref", addr=True,
+       verb="tried to take a walker reference on",
+       text=lambda v, op: f"walker_get_unless_zero({_page(v, op[1]):#x})",
+       result=lambda v, op, r: "got it" if r else "failed: count is 0"),
+    _k("walker_put", memory="ref", addr=True, fold=True,
+       verb="dropped a walker reference on",
+       text=lambda v, op: f"walker_put({_page(v, op[1]):#x})",
+       result=lambda v, op, r: "last reference" if r else ""),
     _k("free_page", memory="ref", addr=True, observed=True, verb="freed",
        text=lambda v, op: f"free_page({_page(v, op[1]):#x})"),
     _k("zalloc_page", memory="alloc", observed=True,
@@ -384,6 +433,7 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
     _k("kvm_mmu_topup_memory_cache", memory="any",
        text=lambda v, op: f"kvm_mmu_topup_memory_cache(memcache, {op[2]})",
        result=lambda v, op, r: str(r) if r else ""),
+    _k("memcache_nobjs", text=lambda v, op: "mc->nobjs", result=lambda v, op, r: str(r)),
     _k("tlbi", blocks=True, observed=True, text=_tlbi_text),
     _k("dsb", text=lambda v, op: f"dsb({op[1]})"),
     _k("cmo", fold=True, text=lambda v, op: op[1]),
@@ -501,6 +551,15 @@ class Machine:
                 table[i] = op[3]
             return cur
 
+        def xchg(op):
+            page = pages.get(op[1] >> shift)
+            if page is None or page.freed or op[1] & 7:
+                return m.xchg64(op[1], op[2])
+            table, i = page.table, (op[1] & mask) >> 3
+            cur = table.item(i)
+            table[i] = op[2]
+            return cur
+
         def get_page(op):
             page = pages.get(op[1] >> shift)
             if page is None or page.freed:
@@ -527,10 +586,14 @@ class Machine:
             "WRITE_ONCE": write,
             "smp_store_release": write,
             "cmpxchg": cmpxchg,
+            "xchg": xchg,
             "get_page": get_page,
             "put_page": put_page,
             "page_count": page_count,
             "get_page_unless_zero": lambda op: m.get_page_unless_zero(op[1]),
+            "walker_get": lambda op: m.walker_get(op[1]),
+            "walker_get_unless_zero": lambda op: m.walker_get_unless_zero(op[1]),
+            "walker_put": lambda op: m.walker_put(op[1]),
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),
             "tlbi": self._tlbi,
@@ -546,6 +609,7 @@ class Machine:
             "write_lock": _nop, "write_unlock": _nop, "cpu_relax": _nop,
             "hw_walk_start": _nop,
             "kvm_mmu_topup_memory_cache": lambda op: op[1].topup(op[2]),
+            "memcache_nobjs": lambda op: op[1].nobjs,
         }
         missing = set(self.dispatch) - set(OPS)
         assert not missing, f"ops without a row in OPS: {missing}"

@@ -48,9 +48,10 @@ from .descriptor import (
     KVM_PTE_LEAF_ATTR_HI, kvm_pte_table, kvm_pte_valid,
     stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
 )
-from .errors import KernelBug
-from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, get_page,
-                  put_page, page_count, zalloc_page, tlbi, dsb, cmo,
+from .errors import KernelBug, S2ptError
+from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_page,
+                  put_page, page_count, zalloc_page, tlbi, dsb, cmo, cpu_relax,
+                  memcache_nobjs,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
 # numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
@@ -73,6 +74,22 @@ class WalkFlags(IntFlag):
 
 LEAF, TABLE_PRE, TABLE_POST, SHARED, HANDLE_FAULT, SKIP_BBM_TLBI, SKIP_CMO = (
     int(f) for f in WalkFlags)
+
+#: Not a flag of today's kernel: RFC v1 of the parallel-faults series (April
+#: 2022; patches 02-03, "Only read the pte once per visit", "Return the next
+#: table from map callbacks") let a callback hand back what it took out of
+#: the entry, and the walk followed that instead of reloading the entry.  Its
+#: pruning walker needs it: the entry now holds KVM_INVALID_PTE_LOCKED, and
+#: the table to descend into is the one the callback swapped out.
+FOLLOW_CB = 1 << 16
+#: s2pt only, **not a kernel flag**: the model's rendering of Oliver Upton's
+#: rwlock sketch in the 2022 thread ("a rwlock with unmap on the write side
+#: and everything else on the read side").  A map walk with this flag never
+#: replaces a table by a block (stage2_map_walk_table_pre declines), so a
+#: fault under the read lock never unlinks a subtree: it descends and maps
+#: inside the table, at the table's level.  The ``rwlock`` scheme
+#: (s2pt.schemes) gives it to its faults.
+NO_COLLAPSE = 1 << 17
 
 
 class Walker:
@@ -122,26 +139,61 @@ class MmOps:
     how an unlinked subtree is freed -- :func:`stage2_free_unlinked_table`
     (call_rcu, kernel KVM) or :func:`free_unlinked_table_now` (pKVM's
     host_s2_free_unlinked_table, and the counterfactual "none" scheme).
+    ``prune_unlinked_table(pgt, pgtable, level)`` (s2pt; None in every
+    kernel since 6.2): RFC v1's pruning of an unlinked subtree *inside* the
+    break-before-make window, between the break of the table entry and the
+    make of the block (:func:`stage2_prune_unlinked_table`).
     ``dcache_clean_inval_poc`` / ``icache_inval_pou``: whether the owner
     provides cache maintenance at all.  The kernel's callbacks may be NULL,
     and the walker then skips them: kvm_s2_mm_ops has both, pKVM's
     host_mmu.mm_ops (prepare_s2_pool) has neither, so host maps do no CMOs.
     (zalloc_page, get_page, put_page, page_count, phys_to_virt are the
     memory's own, :mod:`s2pt.memory`.)
+
+    **Walker hooks** (s2pt only: no kernel has them).  ``table_enter(ctx,
+    childp)`` and ``table_leave(ctx, childp)`` are generator functions that
+    a *shared* walk calls around its descent into the child table of entry
+    ``ctx.ptep`` (in :func:`__kvm_pgtable_visit`).  ``table_enter`` returns
+    the table to descend into, or None to visit the entry again from the
+    start (its READ_ONCE, callbacks and reload).  They are what Quentin
+    Perret's refcount teardown idea needs (s2pt.schemes: ``refcount``,
+    ``refcount-revalidate``).  Exclusive walks never call them: they hold
+    ``mmu_lock`` for write, or own the unlinked subtree they free.  None
+    (the default) costs no step.  ``rcu_walkers``: shared walks are RCU
+    readers (``kvm_pgtable_walk_begin`` takes ``rcu_read_lock``); a scheme
+    that protects walkers otherwise turns it off.
     """
-    __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou")
+    __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou",
+                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers")
 
     def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
-                 icache_inval_pou: bool = True):
+                 icache_inval_pou: bool = True, prune_unlinked_table=None, table_enter=None,
+                 table_leave=None, rcu_walkers: bool = True):
         self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
                                     else free_unlinked_table)
         self.dcache_clean_inval_poc = dcache_clean_inval_poc
         self.icache_inval_pou = icache_inval_pou
+        self.prune_unlinked_table = prune_unlinked_table
+        if (table_enter is None) != (table_leave is None):
+            raise S2ptError("MmOps: table_enter and table_leave come together (both or "
+                            "neither): a reference taken on the way down is dropped on the "
+                            "way back")
+        self.table_enter = table_enter
+        self.table_leave = table_leave
+        self.rcu_walkers = rcu_walkers
 
     def __repr__(self):
-        return (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
-                f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
-                f"icache_inval_pou={self.icache_inval_pou})")
+        out = (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
+               f"dcache_clean_inval_poc={self.dcache_clean_inval_poc}, "
+               f"icache_inval_pou={self.icache_inval_pou}")
+        if self.prune_unlinked_table is not None:
+            out += f", prune_unlinked_table={self.prune_unlinked_table.__name__}"
+        if self.table_enter is not None:
+            out += (f", table_enter={self.table_enter.__name__}, "
+                    f"table_leave={self.table_leave.__name__}")
+        if not self.rcu_walkers:
+            out += ", rcu_walkers=False"
+        return out + ")"
 
 
 class WalkData:
@@ -190,7 +242,8 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
     # a TABLE_PRE callback that replaced the table with a block and freed
     # the old table synchronously would be followed by a walk of freed memory.
     if reload:
-        ctx.old = yield READ_ONCE(ptep)
+        if not flags & FOLLOW_CB:
+            ctx.old = yield READ_ONCE(ptep)
         table = kvm_pte_table(ctx.old, level)
 
     # "if (!kvm_pgtable_walk_continue(data->walker, ret)) goto out;".  In
@@ -204,12 +257,24 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
         return 0
 
     childp = ctx.old & pgt.addr_mask
+    # The walker hooks (MmOps): only shared walks, only when a scheme sets them.
+    enter = pgt.mm_ops.table_enter if flags & SHARED else None
+    if enter is not None:
+        childp = yield from enter(ctx, childp)
+        if childp is None:
+            # The entry no longer points at the table whose pointer was read:
+            # visit it again from the start.
+            return (yield from __kvm_pgtable_visit(data, pgt, ptep, level))
     ret = yield from __kvm_pgtable_walk(data, pgt, childp, level + 1)
     if ret and not kvm_pgtable_walk_continue(walker, ret):
+        if enter is not None:
+            yield from pgt.mm_ops.table_leave(ctx, childp)
         return ret
 
     if flags & TABLE_POST:
         ret = yield from walker.cb(ctx, TABLE_POST)
+    if enter is not None:
+        yield from pgt.mm_ops.table_leave(ctx, childp)
 
     # out:
     if not ret or kvm_pgtable_walk_continue(walker, ret):
@@ -257,17 +322,24 @@ def _kvm_pgtable_walk(pgt, data: WalkData):
 
 
 def kvm_pgtable_walk_begin(pgt, walker: Walker):
-    """Shared walks are RCU readers in the kernel; at EL2 they are refused."""
+    """Shared walks are RCU readers in the kernel; at EL2 they are refused.
+    (A scheme whose walkers are protected otherwise -- the refcount schemes
+    -- sets ``mm_ops.rcu_walkers = False``: no rcu_read_lock step.)"""
     if walker.flags & SHARED:
         if pgt.hyp:
             # "only non-shared table walkers are allowed in the hypervisor"
             return -EPERM
-        yield rcu_read_lock()
+        # pgt.shared_walk_rcu = False: the mutation "no-rcu-read-lock" (no
+        # kernel commit), a shared walker that is no RCU reader.
+        # mm_ops.rcu_walkers = False: a scheme whose walkers are protected
+        # otherwise (the refcount schemes), no RCU reader by design.
+        if pgt.shared_walk_rcu and pgt.mm_ops.rcu_walkers:
+            yield rcu_read_lock()
     return 0
 
 
 def kvm_pgtable_walk_end(pgt, walker: Walker):
-    if walker.flags & SHARED and not pgt.hyp:
+    if walker.flags & SHARED and not pgt.hyp and pgt.shared_walk_rcu and pgt.mm_ops.rcu_walkers:
         yield rcu_read_unlock()
 
 
@@ -395,6 +467,22 @@ class Stage2MapData:
         self.annotation = annotation
 
 
+def stage2_map_walker_phys_addr(ctx: VisitCtx, data: Stage2MapData) -> int:
+    """The PA to map at ctx.addr: the walk's start PA plus how far the walk
+    has got in IPA (1f0f4a2ef7a5, "Infer the PA offset from IPA in stage-2
+    map walker": the IPA is the one source of truth).
+
+    Before that fix (``pgt.map_phys_from_ipa`` False) the map data carried
+    its own PA, which stage2_map_walker_try_leaf() advanced by a granule
+    after each leaf it installed, while the walker advanced the IPA only
+    when the reloaded entry was a leaf.  A vCPU that installed a block and,
+    on reloading, found that another vCPU had already replaced it by a table
+    descended with the PA one block ahead of the IPA."""
+    if not ctx.pgt.map_phys_from_ipa:
+        return data.phys
+    return data.phys + (ctx.addr - ctx.start)
+
+
 def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
     """force_pte forbids blocks; otherwise kvm_block_mapping_supported()."""
     if data.force_pte and ctx.level < 3:
@@ -408,7 +496,7 @@ def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
     gran = pgt.granule_size[level]
     if gran > ctx.end - ctx.addr:
         return False
-    phys = data.phys + (ctx.addr - ctx.start)
+    phys = stage2_map_walker_phys_addr(ctx, data)
     return not (phys & (gran - 1)) and not (ctx.addr & (gran - 1))
 
 
@@ -416,7 +504,7 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     pgt = ctx.pgt
     if not stage2_leaf_mapping_allowed(ctx, data):
         return -E2BIG
-    phys = data.phys + (ctx.addr - ctx.start)
+    phys = stage2_map_walker_phys_addr(ctx, data)
     if not data.annotation:
         new = d.kvm_init_valid_leaf_pte(phys, data.attr, ctx.level, pgt.page_shift)
     else:
@@ -436,10 +524,19 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
             yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
         if not (yield from stage2_try_set_pte(ctx, new)):
             pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
+        if not pgt.map_phys_from_ipa and not data.annotation:
+            data.phys += pgt.granule_size[ctx.level]     # before 1f0f4a2ef7a5
         return 0
 
     if not (yield from stage2_try_break_pte(ctx)):
         return -EAGAIN
+
+    # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
+    # for a block has its subtree locked and torn down here, before the make:
+    # the entry stays LOCKED all that time.
+    prune = pgt.mm_ops.prune_unlinked_table
+    if prune is not None and kvm_pte_table(ctx.old, ctx.level):
+        yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
 
     # Perform CMOs before installation of the guest stage-2 PTE (only where
     # the owner's mm_ops provide them: pKVM's host stage 2 has none).
@@ -452,6 +549,8 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
         yield cmo("icache_inval_pou", phys, gran)
 
     yield from stage2_make_pte(ctx, new)
+    if not pgt.map_phys_from_ipa and not data.annotation:
+        data.phys += gran           # "data->phys += granule", before 1f0f4a2ef7a5
     return 0
 
 
@@ -461,8 +560,14 @@ def stage2_map_walk_table_pre(ctx: VisitCtx, data: Stage2MapData):
     try_leaf breaks the *table* entry (TLBI over the whole block range) and
     installs the block; the detached subtree goes to
     mm_ops->free_unlinked_table: call_rcu in the kernel, at once in pKVM.
+
+    A walk with the model's NO_COLLAPSE flag (not a kernel flag: the
+    ``rwlock`` scheme's rendering of Oliver Upton's sketch) declines here,
+    so the walk descends and maps inside the table instead.
     """
     childp = ctx.old & ctx.pgt.addr_mask
+    if ctx.flags & NO_COLLAPSE:
+        return 0
     if not stage2_leaf_mapping_allowed(ctx, data):
         return 0
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
@@ -533,8 +638,8 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     """Bulk twin of stage2_map_walk_leaf for a run of *empty* entries where a
     leaf is allowed: each becomes a fresh leaf (break of an empty entry
     issues no TLBI; make takes one reference each)."""
-    if not pgt.counts_every_entry:
-        return 0          # the numpy twin assumes "counted = non-zero"
+    if not pgt.counts_every_entry or not pgt.map_phys_from_ipa:
+        return 0          # the numpy twin assumes "counted = non-zero" and 1f0f4a2ef7a5
     mdata = data.walker.arg
     if mdata.annotation or (mdata.force_pte and level < 3) or not pgt.supports_block(level):
         return 0
@@ -633,6 +738,8 @@ def kvm_pgtable_stage2_create_unlinked(pgt, phys: int, level: int, prot: int, mc
     ret = yield from __kvm_pgtable_walk(wd, pgt, pgtable, level + 1)
     if ret:
         yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+        if not pgt.free_unlinked_once:
+            yield put_page(pgtable)      # the double put c60d847be7b8 removed
         return ret
     return pgtable
 
@@ -915,14 +1022,15 @@ def stage2_split_walker(ctx: VisitCtx, visit: int):
     nr_pages = stage2_block_get_nr_page_tables(pgt, level)
     if nr_pages < 0:
         return nr_pages
-    if mc.nobjs >= nr_pages:
+    nobjs = yield memcache_nobjs(mc)
+    if nobjs >= nr_pages:
         force_pte = True          # build a tree mapped down to pages
     else:
         # Not enough for the whole tree: one table of the next level's
         # blocks; the walk reloads, descends, and splits those in turn.
         force_pte = False
         nr_pages = 1
-    if mc.nobjs < nr_pages:
+    if nobjs < nr_pages:
         return -ENOMEM
     phys = pte & pgt.addr_mask
     prot = d.kvm_pgtable_stage2_pte_prot(pte)
@@ -932,6 +1040,12 @@ def stage2_split_walker(ctx: VisitCtx, visit: int):
         return childp
     if not (yield from stage2_try_break_pte(ctx)):
         yield from kvm_pgtable_stage2_free_unlinked(pgt, childp, level)
+        if not pgt.free_unlinked_once:
+            # Before c60d847be7b8 (2024, "Fix double-free following
+            # kvm_pgtable_stage2_free_unlinked()"), the caller dropped the
+            # root's reference a second time, after f6a27d6dc51b had made
+            # free_unlinked drop it itself.
+            yield put_page(childp)
         return -EAGAIN
     # smp_store_release() in stage2_make_pte orders the subtree's contents
     # before the table entry that publishes it.
@@ -958,8 +1072,13 @@ def stage2_split_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> 
     return n
 
 
-def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False):
-    walker = Walker(stage2_split_walker, mc, LEAF, stage2_split_bulk)
+def kvm_pgtable_stage2_split(pgt, addr, size, mc, bulk=False, flags: int = 0):
+    """Split the blocks in a range (eager page splitting).  The kernel
+    walks LEAF only, under write_lock(&kvm->mmu_lock); ``flags`` may add
+    SHARED, as Vipin Sharma's 2023 series proposed for KVM_CLEAR_DIRTY_LOG
+    (split under the read lock; not merged): only then can the split lose
+    its break to another walker and take its -EAGAIN path."""
+    walker = Walker(stage2_split_walker, mc, flags | LEAF, stage2_split_bulk)
     ret = yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk)
     yield dsb("ishst")
     return ret
@@ -1050,6 +1169,103 @@ def free_unlinked_table_now(pgt, pgtable: int, level: int):
     """mm_ops->free_unlinked_table for pKVM's host stage 2 (and the "none"
     scheme): free synchronously.  Safe only with exclusive walkers."""
     yield from kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+
+# ---------------------------------------------------------------------------
+# RFC v1 (April 2022): prune the unlinked subtree inside the walk
+# ---------------------------------------------------------------------------
+#
+# "[RFC PATCH 09/17] KVM: arm64: Tear down unlinked page tables in parallel
+# walk" and its neighbours (patches 08-14 of Oliver Upton's "KVM: arm64:
+# Parallelize stage 2 fault handling", 2022-04-15).  The collapsing walker
+# broke the table entry and then, still inside its break-before-make, walked
+# the subtree it had unlinked and "locked" every descendant entry with an
+# atomic exchange, so that no other walker could install into it any more;
+# because an entry may turn out to hold a table or a page, one helper served
+# the pre-order and the leaf visits, and the recursion followed what the
+# exchange took out.  Each table page's last reference went to an RCU
+# callback (an rcu_head in the page's private data; rcu_barrier() when the
+# stage 2 is destroyed).  Never merged: v6.2 leaves the subtree untouched
+# until the RCU callback, which needs no atomics ("a boring traversal",
+# stage2_free_unlinked_table_rcu_cb above).
+#
+# The model's names are its own (the RFC did this inside stage2_map_walker's
+# visits below an "anchor" entry); what each step does follows the series.
+
+def stage2_prune_lock_pte(ctx: VisitCtx):
+    """Take exclusive ownership of one entry of the unlinked subtree: xchg in
+    KVM_INVALID_PTE_LOCKED and keep what was there (``ctx.old``, which the
+    walk then follows).  An entry that was already LOCKED belongs to another
+    walker in the middle of its own break-before-make: spin (cpu_relax)
+    until it publishes its new entry, then take that.
+
+    With ``pgt.prune_xchg`` False (the mutation ``rfc-plain-prune``) the
+    same is done with plain accesses: READ_ONCE, then WRITE_ONCE(LOCKED).
+    Between the two, another walker can install into the entry, and the
+    store throws its entry (and the reference it took) away."""
+    ptep = ctx.ptep
+    if ctx.pgt.prune_xchg:
+        while True:
+            old = yield xchg(ptep, KVM_INVALID_PTE_LOCKED)
+            if not stage2_pte_is_locked(old):
+                break
+            yield cpu_relax()                  # another walker owns it: spin
+    else:
+        old = ctx.old                          # the walk's READ_ONCE
+        while stage2_pte_is_locked(old):
+            yield cpu_relax()
+            old = yield READ_ONCE(ptep)
+        yield WRITE_ONCE(ptep, KVM_INVALID_PTE_LOCKED)
+    ctx.old = old
+
+
+def stage2_prune_walker(ctx: VisitCtx, visit: int):
+    """The pruning visitor (TABLE_PRE | LEAF | TABLE_POST, FOLLOW_CB).
+
+    TABLE_PRE and LEAF: lock the entry (:func:`stage2_prune_lock_pte`) and
+    drop the reference the old entry held on its table, at once (it is not
+    the table's last: the table's own is).  If what was swapped out is a
+    table, the walk descends into it (FOLLOW_CB).  TABLE_POST: every entry
+    of the child table is now locked ("Assume a table pte is already owned
+    in post-order traversal", patch 10): punt the child page's last
+    reference to RCU (patch 14)."""
+    pgt = ctx.pgt
+    if visit == TABLE_POST:
+        yield call_rcu(stage2_free_table_page_rcu_cb, pgt, ctx.old & pgt.addr_mask)
+        return 0
+    yield from stage2_prune_lock_pte(ctx)
+    if pgt.pte_is_counted(ctx.old, ctx.level):
+        yield put_page(ctx.ptep)
+    return 0
+
+
+def stage2_free_table_page_rcu_cb(pgt, table: int):
+    """RFC patch 14's RCU callback: drop a pruned table page's last
+    reference, which frees it.  Its entries are all LOCKED (counted by
+    nothing), so there is nothing left to traverse."""
+    yield put_page(table)
+
+
+def stage2_prune_unlinked_table(pgt, pgtable: int, level: int):
+    """mm_ops->prune_unlinked_table under RFC v1: lock every descendant
+    entry of the subtree just unlinked at ``level`` (all of them: 512 per
+    table with 4K pages, invalid ones included), with a deep call into the
+    one walker, as kvm_pgtable_stage2_free_unlinked does.  It runs between
+    the break of the table entry and the make of the block, so the entry
+    stays LOCKED meanwhile and every other walker that meets it gets
+    -EAGAIN."""
+    walker = Walker(stage2_prune_walker, None, LEAF | TABLE_PRE | TABLE_POST | FOLLOW_CB)
+    data = WalkData(walker, 0, 0, pgt.granule_size[level])
+    ret = yield from __kvm_pgtable_walk(data, pgt, pgtable, level + 1)
+    if ret:
+        pgt.warn("stage2_prune_unlinked_table: walk failed")
+
+
+def stage2_put_unlinked_table_rcu(pgt, pgtable: int, level: int):
+    """mm_ops->free_unlinked_table under RFC v1: the subtree was pruned
+    before the make; only the root page's last reference is left, and it
+    goes to RCU like every other table page's (patch 14)."""
+    yield call_rcu(stage2_free_table_page_rcu_cb, pgt, pgtable)
 
 
 def kvm_pgtable_stage2_destroy(pgt, bulk: bool = False):

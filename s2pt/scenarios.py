@@ -28,8 +28,21 @@ The pKVM scenarios at the end race on the host's identity-mapped stage 2
 (:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
 a host CPU whose MMU walks the same table and whose faults trap to EL2.
 They reuse pkvm's EL2 paths step by step and add the isolation checker
-(:class:`s2pt.checkers.IsolationChecker`); ``rcu`` and ``none`` cannot run at
-EL2, so they do not declare them.
+(:class:`s2pt.checkers.IsolationChecker`); ``rcu``, ``none``, ``write-lock``
+and ``rwlock`` are schemes of ``kvm->mmu_lock`` and do not declare them.
+The guest scenarios declare ``hyp-lock`` too, as a question: what if KVM
+guarded a guest's stage 2 with pKVM's lock?
+
+The schemes added after the first three (``write-lock``, ``rwlock``)
+declare their outcomes on the scenarios above them in one block at the
+end (:func:`declare`), with the reason wherever a scenario refuses one.
+
+``aba-table-reuse`` adds a read-only slot next to the collapse table, so that
+the page of the freed level-3 table comes back from the (LIFO) allocator as
+the new table of another region while a walker still holds its old pointer:
+ABA, for the refcount schemes.  :data:`ABA_SAME` is its same-place twin
+(the page comes back as the table at the same entry), replayed rather than
+searched.
 """
 
 from __future__ import annotations
@@ -69,14 +82,19 @@ BUGS = {
                      {"free_unlinked_drops_root": False}),
 }
 #: The guest paths' deliberate breakages (s2pt.kvm.BUGS): the VM is built with them.
-_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk")
+_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk", "collapse-under-read-lock")
 BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
+#: The schemes' own deliberate breakages: the scheme builds its mm_ops with them.
+BUGS["shared-walker-count"] = (
+    "refcount schemes: walker references taken in page_count, the count whose value 1 "
+    "means 'no valid entries', instead of a walker count of their own", {})
 
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
 NOT_DECLARED = {
-    "hyp-lock": "hyp-lock is pKVM's lock for the host stage 2 at EL2 (host_mmu.lock); this "
-                "scenario races on a guest's stage 2 in the host kernel",
+    "hyp-lock": "hyp-lock is pKVM's lock for the host stage 2 at EL2 (host_mmu.lock); the "
+                "guest scenarios declare it only where 'what if KVM used pKVM's lock' has a "
+                "meaning, and this one does not",
 }
 
 
@@ -96,8 +114,8 @@ def _vm(scheme, bugs, vcpus=2, backing="2M", size=BLOCK):
     for b in sorted(bugs):
         kw.update(BUGS[b][1])
     vm = _kvm.VM(40, 4096, vcpus=vcpus, locking=scheme, memcache_capacity=None,
-                 bugs=set(bugs) & set(_VM_BUGS), machine=SimMachine, mm_ops=scheme.mm_ops(),
-                 **kw)
+                 bugs=set(bugs) & set(_VM_BUGS), machine=SimMachine,
+                 mm_ops=scheme.mm_ops(frozenset(bugs)), **kw)
     return vm, vm.add_memslot(IPA, size, backing=backing)
 
 
@@ -126,14 +144,18 @@ def _logged_table(vm, slot, pages=3, aged=(2,)):
 
     Returns the memslot as it was while logging was on: memslots are
     replaced, not changed in place (kvm_set_memslot), so a vCPU that looked
-    the slot up before the change still sees logging on."""
+    the slot up before the change still sees logging on.  The scenarios
+    start while that vCPU may still be in its fault handler: the new
+    memslot is published, kvm_arch_commit_memory_region() has not run yet
+    (it waits for the old memslot's users), so a scheme's commit
+    (``rwlock``: unmap the slot) has not happened."""
     vm.enable_dirty_logging(slot)
     for k in range(pages):
         vm.access(slot.gpa + k * PAGE)
     for k in aged:
         vm.pgt.test_clear_young(slot.gpa + k * PAGE, PAGE)
     logging = _dc_replace(slot)
-    vm.disable_dirty_logging(slot)
+    vm.disable_dirty_logging(slot, commit=False)
     return logging
 
 
@@ -249,8 +271,13 @@ class Scenario:
 
 
 def build_collapse_vs_fault(scheme, bugs, vcpus=2):
+    # One vCPU per page of the logged table: vCPU0 collapses, vCPU1 relaxes
+    # page 1, and vCPU2, vCPU3, ... each take an access-flag fault on their
+    # own aged page (pages 2, 3, ...).  With vcpus=1, vCPU0 collapses alone.
+    # (s2pt.comparison scales the cost scenario from 1 to 4 vCPUs with it.)
     vm, slot = _vm(scheme, bugs, vcpus)
-    logging = _logged_table(vm, slot)
+    pages = max(3, vcpus)
+    logging = _logged_table(vm, slot, pages=pages, aged=tuple(range(2, pages)))
     faults = [_fault(vm, IPA + k * PAGE, write=k < 2) for k in range(vcpus)]
     s = _setup(vm, scheme, bugs)
     s.share(logging)
@@ -259,11 +286,12 @@ def build_collapse_vs_fault(scheme, bugs, vcpus=2):
     # still on: it relaxes the permissions of one page.
     s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
           faults[0], True)
-    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
-          faults[1], True)
-    if vcpus > 2:
-        s.cpu("vCPU2", "handle_access_fault: mkyoung", handle_access_fault, vm, 2,
-              IPA + 2 * PAGE, faults[2])
+    if vcpus > 1:
+        s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE,
+              logging, faults[1], True)
+    for k in range(2, vcpus):
+        s.cpu(f"vCPU{k}", "handle_access_fault: mkyoung", handle_access_fault, vm, k,
+              IPA + k * PAGE, faults[k])
     s.region = (IPA, BLOCK)
     return s
 
@@ -361,8 +389,9 @@ _add(Scenario(
 _add(Scenario(
     "stash-old-pte",
     "a9f0e3d5a089 reverted: after collapsing, the map walker keeps the old table "
-    "PTE and descends into the table it just unlinked; freed at once (as pKVM "
-    "does) that is a use-after-free, deferred by RCU it is harmless",
+    "PTE and descends into the table it just unlinked; freed at once (the "
+    "counterfactual 'none', or an exclusive lock) that is a use-after-free, "
+    "deferred by RCU it is harmless",
     build_stash_old_pte,
     {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=1))
 
@@ -684,3 +713,441 @@ mutation("donate-no-tlbi/hyp-lock", "hyp-lock", "donate-vs-host-access-no-tlbi",
 mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlbi",
          "use-after-free", "pKVM coalesces and frees the host's tables without "
          "__kvm_tlb_flush_vmid: a host CPU's walk cache still points into them")
+
+
+# ---------------------------------------------------------------------------
+# rcu-rfc: RFC v1's pruning walker (s2pt.schemes.RcuRfcScheme)
+# ---------------------------------------------------------------------------
+
+BUGS["rfc-plain-prune"] = (
+    "RFC v1's pruning walker locks the unlinked subtree's entries with plain READ_ONCE / "
+    "WRITE_ONCE instead of xchg (not a real commit: what the atomics are for)",
+    {"prune_xchg": False})
+
+
+def build_collapse_vs_map(scheme, bugs):
+    # vCPU0 collapses as in collapse-vs-fault.  vCPU1 looked its memslot up
+    # while logging was still on: it maps one page (force_pte) at an entry
+    # of the level-3 table that is still empty -- an install into the
+    # subtree that vCPU0 is unlinking.
+    vm, slot = _vm(scheme, bugs)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA), _fault(vm, IPA + 3 * PAGE, vcpu=1)]
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: map page 3 (logging)", user_mem_abort, vm, 1,
+          IPA + 3 * PAGE, logging, faults[1], True)
+    # The lost-update oracle watches vCPU1's page: every serial order leaves
+    # it mapped (by the block or by vCPU1's page).  The rest of the 2M is
+    # the logging-mismatch race's business: when vCPU1 splits the new block
+    # and vCPU0's walk goes on into vCPU1's table, a few pages end up mapped
+    # and the rest fault back later -- correct (the walker infers the PA
+    # from the IPA), but no serial order gives it.
+    s.region = (IPA + 3 * PAGE, PAGE)
+    return s
+
+
+_add(Scenario(
+    "collapse-vs-map",
+    "vCPU0 maps a 2M block over a level-3 table while vCPU1, which still sees dirty logging "
+    "on, maps a page into an empty entry of that table: an install into the subtree being "
+    "unlinked",
+    build_collapse_vs_map,
+    {"none": {"use-after-free": SOMETIMES, "leak": SOMETIMES, "warn": SOMETIMES},
+     "rcu": {}}))
+
+declare("rcu-rfc", {
+    "collapse-vs-fault": {},
+    "collapse-vs-fault-3": {},
+    "unmap-vs-fault": {},
+    "split-vs-fault": {},
+    "stash-old-pte": {},
+    "collapse-vs-hw-walk": {},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+    "collapse-vs-map": {},
+}, why_not={name: "rcu-rfc runs guest faults as shared walks under kvm->mmu_lock, like rcu; "
+                  + NOT_PKVM["rcu"]
+            for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                         "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
+
+mutation("rfc-plain-prune/rcu-rfc", "rcu-rfc", "collapse-vs-map", "leak",
+         "RFC v1's pruning walker with plain READ_ONCE / WRITE_ONCE instead of xchg: vCPU1 "
+         "installs its page between the pruner's read and its store, the store throws the "
+         "install away (the block still maps the page, so the guest loses nothing) and the "
+         "reference vCPU1 took on the level-3 table is never dropped: the table leaks",
+         bugs=("rfc-plain-prune",))
+
+
+# ---------------------------------------------------------------------------
+# The baseline and Oliver Upton's rwlock (write-lock, rwlock); the races they
+# need; and the historical bugs of the parallel walker they are checked on
+# ---------------------------------------------------------------------------
+
+BUGS.update({
+    "1f0f4a2ef7a5": ("the map walker advances its own PA after each leaf instead of inferring "
+                     "it from the IPA (KVM: arm64: Infer the PA offset from IPA in stage-2 "
+                     "map walker, reverted)",
+                     {"map_phys_from_ipa": False}),
+    "c60d847be7b8": ("the split walker puts the subtree root again after "
+                     "kvm_pgtable_stage2_free_unlinked() (KVM: arm64: Fix double-free "
+                     "following kvm_pgtable_stage2_free_unlinked(), reverted)",
+                     {"free_unlinked_once": False}),
+    "no-rcu-read-lock": ("shared walks skip rcu_read_lock() in kvm_pgtable_walk_begin(): "
+                         "not a real commit, an RCU reader that forgets to be one",
+                         {"shared_walk_rcu": False}),
+    "collapse-under-read-lock": (_kvm.BUGS["collapse-under-read-lock"], {}),
+})
+
+
+@kernel_path("kvm_arch_mmu_enable_log_dirty_pt_masked")
+def clear_dirty_log_split(vm, ipa: int, size: int):
+    """KVM_CLEAR_DIRTY_LOG -> kvm_arch_mmu_enable_log_dirty_pt_masked() ->
+    kvm_mmu_split_huge_pages(), as Vipin Sharma's 2023 series proposed it
+    ("Split huge pages during clear-dirty-log under MMU read lock", not
+    merged): under ``read_lock(&kvm->mmu_lock)``, with a
+    KVM_PGTABLE_WALK_SHARED split walk, so that vCPUs keep faulting.  Only a
+    shared split can lose its break to a vCPU and take the walker's -EAGAIN
+    path; mainline splits under the write lock."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache,
+                                                 flags=pt.SHARED)
+    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
+    return ret
+
+
+def build_unmap_vs_collapse(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    _logged_table(vm, slot)
+    fault = _fault(vm, IPA)
+    s = _setup(vm, scheme, bugs)
+    # vCPU0 maps 2M again after logging (over the level-3 table where one is
+    # left); the MMU notifier invalidates the whole 2M (a THP split or
+    # migration: kvm_unmap_gfn_range over the block).
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          fault, True)
+    s.cpu("notifier", "kvm_unmap_gfn_range: unmap 2M", kvm_unmap_gfn_range, vm, IPA, BLOCK)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+def build_logging_mismatch(scheme, bugs):
+    # A 2M-backed slot over one empty 2M region, and a 4K slot next to it
+    # that the guest has touched, so that the level-2 table exists (the
+    # race is at its entry 0, and turning logging off does not free it).
+    vm, slot = _vm(scheme, bugs)
+    other = vm.add_memslot(IPA + BLOCK, PAGE, backing="4K")
+    vm.access(other.gpa, write=True)
+    vm.enable_dirty_logging(slot)
+    logging = _dc_replace(slot)       # the memslot as vCPU1 looked it up
+    vm.disable_dirty_logging(slot, commit=False)      # as _logged_table
+    last = IPA + BLOCK - PAGE
+    faults = [_fault(vm, IPA, vcpu=0), _fault(vm, last, vcpu=1)]
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    # The commit's picture: both vCPUs abort in the same 2M region; vCPU0
+    # sees logging off and maps a PMD (2M block), vCPU1 sees it on and maps
+    # a PTE (force_pte), replacing the block with a table if it finds one.
+    # vCPU1's page is the region's last, so that a map walk that meets it
+    # has mapped every other page first (its -EAGAIN stops the walk there):
+    # whichever vCPU goes first, the region ends fully mapped or holding
+    # vCPU1's page alone, as in the serial orders.
+    s.cpu("vCPU0", "user_mem_abort: 2M block (logging off)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: 4K page (logging on)", user_mem_abort, vm, 1, last, logging,
+          faults[1], True)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+def build_split_double_put(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    vm.access(IPA)                      # the guest ran on a 2M block ...
+    vm.enable_dirty_logging(slot)       # ... that logging write-protected,
+    vm.pgt.test_clear_young(IPA, BLOCK)  # and aging cleared its access flag
+    fault = _fault(vm, IPA + 5 * PAGE, write=False, vcpu=1)
+    s = _setup(vm, scheme, bugs)
+    s.memcache(1, vm.split_page_cache)                # mmu->split_page_cache
+    # The split's break loses when the block changes under it.  Oliver
+    # Upton's guess in the fix's thread was a hardware access-flag update
+    # (FEAT_HAFDBS, which the model's CPU lacks); vCPU1's access-flag fault
+    # makes the same change in software (kvm_pgtable_stage2_mkyoung's
+    # cmpxchg), and can, once the split runs on the read side.
+    s.cpu("split", "clear-dirty-log split under the read lock", clear_dirty_log_split, vm,
+          IPA, BLOCK)
+    s.cpu("vCPU1", "handle_access_fault: mkyoung", handle_access_fault, vm, 1,
+          IPA + 5 * PAGE, fault)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_NO_MMU_LOCK = ("{} is a scheme of kvm->mmu_lock for a guest's stage 2; the host stage 2 at "
+                "EL2 has only host_mmu.lock (a hyp_spinlock_t) and refuses shared walks "
+                "(-EPERM)")
+
+_add(Scenario(
+    "unmap-vs-collapse",
+    "vCPU0 maps a 2M block over a level-3 table (the collapse) while the MMU notifier "
+    "unmaps the same 2M under the write lock, which frees the tables it empties",
+    build_unmap_vs_collapse,
+    {"none": {}, "rcu": {}, "hyp-lock": {}, "write-lock": {}, "rwlock": {}}))
+_add(Scenario(
+    "logging-mismatch",
+    "two vCPUs abort in one empty 2M region, one seeing dirty logging off (a 2M block), the "
+    "other on (a page, replacing the block with a table if it finds one): the race of "
+    "1f0f4a2ef7a5 ('Infer the PA offset from IPA in stage-2 map walker'); under 'none' the "
+    "block also replaces a fresh table while its installer is inside",
+    build_logging_mismatch,
+    {"none": {"use-after-free": SOMETIMES, "leak": SOMETIMES, "warn": SOMETIMES}, "rcu": {}, "hyp-lock": {}, "write-lock": {},
+     "rwlock": {}}))
+_add(Scenario(
+    "split-double-put",
+    "a split under the read lock (the 2023 proposal to split during KVM_CLEAR_DIRTY_LOG with "
+    "a shared walk) loses its break to vCPU1 setting the block's access flag, and frees its "
+    "unused subtree: the -EAGAIN path whose double put c60d847be7b8 removed",
+    build_split_double_put,
+    {"none": {}, "rcu": {}, "rwlock": {}},
+    why_not={
+        "write-lock": "before 6.2 no walk was shared: a split under the read lock, racing "
+                      "vCPU faults, is a later proposal",
+        "hyp-lock": "under one spinlock the split cannot run beside a fault, so its break "
+                    "never loses (the scenario is a split on the read side)",
+    }))
+
+
+# Outcomes of write-lock, rwlock and (as "what if KVM used pKVM's lock")
+# hyp-lock on the scenarios above, in one block.
+declare("write-lock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
+    "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {}, "map-vs-map-no-shared": {},
+}, why_not={name: _NO_MMU_LOCK.format("write-lock") for name in (
+    "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
+    "coalesce-vs-host-fault-no-tlbi")})
+
+declare("rwlock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
+    "split-vs-fault": {}, "stash-old-pte": {},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in "
+            "the model: coalescing (the host stage 2's only unlink) would go on the write side, "
+            "host faults and donations on the read side; see s2pt.schemes.RwlockScheme"
+            for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                         "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
+
+declare("hyp-lock", {
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
+    "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {}, "map-vs-map-no-shared": {},
+})
+
+
+mutation("no-rcu-read-lock/rcu", "rcu", "collapse-vs-fault", "use-after-free",
+         "RCU whose shared walkers forget rcu_read_lock() (kvm_pgtable_walk_begin): the "
+         "grace period does not wait for vCPU1, and the callback frees the table it walks",
+         bugs=("no-rcu-read-lock",))
+mutation("collapse-under-read-lock/rwlock", "rwlock", "collapse-vs-fault", "use-after-free",
+         "rwlock whose faults may replace a table by a block under the read lock: vCPU0 "
+         "collapses the table dirty logging left and frees it at once while vCPU1 walks it",
+         bugs=("collapse-under-read-lock",))
+mutation("f6a27d6dc51b/rcu", "rcu", "collapse-vs-fault", "leak",
+         "f6a27d6dc51b reverted: kvm_pgtable_stage2_free_unlinked() does not drop the "
+         "subtree root's last reference, so every collapsed table leaks",
+         bugs=("f6a27d6dc51b",))
+mutation("c60d847be7b8/rcu", "rcu", "split-double-put", "double-free",
+         "c60d847be7b8 reverted: the split walker that lost its break frees its unused "
+         "subtree and then puts the root once more",
+         bugs=("c60d847be7b8",))
+mutation("1f0f4a2ef7a5/rcu", "rcu", "logging-mismatch", "lost-update",
+         "1f0f4a2ef7a5 reverted: vCPU0 installs its block, advances its PA by 2M, finds "
+         "vCPU1's table on reloading and maps the whole table 2M off",
+         bugs=("1f0f4a2ef7a5",))
+
+
+# ---------------------------------------------------------------------------
+# ABA: a table page freed and reused while a walker holds its pointer
+# ---------------------------------------------------------------------------
+#
+# The collapse-vs-fault table, and a second memslot next to it: a read-only
+# 4K-backed slot (a ROM) at IPA + 2M, so that a fault there needs a new
+# level-3 table under L2[1].  The faulting vCPU's memcache is one page short
+# of kvm_mmu_cache_min_pages, so its top-up takes a page from the page
+# allocator -- which hands out the most recently freed page first (LIFO):
+# the collapsed table, if it has been freed by then.  One spare page waits
+# in the allocator for the runs where it has not.
+
+ROM = IPA + BLOCK                    # the read-only slot's first IPA
+
+
+@kernel_path("vcpu_run")
+def guest_faults(vm, vcpu: int, faults):
+    """The vCPU runs the guest, which takes each fault in turn:
+    kvm_handle_guest_abort() -> user_mem_abort() once per ``(ipa, slot,
+    fault, write)``, each with its own top-up, lock and walk."""
+    for ipa, slot, fault, write in faults:
+        yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+
+
+def _one_page_short(vm, vcpu):
+    """Give back all but one page of vCPU ``vcpu``'s memcache (it now holds
+    one less than kvm_mmu_cache_min_pages), so that its next top-up takes a
+    page from the allocator; the page given back is the allocator's spare."""
+    mc = vm.vcpus[vcpu].memcache
+    while mc.nobjs > vm._min_pages - 1:
+        vm.pgt.mm.free_page(mc.objects.pop(), was_table=False)
+
+
+def build_aba_table_reuse(scheme, bugs):
+    vm, slot = _vm(scheme, bugs)
+    rom = vm.add_memslot(ROM, BLOCK, backing="4K", readonly=True)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA, write=True), _fault(vm, IPA + PAGE, write=True, vcpu=1),
+              _fault(vm, ROM + PAGE, write=False)]
+    s = _setup(vm, scheme, bugs)
+    _one_page_short(vm, 0)
+    # vCPU0: collapse (the L3 table is unlinked and, once no walker holds it,
+    # freed), then a read of the ROM: a new L3 table under L2[1] -- the
+    # collapsed table's page, if the allocator has it back by then -- with
+    # ROM + 4K mapped read-only at index 1.
+    s.cpu("vCPU0", "collapse, then a read fault on the ROM slot", guest_faults, vm, 0,
+          ((IPA, slot, faults[0], True), (ROM + PAGE, rom, faults[2], False)))
+    # vCPU1: relax_perms at IPA + 4K, index 1 of the collapsed table.
+    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
+          faults[1], True)
+    s.region = (IPA, 2 * BLOCK)
+    return s
+
+
+def build_aba_table_reuse_same(scheme, bugs):
+    vm, slot = _vm(scheme, bugs, vcpus=3)
+    logging = _logged_table(vm, slot)
+    faults = [_fault(vm, IPA + k * PAGE, write=True, vcpu=v) for v, k in enumerate((0, 1, 3))]
+    s = _setup(vm, scheme, bugs)
+    _one_page_short(vm, 2)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", user_mem_abort, vm, 0, IPA, slot,
+          faults[0], True)
+    s.cpu("vCPU1", "user_mem_abort: relax_perms", user_mem_abort, vm, 1, IPA + PAGE, logging,
+          faults[1], True)
+    # vCPU2 took its translation fault on page 3 before the collapse, and
+    # looked the slot up while logging was on: it maps 4K, and where it
+    # meets the new 2M block it replaces the block with a table
+    # (stage2_map_walk_leaf) -- at the same entry, L2[0], and, if the
+    # collapsed table is back in the allocator by then, on the same page.
+    s.cpu("vCPU2", "user_mem_abort: 4K write while logging", user_mem_abort, vm, 2,
+          IPA + 3 * PAGE, logging, faults[2], True)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_add(Scenario(
+    "aba-table-reuse",
+    "ABA elsewhere: vCPU0 collapses the level-3 table that vCPU1's relax_perms is walking "
+    "into, then faults on a read-only slot, and the allocator hands it the freed table's "
+    "page as that slot's new level-3 table; a walker that took its reference only after "
+    "reading the old pointer walks the ROM's table and makes a ROM page writable",
+    build_aba_table_reuse,
+    {"none": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES}, "rcu": {}}))
+#: ABA at the same place.  Not in SCENARIOS: with three CPUs and the
+#: 512-entry walk that frees the collapsed table, its exhaustive search
+#: exceeds two million states (beyond the engine's 60 s target), so it is
+#: replayed with chosen schedules instead (tests/test_refcount.py, notebook 07).
+ABA_SAME = Scenario(
+    "aba-table-reuse-same",
+    "ABA at the same place: while vCPU1 holds a pointer to the level-3 table, vCPU0 "
+    "collapses and frees it and vCPU2's logging fault splits the block again, getting the "
+    "same page back as the new table at the same entry; a walker that checks the entry "
+    "after taking its reference walks the new table, which is correct",
+    build_aba_table_reuse_same,
+    {"none": {"use-after-free": SOMETIMES}, "rcu": {}, "refcount": {"use-after-free": SOMETIMES},
+     "refcount-revalidate": {}}, cpus=3)
+
+
+# ---------------------------------------------------------------------------
+# The refcount schemes (s2pt.schemes: refcount, refcount-revalidate)
+# ---------------------------------------------------------------------------
+
+#
+# Both run faults under read_lock(&kvm->mmu_lock) as the kernel does, and
+# unmap and eager splitting under the write lock, without RCU; refcount takes
+# its walker reference after reading the table pointer, refcount-revalidate
+# takes it with get_page_unless_zero and checks the entry again.  The
+# hardware walker takes no reference: against it only the TLBI before the
+# free protects, as for every scheme.
+
+_REFCOUNT_COMMON = {
+    # The unmap takes the write lock: no walker is inside when it frees; the
+    # collapse that loses to it, or wins, drops the parent's reference.
+    "unmap-vs-collapse": {},
+    # A split on the read side walks shared, so it takes walker references;
+    # its unused subtree was never linked, and it frees that at once.
+    "split-double-put": {},
+    "unmap-vs-fault": {},
+    "split-vs-fault": {},
+    "collapse-vs-hw-walk": {},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map": {},
+    "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
+                             "refcount": SOMETIMES, "warn": SOMETIMES},
+}
+_REFCOUNT_WHY = ("this scenario races on pKVM's host stage 2 at EL2 under hyp-lock "
+                 "(host_mmu.lock, exclusive walks only): walker references would change "
+                 "nothing there; the refcount schemes run shared guest faults under "
+                 "read_lock(&kvm->mmu_lock)")
+_REFCOUNT_WHY_NOT = {name: _REFCOUNT_WHY for name in (
+    "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
+    "coalesce-vs-host-fault-no-tlbi")}
+declare("refcount", dict(_REFCOUNT_COMMON, **{
+    # the walker takes its reference after the unlinker dropped the last one
+    "collapse-vs-fault": {"use-after-free": SOMETIMES},
+    "collapse-vs-fault-3": {"use-after-free": SOMETIMES},
+    # a9f0e3d5a089 reverted: the collapser descends into the table it freed
+    "stash-old-pte": {"use-after-free": SOMETIMES},
+    # ... or, the page reused elsewhere, walks the ROM's new table
+    "aba-table-reuse": {"use-after-free": SOMETIMES, "lost-update": SOMETIMES},
+    # vCPU0's block replaces the table vCPU1 has just installed, before
+    # vCPU1's reference on it
+    "logging-mismatch": {"use-after-free": SOMETIMES},
+}), why_not=_REFCOUNT_WHY_NOT)
+declare("refcount-revalidate", dict(_REFCOUNT_COMMON, **{
+    "collapse-vs-fault": {},
+    "collapse-vs-fault-3": {},
+    # get_page_unless_zero fails on the freed table: the walker visits the
+    # entry again and finds its own block (a9f0e3d5a089 is not needed here)
+    "stash-old-pte": {},
+    "aba-table-reuse": {},
+    "logging-mismatch": {},
+}), why_not=_REFCOUNT_WHY_NOT)
+
+# The schemes of schemes-a's block, on aba-table-reuse: under write-lock and
+# hyp-lock the collapse excludes the relax_perms walk, so the page is reused
+# only once no walker holds its pointer.
+declare("write-lock", {"aba-table-reuse": {}})
+declare("hyp-lock", {"aba-table-reuse": {}})
+declare("rwlock", {}, why_not={
+    "aba-table-reuse": "under rwlock, turning dirty logging off unmapped the memslot "
+                       "(VM.disable_dirty_logging -> kvm_stage2_unmap_range): no level-3 "
+                       "table is left for vCPU0 to collapse, so none is freed and reused; "
+                       "no fault unlinks a table under rwlock"})
+
+mutation("no-revalidate/refcount", "refcount", "aba-table-reuse", "lost-update",
+         "refcount without revalidation: the walker takes its reference after reading the "
+         "table pointer, on a page that was freed and reused as the ROM's table; it makes a "
+         "read-only page writable")
+mutation("no-revalidate/refcount-uaf", "refcount", "collapse-vs-fault", "use-after-free",
+         "refcount without revalidation: the walker takes its reference on a table whose "
+         "last reference the collapse has just dropped")
+mutation("shared-walker-count/refcount-revalidate", "refcount-revalidate", "collapse-vs-fault",
+         "leak", "walker references kept in page_count, where 1 means 'no valid entries': the "
+         "unlinked table's entries keep the count above zero, so the last walker reference "
+         "is never the last reference and the table is never freed",
+         bugs=("shared-walker-count",))

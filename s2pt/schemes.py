@@ -39,9 +39,15 @@ The schemes:
     with -EPERM), and unlinked tables are freed at once, under the lock
     (``host_s2_free_unlinked_table``; EL2 has no RCU).  The host CPUs' MMUs
     walk the table concurrently and take no lock: against them only the TLBI
-    (and its DSB) before the free protects.  Only the pKVM scenarios declare
-    it; ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``) cannot run
-    there.
+    (and its DSB) before the free protects.  The pKVM scenarios declare
+    it, and so do the guest scenarios, as a question: what if KVM guarded
+    a guest's stage 2 with pKVM's lock (one spinlock, every fault and update
+    exclusive)?  ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``)
+    cannot run at EL2.
+
+``write-lock``, ``rwlock``
+    The baseline before the 2022 series and Oliver Upton's alternative in
+    the thread: see their classes below.
 
 To add a scheme, subclass :class:`Scheme`, override what differs, and
 register it in :data:`SCHEMES`; scenarios declare their expected outcomes
@@ -52,9 +58,11 @@ from __future__ import annotations
 
 from . import pgtable as pt
 from .errors import S2ptError
-from .kvm import MMU_LOCK, MmuLock
-from .ops import spin_lock, spin_unlock
-from .ops import kernel_path
+from .kvm import MMU_LOCK, MmuLock, kvm_stage2_unmap_range
+from .descriptor import kvm_pte_table
+from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
+from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, put_page,
+                  walker_get, walker_get_unless_zero, walker_put)
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
@@ -74,8 +82,9 @@ class Scheme(MmuLock):
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
 
-    def mm_ops(self) -> pt.MmOps:
-        """The mm_ops a guest table is built with under this scheme."""
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        """The mm_ops a guest table is built with under this scheme (with
+        the scenario's bug switches, for a scheme that has its own)."""
         return pt.MmOps(self.free_unlinked_table)
 
     def __repr__(self):
@@ -104,10 +113,10 @@ class HypLockScheme(Scheme):
     fault_flags = 0
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)   # host_s2_free_unlinked_table
 
-    def fault_lock(self, unlinks: bool = False):
+    def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
         yield spin_lock(HOST_MMU_LOCK)               # host_lock_component()
 
-    def fault_unlock(self, unlinks: bool = False):
+    def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
         yield spin_unlock(HOST_MMU_LOCK)             # host_unlock_component()
 
     def update_lock(self):
@@ -117,13 +126,105 @@ class HypLockScheme(Scheme):
         yield spin_unlock(HOST_MMU_LOCK)
 
 
+class WriteLockScheme(Scheme):
+    """The baseline the 2022 parallel-faults series replaced (up to v6.1).
+
+    Jing Zhang's dirty-logging patches made ``kvm->mmu_lock`` a read/write
+    lock and let user_mem_abort() take it for read when a fault would merely
+    relax permissions; the rule it had when the series landed
+    (``use_read_lock``): the memslot logs dirty pages, a write permission
+    fault, and the fault granule is PAGE_SIZE.  Every other fault
+    (map, block over table, table over block) and handle_access_fault()
+    took it for write.  No walk was KVM_PGTABLE_WALK_SHARED, so there were
+    no RCU readers; the read-side relax (kvm_pgtable_stage2_relax_perms)
+    stored with a plain WRITE_ONCE, harmless because only permission bits
+    of a valid leaf change under the read lock.  An unlinked table was freed
+    at once (stage2_map_walk_table_pre put its pages, nobody else could be
+    in it).
+
+    Safe, and its cost is the one the series was written for: faults that
+    map or collapse serialise behind one lock and "predictably can pile up
+    all the vCPUs in a sufficiently large VM".  The model runs today's
+    walker with the old locking (flags 0: exclusive, no HANDLE_FAULT).
+    """
+
+    name = "write-lock"
+    summary = ("before 6.2: a fault that only relaxes permissions under read_lock(mmu_lock), "
+               "every other fault under write_lock; exclusive walks; unlinked tables freed "
+               "at once")
+    fault_flags = 0
+    free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
+
+    def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
+        if relax_only:
+            yield read_lock(MMU_LOCK)                # use_read_lock
+        else:
+            yield write_lock(MMU_LOCK)
+
+    def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
+        if relax_only:
+            yield read_unlock(MMU_LOCK)
+        else:
+            yield write_unlock(MMU_LOCK)
+
+
+class RwlockScheme(Scheme):
+    """Oliver Upton's alternative in the 2022 thread: "a rwlock with unmap
+    on the write side and everything else on the read side".
+
+    Faults (user_mem_abort, handle_access_fault) walk in parallel under
+    ``read_lock(&kvm->mmu_lock)`` with shared walks (cmpxchg, -EAGAIN), as
+    in mainline; the MMU notifier's unmap (kvm_unmap_gfn_range) and the
+    kernel's other exclusive updates (write-protect, eager split) take the
+    write lock.  What makes it safe without RCU: **no fault ever unlinks a
+    table**.  Where a block would replace a table, the fault maps inside the
+    table, at the table's level, instead (the model's NO_COLLAPSE walk flag,
+    its rendering of the sketch, not a kernel flag:
+    stage2_map_walk_table_pre declines).  The only walker that frees tables
+    is the unmap (stage2_unmap_walker puts emptied tables at once), and it
+    excludes every other software walker.
+
+    Blocks still come back after dirty logging: turning logging off unmaps
+    the whole memslot under the write lock (``logging_off``:
+    kvm_stage2_unmap_range at kvm_arch_commit_memory_region), and the guest
+    faults blocks back into empty space; the price is those refaults.  A
+    vCPU that looked the memslot up before the change may still fault with
+    logging on: it maps a page, never unlinks.
+
+    The thread's pKVM question, answered in the model: pKVM's host stage 2
+    collapses tables only when it coalesces after a reclaim
+    (stage2_coalesce_walk_table_post); under this scheme that is write-side
+    work, like unmap, while host faults and donations (which break blocks
+    into tables, never unlink) could share the read side.  No RCU is needed,
+    so the scheme could run at EL2; but EL2 has only hyp_spinlock_t today
+    and refuses shared walks (-EPERM), so the pKVM scenarios run
+    ``hyp-lock`` and do not declare this scheme.
+    """
+
+    name = "rwlock"
+    summary = ("Oliver Upton's sketch: faults in parallel under read_lock(mmu_lock) that never "
+               "replace a table by a block; unmap under write_lock; logging off unmaps the "
+               "memslot; no RCU, tables freed at once")
+    fault_flags = pt.HANDLE_FAULT | pt.SHARED | pt.NO_COLLAPSE
+    free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
+
+    def logging_off(self, vm, slot):
+        """kvm_arch_commit_memory_region() -> unmap the slot
+        (kvm_stage2_unmap_range) under write_lock(&kvm->mmu_lock)."""
+        yield from self.update_lock()
+        yield from kvm_stage2_unmap_range(vm, slot.gpa, slot.size)
+        yield from self.update_unlock()
+
+
 # The lock wrappers are not kernel functions: diagrams show their caller.
 for _fn in (HypLockScheme.fault_lock, HypLockScheme.fault_unlock, HypLockScheme.update_lock,
-            HypLockScheme.update_unlock):
+            HypLockScheme.update_unlock, WriteLockScheme.fault_lock,
+            WriteLockScheme.fault_unlock, RwlockScheme.logging_off):
     kernel_path(None)(_fn)
 
 #: name -> Scheme instance, in the order listings show them.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme(), HypLockScheme())}
+SCHEMES.update({s.name: s for s in (WriteLockScheme(), RwlockScheme())})
 
 
 def get_scheme(scheme) -> Scheme:
@@ -134,3 +235,208 @@ def get_scheme(scheme) -> Scheme:
     except (KeyError, TypeError):
         raise S2ptError(f"scheme={scheme!r}: unknown scheme; choose one of "
                         f"{', '.join(SCHEMES)}") from None
+
+
+class RcuRfcScheme(Scheme):
+    """``rcu-rfc``: RFC v1 of the parallel-faults series, the design the
+    2022 thread replies to ("[RFC PATCH 09/17] KVM: arm64: Tear down
+    unlinked page tables in parallel walk", Oliver Upton, April 2022).
+
+    Faults run in parallel as in ``rcu`` (``read_lock(&kvm->mmu_lock)``,
+    shared walks inside RCU read-side sections).  What differs is the
+    teardown.  A fault that collapses a table into a block breaks the table
+    entry (``stage2_try_break_pte``: LOCKED, TLBI), then, before it makes
+    the block (``stage2_make_pte``), walks the subtree it has just unlinked.
+    It "locks" every descendant entry with ``xchg`` so that no other walker
+    can install into it, follows whatever each exchange took out, and
+    drops each entry's reference at once
+    (:func:`s2pt.pgtable.stage2_prune_unlinked_table`).  An entry already
+    LOCKED by another walker is spun on.  Each table page's last reference
+    goes to ``call_rcu``, with an rcu_head in the page's private data
+    (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`).
+
+    The cost is on the break-before-make critical path: one ``xchg`` for
+    each of the 512 entries of a level-3 table, and the table entry stays
+    LOCKED the whole time, so every other fault in the range gets -EAGAIN
+    and retries.  It was never merged.  v6.2 moved the teardown out of that
+    path: the subtree is left alone until the RCU callback, which needs no
+    atomics and no spinning, only "a boring traversal".  That is ``rcu``.
+    """
+    name = "rcu-rfc"
+    summary = ("RFC v1 (April 2022, never merged): faults as in rcu, but a collapse locks every "
+               "entry of the unlinked subtree with xchg inside its break-before-make, and each "
+               "table page's last reference goes to call_rcu")
+    free_unlinked_table = staticmethod(pt.stage2_put_unlinked_table_rcu)
+
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        return pt.MmOps(self.free_unlinked_table,
+                        prune_unlinked_table=pt.stage2_prune_unlinked_table)
+
+
+SCHEMES.update({s.name: s for s in (RcuRfcScheme(),)})
+
+
+# ---------------------------------------------------------------------------
+# Refcounted walkers: Quentin Perret's idea (2022-04-22), never merged
+# ---------------------------------------------------------------------------
+
+class RefcountScheme(Scheme):
+    """``refcount``: walkers take a reference on each table page on the way
+    down and drop it on the way back; the unlinker drops the parent's
+    reference; the last reference frees the page.
+
+    **History.**  Quentin Perret, replying to RFC patch 09 of the parallel
+    faults series on 2022-04-22: RCU is a non-starter for pKVM's hypervisor,
+    so "have all walkers take references on the pages as they walk down, and
+    release them on their way back, but I'm still not sure how to make this
+    race-safe".  It was never merged; the kernel took RCU (``rcu``).  This
+    class is the idea taken literally, so that the explorer can show why he
+    was unsure.
+
+    **The counts.**  Walker references go in a second count of struct page
+    (``s2pt.memory``'s walker count), never in ``page_count``: the kernel's
+    ``page_count(table) == 1`` means "no valid entries" to
+    ``stage2_unmap_walker`` and ``stage2_free_walker``.  A table's walker
+    count starts at 1, the reference its parent entry holds.
+
+    **The walk.**  The one walker calls the scheme's hooks (``MmOps.
+    table_enter``/``table_leave``) around each descent of a shared walk:
+    enter is ``get_page`` on the walker count of the table whose pointer the
+    walker has just read, leave is ``put_page_testzero``.  Whoever drops the
+    last reference frees the table *and the subtree below it*:
+    ``kvm_pgtable_stage2_free_unlinked`` with the level kept in page->private
+    (``set_page_private``), as ``stage2_free_unlinked_table`` does for RCU.
+    That freeing walk holds no walker reference and needs none: every walker
+    below the table holds a reference on the table itself, so once its count
+    is zero the subtree is the freeing CPU's alone.  It is an exclusive walk
+    (no hooks), the same "boring traversal" as the RCU callback.
+
+    **The unlinker.**  A collapse (``stage2_map_walk_table_pre``) calls
+    ``mm_ops->free_unlinked_table``, which here drops the parent's reference
+    instead of calling ``call_rcu``: the table is freed at once if no walker
+    is inside, else by the last walker to leave.  Unmap
+    (``stage2_unmap_walker``) frees emptied tables with ``put_page`` as the
+    kernel does, under the write lock, when no shared walker can hold a
+    reference.
+
+    **The lock.**  The kernel's since 6.2, minus RCU: faults run in parallel
+    under ``read_lock(&kvm->mmu_lock)``, the MMU notifier's unmap and eager
+    splitting take it for write.  Shared walks are not RCU readers
+    (``kvm_pgtable_walk_begin`` takes no ``rcu_read_lock``): the references
+    are meant to work where there is no RCU, as at pKVM's EL2 (which would
+    also need a read-write lock there; today pKVM has ``hyp_spin_lock``).
+
+    **The race** (naive, as here): the walker reads the table pointer
+    (``READ_ONCE`` of the parent entry) and only then takes its reference.
+    In between the unlinker can drop the last reference and free the table;
+    the walker's ``get_page`` then resurrects a freed page (a use after
+    free), or -- the allocator is LIFO -- a page already reused as a table
+    somewhere else, which the walker then walks as if it were the old one
+    (ABA; scenario ``aba-table-reuse``).  ``refcount-revalidate`` fixes it.
+    """
+
+    name = "refcount"
+    summary = ("Quentin Perret's 2022 idea, naive: walkers get a reference on each table on "
+               "the way down (after reading its pointer), put it on the way back; the "
+               "unlinker drops the parent's reference; the last one frees. No RCU")
+
+    #: The walker hooks' operations on the walker count (s2pt.ops).
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        if "shared-walker-count" in bugs:
+            return pt.MmOps(self.free_unlinked_table_shared, table_enter=self.table_enter_shared,
+                            table_leave=self.table_leave_shared, rcu_walkers=False)
+        return pt.MmOps(self.free_unlinked_table, table_enter=self.table_enter,
+                        table_leave=self.table_leave, rcu_walkers=False)
+
+    def table_enter(self, ctx, childp):
+        """Naive: the pointer was read by the visit's READ_ONCE; take the
+        reference now, whatever happened to the page in between."""
+        yield walker_get(childp)
+        return childp
+
+    def table_leave(self, ctx, childp):
+        """put_page_testzero(); the last reference frees the subtree."""
+        if (yield walker_put(childp)):
+            yield from pt.kvm_pgtable_stage2_free_unlinked(ctx.pgt, childp, ctx.level)
+
+    def free_unlinked_table(self, pgt, pgtable, level):
+        """mm_ops->free_unlinked_table: drop the parent's reference instead
+        of call_rcu; free now if it was the last."""
+        pgt.mm.page_of(pgtable).private = level              # set_page_private()
+        if (yield walker_put(pgtable)):
+            yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
+
+    # -- the mutation "shared-walker-count": walker references in page_count --
+    def table_enter_shared(self, ctx, childp):
+        yield get_page(childp)
+        return childp
+
+    def table_leave_shared(self, ctx, childp):
+        # put_page(): the kernel's count frees the page when it reaches zero,
+        # which the references of the table's own entries prevent.
+        yield put_page(childp)
+
+    def free_unlinked_table_shared(self, pgt, pgtable, level):
+        pgt.mm.page_of(pgtable).private = level
+        yield put_page(pgtable)
+
+
+class RefcountRevalidateScheme(RefcountScheme):
+    """``refcount-revalidate``: ``refcount`` with its race closed, in three
+    steps on the way down (the ``table_enter`` hook):
+
+    1. ``get_page_unless_zero`` on the walker count.  Struct page outlives
+       the page, so this is legal on a freed page and fails there (count 0);
+    2. with the reference held, re-read the parent entry (``READ_ONCE``) and
+       check that it still holds a table pointer to this page;
+    3. if either fails, drop the reference (``put_page_testzero``; the last
+       one frees the subtree) and visit the entry again from the start.
+
+    **Why the check holds even under ABA.**  The allocator reuses the most
+    recently freed page first, so between the walker's read and its
+    ``get_page_unless_zero`` the table may be freed and the page may come back
+    as a new table, its count 1 again, so step 1 succeeds.  Step 2 decides:
+    the reference is already held, so the page cannot be freed or reused
+    after it; if the parent entry points at the page *after* the reference
+    was taken, then the page is, at that moment and for as long as the
+    reference is held, the table linked at this entry -- same level, same
+    IPA range -- and walking it is exactly what a walker that read the entry
+    now would do, whether it is the old table or a new one that came back
+    at the same place (scenario ``aba-table-reuse-same``).  If it came back
+    anywhere else, the entry no longer points at it and the walker retries
+    (scenario ``aba-table-reuse``).  The parent table itself cannot change
+    identity under the walker: the walker holds a reference on it (the PGD
+    is never freed).
+
+    Same lock, same unlinker and same freeing as ``refcount``; never merged
+    (the kernel took RCU, ``rcu``).  The kernel's own pattern for this is
+    the lockless page-cache lookup (``filemap_get_entry``:
+    ``folio_try_get`` then re-check that the slot still holds the folio).
+    """
+
+    name = "refcount-revalidate"
+    summary = ("refcount made race-safe: get_page_unless_zero on the walker count, re-read "
+               "the parent entry, and if it no longer points at the page, put and retry")
+
+    def table_enter(self, ctx, childp):
+        pgt = ctx.pgt
+        if not (yield walker_get_unless_zero(childp)):
+            return None                                  # freed: visit the entry again
+        cur = yield READ_ONCE(ctx.ptep)
+        if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:
+            return childp
+        yield from self.table_leave(ctx, childp)         # put (maybe the last), retry
+        return None
+
+    def table_enter_shared(self, ctx, childp):
+        pgt = ctx.pgt
+        if not (yield get_page_unless_zero(childp)):
+            return None
+        cur = yield READ_ONCE(ctx.ptep)
+        if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:
+            return childp
+        yield put_page(childp)
+        return None
+
+
+SCHEMES.update({s.name: s for s in (RefcountScheme(), RefcountRevalidateScheme())})

@@ -49,7 +49,14 @@ class KvmPgtable:
     stage 2 counts only non-default entries); ``machine`` builds the machine
     that performs operations (the explorer passes its SimMachine);
     ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
-    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on.
+    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on; ``prune_xchg``
+    False makes RFC v1's pruning walker (mm_ops->prune_unlinked_table) use
+    plain stores, a deliberate breakage;
+    ``map_phys_from_ipa`` False brings back the map walker's separate PA
+    counter that 1f0f4a2ef7a5 removed, and ``free_unlinked_once`` False the
+    extra put_page after kvm_pgtable_stage2_free_unlinked() that
+    c60d847be7b8 removed; ``shared_walk_rcu`` False is a deliberate
+    breakage (no commit): shared walks that forget rcu_read_lock().
 
     The walker reads these fields in its inner loops, so they are plain
     attributes precomputed from the :class:`Geometry`.
@@ -60,7 +67,9 @@ class KvmPgtable:
                  mm_ops: pt.MmOps | None = None, force_pte_cb=None,
                  max_owner_id: int = d.KVM_MAX_OWNER_ID, pte_is_counted=None,
                  machine=None, reload_after_cb: bool = True,
-                 free_unlinked_drops_root: bool = True):
+                 free_unlinked_drops_root: bool = True, prune_xchg: bool = True,
+                 map_phys_from_ipa: bool = True, free_unlinked_once: bool = True,
+                 shared_walk_rcu: bool = True):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
         self.start_level = geom.start_level
@@ -92,6 +101,12 @@ class KvmPgtable:
         # Switches for the seeded historical bugs (all True = today's kernel)
         self.reload_after_cb = reload_after_cb                  # a9f0e3d5a089
         self.free_unlinked_drops_root = free_unlinked_drops_root  # f6a27d6dc51b
+        # RFC v1's pruning walker locks entries with xchg; False is the
+        # mutation rfc-plain-prune (plain READ_ONCE / WRITE_ONCE).
+        self.prune_xchg = prune_xchg
+        self.map_phys_from_ipa = map_phys_from_ipa                # 1f0f4a2ef7a5
+        self.free_unlinked_once = free_unlinked_once              # c60d847be7b8
+        self.shared_walk_rcu = shared_walk_rcu                    # (a mutation, no commit)
         # Memory, TLB bookkeeping and the machine that performs operations
         self.mm = PhysMem(geom.page_shift, limit=ram_pages, report=self._report)
         self.mmu = S2Mmu(vmid)
@@ -120,7 +135,8 @@ class KvmPgtable:
 
 #: What a Stage2 may be built with besides its geometry (see KvmPgtable).
 _CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
-                     "machine", "reload_after_cb", "free_unlinked_drops_root"})
+                     "machine", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg",
+                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu"})
 
 
 def _counted_if_nonzero(pte: int, level: int) -> bool:

@@ -209,7 +209,7 @@ class Trace:
 
     def summary(self) -> dict:
         """Counts: every operation, then by kind (reads, stores, cmpxchg,
-        TLBIs, CMOs, barriers, refcounts) and the table pages allocated
+        xchg, TLBIs, CMOs, barriers, refcounts) and the table pages allocated
         (``zalloc_page`` that succeeded) and freed during the trace."""
         c = Counter(s.op[0] for s in self.steps)
         frees = self._frees + (self.pgt.mm.table_frees - self._frees0
@@ -219,6 +219,7 @@ class Trace:
             "reads": sum(c[n] for n in _READS),
             "stores": c["WRITE_ONCE"] + c["smp_store_release"],
             "cmpxchg": c["cmpxchg"],
+            "xchg": c["xchg"],
             "TLBIs": c["tlbi"],
             "CMOs": c["cmo"],
             "dsb": c["dsb"],
@@ -282,7 +283,9 @@ def _summary_text(s: dict) -> str:
         v = s[key]
         return f"{v} {word}{'s' if plural and v != 1 else ''}"
     return (f"{n('operations', 'operation')}: {n('stores', 'store')}, "
-            f"{n('cmpxchg', 'cmpxchg', False)}, {n('TLBIs', 'TLBI')}, {n('CMOs', 'CMO')}, "
+            f"{n('cmpxchg', 'cmpxchg', False)}, "
+            + (f"{n('xchg', 'xchg', False)}, " if s.get("xchg") else "")
+            + f"{n('TLBIs', 'TLBI')}, {n('CMOs', 'CMO')}, "
             f"{n('get_page', 'get_page', False)}, {n('put_page', 'put_page', False)}; "
             f"{n('tables allocated', 'table')} allocated, {s['tables freed']} freed")
 

@@ -237,6 +237,26 @@ def test_plot(cmp, tmp_path):
     assert len([a for a in fig.axes if a.get_visible()]) == len(C.SHOWN)
     with pytest.raises(S2ptError, match="nope"):
         cmp.plot(metrics=["nope"])
+    # Two panels per row: the notebook's column (notebook 08)
+    four = ["retained_peak", "blocked_per_fault", "atomics_per_fault", "eagain"]
+    fig = cmp.plot(metrics=four, ncols=2)
+    boxes = {(round(a.get_position().x0, 2), round(a.get_position().y0, 2)) for a in fig.axes}
+    assert len({x for x, _ in boxes}) == 2 and len({y for _, y in boxes}) == 2
+    assert fig.get_size_inches()[0] < 8
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(S2ptError, match="ncols"):
+            cmp.plot(ncols=bad)
+
+
+def test_verdict_markdown(cmp):
+    md = cmp.verdict_markdown().splitlines()
+    header, rows = md[0], md[2:2 + len(cmp.scenarios)]
+    assert header.count("|") == len(cmp.schemes) + 2
+    for sc, row in zip(cmp.scenarios, rows):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"`{sc}`"
+        assert cells[1:] == [cmp.cell(s, sc).short() for s in cmp.schemes]
+    assert "UAF: use-after-free" in md[-1]
 
 
 # ---------------------------------------------------------------------------

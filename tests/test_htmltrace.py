@@ -210,3 +210,48 @@ def test_html_path_that_cannot_be_written_is_a_message(tmp_path):
         write_html(w, tmp_path / "dir.html")
     assert main(["replay", "map-vs-map", "--scheme", "rcu",
                  "--html", str(tmp_path / "missing" / "t.html")]) == 2
+
+
+# -- the grace-period timeline (notebook 06) ------------------------------------------
+
+LATE_READER = "1*5 0*14 2*3 0*4 1*6 3*5"    # collapse-vs-fault-3: vCPU2 enters after call_rcu
+
+
+def _first(w, op, cpu=None, after=-1):
+    return next(e.index for e in w.events
+                if e.op[0] == op and e.index > after and (cpu is None or e.cpu == cpu))
+
+
+def test_grace_period_spans_call_rcu_to_the_last_pre_existing_reader():
+    from s2pt.htmltrace import timeline
+    w = s2pt.replay("collapse-vs-fault-3", "rcu", LATE_READER)
+    t = timeline(w)
+    [g] = t.periods
+    call = _first(w, "call_rcu")
+    # Who was inside a read-side section when call_rcu ran, counted from the
+    # events: rcu_read_lock before the call, no rcu_read_unlock yet.
+    inside = {c for c in range(3)
+              if sum(1 for e in w.events[:call] if e.cpu == c and e.op[0] == "rcu_read_lock")
+              > sum(1 for e in w.events[:call] if e.cpu == c and e.op[0] == "rcu_read_unlock")}
+    assert inside == {0, 1} and g["waited_for"] == (0, 1) and g["cpu"] == w.events[call].cpu
+    last_unlock = max(_first(w, "rcu_read_unlock", c, call) for c in inside)
+    assert (g["start"], g["end"]) == (call + 1, last_unlock + 1)
+    # vCPU2's section began after call_rcu and was still open when the
+    # callback was taken: the grace period did not wait for it.
+    enter2, leave2 = _first(w, "rcu_read_lock", 2), _first(w, "rcu_read_unlock", 2)
+    taken = _first(w, "rcu_next_callback")
+    assert call < enter2 < taken < leave2 and g["invoked"] == taken + 1
+    # The table page is freed after the grace period, by the callback thread.
+    [(step, cpu, _)] = w.frees.values()
+    assert cpu == 3 and step > g["end"]
+    svg = t.svg
+    assert svg.count("grace period (waits for vCPU0, vCPU1)") == 1 and ">free<" in svg
+    assert 'width="840"' in svg and "RCU read-side section" in svg and "violation" not in svg
+
+
+def test_timeline_of_free_at_once_has_no_grace_period_and_shows_the_violation():
+    from s2pt.htmltrace import timeline
+    t = timeline(s2pt.replay("collapse-vs-fault", "none", UAF))
+    assert t.periods == [] and "grace period" not in t.svg and ">violation<" in t.svg
+    with pytest.raises(s2pt.S2ptError, match="record"):
+        timeline(s2pt.world("collapse-vs-fault", "none", record=False))

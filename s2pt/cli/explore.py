@@ -135,8 +135,9 @@ def scenarios_cmd(args) -> int:
     """Every scenario with, per scheme, the violations it is declared to show
     Sometimes (every other kind is declared Never)."""
     print("Schemes:")
+    w = max(map(len, SCHEMES))
     for s in SCHEMES.values():
-        print(f"  {s.name:<8} {s.summary}")
+        print(f"  {s.name:<{w}} {s.summary}")
     print("\nScenarios (per scheme: the kinds expected Sometimes; all others Never):")
     for sc in SCENARIOS.values():
         print(f"\n  {sc.name}  ({sc.cpus} CPU{'s' if sc.cpus > 1 else ''})")
@@ -144,10 +145,10 @@ def scenarios_cmd(args) -> int:
         for name in SCHEMES:
             kinds = [k for k in KINDS if sc.expected(name, k) == "Sometimes"]
             if sc.expected(name, "leak") is None:
-                print(f"    {name:<8} not declared (explore refuses it)")
+                print(f"    {name:<{w}} not declared (explore refuses it)")
                 continue
             text = ", ".join(kinds) if kinds else "nothing (every kind Never)"
-            print(f"    {name:<8} Sometimes: {text}")
+            print(f"    {name:<{w}} Sometimes: {text}")
     print("\nViolation kinds:")
     for k, v in KINDS.items():
         print(f"  {k:<15} {v}")

@@ -235,7 +235,7 @@ class StateSpace:
         self.index = {pfn: k for k, pfn in enumerate(self.pfns)}
         self.pages = [mm.pages[p] for p in self.pfns]
         self.cdata, self.cids = [], {}          # page contents, interned
-        self.pdata, self.pids = [], {}          # (refcount, freed, content id), interned
+        self.pdata, self.pids = [], {}          # (refcount, freed, content id, walkers), interned
         self.live = _Live(len(self.pages))
         self.live.content = [self._content(k) for k in range(len(self.pages))]
         self.live.pages = tuple(self._pid(k) for k in range(len(self.pages)))
@@ -277,7 +277,7 @@ class StateSpace:
 
     def _pid(self, k):
         p = self.pages[k]
-        key = (p.refcount, p.freed, self.live.content[k])
+        key = (p.refcount, p.freed, self.live.content[k], p.walkers)
         pid = self.pids.get(key)
         if pid is None:
             pid = len(self.pdata)
@@ -341,9 +341,9 @@ class StateSpace:
             live = list(self.live.pages) if self.live.pages is not None else [None] * len(pages)
             for k, pid in enumerate(pages):
                 if live[k] != pid:
-                    rc, freed, cid = self.pdata[pid]
+                    rc, freed, cid, walkers = self.pdata[pid]
                     page = self.pages[k]
-                    page.refcount, page.freed = rc, freed
+                    page.refcount, page.freed, page.walkers = rc, freed, walkers
                     if self.live.content[k] != cid:
                         page.table[:] = self.cdata[cid]
                         self.live.content[k] = cid

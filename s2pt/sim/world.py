@@ -502,7 +502,7 @@ class World:
             if page is None:
                 return None
             idx = (op[1] & (mm.page_size - 1)) >> 3
-            return (page.refcount, page.freed, page.table.item(idx))
+            return (page.refcount, page.freed, page.table.item(idx), page.walkers)
         if name in SYNC:
             return self.machine.describe_sync()
         return None
@@ -524,6 +524,8 @@ class World:
                 out.append(f"table page {pa:#x} freed (poisoned, back to the allocator)")
             elif post[0] != pre[0]:
                 out.append(f"page_count({pa:#x}): {pre[0]} -> {post[0]}")
+            if post[3] != pre[3] and not (post[1] and not pre[1]):
+                out.append(f"walkers({pa:#x}): {pre[3]} -> {post[3]}")
             return "; ".join(out)
         if name in SYNC:
             post = self.machine.describe_sync()
