@@ -243,6 +243,11 @@ MISTAKES = [
      [("order = [pa for pages in split for pa in pages] + [pa for pages in whole for pa in pages]",
        "order = [pa for pages in whole for pa in pages] + [pa for pages in split for pa in pages]")],
      "test_choose", "costs no new table"),
+    ("07-fix-the-refcount-walker.ipynb", "table_enter",
+     [("        cur = yield READ_ONCE(ctx.ptep)\n", ""),
+      ("        if kvm_pte_table(cur, ctx.level) and cur & ctx.pgt.addr_mask == childp:\n"
+       "            return childp\n", "        return childp\n")],
+     "test_aba", "re-read the parent entry"),                      # get-unless-zero alone
 ]
 
 
