@@ -248,6 +248,9 @@ MISTAKES = [
       ("        if kvm_pte_table(cur, ctx.level) and cur & ctx.pgt.addr_mask == childp:\n"
        "            return childp\n", "        return childp\n")],
      "test_aba", "re-read the parent entry"),                      # get-unless-zero alone
+    ("08-grace-periods.ipynb", "predict",
+     [('waits_for = {"vCPU0", "vCPU1"}', 'waits_for = {"vCPU1"}')],
+     "test_predict", "the collapsing CPU is a reader too"),
 ]
 
 
