@@ -441,3 +441,29 @@ def test_cli_drill_check_asks_on_stdin():
     assert "    wrong" in r.stdout and "Score: 4/5 right." in r.stdout
     r = _cli("drill", "--seed", "3", "--check", stdin="0x10\n")
     assert r.returncode == 2 and "stdin ended after 1 of 5 answers" in r.stderr
+
+
+# -- the drill widget -----------------------------------------------------------------------
+
+def test_drill_widget_checks_answers_like_the_command_line():
+    pytest.importorskip("ipywidgets")
+    from s2pt.widgets import Drill as DrillWidget
+    w = DrillWidget(seed=3)
+    d = Drill(seed=3)
+    assert d.problem().splitlines()[3] in w.problem.value and len(w.boxes) == 5
+    right = _right_answers(d)
+    for k, a in enumerate(right, 1):
+        w.answer(k, _as_text(a))
+    w.answer(2, "0x1000" if isinstance(right[1], tuple) else "translation 0")
+    w.answer(3, "banana")
+    w.check_button.click()
+    assert [v is not None and v.right for v in w.verdicts] == [True, False, False, True, True]
+    assert w.verdicts[2] is None and "not an answer" in w.html
+    assert "Q2 " in w.html and ": wrong" in w.html and "rule: " in w.html
+    assert "Score: 3/5 right." in w.html
+    w.solve_button.click()
+    assert d.solution().splitlines()[-1] in w.html.replace("&gt;", ">")
+    w.seed_box.value = "4"
+    w.new_button.click()
+    assert w.drill.seed == 4 and all(b.value == "" for b in w.boxes) and w.html == ""
+    assert not w.load("-1") and "seed" in w.html and w.drill.seed == 4   # refused, unchanged
