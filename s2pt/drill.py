@@ -12,6 +12,14 @@ one descriptor per level, and say where the walk stops and why::
     >>> print(d)                 # the problem: registers, dump, questions
     >>> print(d.solution())      # the worked walks (python -m s2pt drill -c)
     >>> d.answers()              # the same answers, as dicts, for graders
+    >>> print(d.report(d.check(["0x1_2345_6000", "translation 3", ...])))
+
+Checking a student's answers (``python -m s2pt drill --seed N --answers
+FILE``, or ``--check`` to answer one question at a time on stdin): an answer
+is a PA (``0x800001234``) or a fault, its kind and level (``translation 3``,
+``permission fault at level 2``).  Each is marked right or wrong; a wrong
+one gets the right answer, the rule it broke and the worked walk, as OSTEP's
+``-c`` would show it.
 
 Same seed, same drill, on any machine: the table is built from
 ``random.Random(seed)`` alone (only ``randrange``, ``shuffle`` and
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import html
 import random
+import re
 from dataclasses import dataclass
 
 from . import descriptor as d
@@ -42,7 +51,7 @@ from .descriptor import decode
 from .errors import Fault, S2ptError
 from .stage2 import Stage2
 
-__all__ = ["Drill", "Step", "Walk", "ACCESSES"]
+__all__ = ["Drill", "Step", "Walk", "Verdict", "ACCESSES", "parse_answer", "read_answers"]
 
 #: The accesses a question can ask about.  "exec" is an instruction fetch.
 ACCESSES = ("read", "write", "exec")
@@ -102,6 +111,88 @@ class Walk:
         return {"ipa": self.ipa, "access": self.access, "pa": self.pa,
                 "fault": self.fault, "level": self.level, "fsc": self.fsc,
                 "trail": [s.as_dict() for s in self.steps]}
+
+
+#: The fault kinds an answer may name.
+FAULT_KINDS = ("translation", "access", "permission")
+
+_NUMBERED = re.compile(r"^\s*(?:q\s*)?\d+\s*[:.)]\s*", re.I)
+_FAULT = re.compile(r"\b(translation|access|permission)\b(?:\s+flag)?(?:\s+fault)?"
+                    r"(?:\s*,?\s*(?:at\s+)?(?:level|l)?\s*(\d+))?", re.I)
+_HOW = ("a PA such as 0x800001234, or a fault as its kind and level such as "
+        "'translation 3' or 'permission fault at level 2'")
+
+
+def parse_answer(text: str):
+    """One answer: an int PA, or a fault as (kind, level).
+
+    Accepts ``0x8_0000_1234``, ``PA 0x800001234``, ``-> 0x800001234``,
+    ``translation 3``, ``fault: access at level 3``, ``permission fault,
+    level 2``, with an optional question number in front (``2: ...``).
+    Raises S2ptError naming the text and the accepted forms.
+    """
+    if not isinstance(text, str):
+        raise S2ptError(f"answer {text!r}: must be text, {_HOW}")
+    t = _NUMBERED.sub("", text.strip(), count=1).strip()
+    m = _FAULT.search(t)
+    if m:
+        if m.group(2) is None:
+            raise S2ptError(f"answer {text.strip()!r}: a fault needs its level too, "
+                            f"e.g. '{m.group(1).lower()} 3'")
+        level = int(m.group(2))
+        if not 0 <= level <= 3:
+            raise S2ptError(f"answer {text.strip()!r}: level {level}: levels run from 0 to 3")
+        return m.group(1).lower(), level
+    word = re.sub(r"^(?:pa\b|->|-->|=)\s*", "", t, flags=re.I).strip()
+    try:
+        pa = int(word.replace("_", ""), 16 if word.lower().startswith("0x") else 10)
+    except ValueError:
+        raise S2ptError(f"answer {text.strip()!r}: not an answer; write {_HOW}") from None
+    if not word.lower().startswith("0x"):
+        raise S2ptError(f"answer {text.strip()!r}: write a PA in hex, with 0x")
+    if pa < 0 or pa >= 1 << 48:
+        raise S2ptError(f"answer {text.strip()!r}: a PA is below 2^48 on this CPU")
+    return pa
+
+
+def read_answers(text: str, n: int, source: str = "answers") -> list:
+    """Parse an answers file: one answer per question, in order; blank lines
+    and ``#`` comments are skipped.  S2ptError names the line and the rule."""
+    answers = []
+    for number, line in enumerate(text.splitlines(), 1):
+        body = line.split("#", 1)[0].strip()
+        if not body:
+            continue
+        try:
+            answers.append(parse_answer(body))
+        except S2ptError as e:
+            raise S2ptError(f"{source}, line {number}: {e}") from None
+    if len(answers) != n:
+        raise S2ptError(f"{source}: {len(answers)} answers for {n} questions; write one "
+                        f"answer per line, in the order of the questions")
+    return answers
+
+
+def _answer_text(answer) -> str:
+    if isinstance(answer, tuple):
+        return f"{answer[0]} fault at level {answer[1]}"
+    return f"PA {answer:#x}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One checked answer: the question's walk, what was given, right or not."""
+
+    number: int
+    walk: Walk
+    given: object
+    right: bool
+    rule: str = ""
+
+    @property
+    def expected(self):
+        w = self.walk
+        return w.pa if w.fault is None else (w.fault, w.level)
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
@@ -452,6 +543,66 @@ class Drill:
         for w in self._walks:
             out += self._walk_lines(w) + [""]
         return "\n".join(out)
+
+    def check(self, answers) -> list[Verdict]:
+        """Mark a student's answers, one per question in order: each an int
+        PA, a (kind, level) fault, or text that :func:`parse_answer` reads."""
+        if not isinstance(answers, (list, tuple)):
+            raise S2ptError(f"answers={answers!r}: a list with one answer per question")
+        if len(answers) != self.n:
+            raise S2ptError(f"{len(answers)} answers for {self.n} questions: give one per question")
+        return [self.check_one(number, given) for number, given in enumerate(answers, 1)]
+
+    def check_one(self, number: int, given) -> Verdict:
+        """Mark the answer to question ``number`` (1-based)."""
+        _check_int("number", number, 1, self.n)
+        if isinstance(given, str):
+            given = parse_answer(given)
+        elif isinstance(given, tuple) and (len(given) != 2 or given[0] not in FAULT_KINDS):
+            raise S2ptError(f"answer {number}: {given!r}: a fault is (kind, level), kind "
+                            f"one of {', '.join(FAULT_KINDS)}")
+        elif not isinstance(given, (int, tuple)) or isinstance(given, bool):
+            raise S2ptError(f"answer {number}: {given!r}: {_HOW}")
+        w = self._walks[number - 1]
+        want = w.pa if w.fault is None else (w.fault, w.level)
+        right = given == want
+        return Verdict(number, w, given, right, "" if right else self._rule(w, given))
+
+    def _rule(self, w: Walk, given) -> str:
+        """Why ``given`` is wrong for walk ``w``: the rule, in one sentence."""
+        from .feedback import FAULT_RULES, explain_pa
+        if w.fault is None:
+            leaf = w.steps[-1].decoded
+            if isinstance(given, int):
+                return explain_pa(given, w.pa, w.ipa, w.level, leaf.size)
+            return (f"the walk ends at a valid level-{w.level} {leaf.kind} that allows "
+                    f"{'an instruction fetch' if w.access == 'exec' else 'a ' + w.access}: "
+                    f"no fault")
+        if isinstance(given, tuple) and given[0] == w.fault:
+            return "a fault's level is the level of the last descriptor read"
+        return f"{w.reason}; {FAULT_RULES[w.fault][0]}"
+
+    def verdict_lines(self, v: Verdict) -> list[str]:
+        """One checked answer: right, or wrong with the answer, rule and walk."""
+        head = (f"Q{v.number}  IPA {self._ipa_str(v.walk.ipa)} ({v.walk.access}): "
+                f"you said {_answer_text(v.given)}")
+        if v.right:
+            return [head + ": right"]
+        return ([head + ": wrong",
+                 f"    the answer: {_answer_text(v.expected)}",
+                 f"    rule: {v.rule}"]
+                + ["    " + line for line in self._walk_lines(v.walk)[1:]])
+
+    def report(self, verdicts) -> str:
+        """OSTEP-style: each answer right or wrong; a wrong one with the right
+        answer, the rule and the worked walk; then the score."""
+        out = [line for v in verdicts for line in self.verdict_lines(v)]
+        good = sum(v.right for v in verdicts)
+        out.append("")
+        out.append(f"Score: {good}/{len(verdicts)} right."
+                   + ("" if good == len(verdicts) else
+                      "  Read the worked walks of the wrong ones, then try another seed."))
+        return "\n".join(out) + "\n"
 
     def answers(self) -> list[dict]:
         """One dict per question: ipa, access, pa (None on a fault), fault

@@ -55,7 +55,7 @@ from .ops import run
 from .trace import trace
 from . import pgtable as pt
 
-__all__ = ["Decoder", "Builder", "Interleave", "parse_number"]
+__all__ = ["Decoder", "Builder", "Interleave", "Drill", "parse_number"]
 
 _UNITS = {"K": 10, "M": 20, "G": 30, "T": 40}
 
@@ -993,6 +993,109 @@ class Interleave(W.VBox):
         w = self.world
         return (f"Interleave({getattr(w.scenario, 'name', '?')}, "
                 f"{getattr(w.scheme, 'name', '?')}, {len(self.rec.schedule)} steps)")
+
+
+# ---------------------------------------------------------------------------
+# Drill
+# ---------------------------------------------------------------------------
+
+class Drill(W.VBox):
+    """A seeded translation drill that checks your answers, in a cell.
+
+    The widget form of ``python -m s2pt drill --seed N --check``: the
+    problem (registers, table dump, accesses) from :class:`s2pt.drill.Drill`,
+    one box per access for your answer (a PA such as ``0x800001234``, or a
+    fault as ``translation 3``), **Check** marks each filled-in answer right
+    or wrong (a wrong one with the right answer, the rule and the worked
+    walk), **Show the walks** reveals them all, **New drill** loads the seed
+    in the seed box.  Every verdict comes from ``Drill.check_one``.
+
+    Drive it without a browser: ``answer(i, text)``, ``check()``,
+    ``solve()``, ``load(seed)``; ``html`` is what it shows under the boxes.
+    """
+
+    def __init__(self, seed: int = 0, n: int = 5, ipa_bits: int = 36, granule: int = 4096):
+        from .drill import Drill as _Drill
+        self._make = lambda s: _Drill(seed=s, n=n, ipa_bits=ipa_bits, granule=granule)
+        self.drill = self._make(seed)             # checks every parameter first
+        self.seed_box = W.Text(value=str(seed), description="seed", continuous_update=False,
+                               layout=W.Layout(width="16em"))
+        self.new_button = W.Button(description="New drill")
+        self.check_button = W.Button(description="Check", button_style="primary")
+        self.solve_button = W.Button(description="Show the walks")
+        self.problem = W.HTML()
+        self.boxes: list = []
+        self.box_area = W.VBox()
+        self.out = W.HTML()
+        self.verdicts: list = []
+        self.new_button.on_click(lambda _b: self.load(self.seed_box.value))
+        self.check_button.on_click(lambda _b: self.check())
+        self.solve_button.on_click(lambda _b: self.solve())
+        super().__init__([W.HBox([self.seed_box, self.new_button]), self.problem, self.box_area,
+                          W.HBox([self.check_button, self.solve_button]), self.out])
+        self.add_class("s2pt-drill")
+        self._show()
+
+    def _show(self) -> None:
+        d = self.drill
+        self.problem.value = f"<pre style='font-size: 12px'>{_esc(d.problem())}</pre>"
+        self.boxes = [W.Text(placeholder="0x... or 'translation 3'",
+                             description=f"Q{k}", layout=W.Layout(width="30em"))
+                      for k in range(1, d.n + 1)]
+        self.box_area.children = self.boxes
+        self.verdicts = []
+        self.out.value = ""
+
+    def load(self, seed) -> bool:
+        """A new drill from ``seed`` (an int, or text); False with a message if it is bad."""
+        try:
+            value = parse_number(seed, "seed") if isinstance(seed, str) else seed
+            self.drill = self._make(value)
+        except S2ptError as e:
+            self.out.value = _msg(str(e), False)
+            return False
+        _set(self.seed_box, str(value))
+        self._show()
+        return True
+
+    def answer(self, number: int, text: str) -> None:
+        """Type ``text`` into the box of question ``number`` (1-based)."""
+        self.boxes[number - 1].value = text
+
+    def check(self) -> list:
+        """Mark every filled-in answer; returns the verdicts (None for a blank box)."""
+        lines, verdicts = [], []
+        for k, box in enumerate(self.boxes, 1):
+            text = box.value.strip()
+            if not text:
+                verdicts.append(None)
+                lines.append((f"Q{k}: no answer yet", None))
+                continue
+            try:
+                v = self.drill.check_one(k, text)
+            except S2ptError as e:
+                verdicts.append(None)
+                lines.append((f"Q{k}: {e}", False))
+                continue
+            verdicts.append(v)
+            lines.append(("\n".join(self.drill.verdict_lines(v)), v.right))
+        self.verdicts = verdicts
+        good = sum(1 for v in verdicts if v is not None and v.right)
+        body = "".join(_msg(t, ok) if ok is not None else f"<div>{_esc(t)}</div>"
+                       for t, ok in lines)
+        self.out.value = body + f"<p><b>Score: {good}/{len(verdicts)} right.</b></p>"
+        return verdicts
+
+    def solve(self) -> None:
+        """Show every worked walk (OSTEP's -c)."""
+        self.out.value = f"<pre style='font-size: 12px'>{_esc(self.drill.solution())}</pre>"
+
+    @property
+    def html(self) -> str:
+        return self.out.value
+
+    def __repr__(self):
+        return f"Drill widget: {self.drill!r}"
 
 
 def _set(widget, value: str) -> None:

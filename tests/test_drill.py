@@ -305,3 +305,165 @@ def test_cli_registry_adds_commands_with_one_function():
         assert cli.main(["echo-test", "--x", "5"]) == 0 and seen == [5]
     finally:
         del cli.COMMANDS["echo-test"]
+
+
+# -- checking a student's answers -------------------------------------------------------
+
+from s2pt.drill import parse_answer, read_answers  # noqa: E402
+
+
+def _right_answers(d):
+    return [a["pa"] if a["fault"] is None else (a["fault"], a["level"]) for a in d.answers()]
+
+
+def _as_text(answer):
+    return f"{answer:#x}" if isinstance(answer, int) else f"{answer[0]} fault at level {answer[1]}"
+
+
+@pytest.mark.parametrize("text,want", [
+    ("0x8_0000_1234", 0x8_0000_1234), ("PA 0x800001234", 0x8_0000_1234),
+    ("-> 0x10", 0x10), ("3: 0x10", 0x10), ("translation 3", ("translation", 3)),
+    ("Permission fault, level 2", ("permission", 2)), ("access flag fault at level 3", ("access", 3)),
+    ("fault: translation at level 0", ("translation", 0)), ("Q2) access 3", ("access", 3)),
+])
+def test_parse_answer_reads_the_usual_forms(text, want):
+    assert parse_answer(text) == want
+
+
+@pytest.mark.parametrize("text,words", [
+    ("banana", "not an answer"), ("translation", "needs its level"),
+    ("1234", "in hex"), ("access 7", "levels run from 0 to 3"), ("0x1_0000_0000_0000", "below 2"),
+])
+def test_parse_answer_refuses_with_the_rule(text, words):
+    with pytest.raises(s2pt.S2ptError, match=words):
+        parse_answer(text)
+
+
+@pytest.mark.parametrize("kw", GEOMETRIES)
+def test_check_marks_right_answers_right_and_each_wrong_one_wrong(kw):
+    for seed in range(4):
+        d = Drill(seed=seed, n=6, **kw)
+        right = _right_answers(d)
+        assert all(v.right and not v.rule for v in d.check(right))
+        assert all(v.right for v in d.check([_as_text(a) for a in right]))
+        for k, answer in enumerate(right):
+            wrong = list(right)
+            wrong[k] = (answer ^ 0x8) if isinstance(answer, int) else (
+                (answer[0], (answer[1] + 1) % 4) if answer[0] != "translation" else ("access", answer[1]))
+            verdicts = d.check(wrong)
+            assert [v.right for v in verdicts] == [i != k for i in range(len(right))]
+            bad = verdicts[k]
+            assert bad.expected == answer and bad.rule, bad
+            report = d.report(verdicts)
+            assert f"Q{k + 1} " in report and ": wrong" in report
+            assert f"Score: {len(right) - 1}/{len(right)} right." in report
+
+
+def test_wrong_answers_get_the_rule():
+    d = Drill(seed=3)
+    right = _right_answers(d)
+    ok = next(i for i, a in enumerate(right) if isinstance(a, int))
+    v = d.check_one(ok + 1, right[ok] & ~0xfff)            # the page base, no offset
+    assert not v.right and "add the offset IPA[11:0]" in v.rule
+    fault = next(i for i, a in enumerate(right) if isinstance(a, tuple))
+    v = d.check_one(fault + 1, (right[fault][0], (right[fault][1] + 1) % 4))
+    assert "level of the last descriptor read" in v.rule
+    v = d.check_one(ok + 1, ("translation", 1))
+    assert "no fault" in v.rule
+
+
+def test_check_refuses_bad_answer_lists():
+    d = Drill(seed=1)
+    with pytest.raises(s2pt.S2ptError, match="4 answers for 5 questions"):
+        d.check([0x1000] * 4)
+    with pytest.raises(s2pt.S2ptError, match="a fault is"):
+        d.check([("bogus", 1)] * 5)
+    with pytest.raises(s2pt.S2ptError, match="number"):
+        d.check_one(6, 0x1000)
+
+
+def test_read_answers_skips_comments_and_names_bad_lines():
+    assert read_answers("# mine\n0x10\n\ntranslation 2  # the empty one\n", 2) == \
+        [0x10, ("translation", 2)]
+    with pytest.raises(s2pt.S2ptError, match=r"f\.txt, line 3: answer 'x'"):
+        read_answers("0x10\n\nx\n", 2, "f.txt")
+    with pytest.raises(s2pt.S2ptError, match="1 answers for 2 questions"):
+        read_answers("0x10\n", 2)
+
+
+def _cli(*args, stdin=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "s2pt", *args], cwd=ROOT, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_drill_answers_file(tmp_path):
+    d = Drill(seed=3)
+    right = _right_answers(d)
+    path = tmp_path / "answers.txt"
+    path.write_text("\n".join(_as_text(a) for a in right) + "\n")
+    r = _cli("drill", "--seed", "3", "--answers", str(path))
+    assert r.returncode == 0 and "Score: 5/5 right." in r.stdout and "wrong" not in r.stdout
+    wrong = list(right)
+    wrong[0] = ("translation", 0) if isinstance(right[0], int) else 0x1000
+    path.write_text("\n".join(_as_text(a) for a in wrong) + "\n")
+    r = _cli("drill", "--seed", "3", "--answers", str(path))
+    assert r.returncode == 1 and "Q1 " in r.stdout and ": wrong" in r.stdout
+    assert "the answer: " in r.stdout and "rule: " in r.stdout and "Score: 4/5 right." in r.stdout
+
+
+@pytest.mark.parametrize("content,args,words", [
+    (None, ["--answers", "/nonexistent/answers.txt"], "cannot read it"),
+    ("0x10\n", [], "1 answers for 5 questions"),
+    ("0x10\nbanana\n", [], "line 2: answer 'banana'"),
+    ("0x10\n", ["-c"], "cannot be combined"),
+    ("0x10\n", ["--check"], "use one of them"),
+])
+def test_cli_drill_bad_answers_exit_2_with_one_line(tmp_path, content, args, words):
+    if content is not None:
+        path = tmp_path / "a.txt"
+        path.write_text(content)
+        args = ["--answers", str(path), *args]
+    r = _cli("drill", "--seed", "3", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("s2pt drill: ") and words in r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_cli_drill_check_asks_on_stdin():
+    d = Drill(seed=3)
+    right = _right_answers(d)
+    lines = ["banana"] + [_as_text(a) for a in right]          # a bad line is asked again
+    lines[1] = ("access 3" if isinstance(right[0], int) else "0x1000")
+    r = _cli("drill", "--seed", "3", "--check", stdin="\n".join(lines) + "\n")
+    assert r.returncode == 1, r.stderr
+    assert "try again" in r.stdout and r.stdout.count("    right") == 4
+    assert "    wrong" in r.stdout and "Score: 4/5 right." in r.stdout
+    r = _cli("drill", "--seed", "3", "--check", stdin="0x10\n")
+    assert r.returncode == 2 and "stdin ended after 1 of 5 answers" in r.stderr
+
+
+# -- the drill widget -----------------------------------------------------------------------
+
+def test_drill_widget_checks_answers_like_the_command_line():
+    pytest.importorskip("ipywidgets")
+    from s2pt.widgets import Drill as DrillWidget
+    w = DrillWidget(seed=3)
+    d = Drill(seed=3)
+    assert d.problem().splitlines()[3] in w.problem.value and len(w.boxes) == 5
+    right = _right_answers(d)
+    for k, a in enumerate(right, 1):
+        w.answer(k, _as_text(a))
+    w.answer(2, "0x1000" if isinstance(right[1], tuple) else "translation 0")
+    w.answer(3, "banana")
+    w.check_button.click()
+    assert [v is not None and v.right for v in w.verdicts] == [True, False, False, True, True]
+    assert w.verdicts[2] is None and "not an answer" in w.html
+    assert "Q2 " in w.html and ": wrong" in w.html and "rule: " in w.html
+    assert "Score: 3/5 right." in w.html
+    w.solve_button.click()
+    assert d.solution().splitlines()[-1] in w.html.replace("&gt;", ">")
+    w.seed_box.value = "4"
+    w.new_button.click()
+    assert w.drill.seed == 4 and all(b.value == "" for b in w.boxes) and w.html == ""
+    assert not w.load("-1") and "seed" in w.html and w.drill.seed == 4   # refused, unchanged

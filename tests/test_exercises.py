@@ -1,9 +1,15 @@
 """The exercise pipeline: solutions/ -> exercises/ with nbgrader, and grading.
 
 * exercises/ is exactly what ``s2pt.exercises.build`` makes from solutions/;
-* a student version has no solution code and no hidden tests;
-* a blank submission scores 0, and the solution's code, pasted into the
-  student version and graded with the hidden tests put back, scores full marks.
+* a student version has no solution code, no model answer and no hidden tests;
+* a blank submission fails only its graded cells, cleanly (NotImplementedError,
+  NameError or a feedback message), and scores 0; the solution's code, pasted
+  into the student version and graded with the hidden tests put back, scores
+  full marks;
+* known wrong answers fail the cell that tests their rule, with a message
+  that names the expected value, the rule and the notebook section;
+* the real nbgrader (generate_assignment, then autograde) gives a solution
+  copy full marks and an untouched copy zero.
 
 That the solution notebooks themselves run is checked in test_notebooks.py,
 which executes solutions/*.ipynb along with the course notebooks.
@@ -104,7 +110,15 @@ def test_student_version_hides_the_answers(name, fresh):
     leaked = [line for line in hidden if line in student_lines]
     assert not leaked, f"solution or hidden-test lines in the student version: {leaked[:3]}"
     solution_cells = [c for c in student.cells if _nbgrader(c).get("solution")]
-    assert solution_cells and all("raise NotImplementedError" in c.source for c in solution_cells)
+    assert solution_cells and all("raise NotImplementedError" in c.source
+                                  for c in solution_cells if c.cell_type == "code")
+    answers = {_nbgrader(c)["grade_id"]: c.source for c in solution.cells
+               if _nbgrader(c).get("solution") and c.cell_type == "markdown"}
+    for c in solution_cells:
+        if c.cell_type == "markdown":
+            # A written answer: the model answer is the solution's, the student sees a stub.
+            assert c.source.strip() == "YOUR ANSWER HERE", c.source[:80]
+            assert len(answers[_nbgrader(c)["grade_id"]]) > 200, "a written answer needs a model answer"
     graded = [c for c in student.cells if _nbgrader(c).get("grade")]
     assert graded and all(_nbgrader(c).get("points", 0) > 0 for c in graded)
     assert all(c.source.strip() for c in graded), "every grade cell keeps a visible test"
@@ -124,30 +138,53 @@ def _grade(submission, solution):
     return graded
 
 
+def _autograded(cell) -> bool:
+    """A grade cell that code grades (a written answer is graded by hand)."""
+    return bool(_nbgrader(cell).get("grade")) and cell.cell_type == "code"
+
+
 def _score(nb) -> tuple[float, float]:
     got = total = 0.0
     for cell in nb.cells:
         meta = _nbgrader(cell)
-        if meta.get("grade"):
+        if _autograded(cell):
             total += meta["points"]
             if not _errors(cell):
                 got += meta["points"]
     return got, total
 
 
+#: the errors a blank submission may raise: its own stubs, the names they never
+#: defined, and the feedback of a failed check
+CLEAN = {"NotImplementedError", "NameError", "Wrong"}
+
+
+def _error_text(cell) -> str:
+    return "\n".join(f"{o.get('ename')}: {o.get('evalue')}" for o in cell.get("outputs", [])
+                     if o.get("output_type") == "error")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IDS)
-def test_blank_submission_scores_zero(name, fresh):
+def test_blank_submission_fails_only_graded_cells_cleanly(name, fresh):
     solution = nbformat.read(ROOT / "solutions" / name, as_version=4)
     blank = nbformat.read(fresh[name], as_version=4)
     nb = _execute(_grade(blank, solution), ROOT / "exercises", allow_errors=True)
     for cell in nb.cells:
-        if _nbgrader(cell).get("solution") and cell.cell_type == "code":
+        if cell.cell_type != "code":
+            continue
+        meta = _nbgrader(cell)
+        if meta.get("solution"):
             # Defining the function is fine; calling it must fail.
             assert not _errors(cell) or _errors(cell) == ["NotImplementedError"]
-    for cell in nb.cells:
-        if _nbgrader(cell).get("grade"):
-            assert _errors(cell), f"grade cell {_nbgrader(cell)['grade_id']} passed a blank submission"
+        elif meta.get("grade"):
+            assert _errors(cell), f"grade cell {meta['grade_id']} passed a blank submission"
+            assert set(_errors(cell)) <= CLEAN, \
+                f"grade cell {meta['grade_id']} failed uncleanly: {_error_text(cell)}"
+            if "Wrong" in _errors(cell):
+                assert "taught:" in _error_text(cell) and "rule:" in _error_text(cell)
+        else:
+            assert not _errors(cell), f"ungraded cell {meta.get('grade_id')} failed: {_error_text(cell)}"
     got, total = _score(nb)
     assert got == 0 and total > 0
 
@@ -161,7 +198,7 @@ def test_solution_code_scores_full_marks(name, fresh):
     for cell in submission.cells:
         meta = _nbgrader(cell)
         if meta.get("solution"):
-            # The student pastes the code between the markers.
+            # The student pastes the code between the markers (or writes the answer).
             lines = [line for line in answers[meta["grade_id"]].source.splitlines()
                      if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line]
             cell.source = "\n".join(lines)
@@ -173,3 +210,124 @@ def test_solution_code_scores_full_marks(name, fresh):
     assert not failures, f"cells failed: {failures}"
     got, total = _score(nb)
     assert got == total > 0
+
+
+# -- wrong answers get feedback that names the rule ------------------------------------
+
+#: (exercise, solution cell, (old, new) edits to its code, the grade cell that must
+#: fail, words its message must hold).  Each is a classic mistake.
+MISTAKES = [
+    ("01-walk-by-hand.ipynb", "walk", [("~(g.granule - 1)", "~0xfff")],
+     "test_translate", "bits 47:PAGE_SHIFT"),                       # a 4K address mask
+    ("01-walk-by-hand.ipynb", "walk", [("if level == 3 and not desc & 2:", "if False:")],
+     "test_faults", "reserved encoding"),                           # no reserved rule
+    ("01-walk-by-hand.ipynb", "walk", [("| (ipa & (size - 1))", "| (ipa & 0xfff)")],
+     "test_translate", "your PA used IPA[11:0]"),                   # a 4K page offset
+    ("02-find-the-race.ipynb", "answer_c",
+     [("min_preemptions, states_needed = k, r.states", "min_preemptions, states_needed = k + 1, r.states")],
+     "test_c", "is not the smallest bound"),                        # not minimal
+    ("03-decode-by-hand.ipynb", "answer_a",
+     [('9: ("locked", None, None, None)', '9: ("invalid", None, None, None)')],
+     "test_a", "KVM_INVALID_PTE_LOCKED"),
+    ("04-split-a-block.ipynb", "split_block",
+     [('    yield ops.tlbi("ipa", ctx.addr, ctx.level)\n', ""),
+      ("    yield ops.smp_store_release(ctx.ptep, d.kvm_init_table_pte(childp, pgt.page_shift))",
+       "    yield ops.smp_store_release(ctx.ptep, d.kvm_init_table_pte(childp, pgt.page_shift))\n"
+       "    yield ops.tlbi(\"ipa\", ctx.addr, ctx.level)")],
+     "test_split", "yours came after the make"),                    # make before TLBI
+    ("05-collapse-and-hand-off.ipynb", "collapse_table",
+     [("yield from pgt.mm_ops.free_unlinked_table(pgt, table, ctx.level)",
+       "yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, table, ctx.level)")],
+     "test_collapse", "call_rcu"),                                  # frees under a reader
+    ("06-pkvm-donate-reclaim.ipynb", "choose_pages",
+     [("order = [pa for pages in split for pa in pages] + [pa for pages in whole for pa in pages]",
+       "order = [pa for pages in whole for pa in pages] + [pa for pages in split for pa in pages]")],
+     "test_choose", "costs no new table"),
+    ("07-fix-the-refcount-walker.ipynb", "table_enter",
+     [("        cur = yield READ_ONCE(ctx.ptep)\n", ""),
+      ("        if kvm_pte_table(cur, ctx.level) and cur & ctx.pgt.addr_mask == childp:\n"
+       "            return childp\n", "        return childp\n")],
+     "test_aba", "re-read the parent entry"),                      # get-unless-zero alone
+    ("08-grace-periods.ipynb", "predict",
+     [('waits_for = {"vCPU0", "vCPU1"}', 'waits_for = {"vCPU1"}')],
+     "test_predict", "the collapsing CPU is a reader too"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,cell,edits,failing,words", MISTAKES,
+                         ids=[f"{m[0][:2]}-{m[3]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_a_classic_mistake_fails_with_feedback(name, cell, edits, failing, words, fresh):
+    solution = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    submission = nbformat.read(fresh[name], as_version=4)
+    answers = _by_grade_id(solution)
+    for c in submission.cells:
+        meta = _nbgrader(c)
+        if meta.get("solution"):
+            src = "\n".join(line for line in answers[meta["grade_id"]].source.splitlines()
+                            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+            if meta["grade_id"] == cell:
+                for old, new in edits:
+                    assert old in src, f"the mistake no longer applies: {old!r}"
+                    src = src.replace(old, new)
+            c.source = src
+    nb = _execute(_grade(submission, solution), ROOT / "exercises", allow_errors=True)
+    failed = {_nbgrader(c)["grade_id"]: _error_text(c) for c in nb.cells if _errors(c)}
+    assert failing in failed, f"{failing} passed the mistake; failures: {list(failed)}"
+    text = failed[failing]
+    assert text.startswith("Wrong: Wrong: ") and words in text, text
+    for part in ("expected:", "got:", "rule:", "taught:   notebook "):
+        assert part in text, f"{part!r} missing from: {text}"
+
+
+# -- the real nbgrader --------------------------------------------------------------------
+
+def _nbgrader_cli(course: Path, *args):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    r = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r
+
+
+@pytest.mark.slow
+def test_real_nbgrader_full_marks_for_solutions_zero_for_untouched(tmp_path):
+    """nbgrader generate_assignment from solutions/, then autograde: a copy of the
+    solutions scores every auto-graded point (written answers wait for a human),
+    an untouched release copy scores nothing."""
+    import shutil
+
+    from nbgrader.api import Gradebook
+
+    course = tmp_path / "course"
+    (course / "source" / "ps").mkdir(parents=True)
+    for path in SOLUTIONS:
+        shutil.copy(path, course / "source" / "ps" / path.name)
+    (course / "nbgrader_config.py").write_text(
+        "c = get_config()\n"
+        f"c.CourseDirectory.root = {str(course)!r}\n"
+        "c.CourseDirectory.course_id = 's2pt'\n"
+        "c.ExecutePreprocessor.timeout = 600\n")
+    _nbgrader_cli(course, "generate_assignment", "ps", "--force")
+    released = sorted(p.name for p in (course / "release" / "ps").glob("*.ipynb"))
+    assert released == IDS
+    for student, folder in (("solution", course / "source" / "ps"),
+                            ("untouched", course / "release" / "ps")):
+        dest = course / "submitted" / student / "ps"
+        dest.mkdir(parents=True)
+        for path in folder.glob("*.ipynb"):
+            shutil.copy(path, dest / path.name)
+    _nbgrader_cli(course, "autograde", "ps")
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for student in ("solution", "untouched"):
+            sub = gb.find_submission("ps", student)
+            scores = {nb.name: (nb.code_score, nb.max_code_score) for nb in sub.notebooks}
+            assert sorted(scores) == sorted(p[:-len(".ipynb")] for p in IDS)
+            for nb_name, (score, most) in scores.items():
+                assert most > 0, nb_name
+                want = most if student == "solution" else 0
+                assert score == want, f"{student} {nb_name}: {score} of {most}"

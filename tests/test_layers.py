@@ -24,7 +24,7 @@ LAYERS = [
     ["pgtable", "invariants"],
     ["render", "ptdump", "vmprint", "draw"],
     ["tlb", "stage2", "bbm"],
-    ["kvm", "pkvm", "drill", "trace"],
+    ["kvm", "pkvm", "drill", "trace", "feedback"],
     ["sim", "sim.sync", "sim.violation", "sim.world", "sim.report", "sim.search"],
     ["checkers", "schemes", "scenarios", "explorer", "comparison"],
     ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "cli.compare",

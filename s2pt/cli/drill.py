@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import S2ptError
 from .registry import arg, command, integer as _int, seed64
 
 
@@ -16,6 +17,11 @@ from .registry import arg, command, integer as _int, seed64
     arg("--granule", type=_int, default=4096, metavar="G",
         help="4096, 16384 or 65536; 4K, 16K, 64K also work (default 4096)"),
     arg("-c", "--solve", action="store_true", help="show the worked walks"),
+    arg("--answers", metavar="FILE",
+        help="check your answers, one per line in question order ('-' reads stdin): "
+             "a PA (0x800001234) or a fault, kind and level ('translation 3')"),
+    arg("--check", action="store_true",
+        help="ask each question on stdin and check your answer as you give it"),
 ])
 def drill(args) -> int:
     """Print a stage-2 table and some guest accesses; with -c, the answers.
@@ -23,12 +29,62 @@ def drill(args) -> int:
     For each access: split the IPA into one index per level, read the
     descriptor at each level from the dump, and say where the walk ends: an
     output PA, or a translation, access flag or permission fault at a level.
+
+    With --answers FILE or --check, your answers are checked instead: each
+    is right or wrong, and a wrong one gets the right answer, the rule and
+    the worked walk.  Exit status 0 when every answer is right, 1 when one
+    is wrong, 2 on bad input (a file that cannot be read, an answer that
+    cannot be parsed, too few or too many answers).
     """
-    from ..drill import Drill
+    from ..drill import Drill, parse_answer, read_answers
+    if args.solve and (args.answers or args.check):
+        raise S2ptError("-c shows the answers; it cannot be combined with --answers or --check")
+    if args.answers and args.check:
+        raise S2ptError("--answers reads a file and --check asks on stdin: use one of them")
     d = Drill(seed=args.seed, n=args.n, ipa_bits=args.ipa_bits, granule=args.granule)
+    if args.answers:
+        if args.answers == "-":
+            text, source = sys.stdin.read(), "stdin"
+        else:
+            try:
+                with open(args.answers, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise S2ptError(f"--answers {args.answers}: cannot read it "
+                                f"({getattr(e, 'strerror', None) or e})") from None
+            source = args.answers
+        verdicts = d.check(read_answers(text, d.n, source))
+        sys.stdout.write(d.args()[0] + "\n\n" + d.report(verdicts))
+        return 0 if all(v.right for v in verdicts) else 1
     sys.stdout.write(d.problem())
     if args.solve:
         sys.stdout.write("\nAnswers (-c):\n\n" + d.solution())
-    else:
-        sys.stdout.write("\n(Work out each walk, then run again with -c to see the answers.)\n")
-    return 0
+        return 0
+    if not args.check:
+        sys.stdout.write("\n(Work out each walk, then run again with -c to see the answers,\n"
+                         " or with --check to answer one by one and be told which are right.)\n")
+        return 0
+    sys.stdout.write("\nAnswer each access: a PA (0x...) or a fault, kind and level "
+                     "('translation 3').\n")
+    verdicts = []
+    for number, (ipa, access) in enumerate(d.questions, 1):
+        while True:
+            sys.stdout.write(f"Q{number}  IPA {d._ipa_str(ipa)} ({access})? ")
+            sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                raise S2ptError(f"stdin ended after {number - 1} of {d.n} answers")
+            if not sys.stdin.isatty():
+                sys.stdout.write(line.strip() + "\n")         # echo what was read
+            try:
+                given = parse_answer(line)
+                break
+            except S2ptError as e:
+                sys.stdout.write(f"  ({e}; try again)\n")
+        v = d.check_one(number, given)
+        verdicts.append(v)
+        sys.stdout.write("    right\n" if v.right else
+                         "    wrong\n" + "\n".join(d.verdict_lines(v)[1:]) + "\n")
+    good = sum(v.right for v in verdicts)
+    sys.stdout.write(f"\nScore: {good}/{len(verdicts)} right.\n")
+    return 0 if good == len(verdicts) else 1
