@@ -1153,3 +1153,18 @@ mutation("shared-walker-count/refcount-revalidate", "refcount-revalidate", "coll
          "unlinked table's entries keep the count above zero, so the last walker reference "
          "is never the last reference and the table is never freed",
          bugs=("shared-walker-count",))
+
+
+# ---------------------------------------------------------------------------
+# Declarations across the three scheme blocks above: each block declared its
+# own schemes on the scenarios that existed beside it; these are the pairs
+# where one block's scheme meets another block's scenario.
+# ---------------------------------------------------------------------------
+
+declare("rcu-rfc", {"unmap-vs-collapse": {}, "logging-mismatch": {}, "split-double-put": {},
+                    "aba-table-reuse": {}})
+declare("hyp-lock", {"collapse-vs-map": {}})
+declare("write-lock", {"collapse-vs-map": {}})
+declare("rwlock", {"collapse-vs-map": {}})
+declare("refcount", {"collapse-vs-map": {"use-after-free": SOMETIMES}})
+declare("refcount-revalidate", {"collapse-vs-map": {}})
