@@ -1129,9 +1129,44 @@ def _check_int(name, v, lo, hi=None):
         raise S2ptError(f"{name}={v!r}: an integer {rng}")
 
 
+def _verdict_job(name: str, s: str, max_states: int) -> "Cell":
+    """One verdict cell, searched in a worker process (see ``jobs``)."""
+    sc = SCENARIOS[name]
+    res = explore(sc, s, max_states=max_states)
+    cell = _cell_from_result(s, sc, res, sc.bugs)
+    cell.mismatches = res.check_declared()
+    return cell
+
+
+def _mutation_job(name: str, max_states: int) -> "MutationResult":
+    return _run_mutation(_Cache(), mutations()[name], max_states)
+
+
+def _pool_map(jobs: int, fn, argss: list, say, labels: list) -> list:
+    """``[fn(*a) for a in argss]``, in order; with ``jobs > 1`` in that many
+    forked worker processes (each search is independent and deterministic,
+    so the results are the same as in one process)."""
+    if jobs <= 1 or len(argss) < 2:
+        out = []
+        for a, label in zip(argss, labels):
+            say(label)
+            out.append(fn(*a))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=jobs,
+                             mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(fn, *a) for a in argss]
+        out = []
+        for f, label in zip(futures, labels):
+            out.append(f.result())
+            say(label)
+        return out
+
+
 def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MAX_VCPUS,
             runs: int = 12, seed: int = 0, sample_runs: int = 300, mutations: bool = False,
-            max_states: int = 2_000_000, progress=None) -> Comparison:
+            max_states: int = 2_000_000, progress=None, jobs: int = 1) -> Comparison:
     """Every scheme against every scenario; the costs; the mutations.
 
     ``schemes`` / ``scenarios``: names (default: every registered one).
@@ -1142,7 +1177,9 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     recorded runs per cell.  ``mutations``: also search every mutation
     (:func:`mutations`).  ``max_states`` bounds each exhaustive search (a
     cell that reaches it says NOT complete).  ``progress``: called with a
-    line of text as each part starts.
+    line of text as each part starts.  ``jobs``: worker processes for the
+    verdicts and the mutations (``python -m s2pt compare`` uses every core;
+    each search is deterministic, so the tables do not depend on it).
     """
     schemes = _names(schemes, SCHEMES, "scheme")
     scenarios = _names(scenarios, SCENARIOS, "scenario")
@@ -1151,6 +1188,7 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     _check_int("seed", seed, 0)
     _check_int("sample_runs", sample_runs, 1)
     _check_int("max_states", max_states, 1)
+    _check_int("jobs", jobs, 1, 64)
     say = progress or (lambda text: None)
     cache = _Cache()
     timings = {}
@@ -1158,19 +1196,20 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
 
     # 1. Verdicts.
     t0 = time.perf_counter()
-    cells = {}
+    cells, todo = {}, []
     for name in scenarios:
         sc = SCENARIOS[name]
         for s in schemes:
             if s not in sc.expect:
                 cells[(s, name)] = Cell(s, name, "not-declared", why=_why_not(sc, s),
                                         bugs=sorted(sc.bugs))
-                continue
-            say(f"verdict: {name} under {s}")
-            res = cache.explore(sc, s, (), max_states=max_states)
-            cell = _cell_from_result(s, sc, res, sc.bugs)
-            cell.mismatches = res.check_declared()
-            cells[(s, name)] = cell
+            else:
+                cells[(s, name)] = None           # keeps the table's order
+                todo.append((name, s, max_states))
+    done = _pool_map(jobs, _verdict_job, todo, say,
+                     [f"verdict: {name} under {s}" for name, s, _ in todo])
+    for (name, s, _), cell in zip(todo, done):
+        cells[(s, name)] = cell
     timings["verdicts"] = time.perf_counter() - t0
 
     cmp = Comparison(schemes, scenarios, cells, mutations=None,
@@ -1215,10 +1254,9 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     # 3. Mutations.
     if mutations:
         t0 = time.perf_counter()
-        cmp.mutations = []
-        for m in _mutations_for(schemes):
-            say(f"mutation: {m.name}")
-            cmp.mutations.append(_run_mutation(cache, m, max_states))
+        ms = _mutations_for(schemes)
+        cmp.mutations = _pool_map(jobs, _mutation_job, [(m.name, max_states) for m in ms], say,
+                                  [f"mutation: {m.name}" for m in ms])
         timings["mutations"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     cmp.timings = {k: round(v, 3) for k, v in timings.items()}

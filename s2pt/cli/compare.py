@@ -8,6 +8,7 @@ missed; 2 on bad input (one line on stderr, never a traceback).
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..comparison import MAX_VCPUS, compare
@@ -49,6 +50,8 @@ def _progress(text):
     arg("--max-states", type=_pos, default=2_000_000, metavar="N",
         help="bound on each exhaustive search (default 2,000,000)"),
     arg("--plot", metavar="PNG", help="save the cost plots (matplotlib) to this file"),
+    arg("--jobs", type=_pos, default=None, metavar="N",
+        help="worker processes for the searches (default: one per core)"),
 ])
 def compare_cmd(args) -> int:
     """Run every scheme against every scenario (exhaustive stateful search)
@@ -70,7 +73,8 @@ def compare_cmd(args) -> int:
     progress = _progress if live else None
     c = compare(_names(args.scheme), _names(args.scenario), costs=not args.no_costs,
                 vcpus=args.vcpus, runs=args.runs, seed=args.seed, sample_runs=args.sample_runs,
-                mutations=args.mutations, max_states=args.max_states, progress=progress)
+                mutations=args.mutations, max_states=args.max_states, progress=progress,
+                jobs=min(args.jobs or os.cpu_count() or 1, 64))
     if live:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     if args.plot:
