@@ -13,7 +13,7 @@ import sys
 from ..errors import S2ptError
 from ..explorer import explore, replay
 from ..htmltrace import verdict, write_html
-from ..scenarios import SCENARIOS, get_scenario
+from ..scenarios import BUGS, SCENARIOS, get_scenario
 from ..schemes import SCHEMES, get_scheme
 from ..sim.violation import KINDS
 from ..sim.search import parse_schedule
@@ -33,7 +33,7 @@ def _scheme_for(scenario: str, scheme: str | None) -> str:
 
 @command("explore", help="search a scenario's interleavings for violations", args=[
     arg("scenario", help="a scenario name (see: python -m s2pt scenarios)"),
-    arg("--scheme", default=None, help="teardown scheme: none, rcu or hyp-lock (default: rcu, "
+    arg("--scheme", default=None, help=f"teardown scheme: {', '.join(SCHEMES)} (default: rcu, "
                                         "or the scenario's first declared scheme)"),
     arg("--exhaustive", action="store_true", help="stateful breadth-first search (the default)"),
     arg("--random", type=_pos, metavar="N", help="N seeded random schedules"),
@@ -45,9 +45,8 @@ def _scheme_for(scenario: str, scheme: str | None) -> str:
                                                "(default 0)"),
     arg("--preemptions", type=_nonneg, metavar="K", help="bound on preemptive context switches"),
     arg("--bug", action="append", default=[], metavar="COMMIT",
-        help="switch a historical bug back on: a9f0e3d5a089 (no reload after the TABLE_PRE "
-             "callback) or f6a27d6dc51b (no final put of the subtree root); or a broken "
-             "variant: no-bbm-tlbi, donate-no-tlbi, coalesce-no-tlbi"),
+        help="switch a historical bug or a broken variant back on (repeatable): "
+             + ", ".join(BUGS) + "; python -m s2pt scenarios says what each does"),
     arg("--max-states", type=_pos, default=2_000_000, metavar="N",
         help="stop an exhaustive search after N states (default 2,000,000)"),
     arg("--json", action="store_true", help="print one JSON object"),
