@@ -178,8 +178,9 @@ class IsolationChecker(Stateful):
     ``"isolation"`` through the machine.  It attaches itself to the table's
     machine when built.
     """
-    #: Only ``owner`` is state.
-    sim_ignore = ("host", "pgt", "tlbs", "_ids")
+    #: Only ``owner`` is state (the rest is fixed: the host, its table, the
+    #: TLBs it checks and the owner ids).
+    sim_ignore = ()
 
     def __init__(self, host, tlbs, owner=None):
         self.host = host

@@ -60,7 +60,7 @@ from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
-from .sim.search import format_schedule, parse_schedule, pct_chooser, random_chooser
+from .sim.search import NEVER_ARISES, format_schedule, parse_schedule, pct_chooser, random_chooser
 from .sim.violation import KINDS
 from .sim.world import default_choice
 
@@ -119,9 +119,15 @@ def mutations() -> dict:
 class Cell:
     """One scheme against one scenario.
 
-    ``status``: "safe" (nothing found), "violation", "not-declared" or
-    "unsupported" (the scenario could not be built).  ``found``: kind ->
-    ``{"schedule", "steps", "message", "explanation", "diagram"}``, the
+    ``status``: "safe" (nothing found, and the scenario's race arose in
+    some run), "never-arises" (nothing found, and no run reached the
+    scenario's race window: safe for that reason alone), "violation",
+    "not-declared" or "unsupported" (the scenario could not be built).
+    ``verdict``: the search's verdict in words (s2pt.sim.search.Result.verdict);
+    ``race``: what it learnt about the race window (reached or not, each
+    stage's first schedule, and why it never arises).  ``found``: kind ->
+    ``{"schedule", "steps", "message", "explanation", "diagram"}`` (a
+    livelock adds "cycle_start", "stem" and "cycle": its lasso), the
     shortest schedule of each kind found.  ``mismatches``: disagreements
     with the scenario's declaration (empty when it holds).
     """
@@ -138,6 +144,8 @@ class Cell:
     expected: list = field(default_factory=list)     # the kinds declared Sometimes
     mismatches: list = field(default_factory=list)
     bugs: list = field(default_factory=list)         # bugs switched on (the scenario's own too)
+    verdict: str = ""
+    race: dict | None = None
 
     @property
     def kinds(self) -> list:
@@ -145,7 +153,12 @@ class Cell:
 
     @property
     def safe(self) -> bool:
-        return self.status == "safe"
+        """Nothing found (whether or not the race arose)."""
+        return self.status in ("safe", "never-arises")
+
+    @property
+    def race_arose(self) -> bool | None:
+        return None if self.race is None else bool(self.race.get("reached"))
 
     def text(self) -> str:
         """The cell in words: "safe (exhaustive, 49,777 states)", ..."""
@@ -158,7 +171,15 @@ class Cell:
         if self.mode == "exhaustive" and not self.complete:
             how += ", NOT complete: state budget reached"
         if not self.found:
-            return f"safe ({how})" if self.complete else f"nothing found ({how})"
+            if not self.complete:
+                return f"nothing found ({how})"
+            if self.status == "never-arises":
+                return f"{NEVER_ARISES}: {self.race.get('reason', '')} ({how})"
+            if self.race:
+                last = self.race["stages"][-1]
+                return (f"safe ({how}; the race arose: {self.race['what']}, in "
+                        f"{last['transitions']:,} transitions)")
+            return f"safe ({how})"
         parts = [f"{k}: schedule '{f['schedule']}'" + ("" if f["schedule"] else
                                                        " (the default order)")
                  for k, f in self.found.items()]
@@ -172,6 +193,8 @@ class Cell:
         if self.status == "unsupported":
             return "n/a"
         if not self.found:
+            if self.status == "never-arises":
+                return "no race" + mark
             return ("safe" if self.complete else "safe?") + mark
         ks = [kind_abbrev(k) for k in self.found]
         return ("+".join(ks) if len(ks) <= 2 else f"{ks[0]}+{len(ks) - 1}") + mark
@@ -226,14 +249,19 @@ def _cell_from_result(scheme, sc, res, bugs) -> Cell:
                        "message": f.message,
                        "explanation": getattr(v, "explanation", "") if v is not None else "",
                        "diagram": f.diagram}
+        if f.cycle_start is not None:
+            j = f.to_json()
+            found[kind].update({k: j[k] for k in ("cycle_start", "stem", "cycle")})
     if res.mode == "exhaustive":
         mode = "exhaustive"
     else:
         mode = res.mode
-    return Cell(scheme, sc.name, "violation" if found else "safe", mode, res.complete,
+    status = ("violation" if found else "never-arises" if res.verdict == NEVER_ARISES
+              else "safe")
+    return Cell(scheme, sc.name, status, mode, res.complete,
                 res.states, res.executions, round(res.seconds, 3), found,
                 expected=[k for k in KINDS if sc.expected(scheme, k) == SOMETIMES],
-                bugs=sorted(bugs))
+                bugs=sorted(bugs), verdict=res.verdict, race=res.window)
 
 
 def _why_not(sc, scheme) -> str:
@@ -752,7 +780,8 @@ class Comparison:
 
     @property
     def declared_cells(self) -> list:
-        return [c for c in self.cells.values() if c.status in ("safe", "violation")]
+        return [c for c in self.cells.values()
+                if c.status in ("safe", "never-arises", "violation")]
 
     def safe_schemes(self) -> list:
         """Schemes with no violation in any declared, bug-free scenario compared
@@ -760,7 +789,7 @@ class Comparison:
         out = []
         for s in self.schemes:
             cells = [c for c in self.cells.values() if c.scheme == s
-                     and c.status in ("safe", "violation") and not c.bugs]
+                     and c.status in ("safe", "never-arises", "violation") and not c.bugs]
             if not cells or any(c.found for c in cells):
                 continue
             if any(cc.found for cc in self.costs.values() if cc.scheme == s):
@@ -857,8 +886,11 @@ class Comparison:
         for sc in self.scenarios:
             out.append(f"  [{idx[sc]}] {sc}")
         kinds = sorted({k for c in self.cells.values() for k in c.found})
-        out.append("Legend: safe = nothing found, search complete; safe? = nothing found, "
-                   "search NOT complete;")
+        out.append("Legend: safe = nothing found, search complete, and the race arose; "
+                   "no race = nothing found")
+        out.append("        because the race never arises (no run reached the race window); "
+                   "safe? = nothing")
+        out.append("        found, search NOT complete;")
         out.append("        - = not declared; n/a = could not be built; ! = declaration mismatch")
         if kinds:
             out.append("        " + ", ".join(f"{kind_abbrev(k)} = {k}" for k in kinds))

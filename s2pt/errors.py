@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from .snapshot import Frozen
+
 __all__ = ["S2ptError", "Fault", "KernelBug"]
 
 
@@ -28,7 +30,7 @@ class S2ptError(ValueError):
     """Bad input: the message names the offending value and the rule."""
 
 
-class Fault(Exception):
+class Fault(Exception, Frozen):
     """A stage-2 abort, as the MMU would report it.
 
     Attributes
@@ -65,6 +67,10 @@ class Fault(Exception):
 
     def __repr__(self):
         return f"Fault({self.kind!r}, level={self.level}, ipa={self.ipa:#x})"
+
+    #: A Fault is a value: the explorer's scenarios hand one to a vCPU
+    #: (s2pt.snapshot.Frozen); the traceback is not part of it.
+    sim_ignore = ("__traceback__",)
 
     @property
     def fsc(self) -> int:

@@ -37,7 +37,8 @@ from . import pgtable as pt
 from .errors import Fault, S2ptError
 from .memory import MemCache
 from .ops import kernel_path, read_lock, read_unlock, run, write_lock, write_unlock
-from .ops import kvm_mmu_topup_memory_cache as _topup_op
+from .ops import kvm_mmu_topup_memory_cache as _topup_op, mark_page_dirty_in_slot
+from .snapshot import Frozen, Stateful
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
@@ -75,7 +76,7 @@ BUGS = {
 }
 
 
-class MmuLock:
+class MmuLock(Frozen):
     """How KVM serialises stage-2 updates of a guest: ``kvm->mmu_lock``.
 
     Mainline since 6.2 (the parallel-faults series): a vCPU's fault handler
@@ -126,8 +127,8 @@ for _fn in (MmuLock.fault_lock, MmuLock.fault_unlock, MmuLock.update_lock, MmuLo
     kernel_path(None)(_fn)
 
 
-@dataclass
-class Memslot:
+@dataclass(eq=False)
+class Memslot(Stateful):
     """struct kvm_memory_slot: guest IPA range -> host memory.
 
     ``userspace_addr`` is the slot's host virtual address (the VMM's
@@ -161,6 +162,23 @@ class Memslot:
 
     def contains(self, gpa: int) -> bool:
         return self.gpa <= gpa < self.gpa + self.size
+
+    # -- the explorer's snapshot protocol (s2pt.snapshot) ----------------------
+    def sim_state(self):
+        """Whether the slot logs, and its dirty bitmap."""
+        return (self.logging, None if self.dirty is None else self.dirty.tobytes())
+
+    def sim_restore(self, state):
+        logging, dirty = state
+        self.logging = logging
+        if dirty is None:
+            self.dirty = None
+        elif self.dirty is not None and self.dirty.nbytes == len(dirty):
+            # In place: a memslot copied while logging (a vCPU's view of the
+            # old slot) shares the bitmap with the slot it was copied from.
+            self.dirty[:] = np.frombuffer(dirty, dtype=bool)
+        else:
+            self.dirty = np.frombuffer(dirty, dtype=bool).copy()
 
     def __repr__(self):
         flags = ("RO " if self.readonly else "") + ("logging" if self.logging else "")
@@ -211,14 +229,24 @@ class Vcpu:
         self.tlb = VcpuTlb(vm.pgt, idx)
 
 
-class VM:
+class VM(Frozen):
     """A virtual machine: a Stage2 table, memslots, vCPUs with TLBs.
+
+    In the explorer's machine state (s2pt.sim.state) a VM is Frozen: while
+    its vCPUs race, no memslot is added or removed and no capability
+    changes; its memslots and the vCPUs' memcaches and TLBs are parts of
+    their own.  ``counters`` and ``_split_blocks`` (the blocks split
+    lazily, which only feeds a counter) are statistics: no step depends on
+    them (the explorer's checking mode perturbs them to make sure).
 
     >>> vm = VM()
     >>> slot = vm.add_memslot(0x4000_0000, 1 << 30, backing="2M")
     >>> str(vm.fault(0x4000_1000, write=True))
     'IPA 0x40000000: map (2M) after a translation fault at level 2'
     """
+
+    #: Statistics (the snapshot protocol, s2pt.snapshot).
+    sim_ignore = ("counters", "_split_blocks")
 
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vcpus: int = 2,
                  vmid: int = 1, eager_split_chunk: int | None = None, manual_protect: bool = True,
@@ -274,7 +302,7 @@ class VM:
         self.vcpus = [Vcpu(self, i) for i in range(vcpus)]
         self.pgt.memcaches = [v.memcache for v in self.vcpus] + [self.split_page_cache]
         self.counters: Counter = Counter()
-        self._split_blocks: set = set()     # blocks broken lazily while logging
+        self._split_blocks: set = set()     # blocks broken lazily while logging (a statistic)
         self._next_pa = 0x40_0000_0000      # host memory handed to memslots
 
     # -- capabilities and memslots --------------------------------------------
@@ -803,7 +831,7 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
     yield from lock.fault_unlock(unlinks, relax_only)    # read_unlock(&kvm->mmu_lock)
     vm.counters["relax_perms" if outcome == "relax_perms" else "maps"] += 1
     if writable and not ret:
-        vm._mark_page_dirty(slot, fault_ipa)             # mark_page_dirty_in_slot()
+        yield mark_page_dirty_in_slot(vm, slot, fault_ipa)
     eagain = ret == -errno.EAGAIN
     return FaultResult(gpa, outcome, fault, vma_pagesize, 0 if eagain else ret, eagain=eagain)
 

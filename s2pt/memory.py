@@ -54,6 +54,10 @@ class Page:
 
     __slots__ = ("pfn", "pa", "refcount", "walkers", "freed", "table", "private",
                  "generation", "free_count")
+    #: Not state (the explorer's snapshot protocol, s2pt.snapshot): how often
+    #: the page was reused and freed, kept for the views' ABA explanations.
+    #: Which fields are state is s2pt.sim.state.PAGE_STATE.
+    sim_ignore = ("generation", "free_count")
 
     def __init__(self, pfn: int, pa: int, entries: int):
         self.pfn = pfn
@@ -77,6 +81,11 @@ class PhysMem:
     ``limit`` caps how many pages the allocator can hand out in total
     (``None``: as many as wanted), so ``-ENOMEM`` can happen.
     """
+
+    #: Statistics, not state (s2pt.snapshot): the explorer's state of memory
+    #: is every page (s2pt.sim.state.PAGE_STATE), the free list and the
+    #: number of pages allocated.
+    sim_ignore = ("peak", "total_allocs", "total_frees", "table_frees")
 
     def __init__(self, page_shift: int = 12, limit: int | None = None,
                  base: int = TABLE_POOL_BASE, report=None):
@@ -297,6 +306,9 @@ class PhysMem:
 
 class MemCache:
     """struct kvm_mmu_memory_cache: pages set aside before a walk.
+
+    (In the explorer's machine state, s2pt.sim.state, a memcache is the
+    list of pages it holds.)
 
     ``topup(min)`` is __kvm_mmu_topup_memory_cache(mc, capacity, min)
     (virt/kvm/kvm_main.c): nothing to do if ``min`` objects are already

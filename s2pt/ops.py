@@ -21,10 +21,15 @@ and observers (checkers, traces) receive each operation as an event.
 
 An operation is a plain tuple ``(name, *args)``; the constructors below only
 give them kernel names.  **The op table** :data:`OPS` says, for every name,
-what it does to table memory, whether it synchronises, blocks or is observed,
-and how it reads in a log and a race diagram.  Every other module asks that
-table; adding an operation means a constructor and a row here, and the code
-that yields it.
+what it does to table memory, whether it synchronises or is observed, how it
+reads in a log and a race diagram, and what performing it does: its
+sequential effect (a handler of :class:`Machine`), its concurrent effect (a
+handler of the explorer's machine, :class:`s2pt.sim.sync.SimMachine`, when
+different) and its blocking rule there.  Both machines build their dispatch
+from this table, and an import-time check refuses a row that either machine
+cannot perform (:func:`check_effects`).  Every other module asks the table;
+adding an operation means a constructor, a row here, and the code that
+yields it.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ __all__ = [
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
     "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
-    "memcache_nobjs", "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
-    "Machine", "run",
+    "memcache_nobjs", "set_page_private", "page_private", "mark_page_dirty_in_slot",
+    "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
+    "Machine", "run", "check_effects",
 ]
 
 
@@ -114,6 +120,24 @@ def walker_get_unless_zero(pa):
 def walker_put(pa):
     """put_page_testzero() on the walker count: result True if it was the last."""
     return ("walker_put", pa)
+
+
+def set_page_private(pa, value):
+    """set_page_private(virt_to_page(pa), value): a field of struct page
+    (the table's level, kept for whoever frees an unlinked table later)."""
+    return ("set_page_private", pa, value)
+
+
+def page_private(pa):
+    """page_private(virt_to_page(pa)): read that field back."""
+    return ("page_private", pa)
+
+
+def mark_page_dirty_in_slot(vm, slot, gpa):
+    """mark_page_dirty_in_slot(): set the memslot's dirty bit for ``gpa``
+    (a store to the memslot's dirty bitmap, shared with every vCPU and with
+    KVM_GET_DIRTY_LOG).  ``vm`` counts it."""
+    return ("mark_page_dirty_in_slot", vm, slot, gpa)
 
 
 def zalloc_page(mc):
@@ -354,31 +378,56 @@ class OpKind:
 
     ``memory``: what it does to table pages -- "read" (a descriptor load),
     "write" (a plain store), "atomic" (a read-modify-write), "ref" (a
-    ``struct page`` refcount or the allocator), "alloc" (a memcache), "none",
-    or "any" (it may change anything: snapshot all).  ``addr``: ``op[1]`` is
-    a table-memory address.  ``sync``: it may change locks, RCU or the
-    walks in flight.  ``blocks``: it may have to wait (only a simulated CPU
-    can wait; see s2pt.sim.sync).  ``observed``: it may change an observer's
-    state (a TLB, the BBM automaton).  ``fold``: consecutive ones of a CPU
-    fold into one race-diagram line.  ``text(view, op)`` and
-    ``result(view, op, result)`` render it; ``verb`` says what a CPU did to a
-    page in a use-after-free explanation.
+    ``struct page`` field: a refcount, page->private, or the allocator),
+    "alloc" (a memcache), "part" (another shared part of the machine, such
+    as a memslot's dirty bitmap: ``op[1]``..), "none", or "any" (it may
+    change anything: snapshot all).  ``addr``: ``op[1]`` is a table-memory
+    address.  ``sync``: it may change locks, RCU or the walks in flight.
+    ``observed``: it may change an observer's state (a TLB, the BBM
+    automaton).  ``fold``: consecutive ones of a CPU fold into one
+    race-diagram line.  ``text(view, op)`` and ``result(view, op, result)``
+    render it; ``verb`` says what a CPU did to a page in a use-after-free
+    explanation.
+
+    What performing it does: ``effect`` names the :class:`Machine` handler
+    (default: the op's own name), ``sim_effect`` the explorer machine's
+    handler when that differs (``s2pt.sim.sync.SimMachine``), and ``wait``
+    its blocking rule there (``SimMachine._wait_<wait>``; empty: it never
+    has to wait).  Only a simulated CPU can wait; on one CPU every
+    operation completes.
     """
     name: str
     memory: str = "none"
     addr: bool = False
     sync: bool = False
-    blocks: bool = False
     observed: bool = False
     fold: bool = False
     text: Callable | None = None
     result: Callable | None = None
     verb: str = ""
+    effect: str = ""
+    sim_effect: str = ""
+    wait: str = ""
 
     @property
     def stores(self) -> bool:
         """A store to a descriptor (plain or atomic)."""
         return self.memory in ("write", "atomic")
+
+    @property
+    def blocks(self) -> bool:
+        """It may have to wait (it has a blocking rule)."""
+        return bool(self.wait)
+
+    @property
+    def seq(self) -> str:
+        """The name of its sequential handler."""
+        return self.effect or self.name
+
+    @property
+    def sim(self) -> str:
+        """The name of its handler on the explorer's machine."""
+        return self.sim_effect or self.seq
 
 
 def _k(name, **kw):
@@ -387,14 +436,16 @@ def _k(name, **kw):
 
 #: name -> OpKind, for every operation any CPU program yields.
 OPS: dict[str, OpKind] = {k.name: k for k in (
-    _k("READ_ONCE", memory="read", addr=True, fold=True, verb="read an entry of",
+    _k("READ_ONCE", memory="read", addr=True, fold=True, verb="read an entry of", effect="read",
        text=lambda v, op: f"READ_ONCE({loc_text(v, op[1])})", result=_read_result),
     _k("hw_read", memory="read", sync=True, fold=True, verb="its MMU read an entry of",
        text=lambda v, op: f"MMU reads({loc_text(v, op[1])})", result=_read_result),
     _k("WRITE_ONCE", memory="write", addr=True, observed=True, verb="wrote an entry of",
+       effect="write",
        text=lambda v, op: f"WRITE_ONCE({loc_text(v, op[1])}, "
                           f"{desc_text(v, op[2], _lvl(v, op[1]))})"),
     _k("smp_store_release", memory="write", addr=True, observed=True, verb="wrote an entry of",
+       effect="write",
        text=lambda v, op: f"smp_store_release({loc_text(v, op[1])}, "
                           f"{desc_text(v, op[2], _lvl(v, op[1]))})"),
     _k("cmpxchg", memory="atomic", addr=True, observed=True, verb="did a cmpxchg on an entry of",
@@ -425,39 +476,50 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
        verb="dropped a walker reference on",
        text=lambda v, op: f"walker_put({_page(v, op[1]):#x})",
        result=lambda v, op, r: "last reference" if r else ""),
+    _k("set_page_private", memory="ref", addr=True, verb="set page->private of",
+       text=lambda v, op: f"set_page_private({_page(v, op[1]):#x}, {op[2]})"),
+    _k("page_private", memory="read", addr=True, verb="read page->private of",
+       text=lambda v, op: f"page_private({_page(v, op[1]):#x})",
+       result=lambda v, op, r: str(r)),
     _k("free_page", memory="ref", addr=True, observed=True, verb="freed",
        text=lambda v, op: f"free_page({_page(v, op[1]):#x})"),
     _k("zalloc_page", memory="alloc", observed=True,
        text=lambda v, op: "zalloc_page(memcache)",
        result=lambda v, op, r: f"{r:#x}" if isinstance(r, int) else "NULL"),
-    _k("kvm_mmu_topup_memory_cache", memory="any",
+    _k("kvm_mmu_topup_memory_cache", memory="any", effect="topup",
        text=lambda v, op: f"kvm_mmu_topup_memory_cache(memcache, {op[2]})",
        result=lambda v, op, r: str(r) if r else ""),
     _k("memcache_nobjs", text=lambda v, op: "mc->nobjs", result=lambda v, op, r: str(r)),
-    _k("tlbi", blocks=True, observed=True, text=_tlbi_text),
+    _k("mark_page_dirty_in_slot", memory="part",
+       text=lambda v, op: f"mark_page_dirty_in_slot(IPA {op[3]:#x})"),
+    _k("tlbi", wait="tlbi", observed=True, text=_tlbi_text),
     _k("dsb", text=lambda v, op: f"dsb({op[1]})"),
     _k("cmo", fold=True, text=lambda v, op: op[1]),
     _k("rcu_read_lock", sync=True, text=lambda v, op: "rcu_read_lock()"),
     _k("rcu_read_unlock", sync=True, text=lambda v, op: "rcu_read_unlock()"),
     _k("call_rcu", sync=True, text=_call_rcu_text),
     _k("synchronize_rcu", sync=True, text=lambda v, op: "synchronize_rcu(): grace period starts"),
-    _k("rcu_gp_wait", sync=True, blocks=True,
+    _k("rcu_gp_wait", sync=True, wait="rcu_gp_wait",
        text=lambda v, op: "synchronize_rcu(): readers gone"),
-    _k("rcu_next_callback", sync=True, blocks=True, text=lambda v, op: "callback",
-       result=lambda v, op, r: r[0].__name__ if r else ""),
-    _k("rcu_barrier", blocks=True, text=lambda v, op: "rcu_barrier()"),
-    _k("spin_lock", sync=True, blocks=True, text=_generic_text),
-    _k("spin_unlock", sync=True, text=_generic_text),
-    _k("read_lock", sync=True, blocks=True, text=_generic_text),
-    _k("read_unlock", sync=True, text=_generic_text),
-    _k("write_lock", sync=True, blocks=True, text=_generic_text),
-    _k("write_unlock", sync=True, text=_generic_text),
-    _k("cpu_relax", text=lambda v, op: "cpu_relax()"),
-    _k("hw_walk_start", sync=True,
+    _k("rcu_next_callback", sync=True, wait="rcu_next_callback",
+       text=lambda v, op: "callback", result=lambda v, op, r: r[0].__name__ if r else ""),
+    _k("rcu_barrier", wait="rcu_barrier", text=lambda v, op: "rcu_barrier()"),
+    _k("spin_lock", sync=True, effect="nop", sim_effect="write_lock", wait="write_lock",
+       text=_generic_text),
+    _k("spin_unlock", sync=True, effect="nop", sim_effect="write_unlock", text=_generic_text),
+    _k("read_lock", sync=True, effect="nop", sim_effect="read_lock", wait="read_lock",
+       text=_generic_text),
+    _k("read_unlock", sync=True, effect="nop", sim_effect="read_unlock", text=_generic_text),
+    _k("write_lock", sync=True, effect="nop", sim_effect="write_lock", wait="write_lock",
+       text=_generic_text),
+    _k("write_unlock", sync=True, effect="nop", sim_effect="write_unlock", text=_generic_text),
+    _k("cpu_relax", effect="nop", text=lambda v, op: "cpu_relax()"),
+    _k("hw_walk_start", sync=True, effect="nop", sim_effect="hw_walk_start",
        text=lambda v, op: f"{op[3] if len(op) > 3 else 'guest'} access {op[1]:#x}: MMU starts"),
     # pKVM: the hypervisor records a page's new owner (s2pt.checkers.page_owner);
-    # the isolation checker performs it, so it may change an observer's state.
-    _k("page_owner", memory="none", observed=True,
+    # the isolation checker performs it (Machine.register), so it may change an
+    # observer's state.  Without a checker it records nothing.
+    _k("page_owner", memory="none", observed=True, effect="nop",
        text=lambda v, op: f"{op[3]}: PA {op[1]:#x} -> {op[2]}"),
 )}
 
@@ -473,6 +535,7 @@ REFS = _names(lambda k: k.memory == "ref")
 NOMEM = _names(lambda k: k.memory == "none")
 SYNC = _names(lambda k: k.sync)
 BLOCKING = _names(lambda k: k.blocks)
+PARTS = _names(lambda k: k.memory == "part")
 OBSERVED = _names(lambda k: k.observed)
 ADDR = _names(lambda k: k.addr)
 FOLDABLE = _names(lambda k: k.fold)
@@ -502,7 +565,16 @@ class Machine:
     and ``pre_observers`` as ``observer(op)`` before it (checkers that need
     the old value of a descriptor hang there).  The sequential fast path,
     with its bulk numpy runs, is used only when both lists are empty.
+
+    ``dispatch`` (op name -> handler) is built from the op table: each row's
+    ``effect`` names one of :meth:`effects`.  The explorer's machine
+    (s2pt.sim.sync.SimMachine) adds its own effects and builds it from the
+    rows' ``sim_effect``.
     """
+
+    #: Statistics and per-step registers, not state (the explorer's snapshot
+    #: protocol, s2pt.snapshot).
+    sim_ignore = ("stats",)
 
     def __init__(self, mem: PhysMem, mmu=None, stats: Counter | None = None):
         self.mem = mem
@@ -516,13 +588,25 @@ class Machine:
         self.rcu_callbacks: list = []
         self.sequential_depth = 0      # > 0 while run() drives this machine
         self.draining_rcu = False      # run() is invoking queued callbacks
-        m = mem
+        effects = self.effects()
+        missing = sorted(n for n, k in OPS.items() if self._effect_of(k) not in effects)
+        assert not missing, (f"op table rows whose effect {type(self).__name__} lacks: "
+                             f"{missing}")
+        self.dispatch = {name: effects[self._effect_of(k)] for name, k in OPS.items()}
+
+    @staticmethod
+    def _effect_of(kind: OpKind) -> str:
+        return kind.seq
+
+    def effects(self) -> dict:
+        """Effect name -> handler(op), for every effect an op-table row may
+        name.  The common memory operations are inlined closures: a live
+        table page and an aligned address.  Anything unusual (a freed or
+        missing page, a refcount about to reach zero) takes PhysMem's own
+        method, which checks and reports it."""
+        m = mem = self.mem
         pages, shift, mask = mem.pages, mem.page_shift, mem.page_size - 1
 
-        # The common cases of the memory operations, inlined: a live table
-        # page and an aligned address.  Anything unusual (a freed or missing
-        # page, a refcount about to reach zero) takes PhysMem's own method,
-        # which checks and reports it.
         def read(op):
             page = pages.get(op[1] >> shift)
             if page is None or page.freed or op[1] & 7:
@@ -580,39 +664,41 @@ class Machine:
                 return m.page_count(op[1])
             return page.refcount
 
-        self.dispatch = {
-            "READ_ONCE": read,
-            "hw_read": hw_read,
-            "WRITE_ONCE": write,
-            "smp_store_release": write,
-            "cmpxchg": cmpxchg,
-            "xchg": xchg,
-            "get_page": get_page,
-            "put_page": put_page,
-            "page_count": page_count,
+        def set_page_private(op):
+            m.page_of(op[1]).private = op[2]
+
+        def mark_page_dirty_in_slot(op):
+            op[1]._mark_page_dirty(op[2], op[3])
+
+        return {
+            "read": read, "hw_read": hw_read, "write": write, "cmpxchg": cmpxchg, "xchg": xchg,
+            "get_page": get_page, "put_page": put_page, "page_count": page_count,
             "get_page_unless_zero": lambda op: m.get_page_unless_zero(op[1]),
             "walker_get": lambda op: m.walker_get(op[1]),
             "walker_get_unless_zero": lambda op: m.walker_get_unless_zero(op[1]),
             "walker_put": lambda op: m.walker_put(op[1]),
+            "set_page_private": set_page_private,
+            "page_private": lambda op: m.page_of(op[1]).private,
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),
+            "topup": lambda op: op[1].topup(op[2]),
+            "memcache_nobjs": lambda op: op[1].nobjs,
+            "mark_page_dirty_in_slot": mark_page_dirty_in_slot,
             "tlbi": self._tlbi,
             "dsb": self._count_dsb,
             "cmo": self._count_cmo,
             "rcu_read_lock": self._rcu_lock,
             "rcu_read_unlock": self._rcu_unlock,
             "call_rcu": self._call_rcu,
+            "synchronize_rcu": self._synchronize_rcu,
+            "rcu_gp_wait": _nop,
+            "rcu_barrier": self._rcu_barrier,
+            "rcu_next_callback": self._rcu_next_callback,
             # One CPU: a lock is always free, a yield hint has no one to
             # yield to, and an MMU walk starts at once (s2pt.sim.sync's
             # SimMachine gives these their concurrent meaning).
-            "spin_lock": _nop, "spin_unlock": _nop, "read_lock": _nop, "read_unlock": _nop,
-            "write_lock": _nop, "write_unlock": _nop, "cpu_relax": _nop,
-            "hw_walk_start": _nop,
-            "kvm_mmu_topup_memory_cache": lambda op: op[1].topup(op[2]),
-            "memcache_nobjs": lambda op: op[1].nobjs,
+            "nop": _nop,
         }
-        missing = set(self.dispatch) - set(OPS)
-        assert not missing, f"ops without a row in OPS: {missing}"
 
     def violation(self, kind: str, message: str):
         """A rule was broken (a use-after-free, a stale TLB entry, ...).
@@ -660,6 +746,28 @@ class Machine:
         # One CPU, no concurrent readers: the sequential driver runs the
         # callback at the next quiescent point (the end of run()).
         self.rcu_callbacks.append((op[1], op[2]))
+
+    def _synchronize_rcu(self, op):
+        # One CPU: no other reader can be inside; but waiting for a grace
+        # period inside one's own read-side section never returns.
+        if self.rcu_nesting:
+            raise KernelBug("rcu", "synchronize_rcu() inside an RCU read-side critical "
+                                   "section: the grace period would wait for itself")
+
+    def _rcu_barrier(self, op):
+        # Every queued callback has run when rcu_barrier() returns.
+        if self.rcu_nesting:
+            raise KernelBug("rcu", "rcu_barrier() inside an RCU read-side critical section")
+        while self.rcu_callbacks:
+            fn, args = self.rcu_callbacks.pop(0)
+            run(fn(*args), self)
+
+    def _rcu_next_callback(self, op):
+        # The RCU callback thread, on one CPU: the oldest callback, if any.
+        if not self.rcu_callbacks or self.rcu_nesting:
+            raise KernelBug("deadlock", "the RCU callback thread waits for a callback that one "
+                                        "CPU can never queue while it waits")
+        return self.rcu_callbacks.pop(0)
 
     @property
     def watched(self) -> bool:
@@ -734,3 +842,17 @@ def run(gen, machine: Machine):
         finally:
             machine.draining_rcu = False
     return ret
+
+
+def check_effects(machine_cls) -> None:
+    """The op table's promise, checked at import: every row's effect exists
+    on ``machine_cls`` (its ``effect`` on this sequential machine, its
+    ``sim_effect`` on the explorer's), and on the explorer's machine every
+    row with a blocking rule has one.  Raises AssertionError naming the
+    rows."""
+    # Building one builds its dispatch (and, for the explorer's machine, its
+    # blocking rules) from the table, and says which rows it lacks.
+    machine_cls(PhysMem())
+
+
+check_effects(Machine)

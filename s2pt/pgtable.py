@@ -49,9 +49,10 @@ from .descriptor import (
     stage2_pte_is_locked, stage2_pte_needs_update, stage2_pte_executable,
 )
 from .errors import KernelBug, S2ptError
+from .snapshot import Frozen
 from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_page,
                   put_page, page_count, zalloc_page, tlbi, dsb, cmo, cpu_relax,
-                  memcache_nobjs,
+                  memcache_nobjs, set_page_private,
                   rcu_read_lock, rcu_read_unlock, call_rcu)
 
 # numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
@@ -132,7 +133,7 @@ class VisitCtx:
                 f"level={self.level}>")
 
 
-class MmOps:
+class MmOps(Frozen):
     """struct kvm_pgtable_mm_ops, the parts whose choice matters here.
 
     ``free_unlinked_table(pgt, pgtable, level)`` (a generator function):
@@ -1161,7 +1162,7 @@ def stage2_free_unlinked_table(pgt, pgtable: int, level: int):
 
     The level travels in page->private (set_page_private) in the kernel.
     """
-    pgt.mm.page_of(pgtable).private = level
+    yield set_page_private(pgtable, level)
     yield call_rcu(stage2_free_unlinked_table_rcu_cb, pgt, pgtable, level)
 
 

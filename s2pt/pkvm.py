@@ -115,6 +115,7 @@ from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
 from .ops import WRITE_ONCE, page_count, put_page, run, tlbi
 from .geometry import Geometry
+from .snapshot import Stateful
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate
 
@@ -505,7 +506,7 @@ class HostS2Pool:
 # The host
 # ---------------------------------------------------------------------------
 
-class Host:
+class Host(Stateful):
     """The pKVM host and its stage-2 identity map.
 
     Parameters
@@ -525,7 +526,23 @@ class Host:
     coalesce : run the coalescing TABLE_POST visitor on ownership walks (ACK);
         False models mainline, which never coalesces.
     check : run the isolation checker after every step.
+
+    In the explorer's machine state (s2pt.sim.state) the host's state is its
+    record of page owners and shared pages; its statistics and a cache of
+    the sorted owners are not state.
     """
+
+    sim_ignore = ("_stats", "_nonhost_sorted")
+
+    def sim_state(self):
+        return (tuple(sorted(self._owner.items())), frozenset(self._shared))
+
+    def sim_restore(self, state):
+        owner, shared = state
+        if owner != tuple(sorted(self._owner.items())):
+            self._owner = dict(owner)
+            self._nonhost_sorted = None
+        self._shared = set(shared)
 
     def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,

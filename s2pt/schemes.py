@@ -62,7 +62,7 @@ from .kvm import MMU_LOCK, MmuLock, kvm_stage2_unmap_range
 from .descriptor import kvm_pte_table
 from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
 from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, put_page,
-                  walker_get, walker_get_unless_zero, walker_put)
+                  set_page_private, walker_get, walker_get_unless_zero, walker_put)
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
@@ -362,7 +362,7 @@ class RefcountScheme(Scheme):
     def free_unlinked_table(self, pgt, pgtable, level):
         """mm_ops->free_unlinked_table: drop the parent's reference instead
         of call_rcu; free now if it was the last."""
-        pgt.mm.page_of(pgtable).private = level              # set_page_private()
+        yield set_page_private(pgtable, level)
         if (yield walker_put(pgtable)):
             yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
 
@@ -377,7 +377,7 @@ class RefcountScheme(Scheme):
         yield put_page(childp)
 
     def free_unlinked_table_shared(self, pgt, pgtable, level):
-        pgt.mm.page_of(pgtable).private = level
+        yield set_page_private(pgtable, level)
         yield put_page(pgtable)
 
 

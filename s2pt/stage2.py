@@ -25,6 +25,7 @@ import numpy as np
 
 from . import descriptor as d
 from . import pgtable as pt
+from .snapshot import Frozen
 from .errors import Fault, KernelBug, S2ptError
 from .geometry import Geometry
 from .memory import MemCache, PhysMem
@@ -37,7 +38,7 @@ __all__ = ["Stage2", "Translation", "KvmPgtable"]
 MAX_TLBI_RANGE_PAGES = 32 << 16
 
 
-class KvmPgtable:
+class KvmPgtable(Frozen):
     """struct kvm_pgtable, its mm_ops and the model's knobs.
 
     Everything is given when the table is built (kvm_pgtable_stage2_init
@@ -60,6 +61,10 @@ class KvmPgtable:
 
     The walker reads these fields in its inner loops, so they are plain
     attributes precomputed from the :class:`Geometry`.
+
+    In the explorer's machine state (s2pt.sim.state) the table object is
+    Frozen: its memory, machine and TLBs are parts of their own, and none of
+    its configuration changes during a run.
     """
 
     def __init__(self, geom: Geometry, *, vmid: int = 1, fwb: bool = False,

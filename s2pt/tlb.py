@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .ops import hw_read
-from .snapshot import Stateful
+from .snapshot import Frozen, Stateful
 
 __all__ = ["Tlbi", "TlbiLog", "S2Mmu", "TLBI_TTL_UNKNOWN"]
 
@@ -100,12 +100,16 @@ class TlbiLog:
         return out
 
 
-class S2Mmu:
+class S2Mmu(Frozen):
     """struct kvm_s2_mmu: one stage-2 context (a VMID and its tables).
 
     The TLBIs the walker issues land here.  The per-vCPU TLB and walk-cache
     model (dirty logging and the interleaving engine) subscribes to them.
     """
+
+    #: The TLBI log and the register naming the issuing vCPU are not state
+    #: (s2pt.snapshot): the explorer's TLBs are parts of their own.
+    sim_ignore = ("tlbi_log", "current_vcpu")
 
     def __init__(self, vmid: int = 1):
         self.vmid = vmid
@@ -164,8 +168,9 @@ class VcpuTlb(Stateful):
       do now (another PA, or W/X that was taken away): a missing TLBI.
     """
 
-    #: Counters and back-pointers, not state (the explorer's snapshot protocol).
-    sim_ignore = ("pgt", "vcpu", "capacity", "walk_capacity", "hits", "misses", "_g2", "window")
+    #: Counters, not state (the explorer's snapshot protocol, s2pt.snapshot);
+    #: everything else is either state (the entries) or fixed.
+    sim_ignore = ("hits", "misses")
 
     def __init__(self, pgt, vcpu: int, capacity: int = 2048, walk_capacity: int = 256,
                  window=None):
@@ -227,6 +232,11 @@ class VcpuTlb(Stateful):
         restores stored states with :meth:`sim_restore`, not deep copies)."""
         return (tuple((lvl, base, self._leaf_get(lvl, base)) for lvl, base in self._fifo_leaf),
                 tuple((lvl, base, self._walk[lvl][base]) for lvl, base in self._fifo_walk))
+
+    def sim_pointers(self, state):
+        """The table pages this TLB's walk cache points into, in ``state``
+        (for a race window: the MMU may walk them at any moment)."""
+        return [table for _, _, table in state[1]]
 
     def sim_restore(self, state):
         leaves, walks = state

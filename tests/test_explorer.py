@@ -465,11 +465,13 @@ def test_deadlock_and_livelock_are_reported():
     w = s2pt.world(live, "rcu", max_steps=50)
     w.run()
     assert w.outcome == "livelock" and w.violations[0].kind == "livelock"
-    # The stateful search sees a cycle of states, not a run that grows: with
-    # fair scheduling assumed, spinning on an unchanging entry is no
-    # livelock, and the search completes having found nothing.
-    r = explore(live, "rcu", max_steps=50, details=False)
-    assert r.complete and r.kinds == set()
+    # The stateful search sees a cycle of states, not a run that grows: the
+    # only CPU spins on an entry nothing will ever change, so the cycle is
+    # fair (no other CPU could run instead) and it is a livelock, reported
+    # as a lasso whatever the step bound.
+    r = explore(live, "rcu", max_steps=50)
+    assert r.complete and r.kinds == {"livelock"}
+    assert r.found["livelock"].cycle == [0]          # one READ_ONCE, back where it was
 
 
 # ---------------------------------------------------------------------------

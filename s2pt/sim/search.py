@@ -35,23 +35,28 @@ from __future__ import annotations
 
 import itertools
 import random
+from array import array
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
-from ..ops import BLOCKING, NOMEM as _NOMEM, OBSERVED as _OBSERVED, READS as _READS
-from ..ops import REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
-from ..snapshot import audit_fields
-from .violation import KINDS
-from .world import World, default_choice, frames, freeze, stack_names
+from ..ops import BLOCKING, OPS, NOMEM as _NOMEM, OBSERVED as _OBSERVED, PARTS as _PARTS
+from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
+from . import state as _state
+from .violation import KINDS, Violation
+from .window import BUILD, TEARDOWN, StepFacts
+from .world import World, default_choice, frames, freeze, stack_names, stuck_kind
 
 __all__ = ["search", "replay_world", "serial_outcomes", "Result", "Found", "parse_schedule",
-           "format_schedule", "StateSpace", "SOMETIMES", "NEVER"]
+           "format_schedule", "StateSpace", "SOMETIMES", "NEVER", "NEVER_ARISES"]
 
 #: A scenario's declared outcome for one kind of violation under one scheme.
 SOMETIMES, NEVER = "Sometimes", "Never"
+#: The verdict of a complete search that found nothing and in which no run
+#: reached the scenario's race window (s2pt.sim.window).
+NEVER_ARISES = "safe: the race never arises"
 
 
 # ---------------------------------------------------------------------------
@@ -101,14 +106,26 @@ class Found:
     violation: object = None         # checkers.Violation from the live replay
     diagram: str = ""
     log: str = ""
+    #: A livelock's schedule is a lasso: the steps from ``cycle_start`` on
+    #: repeat forever.
+    cycle_start: int | None = None
 
     @property
     def schedule_text(self) -> str:
         return format_schedule(self.schedule)
 
+    @property
+    def cycle(self) -> list:
+        """The repeated part of a livelock's lasso ([] otherwise)."""
+        return [] if self.cycle_start is None else self.schedule[self.cycle_start:]
+
     def to_json(self) -> dict:
         out = {"kind": self.kind, "schedule": self.schedule_text, "steps": len(self.schedule),
                "diagram": self.diagram}
+        if self.cycle_start is not None:
+            out["cycle_start"] = self.cycle_start
+            out["stem"] = format_schedule(self.schedule[:self.cycle_start])
+            out["cycle"] = format_schedule(self.cycle)
         if self.violation is not None:
             out.update({k: v for k, v in self.violation.to_json().items() if k != "kind"})
         return out
@@ -127,10 +144,32 @@ class Result:
     found: dict = field(default_factory=dict)          # kind -> Found
     bound_hits: int = 0
     settings: dict = field(default_factory=dict)
+    #: What the search learnt about the scenario's race window (s2pt.sim.window):
+    #: {"what", "reached", "stages": [{"what", "reached", "transitions",
+    #: "schedule"}], "reason" when not reached}; None without a window.
+    window: dict | None = None
 
     @property
     def violations(self) -> list:
         return list(self.found.values())
+
+    @property
+    def race_arose(self) -> bool | None:
+        """Did some run reach the scenario's race window?  None: no window."""
+        return None if self.window is None else bool(self.window["reached"])
+
+    @property
+    def verdict(self) -> str:
+        """One of "violation", "safe" (complete, nothing found, the race
+        arose), "safe: the race never arises" (complete, nothing found, and
+        no run reached the race window), "nothing found" (incomplete)."""
+        if self.found:
+            return "violation"
+        if not self.complete:
+            return "nothing found"
+        if self.race_arose is False:
+            return NEVER_ARISES
+        return "safe"
 
     @property
     def kinds(self) -> set:
@@ -161,6 +200,9 @@ class Result:
             out["transitions"] = self.transitions
         out["executions"] = self.executions
         out.update(self.settings)
+        out["verdict"] = self.verdict
+        if self.window is not None:
+            out["window"] = self.window
         return out
 
     def summary(self) -> str:
@@ -171,6 +213,14 @@ class Result:
         if self.bound_hits:
             head += f" ({self.bound_hits:,} choices exceeded the preemption bound)"
         if not self.found:
+            if self.verdict == NEVER_ARISES:
+                return (head + f"\nno violation found; {NEVER_ARISES}: "
+                        f"{self.window['reason']} (race window: {self.window['what']})")
+            if self.window is not None and self.window["reached"]:
+                first = self.window["stages"][-1]
+                return (head + f"\nno violation found; the race arose "
+                        f"({self.window['what']}: {first['transitions']:,} transitions, first "
+                        f"with schedule {first['schedule'] or '(the default order)'})")
             return head + "\nno violation found"
         lines = [head]
         for f in self.found.values():
@@ -202,12 +252,16 @@ class _NullLog:
 
 
 class Node:
-    """One CPU's suspended position: its next operation and how it got here."""
-    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done")
+    """One CPU's suspended position: its next operation and how it got here
+    (``key``: its fingerprint, the frozen frames; ``pointers``: the table
+    pages its locals point into, computed when a race window asks)."""
+    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done", "key", "pointers")
 
-    def __init__(self, cpu, op, stack, hist, done=False):
+    def __init__(self, cpu, op, stack, hist, done=False, key=None):
         self.cpu, self.op, self.stack, self.hist, self.done = cpu, op, stack, hist, done
         self.edges = {}
+        self.key = key
+        self.pointers = None
 
 
 class StateSpace:
@@ -235,22 +289,32 @@ class StateSpace:
         self.index = {pfn: k for k, pfn in enumerate(self.pfns)}
         self.pages = [mm.pages[p] for p in self.pfns]
         self.cdata, self.cids = [], {}          # page contents, interned
-        self.pdata, self.pids = [], {}          # (refcount, freed, content id, walkers), interned
+        self.pdata, self.pids = [], {}          # (content id, *PAGE_STATE fields), interned
+        #: The fields of struct page that are state (s2pt.sim.state.PAGE_STATE).
+        self.page_fields = tuple(f for f in _state.PAGE_STATE if f != "table")
         self.live = _Live(len(self.pages))
         self.live.content = [self._content(k) for k in range(len(self.pages))]
         self.live.pages = tuple(self._pid(k) for k in range(len(self.pages)))
-        self.mcs = list(w.setup.memcaches)
-        self.stateful = list(w.stateful)        # checked by World: each one is Stateful
-        self.audits: dict = {}                  # (object index, state) -> its fields (check mode)
+        self.registry = w.state                 # s2pt.sim.state: the one machine state
+        self.mcs = list(self.registry.memcaches)
+        self.stateful = list(self.registry.parts)
         self.impure = [not a.pure for a in w.actors]
         self.daemon = [a.daemon for a in w.actors]
         self.n = w.n
         self.nodes: list[Node] = []
         self.node_ids: dict = {}
         self.gens: dict = {}
+        #: Check mode computes every step twice; the second computation
+        #: advances generators of its own (node id -> generator).
+        self.spare: dict = {}
         self.mstates: list = []                 # machine id -> machine state tuple
         self.mids: dict = {}                    # machine state tuple -> machine id
         self.tmemo: dict = {}                   # (machine id, node id) -> transition
+        #: The scenario's race window (s2pt.sim.window) and the step facts it needs.
+        self.window = getattr(w.scenario, "window", None)
+        self.needs = self.window.needs if self.window is not None else frozenset()
+        self.facts = None
+        self._linked_memo: dict = {}
         self.end_memo: dict = {}
         self.live.alloc = (tuple(mm.free_list), mm.allocated)
         self.live.mc = self._mc_state()
@@ -277,7 +341,7 @@ class StateSpace:
 
     def _pid(self, k):
         p = self.pages[k]
-        key = (p.refcount, p.freed, self.live.content[k], p.walkers)
+        key = (self.live.content[k],) + tuple([getattr(p, f) for f in self.page_fields])
         pid = self.pids.get(key)
         if pid is None:
             pid = len(self.pdata)
@@ -289,22 +353,11 @@ class StateSpace:
         return tuple(tuple(p.pfn for p in mc.objects) for mc in self.mcs)
 
     def _st_state(self):
-        """The observers' states: each one's ``sim_state()`` (the snapshot
-        protocol, s2pt.snapshot).  In check mode, each object's fields are
-        recorded with the state, so a restore can be audited."""
+        """The other parts' states: each one's ``sim_state()`` (the snapshot
+        protocol, s2pt.snapshot): observers, then shared objects."""
         if not self.stateful:
             return ()
-        out = tuple(o.sim_state() for o in self.stateful)
-        if self.check:
-            for k, (o, st) in enumerate(zip(self.stateful, out)):
-                fields = freeze(audit_fields(o), self.w.opaque)
-                old = self.audits.setdefault((k, st), fields)
-                if old != fields:
-                    raise S2ptError(
-                        f"{type(o).__name__}.sim_state() returned the same snapshot for two "
-                        f"different states: a field it does not capture changed "
-                        f"({_diff(old, fields)}); pruning on it would be unsound")
-        return out
+        return tuple(o.sim_state() for o in self.stateful)
 
     def machine_state(self, full=True) -> tuple:
         if full:
@@ -341,9 +394,11 @@ class StateSpace:
             live = list(self.live.pages) if self.live.pages is not None else [None] * len(pages)
             for k, pid in enumerate(pages):
                 if live[k] != pid:
-                    rc, freed, cid, walkers = self.pdata[pid]
+                    key = self.pdata[pid]
+                    cid = key[0]
                     page = self.pages[k]
-                    page.refcount, page.freed, page.walkers = rc, freed, walkers
+                    for f, v in zip(self.page_fields, key[1:]):
+                        setattr(page, f, v)
                     if self.live.content[k] != cid:
                         page.table[:] = self.cdata[cid]
                         self.live.content[k] = cid
@@ -360,15 +415,8 @@ class StateSpace:
             self.m.sim_restore(s[3])
             self.live.sync = s[3]
         if s[4] != self.live.st:
-            for k, (o, key) in enumerate(zip(self.stateful, s[4])):
+            for o, key in zip(self.stateful, s[4]):
                 o.sim_restore(key)
-                if self.check:
-                    fields = freeze(audit_fields(o), self.w.opaque)
-                    want = self.audits.get((k, key))
-                    if want is not None and want != fields:
-                        raise S2ptError(
-                            f"{type(o).__name__}.sim_restore() did not bring back the state "
-                            f"it was given ({_diff(want, fields)})")
             self.live.st = s[4]
 
     def _invalidate(self):
@@ -397,11 +445,12 @@ class StateSpace:
                     self.live.alloc = (tuple(self.mm.free_list), self.mm.allocated)
         elif name == "zalloc_page":
             self.live.mc = self._mc_state()
-        elif name not in _NOMEM:
+        elif name not in _NOMEM and name not in _PARTS:
             return self.machine_state(full=True)
         if name in _SYNC:
             self.live.sync = self.m.sim_state()
-        if self.stateful and (name in _OBSERVED or (name in _REFS and self.live.alloc[1] != alloc)):
+        if self.stateful and (name in _OBSERVED or name in _PARTS
+                              or (name in _REFS and self.live.alloc[1] != alloc)):
             self.live.st = self._st_state()
         return (self.live.pages, self.live.alloc, self.live.mc, self.live.sync, self.live.st)
 
@@ -415,7 +464,8 @@ class StateSpace:
         if nid is None:
             nid = len(self.nodes)
             self.node_ids[key] = nid
-            node = Node(i, op, stack_names(gen) if gen is not None else (), hist, gen is None)
+            node = Node(i, op, stack_names(gen) if gen is not None else (), hist, gen is None,
+                        key)
             if self.impure[i] and not hist:
                 node.hist = ((None, mstate),)
             self.nodes.append(node)
@@ -423,8 +473,11 @@ class StateSpace:
             self.gens[nid] = gen
         return nid
 
-    def _rebuild(self, i, node):
-        """A fresh generator at ``node``: replay the CPU's own results."""
+    def _rebuild(self, i, node, nid=None):
+        """A fresh generator at ``node`` (id ``nid``): replay the CPU's own
+        results.  In check mode, the replayed generator must come back to
+        the same node: a program whose code between two operations reads
+        shared state not passed through an operation would not."""
         w, m = self.w, self.m
         gen = w.actors[i].start()
         impure = self.impure[i]
@@ -443,19 +496,28 @@ class StateSpace:
             self.live.forget("st")
             self.live.forget("pages")
         m.violations.clear()
-        if self.check and not impure:
+        if self.check and nid is not None:
             key = (i, frames(gen, w.opaque), freeze(op, w.opaque))
-            assert self.node_ids[key] is self.node_ids.get(key), "rebuild diverged"
+            if self.node_ids.get(key) != nid:
+                raise S2ptError(
+                    f"CPU {i} ({w.name(i)}): replayed from its own results, its program did "
+                    f"not come back to the same position (at {node.stack[-1] if node.stack else '?'}"
+                    f"()): its code between two operations depends on something outside the "
+                    f"machine state; read shared state only through an operation (s2pt.ops)")
         return gen
 
-    def _advance(self, i, nid, node, result, mstate):
-        """Run CPU ``i``'s code from ``node`` with ``result``: the edge."""
+    def _advance(self, i, nid, node, result, mstate, fresh=False):
+        """Run CPU ``i``'s code from ``node`` with ``result``: the edge.
+        ``fresh``: from a rebuilt generator, registering nothing (check mode
+        computes each step twice)."""
         m = self.m
-        gen = self.gens.pop(nid, None)
+        gen = self.spare.pop(nid, None) if fresh else self.gens.pop(nid, None)
         if gen is None:
-            gen = self._rebuild(i, node)
+            gen = self._rebuild(i, node, nid)
             if self.impure[i]:
                 self._restore(mstate)
+        elif fresh and self.impure[i]:
+            self._restore(mstate)
         viols = []
         op2 = ret = None
         done = False
@@ -469,10 +531,31 @@ class StateSpace:
         m.violations.clear()
         if self.impure[i]:
             self.live.forget("st")           # its code may have changed observers (a TLB fill)
+        elif self.stateful:
+            # A pure program changes shared parts only through operations:
+            # its transition is memoised on (node, result), so a change made
+            # between two yields would be lost on the next visit.
+            after = self._st_state()
+            if after != mstate[4]:
+                parts = [type(o).__name__ for o, x, y in zip(self.stateful, mstate[4], after)
+                         if x != y]
+                raise S2ptError(
+                    f"CPU {i} ({self.w.name(i)}) changed {', '.join(parts)} between two "
+                    f"operations (after {node.op[0]} in "
+                    f"{node.stack[-1] if node.stack else '?'}()): a CPU program changes "
+                    f"shared state only through an operation (s2pt.ops), or the explorer "
+                    f"cannot see it")
         if viols:
             return (None, viols, None)
-        hist = node.hist + ((result, mstate if self.impure[i] else None),)
-        child = self._node_from(i, None if done else gen, op2, hist, ret, None)
+        if fresh:
+            key = (i, "done", freeze(ret, self.w.opaque)) if done else \
+                (i, frames(gen, self.w.opaque), freeze(op2, self.w.opaque))
+            child = self.node_ids.get(key, -1)
+            if not done and child >= 0 and child not in self.spare:
+                self.spare[child] = gen          # a second generator at the child
+        else:
+            hist = node.hist + ((result, mstate if self.impure[i] else None),)
+            child = self._node_from(i, None if done else gen, op2, hist, ret, None)
         post = self.machine_state(full=True) if self.impure[i] else None
         return (child, (), post)
 
@@ -501,48 +584,222 @@ class StateSpace:
         return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[1]))
 
     def step(self, s, i):
-        """CPU ``i`` steps from state ``s``: (new state, None) or (None, violations)."""
+        """CPU ``i`` steps from state ``s``: (new state, None) or (None,
+        violations).  ``self.facts`` is then what the race window needs to
+        know about the step (s2pt.sim.window; None if nothing)."""
         mid, nodes = s
         nid = nodes[i]
         key = (mid, nid)
         t = self.tmemo.get(key)
         if t is None:
             t = self.tmemo[key] = self._step(mid, nid, i)
+        self.facts = t[3]
         if t[2]:
             return None, list(t[2])
         return (t[0], nodes[:i] + (t[1],) + nodes[i + 1:]), None
 
+    # -- race windows (s2pt.sim.window) ------------------------------------------
+    def _facts(self, i, node, op):
+        """What the window's predicates need to know about CPU ``i``
+        performing ``op`` on the live machine (before it does): a compact
+        tuple (unlinked, lost, stored, reached, mmu), or None."""
+        name = op[0]
+        needs = self.needs
+        unlinked = stored = reached = None
+        lost = mmu = False
+        if name in _WRITES and len(op) > 2:
+            ptep = op[1]
+            k = self.index.get(ptep >> self.shift)
+            if k is not None and not self.pages[k].freed:
+                old = self.pages[k].table.item((ptep & (self.mm.page_size - 1)) >> 3)
+                if name == "cmpxchg":
+                    lost = old != op[2]
+                    new = op[3] if not lost else old
+                else:
+                    new = op[2]
+                if "unlink" in needs:
+                    level = self._linked().get(ptep >> self.shift)
+                    if level is not None and level < 3:
+                        child = self._table_of(old)
+                        if child is not None and child != self._table_of(new):
+                            unlinked = child << self.shift
+                if "store" in needs and new != old:
+                    stored = (ptep >> self.shift) << self.shift
+        if "reach" in needs and name in _ACCESS:
+            pfn = op[1] >> self.shift
+            k = self.index.get(pfn)
+            if (k is not None and pfn not in self._linked() and pfn not in self._cached()
+                    and not (_state_teardown_or_build(node.stack))):
+                reached = pfn << self.shift
+        if "mmu" in needs and name in ("hw_read", "hw_walk_start"):
+            mmu = True
+        if unlinked is None and stored is None and reached is None and not lost and not mmu:
+            return None
+        return (unlinked, lost, stored, reached, mmu)
+
+    def _table_of(self, v):
+        """The pfn of the table page a (table) descriptor points at, or None."""
+        if v is None or v & 3 != 3:
+            return None
+        pfn = (v & self.pgt.addr_mask) >> self.shift
+        return pfn if pfn in self.index else None
+
+    def _linked(self) -> dict:
+        """pfn -> level of every table page reachable from the PGD in the
+        live machine (cached per content of the table pages)."""
+        key = self.live.pages
+        out = self._linked_memo.get(key)
+        if out is None:
+            out = {}
+            mask, shift = self.pgt.addr_mask, self.shift
+            todo = [(p.pfn, self.pgt.start_level) for p in self.pgt.pgd_pages]
+            while todo:
+                pfn, level = todo.pop()
+                if pfn in out:
+                    continue
+                k = self.index[pfn]
+                if self.pages[k].freed:
+                    continue
+                out[pfn] = level
+                if level < 3:
+                    arr = self.cdata[self.live.content[k]]
+                    for v in arr[(arr & 3) == 3].tolist():
+                        c = (v & mask) >> shift
+                        if c in self.index:
+                            todo.append((c, level + 1))
+            self._linked_memo[key] = out
+        return out
+
+    def _cached(self) -> set:
+        """pfns of the pages the memcaches hold (never linked yet)."""
+        return {p.pfn for mc in self.mcs for p in mc.objects}
+
+    def pointers(self, nid) -> frozenset:
+        """pfns of the table pages node ``nid``'s locals point into."""
+        node = self.nodes[nid]
+        if node.pointers is None:
+            out = set()
+            mask, shift, index = self.pgt.addr_mask, self.shift, self.index
+            todo = [node.key]
+            while todo:
+                v = todo.pop()
+                if type(v) is tuple:
+                    todo.extend(v)
+                elif type(v) is int:
+                    pfn = (v & mask) >> shift
+                    if pfn in index:
+                        out.add(pfn)
+            node.pointers = frozenset(out)
+        return node.pointers
+
+    def others_hold(self, s, i, pa) -> bool:
+        """Does a CPU other than ``i`` hold a pointer into the table page at
+        ``pa`` in state ``s``: in its locals, or in its MMU's walk cache?"""
+        pfn = pa >> self.shift
+        for j, nid in enumerate(s[1]):
+            if j != i and pfn in self.pointers(nid):
+                return True
+        vcpu_i = self.w.machine.vcpu_of.get(i)
+        st = self.mstates[s[0]][4]
+        for k, part in enumerate(self.stateful):
+            held = getattr(part, "sim_pointers", None)
+            if held is not None and getattr(part, "vcpu", None) != vcpu_i \
+                    and any(p >> self.shift == pfn for p in held(st[k])):
+                return True
+        return False
+
+    def held_by_other(self, s, i, lock) -> bool:
+        """Does a CPU other than ``i`` hold ``lock`` in state ``s``?"""
+        for name, (writer, readers) in self.mstates[s[0]][3][0]:
+            if name == lock:
+                return (writer is not None and writer != i) or bool(readers - {i})
+        return False
+
+    def step_facts(self, s, i, facts) -> StepFacts:
+        """The StepFacts of CPU ``i`` stepping from ``s`` (for a window)."""
+        node = self.nodes[s[1][i]]
+        unlinked, lost, stored, reached, mmu = facts
+        return StepFacts(i, node.op, node.stack, unlinked, lost, stored, reached, mmu,
+                         lambda pa: self.others_hold(s, i, pa),
+                         lambda lock: self.held_by_other(s, i, lock))
+
     def _step(self, mid, nid, i):
         """Perform node ``nid``'s operation on machine ``mid`` and run CPU
-        ``i``'s code to its next yield: (machine id, child node, violations)."""
+        ``i``'s code to its next yield: (machine id, child node, violations).
+        In check mode every promise of the machine state is audited, and the
+        step is computed again, fresh, with every ignored field perturbed."""
+        t = self._step1(mid, nid, i)
+        if self.check:
+            self._check_step(mid, nid, i, t)
+        return t
+
+    def _step1(self, mid, nid, i, fresh=False):
         self.restore(mid)
         node = self.nodes[nid]
         m = self.m
         m.cpu = i
         op = node.op
+        facts = self._facts(i, node, op) if self.needs and not fresh else None
         self.live.forget("mid")
         result = m.perform(op)
         if m.violations:
             v = tuple(m.violations)
             m.violations.clear()
             self._invalidate()            # the step is not snapshotted: forget what is live
-            return (None, None, v)
+            return (None, None, v, facts)
         mstate = self._after_op(op)
-        ekey = (result, mstate) if self.impure[i] else result
-        edge = node.edges.get(ekey)
-        if edge is None:
-            edge = self._advance(i, nid, node, result, mstate)
-            node.edges[ekey] = edge
+        if fresh:
+            edge = self._advance(i, nid, node, result, mstate, fresh=True)
+        else:
+            ekey = (result, mstate) if self.impure[i] else result
+            edge = node.edges.get(ekey)
+            if edge is None:
+                edge = self._advance(i, nid, node, result, mstate)
+                node.edges[ekey] = edge
         child, viols, post = edge
         if viols:
             self._invalidate()
-            return (None, None, tuple(viols))
+            return (None, None, tuple(viols), facts)
         if post is not None:
             self._restore(post)
             mstate = post
         mid2 = self._intern(mstate)
         self.live.mid = mid2
-        return (mid2, child, ())
+        return (mid2, child, (), facts)
+
+    def _check_step(self, mid, nid, i, t):
+        """Check mode: audit the state the step reached, then compute it
+        again from scratch with the ignored fields perturbed."""
+        node = self.nodes[nid]
+        where = (f"CPU {i} ({self.w.name(i)}) {node.op[0]} in "
+                 f"{node.stack[-1] if node.stack else '?'}()")
+        if not t[2]:
+            full = self.machine_state(full=True)
+            if full != self.mstates[t[0]]:
+                parts = [n for n, x, y in zip(("table pages", "allocator", "memcaches",
+                                               "locks and RCU", "parts"),
+                                              full, self.mstates[t[0]]) if x != y]
+                raise S2ptError(
+                    f"{where}: the machine state kept step by step differs from a full "
+                    f"rebuild in {', '.join(parts)}: the op table (s2pt.ops.OPS) says "
+                    f"{node.op[0]!r} touches memory={_op_memory(node.op[0])!r}, but it changed "
+                    f"more, or a CPU changed shared state between two operations")
+            self.registry.audit(t[0], where)
+        self._invalidate()
+        saved = self.registry.perturb_ignored()
+        try:
+            again = self._step1(mid, nid, i, fresh=True)
+        finally:
+            self.registry.restore_ignored(saved)
+        same = (again[2] == t[2]) if (t[2] or again[2]) else again[:2] == t[:2]
+        if not same:
+            raise S2ptError(
+                f"{where}: the step did something else when computed again with every "
+                f"ignored field perturbed (s2pt.snapshot.perturb) or from a fresh generator: "
+                f"{_describe(self, t)} the first time, {_describe(self, again)} the second; "
+                f"a step depends on a field listed in some sim_ignore, or a CPU's code "
+                f"between two operations reads state outside the machine state")
+        self._invalidate()
 
     def end_checks(self, s) -> list:
         """The end-of-run violations of terminal state ``s`` (memoised)."""
@@ -558,7 +815,9 @@ class StateSpace:
         checks if every CPU finished, else a deadlock with each CPU's reason."""
         if self.all_done(s):
             return self.end_checks(s)
-        return [("deadlock", "; ".join(f"CPU {i} {why}" for i, why in self.blocked_reasons(s)))]
+        waits = self.blocked_reasons(s)
+        kind = stuck_kind(len(waits), sum(not d for d in self.daemon))
+        return [(kind, "; ".join(f"CPU {i} {why}" for i, why in waits))]
 
     def blocked_reasons(self, s) -> list:
         self.restore(s)
@@ -584,6 +843,31 @@ class _Live:
         for p in parts or ("content", "pages", "alloc", "mc", "sync", "st"):
             setattr(self, p, [None] * self.npages if p == "content" else None)
         self.mid = None
+
+
+#: Operations that touch a table page through a pointer (a race window's
+#: "reaches a table"): descriptor accesses and the walker references.
+_ACCESS = frozenset({"READ_ONCE", "hw_read", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg",
+                     "walker_get", "walker_get_unless_zero", "get_page_unless_zero",
+                     "get_page"})
+_NOT_A_RACE = TEARDOWN | BUILD
+
+
+def _state_teardown_or_build(stack) -> bool:
+    return any(f in _NOT_A_RACE for f in stack)
+
+
+def _op_memory(name) -> str:
+    k = OPS.get(name)
+    return k.memory if k is not None else "?"
+
+
+def _describe(space, t) -> str:
+    if t[2]:
+        return "violations " + ", ".join(sorted({k for k, _ in t[2]}))
+    child = space.nodes[t[1]] if 0 <= t[1] < len(space.nodes) else None
+    where = (child.stack[-1] if child and child.stack else "finished") if child else "a new position"
+    return f"machine state #{t[0]}, next at {where}"
 
 
 def _diff(a, b) -> str:
@@ -635,11 +919,47 @@ def _preempts(i, last, enabled) -> int:
     return int(last is not None and i != last and last in enabled)
 
 
+class _WindowLog:
+    """What one search learns about the scenario's race window: for each
+    stage, how many transitions reached it and the first (shortest, in
+    breadth-first order) schedule that did."""
+
+    def __init__(self, window):
+        self.window = window
+        self.first: list = [None] * len(window.stages)
+        self.count: list = [0] * len(window.stages)
+
+    def see(self, space, s, i, facts, path):
+        f = space.step_facts(s, i, facts)
+        for k, stage in enumerate(self.window.stages):
+            if stage.test(f):
+                self.count[k] += 1
+                if self.first[k] is None:
+                    self.first[k] = path() + [i]
+
+    def report(self, complete: bool) -> dict:
+        w = self.window
+        reached = [c > 0 for c in self.count]
+        out = {"what": w.what, "reached": reached[-1] if reached else False,
+               "stages": [{"what": st.what, "reached": hit, "transitions": c,
+                           "schedule": format_schedule(sched) if sched is not None else None}
+                          for st, hit, c, sched in zip(w.stages, reached, self.count, self.first)]}
+        if not out["reached"]:
+            out["reason"] = w.reason(reached) if complete else \
+                "the search did not finish, so it may be reached further on"
+        return out
+
+
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
          first_only=False, cancel=None):
     """Breadth-first stateful search.  Returns (found, stats).  ``progress``
     is called with (states, depth, frontier) every 1024 states; ``cancel()``
-    is asked as often and, when true, stops the search (incomplete)."""
+    is asked as often and, when true, stops the search (incomplete).
+
+    Without a preemption bound the search also keeps the state graph's
+    edges, and once it is complete looks in it for livelocks: a cycle that
+    a fair scheduler can follow forever while some CPU never finishes
+    (:func:`_livelocks`)."""
     s0 = space.initial
     states = [s0]
     parent = [-1]
@@ -651,6 +971,10 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     found: dict = {}
     transitions = terminals = bound_hits = 0
     complete = True
+    window = _WindowLog(space.window) if space.window is not None else None
+    graph = bound is None
+    estart, edst, ecpu = array("q"), array("q"), array("b")
+    back = set()                 # targets of edges that do not go one level deeper
 
     def path(sid):
         out = []
@@ -662,6 +986,8 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     while queue:
         sid = queue.popleft()
         s = states[sid]
+        if graph:
+            estart.append(len(edst))
         if not (sid & 1023):
             if progress is not None:
                 progress(len(states), depth[sid], len(queue))
@@ -675,7 +1001,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 found.setdefault(kind, (path(sid), msg))
             continue
         if depth[sid] >= max_depth:
-            found.setdefault("livelock", (path(sid), f"more than {max_depth} steps"))
+            complete = False                   # a bound, not a finding
             continue
         last = via[sid] if sid else None
         for i in en:
@@ -685,6 +1011,8 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 continue
             t, viols = space.step(s, i)
             transitions += 1
+            if window is not None and space.facts is not None:
+                window.see(space, s, i, space.facts, lambda: path(sid))
             if viols:
                 for kind, msg in viols:
                     found.setdefault(kind, (path(sid) + [i], msg))
@@ -692,11 +1020,19 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             key = (t, i) if bound is not None else t
             old = seen.get(key)
             if old is not None and (bound is None or pre[old] <= p):
+                if graph:
+                    edst.append(old)
+                    ecpu.append(i)
+                    if depth[old] <= depth[sid]:
+                        back.add(old)
                 continue
             if len(states) >= max_states:
                 complete = False
                 continue
             seen[key] = len(states)
+            if graph:
+                edst.append(len(states))
+                ecpu.append(i)
             states.append(t)
             parent.append(sid)
             via.append(i)
@@ -708,8 +1044,181 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             break
     if bound_hits:
         complete = False
-    return found, {"states": len(seen), "transitions": transitions, "terminals": terminals,
-                   "bound_hits": bound_hits, "complete": complete}
+    stats = {"states": len(seen), "transitions": transitions, "terminals": terminals,
+             "bound_hits": bound_hits, "complete": complete}
+    if window is not None:
+        stats["window"] = window.report(complete)
+    if graph and complete and back and "livelock" not in found:
+        estart.append(len(edst))
+        lasso = _livelocks(space, states, estart, edst, ecpu, back, path, depth)
+        if lasso is not None:
+            found["livelock"] = lasso
+    return found, stats
+
+
+# ---------------------------------------------------------------------------
+# Livelock: a fair cycle in the state graph
+# ---------------------------------------------------------------------------
+
+def _sccs(n, estart, edst, roots):
+    """Strongly connected components with a cycle (Tarjan, iterative), of
+    the part of the graph reachable from ``roots``."""
+    index = [-1] * n
+    low = [0] * n
+    onstack = bytearray(n)
+    stack: list = []
+    out = []
+    counter = 0
+    for root in sorted(roots):
+        if index[root] != -1:
+            continue
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        onstack[root] = 1
+        work = [[root, estart[root]]]
+        while work:
+            top = work[-1]
+            v, e = top
+            if e < estart[v + 1]:
+                top[1] = e + 1
+                w = edst[e]
+                if index[w] == -1:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    onstack[w] = 1
+                    work.append([w, estart[w]])
+                elif onstack[w] and index[w] < low[v]:
+                    low[v] = index[w]
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                if low[v] < low[u]:
+                    low[u] = low[v]
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    onstack[w] = 0
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1 or any(edst[e] == v for e in range(estart[v], estart[v + 1])):
+                    out.append(comp)
+    return out
+
+
+def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
+    """The shortest livelock, as (stem + cycle, message), or None.
+
+    A cycle of the state graph is a run that never ends.  It is a livelock
+    when a fair scheduler could follow it -- every CPU that is enabled in
+    every state of the cycle takes a step in it (weak fairness) -- while
+    some CPU never finishes.  A component in which some CPU is always
+    enabled and never steps holds no fair cycle: that CPU would run, and
+    leave (a vCPU spinning on -EAGAIN while the winner is descheduled is
+    such an unfair cycle, not a livelock)."""
+    best = None
+    for comp in _sccs(len(states), estart, edst, back):
+        members = set(comp)
+        taken = set()
+        for v in comp:
+            for e in range(estart[v], estart[v + 1]):
+                if edst[e] in members:
+                    taken.add(ecpu[e])
+        enabled = {v: set(space.enabled(states[v])) for v in comp}
+        always = set.intersection(*enabled.values())
+        if always - taken:
+            continue                          # unfair: a CPU always able to run never does
+        entry = min(comp, key=lambda v: (depth[v], v))
+        if best is not None and depth[entry] >= depth[best[0]]:
+            continue
+        best = (entry, comp, members, taken, enabled)
+    if best is None:
+        return None
+    entry, comp, members, taken, enabled = best
+    cycle = _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu)
+    stem = path(entry)
+    _check_lasso(space, states[entry], stem, cycle)
+    w = space.w
+    loop = sorted(c for c in taken if not space.daemon[c])
+    waiting = sorted(c for c in range(space.n) if not space.daemon[c] and c not in taken
+                     and not space.nodes[states[entry][1][c]].done)
+    funcs = []
+    s = states[entry]
+    for c in cycle:
+        for f in space.nodes[s[1][c]].stack:
+            if f not in funcs and f is not None:
+                funcs.append(f)
+        s, _ = space.step(s, c)
+    who = ", ".join(w.name(c) for c in loop)
+    msg = (f"{who} never finish{'es' if len(loop) == 1 else ''}: after {len(stem)} steps, the "
+           f"same {len(cycle)} steps (through {', '.join(f + '()' for f in funcs[:4])}) bring "
+           f"every CPU and the machine back to where they were, and a fair scheduler can repeat "
+           f"them forever")
+    if waiting:
+        msg += f"; {', '.join(w.name(c) for c in waiting)} never get{'s' if len(waiting) == 1 else ''} to run to the end"
+    return (stem + cycle, msg, len(stem))
+
+
+def _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu) -> list:
+    """A cycle from ``entry`` inside the component that takes a step of
+    every CPU that steps in it and passes a state where each other CPU is
+    disabled: fair by construction."""
+    def route(src, goal):
+        """Shortest CPU sequence inside the component from ``src`` to a state
+        satisfying ``goal(state)`` (or taking an edge satisfying it)."""
+        prev = {src: None}
+        todo = deque([src])
+        while todo:
+            v = todo.popleft()
+            for e in range(estart[v], estart[v + 1]):
+                w = edst[e]
+                if w not in members:
+                    continue
+                if goal(v, e):
+                    seq = [ecpu[e]]
+                    u = v
+                    while prev[u] is not None:
+                        u, c = prev[u]
+                        seq.append(c)
+                    return seq[::-1], w
+                if w not in prev:
+                    prev[w] = (v, ecpu[e])
+                    todo.append(w)
+        raise AssertionError("livelock: the component is not strongly connected")
+
+    cpus = sorted(taken)
+    waits = sorted(set().union(*enabled.values()) - taken)
+    cycle, cur = [], entry
+    for c in cpus:
+        seq, cur = route(cur, lambda v, e, c=c: ecpu[e] == c)
+        cycle += seq
+    for c in waits:
+        if c not in enabled[cur]:
+            continue
+        seq, cur = route(cur, lambda v, e, c=c: c not in enabled[edst[e]])
+        cycle += seq
+    if cur != entry or not cycle:
+        seq, cur = route(cur, lambda v, e: edst[e] == entry)
+        cycle += seq
+    return cycle
+
+
+def _check_lasso(space, entry_state, stem, cycle):
+    """The lasso must replay through the state space: the stem reaches the
+    cycle's first state, and the cycle comes back to it."""
+    s = space.initial
+    for c in stem:
+        s, v = space.step(s, c)
+        assert v is None, "livelock stem hits a violation"
+    assert s == entry_state, "livelock stem does not reach the cycle"
+    for c in cycle:
+        s, v = space.step(s, c)
+        assert v is None, "livelock cycle hits a violation"
+    assert s == entry_state, "livelock cycle does not come back"
 
 
 def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_depth=20000):
@@ -848,10 +1357,21 @@ def trim_schedule(template: World, schedule) -> list:
     return list(schedule[:keep])
 
 
-def _materialise(template: World, kind, sched, msg):
-    """Replay a found schedule live: the events, diagram and log."""
+def _materialise(template: World, kind, sched, msg, cycle_start=None):
+    """Replay a found schedule live: the events, diagram and log.  A
+    livelock's schedule is a lasso: it is replayed as it is (stem, then the
+    cycle once) and the violation attached to where the cycle starts."""
     from .report import race_diagram, state_log
     w = template.again(record=True)
+    if cycle_start is not None:
+        w.run(sched, complete=False)
+        w.stop(Violation.lasso(w, cycle_start, msg))
+        viol = w.violations[-1]
+        diagram = race_diagram(w)
+        n = len(sched) - cycle_start
+        diagram += (f"\n  --- from step {cycle_start} on, these {n} steps repeat forever "
+                    f"(a fair cycle) ---")
+        return Found(kind, list(sched), msg, viol, diagram, state_log(w), cycle_start)
     w.run(sched)
     viol = next((v for v in w.violations if v.kind == kind), None)
     if viol is None:
@@ -906,7 +1426,7 @@ def content_key(obj):
     ``Scenario("x", ...)`` with another builder gets a fresh oracle."""
     fields = getattr(obj, "__dict__", None)
     if fields is None:
-        return (type(obj), id(obj))
+        return (type(obj), freeze(obj, {}))
     return (type(obj),) + tuple((k, freeze(v, {})) for k, v in sorted(fields.items()))
 
 
@@ -992,7 +1512,7 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
             prog.done()
         res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
-                     settings=settings)
+                     settings=settings, window=st.get("window"))
     elif mode in ("random", "pct"):
         if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
             raise S2ptError(f"runs={runs!r}: need a positive number of runs")
@@ -1027,9 +1547,10 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     res.seconds = time.perf_counter() - t0
     res._scenario = template.scenario
     for kind in sorted(raw):
-        sched, msg = raw[kind]
+        sched, msg, *cyc = raw[kind]
+        start = cyc[0] if cyc else None
         if details:
-            res.found[kind] = _materialise(template, kind, sched, msg)
+            res.found[kind] = _materialise(template, kind, sched, msg, start)
         else:
-            res.found[kind] = Found(kind, sched, msg)
+            res.found[kind] = Found(kind, sched, msg, cycle_start=start)
     return res

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 from ..errors import KernelBug, S2ptError
 from ..snapshot import Stateful
-from ..ops import (BLOCKING, Machine, cpu_relax, hw_walk_start, kvm_mmu_topup_memory_cache,
-                   read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock)
+from ..ops import (BLOCKING, OPS, Machine, check_effects, cpu_relax, hw_walk_start,
+                   kvm_mmu_topup_memory_cache, read_lock, read_unlock, spin_lock, spin_unlock,
+                   write_lock, write_unlock)
 
 __all__ = [
     "spin_lock", "spin_unlock", "read_lock", "read_unlock", "write_lock", "write_unlock",
@@ -86,8 +87,10 @@ class SimMachine(Machine, Stateful):
     and :meth:`sim_restore` can restore it.
     """
 
+    #: Per-step registers and transient records, not state (s2pt.snapshot).
+    sim_ignore = ("stats", "cpu", "violations")
+
     def __init__(self, mem, mmu=None, stats=None):
-        super().__init__(mem, mmu, stats)
         self.cpu = 0
         #: explorer actor -> the vCPU index whose TLB a local TLBI reaches
         self.vcpu_of: dict = {}
@@ -98,22 +101,37 @@ class SimMachine(Machine, Stateful):
         self.gp_waiters: dict = {}            # cpu in synchronize_rcu -> readers awaited
         self.callbacks: list = []             # [(readers awaited, fn, args)], queue order
         self.hw_inflight = frozenset()        # CPUs whose MMU is in the middle of a walk
-        d = self.dispatch
-        if "hw_read" in d:
-            d["hw_read"] = self._hw_read(d["hw_read"])
-        d["hw_walk_start"] = self._hw_walk_start
-        d["kvm_mmu_topup_memory_cache"] = self._topup
-        d["cpu_relax"] = lambda op: None
-        d["rcu_read_lock"] = self._rcu_read_lock
-        d["rcu_read_unlock"] = self._rcu_read_unlock
-        d["call_rcu"] = self._call_rcu
-        d["synchronize_rcu"] = self._synchronize_rcu
-        d["rcu_gp_wait"] = self._rcu_gp_wait
-        d["rcu_barrier"] = self._nop
-        d["rcu_next_callback"] = self._rcu_next_callback
-        for name in ("spin_lock", "spin_unlock", "read_lock", "read_unlock",
-                     "write_lock", "write_unlock"):
-            d[name] = getattr(self, "_" + name)
+        super().__init__(mem, mmu, stats)
+        missing = sorted(n for n, k in OPS.items()
+                         if k.wait and not callable(getattr(self, "_wait_" + k.wait, None)))
+        assert not missing, (f"op table rows whose blocking rule {type(self).__name__} "
+                             f"lacks: {missing}")
+        #: op name -> its blocking rule (the op table's ``wait``)
+        self.waits = {name: getattr(self, "_wait_" + k.wait) for name, k in OPS.items() if k.wait}
+
+    @staticmethod
+    def _effect_of(kind):
+        return kind.sim
+
+    def effects(self) -> dict:
+        """The sequential machine's effects, plus what locks, RCU and the
+        MMU mean when several CPUs run (the op table's ``sim_effect``)."""
+        e = super().effects()
+        e.update({
+            "hw_read": self._hw_read(e["hw_read"]),
+            "hw_walk_start": self._hw_walk_start,
+            "topup": self._topup,
+            "rcu_read_lock": self._rcu_read_lock,
+            "rcu_read_unlock": self._rcu_read_unlock,
+            "call_rcu": self._call_rcu,
+            "synchronize_rcu": self._synchronize_rcu,
+            "rcu_gp_wait": self._rcu_gp_wait,
+            "rcu_barrier": self._nop,
+            "rcu_next_callback": self._rcu_next_callback,
+            "read_lock": self._read_lock, "read_unlock": self._read_unlock,
+            "write_lock": self._write_lock, "write_unlock": self._write_unlock,
+        })
+        return e
 
     # -- violations ------------------------------------------------------------
     def violation(self, kind: str, message: str):
@@ -137,64 +155,65 @@ class SimMachine(Machine, Stateful):
 
     # -- blocking ----------------------------------------------------------------
     def blocked(self, cpu: int, op) -> str | None:
-        """Why ``cpu`` cannot perform ``op`` now (None: it can)."""
-        name = op[0]
-        if name not in BLOCKING:
-            return None
-        if name == "spin_lock" or name == "write_lock":
-            writer, readers = self.locks.get(op[1], (None, frozenset()))
-            if writer is not None:
-                return f"waits for {op[1]}, held by CPU {writer}"
-            if readers:
-                return f"waits for {op[1]}, held for read by CPU {_cpus(readers)}"
-            return None
-        if name == "read_lock":
-            writer, _ = self.locks.get(op[1], (None, frozenset()))
-            if writer is not None:
-                return f"waits for {op[1]}, held for write by CPU {writer}"
-            return None
-        if name == "rcu_gp_wait":
-            left = self.gp_waiters.get(cpu, frozenset())
-            if left:
-                return f"synchronize_rcu() waits for the read-side sections of CPU {_cpus(left)}"
-            return None
-        if name == "rcu_next_callback":
-            if not self.callbacks:
-                return "no RCU callback queued"
-            if self.callbacks[0][0]:
-                return (f"the oldest callback waits for a grace period: CPU "
-                        f"{_cpus(self.callbacks[0][0])} still in rcu_read_lock()")
-            return None
-        if name == "tlbi":
-            # A TLBI here is TLBI + DSB ISH (as __kvm_tlb_flush_vmid_ipa
-            # does), which completes only once the translation table walks
-            # in flight on other CPUs have finished.
-            busy = self.hw_inflight - {cpu}
-            if busy:
-                return f"TLBI + DSB waits for the hardware walk in flight on CPU {_cpus(busy)}"
-            return None
-        if name == "rcu_barrier":
-            if self.callbacks:
-                return f"rcu_barrier() waits for {len(self.callbacks)} callback(s)"
-            return None
+        """Why ``cpu`` cannot perform ``op`` now (None: it can): the op
+        table row's blocking rule."""
+        rule = self.waits.get(op[0])
+        return None if rule is None else rule(cpu, op)
+
+    def _wait_write_lock(self, cpu, op):
+        writer, readers = self.locks.get(op[1], (None, frozenset()))
+        if writer is not None:
+            return f"waits for {op[1]}, held by CPU {writer}"
+        if readers:
+            return f"waits for {op[1]}, held for read by CPU {_cpus(readers)}"
+        return None
+
+    def _wait_read_lock(self, cpu, op):
+        writer, _ = self.locks.get(op[1], (None, frozenset()))
+        if writer is not None:
+            return f"waits for {op[1]}, held for write by CPU {writer}"
+        return None
+
+    def _wait_rcu_gp_wait(self, cpu, op):
+        left = self.gp_waiters.get(cpu, frozenset())
+        if left:
+            return f"synchronize_rcu() waits for the read-side sections of CPU {_cpus(left)}"
+        return None
+
+    def _wait_rcu_next_callback(self, cpu, op):
+        if not self.callbacks:
+            return "no RCU callback queued"
+        if self.callbacks[0][0]:
+            return (f"the oldest callback waits for a grace period: CPU "
+                    f"{_cpus(self.callbacks[0][0])} still in rcu_read_lock()")
+        return None
+
+    def _wait_tlbi(self, cpu, op):
+        # A TLBI here is TLBI + DSB ISH (as __kvm_tlb_flush_vmid_ipa
+        # does), which completes only once the translation table walks
+        # in flight on other CPUs have finished.
+        busy = self.hw_inflight - {cpu}
+        if busy:
+            return f"TLBI + DSB waits for the hardware walk in flight on CPU {_cpus(busy)}"
+        return None
+
+    def _wait_rcu_barrier(self, cpu, op):
+        if self.callbacks:
+            return f"rcu_barrier() waits for {len(self.callbacks)} callback(s)"
         return None
 
     # -- locks -------------------------------------------------------------------
     def _lock(self, name):
         return self.locks.get(name, (None, frozenset()))
 
-    def _spin_lock(self, op):
+    def _write_lock(self, op):
         self.locks[op[1]] = (self.cpu, frozenset())
 
-    _write_lock = _spin_lock
-
-    def _spin_unlock(self, op):
+    def _write_unlock(self, op):
         writer, readers = self._lock(op[1])
         if writer != self.cpu:
             self.violation("lock", f"{op[0]}({op[1]}) by CPU {self.cpu}, which does not hold it")
         self.locks.pop(op[1], None)
-
-    _write_unlock = _spin_unlock
 
     def _read_lock(self, op):
         writer, readers = self._lock(op[1])
@@ -319,3 +338,6 @@ class SimMachine(Machine, Stateful):
 
 def _cpus(s) -> str:
     return ",".join(str(c) for c in sorted(s))
+
+
+check_effects(SimMachine)

@@ -33,8 +33,11 @@ KINDS = {
     "stale-tlb": "a translation served from a TLB entry the tables no longer grant",
     "isolation": "a host translation (tables, TLB or walk cache) reaches a page the pKVM "
                  "host gave away, after the hypervisor recorded the new owner",
-    "deadlock": "no CPU can make progress, but not all have finished",
-    "livelock": "the step bound was exceeded",
+    "deadlock": "no CPU can make progress, and several wait that have not finished",
+    "starvation": "one CPU waits forever for something no other CPU will do: all the others "
+                  "have finished",
+    "livelock": "a CPU keeps stepping and never finishes: a cycle of the state graph that a "
+                "fair scheduler can follow forever (in a live run: the step bound was exceeded)",
     "warn": "a WARN_ON in the walker fired",
     "lock": "a lock released by a CPU that does not hold it",
     "rcu": "unbalanced rcu_read_unlock()",
@@ -73,10 +76,24 @@ class Violation:
                    _explain(world, ev, kind, message, actor, fn))
 
     @classmethod
-    def deadlock(cls, world) -> "Violation":
+    def deadlock(cls, world, kind: str = "deadlock") -> "Violation":
         waits = [f"{world.actors[i].name} {world.blocked(i)}" for i in world.live()]
-        return cls("deadlock", "; ".join(waits), world.nsteps - 1, None, "", "", (),
-                   "no CPU can make progress: " + "; ".join(waits) + ".")
+        head = ("no CPU can make progress: " if kind == "deadlock" else
+                "every other CPU has finished, and nothing will ever wake this one: ")
+        return cls(kind, "; ".join(waits), world.nsteps - 1, None, "", "", (),
+                   head + "; ".join(waits) + ".")
+
+    @classmethod
+    def lasso(cls, world, cycle_start: int, message: str) -> "Violation":
+        """A livelock found as a cycle in the state graph: the run replayed
+        to the end of one turn of the cycle, which starts at step
+        ``cycle_start``."""
+        ev = world.events[-1] if world.events else None
+        cpu = ev.cpu if ev is not None else None
+        return cls("livelock", message, cycle_start, cpu,
+                   world.actors[cpu].name if cpu is not None else "",
+                   ev.stack[-1] if ev is not None and ev.stack else "?",
+                   ev.stack if ev is not None else (), message[:1].upper() + message[1:] + ".")
 
     @classmethod
     def livelock(cls, world, ev) -> "Violation":

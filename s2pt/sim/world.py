@@ -25,11 +25,12 @@ from ..errors import KernelBug, S2ptError
 from ..invariants import reachable_tables
 from ..memory import MemCache
 from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
-from ..snapshot import Stateful, Stateless, owner_of
+from ..snapshot import Stateless
+from .state import MachineState, check_part, observer_parts
 from .sync import SimMachine, rcu_next_callback
 from .violation import Violation
 
-__all__ = ["Actor", "Setup", "Event", "World", "frames", "stack_names", "freeze"]
+__all__ = ["Actor", "Setup", "Event", "World", "frames", "stack_names", "freeze", "stuck_kind"]
 
 
 @dataclass
@@ -58,9 +59,10 @@ class Setup:
 
     The table must have been built with the explorer's machine
     (``Stage2(..., machine=SimMachine)``), so that checkers attach to it as
-    they are built.  ``opaque`` lists shared objects that CPU programs hold
-    (the table, TLBs, contexts): they freeze to a name, not a copy, when the
-    explorer fingerprints a CPU's local variables.
+    they are built.  ``shared`` lists the objects the CPU programs share
+    (the VM, memslots, TLBs, a context object): each is part of the
+    explorer's machine state (s2pt.sim.state), and freezes to its name, not
+    a copy, when the explorer fingerprints a CPU's local variables.
     """
 
     def __init__(self, pgt, scheme, bugs=frozenset()):
@@ -72,7 +74,7 @@ class Setup:
         self.scheme = scheme
         self.bugs = frozenset(bugs)
         self.actors: list[Actor] = []
-        self.opaque: list = [pgt, pgt.mm, pgt.mmu]
+        self.shared: list = []
         self.memcaches: list = []
         self.region: tuple | None = None       # (ipa, size) the lost-update oracle compares
         #: The object the scenario races on, for readers and widgets: a
@@ -91,40 +93,24 @@ class Setup:
             mc = MemCache(self.pgt.mm)
         if mc.topup(pages):
             raise KernelBug("setup", "memcache top-up failed")
-        self.memcaches.append(mc)
-        self.opaque.append(mc)
+        if mc not in self.memcaches:
+            self.memcaches.append(mc)
         return mc
 
     def share(self, *objs):
-        """Objects the CPU programs hold that are part of the machine (opaque
-        to the fingerprint of a CPU's locals)."""
-        self.opaque += objs
+        """Objects the CPU programs share, each a part of the explorer's
+        machine state: an :class:`~s2pt.snapshot.Stateful` (its state is
+        fingerprinted and restored), a :class:`~s2pt.snapshot.Frozen` (it
+        never changes during a run) or a :class:`~s2pt.snapshot.Stateless`.
+        Anything else is refused with an S2ptError."""
+        for o in objs:
+            check_part(o)
+        self.shared += [o for o in objs if all(o is not x for x in self.shared)]
 
 
-def stateful_parts(machine) -> list:
-    """Every object hooked into ``machine`` (observers, TLBI listeners, free
-    hooks, registered operations), each once, in registration order.  Each
-    must be :class:`~s2pt.snapshot.Stateful` or
-    :class:`~s2pt.snapshot.Stateless`: the explorer refuses anything else,
-    because an observer whose state it cannot see makes pruning unsound."""
-    hooks = (list(machine.pre_observers) + list(machine.observers)
-             + list(machine.mmu.listeners if machine.mmu is not None else ())
-             + list(machine.mem.free_hooks) + list(machine.extensions.values()))
-    out, seen = [], set()
-    for h in hooks:
-        o = owner_of(h)
-        if id(o) in seen:
-            continue
-        seen.add(id(o))
-        if isinstance(o, Stateless):
-            continue
-        if not isinstance(o, Stateful):
-            raise S2ptError(
-                f"{o!r} observes the machine but does not follow the snapshot protocol: "
-                f"make it an s2pt.snapshot.Stateful (sim_state/sim_restore) or, if nothing "
-                f"it keeps can change what happens next, an s2pt.snapshot.Stateless")
-        out.append(o)
-    return out
+#: Every object hooked into a machine, less the Stateless ones (see
+#: s2pt.sim.state.observer_parts).
+stateful_parts = observer_parts
 
 
 @kernel_path("rcu_do_batch")
@@ -280,10 +266,18 @@ def _freeze(v, opaque, depth, memo):
                                  for k, x in v.items())
     if isinstance(v, (set, frozenset)):
         return ("set", frozenset(freeze(x, opaque, d1, memo) for x in v))
-    if isinstance(v, (types.FunctionType, types.BuiltinFunctionType, type, types.CodeType)):
+    if isinstance(v, types.FunctionType):
+        # By what it is, not which object it is: a function defined inside
+        # another is a new object on every call (and every replay).
+        if v.__closure__ is None and not v.__defaults__:
+            return v.__code__
+        return ("fn", v.__code__, freeze(v.__defaults__, opaque, d1, memo),
+                tuple(freeze(c.cell_contents, opaque, d1, memo) for c in v.__closure__ or ()))
+    if isinstance(v, (types.BuiltinFunctionType, type, types.CodeType)):
         return v
     if isinstance(v, types.MethodType):
-        return ("method", freeze(v.__self__, opaque, d1, memo), v.__func__)
+        return ("method", freeze(v.__self__, opaque, d1, memo),
+                freeze(v.__func__, opaque, d1, memo))
     if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return v.item()              # a numpy scalar
     slots = getattr(type(v), "__slots__", None)
@@ -292,7 +286,17 @@ def _freeze(v, opaque, depth, memo):
     d = getattr(v, "__dict__", None)
     if d is not None:
         return (type(v),) + tuple((k, freeze(x, opaque, d1, memo)) for k, x in d.items())
-    return ("opaque", type(v).__name__, id(v))
+    # Never by id(): two states would differ by where an object happens to
+    # live, or merge when an id is reused.
+    raise S2ptError(f"a CPU holds {type(v).__qualname__} {_short_repr(v)}, which the explorer "
+                    f"cannot fingerprint: it is not a value and not a registered part of the "
+                    f"machine state (s2pt.sim.state; share the object that owns it with "
+                    f"Setup.share())")
+
+
+def _short_repr(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 # ---------------------------------------------------------------------------
@@ -327,12 +331,13 @@ class World:
         if m.violations:
             raise KernelBug("setup", f"the scenario's setup broke a rule: {m.violations}")
         m.vcpu_of = {i: a.vcpu for i, a in enumerate(self.actors) if a.vcpu is not None}
-        self.stateful = stateful_parts(m)
-        self.opaque = {id(o): f"<{type(o).__name__}#{k}>" for k, o in enumerate(setup.opaque)}
-        for k, o in enumerate(self.stateful):
-            self.opaque.setdefault(id(o), f"<{type(o).__name__}#s{k}>")
-        self.opaque[id(m)] = "<machine>"
-        self.opaque[id(self)] = "<world>"
+        #: The one registry of the machine state (s2pt.sim.state): every
+        #: part the explorer fingerprints; ``stateful`` its Stateful parts
+        #: besides memory and the machine, ``opaque`` the name of each
+        #: registered object for fingerprinting a CPU's locals.
+        self.state = MachineState(self)
+        self.stateful = self.state.parts
+        self.opaque = self.state.tags
         self.max_steps = max_steps
         self.record = record
         # For the views: the level of each table page, who freed what.
@@ -350,6 +355,7 @@ class World:
         self._stacks = [StackCache() for _ in self.actors]
         for i, a in enumerate(self.actors):
             self._prime(i, a.start())
+        self.state.check_reachable(self.actors, self.cpus)
 
     def again(self, record: bool | None = None, max_steps: int | None = None) -> "World":
         """A fresh World of the same scenario, scheme, bugs and checks."""
@@ -445,10 +451,12 @@ class World:
         return ev
 
     def _maybe_finish(self):
-        if self.live():
+        live = self.live()
+        if live:
             if not self.enabled():
-                self.violations.append(Violation.deadlock(self))
-                self.outcome = "deadlock"
+                kind = stuck_kind(len(live), sum(not a.daemon for a in self.actors))
+                self.violations.append(Violation.deadlock(self, kind))
+                self.outcome = kind
             return
         # Every CPU has finished: rcu_barrier() -- the callback thread runs
         # what is still queued -- happens as the remaining (forced) steps.
@@ -470,9 +478,17 @@ class World:
             out += check(self)
         return out
 
-    def run(self, schedule=(), policy=None) -> "World":
-        """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
-        keep running the last CPU while it can, else the lowest enabled)."""
+    def stop(self, violation) -> None:
+        """End the run here with ``violation`` (a livelock found as a cycle
+        in the state graph: the run has reached the state where its cycle
+        starts again)."""
+        self.violations.append(violation)
+        self.outcome = violation.kind
+
+    def run(self, schedule=(), policy=None, complete: bool = True) -> "World":
+        """Follow ``schedule`` (actor ids), then, with ``complete``,
+        ``policy(world)`` to the end (default: keep running the last CPU
+        while it can, else the lowest enabled)."""
         last = None
         relaxed = False
         for k, tok in enumerate(schedule):
@@ -486,7 +502,7 @@ class World:
                                 f"{self.blocked(tok)}")
             relaxed = self.step(tok).op[0] == "cpu_relax"
             last = tok
-        while self.outcome is None:
+        while complete and self.outcome is None:
             en = self.enabled()
             choice = policy(self, en) if policy else default_choice(en, last, relaxed)
             relaxed = self.step(choice).op[0] == "cpu_relax"
@@ -576,6 +592,16 @@ class _FreeLog(Stateless):
         if w.record:
             st = getattr(w, "_stack", ())
             w.frees[page.pfn] = (w.nsteps, w.machine.cpu, st[-1] if st else "?")
+
+
+def stuck_kind(waiting: int, cpus: int) -> str:
+    """A run where no CPU can step but ``waiting`` of the scenario's
+    ``cpus`` CPUs (daemons aside) have not finished: "starvation" when one
+    CPU waits while every other has finished (nothing it waits for will
+    ever happen: a lock nobody releases, a grace period that never ends),
+    "deadlock" when several wait (for each other) or the only CPU waits for
+    itself."""
+    return "starvation" if waiting == 1 and cpus > 1 else "deadlock"
 
 
 def default_choice(enabled, last, relaxed=False):
