@@ -349,7 +349,9 @@ def kvm_pgtable_walk(pgt, addr: int, size: int, walker: Walker, bulk: bool = Fal
     page_mask = pgt.page_size - 1
     start = addr & ~page_mask
     end = (start + size + page_mask) & ~page_mask
-    data = WalkData(walker, start, start, end, bulk)
+    # Bulk numpy runs only under the sequential driver with nobody watching
+    # (Machine.bulk_ok): a walk stepped by the explorer must yield every access.
+    data = WalkData(walker, start, start, end, bulk and pgt.machine.bulk_ok)
     shared = walker.flags & SHARED
     if shared:
         r = yield from kvm_pgtable_walk_begin(pgt, walker)

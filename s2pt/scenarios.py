@@ -1191,6 +1191,51 @@ declare("refcount-revalidate", {"collapse-vs-map": {}})
 
 
 # ---------------------------------------------------------------------------
+# The commit that ends rwlock's refaults
+# ---------------------------------------------------------------------------
+
+@kernel_path("kvm_arch_commit_memory_region")
+def kvm_arch_commit_memory_region(vm, slot):
+    """The memslot change that turned dirty logging off, committing (after
+    kvm_swap_active_memslots): mainline only frees the split cache, which
+    does nothing to the table; the VM's locking may do more
+    (``MmuLock.logging_off``: ``rwlock`` unmaps the slot under the write
+    lock)."""
+    yield from vm.locking.logging_off(vm, slot)
+    return 0
+
+
+def build_collapse_vs_commit(scheme, bugs):
+    # collapse-vs-fault's vCPU0, without vCPU1, and the commit of the
+    # memslot change running on another CPU.  Under rwlock vCPU0's fault
+    # gets -EAGAIN until the commit has unmapped the slot; then its refault
+    # maps the block into empty space.  (The guest re-executes the same
+    # access: the model hands user_mem_abort the fault it took first.)
+    vm, slot = _vm(scheme, bugs)
+    logging = _logged_table(vm, slot)
+    fault = _fault(vm, IPA)
+    s = _setup(vm, scheme, bugs)
+    s.share(logging)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", guest_fault, vm, 0, IPA, slot,
+          fault, True)
+    s.cpu("commit", "kvm_arch_commit_memory_region: logging off", kvm_arch_commit_memory_region,
+          vm, slot)
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_add(Scenario(
+    "collapse-vs-commit",
+    "vCPU0 faults for a 2M block over the level-3 table dirty logging left while the memslot "
+    "change that turned logging off commits (kvm_arch_commit_memory_region): under rwlock the "
+    "commit unmaps the slot, which ends the -EAGAIN refaults that collapse-vs-fault shows as "
+    "a livelock",
+    build_collapse_vs_commit,
+    {s: {} for s in ("none", "rcu", "rcu-rfc", "write-lock", "rwlock", "hyp-lock", "refcount",
+                     "refcount-revalidate")}))
+
+
+# ---------------------------------------------------------------------------
 # Race windows: the race each scenario is about (s2pt.sim.window)
 # ---------------------------------------------------------------------------
 
@@ -1232,6 +1277,7 @@ WINDOWS = {
     "split-double-put": W.window("the split's break loses to another CPU's update",
                                  W.loses_race()),
     "aba-table-reuse": _UNLINK_HELD,
+    "collapse-vs-commit": _UNLINK_HELD,
 }
 ABA_SAME.window = _UNLINK_HELD
 for _name, _w in WINDOWS.items():

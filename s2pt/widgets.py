@@ -912,8 +912,13 @@ class Interleave(W.VBox):
         if self._cancel and not r.found:
             return self._say(f"search cancelled after {what}")
         if not r.found:
-            return self._say(f"no violation in any interleaving ({what}, "
-                             f"{'complete' if r.complete else 'NOT complete'})", True)
+            if not r.complete:
+                return self._say(f"no violation found so far ({what}, NOT complete)", True)
+            if r.race_arose is False:
+                return self._say(f"no violation in any interleaving, and {r.verdict}: "
+                                 f"{r.window['reason']} ({what})", True)
+            race = "; the race arose" if r.race_arose else ""
+            return self._say(f"safe: no violation in any interleaving{race} ({what})", True)
         if kind is not None and kind not in r.found:
             return self._say(f"kind={kind!r} not found; found: {', '.join(sorted(r.found))}")
         f = r.found[kind] if kind else min(r.found.values(), key=lambda f: len(f.schedule))

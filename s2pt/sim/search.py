@@ -1060,9 +1060,10 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
 # Livelock: a fair cycle in the state graph
 # ---------------------------------------------------------------------------
 
-def _sccs(n, estart, edst, roots):
+def _sccs(n, estart, edst, roots, allowed=None):
     """Strongly connected components with a cycle (Tarjan, iterative), of
-    the part of the graph reachable from ``roots``."""
+    the part of the graph reachable from ``roots`` (within ``allowed``, a
+    set of states, when given)."""
     index = [-1] * n
     low = [0] * n
     onstack = bytearray(n)
@@ -1070,7 +1071,7 @@ def _sccs(n, estart, edst, roots):
     out = []
     counter = 0
     for root in sorted(roots):
-        if index[root] != -1:
+        if index[root] != -1 or (allowed is not None and root not in allowed):
             continue
         index[root] = low[root] = counter
         counter += 1
@@ -1083,6 +1084,8 @@ def _sccs(n, estart, edst, roots):
             if e < estart[v + 1]:
                 top[1] = e + 1
                 w = edst[e]
+                if allowed is not None and w not in allowed:
+                    continue
                 if index[w] == -1:
                     index[w] = low[w] = counter
                     counter += 1
@@ -1114,24 +1117,43 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
     """The shortest livelock, as (stem + cycle, message), or None.
 
     A cycle of the state graph is a run that never ends.  It is a livelock
-    when a fair scheduler could follow it -- every CPU that is enabled in
-    every state of the cycle takes a step in it (weak fairness) -- while
-    some CPU never finishes.  A component in which some CPU is always
-    enabled and never steps holds no fair cycle: that CPU would run, and
-    leave (a vCPU spinning on -EAGAIN while the winner is descheduled is
-    such an unfair cycle, not a livelock)."""
+    when a fair scheduler could follow it while some CPU never finishes.
+    Fair is *strong* fairness: every CPU that is able to run at some state
+    of the cycle takes a step in it (a CPU that keeps getting the chance to
+    run does run; a writer waiting for an rwlock gets it between two
+    readers).  A vCPU spinning on -EAGAIN while the winner is descheduled,
+    or while a writer waits for the lock it keeps taking, is no livelock.
+
+    The fair components are found as in the Streett emptiness check: in a
+    component where some able CPU never steps, drop the states where it is
+    able, and look at what is left."""
     best = None
-    for comp in _sccs(len(states), estart, edst, back):
+    enabled_at: dict = {}
+
+    def able(v):
+        e = enabled_at.get(v)
+        if e is None:
+            e = enabled_at[v] = frozenset(space.enabled(states[v]))
+        return e
+
+    work = _sccs(len(states), estart, edst, back)
+    while work:
+        comp = work.pop()
         members = set(comp)
         taken = set()
         for v in comp:
             for e in range(estart[v], estart[v + 1]):
                 if edst[e] in members:
                     taken.add(ecpu[e])
-        enabled = {v: set(space.enabled(states[v])) for v in comp}
-        always = set.intersection(*enabled.values())
-        if always - taken:
-            continue                          # unfair: a CPU always able to run never does
+        enabled = {v: set(able(v)) for v in comp}
+        idle = set().union(*enabled.values()) - taken
+        if idle:
+            # Unfair as a whole: keep only the states where no idle CPU can
+            # run, and look for fair cycles there.
+            rest = {v for v in comp if not (enabled[v] & idle)}
+            if rest:
+                work += _sccs(len(states), estart, edst, rest, rest)
+            continue
         entry = min(comp, key=lambda v: (depth[v], v))
         if best is not None and depth[entry] >= depth[best[0]]:
             continue
