@@ -176,9 +176,7 @@ class Cell:
             if self.status == "never-arises":
                 return f"{NEVER_ARISES}: {self.race.get('reason', '')} ({how})"
             if self.race:
-                last = self.race["stages"][-1]
-                return (f"safe ({how}; the race arose: {self.race['what']}, in "
-                        f"{last['transitions']:,} transitions)")
+                return f"safe ({how}; the race arose: {self.race['what']})"
             return f"safe ({how})"
         parts = [f"{k}: schedule '{f['schedule']}'" + ("" if f["schedule"] else
                                                        " (the default order)")

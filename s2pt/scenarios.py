@@ -121,7 +121,7 @@ def _vm(scheme, bugs, vcpus=2, backing="2M", size=BLOCK):
     return vm, vm.add_memslot(IPA, size, backing=backing)
 
 
-def _setup(vm, scheme, bugs) -> Setup:
+def _setup(vm, scheme, bugs, topup=None) -> Setup:
     """The explorer's view of a VM set up by the scenario: the vCPUs' TLBs
     start empty (kvm_flush_remote_tlbs), their memcaches are topped up, as
     user_mem_abort did before the earlier faults.
@@ -132,7 +132,9 @@ def _setup(vm, scheme, bugs) -> Setup:
     vm.pgt.flush_tlb()
     s = Setup(vm.pgt, scheme, bugs)
     for v in vm.vcpus:
-        s.memcache(vm._min_pages, v.memcache)
+        # ``topup``: the vCPUs whose faults may allocate (default: all); the
+        # others' caches stay empty, as they are never used.
+        s.memcache(vm._min_pages if topup is None or v.idx in topup else 0, v.memcache)
     s.share(vm, *vm.memslots)
     s.subject = vm
     return s
@@ -385,6 +387,35 @@ _add(Scenario(
     "collapse-vs-fault with a third vCPU taking an access-flag fault (mkyoung) in the same table",
     build_collapse_vs_fault,
     {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=3, params={"vcpus": 3}))
+def build_collapse_vs_readers(scheme, bugs, readers=3):
+    # vCPU0 collapses as in collapse-vs-fault; vCPU1..vCPUn each take the
+    # same access-flag fault on the aged page 2 (handle_access_fault:
+    # mkyoung, no allocation).  The readers are interchangeable: the same
+    # program and arguments but for their vCPU, its memcache and its TLB,
+    # which the explorer searches once (symmetry reduction).
+    vm, slot = _vm(scheme, bugs, readers + 1)
+    logging = _logged_table(vm, slot, pages=3, aged=(2,))
+    f0 = _fault(vm, IPA)
+    fr = _fault(vm, IPA + 2 * PAGE, write=False, vcpu=1)
+    s = _setup(vm, scheme, bugs, topup=(0,))
+    s.share(logging)
+    s.cpu("vCPU0", "user_mem_abort: 2M block (collapse)", guest_fault, vm, 0, IPA, slot, f0,
+          True)
+    for k in range(1, readers + 1):
+        v = vm.vcpus[k]
+        s.cpu(f"vCPU{k}", "handle_access_fault: mkyoung page 2", handle_access_fault, vm, k,
+              IPA + 2 * PAGE, fr, vcpu=k, sym="readers", owns=(v.memcache, v.tlb))
+    s.region = (IPA, BLOCK)
+    return s
+
+
+_add(Scenario(
+    "collapse-vs-fault-4",
+    "collapse-vs-fault with four vCPUs: vCPU0 maps the 2M block over the level-3 table while "
+    "vCPU1, vCPU2 and vCPU3 each take an access-flag fault on the same aged page of it "
+    "(handle_access_fault); the three readers are interchangeable, searched once",
+    build_collapse_vs_readers,
+    {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=4, params={"readers": 3}))
 _add(Scenario(
     "unmap-vs-fault",
     "an MMU-notifier unmap empties and frees a level-3 table while vCPU1's mkyoung "
@@ -1254,6 +1285,7 @@ _INSTALL_RACE = W.window(
 WINDOWS = {
     "collapse-vs-fault": _UNLINK_HELD,
     "collapse-vs-fault-3": _UNLINK_HELD,
+    "collapse-vs-fault-4": _UNLINK_HELD,
     "unmap-vs-fault": _UNLINK_HELD,
     "split-vs-fault": W.window("the split changes the table while the fault walks it",
                                W.stores_while_held()),

@@ -53,7 +53,8 @@ def test_collapse_vs_fault_under_rcu_is_safe_and_exhaustive(cmp):
     r = s2pt.explore("collapse-vs-fault", "rcu", details=False)
     assert r.complete and not r.found
     assert cell.status == "safe" and cell.complete and cell.states == r.states
-    assert cell.text() == f"safe (exhaustive, {r.states:,} states)"
+    assert cell.text() == (f"safe (exhaustive, {r.states:,} states; the race arose: "
+                           f"{r.window['what']})")
     assert cell.short() == "safe"
     with pytest.raises(S2ptError, match="no violation"):
         cell.diagram()

@@ -46,6 +46,7 @@ from ..ops import BLOCKING, OPS, NOMEM as _NOMEM, OBSERVED as _OBSERVED, PARTS a
 from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
 from . import state as _state
 from .violation import KINDS, Violation
+from .symmetry import Symmetry, compose, invert
 from .window import BUILD, TEARDOWN, StepFacts
 from .world import World, default_choice, frames, freeze, stack_names, stuck_kind
 
@@ -255,13 +256,14 @@ class Node:
     """One CPU's suspended position: its next operation and how it got here
     (``key``: its fingerprint, the frozen frames; ``pointers``: the table
     pages its locals point into, computed when a race window asks)."""
-    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done", "key", "pointers")
+    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done", "key", "pointers", "cls")
 
     def __init__(self, cpu, op, stack, hist, done=False, key=None):
         self.cpu, self.op, self.stack, self.hist, self.done = cpu, op, stack, hist, done
         self.edges = {}
         self.key = key
         self.pointers = None
+        self.cls = None              # its class, for a symmetric CPU (s2pt.sim.symmetry)
 
 
 class StateSpace:
@@ -276,7 +278,7 @@ class StateSpace:
     search are one dictionary lookup and never touch the live machine.
     """
 
-    def __init__(self, world: World, check: bool = False):
+    def __init__(self, world: World, check: bool = False, symmetry: bool = True):
         self.w = w = world
         w.record = False
         self.m = m = w.machine
@@ -301,6 +303,10 @@ class StateSpace:
         self.impure = [not a.pure for a in w.actors]
         self.daemon = [a.daemon for a in w.actors]
         self.n = w.n
+        #: Interchangeable CPUs (s2pt.sim.symmetry); None when there are none
+        #: or the caller asked for no symmetry reduction.
+        sym = Symmetry(self) if symmetry else None
+        self.sym = sym if sym else None
         self.nodes: list[Node] = []
         self.node_ids: dict = {}
         self.gens: dict = {}
@@ -466,6 +472,8 @@ class StateSpace:
             self.node_ids[key] = nid
             node = Node(i, op, stack_names(gen) if gen is not None else (), hist, gen is None,
                         key)
+            if self.sym is not None:
+                node.cls = self.sym.cls(i, gen, op, ret)
             if self.impure[i] and not hist:
                 node.hist = ((None, mstate),)
             self.nodes.append(node)
@@ -935,7 +943,7 @@ class _WindowLog:
             if stage.test(f):
                 self.count[k] += 1
                 if self.first[k] is None:
-                    self.first[k] = path() + [i]
+                    self.first[k] = path()          # to the step, included
 
     def report(self, complete: bool) -> dict:
         w = self.window
@@ -960,10 +968,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     edges, and once it is complete looks in it for livelocks: a cycle that
     a fair scheduler can follow forever while some CPU never finishes
     (:func:`_livelocks`)."""
+    sym = space.sym
     s0 = space.initial
+    s0, to0 = sym.canon(s0) if sym is not None else (s0, None)
     states = [s0]
     parent = [-1]
     via = [-1]
+    perm = [to0]                 # the renaming that made each state canonical (symmetry)
     depth = [0]
     pre = [0]
     seen = {(s0, None) if bound is not None else s0: 0}
@@ -974,14 +985,26 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     window = _WindowLog(space.window) if space.window is not None else None
     graph = bound is None
     estart, edst, ecpu = array("q"), array("q"), array("b")
+    eperm: dict = {}             # edge index -> renaming, where it is not the identity
     back = set()                 # targets of edges that do not go one level deeper
 
-    def path(sid):
-        out = []
+    def path(sid, then=(), frame=False):
+        """The concrete schedule to state ``sid`` (then CPUs ``then``, named
+        in ``sid``'s frame): with symmetry, each step's CPU is renamed back
+        through the renamings along the way.  ``frame``: also return the
+        renaming from ``sid``'s frame to the concrete CPUs."""
+        steps = []
         while sid > 0:
-            out.append(via[sid])
+            steps.append((via[sid], perm[sid]))
             sid = parent[sid]
-        return out[::-1]
+        tau = invert(perm[0]) if perm[0] is not None else tuple(range(space.n))
+        out = []
+        for i, to in reversed(steps):
+            out.append(tau[i])
+            if to is not None:
+                tau = compose(tau, invert(to))
+        out += [tau[i] for i in then]
+        return (out, tau) if frame else out
 
     while queue:
         sid = queue.popleft()
@@ -998,29 +1021,39 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         if not en:
             terminals += 1
             for kind, msg in space.terminal(s):
-                found.setdefault(kind, (path(sid), msg))
+                if kind not in found:
+                    found[kind] = (path(sid), msg)
             continue
         if depth[sid] >= max_depth:
             complete = False                   # a bound, not a finding
             continue
         last = via[sid] if sid else None
         for i in en:
-            p = pre[sid] + _preempts(i, last, en)
-            if bound is not None and p > bound:
-                bound_hits += 1
-                continue
+            if bound is not None:
+                p = pre[sid] + _preempts(i, last, en)
+                if p > bound:
+                    bound_hits += 1
+                    continue
+            else:
+                p = 0
             t, viols = space.step(s, i)
             transitions += 1
             if window is not None and space.facts is not None:
-                window.see(space, s, i, space.facts, lambda: path(sid))
+                window.see(space, s, i, space.facts, lambda: path(sid, (i,)))
             if viols:
                 for kind, msg in viols:
-                    found.setdefault(kind, (path(sid) + [i], msg))
+                    if kind not in found:
+                        found[kind] = (path(sid, (i,)), msg)
                 continue
+            to = None
+            if sym is not None and i in sym.group_of:
+                t, to = sym.canon(t)
             key = (t, i) if bound is not None else t
             old = seen.get(key)
             if old is not None and (bound is None or pre[old] <= p):
                 if graph:
+                    if to is not None:
+                        eperm[len(edst)] = to
                     edst.append(old)
                     ecpu.append(i)
                     if depth[old] <= depth[sid]:
@@ -1031,11 +1064,14 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 continue
             seen[key] = len(states)
             if graph:
+                if to is not None:
+                    eperm[len(edst)] = to
                 edst.append(len(states))
                 ecpu.append(i)
             states.append(t)
             parent.append(sid)
             via.append(i)
+            perm.append(to)
             depth.append(depth[sid] + 1)
             pre.append(p)
             queue.append(len(states) - 1)
@@ -1050,7 +1086,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         stats["window"] = window.report(complete)
     if graph and complete and back and "livelock" not in found:
         estart.append(len(edst))
-        lasso = _livelocks(space, states, estart, edst, ecpu, back, path, depth)
+        lasso = _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm)
         if lasso is not None:
             found["livelock"] = lasso
     return found, stats
@@ -1113,8 +1149,9 @@ def _sccs(n, estart, edst, roots, allowed=None):
     return out
 
 
-def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
-    """The shortest livelock, as (stem + cycle, message), or None.
+def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None):
+    """The shortest livelock, as (stem + cycle, message, where the cycle
+    starts), or None.
 
     A cycle of the state graph is a run that never ends.  It is a livelock
     when a fair scheduler could follow it while some CPU never finishes.
@@ -1123,17 +1160,24 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
     run does run; a writer waiting for an rwlock gets it between two
     readers).  A vCPU spinning on -EAGAIN while the winner is descheduled,
     or while a writer waits for the lock it keeps taking, is no livelock.
+    With symmetry reduction, interchangeable CPUs count as one for fairness
+    (a cycle in which one of them runs is fair to the group).
 
     The fair components are found as in the Streett emptiness check: in a
     component where some able CPU never steps, drop the states where it is
     able, and look at what is left."""
+    eperm = eperm or {}
+    sym = space.sym
     best = None
     enabled_at: dict = {}
+
+    def lab(c):
+        return ("group", sym.group_of[c]) if sym is not None and c in sym.group_of else c
 
     def able(v):
         e = enabled_at.get(v)
         if e is None:
-            e = enabled_at[v] = frozenset(space.enabled(states[v]))
+            e = enabled_at[v] = frozenset(lab(c) for c in space.enabled(states[v]))
         return e
 
     work = _sccs(len(states), estart, edst, back)
@@ -1144,8 +1188,8 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
         for v in comp:
             for e in range(estart[v], estart[v + 1]):
                 if edst[e] in members:
-                    taken.add(ecpu[e])
-        enabled = {v: set(able(v)) for v in comp}
+                    taken.add(lab(ecpu[e]))
+        enabled = {v: able(v) for v in comp}
         idle = set().union(*enabled.values()) - taken
         if idle:
             # Unfair as a whole: keep only the states where no idle CPU can
@@ -1161,15 +1205,31 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
     if best is None:
         return None
     entry, comp, members, taken, enabled = best
-    cycle = _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu)
-    stem = path(entry)
-    _check_lasso(space, states[entry], stem, cycle)
+    edges = _fair_cycle(entry, members, taken, enabled, estart, edst,
+                        [lab(c) for c in ecpu])
+    # The concrete CPUs: rename through the canonical frames (symmetry); a
+    # cycle of the reduced graph may come back with the symmetric CPUs
+    # swapped, so it is turned until they are back in place.
+    stem, tau = path(entry, frame=True)
+    start = tau
+    cycle = []
+    for _turn in range(720):
+        for e in edges:
+            cycle.append(tau[ecpu[e]])
+            to = eperm.get(e)
+            if to is not None:
+                tau = compose(tau, invert(to))
+        if tau == start:
+            break
+    else:
+        raise AssertionError("livelock: the cycle never comes back to its concrete state")
+    entry_state = _check_lasso(space, stem, cycle)
     w = space.w
-    loop = sorted(c for c in taken if not space.daemon[c])
-    waiting = sorted(c for c in range(space.n) if not space.daemon[c] and c not in taken
-                     and not space.nodes[states[entry][1][c]].done)
+    loop = sorted({c for c in cycle if not space.daemon[c]})
+    waiting = sorted(c for c in range(space.n) if not space.daemon[c] and c not in loop
+                     and not space.nodes[entry_state[1][c]].done)
     funcs = []
-    s = states[entry]
+    s = entry_state
     for c in cycle:
         for f in space.nodes[s[1][c]].stack:
             if f not in funcs and f is not None:
@@ -1185,13 +1245,13 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth):
     return (stem + cycle, msg, len(stem))
 
 
-def _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu) -> list:
-    """A cycle from ``entry`` inside the component that takes a step of
-    every CPU that steps in it and passes a state where each other CPU is
-    disabled: fair by construction."""
+def _fair_cycle(entry, members, taken, enabled, estart, edst, elab) -> list:
+    """A cycle of edges from ``entry`` inside the component that takes a
+    step of every CPU (label) that steps in it and passes a state where
+    each other one is disabled: fair by construction."""
     def route(src, goal):
-        """Shortest CPU sequence inside the component from ``src`` to a state
-        satisfying ``goal(state)`` (or taking an edge satisfying it)."""
+        """The shortest list of edges inside the component from ``src`` that
+        ends with an edge satisfying ``goal(v, e)``; and where it lands."""
         prev = {src: None}
         todo = deque([src])
         while todo:
@@ -1201,22 +1261,22 @@ def _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu) -> list:
                 if w not in members:
                     continue
                 if goal(v, e):
-                    seq = [ecpu[e]]
+                    seq = [e]
                     u = v
                     while prev[u] is not None:
-                        u, c = prev[u]
-                        seq.append(c)
+                        u, pe = prev[u]
+                        seq.append(pe)
                     return seq[::-1], w
                 if w not in prev:
-                    prev[w] = (v, ecpu[e])
+                    prev[w] = (v, e)
                     todo.append(w)
         raise AssertionError("livelock: the component is not strongly connected")
 
-    cpus = sorted(taken)
-    waits = sorted(set().union(*enabled.values()) - taken)
+    labels = sorted(taken, key=repr)
+    waits = sorted(set().union(*enabled.values()) - taken, key=repr)
     cycle, cur = [], entry
-    for c in cpus:
-        seq, cur = route(cur, lambda v, e, c=c: ecpu[e] == c)
+    for c in labels:
+        seq, cur = route(cur, lambda v, e, c=c: elab[e] == c)
         cycle += seq
     for c in waits:
         if c not in enabled[cur]:
@@ -1229,18 +1289,20 @@ def _fair_cycle(entry, members, taken, enabled, estart, edst, ecpu) -> list:
     return cycle
 
 
-def _check_lasso(space, entry_state, stem, cycle):
-    """The lasso must replay through the state space: the stem reaches the
-    cycle's first state, and the cycle comes back to it."""
+def _check_lasso(space, stem, cycle):
+    """The lasso must replay through the state space, CPU by CPU as found
+    (no renaming): the stem reaches a state, and the cycle comes back to
+    exactly that state.  Returns it."""
     s = space.initial
     for c in stem:
         s, v = space.step(s, c)
         assert v is None, "livelock stem hits a violation"
-    assert s == entry_state, "livelock stem does not reach the cycle"
+    entry = s
     for c in cycle:
         s, v = space.step(s, c)
         assert v is None, "livelock cycle hits a violation"
-    assert s == entry_state, "livelock cycle does not come back"
+    assert s == entry, "livelock cycle does not come back"
+    return entry
 
 
 def _unreduced(space: StateSpace, bound=None, max_executions=2_000_000, max_depth=20000):
@@ -1498,7 +1560,7 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
 
 def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
            preemptions=None, max_states=2_000_000, details=True, check=False,
-           progress=False, cancel=None) -> Result:
+           progress=False, cancel=None, symmetry=True) -> Result:
     """Search the interleavings of ``template``'s scenario (a fresh World:
     scenario, scheme, bugs and end-of-run checks) for violations.
 
@@ -1508,6 +1570,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     schedules of depth ``depth``).  ``preemptions`` bounds the number of
     preemptive context switches (exhaustive modes).  ``check`` audits the
     snapshot protocol on every restore (slower; the tests use it).
+    ``symmetry``: search interchangeable CPUs once (s2pt.sim.symmetry; the
+    exhaustive mode only).
 
     Each violation kind comes back once, with its shortest schedule found
     (random/PCT schedules are minimised by delta debugging), replayed to a
@@ -1534,7 +1598,10 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     if preemptions is not None:
         settings["preemptions"] = preemptions
     if mode in ("exhaustive", "unreduced"):
-        space = StateSpace(template.again(record=False), check)
+        # (A preemption bound counts switches away from the CPU that ran
+        # last: the search keeps it unreduced.)
+        space = StateSpace(template.again(record=False), check,
+                           symmetry=symmetry and mode == "exhaustive" and preemptions is None)
         if callable(progress):
             prog = progress
         else:
@@ -1545,6 +1612,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
             raw, st = _unreduced(space, preemptions, max_states, max_steps)
         if isinstance(prog, _Progress):
             prog.done()
+        if space.sym is not None:
+            settings["symmetry"] = [[template.name(i) for i in g] for g in space.sym.groups]
         res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
                      settings=settings, window=st.get("window"))

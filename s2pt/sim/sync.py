@@ -313,6 +313,32 @@ class SimMachine(Machine, Stateful):
                 tuple(sorted(self.gp_waiters.items())),
                 tuple((w, fn, args) for w, fn, args in self.callbacks), self.hw_inflight)
 
+    @staticmethod
+    def sim_rename(s: tuple, to) -> tuple:
+        """State ``s`` with every CPU ``c`` renamed ``to[c]`` (symmetry
+        reduction: the same machine seen with two interchangeable CPUs
+        swapped)."""
+        locks, nesting, waiters, callbacks, inflight = s
+        return (tuple(sorted((name, (None if w is None else to[w], frozenset(to[r] for r in rs)))
+                             for name, (w, rs) in locks)),
+                tuple(sorted((to[c], k) for c, k in nesting)),
+                tuple(sorted((to[c], frozenset(to[x] for x in left)) for c, left in waiters)),
+                tuple((frozenset(to[x] for x in w), fn, args) for w, fn, args in callbacks),
+                frozenset(to[c] for c in inflight))
+
+    def sim_signature(self, s: tuple, cpu: int) -> tuple:
+        """What state ``s`` says about CPU ``cpu``, with no CPU named: the
+        locks it holds and how, its RCU nesting, whether it waits for a
+        grace period (and for how many CPUs), how many queued callbacks wait
+        for it, and whether its MMU is mid-walk."""
+        locks, nesting, waiters, callbacks, inflight = s
+        return (tuple((name, "W" if w == cpu else "R") for name, (w, rs) in locks
+                      if w == cpu or cpu in rs),
+                dict(nesting).get(cpu, 0),
+                len(dict(waiters).get(cpu, ())) if cpu in dict(waiters) else -1,
+                sum(cpu in w for w, _, _ in callbacks),
+                cpu in inflight)
+
     def sim_restore(self, s: tuple):
         self.hw_inflight = s[4]
         self.locks = dict(s[0])

@@ -41,6 +41,13 @@ class Actor:
     (true of every walker in :mod:`s2pt.pgtable`); the explorer may then
     rebuild it by replaying its own results.  A hardware walker that fills a
     TLB between reads is not pure.
+
+    ``sym``: actors with the same ``sym`` label run the same program on
+    the same arguments but for their own vCPU (``vcpu``: a program argument
+    and its locals named ``vcpu`` hold it) and their own ``owns`` (the
+    parts of the machine that are theirs: a memcache, a TLB).  The explorer
+    treats them as interchangeable (symmetry reduction, TLC's symmetry
+    sets), and checks that they are.
     """
     name: str
     role: str
@@ -49,6 +56,8 @@ class Actor:
     daemon: bool = False
     pure: bool = True
     vcpu: int | None = None
+    sym: str | None = None
+    owns: tuple = ()
 
     def start(self):
         return self.program(*self.args)
@@ -81,8 +90,15 @@ class Setup:
         #: s2pt.kvm.VM or a s2pt.pkvm.Host.
         self.subject = None
 
-    def cpu(self, name, role, program, *args, vcpu=None, pure=True, daemon=False):
-        self.actors.append(Actor(name, role, program, args, daemon, pure, vcpu))
+    def cpu(self, name, role, program, *args, vcpu=None, pure=True, daemon=False, sym=None,
+            owns=()):
+        """Add a CPU running ``program(*args)``; see :class:`Actor` for the
+        keywords (``sym``/``owns``: a symmetric CPU and its own parts)."""
+        if sym is not None and (vcpu is None or not pure or daemon):
+            raise S2ptError(f"cpu {name!r}: a symmetric CPU (sym={sym!r}) needs vcpu= (its "
+                            f"vCPU index) and a pure program, and is not a daemon")
+        self.actors.append(Actor(name, role, program, args, daemon, pure, vcpu, sym,
+                                 tuple(owns)))
         return len(self.actors) - 1
 
     def memcache(self, pages: int, mc: MemCache | None = None):
@@ -216,10 +232,12 @@ class StackCache:
         return self.out
 
 
-def frames(gen, opaque: dict) -> tuple:
+def frames(gen, opaque: dict, vcpu=None) -> tuple:
     """A suspended generator's position and locals, down its ``yield from``
     chain, as a hashable value: two generators with equal ``frames`` behave
-    identically from here on, given the same results."""
+    identically from here on, given the same results.  With ``vcpu`` (a
+    symmetric CPU's own index, see :class:`Actor`), locals named ``vcpu``
+    that hold it freeze to ``"<self>"``."""
     out = []
     memo = {}             # id -> frozen value: the frames share their walker, data, ctx
     for _, f in _chain(gen):
@@ -227,7 +245,8 @@ def frames(gen, opaque: dict) -> tuple:
         # Sorted by name: f_locals lists names in the order they were first
         # seen bound, which depends on when the frame was first inspected.
         out.append((f.f_code, f.f_lasti,
-                    tuple((k, freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
+                    tuple((k, "<self>" if vcpu is not None and k == "vcpu" and v == vcpu
+                           else freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
                           if not isinstance(v, types.GeneratorType))))
     return tuple(out)
 
