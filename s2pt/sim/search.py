@@ -46,6 +46,7 @@ from ..ops import BLOCKING, OPS, NOMEM as _NOMEM, OBSERVED as _OBSERVED, PARTS a
 from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
 from . import state as _state
 from .violation import KINDS, Violation
+from .por import Reduction
 from .symmetry import Symmetry, compose, invert
 from .window import BUILD, TEARDOWN, StepFacts
 from .world import World, default_choice, frames, freeze, stack_names, stuck_kind
@@ -278,7 +279,8 @@ class StateSpace:
     search are one dictionary lookup and never touch the live machine.
     """
 
-    def __init__(self, world: World, check: bool = False, symmetry: bool = True):
+    def __init__(self, world: World, check: bool = False, symmetry: bool = True,
+                 por: bool = True):
         self.w = w = world
         w.record = False
         self.m = m = w.machine
@@ -307,6 +309,8 @@ class StateSpace:
         #: or the caller asked for no symmetry reduction.
         sym = Symmetry(self) if symmetry else None
         self.sym = sym if sym else None
+        #: Partial-order reduction (s2pt.sim.por); None when switched off.
+        self.por = Reduction(self) if por else None
         self.nodes: list[Node] = []
         self.node_ids: dict = {}
         self.gens: dict = {}
@@ -654,23 +658,31 @@ class StateSpace:
 
     def _linked(self) -> dict:
         """pfn -> level of every table page reachable from the PGD in the
-        live machine (cached per content of the table pages)."""
-        key = self.live.pages
+        live machine."""
+        return self.linked_of(self.live.pages)
+
+    def linked_of(self, pages) -> dict:
+        """pfn -> level of every table page reachable from the PGD when the
+        table pages are ``pages`` (a machine state's tuple of page ids;
+        cached)."""
+        key = pages
         out = self._linked_memo.get(key)
         if out is None:
             out = {}
             mask, shift = self.pgt.addr_mask, self.shift
+            freed = 1 + self.page_fields.index("freed")
             todo = [(p.pfn, self.pgt.start_level) for p in self.pgt.pgd_pages]
             while todo:
                 pfn, level = todo.pop()
                 if pfn in out:
                     continue
                 k = self.index[pfn]
-                if self.pages[k].freed:
+                pd = self.pdata[pages[k]]
+                if pd[freed]:
                     continue
                 out[pfn] = level
                 if level < 3:
-                    arr = self.cdata[self.live.content[k]]
+                    arr = self.cdata[pd[0]]
                     for v in arr[(arr & 3) == 3].tolist():
                         c = (v & mask) >> shift
                         if c in self.index:
@@ -969,6 +981,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     a fair scheduler can follow forever while some CPU never finishes
     (:func:`_livelocks`)."""
     sym = space.sym
+    por = space.por if bound is None else None
     s0 = space.initial
     s0, to0 = sym.canon(s0) if sym is not None else (s0, None)
     states = [s0]
@@ -1028,6 +1041,18 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             complete = False                   # a bound, not a finding
             continue
         last = via[sid] if sid else None
+        if por is not None:
+            i = por.private_step(s, en)
+            if i is not None:
+                # A private step alone (s2pt.sim.por), unless it leads back
+                # to a state already seen (the cycle proviso): then all.
+                t, viols = space.step(s, i)
+                if not viols:
+                    if sym is not None and i in sym.group_of:
+                        t, _ = sym.canon(t)
+                    if t not in seen:
+                        en = (i,)
+                        por.taken += 1
         for i in en:
             if bound is not None:
                 p = pre[sid] + _preempts(i, last, en)
@@ -1560,7 +1585,7 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
 
 def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
            preemptions=None, max_states=2_000_000, details=True, check=False,
-           progress=False, cancel=None, symmetry=True) -> Result:
+           progress=False, cancel=None, symmetry=True, por=True) -> Result:
     """Search the interleavings of ``template``'s scenario (a fresh World:
     scenario, scheme, bugs and end-of-run checks) for violations.
 
@@ -1571,7 +1596,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     preemptive context switches (exhaustive modes).  ``check`` audits the
     snapshot protocol on every restore (slower; the tests use it).
     ``symmetry``: search interchangeable CPUs once (s2pt.sim.symmetry; the
-    exhaustive mode only).
+    exhaustive mode only).  ``por``: take a CPU's private steps alone
+    (partial-order reduction, s2pt.sim.por; the exhaustive mode only).
 
     Each violation kind comes back once, with its shortest schedule found
     (random/PCT schedules are minimised by delta debugging), replayed to a
@@ -1601,7 +1627,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         # (A preemption bound counts switches away from the CPU that ran
         # last: the search keeps it unreduced.)
         space = StateSpace(template.again(record=False), check,
-                           symmetry=symmetry and mode == "exhaustive" and preemptions is None)
+                           symmetry=symmetry and mode == "exhaustive" and preemptions is None,
+                           por=por and mode == "exhaustive" and preemptions is None)
         if callable(progress):
             prog = progress
         else:
@@ -1614,6 +1641,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
             prog.done()
         if space.sym is not None:
             settings["symmetry"] = [[template.name(i) for i in g] for g in space.sym.groups]
+        if space.por is not None and space.por.taken:
+            settings["por_private_steps"] = space.por.taken
         res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
                      settings=settings, window=st.get("window"))

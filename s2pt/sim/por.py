@@ -1,0 +1,93 @@
+"""Partial-order reduction: a CPU working alone on a private table.
+
+After a collapse unlinks a level-3 table and no other CPU holds a pointer
+into it any more, the 512-entry walk that frees it (the RCU callback's
+boring traversal, the last walker reference of the refcount schemes, the
+collapsing CPU itself when it frees at once) touches memory that no other
+CPU can reach: the table is not linked from the PGD, so nobody can read a
+pointer to it, and nobody still holds one.  Each of those steps commutes
+with everything every other CPU can do from here on, so exploring the
+other CPUs' steps before it only multiplies interleavings that end in the
+same states.  Such a step is a **persistent set** of its own (Godefroid's
+stubborn sets, in the form SPIN's partial-order reduction calls a safe
+"local" move): the search takes it alone.
+
+A step is private when
+
+* it is ``cpu_relax``, ``dsb`` or cache maintenance (they change nothing
+  shared), or
+* it is a descriptor access or a reference count change on one table page
+  that is allocated, not linked from the PGD, not in a memcache, not being
+  freed by this very step (a ``put_page`` of its last reference touches the
+  allocator), and into which no other CPU holds a pointer (in its locals,
+  or in its MMU's walk cache), on a machine with no observer of stores.
+
+The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
+state whose private step leads to a state already seen is expanded in
+full.  ``explore(por=False)`` is the unreduced reference;
+``tests/test_por.py`` checks that every verdict agrees.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Reduction"]
+
+#: Operations that change nothing shared (statistics at most).
+LOCAL = frozenset({"cpu_relax", "dsb", "cmo"})
+#: Operations on one table page that may be private (see the module docstring).
+ON_PAGE = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg",
+                     "get_page", "put_page", "page_count", "page_private", "set_page_private",
+                     "walker_get", "walker_get_unless_zero", "walker_put"})
+
+
+class Reduction:
+    """The private-step test of one state space (see the module docstring)."""
+
+    def __init__(self, space):
+        self.space = space
+        m = space.m
+        #: Observers of every step (casemate's automaton, the isolation
+        #: checker) see stores to any page: no step is private under them.
+        self.on = not (m.observers or m.pre_observers)
+        fields = space.page_fields
+        self.i_refcount = 1 + fields.index("refcount")
+        self.i_freed = 1 + fields.index("freed")
+        self.i_walkers = 1 + fields.index("walkers")
+        self.pgd = {p.pfn for p in space.pgt.pgd_pages}
+        self.taken = 0
+
+    def private_step(self, s, enabled):
+        """A CPU of ``enabled`` whose next step is private in state ``s``, or None."""
+        if not self.on:
+            return None
+        space = self.space
+        nodes = space.nodes
+        ms = None
+        for i in enabled:
+            op = nodes[s[1][i]].op
+            name = op[0]
+            if name in LOCAL:
+                return i
+            if name not in ON_PAGE or space.impure[i]:
+                continue
+            pfn = op[1] >> space.shift
+            k = space.index.get(pfn)
+            if k is None or pfn in self.pgd:
+                continue
+            if ms is None:
+                ms = space.mstates[s[0]]
+            key = space.pdata[ms[0][k]]
+            if key[self.i_freed]:
+                continue
+            if name == "put_page" and key[self.i_refcount] <= 1:
+                continue
+            if name == "walker_put" and key[self.i_walkers] <= 1:
+                continue
+            if pfn in space.linked_of(ms[0]):
+                continue
+            if any(pfn in mc for mc in ms[2]):
+                continue
+            if space.others_hold(s, i, pfn << space.shift):
+                continue
+            return i
+        return None
