@@ -45,6 +45,7 @@ from pathlib import Path
 
 from .descriptor import KVM_INVALID_PTE_LOCKED
 from .errors import KernelBug, S2ptError
+from .explorer import replay_command
 from .invariants import reachable_tables
 from .ops import OPS, desc_text, loc_text, op_text, result_text
 from .render import Drawing, responsive_svg
@@ -989,9 +990,8 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
     scheme = getattr(w.scheme, "name", "?")
     sched_text = format_schedule(trimmed_schedule(rec))
     title = title or f"s2pt: {name} under {scheme}"
-    bugs = "".join(f" --bug {b}" for b in sorted(w.bugs))
-    cmd = (f"python -m s2pt replay {name} --scheme {scheme}"
-           + (f" --schedule '{sched_text}'" if sched_text else "") + bugs)
+    bugs = "".join(f" + {b}" for b in sorted(w.bugs))
+    cmd = replay_command(w.scenario, w.scheme, sched_text, w.bugs)
     blob = page_data_pack(data)
     diagram = w.diagram()
     return f"""<!DOCTYPE html>

@@ -25,7 +25,7 @@ LAYERS = [
     ["render", "ptdump", "vmprint", "draw"],
     ["tlb", "stage2", "bbm"],
     ["kvm", "pkvm", "drill", "trace", "feedback"],
-    ["sim", "sim.sync", "sim.violation", "sim.world", "sim.report", "sim.search"],
+    ["sim", "sim.sync", "sim.violation", "sim.world", "sim.causal", "sim.report", "sim.search"],
     ["checkers", "schemes", "scenarios", "explorer", "comparison"],
     ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "cli.compare",
      "htmltrace", "widgets",

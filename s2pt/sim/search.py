@@ -859,7 +859,7 @@ def _materialise(template: World, kind, sched, msg):
                              f"did not reproduce it on replay (got {w.outcome}: "
                              f"{[v.kind for v in w.violations]})")
     short = trim_schedule(template, sched)
-    return Found(kind, short, msg, viol, race_diagram(w), state_log(w))
+    return Found(kind, short, msg, viol, race_diagram(w, [viol]), state_log(w))
 
 
 def _minimise(template: World, kind, sched):
