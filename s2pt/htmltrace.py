@@ -168,9 +168,9 @@ def verdict(world: World) -> str:
             verb = (k.verb if k is not None and k.verb else f"did {ev.op[0]} on")
             if v.kind == "double-free":
                 verb = "freed"
-            return (f"{v.actor} {verb} table page {page:#x} at step {v.step} (in {v.function}()), "
-                    f"after {world.actors[freed[1]].name} freed it at step {freed[0]} "
-                    f"(in {freed[2]}()){more}.")
+            return (f"{v.kind}: {v.actor} {verb} table page {page:#x} at step {v.step} (in "
+                    f"{v.function}()), after {world.actors[freed[1]].name} freed it at step "
+                    f"{freed[0]} (in {freed[2]}()){more}.")
     where = f"at step {v.step}" + (f" on {v.actor} in {v.function}()" if v.actor else "")
     return f"{v.kind} {where}: {v.explanation.rstrip('.')}{more}."
 

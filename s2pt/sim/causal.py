@@ -437,8 +437,8 @@ def _at_end(run: _Run, s: Slice, v):
                              and OPS[x.op[0]].memory == "ref"
                              and x.op[1] >> run.shift == pfn), role="last-ref")
     elif v.kind == "lost-update":
-        if not _blind_overwrites(run, s):
-            _stale_writes(run, s)
+        if not _blind_overwrites(run, s) and not _stale_writes(run, s):
+            _cross_reads(run, s)
     elif v.kind == "rcu" or v.kind == "lock":
         pass
 
@@ -464,7 +464,33 @@ def _stale_writes(run: _Run, s: Slice):
         s.add(e, role="bad")
         from .violation import Violation
         _freed_page(run, s, e, Violation("use-after-free", f"table page {pfn << run.shift:#x}"))
-        return
+        return True
+    return False
+
+
+def _cross_reads(run: _Run, s: Slice, limit: int = 2):
+    """A lost update with neither a blind overwrite nor a stale pointer: a
+    CPU changed course on a value another CPU stored.  The last ``limit``
+    such reads that the reader followed with a store, the store each read
+    (and that CPU's break before it), and what the reader stored next (and
+    its make)."""
+    pairs = []
+    for r in run.ev:
+        if r.op[0] not in _READS:
+            continue
+        w = run.before(r.index, run.store_to(r.op[1]))
+        if w is not None and w.cpu != r.cpu:
+            nxt = run.after(r.index, len(run.ev), lambda x: run.written(x) is not None,
+                            cpu=r.cpu)
+            if nxt is not None:
+                pairs.append((r, w, nxt))
+    for r, w, nxt in pairs[-limit:]:
+        s.add(r, role="read")
+        s.add(w, role="writer")
+        s.add(run.before(w.index, run.store_to(w.op[1]), cpu=w.cpu))
+        if nxt is not None:
+            s.add(nxt)
+            s.add(run.make_after(nxt, len(run.ev)), role="consequence")
 
 
 def _shared(run: _Run, s: Slice):
