@@ -88,6 +88,16 @@ def _esc(s) -> str:
     return _html.escape(str(s))
 
 
+def _bytes(hi: int, lo: int) -> list:
+    """Bits hi..lo cut at byte boundaries: [(hi, lo), ...], highest first."""
+    out = []
+    while hi >= lo:
+        bottom = max(lo, hi & ~7)
+        out.append((hi, bottom))
+        hi = bottom - 1
+    return out
+
+
 def _msg(text: str, ok: bool) -> str:
     colour = "#1e7b34" if ok else "#b02a37"
     return f'<div style="color:{colour}; white-space: pre-wrap">{_esc(text)}</div>'
@@ -270,16 +280,27 @@ class Decoder(W.VBox):
                         _FIELD_COLOURS[k % len(_FIELD_COLOURS)]
                     for i in range(lo, hi + 1):
                         self.bits[i].tooltip = f"bit {i}: {name} [{bits}]"
-                    label = W.HTML(f'<div style="font-size:10px; line-height:1.1; '
+                    label = W.HTML(f'<div style="font-size:11px; line-height:1.2; '
                                    f'background:{colour}; padding:0 2px; white-space:nowrap">'
                                    f'{_esc(name)}<br>{bits}</div>')
-                    row = W.Box([self.bits[i] for i in range(hi, lo - 1, -1)],
+                    row = W.Box([self._chunk(top, bottom) for top, bottom in _bytes(hi, lo)],
                                 layout=W.Layout(flex_flow="row wrap"))
                     boxes.append(W.VBox([label, row], layout=W.Layout(margin="0 4px 2px 0")))
                 self.groups.children = boxes
             self.out.value = self.html
         finally:
             self._syncing = False
+
+    def _chunk(self, hi: int, lo: int):
+        """Bits hi..lo (within one byte) as buttons under their numbers: a
+        long field (the 36-bit address) wraps a byte at a time, and every
+        bit says which it is."""
+        nums = "".join(f'<span style="display:inline-block; width:1.9em; text-align:center">'
+                       f'{i}</span>' for i in range(hi, lo - 1, -1))
+        return W.VBox([W.HTML(f'<div class="s2pt-bitnums" style="font-size:10px; '
+                              f'line-height:1.2; white-space:nowrap; color:#555">{nums}</div>'),
+                       W.HBox([self.bits[i] for i in range(hi, lo - 1, -1)])],
+                      layout=W.Layout(margin="0 3px 0 0"))
 
     def _repr_mimebundle_(self, **kw):
         # Where widgets cannot run (GitHub, nbconvert), the text is decode's.
@@ -1049,7 +1070,13 @@ class Drill(W.VBox):
     def load(self, seed) -> bool:
         """A new drill from ``seed`` (an int, or text); False with a message if it is bad."""
         try:
-            value = parse_number(seed, "seed") if isinstance(seed, str) else seed
+            value = seed
+            if isinstance(seed, str):
+                text = seed.strip().replace("_", "")
+                if not re.fullmatch(r"\d+", text):
+                    raise S2ptError(f"seed {seed!r}: type a whole number from 0 to 2**64 - 1, "
+                                    f"such as 3 (the same seed gives the same drill)")
+                value = int(text)
             self.drill = self._make(value)
         except S2ptError as e:
             self.out.value = _msg(str(e), False)
