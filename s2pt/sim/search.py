@@ -608,6 +608,7 @@ class _Progress:
         self.label = label
         self.t0 = time.perf_counter()
         self.last = self.t0
+        self.width = 0          # the longest line written: "\r" then spaces clear it all
 
     def __call__(self, states, depth, queue):
         if not self.on:
@@ -618,14 +619,16 @@ class _Progress:
         self.last = now
         rate = states / max(now - self.t0, 1e-9)
         out = self.out or sys.stderr
-        out.write(f"\r{self.label}: {states:,} states, depth {depth}, frontier "
-                  f"{queue:,}, {rate:,.0f} states/s ")
+        line = (f"{self.label}: {states:,} states, depth {depth}, frontier "
+                f"{queue:,}, {rate:,.0f} states/s")
+        self.width = max(self.width, len(line))
+        out.write("\r" + line.ljust(self.width))
         out.flush()
 
     def done(self):
-        if self.on and self.last != self.t0:
+        if self.on and self.width:
             out = self.out or sys.stderr
-            out.write("\r" + " " * 78 + "\r")
+            out.write("\r" + " " * self.width + "\r")
             out.flush()
 
 
