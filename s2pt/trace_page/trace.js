@@ -54,6 +54,7 @@ export class Trace {
     root.innerHTML = LAYOUT;
     this.k = 0;
     this.timer = null;
+    this.last = {};
     this.onmove = onmove || null;
     const $ = sel => root.querySelector(sel);
     this.$ = $;
@@ -138,7 +139,7 @@ export class Trace {
   fill(part) {
     this.D.pool.push(...part.pool);
     this.D.steps[part.k][2] = part.tree;
-    if (this.k === part.k) this.$('.tree').innerHTML = this.tree(part.k);
+    if (this.k === part.k) this.put('.tree', this.tree(part.k));
   }
 
   event(i, e) {
@@ -147,15 +148,21 @@ export class Trace {
     return 'step ' + i + ': <b>' + this.D.names[e[0]] + '</b> in ' + P[e[1]] + '(): ' + P[e[2]] + P[e[3]];
   }
 
+  // Write a panel only when its markup changed: a step mostly moves one
+  // column and a row or two, and the tree is the costliest to parse.
+  put(sel, html) {
+    if (this.last[sel] !== html) { this.last[sel] = html; this.$(sel).innerHTML = html; }
+  }
+
   show(i, playing) {
     const D = this.D, P = D.pool, $ = this.$;
     const k = this.k = Math.max(0, Math.min(this.N, i));
     const s = D.steps[k];
-    $('.cols').innerHTML = s[0].map(c => c.map(j => j < 0
-      ? '<div class="last">step ' + (k - 1) + ': ' + P[-1 - j] + '</div>' : P[j]).join('')).join('');
-    $('.shared').innerHTML = this.shared(k);
-    $('.tree').innerHTML = this.tree(k);
-    $('.ev').innerHTML = this.event(k - 1, s[3]);
+    this.put('.cols', s[0].map(c => c.map(j => j < 0
+      ? '<div class="last">step ' + (k - 1) + ': ' + P[-1 - j] + '</div>' : P[j]).join('')).join(''));
+    this.put('.shared', this.shared(k));
+    this.put('.tree', this.tree(k));
+    this.put('.ev', this.event(k - 1, s[3]));
     $('.pos').textContent = 'step ' + k + ' of ' + this.N;
     $('.slider').value = k;
     const b = $('.banner'), text = P[s[4]], bar = text.indexOf('|');
