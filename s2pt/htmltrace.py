@@ -655,8 +655,9 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
     band across every lane, perfbook-style, from ``call_rcu()`` (or
     ``synchronize_rcu()``) to the end of the last read-side section it
     waited for, labelled above the lanes.  ``legend``: a key below the axis.
-    ``responsive``: scale to the column (the widget, the HTML page); False
-    gives the picture its pixel size (an ``image/svg+xml`` output)."""
+    The picture always has its pixel size (no label under 10 px);
+    ``responsive`` False adds a white background (an ``image/svg+xml``
+    output)."""
     w = rec.world
     events = w.events
     n = len(events)
@@ -671,8 +672,10 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
     def X(k):   # left edge of step k (k may be n)
         return _LEFT + xs[min(k, n)] * _WIDTH
 
-    size = (f'width="100%" style="max-width:{width}px;height:auto;display:block"' if responsive
-            else f'width="{width}" height="{height}"')
+    # At its own size, always: scaled down to a narrow column its 10 px
+    # labels would shrink; the page and the widget put it in a box that
+    # scrolls.
+    size = f'width="{width}" height="{height}" style="max-width:none;display:block"'
     out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" {size} '
            f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="10">']
     if not responsive:
@@ -812,12 +815,16 @@ def _legend(rec: Recorder, grace: bool, width: int) -> list:
 
 class Timeline:
     """A timeline picture for a notebook cell: ``str(t)`` / ``t.svg`` is the
-    SVG, and Jupyter shows it as an image (``image/svg+xml``, which GitHub
-    renders too).  Made by :func:`timeline`."""
+    SVG.  Jupyter shows it inline at its own size, in a box that scrolls
+    when the column is narrower (``text/html``); ``image/svg+xml`` is there
+    too, which GitHub renders.  Made by :func:`timeline`."""
 
     def __init__(self, svg: str, periods: list):
         self.svg = svg
         self.periods = periods
+
+    def _repr_html_(self):
+        return f'<div style="max-width:100%;overflow-x:auto">{self.svg}</div>'
 
     def _repr_svg_(self):
         return self.svg
