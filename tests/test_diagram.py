@@ -283,3 +283,12 @@ def test_replay_command_is_built_once():
     assert all(len(line) <= 60 for line in wrapped.splitlines())
     assert wrapped.replace(" \\\n   ", "") == replay_command("collapse-vs-fault", "none",
                                                              "0*5 1*5 0*1037 1")
+
+
+def test_explore_prints_within_80_columns(capsys):
+    assert main(["explore", "collapse-vs-fault", "--scheme", "none"]) == 1
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= WIDTH
+    assert "^^^ USE-AFTER-FREE ^^^" in out and "replay it:" in out
+    cmd = out[out.index("replay it:"):].splitlines()[1:]
+    assert cmd[0].startswith("python -m s2pt replay collapse-vs-fault --scheme none")

@@ -75,7 +75,9 @@ def explore_cmd(args) -> int:
     if args.json:
         print(json.dumps(res.to_json()))
     else:
-        print(res.summary())
+        # Every line within 80 columns: the race diagrams are; the sentences wrap.
+        print("\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ")
+                        if len(line) > WIDTH else line for line in res.summary().splitlines()))
         for f in res.violations:
             print("\nreplay it:\n" + replay_command(res.scenario, res.scheme, f.schedule_text,
                                                      args.bug, width=WIDTH))
