@@ -740,7 +740,7 @@ class Interleave(W.VBox):
         row = lambda kids: W.Box(kids, layout=W.Layout(flex_flow="row wrap",   # noqa: E731
                                                        align_items="center"))
         self.view = TraceView()
-        self._start(Recorder(self.template.again(record=True)), [])
+        self._start([])
         super().__init__([self.title,
                           row([self.undo_button, self.reset_button, self.schedule_box,
                                self.load_button, self.search_button, self.cancel_button,
@@ -784,9 +784,11 @@ class Interleave(W.VBox):
         self.message.value = _msg(text, ok) if text else ""
         return ok
 
-    def _start(self, rec, run, frames=None):
-        """Show ``frames`` (default: the start of ``rec``'s run) from step 0."""
+    def _start(self, run: list, frames=None):
+        """Show ``frames``, the steps of ``run`` (default: a fresh run's
+        start), from step 0."""
         if frames is None:
+            rec = Recorder(self.template.again(record=True))
             frames = Frames(rec.world)
             frames.snap(rec)
             frames.set_timeline(rec)
@@ -931,7 +933,7 @@ class Interleave(W.VBox):
                   f"{w.nsteps} steps ...", True)
         rec, frames = record(self.template, sched, lazy=True)
         self.loaded = list(rec.schedule)
-        self._start(rec, self.loaded, frames)
+        self._start(self.loaded, frames)
         self.schedule_box.value = format_schedule(sched)
         self._say(f"loaded {format_schedule(sched) or '(the default order)'}: "
                   f"{len(self.loaded)} steps to the end of the run; press Play", True)
@@ -943,7 +945,7 @@ class Interleave(W.VBox):
         if not self.loaded:
             return self._say("load a schedule first (or the shortest counterexample)")
         if self.run != self.loaded:
-            self._start(None, self.loaded, record(self.template, self.loaded, lazy=True)[1])
+            self._start(self.loaded, record(self.template, self.loaded, lazy=True)[1])
         self.view.step = max(0, min(int(k), len(self.loaded)))
         return True
 

@@ -457,8 +457,16 @@ def _stack_path(world, ev, mm_names: dict) -> list:
     return out
 
 
-_WALK_NAMES = frozenset(("kvm_pgtable_walk", "_kvm_pgtable_walk", "__kvm_pgtable_walk",
-                         "__kvm_pgtable_visit"))
+def _walk_names() -> frozenset:
+    """The names of the walker's own frames (kvm_pgtable_walk down to
+    __kvm_pgtable_visit, s2pt.pgtable), drawn as the visitor they call."""
+    from .. import pgtable as pt
+    return frozenset(f.__name__ for f in (pt.kvm_pgtable_walk, pt._kvm_pgtable_walk,
+                                          getattr(pt, "__kvm_pgtable_walk"),
+                                          getattr(pt, "__kvm_pgtable_visit")))
+
+
+_WALK_NAMES = _walk_names()
 
 
 def _mm_ops_names(world) -> dict:
