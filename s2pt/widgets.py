@@ -1030,7 +1030,8 @@ class Interleave(W.VBox):
         sched = self.schedule_text()
         cmd = replay_command(w.scenario, w.scheme, sched, w.bugs, width=WIDTH)
         import textwrap
-        text = f"{cmd}\n\n{textwrap.fill(verdict(w), WIDTH)}\n\n{w.diagram()}\n"
+        text = (f"{cmd}\n\n{textwrap.fill(verdict(w), WIDTH, break_on_hyphens=False)}\n\n"
+                f"{w.diagram()}\n")
         self.export_out.value = text
         self.export_out.layout.display = ""
         self._say(f"wrote {path.resolve()} ({size:,} bytes); the schedule and the race "

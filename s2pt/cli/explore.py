@@ -76,7 +76,8 @@ def explore_cmd(args) -> int:
         print(json.dumps(res.to_json()))
     else:
         # Every line within 80 columns: the race diagrams are; the sentences wrap.
-        print("\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ")
+        print("\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ",
+                                      break_on_hyphens=False)
                         if len(line) > WIDTH else line for line in res.summary().splitlines()))
         for f in res.violations:
             print("\nreplay it:\n" + replay_command(res.scenario, res.scheme, f.schedule_text,
@@ -137,7 +138,7 @@ def replay_cmd(args) -> int:
     else:
         print(w.step_diagram() if args.steps else w.diagram())
         print()
-        print(textwrap.fill(verdict(w), WIDTH))
+        print(textwrap.fill(verdict(w), WIDTH, break_on_hyphens=False))
     if args.log and not args.no_log:
         print()
         print(w.log())

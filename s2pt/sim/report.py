@@ -860,6 +860,11 @@ def _sentences(world, sl, names: _Names) -> list:
             out.append(f"{who(bad)} then frees the {table} while "
                        f"{who(stale) if stale is not None else 'a walk cache'} still points at "
                        f"it: a use-after-free.")
+        elif free is not None and free.op[0] == "walker_put" and not any(
+                sl.steps.get(i) == "freed" for i in sl.steps):
+            out.append(f"{who(bad)}'s next access, {_op_line(world, names, bad)}, touches "
+                       f"a table whose last reference is gone, being freed: a "
+                       f"use-after-free.")
         else:
             out.append(f"{who(bad)}'s next access, {_op_line(world, names, bad)}, touches "
                        f"freed memory: a use-after-free.")
@@ -913,8 +918,8 @@ def email_text(world, command: str, width: int = WIDTH) -> str:
         f"Every CPU finished after {world.nsteps} steps and the end-of-run checks passed."]
     if hist:
         body.append(f"The scheme: {getattr(world.scheme, 'name', '?')}, {hist}.")
-    out = textwrap.wrap(head, width) + [""]
-    out += textwrap.wrap(" ".join(body), width) + [""]
+    out = textwrap.wrap(head, width, break_on_hyphens=False) + [""]
+    out += textwrap.wrap(" ".join(body), width, break_on_hyphens=False) + [""]
     out += [world.diagram(width=width), "", "Replay it with:", ""]
     out += ["  " + line for line in command.splitlines()]
     return "\n".join(out)
