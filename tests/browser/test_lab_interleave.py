@@ -139,6 +139,9 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         print(f"Play to the violation of collapse-vs-fault/none (default speed): {played:.1f} s")
         assert played < 5, played
         assert "step 1048 of 1048" in uaf.locator(".pos").inner_text()
+        # Play's end tells the kernel where it stopped: the Step buttons follow.
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
+                               f"button.s2pt-step-0').disabled", timeout=10_000)
         no = page.locator(".jp-toast-button:has-text('No')")      # the news toast
         if no.count():
             no.first.click()
