@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 from . import scenarios as _scenarios
 from .errors import S2ptError
-from .explorer import explore, replay, world as _world
+from .explorer import explore, replay, replay_command, world as _world
 from .invariants import leaves as _leaves
 from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
@@ -209,11 +209,7 @@ class Cell:
         return replay(self.scenario, self.scheme, self.schedule(kind), bugs=self.bugs)
 
     def replay_command(self, kind: str | None = None) -> str:
-        bugs = "".join(f" --bug {b}" for b in self.bugs
-                       if b not in get_scenario(self.scenario).bugs)
-        sched = self.schedule(kind)
-        sched = f" --schedule '{sched}'" if sched else ""      # '': the default order
-        return f"python -m s2pt replay {self.scenario} --scheme {self.scheme}{sched}{bugs}"
+        return replay_command(self.scenario, self.scheme, self.schedule(kind), self.bugs)
 
     def _found(self, kind):
         if not self.found:

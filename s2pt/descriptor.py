@@ -311,8 +311,9 @@ class Decoded:
 
     ``kind`` is one of "invalid", "locked" (a break-before-make in progress),
     "owner" (a pKVM ownership annotation), "table", "block", "page" or
-    "reserved" (valid with type 0 at level 3, which the MMU treats as a
-    translation fault).
+    "reserved" (valid with type 0 at level 3, or a block at a level the
+    granule does not allow, e.g. level 0 with 4K pages: the MMU treats
+    either as a translation fault).
     """
 
     value: int
@@ -346,7 +347,10 @@ class Decoded:
         if self.kind == "locked":
             return "invalid, KVM_INVALID_PTE_LOCKED (break-before-make in progress)"
         if self.kind == "reserved":
-            return "reserved encoding (valid with type 0 at level 3): translation fault"
+            if self.level == 3:
+                return "reserved encoding (valid with type 0 at level 3): translation fault"
+            return (f"reserved encoding (a block at level {self.level}, which the "
+                    f"{self.granule // 1024}K granule does not allow): translation fault")
         return "invalid"
 
     def _repr_html_(self) -> str:

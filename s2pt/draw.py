@@ -49,13 +49,16 @@ one row per entry -- or per run of entries, because a table has 512 (4K),
   table page; that table is always drawn, in red.
 
 The picture is built by one ``TABLE_PRE | LEAF`` visitor on the one walker
-(with a numpy bulk function for runs of leaves), and rendered by
-:mod:`s2pt.render`, which works without a system ``dot``.
+(with a numpy bulk function for runs of leaves), written as a
+``graphviz.Digraph`` (the graphviz package quotes every label), and laid
+out by :mod:`s2pt.render`, which works without a system ``dot``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+
+import graphviz
 
 from . import pgtable as pt
 from .errors import Fault, S2ptError
@@ -373,7 +376,8 @@ def _rec(s: str) -> str:
     return s
 
 
-def _node_dot(pgt, node: TableNode, st: DrawState, on_path: bool) -> str:
+def _node_dot(g, pgt, node: TableNode, st: DrawState, on_path: bool) -> None:
+    """Add one table page's node (a record: header, one field per row) to ``g``."""
     if node.root_page is not None:
         title = (f"PGD page {node.root_page} of {pgt.geom.pgd_pages} (level {node.level})"
                  if pgt.geom.pgd_pages > 1 else f"PGD (level {node.level})")
@@ -396,32 +400,28 @@ def _node_dot(pgt, node: TableNode, st: DrawState, on_path: bool) -> str:
         if st.alert is not None and row.ptep == st.alert and row.count == 1:
             text = "✖ " + text
         fields.append(f"<{row.port}> {_rec(text)}\\l")
-    attrs = [f'label="{"|".join(fields)}"']
+    attrs = {}
     styles = []
     if node.pa == st.alert_page:
-        attrs.append(f'color="{PATH_EDGE}", penwidth=2.5, fillcolor="{FAULT_FILL}"')
+        attrs.update(color=PATH_EDGE, penwidth="2.5", fillcolor=FAULT_FILL)
         styles.append("filled")
     elif on_path:
-        attrs.append(f'color="{PATH_EDGE}", penwidth=2, fillcolor="{PATH_FILL}"')
+        attrs.update(color=PATH_EDGE, penwidth="2", fillcolor=PATH_FILL)
         styles.append("filled")
     elif node.label:
-        attrs.append(f'color="#2a6fdb", penwidth=2, fillcolor="{MARK_FILL}"')
+        attrs.update(color="#2a6fdb", penwidth="2", fillcolor=MARK_FILL)
         styles.append("filled")
     if node.detached:
         styles.append("dashed")
     if styles:
-        attrs.append(f'style="{",".join(styles)}"')
-    return f"  {node.id} [{', '.join(attrs)}];"
-
-
-def _dot_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        attrs["style"] = ",".join(styles)
+    g.node(node.id, "|".join(fields), **attrs)
 
 
 def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int = 12,
          max_children: int = 4, *, max_rows: int = 24, marks: dict | None = None,
          tables: dict | None = None, alert: int | None = None,
-         bulk: bool | None = None) -> Drawing:
+         bulk: bool | None = None, fold_note: str | None = None) -> Drawing:
     """A Graphviz drawing of the table tree (an :class:`s2pt.render.Drawing`).
 
     ``highlight``: an IPA whose translation path is coloured.  ``fold``:
@@ -432,6 +432,8 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
     ``marks={ptep: label}`` and ``tables={pa: label or (label, level)}``
     annotate entries and table pages; ``alert`` is the entry or table page
     where a checker fired, drawn in red (see the module docstring).
+    ``fold_note`` replaces "not drawn: max_tables=..." in the summary of
+    the tables left out (a caller that lists them elsewhere says where).
     """
     check_pgt(pgt, "draw")
     for name, v in (("max_tables", max_tables), ("max_children", max_children),
@@ -537,26 +539,34 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
             if row.kind == FOLDED:
                 row.note = max_rows
 
-    return Drawing(_dot(pgt, st, highlight, stubs))
+    return Drawing(_dot(pgt, st, highlight, stubs, fold_note))
 
 
 def _one(op):
     return (yield op)
 
 
-def _dot(pgt, st: DrawState, highlight, stubs) -> str:
-    out = ["digraph stage2 {",
-           '  graph [rankdir=LR, nodesep=0.2, ranksep=0.5, fontname="Helvetica"];',
-           '  node [shape=record, fontname="Helvetica", fontsize=10];',
-           '  edge [arrowsize=0.6];']
+def _label(text: str) -> str:
+    """A plain (non-record) label: backslashes kept, each line break as the
+    escape ``\\n`` (the graphviz package quotes the rest)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None):
+    """The picture as a ``graphviz.Digraph``: VTTBR_EL2, the PGD pages, the
+    drawn tables with an edge per table entry, stubs for freed pages, a
+    summary node per level for the tables not drawn, and the walk's result."""
+    g = graphviz.Digraph("stage2")
+    g.attr("graph", rankdir="LR", nodesep="0.2", ranksep="0.5", fontname="Helvetica")
+    g.attr("node", shape="record", fontname="Helvetica", fontsize="10")
+    g.attr("edge", arrowsize="0.6")
     vttbr = kvm_get_vttbr(pgt.pgd, pgt.mmu.vmid)
     head = (f"VTTBR_EL2 {vttbr:#018x}\nVMID {pgt.mmu.vmid} · {pgt.ia_bits}-bit IPA · "
             f"{pgt.page_size // 1024}K granule")
-    out.append(f'  vttbr [shape=box, style="rounded,filled", fillcolor="#eeeeee", '
-               f'label={_dot_str(head)}];')
+    g.node("vttbr", _label(head), shape="box", style="rounded,filled", fillcolor="#eeeeee")
     path_tables = {st.path[0][0] & ~(pgt.page_size - 1)} if st.path else set()
     path_tables |= {p[2] & pgt.addr_mask for p in st.path[:-1]}
-    edge_on = f' [color="{PATH_EDGE}", penwidth=2.2]'
+    edge_on = {"color": PATH_EDGE, "penwidth": "2.2"}
 
     # PGD pages: fold runs of empty, unmarked pages off the path.
     roots = [n for n in st.nodes.values() if n.root_page is not None]
@@ -565,6 +575,7 @@ def _dot(pgt, st: DrawState, highlight, stubs) -> str:
     while i < len(roots):
         n = roots[i]
         j = i
+
         def boring(m):
             return (len(m.rows) == 1 and m.rows[0].kind == EMPTY and m.pa not in path_tables
                     and m.label is None and not m.rows[0].special)
@@ -572,22 +583,25 @@ def _dot(pgt, st: DrawState, highlight, stubs) -> str:
             j += 1
         if j - i >= 2:
             nid = f"pgd_empty_{i}"
-            text = f"PGD pages {i}–{j - 1}: all entries invalid"
-            out.append(f'  {nid} [shape=box, style="dashed", label={_dot_str(text)}];')
+            g.node(nid, _label(f"PGD pages {i}–{j - 1}: all entries invalid"), shape="box",
+                   style="dashed")
             root_ids.append((nid, False))
             i = j
             continue
-        out.append(_node_dot(pgt, n, st, n.pa in path_tables))
+        _node_dot(g, pgt, n, st, n.pa in path_tables)
         root_ids.append((n.id, n.pa in path_tables))
         i += 1
     for nid, on in root_ids:
-        out.append(f"  vttbr -> {nid}{edge_on if on else ''};")
+        g.edge("vttbr", nid, **(edge_on if on else {}))
     if len(root_ids) > 1:
-        out.append("  { rank=same; " + " ".join(nid for nid, _ in root_ids) + " }")
+        with g.subgraph() as same:
+            same.attr(rank="same")
+            for nid, _ in root_ids:
+                same.node(nid)
 
     for n in st.nodes.values():
         if n.root_page is None:
-            out.append(_node_dot(pgt, n, st, n.pa in path_tables))
+            _node_dot(g, pgt, n, st, n.pa in path_tables)
     for pa, why in stubs:
         label = st.table_labels.get(pa)
         text = f"table page PA {pa:#x}\n{why}" + (f"\n◀ {label}" if label else "")
@@ -596,37 +610,36 @@ def _dot(pgt, st: DrawState, highlight, stubs) -> str:
             cross = "✖ " if ptep == st.alert else ""
             text += f"\n{cross}entry {(ptep - pa) >> 3}: ◀ {st.marks[ptep]}"
         red = pa == st.alert_page
-        out.append(f'  t{pa:x} [shape=box, style="filled,dashed", '
-                   f'fillcolor="{FAULT_FILL if red else "#dddddd"}"'
-                   f'{f", color={_dot_str(PATH_EDGE)}, penwidth=2.5" if red else ""}, '
-                   f'label={_dot_str(text)}];')
+        extra = {"color": PATH_EDGE, "penwidth": "2.5"} if red else {}
+        g.node(f"t{pa:x}", _label(text), shape="box", style="filled,dashed",
+               fillcolor=FAULT_FILL if red else "#dddddd", **extra)
 
     more_ids = {}
     for lvl, k in sorted(st.hidden.items()):
         nid = f"more{lvl}"
         more_ids[lvl] = nid
-        text = (f"… {_n(k)} more level-{lvl} tables\n(not drawn: max_tables="
-                f"{st.max_tables}, max_children={st.max_children})")
-        out.append(f'  {nid} [shape=note, style="dashed", label={_dot_str(text)}];')
+        note = fold_note or (f"not drawn: max_tables={st.max_tables}, "
+                             f"max_children={st.max_children}")
+        g.node(nid, _label(f"… {_n(k)} more level-{lvl} tables\n({note})"), shape="note",
+               style="dashed")
     for n in st.nodes.values():
         for row in n.rows:
             src = f"{n.id}:{row.port}:e"
             if row.kind == TABLE:
                 on = row.ptep in st.path_pteps
-                out.append(f"  {src} -> t{row.child:x}:w{edge_on if on else ''};")
+                g.edge(src, f"t{row.child:x}:w", **(edge_on if on else {}))
             elif row.kind == HIDDEN and n.level + 1 in more_ids:
-                out.append(f'  {src} -> {more_ids[n.level + 1]} [style=dashed, color="#888888"];')
+                g.edge(src, more_ids[n.level + 1], style="dashed", color="#888888")
 
     if st.path:
         text, ok = _result_text(pgt, highlight, st.path)
-        out.append(f'  result [shape=box, style="rounded,filled", '
-                   f'fillcolor="{OK_FILL if ok else FAULT_FILL}", label={_dot_str(text)}];')
+        g.node("result", _label(text), shape="box", style="rounded,filled",
+               fillcolor=OK_FILL if ok else FAULT_FILL)
         ptep, level, _, _ = st.path[-1]
         table, idx = _page_of(pgt, ptep)
         node = st.nodes.get(table)
         if node is not None:
             row = next((r for r in node.rows if r.ptep == ptep), None)
             if row is not None:
-                out.append(f"  {node.id}:{row.port}:e -> result{edge_on};")
-    out.append("}")
-    return "\n".join(out) + "\n"
+                g.edge(f"{node.id}:{row.port}:e", "result", **edge_on)
+    return g

@@ -24,7 +24,7 @@ from .schemes import get_scheme
 from .sim.search import Result, replay_world, search
 from .sim.world import World
 
-__all__ = ["world", "explore", "replay"]
+__all__ = ["world", "explore", "replay", "replay_command"]
 
 
 def world(scenario, scheme="rcu", bugs=(), *, max_steps: int = 20000,
@@ -45,6 +45,35 @@ def replay(scenario, scheme="rcu", schedule="", bugs=(), max_steps: int = 20000)
     recorded.  Returns the World: ``.events``, ``.violations``,
     ``.diagram()``, ``.log()``."""
     return replay_world(world(scenario, scheme, bugs, max_steps=max_steps), schedule)
+
+
+def replay_command(scenario, scheme, schedule="", bugs=(), width: int | None = None) -> str:
+    """The shell command that replays a run: ``python -m s2pt replay
+    SCENARIO --scheme SCHEME [--schedule '...'] [--bug B ...]``.
+
+    ``schedule``: text or CPU ids ('' or []: the default order, no
+    option); ``bugs``: those switched on, less the ones the scenario always
+    switches on itself.  ``width``: break the line with shell continuations
+    (`` \\``) so that no line is wider (an email)."""
+    from .sim.search import format_schedule, parse_schedule
+    sc = get_scenario(scenario)
+    name = getattr(scheme, "name", scheme)
+    sched = schedule if isinstance(schedule, str) else format_schedule(schedule)
+    sched = format_schedule(parse_schedule(sched))
+    parts = [f"python -m s2pt replay {sc.name}", f"--scheme {name}"]
+    if sched:
+        parts.append(f"--schedule '{sched}'")
+    parts += [f"--bug {b}" for b in sorted(set(bugs) - set(sc.bugs))]
+    if width is None:
+        return " ".join(parts)
+    lines, cur = [], parts[0]
+    for p in parts[1:]:
+        if len(cur) + 1 + len(p) + 2 > width:
+            lines.append(cur + " \\")
+            cur = "    " + p
+        else:
+            cur += " " + p
+    return "\n".join(lines + [cur])
 
 
 def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, seed=0,

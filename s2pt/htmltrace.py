@@ -1,33 +1,36 @@
-"""One run of a scenario, as panels and as a self-contained HTML page.
+"""One run of a scenario, as the pieces of its panels and as a self-contained page.
 
-The renderer behind both the :class:`s2pt.widgets.Interleave` widget and
-``python -m s2pt replay ... --html out.html``: whatever the widget shows for
-a step, the page shows for the same step, because both call the functions
-here.
+The Python half of the one renderer behind both the
+:class:`s2pt.widgets.Interleave` widget and ``python -m s2pt replay ...
+--html out.html``.  Python describes each step's panels as pieces of HTML
+(:class:`Frames`); one client-side script, ``s2pt/trace_page/trace.js``
+(package data, with ``trace.css``), puts a step's panels together and
+steps through them, in the page and in the widget alike.
 
 * :class:`Recorder` steps a :class:`~s2pt.sim.world.World` and keeps, per
   step, what the panels need that the World forgets: the locks, RCU readers,
   grace periods and queued callbacks after each step (for the timeline), and
   which CPUs touched which table entries (the entries raced on).
-* The panels, each an HTML string: :func:`cpus_html` (one column per actor,
-  its kernel call stack outermost first, the next operation highlighted, or
-  why it cannot run), :func:`shared_html` (entries raced on, table pages and
+* The pieces: :func:`cpu_parts` (one column per actor, its kernel call
+  stack outermost first, the next operation highlighted, or why it cannot
+  run), :func:`shared_state` (the rows: entries raced on, table pages and
   their ``page_count``, locks and holders, RCU readers, grace periods and
-  callbacks, TLB and walk-cache contents; what the last step changed is
-  highlighted), :func:`timeline_svg` (one lane per actor, RCU read-side
-  sections and grace periods as bands, lock holds as bars, the violation in
-  red), :func:`tree_svg` (``pgt.draw`` with each walker on its next entry,
-  LOCKED entries, unlinked, freed and reused pages marked, and the
-  violation's entry crossed in red) and :func:`verdict` (one sentence).
+  callbacks, TLB and walk-cache contents; trace.js builds the table and
+  highlights what the last step changed), :func:`timeline_svg` (one lane per
+  actor, RCU read-side sections and grace periods as bands, lock holds as
+  bars, the violation in red), :func:`tree_html` (``pgt.draw`` of the
+  tables the CPUs touched, each walker on its next entry, LOCKED entries,
+  unlinked, freed and reused pages marked, the violation's entry crossed in
+  red, at full size; every untouched subtree one line that opens on a
+  click) and :func:`verdict` (one sentence).
+* :class:`Frames`: a run's steps as data -- each distinct piece stored once
+  (a tree picture only when the tree or a walker's mark changed),
+  shared-state rows as deltas (a step stores only the rows it changed).
 * :func:`trace_html` / :func:`write_html`: the whole run as one file with
-  inline CSS, JavaScript and SVG -- no network, no fonts, no kernel -- with
-  Prev / Next / Play through the steps.  Each distinct piece of a panel is
-  stored once (a tree picture only when the tree or a walker's mark
-  changed), shared-state rows as deltas (a step stores only the rows it
-  changed), and the page rebuilds each step's panels from them; the data is
-  gzipped JSON that the browser unpacks itself (``DecompressionStream``).
-  A thousand-step counterexample is about 100 KB, even when every step
-  changes the shared state.
+  the data gzipped (the browser unpacks it with ``DecompressionStream``),
+  trace.js, trace.css and SVG inline -- no network, no fonts, no kernel --
+  with Prev / Next / Play (skipping steps that change no shared state) and
+  a jump to the violation.  A thousand-step counterexample is about 100 KB.
 
 Nothing here knows a scenario by name: actors, locks, TLBs and table pages
 are read off the World, so a scenario added later is shown the same way.
@@ -41,19 +44,23 @@ import base64
 import gzip
 import html as _html
 import json
+import re
+from importlib import resources
 from pathlib import Path
+from string import Template
 
 from .descriptor import KVM_INVALID_PTE_LOCKED
 from .errors import KernelBug, S2ptError
+from .explorer import replay_command
 from .invariants import reachable_tables
 from .ops import OPS, desc_text, loc_text, op_text, result_text
 from .render import Drawing, responsive_svg
 from .sim.search import format_schedule
 from .sim.world import World, stack_names
 
-__all__ = ["Recorder", "verdict", "cpus_html", "shared_html", "shared_state", "timeline_svg",
-           "timeline", "Timeline", "grace_periods", "tree_drawing", "tree_svg", "step_text",
-           "event_html", "trace_html", "write_html", "CSS"]
+__all__ = ["Recorder", "Frames", "record", "verdict", "cpus_html", "shared_state",
+           "timeline_svg", "timeline", "Timeline", "grace_periods", "tree_drawing", "tree_svg",
+           "tree_html", "step_text", "event_html", "trace_html", "write_html", "asset", "CSS"]
 
 #: Operations on one table entry (the entry a walker is at).
 _ENTRY_OPS = frozenset(n for n, k in OPS.items()
@@ -167,9 +174,9 @@ def verdict(world: World) -> str:
             verb = (k.verb if k is not None and k.verb else f"did {ev.op[0]} on")
             if v.kind == "double-free":
                 verb = "freed"
-            return (f"{v.actor} {verb} table page {page:#x} at step {v.step} (in {v.function}()), "
-                    f"after {world.actors[freed[1]].name} freed it at step {freed[0]} "
-                    f"(in {freed[2]}()){more}.")
+            return (f"{v.kind}: {v.actor} {verb} table page {page:#x} at step {v.step} (in "
+                    f"{v.function}()), after {world.actors[freed[1]].name} freed it at step "
+                    f"{freed[0]} (in {freed[2]}()){more}.")
     where = f"at step {v.step}" + (f" on {v.actor} in {v.function}()" if v.actor else "")
     return f"{v.kind} {where}: {v.explanation.rstrip('.')}{more}."
 
@@ -370,23 +377,8 @@ def shared_state(rec: Recorder) -> list:
     return rows
 
 
-def shared_html(rows: list, before: list | None = None) -> str:
-    """The shared-state panel; rows whose value differs from ``before``
-    (the rows one step earlier) are highlighted."""
-    old = {k: v for k, _, _, v in (before or ())}
-    out = ['<table class="shared">']
-    sec = None
-    for key, section, label, value in rows:
-        if section != sec:
-            out.append(_sec_html(section))
-            sec = section
-        changed = before is not None and old.get(key) != value
-        out.append(f'<tr{" class=chg" if changed else ""}>{_cells_html(label, value)}</tr>')
-    out.append("</table>")
-    return "".join(out)
-
-
-# The page's JavaScript builds the same table from these pieces (SHARED in _JS).
+# trace.js builds the table from these pieces (Trace.shared): a section's
+# header and a row's cells, each pooled once.
 def _sec_html(section) -> str:
     return f'<tr class="sec"><th colspan="2">{_esc(section)}</th></tr>'
 
@@ -399,8 +391,15 @@ def _cells_html(label, value) -> str:
 # The tree
 # ---------------------------------------------------------------------------
 
+def _touched_tables(rec: Recorder) -> set:
+    """Table pages holding an entry some CPU accessed (the raced path)."""
+    mask = ~(rec.world.pgt.page_size - 1)
+    return {p & mask for p in rec.touched}
+
+
 def tree_drawing(rec: Recorder) -> Drawing:
-    """``pgt.draw`` with what the run has done marked:
+    """``pgt.draw`` of the tables the run touched, with what it has done
+    marked:
 
     * per entry, each walker about to access it ("vCPU1 next: READ_ONCE";
       the hardware walker's ``hw_read`` too), even in an unlinked or freed
@@ -410,6 +409,10 @@ def tree_drawing(rec: Recorder) -> Drawing:
       stub: who freed them and when), pages reused after a free;
     * once a checker fires, the entry (or page) of the violating step, with
       a ✖, its table drawn in red (``draw(alert=)``).
+
+    Only those tables, the tables some CPU accessed and their ancestors are
+    drawn; every other subtree is one "not drawn" row (and a line under the
+    picture, :func:`tree_html`).
     """
     w = rec.world
     pgt, mm, view = w.pgt, w.pgt.mm, w.view
@@ -428,6 +431,9 @@ def tree_drawing(rec: Recorder) -> Drawing:
         reach = {p.pfn: lvl for p, lvl in reachable_tables(pgt)}
     except KernelBug:
         reach = {}
+    for pa in _touched_tables(rec):
+        if pa >> mm.page_shift in reach and pa not in tables:
+            tables[pa] = ""                   # drawn, no label of its own
     for pfn, (step, cpu, fn) in w.frees.items():
         page = mm.pages.get(pfn)
         if page is not None:
@@ -468,7 +474,8 @@ def tree_drawing(rec: Recorder) -> Drawing:
     try:
         # bulk: runs of leaves are read straight from the pages, not one
         # operation each through the machine (a drawing is no part of the run).
-        return pgt.draw(marks=marks, tables=tables, alert=alert, max_tables=8, bulk=True)
+        return pgt.draw(marks=marks, tables=tables, alert=alert, max_tables=0, max_children=0,
+                        bulk=True, fold_note="untouched: listed under the picture")
     finally:
         # Drawing walks the tables through the machine; nothing it reads
         # may count as a step of the run.
@@ -479,7 +486,7 @@ _SVG_CACHE: dict = {}
 
 
 def tree_svg(rec: Recorder) -> str:
-    """The tree picture as inline, column-fitting SVG (cached by its DOT
+    """The tree picture as inline SVG at its own size (cached by its DOT
     source, so an unchanged tree is not laid out again)."""
     src = tree_drawing(rec).source
     svg = _SVG_CACHE.get(src)
@@ -488,6 +495,55 @@ def tree_svg(rec: Recorder) -> str:
             _SVG_CACHE.clear()
         svg = _SVG_CACHE[src] = responsive_svg(Drawing(src).svg())
     return svg
+
+
+def _table_ipas(pgt) -> list:
+    """(pa, level, ipa, parent pa) of every table below the PGD, parents first."""
+    out = []
+    stack = [(p, pgt.start_level, i << pgt.granule_shift[pgt.start_level - 1], None)
+             for i, p in enumerate(pgt.pgd_pages)] if pgt.start_level else \
+        [(p, 0, 0, None) for p in pgt.pgd_pages]
+    mm = pgt.mm
+    while stack:
+        page, level, ipa, parent = stack.pop(0)
+        if parent is not None:
+            out.append((page.pa, level, ipa, parent))
+        if level >= 3 or page.freed:
+            continue
+        for idx in ((page.table & 3) == 3).nonzero()[0].tolist():
+            child = mm.pages.get((page.table.item(idx) & pgt.addr_mask) >> mm.page_shift)
+            if child is not None:
+                stack.append((child, level + 1, ipa + idx * pgt.granule_size[level], page.pa))
+    return out
+
+
+def tree_html(rec: Recorder) -> str:
+    """The tree panel: the picture of the tables the run touched
+    (:func:`tree_drawing`, at its own size: a wide tree scrolls), and each
+    untouched subtree folded into one line that opens on a click (its
+    entries, as ``vmprint`` lists them)."""
+    w = rec.world
+    pgt = w.pgt
+    svg = tree_svg(rec)
+    drawn = set(re.findall(r"<title>t([0-9a-f]+)</title>", svg))
+    folds = []
+    for pa, level, ipa, parent in _table_ipas(pgt):
+        if f"{parent:x}" not in drawn and parent not in {p.pa for p in pgt.pgd_pages}:
+            continue                          # inside a folded subtree: listed with it
+        if f"{pa:x}" in drawn:
+            continue
+        size = pgt.granule_size[level - 1]
+        page = pgt.mm.pages[pa >> pgt.page_shift]
+        m = w.machine
+        saved = (list(m.violations), m.cpu)
+        try:
+            body = pgt.vmprint(ipa=ipa, size=size, max_entries=64, bulk=True)
+        finally:
+            m.violations[:], m.cpu = saved[0], saved[1]
+        folds.append(f"<details><summary>L{level} table PA {pa:#x}, IPA {ipa:#x}+, "
+                     f"page_count {page.refcount}: no CPU touched it</summary>"
+                     f"<pre>{_esc(body)}</pre></details>")
+    return svg + "".join(folds)
 
 
 # ---------------------------------------------------------------------------
@@ -599,8 +655,9 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
     band across every lane, perfbook-style, from ``call_rcu()`` (or
     ``synchronize_rcu()``) to the end of the last read-side section it
     waited for, labelled above the lanes.  ``legend``: a key below the axis.
-    ``responsive``: scale to the column (the widget, the HTML page); False
-    gives the picture its pixel size (an ``image/svg+xml`` output)."""
+    The picture always has its pixel size (no label under 10 px);
+    ``responsive`` False adds a white background (an ``image/svg+xml``
+    output)."""
     w = rec.world
     events = w.events
     n = len(events)
@@ -615,8 +672,10 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
     def X(k):   # left edge of step k (k may be n)
         return _LEFT + xs[min(k, n)] * _WIDTH
 
-    size = (f'width="100%" style="max-width:{width}px;height:auto;display:block"' if responsive
-            else f'width="{width}" height="{height}"')
+    # At its own size, always: scaled down to a narrow column its 10 px
+    # labels would shrink; the page and the widget put it in a box that
+    # scrolls.
+    size = f'width="{width}" height="{height}" style="max-width:none;display:block"'
     out = [f'<svg class="timeline" viewBox="0 0 {width} {height}" {size} '
            f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="10">']
     if not responsive:
@@ -716,7 +775,7 @@ def timeline_svg(rec: Recorder, cursor: int | None = None, cursor_id: str = "",
         out.append(f'<text x="{X(s + 1 if anchor else s):.1f}" y="{body - 4}" fill="#666"'
                    f'{anchor}>{s}</text>')
     cx = X(cursor) if cursor is not None else X(n)
-    out.append(f'<line {f"id={cursor_id!r} " if cursor_id else ""}x1="{cx:.1f}" y1="0" '
+    out.append(f'<line class="s2pt-cursor" {f"id={cursor_id!r} " if cursor_id else ""}x1="{cx:.1f}" y1="0" '
                f'x2="{cx:.1f}" y2="{nl * _LANE + 4}" stroke="#c00" stroke-width="1.5" '
                f'stroke-dasharray="3,2"/>')
     out.append("</g>")
@@ -756,12 +815,16 @@ def _legend(rec: Recorder, grace: bool, width: int) -> list:
 
 class Timeline:
     """A timeline picture for a notebook cell: ``str(t)`` / ``t.svg`` is the
-    SVG, and Jupyter shows it as an image (``image/svg+xml``, which GitHub
-    renders too).  Made by :func:`timeline`."""
+    SVG.  Jupyter shows it inline at its own size, in a box that scrolls
+    when the column is narrower (``text/html``); ``image/svg+xml`` is there
+    too, which GitHub renders.  Made by :func:`timeline`."""
 
     def __init__(self, svg: str, periods: list):
         self.svg = svg
         self.periods = periods
+
+    def _repr_html_(self):
+        return f'<div style="max-width:100%;overflow-x:auto">{self.svg}</div>'
 
     def _repr_svg_(self):
         return self.svg
@@ -785,182 +848,140 @@ def timeline(world: World, grace: bool = True, legend: bool = True) -> Timeline:
 
 
 # ---------------------------------------------------------------------------
-# The page
+# The step data, and the page
 # ---------------------------------------------------------------------------
 
-CSS = """
-.s2pt-trace{font:13px/1.35 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;max-width:100%}
-.s2pt-trace code,.s2pt-trace .stack,.s2pt-trace .shared td{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11.5px}
-.s2pt-trace .cols{display:flex;flex-wrap:wrap;gap:6px}
-.s2pt-trace .cpu{flex:1 1 200px;min-width:0;border:1px solid #ccc;border-radius:4px;padding:4px 6px;background:#fafafa;overflow-wrap:anywhere}
-.s2pt-trace .cpu.moved{border-color:#3b6fb6;box-shadow:0 0 0 1px #3b6fb6}
-.s2pt-trace .cpu.blk{background:#f3f3f3;color:#666}
-.s2pt-trace .cpu.fin{opacity:.6}
-.s2pt-trace .cname{font-weight:600}.s2pt-trace .cid{color:#888;font-weight:400;font-size:11px}
-.s2pt-trace .role{color:#555;font-size:11.5px}
-.s2pt-trace .stack{margin:3px 0;padding:0;list-style:none;color:#444}
-.s2pt-trace .next{background:#fff2cc;border-left:3px solid #e0a800;padding:2px 4px;margin-top:2px}
-.s2pt-trace .why{color:#a33;font-size:12px;margin-top:2px}
-.s2pt-trace .last{color:#1e5a9b;font-size:12px}
-.s2pt-trace .shared{border-collapse:collapse;width:100%;table-layout:fixed}
-.s2pt-trace .shared td{border-top:1px solid #eee;padding:1px 4px;vertical-align:top;overflow-wrap:anywhere}
-.s2pt-trace .shared td:first-child{width:42%}
-.s2pt-trace .shared .sec th{text-align:left;background:#eef;padding:2px 4px;font-size:12px}
-.s2pt-trace .shared tr.chg td{background:#fff2cc;font-weight:600}
-.s2pt-trace .banner{padding:6px 10px;border-radius:4px;margin:6px 0;font-weight:600}
-.s2pt-trace .banner.bad{background:#f8d7da;color:#842029;border:1px solid #f5c2c7}
-.s2pt-trace .banner.ok{background:#d1e7dd;color:#0f5132;border:1px solid #badbcc}
-.s2pt-trace .banner.run{background:#eef;color:#333;border:1px solid #ccd}
-.s2pt-trace .grid{display:flex;flex-wrap:wrap;gap:8px;margin-top:6px}
-.s2pt-trace .grid>div{flex:1 1 340px;min-width:0}
-.s2pt-trace .ev{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;margin:4px 0;overflow-wrap:anywhere}
-.s2pt-trace .note{color:#555}
-.s2pt-trace h4{margin:8px 0 2px;font-size:13px}
-.s2pt-trace .tree{max-width:100%;overflow:hidden}
-"""
+def asset(name: str) -> str:
+    """A file of the trace page (s2pt/trace_page: trace.js, trace.css,
+    page.html, page.js, widget.js), read as package data."""
+    return resources.files("s2pt").joinpath("trace_page", name).read_text(encoding="utf-8")
 
-_JS = r"""
-(function(){
-// The data is gzipped JSON in base64 (see trace_html), unpacked by the
-// browser's own DecompressionStream: nothing is fetched.
-const el=document.getElementById('s2pt-data');
-if(typeof DecompressionStream==='undefined'){
-  const b=document.getElementById('banner'); b.className='banner bad';
-  b.textContent='This browser cannot unpack the steps (it needs DecompressionStream: Chrome 80, '+
-    'Firefox 113, Safari 16.4 or later). The race diagram below is plain text.';
-  return;
-}
-const bin=Uint8Array.from(atob(el.textContent.trim()),c=>c.charCodeAt(0));
-new Response(new Blob([bin]).stream().pipeThrough(new DecompressionStream('gzip')))
-  .text().then(t=>start(JSON.parse(t)));
-function start(D){
-const P=D.pool, S=D.steps, N=S.length-1;
-let k=0, timer=null;
-const $=id=>document.getElementById(id);
-// Shared state: undo the deltas once (see trace_html): per step, the row
-// ids in order, their cells, and the ids whose value changed.
-let cur={};
-const SH=S.map(s=>{ const hl={};
-  for(const [kid,c,h] of s[1][1]){ cur[kid]=c; if(h) hl[kid]=1; }
-  const order=P[s[1][0]].split(',').filter(x=>x!=='').map(Number);
-  const next={}; for(const kid of order) next[kid]=cur[kid]; cur=next;
-  return [order, order.map(kid=>cur[kid]), hl]; });
-function SHARED(i){ const [order,cells,hl]=SH[i]; let out='<table class="shared">', sec=null;
-  order.forEach((kid,j)=>{ if(D.keys[kid]!==sec){ sec=D.keys[kid]; out+=P[sec]; }
-    out+='<tr'+(hl[kid]?' class=chg':'')+'>'+P[cells[j]]+'</tr>'; });
-  return out+'</table>'; }
-function LAST(i,text){ return '<div class="last">step '+i+': '+text+'</div>'; }
-function EVENT(i,e){ if(typeof e==='number') return P[e];
-  return 'step '+i+': <b>'+D.names[e[0]]+'</b> in '+P[e[1]]+'(): '+P[e[2]]+P[e[3]]; }
-function show(i){
-  k=Math.max(0,Math.min(N,i)); const s=S[k];
-  $('cols').innerHTML=s[0].map(c=>c.map(j=>j<0?LAST(k-1,P[-1-j]):P[j]).join('')).join('');
-  $('shared').innerHTML=SHARED(k); $('tree').innerHTML=P[s[2]];
-  $('ev').innerHTML=EVENT(k-1,s[3]);
-  $('pos').textContent='step '+k+' of '+N; $('slider').value=k;
-  const b=$('banner'); b.className='banner '+P[s[4]].split('|')[0]; b.textContent=P[s[4]].slice(P[s[4]].indexOf('|')+1);
-  const c=$('cursor'); const x=D.xs[Math.min(k,D.xs.length-1)];
-  c.setAttribute('x1',x); c.setAttribute('x2',x);
-}
-function stop(){if(timer){clearInterval(timer);timer=null;$('play').textContent='Play';}}
-function play(){ if(timer){stop();return;} if(k>=N) show(0);
-  $('play').textContent='Pause';
-  timer=setInterval(()=>{ let next=k+1;
-      if($('skip').checked){ while(next<N && S[next][5]) next++; }
-      show(next); if(k>=N) stop(); }, +$('speed').value); }
-$('prev').onclick=()=>{stop();show(k-1)}; $('next').onclick=()=>{stop();show(k+1)};
-$('first').onclick=()=>{stop();show(0)}; $('last').onclick=()=>{stop();show(N)};
-$('play').onclick=play; $('slider').oninput=e=>{stop();show(+e.target.value)};
-$('speed').onchange=()=>{ if(timer){stop();play();} };
-document.addEventListener('keydown',e=>{ if(e.key==='ArrowRight'){stop();show(k+1)} if(e.key==='ArrowLeft'){stop();show(k-1)} });
-window.s2ptShow=show; window.s2ptStep=()=>k;
-show(0);
-}
-})();
-"""
+
+#: The stylesheet of the trace page and the widget (s2pt/trace_page/trace.css).
+CSS = asset("trace.css")
 
 
 def _banner_class(world) -> str:
     return "bad" if world.violations else ("ok" if world.outcome == "done" else "run")
 
 
-def trace_html(world: World, schedule=None, title: str | None = None) -> str:
-    """The run of ``world``'s scenario under ``schedule`` (default: the CPUs
-    of ``world.events``) as one self-contained HTML page; see the module
-    docstring.  ``world`` may be fresh or already stepped; it is not changed."""
-    if schedule is None:
-        if world.nsteps and not world.record:
-            raise S2ptError("trace_html: the World did not record its events (record=False); "
-                            "pass the schedule")
-        schedule = [ev.cpu for ev in world.events]
-    else:
-        from .sim.search import parse_schedule
-        schedule = parse_schedule(schedule)
-    # Replay, then run the default completion the way World.run does.
-    rec = Recorder(world.again(record=True))
-    w = rec.world
-    frames = []
-    pool: dict = {}
+class Frames:
+    """A run's step data, as s2pt/trace_page/trace.js reads it: the HTML
+    trace stores it in the page, the Interleave widget sends it to its
+    panels (:class:`s2pt.widgets.TraceView`).
 
-    def ref(s: str) -> int:
-        j = pool.get(s)
+    Each distinct piece of a panel is stored once, in ``pool``; a step
+    refers to its pieces by index.  The shared-state rows are stored as
+    deltas: each row key gets an id (and its section, once); a step stores
+    the order of the ids (a pooled string: it rarely changes) and only the
+    rows whose cells changed, with a flag when the value changed
+    (highlighted).  :meth:`snap` adds the step a Recorder has just taken
+    (or, before any, the start); :meth:`truncate` drops steps, for a run
+    that goes another way from there; :meth:`data` is everything,
+    :meth:`since` what changed after a count of steps and pool strings."""
+
+    def __init__(self, world: World):
+        self.index: dict = {}                 # string -> its pool index
+        self.pool: list = []
+        self.steps: list = []
+        self.keys: dict = {}                  # (row key, section) -> row id
+        self.key_sec: list = []               # row id -> its section's pool index
+        self._cells: list = []                # per step: {row id: cells index}
+        self._rows: list = []                 # per step: shared_state rows
+        self.names = [_esc(a.name) for a in world.actors]
+        self.timeline = 0
+        self.xs: list = []
+
+    def ref(self, s: str) -> int:
+        j = self.index.get(s)
         if j is None:
-            j = pool[s] = len(pool)
+            j = self.index[s] = len(self.pool)
+            self.pool.append(s)
         return j
 
-    prev_rows = None
-    # Shared-state rows are stored as deltas: each row key gets an id (and
-    # its section, once); a step stores the order of the ids (a pooled
-    # string: it rarely changes) and only the rows whose cells changed, with
-    # a flag when the value changed (highlighted).  A step that changes one
-    # row costs one small entry, however many rows there are.
-    keys: dict = {}
-    key_sec: list = []
-    prev_cells: dict | None = None
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` steps (the start is step 0)."""
+        del self.steps[n:], self._cells[n:], self._rows[n:]
 
-    def shared_delta(rows):
-        nonlocal prev_cells
+    def snap(self, rec: Recorder, ev=None, lazy: bool = False) -> None:
+        """Add the panels of ``rec``'s World now, ``ev`` being the step it
+        has just taken (None: the start).  ``lazy``: leave the tree of a
+        step that changes no shared state to be drawn when it is shown
+        (:meth:`fill_tree`; trace.js shows the last tree drawn meanwhile,
+        and says so): laying a tree out is most of a step's cost."""
+        w = rec.world
+        rows = shared_state(rec)
+        prev_rows = self._rows[-1] if self._rows else None
+        prev_cells = self._cells[-1] if self._cells else None
         old = {k: v for k, _, _, v in prev_rows} if prev_rows is not None else None
         order, changes, cells = [], [], {}
         for key, section, label, value in rows:
-            kid = keys.get((key, section))
+            kid = self.keys.get((key, section))
             if kid is None:
-                kid = keys[(key, section)] = len(key_sec)
-                key_sec.append(ref(_sec_html(section)))
-            c = cells[kid] = ref(_cells_html(label, value))
+                kid = self.keys[(key, section)] = len(self.key_sec)
+                self.key_sec.append(self.ref(_sec_html(section)))
+            c = cells[kid] = self.ref(_cells_html(label, value))
             order.append(kid)
             hl = old is not None and old.get(key) != value
             if prev_cells is None or prev_cells.get(kid) != c or hl:
                 changes.append([kid, c, 1] if hl else [kid, c])
-        prev_cells = cells
-        return [ref(",".join(map(str, order))), changes]
-
-    def snap(ev):
-        nonlocal prev_rows
-        rows = shared_state(rec)
-        if ev is not None:
-            name, fn, text, rest = _event_parts(w, ev)
         cols = []
+        text = _esc(step_text(w, ev)) if ev is not None else ""
         for i in range(w.n):
-            parts = cpu_parts(w, i, ev)
-            refs = [ref(p) for p in parts]
-            if ev is not None and ev.cpu == i:      # the "last" line: its text is pooled
-                assert parts[1] == _last_html(ev.index, text)
-                refs[1] = -1 - ref(text)
+            refs = [self.ref(p) for p in cpu_parts(w, i, ev)]
+            if ev is not None and ev.cpu == i:      # the "last step" line: its text is pooled
+                refs[1] = -1 - self.ref(text)
             cols.append(refs)
-        shared = shared_delta(rows)
-        quiet = ev is not None and prev_rows is not None and rows == prev_rows
-        prev_rows = rows
         if ev is None:
-            evt = ref(event_html(w, None))
+            evt = self.ref(event_html(w, None))
         else:
-            assert ev.index == len(frames) - 1 and event_html(w, ev) == \
-                f"step {ev.index}: <b>{name}</b> in {fn}(): {text}{rest}"
-            evt = [ev.cpu, ref(fn), ref(text), ref(rest)]
-        frames.append([cols, shared, ref(tree_svg(rec)), evt,
-                       ref(f"{_banner_class(w)}|{verdict(w)}"), 1 if quiet else 0])
+            name, fn, text, rest = _event_parts(w, ev)
+            evt = [ev.cpu, self.ref(fn), self.ref(text), self.ref(rest)]
+        quiet = ev is not None and prev_rows is not None and rows == prev_rows
+        tree = -1 if lazy and quiet and w.outcome is None else self.ref(tree_html(rec))
+        self.steps.append([cols, [self.ref(",".join(map(str, order))), changes],
+                           tree, evt, self.ref(f"{_banner_class(w)}|{verdict(w)}"),
+                           1 if quiet else 0])
+        self._cells.append(cells)
+        self._rows.append(rows)
 
-    snap(None)
+    def fill_tree(self, k: int, rec: Recorder) -> bool:
+        """Draw step ``k``'s tree if it was left (``rec`` is at step k);
+        True if it was."""
+        if self.steps[k][2] >= 0:
+            return False
+        self.steps[k][2] = self.ref(tree_html(rec))
+        return True
+
+    def set_timeline(self, rec: Recorder) -> None:
+        """The timeline of ``rec``'s run so far, with a cursor that sits on
+        the step just taken (step k: after k steps)."""
+        evs = rec.world.events
+        xs = [round(_LEFT + x * _WIDTH, 1) for x in step_positions(evs)]
+        self.xs = [xs[0]] + [round((xs[k] + xs[k + 1]) / 2, 1) for k in range(len(evs))]
+        self.timeline = self.ref(timeline_svg(rec, cursor=0, responsive=False))
+
+    def data(self) -> dict:
+        return {"pool": list(self.pool), "steps": self.steps, "keys": self.key_sec,
+                "names": self.names, "timeline": self.timeline, "xs": self.xs}
+
+    def since(self, steps: int, pool: int) -> dict:
+        """The steps from ``steps`` on and the pool strings from ``pool`` on,
+        with the rest of what trace.js's ``splice`` needs."""
+        return {"from": steps, "pool": self.pool[pool:], "steps": self.steps[steps:],
+                "keys": self.key_sec, "names": self.names, "timeline": self.timeline,
+                "xs": self.xs}
+
+
+def record(world: World, schedule, lazy: bool = False) -> tuple:
+    """Replay ``schedule`` on a fresh copy of ``world``, then the default
+    completion as World.run does, snapping every step (``lazy``: see
+    :meth:`Frames.snap`): (Recorder, Frames)."""
+    from .sim.world import default_choice
+    rec = Recorder(world.again(record=True))
+    w = rec.world
+    frames = Frames(w)
+    frames.snap(rec)
     last, relaxed = None, False
     for k, cpu in enumerate(schedule):
         if w.outcome is not None:
@@ -970,65 +991,45 @@ def trace_html(world: World, schedule=None, title: str | None = None) -> str:
                             f"({w.blocked(cpu) if isinstance(cpu, int) and 0 <= cpu < w.n else 'no such CPU'})")
         ev = rec.step(cpu)
         relaxed, last = ev.op[0] == "cpu_relax", cpu
-        snap(ev)
-    from .sim.world import default_choice
+        frames.snap(rec, ev, lazy)
     while w.outcome is None:
         cpu = default_choice(w.enabled(), last, relaxed)
         ev = rec.step(cpu)
         relaxed, last = ev.op[0] == "cpu_relax", cpu
-        snap(ev)
+        frames.snap(rec, ev, lazy)
     # The end-of-run checks may have added violations after the last step.
-    frames[-1][4] = ref(f"{_banner_class(w)}|{verdict(w)}")
-    xs = step_positions(w.events)
-    xs_px = [round(_LEFT + x * _WIDTH, 1) for x in xs]
-    # The cursor sits on the step just taken (frame k = after k steps).
-    cursor = [xs_px[0]] + [round((xs_px[k] + xs_px[k + 1]) / 2, 1) for k in range(len(w.events))]
-    data = {"pool": list(pool), "steps": frames, "xs": cursor, "keys": key_sec,
-            "names": [_esc(a.name) for a in w.actors]}
+    frames.steps[-1][4] = frames.ref(f"{_banner_class(w)}|{verdict(w)}")
+    frames.set_timeline(rec)
+    return rec, frames
+
+
+def trace_html(world: World, schedule=None, title: str | None = None) -> str:
+    """The run of ``world``'s scenario under ``schedule`` (default: the CPUs
+    of ``world.events``) as one self-contained HTML page: the step data
+    (:class:`Frames`, gzipped), trace.js and trace.css inline, and the race
+    diagram as plain text.  ``world`` may be fresh or already stepped; it is
+    not changed."""
+    if schedule is None:
+        if world.nsteps and not world.record:
+            raise S2ptError("trace_html: the World did not record its events (record=False); "
+                            "pass the schedule")
+        schedule = [ev.cpu for ev in world.events]
+    else:
+        from .sim.search import parse_schedule
+        schedule = parse_schedule(schedule)
+    rec, frames = record(world, schedule)
+    w = rec.world
     name = getattr(w.scenario, "name", "?")
     scheme = getattr(w.scheme, "name", "?")
     sched_text = format_schedule(trimmed_schedule(rec))
-    title = title or f"s2pt: {name} under {scheme}"
-    bugs = "".join(f" --bug {b}" for b in sorted(w.bugs))
-    cmd = (f"python -m s2pt replay {name} --scheme {scheme}"
-           + (f" --schedule '{sched_text}'" if sched_text else "") + bugs)
-    blob = page_data_pack(data)
-    diagram = w.diagram()
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
-<title>{_esc(title)}</title>
-<style>body{{margin:12px;background:#fff}}{CSS}
-.s2pt-trace .bar{{display:flex;flex-wrap:wrap;gap:6px;align-items:center;margin:6px 0}}
-.s2pt-trace button{{font:inherit;padding:2px 10px}}
-.s2pt-trace #slider{{flex:1 1 200px}}
-.s2pt-trace pre{{font-size:11px;overflow:auto;max-height:30em;background:#f7f7f7;padding:6px}}
-</style></head>
-<body><div class="s2pt-trace">
-<h3 style="margin:0">{_esc(name)} under {_esc(scheme)}{_esc(bugs)}</h3>
-<div class="role">{_esc(getattr(w.scenario, "summary", ""))}</div>
-<div class="ev">replay: <code>{_esc(cmd)}</code></div>
-<div class="ev">at the end: {_esc(verdict(w))}</div>
-<div id="banner" class="banner"></div>
-<div class="bar"><button id="first">|&lt;</button><button id="prev">&lt; Prev</button>
-<button id="next">Next &gt;</button><button id="last">&gt;|</button><button id="play">Play</button>
-<label>speed <select id="speed"><option value="400">slow</option><option value="120" selected>medium</option>
-<option value="25">fast</option><option value="1">fastest</option></select></label>
-<label><input type="checkbox" id="skip" checked> skip steps that change no shared state</label>
-<input type="range" id="slider" min="0" max="{len(frames) - 1}" value="0"><span id="pos"></span></div>
-<div id="ev" class="ev"></div>
-<div id="cols" class="cols"></div>
-<h4>Timeline</h4>
-{timeline_svg(rec, cursor=0, cursor_id="cursor")}
-<div class="grid"><div><h4>Shared state</h4><div id="shared"></div></div>
-<div><h4>Tree</h4><div id="tree" class="tree"></div></div></div>
-<details><summary>Race diagram (plain text, for email)</summary><pre>{_esc(diagram)}</pre></details>
-</div>
-<script type="text/plain" id="s2pt-data">{blob}</script>
-<script>{_JS}</script>
-</body></html>
-"""
+    bugs = "".join(f" + {b}" for b in sorted(w.bugs))
+    return Template(asset("page.html")).substitute(
+        title=_esc(title or f"s2pt: {name} under {scheme}"),
+        css=CSS, heading=f"{_esc(name)} under {_esc(scheme)}{_esc(bugs)}",
+        summary=_esc(getattr(w.scenario, "summary", "")),
+        command=_esc(replay_command(w.scenario, w.scheme, sched_text, w.bugs)),
+        verdict=_esc(verdict(w)), diagram=_esc(w.diagram()),
+        blob=page_data_pack(frames.data()), js=asset("trace.js") + "\n" + asset("page.js"))
 
 
 def page_data_pack(data) -> str:

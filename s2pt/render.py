@@ -155,21 +155,19 @@ _SVG_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([0-9.]+)(pt|px)?"\s+height="([0
 
 
 def responsive_svg(svg: str) -> str:
-    """The SVG as a notebook should show it: no XML prolog, and sized to fit.
+    """The SVG as a page shows it: no XML prolog, at its own size.
 
     Graphviz writes a fixed size (``width="927pt" height="7810pt"``) next to
-    the ``viewBox``.  Here the width becomes ``100%`` of the output column,
-    capped at the natural width (``max-width``) so a small tree is not blown
-    up, and the height follows from the viewBox's aspect ratio.  A picture
-    wider than the column is scaled down instead of scrolling sideways.
+    the ``viewBox``.  It is kept: a 10 pt label stays 13 px on screen.  A
+    picture wider than its column is never scaled down (that is how labels
+    became 7 px); put it in a box that scrolls (:meth:`Drawing.html`).
     """
     svg = svg[svg.find("<svg"):] if "<svg" in svg else svg
     m = _SVG_SIZE.search(svg)
     if m is None:
         return svg
-    w, unit = m.group(2), m.group(3) or "px"
-    sized = (f'<svg{m.group(1)} width="100%" '
-             f'style="max-width: {w}{unit}; height: auto; display: block"')
+    sized = (f'<svg{m.group(1)} width="{m.group(2)}{m.group(3) or "px"}" '
+             f'height="{m.group(4)}{m.group(5) or "px"}" style="max-width: none; display: block"')
     return svg[:m.start()] + sized + svg[m.end():]
 
 
@@ -201,15 +199,16 @@ class Drawing:
         return self.svg()
 
     def html(self) -> str:
-        """The picture inline in HTML, scaled to fit its column (see
-        :func:`responsive_svg`); widgets put this in an ``HTML`` widget."""
-        return (f'<div class="s2pt-drawing" style="max-width: 100%; overflow: hidden">'
-                f'{responsive_svg(self.svg())}</div>')
+        """The picture inline in HTML at its own size, in a box that scrolls
+        when the picture is wider (or much taller) than the column: no label
+        is drawn smaller than Graphviz set it (see :func:`responsive_svg`);
+        widgets put this in an ``HTML`` widget."""
+        return (f'<div class="s2pt-drawing" style="max-width: 100%; max-height: 60em; '
+                f'overflow: auto">{responsive_svg(self.svg())}</div>')
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        # JupyterLab shows image/svg+xml as an <img>, which keeps Graphviz's
-        # fixed size; text/html comes first in every front end's order and
-        # is inline, so the picture scales with the column.
+        # text/html comes first in every front end's order: inline, at its
+        # own size, scrolling when wider than the column.
         return {"text/html": self.html(), "image/svg+xml": responsive_svg(self.svg()),
                 "text/plain": repr(self)}
 

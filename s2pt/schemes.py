@@ -78,6 +78,8 @@ class Scheme(MmuLock):
 
     name = "?"
     summary = ""
+    #: Where the scheme comes from, in a few words (the race diagram's title).
+    history = ""
 
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
@@ -93,12 +95,14 @@ class Scheme(MmuLock):
 
 class RcuScheme(Scheme):
     name = "rcu"
+    history = "the kernel's scheme since 6.2"
     summary = ("faults under read_lock(mmu_lock) inside RCU read-side sections; other "
                "updates under write_lock; unlinked tables freed by call_rcu")
 
 
 class NoneScheme(Scheme):
     name = "none"
+    history = "a counterfactual: no kernel ever shipped it"
     summary = ("counterfactual, never shipped: parallel faults under read_lock(mmu_lock), "
                "unlinked tables freed at once (no grace period)")
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
@@ -106,6 +110,7 @@ class NoneScheme(Scheme):
 
 class HypLockScheme(Scheme):
     name = "hyp-lock"
+    history = "pKVM's host stage 2 at EL2"
     summary = ("pKVM at EL2: host faults, donations and reclaims under hyp_spin_lock("
                "&host_mmu.lock); exclusive walks; unlinked tables freed at once; the "
                "host CPUs' MMUs take no lock")
@@ -149,6 +154,7 @@ class WriteLockScheme(Scheme):
     """
 
     name = "write-lock"
+    history = "the kernel's scheme before 6.2"
     summary = ("before 6.2: a fault that only relaxes permissions under read_lock(mmu_lock), "
                "every other fault under write_lock; exclusive walks; unlinked tables freed "
                "at once")
@@ -202,6 +208,7 @@ class RwlockScheme(Scheme):
     """
 
     name = "rwlock"
+    history = "Oliver Upton's 2022 sketch, never merged"
     summary = ("Oliver Upton's sketch: faults in parallel under read_lock(mmu_lock) that never "
                "replace a table by a block; unmap under write_lock; logging off unmaps the "
                "memslot; no RCU, tables freed at once")
@@ -263,6 +270,7 @@ class RcuRfcScheme(Scheme):
     atomics and no spinning, only "a boring traversal".  That is ``rcu``.
     """
     name = "rcu-rfc"
+    history = "RFC v1 of 2022, never merged"
     summary = ("RFC v1 (April 2022, never merged): faults as in rcu, but a collapse locks every "
                "entry of the unlinked subtree with xchg inside its break-before-make, and each "
                "table page's last reference goes to call_rcu")
@@ -336,6 +344,7 @@ class RefcountScheme(Scheme):
     """
 
     name = "refcount"
+    history = "Quentin Perret's 2022 idea, never merged"
     summary = ("Quentin Perret's 2022 idea, naive: walkers get a reference on each table on "
                "the way down (after reading its pointer), put it on the way back; the "
                "unlinker drops the parent's reference; the last one frees. No RCU")
@@ -415,6 +424,7 @@ class RefcountRevalidateScheme(RefcountScheme):
     """
 
     name = "refcount-revalidate"
+    history = "refcount made race-safe, never merged"
     summary = ("refcount made race-safe: get_page_unless_zero on the walker count, re-read "
                "the parent entry, and if it no longer points at the page, put and retry")
 

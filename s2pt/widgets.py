@@ -45,17 +45,20 @@ import re
 import time
 from contextlib import ExitStack
 
+import anywidget
 import ipywidgets as W
+import traitlets
 
 from .descriptor import decode
 from .errors import Fault, S2ptError
+from .htmltrace import CSS, Frames, Recorder, asset, page_data_pack, record
 from .geometry import GRANULES, size_str
 from .kvm import VM
 from .ops import run
 from .trace import trace
 from . import pgtable as pt
 
-__all__ = ["Decoder", "Builder", "Interleave", "Drill", "parse_number"]
+__all__ = ["Decoder", "Builder", "Interleave", "TraceView", "Drill", "parse_number"]
 
 _UNITS = {"K": 10, "M": 20, "G": 30, "T": 40}
 
@@ -86,6 +89,16 @@ def parse_number(text, what: str = "value", bits: int = 64) -> int:
 
 def _esc(s) -> str:
     return _html.escape(str(s))
+
+
+def _bytes(hi: int, lo: int) -> list:
+    """Bits hi..lo cut at byte boundaries: [(hi, lo), ...], highest first."""
+    out = []
+    while hi >= lo:
+        bottom = max(lo, hi & ~7)
+        out.append((hi, bottom))
+        hi = bottom - 1
+    return out
 
 
 def _msg(text: str, ok: bool) -> str:
@@ -270,16 +283,27 @@ class Decoder(W.VBox):
                         _FIELD_COLOURS[k % len(_FIELD_COLOURS)]
                     for i in range(lo, hi + 1):
                         self.bits[i].tooltip = f"bit {i}: {name} [{bits}]"
-                    label = W.HTML(f'<div style="font-size:10px; line-height:1.1; '
+                    label = W.HTML(f'<div style="font-size:11px; line-height:1.2; '
                                    f'background:{colour}; padding:0 2px; white-space:nowrap">'
                                    f'{_esc(name)}<br>{bits}</div>')
-                    row = W.Box([self.bits[i] for i in range(hi, lo - 1, -1)],
+                    row = W.Box([self._chunk(top, bottom) for top, bottom in _bytes(hi, lo)],
                                 layout=W.Layout(flex_flow="row wrap"))
                     boxes.append(W.VBox([label, row], layout=W.Layout(margin="0 4px 2px 0")))
                 self.groups.children = boxes
             self.out.value = self.html
         finally:
             self._syncing = False
+
+    def _chunk(self, hi: int, lo: int):
+        """Bits hi..lo (within one byte) as buttons under their numbers: a
+        long field (the 36-bit address) wraps a byte at a time, and every
+        bit says which it is."""
+        nums = "".join(f'<span style="display:inline-block; width:1.9em; text-align:center">'
+                       f'{i}</span>' for i in range(hi, lo - 1, -1))
+        return W.VBox([W.HTML(f'<div class="s2pt-bitnums" style="font-size:10px; '
+                              f'line-height:1.2; white-space:nowrap; color:#555">{nums}</div>'),
+                       W.HBox([self.bits[i] for i in range(hi, lo - 1, -1)])],
+                      layout=W.Layout(margin="0 3px 0 0"))
 
     def _repr_mimebundle_(self, **kw):
         # Where widgets cannot run (GitHub, nbconvert), the text is decode's.
@@ -583,10 +607,40 @@ class Builder(W.VBox):
 # Interleave
 # ---------------------------------------------------------------------------
 
+class TraceView(anywidget.AnyWidget):
+    """The panels of a recorded run, drawn in the browser by
+    ``s2pt/trace_page/trace.js``, the script the HTML trace runs: the same
+    step data (:class:`s2pt.htmltrace.Frames`), the same panels, the same
+    Prev / Next / Play (skipping steps that change no shared state) and jump
+    to the violation, without the kernel.
+
+    ``blob``: all the steps, gzipped (as the page stores them); new steps
+    come as ``splice`` messages (:meth:`splice`).  ``step``: the step shown,
+    set by either side (the browser sets it when a move ends)."""
+
+    _esm = asset("trace.js") + "\n" + asset("widget.js")
+    _css = CSS
+    blob = traitlets.Unicode("").tag(sync=True)
+    step = traitlets.Int(0).tag(sync=True)
+
+    def splice(self, part: dict) -> None:
+        """Send steps added to the run (:meth:`Frames.since`)."""
+        self.send({"kind": "splice", **part})
+
+    def fill(self, k: int, tree: int, pool: list) -> None:
+        """Send step ``k``'s tree, drawn now (pool index ``tree``; ``pool``:
+        the strings added to the pool)."""
+        self.send({"kind": "tree", "k": k, "tree": tree, "pool": pool})
+
+
+#: Where Export writes when not told: a folder that tells git to ignore it.
+EXPORT_DIR = "s2pt-traces"
+
+
 class Interleave(W.VBox):
-    """Step a scenario's CPUs yourself and watch the race; see
-    :mod:`s2pt.htmltrace` for what each panel shows (the widget and the HTML
-    trace share those renderers).
+    """Step a scenario's CPUs yourself and watch the race; the panels are a
+    :class:`TraceView`, drawn by the script that draws the HTML trace
+    (:mod:`s2pt.htmltrace`).
 
     ``Interleave("collapse-vs-fault", "none")`` or ``Interleave(world)`` (a
     World from :func:`s2pt.world` or :func:`s2pt.replay`; its steps so far
@@ -596,11 +650,13 @@ class Interleave(W.VBox):
     **to shared** (run it until it performs a step another CPU can see or
     race with: a store, a refcount or lock or RCU operation, a free, or an
     access to an entry or page another actor has touched) and **until
-    blocked**.  Then **Undo** (the schedule minus its last step, replayed),
-    **Reset**, a schedule box with **Load**, **Shortest counterexample**
-    (the exhaustive search in a background thread, with a progress bar and
-    **Cancel**), **Play** along the loaded schedule with a speed slider, and
-    **Export** (schedule string, plain-text race diagram, HTML trace file).
+    blocked**.  Then **Undo** (back one step), **Reset**, a schedule box
+    with **Load**, **Shortest counterexample** (the exhaustive search in a
+    background thread, with a progress bar and **Cancel**), and **Export**
+    (schedule string, the race diagram, the HTML trace file, written where
+    the path box says or in ``s2pt-traces/``, a folder git ignores).  In the
+    panels: Prev / Next / Play (skipping steps that change no shared state,
+    as the trace page does), the violation, a slider.
 
     The same operations are methods, for tests and cells: :meth:`step`,
     :meth:`step_to_shared`, :meth:`run_until_blocked`, :meth:`undo`,
@@ -609,7 +665,6 @@ class Interleave(W.VBox):
     """
 
     def __init__(self, scenario, scheme="rcu", bugs=(), *, max_states: int = 2_000_000):
-        from .htmltrace import Recorder
         from .sim.world import World
         if isinstance(scenario, World):
             w = scenario
@@ -623,11 +678,9 @@ class Interleave(W.VBox):
             self.template = _world(scenario, scheme, bugs)
             start = []
         self.max_states = max_states
-        self.rec = Recorder(self.template.again(record=True))
         self.loaded: list = []               # the full run of the loaded schedule
         self.found = None                    # the last search Result
         self.last_redraw_s = 0.0
-        self._prev_rows = None
         self._cancel = False
         self._thread = None
         w = self.template
@@ -635,16 +688,12 @@ class Interleave(W.VBox):
         sch = getattr(w.scheme, "name", "?")
         self.title = W.HTML(f'<div class="s2pt-trace"><b>{_esc(name)}</b> under '
                             f'<b>{_esc(sch)}</b>{"".join(" + " + _esc(b) for b in sorted(w.bugs))}'
-                            f'<div class="role">{_esc(getattr(w.scenario, "summary", ""))}</div></div>'
-                            f'<style>{_css()}</style>')
-        self.banner = W.HTML()
+                            f'<div class="role">{_esc(getattr(w.scenario, "summary", ""))}</div></div>')
         self.message = W.HTML()
-        self.event = W.HTML()
         b = lambda text, tip="", cls="": self._button(text, tip, cls)   # noqa: E731
-        self.step_buttons, self.shared_buttons, self.run_buttons, self.columns = [], [], [], []
+        self.step_buttons, self.shared_buttons, self.run_buttons = [], [], []
         boxes = []
         for i, a in enumerate(w.actors):
-            col = W.HTML()
             st = b("Step", f"{a.name} performs its next operation", f"s2pt-step-{i}")
             sh = b("to shared", f"run {a.name} to its next step another CPU can see or race with",
                    f"s2pt-shared-{i}")
@@ -656,12 +705,11 @@ class Interleave(W.VBox):
             self.step_buttons.append(st)
             self.shared_buttons.append(sh)
             self.run_buttons.append(ru)
-            self.columns.append(col)
-            boxes.append(W.VBox([W.HBox([st, sh, ru], layout=W.Layout(flex_flow="row wrap")), col],
-                                layout=W.Layout(flex="1 1 220px", min_width="0",
-                                                margin="0 6px 0 0")))
+            boxes.append(W.HBox([W.HTML(f"<b>{_esc(a.name)}</b>&nbsp;"), st, sh, ru],
+                                layout=W.Layout(flex_flow="row wrap", align_items="center",
+                                                margin="0 12px 0 0")))
         self.cpu_box = W.Box(boxes, layout=W.Layout(flex_flow="row wrap", width="100%"))
-        self.undo_button = b("Undo", "take back the last step", "s2pt-undo")
+        self.undo_button = b("Undo", "back one step", "s2pt-undo")
         self.reset_button = b("Reset", "back to the start", "s2pt-reset")
         self.undo_button.on_click(lambda _b: self.undo())
         self.reset_button.on_click(lambda _b: self.reset())
@@ -679,40 +727,33 @@ class Interleave(W.VBox):
         self.progress = W.IntProgress(0, 0, max_states, layout=W.Layout(width="12em",
                                                                          display="none"))
         self.progress_text = W.HTML()
-        self.play = W.Play(value=0, min=0, max=0, interval=120, description="Play",
-                           show_repeat=False)
-        self.play.add_class("s2pt-play")
-        self.speed = W.IntSlider(120, min=5, max=1000, step=5, description="ms/step",
-                                 readout=True, layout=W.Layout(width="16em"),
-                                 style={"description_width": "initial"})
-        self.speed.observe(lambda ch: setattr(self.play, "interval", ch["new"]), "value")
-        self.play.observe(self._on_play, "value")
-        self.export_button = b("Export", "schedule string, race diagram and an HTML trace file",
+        self.export_path = W.Text(placeholder=f"{EXPORT_DIR}/{name}-{sch}.html",
+                                  description="to", continuous_update=False,
+                                  layout=W.Layout(width="22em"),
+                                  style={"description_width": "initial"})
+        self.export_button = b("Export", "the schedule, the race diagram, and the run as an "
+                                         "HTML trace file (written where the box says)",
                                "s2pt-export")
-        self.export_button.on_click(lambda _b: self.export())
-        self.export_out = W.Textarea(layout=W.Layout(width="100%", height="10em",
+        self.export_button.on_click(lambda _b: self.export(self.export_path.value or None))
+        self.export_out = W.Textarea(layout=W.Layout(width="100%", height="14em",
                                                      display="none"))
-        self.shared = W.HTML()
-        self.tree = W.HTML()
-        self.timeline = W.HTML()
-        panels = W.Box([W.VBox([W.HTML("<b>Shared state</b>"), self.shared],
-                               layout=W.Layout(flex="1 1 320px", min_width="0")),
-                        W.VBox([W.HTML("<b>Tree</b>"), self.tree],
-                               layout=W.Layout(flex="1 1 320px", min_width="0"))],
-                       layout=W.Layout(flex_flow="row wrap", width="100%"))
         row = lambda kids: W.Box(kids, layout=W.Layout(flex_flow="row wrap",   # noqa: E731
                                                        align_items="center"))
-        super().__init__([self.title, self.banner,
+        self.view = TraceView()
+        self._start([])
+        super().__init__([self.title,
                           row([self.undo_button, self.reset_button, self.schedule_box,
                                self.load_button, self.search_button, self.cancel_button,
                                self.progress, self.progress_text]),
-                          row([self.play, self.speed, self.export_button]),
-                          self.message, self.event, self.cpu_box,
-                          W.HTML("<b>Timeline</b>"), self.timeline, panels, self.export_out],
+                          row([self.export_path, self.export_button]),
+                          self.message, self.cpu_box, self.view, self.export_out],
                          layout=W.Layout(width="100%"))
         self.add_class("s2pt-interleave")
+        self.view.observe(lambda ch: self._moved(), "step")
         if start:
-            self._rebuild(start)
+            for c in start:
+                self.rec.step(c)
+            self._show_new(0)
         self.redraw()
 
     @staticmethod
@@ -723,6 +764,9 @@ class Interleave(W.VBox):
         return bt
 
     # -- state ------------------------------------------------------------------------
+    # ``frames`` holds the steps of ``run`` (a CPU per step); ``rec`` is a
+    # World stepped along ``run`` as far as the step the panels show.
+
     @property
     def world(self):
         return self.rec.world
@@ -740,10 +784,61 @@ class Interleave(W.VBox):
         self.message.value = _msg(text, ok) if text else ""
         return ok
 
-    def _rebuild(self, schedule):
-        from .htmltrace import Recorder
-        self.rec = Recorder.replay(self.template, schedule)
-        self._prev_rows = None
+    def _start(self, run: list, frames=None):
+        """Show ``frames``, the steps of ``run`` (default: a fresh run's
+        start), from step 0."""
+        if frames is None:
+            rec = Recorder(self.template.again(record=True))
+            frames = Frames(rec.world)
+            frames.snap(rec)
+            frames.set_timeline(rec)
+        self.frames, self.run = frames, list(run)
+        self.rec = Recorder(self.template.again(record=True))
+        self._sent = len(frames.pool)
+        self.view.step = 0
+        self.view.blob = page_data_pack(frames.data())
+
+    def _sync(self):
+        """Bring ``rec`` to the step the panels show (the browser may have
+        moved them: Prev, Next, Play)."""
+        k = self.view.step
+        if k != len(self.rec.schedule) or self.rec.schedule != self.run[:k]:
+            self.rec = Recorder.replay(self.template, self.run[:k])
+
+    def _moved(self):
+        self._sync()
+        k = self.view.step
+        if k < len(self.frames.steps) and self.frames.fill_tree(k, self.rec):
+            self.view.fill(k, self.frames.steps[k][2], self.frames.pool[self._sent:])
+            self._sent = len(self.frames.pool)
+        self.redraw()
+
+    def _show_new(self, k: int):
+        """``rec`` has taken the steps from k on: show the last.  Along the
+        run the panels hold, that is a move; where the run goes another
+        way, its steps replace the rest of the panels' run."""
+        have = len(self.rec.schedule)
+        if self.run[k:have] != self.rec.schedule[k:]:
+            self.frames.truncate(k + 1)
+            self.run[k:] = self.rec.schedule[k:]
+            self._snap_from(k)
+            self.frames.set_timeline(self.rec)
+            self.view.splice(self.frames.since(k + 1, self._sent))
+            self._sent = len(self.frames.pool)
+        self.view.step = have
+
+    def _snap_from(self, k: int):
+        """Snap steps k+1.. of ``rec``'s run by replaying them (each step's
+        panels are those of the World after it)."""
+        have = len(self.rec.schedule)
+        if have == k + 1:
+            self.frames.snap(self.rec, self.world.events[-1])
+            return
+        rec = Recorder.replay(self.template, self.rec.schedule[:k])
+        for c in self.rec.schedule[k:have - 1]:
+            ev = rec.step(c)
+            self.frames.snap(rec, ev, lazy=True)
+        self.frames.snap(self.rec, self.world.events[-1])    # the one shown: drawn now
 
     # -- stepping -----------------------------------------------------------------------
     def _can(self, i) -> str | None:
@@ -759,14 +854,7 @@ class Interleave(W.VBox):
 
     def step(self, i: int) -> bool:
         """Actor ``i`` performs its next operation."""
-        why = self._can(i)
-        if why:
-            self.redraw()
-            return self._say(why)
-        self._say("")
-        self.rec.step(i)
-        self.redraw()
-        return True
+        return self._run(i, 1, lambda ev: True)
 
     def _shared_step(self, ev) -> bool:
         from .ops import OPS
@@ -794,41 +882,46 @@ class Interleave(W.VBox):
 
     def _run(self, i: int, limit: int, stop_after) -> bool:
         """Step actor ``i`` while it can, at most ``limit`` times, stopping
-        after a step for which ``stop_after(event)`` is true; then redraw."""
+        after a step for which ``stop_after(event)`` is true; then show it."""
+        t = time.perf_counter()
+        self._sync()
         why = self._can(i)
         if why:
+            self.redraw()
             return self._say(why)
         self._say("")
+        k = len(self.rec.schedule)
         n = 0
         while n < limit and self._can(i) is None:
             ev = self.rec.step(i)
             n += 1
             if stop_after(ev):
                 break
+        self._show_new(k)
         self.redraw()
+        self.last_redraw_s = time.perf_counter() - t
         return True
 
     def undo(self) -> bool:
-        """Take back the last step (replay the schedule without it)."""
+        """Back one step (the step stays in the panels: Next shows it again)."""
+        self._sync()
         if not self.rec.schedule:
             return self._say("nothing to undo")
-        self._rebuild(self.rec.schedule[:-1])
         self._say("")
-        self.redraw()
+        self.view.step = len(self.rec.schedule) - 1
         return True
 
     def reset(self) -> bool:
-        self._rebuild([])
         self._say("")
-        self.redraw()
+        self.view.step = 0
         return True
 
     # -- schedules ------------------------------------------------------------------------
     def load(self, schedule) -> bool:
         """Load a schedule (text such as ``"1*5 0"`` or a list of CPU ids):
-        the run goes back to its start, and Play (or :meth:`play_to`) walks
-        along it, then along the default order (no preemption, lowest CPU
-        first) to the end of the run."""
+        its whole run -- the schedule, then the default order (no
+        preemption, lowest CPU first) to the end -- goes to the panels,
+        which go back to its start; Play (or :meth:`play_to`) walks along it."""
         from .sim.search import format_schedule, parse_schedule
         try:
             sched = parse_schedule(schedule)
@@ -836,37 +929,25 @@ class Interleave(W.VBox):
             w.run(sched)
         except S2ptError as e:
             return self._say(f"schedule {schedule!r}: {e}")
-        full = self.template.again(record=True)
-        full.run(sched)
-        self.loaded = [ev.cpu for ev in full.events]
+        self._say(f"loading {format_schedule(sched) or '(the default order)'}: "
+                  f"{w.nsteps} steps ...", True)
+        rec, frames = record(self.template, sched, lazy=True)
+        self.loaded = list(rec.schedule)
+        self._start(self.loaded, frames)
         self.schedule_box.value = format_schedule(sched)
-        self._rebuild([])
-        self.play.value = 0
-        self.play.max = len(self.loaded)
         self._say(f"loaded {format_schedule(sched) or '(the default order)'}: "
                   f"{len(self.loaded)} steps to the end of the run; press Play", True)
         self.redraw()
         return True
 
     def play_to(self, k: int) -> bool:
-        """Go to step ``k`` of the loaded schedule (what Play does each tick)."""
+        """Go to step ``k`` of the loaded schedule (what Play and the slider do)."""
         if not self.loaded:
             return self._say("load a schedule first (or the shortest counterexample)")
-        k = max(0, min(int(k), len(self.loaded)))
-        cur = self.rec.schedule
-        if cur != self.loaded[:len(cur)] or k < len(cur):
-            self._rebuild(self.loaded[:k])
-        else:
-            for c in self.loaded[len(cur):k]:
-                if self.world.outcome is not None:
-                    break
-                self.rec.step(c)
-        self.redraw()
+        if self.run != self.loaded:
+            self._start(self.loaded, record(self.template, self.loaded, lazy=True)[1])
+        self.view.step = max(0, min(int(k), len(self.loaded)))
         return True
-
-    def _on_play(self, ch):
-        if ch["new"] != len(self.rec.schedule) or self.rec.schedule != self.loaded[:ch["new"]]:
-            self.play_to(ch["new"])
 
     def load_shortest(self, kind: str | None = None, wait: bool = True) -> bool:
         """Run the exhaustive search (s2pt.explore) and load the shortest
@@ -929,62 +1010,64 @@ class Interleave(W.VBox):
 
     # -- export -------------------------------------------------------------------------
     def export(self, path=None) -> dict:
-        """The schedule string and the plain-text race diagram (shown in a
-        text box, ready to paste into an email), and the HTML trace written
-        to ``path`` (default ``<scenario>-<scheme>.html`` here)."""
-        from .htmltrace import write_html
+        """The schedule string and the race diagram (shown in a text box,
+        ready to paste into an email), and the HTML trace written to
+        ``path`` (default ``s2pt-traces/<scenario>-<scheme>.html``, a folder
+        with a .gitignore of its own: git leaves it out)."""
+        from pathlib import Path
+        from .explorer import replay_command
+        from .htmltrace import verdict, write_html
+        from .sim.report import WIDTH
+        self._sync()
         w = self.world
         name = getattr(w.scenario, "name", "run")
         sch = getattr(w.scheme, "name", "scheme")
-        path = path or f"{name}-{sch}.html"
+        if path is None:
+            folder = Path(EXPORT_DIR)
+            folder.mkdir(exist_ok=True)
+            ignore = folder / ".gitignore"
+            if not ignore.exists():
+                ignore.write_text("# s2pt's exported traces: git leaves this folder out\n*\n")
+            path = folder / f"{name}-{sch}.html"
+        path = Path(path)
+        self._say(f"writing {path} ...", True)
         size = write_html(w, path)
         sched = self.schedule_text()
-        cmd = (f"python -m s2pt replay {name} --scheme {sch}"
-               + (f" --schedule '{sched}'" if sched else "")
-               + "".join(f" --bug {b}" for b in sorted(w.bugs)))
-        from .htmltrace import verdict
-        text = f"{cmd}\n\n{verdict(w)}\n\n{w.diagram()}\n"
+        cmd = replay_command(w.scenario, w.scheme, sched, w.bugs, width=WIDTH)
+        import textwrap
+        text = (f"{cmd}\n\n{textwrap.fill(verdict(w), WIDTH, break_on_hyphens=False)}\n\n"
+                f"{w.diagram()}\n")
         self.export_out.value = text
         self.export_out.layout.display = ""
-        self._say(f"wrote {path} ({size:,} bytes); the schedule and race diagram are below", True)
+        self._say(f"wrote {path.resolve()} ({size:,} bytes); the schedule and the race "
+                  f"diagram are below", True)
         return {"schedule": sched, "diagram": w.diagram(), "text": text, "path": str(path),
                 "bytes": size}
 
     # -- drawing -------------------------------------------------------------------------
     def redraw(self) -> None:
-        """Redraw every panel from the World (only what changed is sent)."""
-        from .htmltrace import (cpus_html, event_html, shared_html, shared_state, timeline_svg,
-                                tree_svg, verdict)
-        t = time.perf_counter()
+        """Bring the controls up to date with the World (the panels draw
+        themselves from the step data)."""
         w = self.world
-        last = w.events[-1] if w.events else None
-        cols = cpus_html(w, last)
-        for i, (html_, col) in enumerate(zip(cols, self.columns)):
-            _set(col, f'<div class="s2pt-trace">{html_}</div>')
+        for i in range(w.n):
             why = self._can(i)
             off = why is not None
             for bt in (self.step_buttons[i], self.shared_buttons[i], self.run_buttons[i]):
-                if bt.disabled != off:
-                    bt.disabled = off
-            # The tooltip changes only with the reason (not with the next
-            # operation, which the column shows): one message less per step.
-            _set_attr(self.step_buttons[i], "tooltip",
-                      why or f"{w.actors[i].name} performs its next operation")
-        rows = shared_state(self.rec)
-        _set(self.shared, f'<div class="s2pt-trace">{shared_html(rows, self._prev_rows)}</div>')
-        self._prev_rows = rows
-        _set(self.tree, f'<div class="s2pt-trace"><div class="tree">{tree_svg(self.rec)}</div></div>')
-        _set(self.timeline, f'<div class="s2pt-trace">{timeline_svg(self.rec)}</div>')
-        cls = "bad" if w.violations else ("ok" if w.outcome == "done" else "run")
-        _set(self.banner, f'<div class="s2pt-trace"><div class="banner {cls}">'
-                          f'{_esc(verdict(w))}</div></div>')
-        _set(self.event, f'<div class="s2pt-trace"><div class="ev">{event_html(w, last)}'
-                         f'</div></div>')
+                bt.disabled = off               # traitlets send nothing when unchanged
+            self.step_buttons[i].tooltip = why or f"{w.actors[i].name} performs its next operation"
         self.undo_button.disabled = not self.rec.schedule
-        if self.loaded and self.rec.schedule == self.loaded[:len(self.rec.schedule)] \
-                and self.play.value != len(self.rec.schedule):
-            self.play.value = len(self.rec.schedule)
-        self.last_redraw_s = time.perf_counter() - t
+
+    @property
+    def shown(self) -> dict:
+        """The pieces of the step the panels show, from the step data:
+        ``banner`` ("class|sentence"), ``tree``, and ``event`` (the line
+        saying what the step did; its pieces, joined)."""
+        f = self.frames
+        s = f.steps[min(self.view.step, len(f.steps) - 1)]
+        e = s[3]
+        event = f.pool[e] if isinstance(e, int) else \
+            " ".join([f.names[e[0]]] + [f.pool[j] for j in e[1:]])
+        return {"banner": f.pool[s[4]], "tree": f.pool[s[2]], "event": event}
 
     def _repr_mimebundle_(self, **kw):
         bundle = super()._repr_mimebundle_(**kw)
@@ -1054,12 +1137,18 @@ class Drill(W.VBox):
     def load(self, seed) -> bool:
         """A new drill from ``seed`` (an int, or text); False with a message if it is bad."""
         try:
-            value = parse_number(seed, "seed") if isinstance(seed, str) else seed
+            value = seed
+            if isinstance(seed, str):
+                text = seed.strip().replace("_", "")
+                if not re.fullmatch(r"\d+", text):
+                    raise S2ptError(f"seed {seed!r}: type a whole number from 0 to 2**64 - 1, "
+                                    f"such as 3 (the same seed gives the same drill)")
+                value = int(text)
             self.drill = self._make(value)
         except S2ptError as e:
             self.out.value = _msg(str(e), False)
             return False
-        _set(self.seed_box, str(value))
+        self.seed_box.value = str(value)        # an equal value sends nothing
         self._show()
         return True
 
@@ -1101,19 +1190,3 @@ class Drill(W.VBox):
 
     def __repr__(self):
         return f"Drill widget: {self.drill!r}"
-
-
-def _set(widget, value: str) -> None:
-    """Change a widget's value only if it differs: an unchanged panel sends
-    nothing to the browser."""
-    _set_attr(widget, "value", value)
-
-
-def _set_attr(widget, name: str, value) -> None:
-    if getattr(widget, name) != value:
-        setattr(widget, name, value)
-
-
-def _css() -> str:
-    from .htmltrace import CSS
-    return CSS

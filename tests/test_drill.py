@@ -467,3 +467,5 @@ def test_drill_widget_checks_answers_like_the_command_line():
     w.new_button.click()
     assert w.drill.seed == 4 and all(b.value == "" for b in w.boxes) and w.html == ""
     assert not w.load("-1") and "seed" in w.html and w.drill.seed == 4   # refused, unchanged
+    # The hint for a bad seed suggests a seed, not an address or a size.
+    assert not w.load("banana") and "such as 3" in w.html and "0x4000_0000" not in w.html

@@ -733,3 +733,51 @@ def test_progress_goes_to_the_stream_given(capsys, monkeypatch):
     s2pt.explore("collapse-vs-fault", "rcu", progress=True)
     err = capsys.readouterr().err
     assert "collapse-vs-fault/rcu:" in err
+
+
+def test_progress_line_is_cleared_whole():
+    """Each progress line overwrites the last one in full, and the final
+    clear covers the longest: no debris such as "found: nothingates/s"."""
+    import io
+    from s2pt.sim.search import _Progress
+    buf = io.StringIO()
+    p = _Progress(buf, "x" * 60)
+    p.last = p.t0 - 1                       # due at once
+    p(123_456_789, 1000, 99_999_999)
+    long = buf.getvalue().split("\r")[-1]
+    p.last = p.t0 - 1
+    p(1, 0, 0)                              # a shorter line: padded to the longest
+    short = buf.getvalue().split("\r")[-1]
+    assert len(long) > 80 and len(short) == len(long) and short.rstrip().endswith("states/s")
+    p.done()
+    assert buf.getvalue().endswith("\r" + " " * len(long) + "\r")
+
+
+def _screen(text: str) -> str:
+    """What a terminal (or a notebook's stream output) shows after ``text``:
+    each "\\r" returns to the start of the line, later characters overwrite."""
+    line: list = []
+    col = 0
+    for ch in text:
+        if ch == "\r":
+            col = 0
+        else:
+            if col < len(line):
+                line[col] = ch
+            else:
+                line.append(ch)
+            col += 1
+    return "".join(line)
+
+
+def test_no_progress_debris_after_a_search():
+    import io
+    from s2pt.sim import search as S
+    buf = io.StringIO()
+    p = S._Progress(buf, "collapse-vs-fault-3/refcount-revalidate")
+    for states in (10_000_000, 5):
+        p.last = p.t0 - 1
+        p(states, 10, 12_345_678)
+    p.done()
+    buf.write("found: nothing")
+    assert _screen(buf.getvalue()).rstrip() == "found: nothing"

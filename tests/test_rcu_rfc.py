@@ -261,18 +261,19 @@ def test_costs_show_the_prune_on_the_critical_path():
     assert locked and all(e.cpu == 0 for e in locked)
 
 
-def test_race_diagram_folds_the_prune_loop_into_blocks():
-    """The prune is a loop over 512 entries: the race diagram folds each
-    run of identical loop iterations into one block, counting them, so a
-    collapse under rcu-rfc reads in a page instead of 1,500 lines."""
+def test_step_diagram_folds_the_prune_loop_into_blocks():
+    """The prune is a loop over 512 entries: the step diagram (the long
+    form of the race diagram) folds each run of identical loop iterations
+    into one block, counting them, so a collapse under rcu-rfc reads in a
+    page instead of 1,500 lines."""
     w = s2pt.replay("collapse-vs-fault", "rcu-rfc", "")
     pgt = w.pgt
     l3 = [pfn for pfn, lvl in w.view.levels.items() if lvl == 3]
     counted = sum(1 for e in w.events if e.op[0] == "put_page" and e.op[1] >> 12 in l3
                   and "stage2_prune_walker" in e.stack)
     assert counted == 3                            # the three pages logging left
-    full = w.diagram(fold=False)
-    text = w.diagram()
+    full = w.step_diagram(fold=False)
+    text = w.step_diagram()
     assert len(full.splitlines()) > 3 * pgt.ptrs_per_pte
     assert len(text.splitlines()) < 100
     assert f"+ {counted} times:" in text

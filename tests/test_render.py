@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import shutil
 
 import pytest
@@ -94,18 +96,19 @@ def _svg_tag(svg: str) -> str:
     return re.search(r"<svg\b[^>]*>", svg).group(0)
 
 
-def test_notebook_svg_scales_to_its_column(no_dot):
-    """What a notebook shows has no fixed width: 100% of the column, capped
-    at the natural width, height from the viewBox.  ``svg()``/``save()``
-    keep Graphviz's own size for files."""
+def test_notebook_svg_keeps_its_size_and_scrolls(no_dot):
+    """What a notebook shows keeps Graphviz's own size (a 10 pt label stays
+    13 px: a picture is never scaled down to unreadable text); a wide one
+    scrolls in its box instead."""
     d = Drawing(DOT)
     bundle = d._repr_mimebundle_()
+    natural = _svg_tag(d.svg())
+    width = re.search(r'width="([0-9.]+pt)"', natural).group(1)
     for shown in (bundle["image/svg+xml"], bundle["text/html"]):
         tag = _svg_tag(shown)
-        assert 'width="100%"' in tag and "viewBox=" in tag, tag
-        assert "height=" not in tag.replace("height: auto", ""), tag
-        assert "max-width:" in tag and "<?xml" not in shown
-    assert 'width="100%"' not in _svg_tag(d.svg())
+        assert f'width="{width}"' in tag and "viewBox=" in tag, tag
+        assert "100%" not in tag and "max-width: none" in tag and "<?xml" not in shown
+    assert "overflow: auto" in bundle["text/html"]
     assert_svg_with_labels(bundle["image/svg+xml"])
     assert all(label in bundle["text/html"] for label in LABELS)
 
@@ -113,7 +116,7 @@ def test_notebook_svg_scales_to_its_column(no_dot):
 def test_responsive_svg_leaves_other_text_alone():
     assert render.responsive_svg("no picture") == "no picture"
     out = render.responsive_svg('<svg width="10" height="20" viewBox="0 0 10 20"/>')
-    assert out == ('<svg width="100%" style="max-width: 10px; height: auto; display: block"'
+    assert out == ('<svg width="10px" height="20px" style="max-width: none; display: block"'
                    ' viewBox="0 0 10 20"/>')
 
 

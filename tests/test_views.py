@@ -343,8 +343,8 @@ def test_draw_labels_and_edges(small4k):
                  "entries 1–2: 2x4K pages RWX normal → PA 0x900001000+",
                  "refcount 4"]:
         assert text in src, text
-    assert f"t80000000:e1:e -> t{l2:x}:w;" in src
-    assert f"t{l2:x}:e2:e -> t{l3:x}:w;" in src
+    assert f"t80000000:e1:e -> t{l2:x}:w\n" in src
+    assert f"t{l2:x}:e2:e -> t{l3:x}:w\n" in src
     assert "▶" not in src and "result" not in src
 
 
@@ -455,7 +455,7 @@ def test_draw_unlinked_and_freed_tables():
     # A mark on an entry of the freed page shows in its stub; alert= marks
     # that entry with a cross and draws the page red.
     src = draw(q, marks={gone + 8: "stale walker"}, alert=gone + 8).source
-    stub = next(line for line in src.splitlines() if line.startswith(f"  t{gone:x} "))
+    stub = next(line for line in src.splitlines() if line.startswith(f"\tt{gone:x} "))
     assert "✖ entry 1: ◀ stale walker" in stub and 'fillcolor="#f8c8c8"' in stub
 
 
@@ -465,7 +465,7 @@ def test_draw_alert_marks_the_entry_and_its_table(small4k):
     plain = draw(small4k).source
     assert "✖" not in plain and "#f8c8c8" not in plain
     src = draw(small4k, marks={l3 + 8: "here"}, alert=l3 + 8).source
-    node = next(line for line in src.splitlines() if line.startswith(f"  t{l3:x} "))
+    node = next(line for line in src.splitlines() if line.startswith(f"\tt{l3:x} "))
     assert "<e1> ✖ entry 1: 4K page" in node and "◀ here" in node
     assert 'fillcolor="#f8c8c8"' in node
     assert sum('fillcolor="#f8c8c8"' in line for line in src.splitlines()) == 1
@@ -630,6 +630,6 @@ def test_draw_unlinked_subtree_with_a_labelled_child():
     l3 = table_pa(p, l2)
     p.map(1 * GiB, 1 * GiB, 0x40_0000_0000)                # a level-1 block
     src = draw(p, tables={l2: "L2 waits", l3: "L3 waits"}).source
-    assert src.count(f"  t{l3:x} [") == 1 and "level unknown" not in src
-    assert f"t{l2:x}:e0:e -> t{l3:x}:w;" in src
+    assert src.count(f"\tt{l3:x} [") == 1 and "level unknown" not in src
+    assert f"t{l2:x}:e0:e -> t{l3:x}:w\n" in src
     assert "entry 1: 1G block RWX normal → PA 0x4000000000" in src

@@ -39,7 +39,13 @@ def test_decoder_shows_decode_field_by_field():
              for g in d.groups.children]
     assert ("address", "47:12") in names and ("XN", "54:53") in names
     assert ("not decoded", "11") in names          # nG: decode does not name it
-    assert sum(len(g.children[1].children) for g in d.groups.children) == 64
+    # every bit once, under its number; fields wrap a byte at a time
+    chunks = [c for g in d.groups.children for c in g.children[1].children]
+    assert sum(len(c.children[1].children) for c in chunks) == 64
+    numbers = [int(n) for c in chunks for n in re.findall(r">(\d+)</span>", c.children[0].value)]
+    assert numbers == list(range(63, -1, -1))
+    address = next(g for g in d.groups.children if ">address<" in g.children[0].value)
+    assert [len(c.children[1].children) for c in address.children[1].children] == [8] * 4 + [4]
 
 
 def test_clicking_a_bit_redecodes():
@@ -70,6 +76,11 @@ def test_encoding_errors_are_pointed_out():
     d.level_box.value = 0                           # ... cannot sit at level 0 with 4K
     assert d.level == 0
     assert "block not allowed at level 0" in d.out.value
+    # The heading says so too (not "valid with type 0 at level 3"): decode's summary.
+    assert s2pt.decode(0x8_0000_07fd, 0).summary() == (
+        "reserved encoding (a block at level 0, which the 4K granule does not allow): "
+        "translation fault")
+    assert "type 0 at level 3" not in d.out.value
     d.granule_box.value = 65536
     d.level_box.value = 1                           # nor at level 1 with 64K
     assert "block not allowed at level 1" in d.out.value

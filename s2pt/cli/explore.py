@@ -11,8 +11,11 @@ import json
 import sys
 
 from ..errors import S2ptError
-from ..explorer import explore, replay
+import textwrap
+
+from ..explorer import explore, replay, replay_command
 from ..htmltrace import verdict, write_html
+from ..sim.report import WIDTH, email_text
 from ..scenarios import BUGS, SCENARIOS, get_scenario
 from ..schemes import SCHEMES, get_scheme
 from ..sim.violation import KINDS
@@ -72,10 +75,13 @@ def explore_cmd(args) -> int:
     if args.json:
         print(json.dumps(res.to_json()))
     else:
-        print(res.summary())
+        # Every line within 80 columns: the race diagrams are; the sentences wrap.
+        print("\n".join(textwrap.fill(line, WIDTH, subsequent_indent="  ",
+                                      break_on_hyphens=False)
+                        if len(line) > WIDTH else line for line in res.summary().splitlines()))
         for f in res.violations:
-            print(f"\nreplay it: python -m s2pt replay {res.scenario} --scheme {res.scheme} "
-                  f"--schedule '{f.schedule_text}'" + "".join(f" --bug {b}" for b in args.bug))
+            print("\nreplay it:\n" + replay_command(res.scenario, res.scheme, f.schedule_text,
+                                                     args.bug, width=WIDTH))
     return 1 if res.found else 0
 
 
@@ -100,6 +106,12 @@ def _schedule(text: str) -> str:
         help="CPU ids, one per step, e.g. '1 1 1 1 0' or '1*4 0'; afterwards (and without "
              "--schedule): no preemption, lowest CPU first"),
     arg("--bug", action="append", default=[], metavar="COMMIT", help="as for explore"),
+    arg("--email", action="store_true",
+        help="print the race as a patch review would carry it: a few sentences, the race "
+             "diagram and the command that replays it (plain text, 80 columns)"),
+    arg("--steps", action="store_true",
+        help="instead of the race diagram, every step, numbered, one column per CPU "
+             "(repeated steps folded)"),
     arg("--log", action="store_true",
         help="after the diagram, every step with its result and what it changed "
              "(a thousand lines or more)"),
@@ -110,16 +122,23 @@ def _schedule(text: str) -> str:
 ])
 def replay_cmd(args) -> int:
     """Run the scenario with the given schedule and print the race diagram
-    and the verdict; with --log, then every step with its result and what
+    (only the steps the violation depends on, under the kernel functions
+    that perform them, 80 columns) and the verdict; with --email, the same
+    as a patch review would carry it; with --steps, every step instead of
+    the race diagram; with --log, then every step with its result and what
     it changed; with --html FILE, write the self-contained trace page.
 
     Exit status: 0 the run was clean, 1 it showed a violation, 2 bad input.
     """
     args.scheme = _scheme_for(args.scenario, args.scheme)
     w = replay(args.scenario, args.scheme, args.schedule or "", bugs=args.bug)
-    print(w.diagram())
-    print()
-    print(verdict(w))
+    if args.email:
+        print(email_text(w, replay_command(args.scenario, args.scheme, args.schedule or "",
+                                           args.bug, width=WIDTH)))
+    else:
+        print(w.step_diagram() if args.steps else w.diagram())
+        print()
+        print(textwrap.fill(verdict(w), WIDTH, break_on_hyphens=False))
     if args.log and not args.no_log:
         print()
         print(w.log())

@@ -912,6 +912,7 @@ class _Progress:
         self.label = label
         self.t0 = time.perf_counter()
         self.last = self.t0
+        self.width = 0          # the longest line written: "\r" then spaces clear it all
 
     def __call__(self, states, depth, queue):
         if not self.on:
@@ -922,14 +923,16 @@ class _Progress:
         self.last = now
         rate = states / max(now - self.t0, 1e-9)
         out = self.out or sys.stderr
-        out.write(f"\r{self.label}: {states:,} states, depth {depth}, frontier "
-                  f"{queue:,}, {rate:,.0f} states/s ")
+        line = (f"{self.label}: {states:,} states, depth {depth}, frontier "
+                f"{queue:,}, {rate:,.0f} states/s")
+        self.width = max(self.width, len(line))
+        out.write("\r" + line.ljust(self.width))
         out.flush()
 
     def done(self):
-        if self.on and self.last != self.t0:
+        if self.on and self.width:
             out = self.out or sys.stderr
-            out.write("\r" + " " * 78 + "\r")
+            out.write("\r" + " " * self.width + "\r")
             out.flush()
 
 
@@ -1488,7 +1491,7 @@ def _materialise(template: World, kind, sched, msg, cycle_start=None):
                              f"did not reproduce it on replay (got {w.outcome}: "
                              f"{[v.kind for v in w.violations]})")
     short = trim_schedule(template, sched)
-    return Found(kind, short, msg, viol, race_diagram(w), state_log(w))
+    return Found(kind, short, msg, viol, race_diagram(w, [viol]), state_log(w))
 
 
 def _minimise(template: World, kind, sched):

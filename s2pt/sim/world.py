@@ -144,6 +144,14 @@ class Event:
 
     ``stack`` names the kernel functions on that CPU's stack, outermost
     first; ``violations`` are what the step broke, as ``(kind, message)``.
+    A recorded step also keeps, for the race diagram
+    (:mod:`s2pt.sim.report`): ``walkers``, the visitor callback of each
+    page-table walk on the stack, outermost first (``stage2_map_walker``,
+    ``stage2_free_walker``); ``calls``, a number per name in ``stack``
+    that tells two calls of one function apart (each call gets its own);
+    and ``before``, for an operation on a table entry or page,
+    ``(page_count, freed, the entry's value, walker count)`` just before
+    the step.
     """
     index: int
     cpu: int
@@ -153,6 +161,9 @@ class Event:
     violations: list = field(default_factory=list)
     enabled: tuple = ()
     note: str = ""
+    walkers: tuple = ()
+    before: object = None
+    calls: tuple = ()
 
     @property
     def function(self) -> str:
@@ -184,6 +195,35 @@ def stack_names(gen) -> tuple:
     return tuple(out)
 
 
+def _walk_frames() -> dict:
+    """code -> how to find the walker of a frame of the one walker's own
+    functions (s2pt.pgtable): the local that holds the Walker, or its
+    WalkData."""
+    from .. import pgtable as pt
+    return {pt.kvm_pgtable_walk.__code__: "walker",
+            pt._kvm_pgtable_walk.__code__: "data",
+            pt.__kvm_pgtable_walk.__code__: "data",
+            pt.__kvm_pgtable_visit.__code__: "data"}
+
+
+#: The walker's own frames (kvm_pgtable_walk ... __kvm_pgtable_visit).
+WALK_FRAMES: dict = _walk_frames()
+
+
+def visitor_name(cb) -> str:
+    """The kernel name of a walker callback (a function or a bound method)."""
+    fn = getattr(cb, "__func__", cb)
+    code = getattr(fn, "__code__", None)
+    name = DISPLAY.get(code) if code is not None else None
+    return name or getattr(fn, "__name__", str(fn))
+
+
+def _visitor_of(gen, how: str) -> str:
+    loc = gen.gi_frame.f_locals
+    walker = loc.get("walker") if how == "walker" else getattr(loc.get("data"), "walker", None)
+    return visitor_name(walker.cb) if walker is not None else "?"
+
+
 class StackCache:
     """:func:`stack_names` for one CPU, kept up to date incrementally.
 
@@ -195,27 +235,39 @@ class StackCache:
     walking the whole chain on every step (a widget steps on every click).
     """
 
-    __slots__ = ("gens", "names", "out")
+    __slots__ = ("gens", "names", "out", "walks", "visitors", "serials", "calls", "count")
 
     def __init__(self):
         self.gens: list = []
         self.names: list = []
         self.out: tuple = ()
+        self.walks: list = []         # per generator: the visitor of its walk, or None
+        self.visitors: tuple = ()     # the visitor of each walk on the stack, outermost first
+        self.serials: list = []       # per generator: the number of its call
+        self.calls: tuple = ()        # the serials of the names in ``out``
+        self.count = 0
 
     def names_of(self, root) -> tuple:
-        gens, names = self.gens, self.names
+        gens, names, walks, serials = self.gens, self.names, self.walks, self.serials
         changed = False
         while gens and gens[-1].gi_frame is None:
             gens.pop()
             names.pop()
+            walks.pop()
+            serials.pop()
             changed = True
         if not gens:
             if root is None or root.gi_frame is None:
                 self.out = ()
+                self.visitors = ()
+                self.calls = ()
                 return ()
             gens.append(root)
             code = root.gi_frame.f_code
             names.append(DISPLAY.get(code, code.co_name))
+            walks.append(None)
+            self.count += 1
+            serials.append(self.count)
             changed = True
         g = gens[-1]
         while True:
@@ -225,10 +277,19 @@ class StackCache:
             gens.append(nxt)
             code = nxt.gi_frame.f_code
             names.append(DISPLAY.get(code, code.co_name))
+            how = WALK_FRAMES.get(code)
+            # A walk's first frame names its visitor; the frames below it
+            # in the same walk are marked "" (same walk).
+            walks.append(None if how is None else
+                         "" if walks[-1] is not None else _visitor_of(nxt, how))
+            self.count += 1
+            serials.append(self.count)
             g = nxt
             changed = True
         if changed:
             self.out = tuple(n for n in names if n is not None)
+            self.visitors = tuple(v for v in walks if v)
+            self.calls = tuple(c for n, c in zip(names, serials) if n is not None)
         return self.out
 
 
@@ -361,7 +422,8 @@ class World:
         self.record = record
         # For the views: the level of each table page, who freed what.
         self.view = View(pgt, {p.pfn: lvl for p, lvl in reachable_tables(pgt)})
-        self.frees: dict = {}                 # pfn -> (step, cpu, function)
+        self.frees: dict = {}                 # pfn -> (step, cpu, function) of its last free
+        self.free_log: list = []              # (step, cpu, pfn) of every free, in order
         self._freed = _FreeLog(self)
         pgt.mm.free_hooks.append(self._freed.on_free)
         self.events: list[Event] = []
@@ -432,6 +494,8 @@ class World:
         op = self.pending[i]
         m = self.machine
         stack = self._stacks[i].names_of(gen) if self.record else ()
+        visitors = self._stacks[i].visitors if self.record else ()
+        calls = self._stacks[i].calls if self.record else ()
         enabled = tuple(self.enabled()) if self.record else ()
         m.cpu = i
         self._stack = stack
@@ -455,6 +519,10 @@ class World:
         ev = Event(self.nsteps, i, op, result, stack, viol, enabled)
         if self.record:
             ev.note = self._changes(op, pre)
+            ev.walkers = visitors
+            ev.calls = calls
+            if op[0] in ADDR:
+                ev.before = pre
         self.nsteps += 1
         if self.record:
             self.events.append(ev)
@@ -569,9 +637,17 @@ class World:
 
     # -- views ----------------------------------------------------------------------
     def diagram(self, **kw) -> str:
-        """The run so far as a race diagram (s2pt.sim.report.race_diagram)."""
+        """The run so far as a kernel-style race diagram: the steps its
+        violations depend on, under the kernel functions that perform them,
+        80 columns wide (s2pt.sim.report.race_diagram)."""
         from .report import race_diagram
         return race_diagram(self, **kw)
+
+    def step_diagram(self, **kw) -> str:
+        """Every step of the run so far, numbered, one column per CPU
+        (s2pt.sim.report.step_diagram): the long form of :meth:`diagram`."""
+        from .report import step_diagram
+        return step_diagram(self, **kw)
 
     def log(self) -> str:
         """Every step with its result and what it changed."""
@@ -611,6 +687,7 @@ class _FreeLog(Stateless):
         if w.record:
             st = getattr(w, "_stack", ())
             w.frees[page.pfn] = (w.nsteps, w.machine.cpu, st[-1] if st else "?")
+            w.free_log.append((w.nsteps, w.machine.cpu, page.pfn))
 
 
 def stuck_kind(waiting: int, cpus: int) -> str:

@@ -16,24 +16,66 @@ CELLS = [
     "pgt = s2pt.Stage2()\n"
     "builder = s2pt.widgets.Builder(pgt)\n"
     "builder",
-    "big = s2pt.Stage2()                          # a wide tree: must fit the column\n"
+    "big = s2pt.Stage2()                          # a wide tree: scrolls in its column\n"
     "for i in range(8):\n"
     "    big.map(0x4000_0000 + i * (1 << 30) + 0x5000, 4096, 0x8_0000_0000)\n"
     "big.draw()",
+    # The other kinds of drawing the course shows: a walk highlighted
+    # (notebooks 01-04), pKVM's host after scattered donations (09), a
+    # grace-period timeline (06).
+    "big.draw(highlight=0x4000_5000)",
+    "host = s2pt.pkvm.Host(memory=[(0x8000_0000, 4 << 30)])\n"
+    "for k in range(0, 64, 2):\n"
+    "    host.donate(0x9000_0000 + k * 4096, 1, to='guest')\n"
+    "host.pgt.draw()",
+    "from s2pt.htmltrace import timeline\n"
+    "timeline(s2pt.replay('collapse-vs-fault-3', 'rcu', '1*5 0*14 2*3 0*4 1*6 3*5'))",
 ]
-# Outputs wider than their output area (as look-at-notebooks checks).
+# Outputs wider than their output area (as look-at-notebooks checks); a
+# picture in a box that scrolls (a wide tree keeps its size) counts as the box.
 WIDE = """(sel) => {
   const out = [];
+  const scroller = (e, o) => {
+    for (let p = e.parentElement; p && p !== o; p = p.parentElement) {
+      const s = getComputedStyle(p).overflowX;
+      if (s === 'auto' || s === 'scroll') return p;
+    }
+    return null;
+  };
   document.querySelectorAll(sel + ' .jp-OutputArea-output').forEach((o, i) => {
     for (const e of o.querySelectorAll('img, svg, .jupyter-widgets, table, pre')) {
       if (e.closest('svg svg')) continue;
-      const w = Math.round(e.getBoundingClientRect().width), sw = e.scrollWidth || 0;
+      const box = scroller(e, o) || e;
+      const w = Math.round(box.getBoundingClientRect().width);
+      const sw = box === e ? (e.scrollWidth || 0) : 0;
       if (w > o.clientWidth + 2 || sw > o.clientWidth + 2)
         out.push({output: i, tag: e.tagName.toLowerCase(), width: Math.max(w, sw),
                   column: o.clientWidth});
     }
   });
   return out;
+}"""
+# The smallest text drawn under `sel`, in CSS pixels as it lands on the
+# screen: an SVG label's font size times the picture's scale, an HTML
+# element's computed font size.  [px, the text, where].
+MIN_TEXT = """(sel) => {
+  let best = [1e9, '', ''];
+  for (const root of document.querySelectorAll(sel)) {
+    for (const t of root.querySelectorAll('svg text')) {
+      if (!t.textContent.trim() || !t.getClientRects().length) continue;
+      const m = t.getScreenCTM(), px = parseFloat(getComputedStyle(t).fontSize) *
+        (m ? Math.hypot(m.a, m.b) : 1);
+      if (px < best[0]) best = [px, t.textContent.trim().slice(0, 40), 'svg'];
+    }
+    const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      const e = n.parentElement;
+      if (!n.textContent.trim() || !e || e.closest('svg') || !e.getClientRects().length) continue;
+      const px = parseFloat(getComputedStyle(e).fontSize);
+      if (px < best[0]) best = [px, n.textContent.trim().slice(0, 40), e.tagName];
+    }
+  }
+  return best;
 }"""
 
 
@@ -152,7 +194,11 @@ def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip b
         page.wait_for_timeout(300)
         wide = page.evaluate(WIDE, ACTIVE)
         assert wide == [], f"outputs wider than their column: {wide}"
-        assert page.locator(f"{ACTIVE} .jp-OutputArea-output svg").count() >= 2
+        assert page.locator(f"{ACTIVE} .jp-OutputArea-output svg").count() >= 5
+        # No text is drawn under 10 px: the widgets, the trees, the timeline.
+        px, text, where = page.evaluate(MIN_TEXT, f"{ACTIVE} .jp-OutputArea-output")
+        print(f"smallest text in the drawings and widgets: {px:.1f} px ({where}: {text!r})")
+        assert px >= 10, (px, text, where)
         assert not [e for e in errors if "widget" in e.lower()], errors
         print(f"browser test body: {time.time() - t0:.1f} s")
         page.screenshot(path=str(shots / "widgets.png"), full_page=True)

@@ -1,11 +1,12 @@
 """The Interleave widget in a real JupyterLab, and the HTML trace in the same
-headless Chromium with the network blocked.
+headless Chromium with the network blocked: both drawn by trace.js.
 
 Click-to-redraw times of Step clicks are measured in the page for every
 shipped scenario and printed (run with -s; S2PT_TIMING_DETAIL=1 adds the time
 of each DOM change on the way); the target is 100 ms, measured, not asserted.
-With S2PT_UPDATE_SCREENSHOT=1 the widget's screenshot is written to
-docs/interleave.png (for the README)."""
+Play's time to the violation of collapse-vs-fault/none is measured and must
+be under 5 s at the default speed.  With S2PT_UPDATE_SCREENSHOT=1 the
+widget's screenshot is written to docs/interleave.png (for the README)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import time
 
 
 import s2pt
-from s2pt.htmltrace import Recorder, cpus_html, event_html, shared_html, shared_state, write_html
+from s2pt.htmltrace import Recorder, cpus_html, event_html, page_data, shared_state, write_html
 from s2pt.scenarios import SCENARIOS
 
-from test_lab import ACTIVE, WIDE, _notebook, _page, _run_all, _wait_idle
+from test_lab import ACTIVE, MIN_TEXT, WIDE, _notebook, _page, _run_all, _wait_idle
 from conftest import REPO
 
 UAF = "1*5 0"
@@ -113,9 +114,34 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         page.wait_for_function(_ev_is(0, 1051), timeout=10_000)
         banner = uaf.locator(".banner.bad").inner_text()
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
-        assert uaf.locator("button.s2pt-step-1").is_disabled()       # the run is over
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
+                               f"button.s2pt-step-1').disabled", timeout=10_000)  # run over
         print("\nclick-to-redraw, collapse-vs-fault/none, vCPU1's Step by hand: "
               + ", ".join(f"{t * 1000:.0f}" for t in times) + " ms")
+        # The tree panel: its text at least 10 px (the widget used to shrink it to 4).
+        px, text, where = page.evaluate(MIN_TEXT, f"{ACTIVE} .s2pt-interleave .tree")
+        print(f"smallest text in the widget's tree: {px:.1f} px ({text!r})")
+        assert px >= 10, (px, text)
+
+        # Load the shortest counterexample's schedule; Play, at the default
+        # speed with skip on, reaches the violation in the browser.
+        box = uaf.locator("input[placeholder^='schedule']")
+        box.fill("0*5 1*5 0*1037 1")
+        box.press("Enter")
+        uaf.locator("button.s2pt-load").click()
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave .pos')"
+                               ".textContent === 'step 0 of 1048'", timeout=30_000)
+        t = time.perf_counter()
+        uaf.locator(".bar .play").click()
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
+                               f".banner').classList.contains('bad')", timeout=30_000)
+        played = time.perf_counter() - t
+        print(f"Play to the violation of collapse-vs-fault/none (default speed): {played:.1f} s")
+        assert played < 5, played
+        assert "step 1048 of 1048" in uaf.locator(".pos").inner_text()
+        # Play's end tells the kernel where it stopped: the Step buttons follow.
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
+                               f"button.s2pt-step-0').disabled", timeout=10_000)
         no = page.locator(".jp-toast-button:has-text('No')")      # the news toast
         if no.count():
             no.first.click()
@@ -158,10 +184,18 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         ctx.close()
 
 
+def _rows(page):
+    """The shared-state table trace.js drew: [(label, value, highlighted)]."""
+    return page.evaluate("""() => [...document.querySelectorAll('#trace .shared tr')]
+        .filter(r => !r.classList.contains('sec'))
+        .map(r => [r.cells[0].textContent, r.cells[1].textContent, r.classList.contains('chg')])""")
+
+
 def test_html_trace_plays_offline(browser, tmp_path, shots):
     w = s2pt.replay("collapse-vs-fault", "none", UAF)
     path = tmp_path / "uaf.html"
     write_html(w, path)
+    quiet = [s[5] for s in page_data(path.read_text())["steps"]]
     ctx = browser.new_context(viewport={"width": 1100, "height": 900}, offline=True)
     page = ctx.new_page()
     asked, errors = [], []
@@ -176,14 +210,36 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
     page.on("pageerror", lambda e: errors.append(str(e)[:300]))
     try:
         page.goto(path.as_uri())
-        page.wait_for_selector("#cols .cpu")
-        assert "step 0 of 1052" in page.inner_text("#pos")
-        assert "No violation so far." in page.inner_text("#banner")
-        page.click("#next")
-        assert "step 1 of 1052" in page.inner_text("#pos")
-        assert "step 0: vCPU1" in page.inner_text("#ev")
-        # The page rebuilds each step's panels from its deltas: they must be
-        # the widget's panels for that step (both normalised by the browser).
+        page.wait_for_selector("#trace .cols .cpu")
+        assert "step 0 of 1052" in page.inner_text("#trace .pos")
+        assert "No violation so far." in page.inner_text("#trace .banner")
+        # Next, with skip on (the default): the next step that changes
+        # shared state, not the next step.
+        want = next(k for k in range(1, len(quiet)) if not quiet[k])
+        page.click("#trace .next")
+        assert f"step {want} of 1052" in page.inner_text("#trace .pos"), want
+        # In vCPU0's free walk (a thousand reads that change nothing shared),
+        # one click crosses it.
+        inside = next(k for k in range(1, len(quiet)) if all(quiet[k:k + 200]))
+        page.evaluate(f"window.s2ptShow({inside})")
+        nxt = next(k for k in range(inside + 1, len(quiet)) if not quiet[k])
+        page.click("#trace .next")
+        assert f"step {nxt} of 1052" in page.inner_text("#trace .pos"), nxt
+        assert nxt > inside + 100                  # it skipped the walk
+        back = max(k for k in range(1, nxt) if not quiet[k])
+        page.click("#trace .prev")
+        assert f"step {back} of 1052" in page.inner_text("#trace .pos"), back
+        page.uncheck("#trace .skip")
+        page.click("#trace .next")
+        assert f"step {back + 1} of 1052" in page.inner_text("#trace .pos")
+        page.check("#trace .skip")
+        # Jump to the violation.
+        page.click("#trace .viol")
+        assert "step 1052 of 1052" in page.inner_text("#trace .pos")
+        assert "use-after-free" in page.inner_text("#trace .banner")
+        # trace.js puts each step's panels together from the deltas: they
+        # must be the World's own (the rows of shared_state, the CPU
+        # columns, the event line) at that step.
         norm = "(h) => { const t = document.createElement('div'); t.innerHTML = h; return t.innerHTML; }"
         rec = Recorder(s2pt.world("collapse-vs-fault", "none"))
         before, highlighted = shared_state(rec), 0
@@ -194,29 +250,37 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
             if k in (0, 1, 6, 7, 500, 1046, 1047, 1051, 1052):
                 page.evaluate(f"window.s2ptShow({k})")
                 last = rec.world.events[-1] if k else None
-                want = {"shared": shared_html(shared_state(rec), before if k else None),
-                        "cols": "".join(cpus_html(rec.world, last)),
-                        "ev": event_html(rec.world, last)}
-                for panel, html in want.items():
-                    got = page.evaluate(f"document.getElementById('{panel}').innerHTML")
+                old = {key: v for key, _, _, v in before} if k else None
+                want_rows = [(label, value, old is not None and old.get(key) != value)
+                             for key, _, label, value in shared_state(rec)]
+                assert [tuple(r) for r in _rows(page)] == want_rows, k
+                highlighted += any(r[2] for r in want_rows)
+                for panel, html in (("cols", "".join(cpus_html(rec.world, last))),
+                                    ("ev", event_html(rec.world, last))):
+                    got = page.evaluate(f"document.querySelector('#trace .{panel}').innerHTML")
                     assert got == page.evaluate(norm, html), (k, panel)
-                highlighted += "chg" in want["shared"]
-        assert highlighted >= 3             # rows the step changed, marked in both
+        assert highlighted >= 3             # rows the step changed, marked
         page.evaluate("window.s2ptShow(1)")
-        page.select_option("#speed", "1")
+        page.select_option("#trace .speed", "1")
+        page.uncheck("#trace .skip")
         t = time.perf_counter()
-        page.click("#play")
-        page.wait_for_function("() => document.getElementById('pos').textContent"
+        page.click("#trace .play")
+        page.wait_for_function("() => document.querySelector('#trace .pos').textContent"
                                ".includes('step 1052 of 1052')", timeout=60_000)
-        print(f"\nHTML trace: Play to the violation in {time.perf_counter() - t:.1f} s")
-        banner = page.inner_text("#banner")
+        print(f"\nHTML trace: Play to the violation, every step, fastest: "
+              f"{time.perf_counter() - t:.1f} s")
+        banner = page.inner_text("#trace .banner")
         assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
         assert "vCPU0 freed it at step 1046" in banner
-        assert "freed (poisoned)" in page.inner_text("#tree")
+        tree = page.inner_text("#trace .tree")
+        assert "freed (poisoned)" in tree
         # The violation's step: a ✖ on the entry in the tree, red in the timeline.
-        assert "✖ entry 1: ◀ use-after-free at step 1051 (vCPU1)" in page.inner_text("#tree")
+        assert "✖ entry 1: ◀ use-after-free at step 1051 (vCPU1)" in tree
         assert page.locator("svg.timeline rect[fill='#d62728']").count() == 1
-        assert page.locator("#tree svg").count() == 1
+        assert page.locator("#trace .tree svg").count() == 1
+        px, text, where = page.evaluate(MIN_TEXT, "#trace")
+        print(f"smallest text in the trace page: {px:.1f} px ({where}: {text!r})")
+        assert px >= 10, (px, text, where)
         assert asked == [] and errors == [], (asked, errors)
     except BaseException:
         _shot(page, shots, "test_html_trace_plays_offline.png")
