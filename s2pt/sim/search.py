@@ -1479,10 +1479,7 @@ def _materialise(template: World, kind, sched, msg, cycle_start=None):
         w.run(sched, complete=False)
         w.stop(Violation.lasso(w, cycle_start, msg))
         viol = w.violations[-1]
-        diagram = race_diagram(w)
-        n = len(sched) - cycle_start
-        diagram += (f"\n  --- from step {cycle_start} on, these {n} steps repeat forever "
-                    f"(a fair cycle) ---")
+        diagram = race_diagram(w, [viol], cycle_start=cycle_start)
         return Found(kind, list(sched), msg, viol, diagram, state_log(w), cycle_start)
     w.run(sched)
     viol = next((v for v in w.violations if v.kind == kind), None)

@@ -93,7 +93,7 @@ class Violation:
         return cls("livelock", message, cycle_start, cpu,
                    world.actors[cpu].name if cpu is not None else "",
                    ev.stack[-1] if ev is not None and ev.stack else "?",
-                   ev.stack if ev is not None else (), message[:1].upper() + message[1:] + ".")
+                   ev.stack if ev is not None else (), message + ".")
 
     @classmethod
     def livelock(cls, world, ev) -> "Violation":
