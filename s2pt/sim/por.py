@@ -50,6 +50,9 @@ class Reduction:
         #: checker) see stores to any page: no step is private under them.
         self.on = not (m.observers or m.pre_observers)
         fields = space.page_fields
+        if not {"refcount", "freed", "walkers"} <= set(fields):
+            self.on = False              # a page's counts are not all state: no private steps
+            return
         self.i_refcount = 1 + fields.index("refcount")
         self.i_freed = 1 + fields.index("freed")
         self.i_walkers = 1 + fields.index("walkers")

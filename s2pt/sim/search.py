@@ -806,6 +806,7 @@ class StateSpace:
                     f"more, or a CPU changed shared state between two operations")
             self.registry.audit(t[0], where)
         self._invalidate()
+        self.restore(mid)                 # then perturb: the restore must not undo it
         saved = self.registry.perturb_ignored()
         try:
             again = self._step1(mid, nid, i, fresh=True)
