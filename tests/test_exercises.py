@@ -278,7 +278,8 @@ def test_a_classic_mistake_fails_with_feedback(name, cell, edits, failing, words
     failed = {_nbgrader(c)["grade_id"]: _error_text(c) for c in nb.cells if _errors(c)}
     assert failing in failed, f"{failing} passed the mistake; failures: {list(failed)}"
     text = failed[failing]
-    assert text.startswith("Wrong: Wrong: ") and words in text, text
+    assert text.startswith("Wrong: ") and not text.startswith("Wrong: Wrong:"), text
+    assert words in text, text
     for part in ("expected:", "got:", "rule:", "taught:   notebook "):
         assert part in text, f"{part!r} missing from: {text}"
 
