@@ -318,7 +318,8 @@ FAULT_RULES = {
     "access": ("a leaf with AF (bit 10) clear gives an access flag fault (no FEAT_HAFDBS), "
                "before any permission check", ("01", 6)),
     "permission": ("a write needs S2AP[1] (bit 7), a read S2AP[0] (bit 6), an instruction "
-                   "fetch XN (bits 54:53) = 0b00 or 0b11", ("01", 6)),
+                   "fetch XN (bits 54:53) = 0b00 (without FEAT_XNX KVM writes 0b00 or 0b10)",
+                   ("01", 6)),
 }
 
 
