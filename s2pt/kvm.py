@@ -753,6 +753,11 @@ class Measure(dict):
         return 0
 
     @property
+    def tlbis(self) -> int:
+        """TLBIs of every kind issued in the block."""
+        return sum(v for k, v in self.items() if k.startswith("tlbi:"))
+
+    @property
     def broadcast_tlbis(self) -> int:
         """TLBIs every CPU had to act on: by IPA, by range, or the whole VMID
         (a local ``ipa_nsh`` one is not among them)."""

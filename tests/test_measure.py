@@ -36,10 +36,10 @@ def test_measure_splits_tlbis_by_kind():
         vm.enable_dirty_logging(slot)
     assert wp["tlbi:range"] == 16 * GiB // (MAX_TLBI_RANGE_PAGES * 4096) == 2
     assert wp["tlbi:ipa"] == 8 and wp["tables_allocated"] == 8
-    assert wp.broadcast_tlbis == 10 and wp["tlbi:ipa_nsh"] == 0
+    assert wp.broadcast_tlbis == wp.tlbis == wp["tlbi"] == 10 and wp["tlbi:ipa_nsh"] == 0
     with vm.measure() as guest:
         vm.access(BASE + 4096, write=True)             # relax_perms: a local TLBI
-    assert guest["tlbi:ipa_nsh"] == 1 and guest.broadcast_tlbis == 0
+    assert guest["tlbi:ipa_nsh"] == guest.tlbis == 1 and guest.broadcast_tlbis == 0
     assert guest["relax_perms"] == 1
     assert vm.pgt.tlbis.count == log_before + 11        # the log was not cleared
 
