@@ -169,8 +169,6 @@ def glossary() -> dict[str, tuple[str, str]]:
     """{term: (meaning, first-in notebook number)} from notebook 00's Glossary section."""
     (start,) = [i for i, t in _markdown(NOTEBOOKS[0]) if t.startswith("## Glossary")]
     out = {}
-    for _, text in _markdown(NOTEBOOKS[0]):
-        pass
     text = dict(_markdown(NOTEBOOKS[0]))[start]
     for cells in _table_rows(text):
         term, meaning, first = cells[0], cells[1], cells[-1]
@@ -183,6 +181,7 @@ def glossary() -> dict[str, tuple[str, str]]:
 #: terms that are also plain words, and the phrases in which they are used as such
 PLAIN = {
     "split": ("split an ipa", "splits into", "ipa split", "splits every ipa", "splits off"),
+    "backing": ("backing the ram",),
 }
 #: terms that are everyday English words: where the course first uses them is not checked
 ORDINARY = {"step", "schedule", "page", "table", "block", "level", "publish", "subscribe"}
@@ -275,6 +274,18 @@ def test_reading_times_agree_everywhere():
         m = re.search(rf"^\| \d \| {nn} `[\w-]+` \|.*\| (?:about )?([^|]+?) \|$", syllabus, re.M)
         assert m, f"docs/instructors.md: no syllabus row for notebook {nn}"
         assert m.group(1).split(" + ")[0].strip() == t, (nn, m.group(1), t)
+
+
+def test_exercise_times_agree_with_the_syllabus():
+    syllabus = (ROOT / "docs" / "instructors.md").read_text()
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        nn = path.name[:2]
+        first = "".join(_cells(path)[0]["source"])
+        m = re.search(r"About (\d+) minutes", first)
+        assert m, f"{path.name} states no time"
+        row = re.search(rf"^\|.*exercise {nn} `[\w-]+`.*\| (?:[^|]* \+ )?(\d+) min \|$", syllabus, re.M)
+        assert row, f"docs/instructors.md: no syllabus row for exercise {nn}"
+        assert row.group(1) == m.group(1), (path.name, row.group(1), m.group(1))
 
 
 #: a run-time claim as the benchmark reads it: "(about 12 s)", "(about 10-15 s)"
