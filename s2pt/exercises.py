@@ -168,7 +168,9 @@ def _feedback(error: dict) -> str:
     """An error output as the student should read it."""
     ename, evalue = error.get("ename", ""), error.get("evalue", "")
     if ename == "Wrong":
-        return f"Wrong: {evalue}"
+        from .feedback import wrap
+
+        return wrap(f"Wrong: {evalue}")
     if ename == "NotImplementedError":
         return "not answered yet: an answer cell still raises NotImplementedError"
     if ename == "NameError":

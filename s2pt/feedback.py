@@ -52,8 +52,29 @@ class Wrong(AssertionError):
 
     def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback: the message, once, and
-        # none of this module's frames.
-        return f"Wrong: {self}".splitlines()
+        # none of this module's frames, in lines that fit a notebook's output
+        # column (a longer line would wrap in the middle of a word).
+        return wrap(f"Wrong: {self}").splitlines()
+
+
+#: widest line of a message as a notebook shows it
+WIDTH = 90
+
+
+def wrap(message: str) -> str:
+    """``message`` with each line of more than WIDTH characters broken between
+    words, continuation lines indented under the text after "rule:  " etc."""
+    import textwrap
+
+    out = []
+    for line in message.splitlines():
+        if len(line) <= WIDTH:
+            out.append(line)
+            continue
+        indent = " " * 12 if line.startswith("  ") else "  "
+        out.append(textwrap.fill(line, WIDTH, subsequent_indent=indent,
+                                 break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
 
 
 #: what the checks of the current notebook cell confirmed (see _summarise)

@@ -308,3 +308,15 @@ def test_in_a_notebook_a_failure_shows_no_traceback_and_a_pass_says_so(tmp_path)
                              '  taught:   notebook 01, section 5 "The walk, step by step"']
     text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
     assert text == "Right: 2 checks passed.\n  ✓ the count: 4\n  ✓ the letter: a\n"
+
+
+def test_a_long_rule_is_wrapped_between_words_for_the_notebook():
+    from s2pt.feedback import WIDTH
+
+    rule = " ".join(["a rule that goes on"] * 12)
+    with pytest.raises(Wrong) as e:
+        expect(1, 2, "the count", rule, ("01", 5), decimal=True)
+    shown = e.value._render_traceback_()
+    assert all(len(line) <= WIDTH for line in shown)
+    assert " ".join(x.strip() for x in shown).count("a rule that goes on") == 12
+    assert str(e.value).count("\n") == 4                  # the exception itself is not wrapped
