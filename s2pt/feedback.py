@@ -61,9 +61,10 @@ class Wrong(AssertionError):
 WIDTH = 90
 
 
-def wrap(message: str) -> str:
+def wrap(message: str, indent: str | None = None) -> str:
     """``message`` with each line of more than WIDTH characters broken between
-    words, continuation lines indented under the text after "rule:  " etc."""
+    words, continuation lines indented under the text after "rule:  " etc.
+    (or by ``indent``)."""
     import textwrap
 
     out = []
@@ -71,8 +72,8 @@ def wrap(message: str) -> str:
         if len(line) <= WIDTH:
             out.append(line)
             continue
-        indent = " " * 12 if line.startswith("  ") else "  "
-        out.append(textwrap.fill(line, WIDTH, subsequent_indent=indent,
+        more = indent if indent is not None else " " * 12 if line.startswith("  ") else "  "
+        out.append(textwrap.fill(line, WIDTH, subsequent_indent=more,
                                  break_long_words=False, break_on_hyphens=False))
     return "\n".join(out)
 
@@ -100,7 +101,7 @@ def _summarise(result=None) -> None:
     lines += [f"  ✓ {what}" for what in done[:SUMMARY_LINES]]
     if len(done) > SUMMARY_LINES:
         lines.append(f"  ... and {len(done) - SUMMARY_LINES} more")
-    print("\n".join(lines))
+    print(wrap("\n".join(lines), indent="    "))
 
 
 _hooked = [False]
