@@ -54,7 +54,8 @@ assert not sampled["random"].found and "use-after-free" in sampled["pct"].found
 assert int(_toks[0][2:]) + int(_toks[1][2:]) == 10
 says("Both orders reach the same state after ten steps")
 # Section 5: vCPU1's steps among vCPU0's in the default run under none
-_steps = _Counter(again.actors[e.cpu].name for e in s2pt.replay("collapse-vs-fault", "none", "").events)
+_default = s2pt.replay("collapse-vs-fault", "none", "")
+_steps = _Counter(_default.actors[e.cpu].name for e in _default.events)
 says(f"vCPU1's {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten'][_steps['vCPU1']]} steps "
      f"can be placed anywhere among the ~{round(_steps['vCPU0'], -1):,} steps of vCPU0")
 # "Same verdict, about fifty times fewer steps"
