@@ -93,13 +93,18 @@ def crossrefs() -> list[tuple[str, str, str]]:
         for i, text in _markdown(path):
             text = re.sub(r"`[^`]*`", "", text)                 # code is not prose
             spans = []
+
+            def where(title, i=i):
+                # the cell only for a problem: inserting a cell elsewhere changes nothing
+                return f"{rel} cell {i}" if title.startswith("MISSING") else rel
+
             for m in OTHER.finditer(text):
                 spans.append(m.span())
                 target = _notebook(m.group(1))
                 for n in _numbers(m.group(2)):
                     title = (_sections(target).get(n) if target else None) or \
                         f"MISSING: notebook {m.group(1)} has no section {n}"
-                    out.append((f"{rel}#{i}", f"notebook {m.group(1)}, section {n}", title))
+                    out.append((where(title), f"notebook {m.group(1)}, section {n}", title))
             for m in SAME.finditer(text):
                 if any(a <= m.start() < b for a, b in spans):
                     continue
@@ -107,7 +112,7 @@ def crossrefs() -> list[tuple[str, str, str]]:
                     title = (_sections(own).get(n) if own else None) or \
                         f"MISSING: {rel} has no section {n}" + ("" if own else
                                                                  " (say which notebook)")
-                    out.append((f"{rel}#{i}", f"section {n}", title))
+                    out.append((where(title), f"section {n}", title))
             for m in LINK.finditer(text):
                 target = ROOT / "notebooks" / m.group(1)
                 if not target.exists():
@@ -116,7 +121,7 @@ def crossrefs() -> list[tuple[str, str, str]]:
                     title = f"MISSING: {m.group(1)} has no heading #{m.group(2)}"
                 else:
                     title = m.group(2) or target.stem
-                out.append((f"{rel}#{i}", f"link {m.group(1)}" + (f"#{m.group(2)}" if m.group(2) else ""),
+                out.append((where(title), f"link {m.group(1)}" + (f"#{m.group(2)}" if m.group(2) else ""),
                             title))
     return out
 
