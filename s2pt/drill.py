@@ -221,6 +221,24 @@ def _round_robin(rng: random.Random, groups: dict, keys: list, k: int, skip=()) 
     return out
 
 
+
+#: Widest line a drill prints: a notebook's output column holds about 95
+#: characters, and a longer line wraps in the middle of a word.
+WIDTH = 90
+
+
+def _fit(text: str, indent: str, sep: str) -> list[str]:
+    """``text`` as lines of at most WIDTH characters, broken only after ``sep``."""
+    parts = text.split(sep)
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + len(sep) + len(part) <= WIDTH:
+            lines[-1] += sep + part
+        else:
+            lines[-1] += sep.rstrip()
+            lines.append(indent + part)
+    return lines
+
 class Drill:
     """A seeded IPA -> PA exercise on a small random stage-2 table.
 
@@ -512,7 +530,7 @@ class Drill:
             f"{g.ptrs_per_pte} descriptors per table.",
             f"SL0={g.sl0}: the walk starts at level {g.start_level} ({g.levels} levels), "
             f"with {pgd}.",
-            f"IPA split: {split}",
+            *_fit(f"IPA split: {split}", "           ", sep=" | "),
         ]
 
     def _walk_lines(self, w: Walk) -> list[str]:
@@ -527,14 +545,18 @@ class Drill:
         for s in w.steps:
             where = (f"PGD page {g.pgd_page_idx(w.ipa)}" if s.level == g.start_level
                      and g.pgd_pages > 1 else "PGD" if s.level == g.start_level else "table")
-            out.append(f"  level {s.level}: {where} {s.table:#x}[{s.index}] "
-                       f"@ {s.ptep:#x} = {s.pte:#018x}  {s.decoded.summary()}")
+            line = (f"  level {s.level}: {where} {s.table:#x}[{s.index}] "
+                    f"@ {s.ptep:#x} = {s.pte:#018x}")
+            summary = s.decoded.summary()
+            out += ([f"{line}  {summary}"] if len(line) + 2 + len(summary) <= WIDTH
+                    else [line, f"{' ' * 11}{summary}"])
         if w.fault is None:
             leaf = w.steps[-1].decoded
             out.append(f"  --> PA {w.pa:#x}  ({leaf.kind} base {leaf.pa:#x} + offset "
                        f"{w.ipa & (leaf.size - 1):#x})")
         else:
-            out.append(f"  --> Fault: {w.fault} at level {w.level} (FSC {w.fsc:#04x}): {w.reason}")
+            out += _fit(f"  --> Fault: {w.fault} at level {w.level} (FSC {w.fsc:#04x}): {w.reason}",
+                        "      ", sep=", ")
         return out
 
     def solution(self) -> str:

@@ -3,13 +3,24 @@
 An exercise's test cell checks the student's answer with :func:`expect` or
 :func:`check`.  When the answer is wrong they raise :class:`Wrong` (an
 ``AssertionError``, so nbgrader counts the cell as failed) with a message in
-four parts::
+four parts, which a notebook shows alone, without a traceback (IPython's
+``_render_traceback_``; the frames of this module would only hide it)::
 
     Wrong: the PA of a read at IPA 0x40001234.
       expected: 0x800001234
       got:      0x800000234
       rule:     a level-2 block maps IPA[20:0] straight through; your PA used IPA[11:0]
       taught:   notebook 01, section 5 "The walk, step by step"
+
+When the expected value *is* the answer a student is asked to work out (a
+prediction, a descriptor decoded on paper), a visible test passes
+``reveal=False``: the message then says what was got, the rule and where it
+is taught, but keeps the expected value back (the hidden tests, whose
+feedback comes after grading, show it).
+
+Checks that pass say so.  In a notebook, after each cell in which checks
+ran and none failed, one summary is printed: ``Right: N checks passed``,
+then what the first few of them confirmed.
 
 * what was checked, and the expected and received values, integers in hex
   (0..9 are the same in both bases and print as themselves; pass
@@ -38,6 +49,76 @@ __all__ = ["Wrong", "TAUGHT", "taught", "show", "expect", "check", "explain_pa",
 
 class Wrong(AssertionError):
     """A graded check failed; the message says what, why and where it is taught."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback: the message, once, and
+        # none of this module's frames, in lines that fit a notebook's output
+        # column (a longer line would wrap in the middle of a word).
+        return wrap(f"Wrong: {self}").splitlines()
+
+
+#: widest line of a message as a notebook shows it
+WIDTH = 90
+
+
+def wrap(message: str, indent: str | None = None) -> str:
+    """``message`` with each line of more than WIDTH characters broken between
+    words, continuation lines indented under the text after "rule:  " etc.
+    (or by ``indent``)."""
+    import textwrap
+
+    out = []
+    for line in message.splitlines():
+        if len(line) <= WIDTH:
+            out.append(line)
+            continue
+        more = indent if indent is not None else " " * 12 if line.startswith("  ") else "  "
+        out.append(textwrap.fill(line, WIDTH, subsequent_indent=more,
+                                 break_long_words=False, break_on_hyphens=False))
+    return "\n".join(out)
+
+
+#: what the checks of the current notebook cell confirmed (see _summarise)
+_confirmed: list[str] = []
+#: how many confirmations a cell's summary lists before "... and N more"
+SUMMARY_LINES = 6
+
+
+def _confirm(what: str, want=None, decimal: bool = False) -> None:
+    """Note a passed check: ``what``, and the value it had (``want``), if any."""
+    _confirmed.append(what if want is None or want is _MISSING else f"{what}: {show(want, decimal)}")
+    _hook()
+
+
+def _summarise(result=None) -> None:
+    """IPython's post_run_cell: print what the cell's checks confirmed, if
+    they all passed, and forget them either way."""
+    done = list(_confirmed)
+    _confirmed.clear()
+    if not done or (result is not None and not getattr(result, "success", True)):
+        return
+    lines = [f"Right: {len(done)} check{'s' if len(done) != 1 else ''} passed."]
+    lines += [f"  ✓ {what}" for what in done[:SUMMARY_LINES]]
+    if len(done) > SUMMARY_LINES:
+        lines.append(f"  ... and {len(done) - SUMMARY_LINES} more")
+    print(wrap("\n".join(lines), indent="    "))
+
+
+_hooked = [False]
+
+
+def _hook() -> None:
+    """Register :func:`_summarise` after every cell, once, when in IPython."""
+    if _hooked[0]:
+        return
+    _hooked[0] = True
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is not None:
+        ip.events.register("post_run_cell", _summarise)
 
 
 #: (notebook, section) -> the section's title, as its heading reads
@@ -127,13 +208,17 @@ def _inner(value, decimal: bool) -> str:
 
 _MISSING = object()
 
+#: what a message says in place of an expected value kept back (``reveal=False``)
+KEPT_BACK = "(kept back: this is what you are asked to work out; the rule says how)"
 
-def _message(what, rule, where, got=_MISSING, want=_MISSING, decimal=False) -> str:
+
+def _message(what, rule, where, got=_MISSING, want=_MISSING, decimal=False,
+             reveal=True) -> str:
     if not what or not rule:
         raise S2ptError("a check needs a non-empty `what` and `rule`")
-    lines = [f"Wrong: {what}."]
+    lines = [f"{what}."]
     if want is not _MISSING:
-        lines.append(f"  expected: {show(want, decimal)}")
+        lines.append(f"  expected: {show(want, decimal) if reveal else KEPT_BACK}")
     if got is not _MISSING:
         lines.append(f"  got:      {show(got, decimal)}")
     lines.append(f"  rule:     {rule}")
@@ -141,23 +226,34 @@ def _message(what, rule, where, got=_MISSING, want=_MISSING, decimal=False) -> s
     return "\n".join(lines)
 
 
-def expect(got, want, what: str, rule: str, where, decimal: bool = False) -> None:
+def expect(got, want, what: str, rule: str, where, decimal: bool = False,
+           reveal: bool = True) -> None:
     """Raise :class:`Wrong` with both values, the rule and where it is taught,
     unless ``got`` equals ``want`` (a bool never equals an int).
+    ``reveal=False`` keeps ``want`` out of the message (see the module
+    docstring).
 
     Returns None, so that a grade cell ending in ``expect(...)`` displays
     nothing: nbgrader would read a displayed number as partial credit."""
     if got == want and isinstance(got, bool) == isinstance(want, bool):
+        _confirm(what, want, decimal)
         return
-    raise Wrong(_message(what, rule, where, got, want, decimal))
+    raise Wrong(_message(what, rule, where, got, want, decimal, reveal))
 
 
 def check(ok, what: str, rule: str, where, got=_MISSING, want=_MISSING,
-          decimal: bool = False) -> None:
+          decimal: bool = False, reveal: bool = True) -> None:
     """Raise :class:`Wrong` unless ``ok``.  ``got``/``want``, if given, go
     into the message (``want`` may be a description such as 'a TLBI')."""
+    _require(ok, what, rule, where, got, want, decimal, reveal)
+    _confirm(what, want, decimal)
+
+
+def _require(ok, what, rule, where, got=_MISSING, want=_MISSING, decimal=False,
+             reveal=True) -> None:
+    """:func:`check` without the note that it passed (for a check made of several)."""
     if not ok:
-        raise Wrong(_message(what, rule, where, got, want, decimal))
+        raise Wrong(_message(what, rule, where, got, want, decimal, reveal))
 
 
 # -- diagnoses for the walk ---------------------------------------------------
@@ -244,7 +340,8 @@ FAULT_RULES = {
     "access": ("a leaf with AF (bit 10) clear gives an access flag fault (no FEAT_HAFDBS), "
                "before any permission check", ("01", 6)),
     "permission": ("a write needs S2AP[1] (bit 7), a read S2AP[0] (bit 6), an instruction "
-                   "fetch XN (bits 54:53) = 0b00 or 0b11", ("01", 6)),
+                   "fetch XN (bits 54:53) = 0b00 (without FEAT_XNX KVM writes 0b00 or 0b10)",
+                   ("01", 6)),
 }
 
 
@@ -281,6 +378,7 @@ def check_walk(walk, pgt, ipa: int, access: str = "read", view=None):
         raise Wrong(_message(f"{what}: the trail", why, [("01", 3), ("01", 5)],
                              list(trail), want_trail))
     if outcome == want:
+        _confirm(what, want)
         return
     if isinstance(want, int):
         size = g.granule_size(leaf_level)
@@ -332,29 +430,30 @@ def check_bbm(steps, ptep: int, new: int, ipa: int, size: int, leaf: bool,
     stores = [(n, s) for n, s in enumerate(steps)
               if s.op[0] in ("WRITE_ONCE", "smp_store_release", "cmpxchg") and s.op[1] == ptep]
     order = "break (an invalid entry), then a TLBI of its range, then make (the new entry)"
-    check(stores, f"{what}: nothing was stored to it", order, where,
-          got="no store", want=f"a store of {new:#x} at {ptep:#x}")
+    _require(stores, f"{what}: nothing was stored to it", order, where,
+             got="no store", want=f"a store of {new:#x} at {ptep:#x}")
     vals = [s.op[-1] for _, s in stores]
-    check(vals[-1] == new, f"{what}: its final value", order, where, got=vals[-1], want=new)
+    _require(vals[-1] == new, f"{what}: its final value", order, where, got=vals[-1], want=new)
     n_break, first = stores[0]
-    check(not d.kvm_pte_valid(vals[0]),
-          f"{what}: the first store writes a valid descriptor over a valid one", order + ": "
-          "two valid descriptors for the same IPA must never be visible one after the other, "
-          "or a TLB may hold both", where, got=vals[0], want="an invalid value (LOCKED, 0x400)")
+    _require(not d.kvm_pte_valid(vals[0]),
+             f"{what}: the first store writes a valid descriptor over a valid one", order + ": "
+             "two valid descriptors for the same IPA must never be visible one after the other, "
+             "or a TLB may hold both", where, got=vals[0], want="an invalid value (LOCKED, 0x400)")
     n_make = stores[-1][0]
-    check(steps[n_make].op[0] == "smp_store_release",
-          f"{what}: the make is a {steps[n_make].op[0]}",
-          "publish the new entry with smp_store_release(), so everything written before "
-          "(the new table's entries) is visible before the entry that points to it",
-          ("02", 5), got=steps[n_make].op[0], want="smp_store_release")
+    _require(steps[n_make].op[0] == "smp_store_release",
+             f"{what}: the make is a {steps[n_make].op[0]}",
+             "publish the new entry with smp_store_release(), so everything written before "
+             "(the new table's entries) is visible before the entry that points to it",
+             ("02", 5), got=steps[n_make].op[0], want="smp_store_release")
     tlbis = [n for n, s in enumerate(steps) if s.op[0] == "tlbi" and n_break < n < n_make]
     covering = [n for n in tlbis if _covers(steps[n].op, ipa, size, leaf)]
     late = [n for n, s in enumerate(steps) if s.op[0] == "tlbi" and n > n_make]
-    check(covering, f"{what}: no TLBI covering [{ipa:#x}, {ipa + size:#x}) between the break "
-                    f"and the make", order + ("; yours came after the make" if late else
-                                              "; behind a table entry the TLB may hold every "
-                                              "page's translation: one IPA is not enough"
-                                              if tlbis else ""),
-          where, got=[steps[n].op for n in tlbis + late] or "no TLBI",
-          want=(f"tlbi('ipa', <an IPA in the leaf>, level)" if leaf else
+    _require(covering, f"{what}: no TLBI covering [{ipa:#x}, {ipa + size:#x}) between the break "
+                       f"and the make", order + ("; yours came after the make" if late else
+                                                 "; behind a table entry the TLB may hold every "
+                                                 "page's translation: one IPA is not enough"
+                                                 if tlbis else ""),
+             where, got=[steps[n].op for n in tlbis + late] or "no TLBI",
+             want=(f"tlbi('ipa', <an IPA in the leaf>, level)" if leaf else
                 f"tlbi('range', {ipa:#x}, {size:#x})"))
+    _confirm(f"{what}: break, a TLBI covering its range, then make")

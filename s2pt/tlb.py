@@ -182,6 +182,9 @@ class VcpuTlb(Stateful):
         self.pgt = pgt
         self.window = window
         self.vcpu = vcpu
+        # Whose MMU this is, as messages name it: a guest's vCPU, or, on pKVM's
+        # host stage 2 (a table built for EL2), a host CPU.
+        self.cpu_name = f"host CPU{vcpu}" if getattr(pgt, "hyp", False) else f"vCPU{vcpu}"
         self.capacity = capacity
         self.walk_capacity = walk_capacity
         self.hits = 0
@@ -435,7 +438,7 @@ class VcpuTlb(Stateful):
         for level, base in sorted(keys):
             self.pgt.mm.violation(
                 "use-after-free",
-                f"table page {page.pa:#x} freed while vCPU{self.vcpu}'s walk cache still "
+                f"table page {page.pa:#x} freed while {self.cpu_name}'s walk cache still "
                 f"points to it for IPA {base:#x} (level {level}): the hardware walker may "
                 f"read it at any time; the TLBI must come before the free")
 
@@ -477,7 +480,7 @@ class VcpuTlb(Stateful):
         for (level, base), pte in self.entries.items():
             why = self.pgt.stale_reason(base, level, pte)
             if why:
-                out.append(f"vCPU{self.vcpu} TLB entry for IPA {base:#x} (level {level}): {why}")
+                out.append(f"{self.cpu_name} TLB entry for IPA {base:#x} (level {level}): {why}")
         return out
 
 
@@ -546,7 +549,7 @@ def _tlb_hit(tlb: VcpuTlb, ipa: int, hit, write: bool, exec: bool):
     if why and tlb.window is not None and tlb.window(ipa):
         why = ""                      # inside the BBM window: the architecture allows it
     if why:
-        pgt.mm.violation("stale-tlb", f"vCPU{tlb.vcpu} used a stale TLB entry for IPA "
+        pgt.mm.violation("stale-tlb", f"{tlb.cpu_name} used a stale TLB entry for IPA "
                                       f"{ipa:#x}: {why} (a TLBI is missing)")
     return pgt.classify(ipa, pte, level, write, exec, "tlb", False)
 

@@ -235,6 +235,13 @@ MISTAKES = [
        "    yield ops.smp_store_release(ctx.ptep, d.kvm_init_table_pte(childp, pgt.page_shift))\n"
        "    yield ops.tlbi(\"ipa\", ctx.addr, ctx.level)")],
      "test_split", "yours came after the make"),                    # make before TLBI
+    ("04-split-a-block.ipynb", "split_block",
+     [("    yield ops.put_page(ctx.ptep)                 # the block's reference on its table...\n", ""),
+      ("    yield ops.get_page(ctx.ptep)\n", "")],
+     "test_split", "the break drops the block's (put_page)"),      # no reference moved
+    ("04-split-a-block.ipynb", "predict",
+     [('"TLBIs": 32,', '"TLBIs": 0,')],
+     "test_predict", "what each one owes"),                         # no TLBI for a split
     ("05-collapse-and-hand-off.ipynb", "collapse_table",
      [("yield from pgt.mm_ops.free_unlinked_table(pgt, table, ctx.level)",
        "yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, table, ctx.level)")],
@@ -247,10 +254,10 @@ MISTAKES = [
      [("        cur = yield READ_ONCE(ctx.ptep)\n", ""),
       ("        if kvm_pte_table(cur, ctx.level) and cur & ctx.pgt.addr_mask == childp:\n"
        "            return childp\n", "        return childp\n")],
-     "test_aba", "re-read the parent entry"),                      # get-unless-zero alone
+     "test_aba", "no longer the table it read the pointer of"),    # get-unless-zero alone
     ("08-grace-periods.ipynb", "predict",
      [('waits_for = {"vCPU0", "vCPU1"}', 'waits_for = {"vCPU1"}')],
-     "test_predict", "the collapsing CPU is a reader too"),
+     "test_predict", "the caller included if it is inside one"),
     ("09-choose-a-scheme.ipynb", "el2",
      [("            and not any(cmp.cost(s, n).grace_periods for n in cmp.vcpus)]", "            ]")],
      "test_el2", "the cost runs count too"),                        # usage alone
@@ -278,7 +285,8 @@ def test_a_classic_mistake_fails_with_feedback(name, cell, edits, failing, words
     failed = {_nbgrader(c)["grade_id"]: _error_text(c) for c in nb.cells if _errors(c)}
     assert failing in failed, f"{failing} passed the mistake; failures: {list(failed)}"
     text = failed[failing]
-    assert text.startswith("Wrong: Wrong: ") and words in text, text
+    assert text.startswith("Wrong: ") and not text.startswith("Wrong: Wrong:"), text
+    assert words in text, text
     for part in ("expected:", "got:", "rule:", "taught:   notebook "):
         assert part in text, f"{part!r} missing from: {text}"
 
@@ -334,3 +342,79 @@ def test_real_nbgrader_full_marks_for_solutions_zero_for_untouched(tmp_path):
                 assert most > 0, nb_name
                 want = most if student == "solution" else 0
                 assert score == want, f"{student} {nb_name}: {score} of {most}"
+
+
+# -- a self-learner's grader: python -m s2pt.exercises grade -------------------------------
+
+def _pasted(name, fresh, edits=()):
+    """The student version with the solution's code pasted in (and ``edits`` applied)."""
+    solution = nbformat.read(ROOT / "solutions" / name, as_version=4)
+    submission = nbformat.read(fresh[name], as_version=4)
+    answers = _by_grade_id(solution)
+    for c in submission.cells:
+        meta = _nbgrader(c)
+        if meta.get("solution"):
+            src = "\n".join(line for line in answers[meta["grade_id"]].source.splitlines()
+                            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+            for old, new in edits:
+                src = src.replace(old, new)
+            c.source = src
+    return submission
+
+
+def _grade_cli(path: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.run([sys.executable, "-m", "s2pt.exercises", "grade", str(path),
+                           "--solutions", str(ROOT / "solutions")],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_grade_runs_the_hidden_tests_on_the_students_own_notebook(tmp_path, fresh):
+    name = "03-decode-by-hand.ipynb"
+    folder = tmp_path / "exercises"
+    folder.mkdir()
+    right, wrong, blank = folder / "right.ipynb", folder / "wrong.ipynb", folder / "blank.ipynb"
+    nbformat.write(_pasted(name, fresh), right)
+    # Descriptor 12 is one the visible tests never name: only the hidden tests see it
+    nbformat.write(_pasted(name, fresh, [('12: ("reserved", None, None, None)',
+                                          '12: ("block", 0x4000_0000, 1 * GiB, "RWX")')]), wrong)
+    blank.write_bytes(fresh[name].read_bytes())
+    for path in (right, wrong, blank):
+        path.with_suffix(".bak").write_bytes(path.read_bytes())
+    r = _grade_cli(right)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "10 of 10 points" in r.stdout and "FAILED" not in r.stdout
+    r = _grade_cli(wrong)
+    assert r.returncode == 1 and "test_a                   0/5  FAILED" in r.stdout, r.stdout
+    assert "Wrong: descriptor 12" in r.stdout and "taught:   notebook 01" in r.stdout
+    assert "5 of 10 points" in r.stdout
+    r = _grade_cli(blank)
+    assert r.returncode == 1 and "0 of 10 points" in r.stdout
+    assert "still raises NotImplementedError" in r.stdout
+    for path in (right, wrong, blank):          # the student's files are not touched
+        assert path.read_bytes() == path.with_suffix(".bak").read_bytes()
+    r = _grade_cli(folder / "missing.ipynb")
+    assert r.returncode == 2 and "no notebook" in r.stderr
+
+
+def test_choose_agrees_with_exercise_09s_stated_rules_on_the_shipped_data():
+    """Exercise 09's visible tests compare the student's rules with cmp.choose()'s rows:
+    that is only fair while, on notebooks/data/compare.json, the rules the exercise
+    states (its solution) give the same schemes as choose()."""
+    from s2pt.comparison import Comparison
+
+    solution = nbformat.read(ROOT / "solutions" / "09-choose-a-scheme.ipynb", as_version=4)
+    cells = _by_grade_id(solution)
+    cmp = Comparison.from_json((ROOT / "notebooks" / "data" / "compare.json").read_text())
+    ns = {}
+    for gid in ("el2", "many_vcpus", "fewest_retained"):
+        exec(cells[gid].source, ns)
+    rows = {need: sorted(schemes) for need, schemes, _ in cmp.choose()}
+    assert sorted(ns["el2"](cmp)) == rows["pKVM at EL2 / no RCU"]
+    assert sorted(ns["many_vcpus"](cmp)) == rows["many vCPUs"]
+    assert sorted(ns["fewest_retained"](cmp)) == rows["memory-tight"]

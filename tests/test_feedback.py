@@ -221,3 +221,102 @@ def test_check_bbm_accepts_the_kernels_collapse_and_wants_a_range_tlbi():
                 type(s)(("tlbi", "ipa", 0x4000_0000, 2), s.result, s.function) for s in t.steps]
     with pytest.raises(Wrong, match="one IPA is not enough"):
         check_bbm(ipa_only, ptep, new, 0x4000_0000, 2 * MiB, False, ("04", 2))
+
+
+# -- how a notebook shows a check: one clean message, and what passed ----------------
+
+def test_a_failure_is_one_clean_message():
+    with pytest.raises(Wrong) as e:
+        expect(0x8_0000_0234, 0x8_0000_1234, "the PA", "a rule", ("01", 5))
+    assert str(e.value).startswith("the PA.\n")                 # Python adds "Wrong: " once
+    shown = e.value._render_traceback_()                         # what IPython shows instead
+    assert shown == ["Wrong: the PA.", "  expected: 0x800001234", "  got:      0x800000234",
+                     "  rule:     a rule",
+                     '  taught:   notebook 01, section 5 "The walk, step by step"']
+
+
+def test_reveal_false_keeps_the_answer_back():
+    with pytest.raises(Wrong) as e:
+        expect(32, 33, "your prediction of 'TLBIs'", "a rule", ("02", 5), decimal=True,
+               reveal=False)
+    msg = str(e.value)
+    assert "33" not in msg and "got:      32" in msg and "kept back" in msg
+    with pytest.raises(Wrong) as e:
+        check(False, "descriptor 9: its kind", "a rule", ("01", 4), got="invalid", want="locked",
+              reveal=False)
+    assert "locked" not in str(e.value) and "got:      invalid" in str(e.value)
+
+
+def test_checks_that_pass_are_summarised(capsys):
+    from s2pt import feedback
+
+    feedback._confirmed.clear()
+    expect(0x10, 0x10, "the PA", "r", ("01", 5))
+    check(True, "the old table", "r", ("04", 7), got="freed", want="still allocated")
+    for n in range(8):
+        expect(n, n, f"count {n}", "r", ("01", 5), decimal=True)
+    feedback._summarise()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Right: 10 checks passed."
+    assert out[1:3] == ["  ✓ the PA: 0x10", "  ✓ the old table: still allocated"]
+    assert out[-1] == "  ... and 4 more" and len(out) == 1 + feedback.SUMMARY_LINES + 1
+    # A cell that failed prints no summary, and forgets what passed before the failure
+    check(True, "x", "r", ("01", 5))
+    feedback._summarise(type("Result", (), {"success": False})())
+    feedback._summarise()
+    assert capsys.readouterr().out == ""
+
+
+def test_check_bbm_confirms_once_in_positive_words(capsys):
+    from s2pt import feedback
+
+    pgt = s2pt.Stage2(ipa_bits=40, granule=4096)
+    pgt.map(0x4000_0000, 2 * MiB, 1 << 36)
+    (ptep, level, old, _), = [p for p in translation_path(pgt, 0x4000_0000) if p[1] == 2]
+    new = (old & ~pgt.addr_mask) | (1 << 37)
+    steps = _trace_walk(pgt, 0x4000_0000, 2 * MiB, _remap_visitor(("break", "tlbi", "make")))
+    feedback._confirmed.clear()
+    check_bbm(steps, ptep, new, 0x4000_0000, 2 * MiB, True, ("02", 5), what="the entry")
+    assert feedback._confirmed == ["the entry: break, a TLBI covering its range, then make"]
+    feedback._confirmed.clear()
+
+
+@pytest.mark.slow
+def test_in_a_notebook_a_failure_shows_no_traceback_and_a_pass_says_so(tmp_path):
+    """A real kernel: the failed cell's error output is the message alone (no frame of
+    s2pt/feedback.py, "Wrong:" once); the passing cell prints its summary."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from s2pt.feedback import expect\n"
+                                  "expect(3, 4, 'the count', 'a rule', ('01', 5), decimal=True)"),
+        nbformat.v4.new_code_cell("expect(4, 4, 'the count', 'a rule', ('01', 5), decimal=True)\n"
+                                  "expect('a', 'a', 'the letter', 'a rule', ('01', 5))"),
+    ])
+    km = AsyncKernelManager(kernel_name="python3",
+                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[],
+                                                                  ensure_native_kernel=True))
+    nbclient.NotebookClient(nb, km=km, allow_errors=True, timeout=120,
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    (err,) = nb.cells[0].outputs
+    assert err.output_type == "error" and err.ename == "Wrong"
+    assert err.traceback == ["Wrong: the count.", "  expected: 4", "  got:      3",
+                             "  rule:     a rule",
+                             '  taught:   notebook 01, section 5 "The walk, step by step"']
+    text = "".join(o.get("text", "") for o in nb.cells[1].outputs)
+    assert text == "Right: 2 checks passed.\n  ✓ the count: 4\n  ✓ the letter: a\n"
+
+
+def test_a_long_rule_is_wrapped_between_words_for_the_notebook():
+    from s2pt.feedback import WIDTH
+
+    rule = " ".join(["a rule that goes on"] * 12)
+    with pytest.raises(Wrong) as e:
+        expect(1, 2, "the count", rule, ("01", 5), decimal=True)
+    shown = e.value._render_traceback_()
+    assert all(len(line) <= WIDTH for line in shown)
+    assert " ".join(x.strip() for x in shown).count("a rule that goes on") == 12
+    assert str(e.value).count("\n") == 4                  # the exception itself is not wrapped

@@ -1,9 +1,15 @@
-"""Every course notebook and every solution runs top to bottom without error.
+"""Every course notebook and every solution runs top to bottom without error,
+and every course notebook passes its checks.
 
 Each notebook is executed with nbclient in a fresh ``python3`` kernel started
 from *this* interpreter (so it sees the same installed s2pt), with the
-notebook's own folder as working directory.  A failure names the notebook,
-the cell number, the cell's source and the error.
+notebook's own folder as working directory.  A course notebook's checks
+(``tests/notebook_checks/<stem>.py``, see ``tests/nbrun.py``) run in the same
+kernel after its last cell: they assert what the notebook's run computed,
+and that the numbers its prose quotes from that run are the ones it
+computed.  The notebooks themselves hold teaching only: no test cells.
+A failure names the notebook, the cell number, the cell's source and the
+error.
 """
 
 from __future__ import annotations
@@ -13,26 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from nbrun import CHECKS, run
+
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
-    (ROOT / "solutions").glob("*.ipynb")
-)
-CELL_TIMEOUT = 600  # seconds per cell
+COURSE = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = COURSE + sorted((ROOT / "solutions").glob("*.ipynb"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _kernel_manager():
-    """A KernelManager for ``python3`` that runs ``sys.executable``.
-
-    Looking in no kernelspec folders leaves only ipykernel's built-in spec,
-    which points at the current interpreter; a ``python3`` kernelspec that
-    someone installed for another Python cannot be picked up by mistake.
-    """
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-
-    ksm = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)
-    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ksm)
 
 
 def _failing_cell(nb) -> tuple[int, str] | None:
@@ -46,31 +38,35 @@ def _failing_cell(nb) -> tuple[int, str] | None:
     return None
 
 
+def test_every_course_notebook_has_checks_and_no_test_cells():
+    import nbformat
+
+    for path in COURSE:
+        assert (CHECKS / f"{path.stem}.py").is_file(), f"no tests/notebook_checks/{path.stem}.py"
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            assert "def tests(" not in cell.source, f"{path.name}: a tests() cell (move it to {CHECKS.name}/)"
+            assert not re.match(r"#+ Tests\s*$", cell.source.strip()), f"{path.name}: a Tests section"
+    stray = {p.stem for p in CHECKS.glob("*.py")} - {p.stem for p in COURSE}
+    assert not stray, f"checks for notebooks that do not exist: {stray}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "path", NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS]
 )
 def test_notebook_runs(path: Path):
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        km=_kernel_manager(),
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
     failure = None
     try:
-        # cleanup_kc: shut the kernel down afterwards even though we made it.
-        client.execute(cleanup_kc=True)
+        run(path)
     except CellExecutionError as exc:
         # str(exc) holds the cell's source and the kernel's traceback.
+        nb = nbformat.read(path, as_version=4)
         where = _failing_cell(nb)
-        cell = f"cell {where[0]}" if where else "a cell"
+        cell = f"cell {where[0]}" if where else "a cell (or its checks, tests/notebook_checks/)"
         failure = (
             f"{path.relative_to(ROOT)} failed in {cell}: {exc.ename}: {exc.evalue}\n\n"
             + ANSI.sub("", str(exc))

@@ -149,7 +149,7 @@ def test_coalescing_without_tlbi_frees_a_table_the_walk_cache_points_to():
     f = r.found["use-after-free"]
     v = f.violation
     assert v.actor == "CPU0" and v.function == "stage2_coalesce_walk_table_post"
-    assert "walk cache" in v.explanation and "vCPU1's walk cache" in v.message
+    assert "walk cache" in v.explanation and "host CPU1's walk cache" in v.message
     w = replay("coalesce-vs-host-fault-no-tlbi", "hyp-lock", f.schedule_text)
     assert [x.kind for x in w.violations] == ["use-after-free"]
     assert "^^^ USE-AFTER-FREE ^^^" in w.diagram()

@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from ..comparison import MAX_VCPUS, compare
 from ..errors import S2ptError
+from ..scenarios import SCENARIOS
+from ..schemes import SCHEMES
 from .registry import arg, command, nonneg as _nonneg, positive as _pos
 
 
@@ -27,8 +30,37 @@ def _names(values):
     return out
 
 
-def _progress(text):
-    print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+class _Progress:
+    """Progress on stderr, so that a run of minutes is never silent (stdout
+    keeps the table or the JSON).  On a terminal one line is rewritten in
+    place; otherwise (a pipe, a notebook's ``!python -m s2pt compare``) a
+    line is printed when a part starts and at most every ``every`` seconds."""
+
+    def __init__(self, live: bool, header: str, every: float = 5.0):
+        self.live, self.header, self.every = live, header, every
+        self.t0 = time.monotonic()
+        self.last, self.part = None, None
+
+    def __call__(self, text: str) -> None:
+        if self.header:              # first said when the input has been accepted
+            print(self.header, file=sys.stderr, flush=True)
+            self.header = None
+        now = time.monotonic() - self.t0
+        line = f"[{now:5.0f} s] {text}"
+        part = text.split(":", 1)[0]
+        if self.live:
+            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        elif part != self.part or self.last is None or now - self.last >= self.every:
+            print(line, file=sys.stderr, flush=True)
+            self.last = now
+        self.part = part
+
+    def done(self) -> None:
+        if self.header:
+            return
+        if self.live:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+        print(f"[{time.monotonic() - self.t0:5.0f} s] done", file=sys.stderr, flush=True)
 
 
 @command("compare", help="every scheme against every scenario: verdicts, costs, mutations", args=[
@@ -69,14 +101,18 @@ def compare_cmd(args) -> int:
         raise S2ptError("--plot needs the costs: drop --no-costs")
     if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
         raise S2ptError(f"--plot {args.plot!r}: give a .png, .svg or .pdf file name")
-    live = sys.stderr.isatty() and not args.json
-    progress = _progress if live else None
-    c = compare(_names(args.scheme), _names(args.scenario), costs=not args.no_costs,
+    schemes, scenarios = _names(args.scheme), _names(args.scenario)
+    jobs = min(args.jobs or os.cpu_count() or 1, 64)
+    progress = _Progress(sys.stderr.isatty(), header=(
+        f"comparing {len(schemes or SCHEMES)} schemes on {len(scenarios or SCENARIOS)} scenarios"
+        f" (exhaustive searches in {jobs} worker process{'es' if jobs > 1 else ''}"
+        + ("" if args.no_costs else f", then costs with 1-{args.vcpus} vCPUs")
+        + (", then every mutation" if args.mutations else "") + "); progress follows"))
+    c = compare(schemes, scenarios, costs=not args.no_costs,
                 vcpus=args.vcpus, runs=args.runs, seed=args.seed, sample_runs=args.sample_runs,
                 mutations=args.mutations, max_states=args.max_states, progress=progress,
-                jobs=min(args.jobs or os.cpu_count() or 1, 64))
-    if live:
-        print("\r\033[K", end="", file=sys.stderr, flush=True)
+                jobs=jobs)
+    progress.done()
     if args.plot:
         try:
             c.plot().savefig(args.plot)

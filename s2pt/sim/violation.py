@@ -122,7 +122,7 @@ def _explain(world, ev, kind, message, actor, fn) -> str:
             return f"{actor} ({fn}) freed table page {page:#x} again{who}." if page else \
                 f"{actor} ({fn}): {message}."
         if "walk cache" in message:
-            return (f"{actor} ({fn}) freed a table page that a vCPU's walk cache still points "
+            return (f"{actor} ({fn}) freed a table page that a CPU's walk cache still points "
                     f"to: {message}.")
         if page is None:
             return f"{actor} ({fn}) followed a pointer read from freed memory: {message}."

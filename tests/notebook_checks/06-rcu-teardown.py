@@ -1,0 +1,82 @@
+# Notebook 06: the grace period drawn from a run and the step numbers the prose reads off
+# it, rcu-rfc's costs, the boring traversal, the MMU, and the exhaustive searches.
+def _at(run, cpu, op, nth=0, text=None):
+    hits = [e.index for e in run.events if e.cpu == cpu and e.op[0] == op
+            and (text is None or step_text(run, e).startswith(text))]
+    return hits[nth] if nth < len(hits) else hits[-1]
+
+# The run: no violation, the table freed by the callback thread
+assert w.outcome == "done" and not w.violations
+[(step, cpu, _)] = w.frees.values()
+assert w.actors[cpu].name == "rcu"
+brk, pub, call = _at(w, 0, "cmpxchg"), _at(w, 0, "smp_store_release"), _at(w, 0, "call_rcu")
+sub1 = _at(w, 1, "READ_ONCE", text="READ_ONCE(L2[0])")
+reread0 = [e.index for e in w.events if e.cpu == 0 and step_text(w, e).startswith("READ_ONCE(L2[0])")][-1]
+cx1 = _at(w, 1, "cmpxchg")
+says(f"At step {brk} vCPU0's `cmpxchg` breaks the level-2 entry")
+says(f"at step {pub} `stage2_make_pte()` publishes the block")
+says(f"vCPU1 read it at step {sub1}, before the break")
+says(f"vCPU0 re-reads at step {reread0}")
+says(f"its `cmpxchg` at step {cx1} succeeds")
+says(f"Between step {pub} and the free")
+says(f"`call_rcu()` at step {call} does not free anything")
+# One grace period: from call_rcu to the last pre-existing reader's unlock, then the free
+[g] = t.periods
+assert g["start"] == call + 1 and [w.actors[c].name for c in g["waited_for"]] == ["vCPU0", "vCPU1"]
+unlock1 = _at(w, 1, "rcu_read_unlock")
+assert g["end"] == unlock1 + 1 < step
+says(f"vCPU1, leaves at step {unlock1}")
+# vCPU2's section began after call_rcu and outlived the free: not waited for
+enter2, leave2 = _at(w, 2, "rcu_read_lock"), _at(w, 2, "rcu_read_unlock")
+assert call < enter2 and leave2 > step
+says(f"Its section began at step {enter2}, after `call_rcu()`, and lasts until step {leave2}")
+says(f"vCPU2 entered its section (step {enter2}) after vCPU0 had published the block and called "
+     f"`call_rcu()` (steps {pub}-{call})")
+# The MMU is not a reader: the grace period does not cover it
+assert hw.kinds == {"use-after-free"} and hw_run.violations[0].kind == "use-after-free"
+# rcu-rfc: 512 xchg inside break-before-make, a long LOCKED window, -EAGAIN for a late fault
+assert bbm_window["rcu-rfc"] > 100 * bbm_window["rcu"]
+says(f"instead of {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'][bbm_window['rcu']]}")
+assert 900 <= bbm_window["rcu-rfc"] < 1200
+says("stays `LOCKED` for a thousand steps")
+assert late.results[1].eagain and not late.violations
+assert cmp2.cell("rcu", "collapse-vs-fault").safe and cmp2.cell("rcu-rfc", "collapse-vs-fault").safe
+assert cmp2.cost("rcu", 2).mean("xchg_per_fault") == 0 < cmp2.cost("rcu-rfc", 2).mean("xchg_per_fault")
+assert 100 <= cmp2.cost("rcu-rfc", 2).mean("atomics_per_fault") < 1000
+says("`rcu-rfc` pays hundreds of atomic operations per fault")
+# The pruner spins on vCPU1's LOCKED entry, then takes its page; plain stores leak the table
+assert any(ev.cpu == 0 and ev.op[0] == "cpu_relax" for ev in spin.events) and not spin.violations
+assert "leak" in plain.kinds and lost.violations[0].kind == "leak"
+assert 1500 <= len(spin.diagram(fold=False).splitlines()) < 2500
+says("Unfolded, the diagram has two thousand lines")
+# The boring traversal: no atomics on the callback thread
+assert cb_ops["READ_ONCE"] > 500 and not (cb_ops["xchg"] or cb_ops["cmpxchg"]) and not boring.violations
+assert 900 <= cb_ops["READ_ONCE"] < 1200 and cb_ops["put_page"] < 10
+says("A thousand plain reads and a few `put_page`s")
+# Planning a schedule: the counts the prose quotes
+_own = {a.name: [e for e in plan.events if e.cpu == i] for i, a in enumerate(plan.actors)}
+assert [e.op[0] for e in _own["vCPU1"][:3]][-1] == "rcu_read_lock"
+assert _own["vCPU0"][13].op[0] == "call_rcu"
+says("So `1*3` puts vCPU1 inside its section, and `0*14` takes vCPU0 up to its `call_rcu()`")
+# Try to break it: only the fourth attempt is refused, and why
+_refused = []
+for _s in attempts:
+    try:
+        s2pt.replay("collapse-vs-fault-3", "rcu", _s)
+    except s2pt.S2ptError as _e:
+        _refused.append((_s, str(_e)))
+assert [s for s, _ in _refused] == [attempts[3]] and "grace period" in _refused[0][1]
+says("The fourth attempt is refused")
+# Exhaustive and complete: nothing under rcu in any bug-free scenario
+assert searches and all(r.complete and not r.kinds for r in searches.values())
+assert 600_000 <= searches["collapse-vs-fault-3"].states < 800_000
+says("The 3-vCPU one visits about 700,000 states")
+# Notebook 04's 16 GiB guest: the collapses it unlinked
+_g = s2pt.VM(eager_split_chunk=2 * (1 << 20))
+_slot = _g.add_memslot(1 << 30, 16 << 30, backing="2M")
+_g.touch(_slot.gpa, _slot.size, write=True, stride=2 << 20)
+_g.enable_dirty_logging(_slot)
+_g.disable_dirty_logging(_slot)
+with _g.measure() as _m:
+    _g.touch(_slot.gpa, _slot.size, stride=64 * 4096, write_every=10)
+says(f"notebook 04's 16 GiB guest unlinked {_m['tables_freed']}")

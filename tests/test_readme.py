@@ -1,0 +1,27 @@
+"""The front page stays a front page, and its ten lines of library run as written."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_the_front_page_keeps_to_what_a_newcomer_needs():
+    assert len(README) < 8000, f"README.md is {len(README)} characters: move detail to docs/"
+    for doc in ("architecture", "performance", "instructors"):
+        assert f"(docs/{doc}.md)" in README and (ROOT / "docs" / f"{doc}.md").is_file()
+
+
+def test_the_library_snippet_runs(capsys):
+    (snippet,) = re.findall(r"## The library, in ten lines\n\n```python\n(.*?)```", README, re.S)
+    assert len(snippet.strip().splitlines()) <= 10
+    exec(compile(snippet, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "use-after-free" in out and "PA 0x800001234" in out.replace("_", "")
+
+
+def test_the_course_table_lists_every_notebook():
+    names = {p.stem.split("-", 1)[1] for p in (ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb")}
+    listed = set(re.findall(r"^\| \d\d \| `([\w-]+)` \|", README, re.M))
+    assert listed == names
