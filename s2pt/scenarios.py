@@ -415,7 +415,12 @@ _add(Scenario(
     "vCPU1, vCPU2 and vCPU3 each take an access-flag fault on the same aged page of it "
     "(handle_access_fault); the three readers are interchangeable, searched once",
     build_collapse_vs_readers,
-    {"none": {"use-after-free": SOMETIMES}, "rcu": {}}, cpus=4, params={"readers": 3}))
+    {"none": {"use-after-free": SOMETIMES}, "rcu": {}, "rcu-rfc": {}, "write-lock": {},
+     # vCPU0's fault wants the block and may not collapse on the read side:
+     # -EAGAIN and the same fault again, as in collapse-vs-fault
+     "rwlock": {"livelock": SOMETIMES}, "hyp-lock": {},
+     "refcount": {"use-after-free": SOMETIMES}, "refcount-revalidate": {}},
+    cpus=4, params={"readers": 3}))
 _add(Scenario(
     "unmap-vs-fault",
     "an MMU-notifier unmap empties and frees a level-3 table while vCPU1's mkyoung "
