@@ -325,6 +325,7 @@ class StateSpace:
         self.needs = self.window.needs if self.window is not None else frozenset()
         self.facts = None
         self._linked_memo: dict = {}
+        self._holders = None
         self.end_memo: dict = {}
         self.live.alloc = (tuple(mm.free_list), mm.allocated)
         self.live.mc = self._mc_state()
@@ -716,16 +717,28 @@ class StateSpace:
         """Does a CPU other than ``i`` hold a pointer into the table page at
         ``pa`` in state ``s``: in its locals, or in its MMU's walk cache?"""
         pfn = pa >> self.shift
+        nodes = self.nodes
         for j, nid in enumerate(s[1]):
-            if j != i and pfn in self.pointers(nid):
-                return True
-        vcpu_i = self.w.machine.vcpu_of.get(i)
-        st = self.mstates[s[0]][4]
-        for k, part in enumerate(self.stateful):
-            held = getattr(part, "sim_pointers", None)
-            if held is not None and getattr(part, "vcpu", None) != vcpu_i \
-                    and any(p >> self.shift == pfn for p in held(st[k])):
-                return True
+            if j != i:
+                ptrs = nodes[nid].pointers
+                if ptrs is None:
+                    ptrs = self.pointers(nid)
+                if pfn in ptrs:
+                    return True
+        holders = self._holders
+        if holders is None:
+            holders = self._holders = [(k, part.sim_pointers, getattr(part, "vcpu", None))
+                                       for k, part in enumerate(self.stateful)
+                                       if hasattr(part, "sim_pointers")]
+        if holders:
+            vcpu_i = self.w.machine.vcpu_of.get(i)
+            st = self.mstates[s[0]][4]
+            shift = self.shift
+            for k, held, vcpu in holders:
+                if vcpu != vcpu_i:
+                    ptrs = held(st[k])
+                    if ptrs and any(p >> shift == pfn for p in ptrs):
+                        return True
         return False
 
     def held_by_other(self, s, i, lock) -> bool:
