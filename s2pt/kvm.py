@@ -91,6 +91,10 @@ class MmuLock:
 
     #: Flags of a vCPU fault's walk: shared, and -EAGAIN goes back to the guest.
     fault_flags = pt.HANDLE_FAULT | pt.SHARED
+    #: Whose walker the VM's table follows (s2pt.stage2.KvmPgtable's
+    #: ``kernel``): None, today's mainline; a locking that models an older
+    #: kernel names it ("6.1": s2pt.schemes.WriteLockScheme).
+    kernel = None
 
     def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
         """Around a fault's walk.  ``unlinks``: this fault may replace a
@@ -251,6 +255,8 @@ class VM:
             flags &= ~pt.NO_COLLAPSE
         self.fault_flags = flags
         self._memcache_capacity = memcache_capacity
+        # The table follows the walker of the kernel the locking models.
+        config.setdefault("kernel", getattr(self.locking, "kernel", None))
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
@@ -281,6 +287,10 @@ class VM:
     def _check_chunk(self, chunk, explicit_cap: bool = False):
         if not _is_int(chunk) or chunk < 0:
             raise S2ptError(f"eager_split_chunk={chunk!r}: must be 0 or a supported block size")
+        if chunk and self.pgt.pre_6_2:
+            raise S2ptError(f"eager_split_chunk={chunk:#x}: this VM models v6.1 (its locking's "
+                            f"kernel), and eager page splitting "
+                            f"(KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE) arrived in v6.5; use 0")
         sizes = self.pgt.geom.block_sizes()
         if chunk and chunk not in sizes:
             raise S2ptError(

@@ -430,8 +430,12 @@ def stage2_try_break_pte(ctx: VisitCtx, mmu=None):
         return False
     if not ctx.flags & SKIP_BBM_TLBI:
         if kvm_pte_table(ctx.old, ctx.level):
-            size = pgt.granule_size[ctx.level]
-            yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
+            if pgt.table_break_flushes_vmid:
+                # RFC v1 (and v6.2 to v6.5): the whole VMID
+                yield tlbi("vmid")                    # __kvm_tlb_flush_vmid
+            else:
+                size = pgt.granule_size[ctx.level]
+                yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
         elif kvm_pte_valid(ctx.old):
             yield tlbi("ipa", ctx.addr, ctx.level)
     if ctx.pgt.pte_is_counted(ctx.old, ctx.level):
@@ -454,8 +458,11 @@ def stage2_make_pte(ctx: VisitCtx, new: int):
 # ---------------------------------------------------------------------------
 
 class Stage2MapData:
-    """struct stage2_map_data."""
-    __slots__ = ("phys", "attr", "owner_id", "memcache", "force_pte", "annotation")
+    """struct stage2_map_data.  ``anchor`` and ``childp`` are v6.1's (the
+    table entry a collapse cleared, and the table it pointed to); they stay
+    None on today's walker."""
+    __slots__ = ("phys", "attr", "owner_id", "memcache", "force_pte", "annotation", "anchor",
+                 "childp")
 
     def __init__(self, phys=0, attr=0, owner_id=0, memcache=None, force_pte=False,
                  annotation=False):
@@ -465,6 +472,8 @@ class Stage2MapData:
         self.memcache = memcache
         self.force_pte = force_pte
         self.annotation = annotation
+        self.anchor = None
+        self.childp = None
 
 
 def stage2_map_walker_phys_addr(ctx: VisitCtx, data: Stage2MapData) -> int:
@@ -500,6 +509,19 @@ def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
     return not (phys & (gran - 1)) and not (ctx.addr & (gran - 1))
 
 
+def stage2_put_pte(ctx: VisitCtx):
+    """v6.1's stage2_put_pte(): "Clear the existing PTE, and perform
+    break-before-make with TLB maintenance if it was valid", then drop the
+    entry's reference.  No KVM_INVALID_PTE_LOCKED, no cmpxchg: before v6.2
+    every walk was exclusive, so the cleared entry needed no lock.  (Today
+    the map path breaks with stage2_try_break_pte; unmap keeps a clear.)"""
+    if kvm_pte_valid(ctx.old):
+        yield WRITE_ONCE(ctx.ptep, 0)        # kvm_clear_pte
+        if not ctx.flags & SKIP_BBM_TLBI:
+            yield tlbi("ipa", ctx.addr, ctx.level)   # __kvm_tlb_flush_vmid_ipa
+    yield put_page(ctx.ptep)
+
+
 def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     pgt = ctx.pgt
     if not stage2_leaf_mapping_allowed(ctx, data):
@@ -513,30 +535,36 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     # "Skip updating the PTE if we are trying to recreate the exact same
     # mapping or only change the access permissions.  Instead, the vCPU will
     # exit one more time from guest if still needed and then go through the
-    # path of relaxing permissions."
+    # path of relaxing permissions."  (v6.1 asked only when the old entry
+    # was counted; an uncounted one is empty, and needs an update anyway.)
     if not stage2_pte_needs_update(ctx.old, new):
         return -EAGAIN
 
-    # "If we're only changing software bits, then store them and go!"
-    if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
-        old_counted = pgt.pte_is_counted(ctx.old, ctx.level)
-        if old_counted != pgt.pte_is_counted(new, ctx.level):
-            yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
-        if not (yield from stage2_try_set_pte(ctx, new)):
-            pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
-        if not pgt.map_phys_from_ipa and not data.annotation:
-            data.phys += pgt.granule_size[ctx.level]     # before 1f0f4a2ef7a5
-        return 0
+    if pgt.pre_6_2:
+        # v6.1: clear the old entry (with its TLBI) and drop its reference.
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield from stage2_put_pte(ctx)
+    else:
+        # "If we're only changing software bits, then store them and go!"
+        if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
+            old_counted = pgt.pte_is_counted(ctx.old, ctx.level)
+            if old_counted != pgt.pte_is_counted(new, ctx.level):
+                yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
+            if not (yield from stage2_try_set_pte(ctx, new)):
+                pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
+            if not pgt.map_phys_from_ipa and not data.annotation:
+                data.phys += pgt.granule_size[ctx.level]     # before 1f0f4a2ef7a5
+            return 0
 
-    if not (yield from stage2_try_break_pte(ctx)):
-        return -EAGAIN
+        if not (yield from stage2_try_break_pte(ctx)):
+            return -EAGAIN
 
-    # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
-    # for a block has its subtree locked and torn down here, before the make:
-    # the entry stays LOCKED all that time.
-    prune = pgt.mm_ops.prune_unlinked_table
-    if prune is not None and kvm_pte_table(ctx.old, ctx.level):
-        yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
+        # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
+        # for a block has its subtree locked and torn down here, before the make:
+        # the entry stays LOCKED all that time.
+        prune = pgt.mm_ops.prune_unlinked_table
+        if prune is not None and kvm_pte_table(ctx.old, ctx.level):
+            yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
 
     # Perform CMOs before installation of the guest stage-2 PTE (only where
     # the owner's mm_ops provide them: pKVM's host stage 2 has none).
@@ -548,7 +576,14 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     if not ctx.flags & SKIP_CMO and mm_ops.icache_inval_pou and stage2_pte_executable(new):
         yield cmo("icache_inval_pou", phys, gran)
 
-    yield from stage2_make_pte(ctx, new)
+    if pgt.pre_6_2:
+        # v6.1: "smp_store_release(ptep, new); if (stage2_pte_is_counted(new))
+        # mm_ops->get_page(ptep);"
+        yield smp_store_release(ctx.ptep, new)
+        if pgt.pte_is_counted(new, ctx.level):
+            yield get_page(ctx.ptep)
+    else:
+        yield from stage2_make_pte(ctx, new)
     if not pgt.map_phys_from_ipa and not data.annotation:
         data.phys += gran           # "data->phys += granule", before 1f0f4a2ef7a5
     return 0
@@ -564,17 +599,63 @@ def stage2_map_walk_table_pre(ctx: VisitCtx, data: Stage2MapData):
     A walk with the model's NO_COLLAPSE flag (not a kernel flag: the
     ``rwlock`` scheme's rendering of Oliver Upton's sketch) declines here,
     so the walk descends and maps inside the table instead.
+
+    **v6.1** (``pgt.kernel == "6.1"``): "The idea is that the TABLE_PRE
+    callback runs for table entries on the way down, looking for table
+    entries which we could conceivably replace with a block entry for this
+    mapping.  If it finds one, then it sets the 'anchor' field in 'struct
+    stage2_map_data' to point at the table entry, before clearing the entry
+    to zero and descending into the now detached table."  It flushes the
+    whole VMID ("as we may have numerous leaf entries below us which would
+    otherwise need invalidating individually"); the leaf visits below the
+    anchor drop their references and stage2_map_walk_table_post frees the
+    tables on the way up and installs the block at the anchor -- the
+    break-before-make window spans the whole teardown.  5c359cca1faf (v6.2)
+    moved the teardown after the make.
     """
-    childp = ctx.old & ctx.pgt.addr_mask
+    pgt = ctx.pgt
+    childp = ctx.old & pgt.addr_mask
     if ctx.flags & NO_COLLAPSE:
         return 0
+    if pgt.pre_6_2 and data.anchor is not None:
+        return 0
     if not stage2_leaf_mapping_allowed(ctx, data):
+        return 0
+    if pgt.pre_6_2:
+        data.childp = childp
+        yield WRITE_ONCE(ctx.ptep, 0)                 # kvm_clear_pte
+        if not ctx.flags & SKIP_BBM_TLBI:
+            yield tlbi("vmid")                        # __kvm_tlb_flush_vmid
+        data.anchor = ctx.ptep
         return 0
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
     if ret:
         return ret
-    yield from ctx.pgt.mm_ops.free_unlinked_table(ctx.pgt, childp, ctx.level)
+    yield from pgt.mm_ops.free_unlinked_table(pgt, childp, ctx.level)
     return 0
+
+
+def stage2_map_walk_table_post(ctx: VisitCtx, data: Stage2MapData):
+    """v6.1 only: "the TABLE_POST callback does nothing if the anchor has
+    not been set, but otherwise frees the page-table pages while walking
+    back up the page-table, installing the block entry when it revisits the
+    anchor pointer and clearing the anchor to NULL."  Each table below the
+    anchor is put twice (its own last reference, and its parent entry's on
+    the parent); at the anchor the block goes in first (stage2_map_walk_leaf
+    on the cleared entry), then the old table's page goes."""
+    if data.anchor is None:
+        return 0
+    ret = 0
+    if data.anchor == ctx.ptep:
+        childp = data.childp
+        data.anchor = data.childp = None
+        ctx.old = yield READ_ONCE(ctx.ptep)           # stage2_map_walk_leaf: pte = *ptep
+        ret = yield from stage2_map_walk_leaf(ctx, data)
+    else:
+        childp = (yield READ_ONCE(ctx.ptep)) & ctx.pgt.addr_mask   # kvm_pte_follow(*ptep)
+    yield put_page(childp)
+    yield put_page(ctx.ptep)
+    return ret
 
 
 def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
@@ -584,11 +665,18 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     table.  Accesses beyond 'end' that fall within the new table will be
     mapped lazily."  The reload then descends into the new table.
     """
+    pgt = ctx.pgt
+    if data.anchor is not None:
+        # v6.1, below the anchor: "we drop references to all valid leaves so
+        # that the pages beneath the anchor can be freed".
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield put_page(ctx.ptep)
+        return 0
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
     if ret != -E2BIG:
         return ret
     if ctx.level == 3:
-        ctx.pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
+        pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
         return -EINVAL
     if data.memcache is None:
         return -ENOMEM
@@ -597,6 +685,14 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
         return -ENOMEM
     if getattr(data, "prefault", False) and kvm_pte_valid(ctx.old):
         yield from stage2_map_prefault_idmap(ctx, childp)
+    if pgt.pre_6_2:
+        # v6.1: clear the block (stage2_put_pte), then kvm_set_table_pte()
+        # (smp_store_release) and take the new entry's reference.
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield from stage2_put_pte(ctx)
+        yield smp_store_release(ctx.ptep, d.kvm_init_table_pte(childp, pgt.page_shift))
+        yield get_page(ctx.ptep)
+        return 0
     if not (yield from stage2_try_break_pte(ctx)):
         yield put_page(childp)
         return -EAGAIN
@@ -631,6 +727,8 @@ def stage2_map_walker(ctx: VisitCtx, visit: int):
         return (yield from stage2_map_walk_table_pre(ctx, data))
     if visit == LEAF:
         return (yield from stage2_map_walk_leaf(ctx, data))
+    if visit == TABLE_POST and ctx.pgt.pre_6_2:
+        return (yield from stage2_map_walk_table_post(ctx, data))
     return -EINVAL
 
 
@@ -641,7 +739,8 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     if not pgt.counts_every_entry or not pgt.map_phys_from_ipa:
         return 0          # the numpy twin assumes "counted = non-zero" and 1f0f4a2ef7a5
     mdata = data.walker.arg
-    if mdata.annotation or (mdata.force_pte and level < 3) or not pgt.supports_block(level):
+    if (mdata.annotation or mdata.anchor is not None or (mdata.force_pte and level < 3)
+            or not pgt.supports_block(level)):
         return 0
     gran = pgt.granule_size[level]
     addr = data.addr
@@ -685,7 +784,10 @@ def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
     data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc,
                          force_pte or (pgt.force_pte_cb is not None
                                        and pgt.force_pte_cb(addr, addr + size, attr)))
-    walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF, stage2_map_bulk)
+    # Since v6.2 the map walk has no TABLE_POST; v6.1's tore the subtree
+    # down and installed the block there.
+    post = TABLE_POST if pgt.pre_6_2 else 0
+    walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF | post, stage2_map_bulk)
     if pgt.idmap and addr != phys:
         pgt.warn("kvm_pgtable_stage2_map: identity map with addr != phys")
         return -EINVAL
@@ -711,7 +813,8 @@ def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
     data.memcache, data.owner_id = mc, owner_id
     data.force_pte, data.annotation = True, True
     if cb is None:
-        walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF)
+        post = TABLE_POST if pgt.pre_6_2 else 0          # v6.1: the anchor's TABLE_POST
+        walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF | post)
     else:
         walker = Walker(cb, data, flags | TABLE_PRE | LEAF | TABLE_POST)
     return (yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk))
@@ -963,7 +1066,9 @@ def kvm_pgtable_stage2_relax_perms(pgt, addr, prot: int, flags=0):
     ret = yield from stage2_update_leaf_attrs(pgt, addr, 1, set_, clr, data, flags)
     if not ret or ret == -EAGAIN:
         # Kernel passes the level the attr walker saw (TTL unknown if none).
-        yield tlbi("ipa_nsh", addr, data.level)
+        # v6.1 invalidated on every CPU (__kvm_tlb_flush_vmid_ipa); the
+        # local __kvm_tlb_flush_vmid_ipa_nsh came later.
+        yield tlbi("ipa" if pgt.pre_6_2 else "ipa_nsh", addr, data.level)
     return ret
 
 

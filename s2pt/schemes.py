@@ -22,6 +22,15 @@ The schemes:
     takes ``rcu_read_lock`` for shared walks), other updates under the write
     lock, and unlinked tables go to ``call_rcu``, whose callback frees the
     subtree with a "boring traversal" (``stage2_free_unlinked_table_rcu_cb``).
+    The model follows mainline today, not v6.2 itself: v6.2 named the
+    callbacks ``stage2_free_removed_table[_rcu_cb]``,
+    ``kvm_pgtable_stage2_free_removed`` and ``mm_ops->free_removed_table``
+    (c14d08c5adb2 renamed them "unlinked" in v6.5), passed faults only
+    ``KVM_PGTABLE_WALK_SHARED`` (``KVM_PGTABLE_WALK_HANDLE_FAULT`` came with
+    ddcadb297ce5, v6.3), ran handle_access_fault under the write lock (until
+    fc61f554e694, v6.3), lacked the reload of a9f0e3d5a089 (v6.4) and
+    flushed the whole VMID when it broke a table entry (range TLBIs came in
+    v6.6).  Traces use today's names.
 ``none``
     A **counterfactual**: no kernel ever shipped it.  The same parallel
     faults under the read lock as ``rcu``, but the unlinked subtree is freed
@@ -78,6 +87,9 @@ class Scheme(MmuLock):
 
     name = "?"
     summary = ""
+    #: Which kernel (or which proposal, on which kernel) the scheme models;
+    #: ``kernel`` (s2pt.kvm.MmuLock) is the walker its VM's table follows.
+    version = ""
 
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
@@ -88,17 +100,21 @@ class Scheme(MmuLock):
         return pt.MmOps(self.free_unlinked_table)
 
     def __repr__(self):
-        return f"<scheme {self.name}: {self.summary}>"
+        return f"<scheme {self.name} ({self.version}): {self.summary}>"
 
 
 class RcuScheme(Scheme):
     name = "rcu"
+    version = ("mainline today: the design of v6.2, with the names of v6.5 (c14d08c5adb2, "
+               "'unlinked'), HANDLE_FAULT and handle_access_fault under the read lock "
+               "(v6.3), the reload of a9f0e3d5a089 (v6.4) and range TLBIs (v6.6)")
     summary = ("faults under read_lock(mmu_lock) inside RCU read-side sections; other "
                "updates under write_lock; unlinked tables freed by call_rcu")
 
 
 class NoneScheme(Scheme):
     name = "none"
+    version = "a counterfactual, on today's mainline walker"
     summary = ("counterfactual, never shipped: parallel faults under read_lock(mmu_lock), "
                "unlinked tables freed at once (no grace period)")
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
@@ -106,6 +122,8 @@ class NoneScheme(Scheme):
 
 class HypLockScheme(Scheme):
     name = "hyp-lock"
+    version = ("pKVM's host stage 2 at EL2 on today's mainline walker, with "
+               "android15-6.6's coalescing (s2pt.pkvm)")
     summary = ("pKVM at EL2: host faults, donations and reclaims under hyp_spin_lock("
                "&host_mmu.lock); exclusive walks; unlinked tables freed at once; the "
                "host CPUs' MMUs take no lock")
@@ -144,14 +162,38 @@ class WriteLockScheme(Scheme):
 
     Safe, and its cost is the one the series was written for: faults that
     map or collapse serialise behind one lock and "predictably can pile up
-    all the vCPUs in a sufficiently large VM".  The model runs today's
-    walker with the old locking (flags 0: exclusive, no HANDLE_FAULT).
+    all the vCPUs in a sufficiently large VM".
+
+    **The kernel it models: v6.1**, walker included (``kernel = "6.1"``: the
+    VM's table is built with the v6.1 switch of the one walker,
+    s2pt.stage2.KvmPgtable).  Fault walks have flags 0 (exclusive: no
+    KVM_PGTABLE_WALK_SHARED, and no KVM_PGTABLE_WALK_HANDLE_FAULT, which
+    ddcadb297ce5 added in v6.3); handle_access_fault takes the write lock
+    (fc61f554e694 moved it behind the read lock in v6.3).  A collapse is
+    v6.1's anchor walk: stage2_map_walk_table_pre clears the table entry
+    and flushes the whole VMID (__kvm_tlb_flush_vmid), the leaf visits put
+    every page of the subtree and stage2_map_walk_table_post frees the
+    tables on the way up and installs the block at the anchor, so the
+    entry stays invalid for the whole teardown (a break-before-make window
+    of over a thousand steps for a 2M collapse, like ``rcu-rfc``'s but with
+    plain stores); 5c359cca1faf (v6.2) moved the teardown after the make.
+    There is no mm_ops->free_unlinked_table in v6.1 (free_removed_table
+    arrived with 5c359cca1faf); this scheme's ``free_unlinked_table`` is
+    never called.  Replacing a leaf clears it first (stage2_put_pte), with
+    no KVM_INVALID_PTE_LOCKED.  Simplification: the unmap and attribute
+    walks run today's code on the v6.1 table (they differ in details that
+    no scenario here reaches: TLBI level hints, the return value of an
+    attribute walk that meets an invalid entry).  Eager page splitting
+    arrived in v6.5: a write-lock VM refuses an eager split chunk, and the
+    eager-split scenario does not declare this scheme.
     """
 
     name = "write-lock"
-    summary = ("before 6.2: a fault that only relaxes permissions under read_lock(mmu_lock), "
-               "every other fault under write_lock; exclusive walks; unlinked tables freed "
-               "at once")
+    kernel = "6.1"
+    version = "v6.1, walker included (the last kernel before the parallel-faults series)"
+    summary = ("v6.1: a fault that only relaxes permissions under read_lock(mmu_lock), "
+               "every other fault under write_lock; exclusive walks; a collapse tears the "
+               "subtree down inside its break-before-make (the anchor walk)")
     fault_flags = 0
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
 
@@ -202,6 +244,7 @@ class RwlockScheme(Scheme):
     """
 
     name = "rwlock"
+    version = "Oliver Upton's sketch in the 2022 thread, on today's mainline walker"
     summary = ("Oliver Upton's sketch: faults in parallel under read_lock(mmu_lock) that never "
                "replace a table by a block; unmap under write_lock; logging off unmaps the "
                "memslot; no RCU, tables freed at once")
@@ -245,24 +288,43 @@ class RcuRfcScheme(Scheme):
     Faults run in parallel as in ``rcu`` (``read_lock(&kvm->mmu_lock)``,
     shared walks inside RCU read-side sections).  What differs is the
     teardown.  A fault that collapses a table into a block breaks the table
-    entry (``stage2_try_break_pte``: LOCKED, TLBI), then, before it makes
-    the block (``stage2_make_pte``), walks the subtree it has just unlinked.
-    It "locks" every descendant entry with ``xchg`` so that no other walker
-    can install into it, follows whatever each exchange took out, and
-    drops each entry's reference at once
-    (:func:`s2pt.pgtable.stage2_prune_unlinked_table`).  An entry already
-    LOCKED by another walker is spun on.  Each table page's last reference
-    goes to ``call_rcu``, with an rcu_head in the page's private data
-    (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`).
+    entry (``stage2_try_break_pte``: LOCKED, and a TLBI of the whole VMID,
+    ``__kvm_tlb_flush_vmid``, as the RFC's patch 06 issued it for a table:
+    Oliver Upton's mail of 4 May 2022 calls avoiding that flush "highly
+    desirable"), then, before it makes the block (``stage2_make_pte``),
+    walks the subtree it has just unlinked.  It "locks" every descendant
+    entry with ``xchg`` so that no other walker can install into it, follows
+    whatever each exchange took out, and drops each entry's reference at
+    once (:func:`s2pt.pgtable.stage2_prune_unlinked_table`; patches 08-10).
+    An entry already LOCKED by another walker is spun on.  Each table page's
+    last reference goes to ``call_rcu``, with an rcu_head in the page's
+    private data (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`; patch
+    14, "Punt last page reference to rcu callback for parallel walk").
 
     The cost is on the break-before-make critical path: one ``xchg`` for
     each of the 512 entries of a level-3 table, and the table entry stays
     LOCKED the whole time, so every other fault in the range gets -EAGAIN
-    and retries.  It was never merged.  v6.2 moved the teardown out of that
-    path: the subtree is left alone until the RCU callback, which needs no
-    atomics and no spinning, only "a boring traversal".  That is ``rcu``.
+    and retries.  That is where the teardown had always been: mainline's
+    own collapse before v6.2 (``write-lock``, v6.1) also tore the subtree
+    down between the break and the make, with plain stores under the write
+    lock.  The RFC was never merged.  The series that landed in v6.2 moved
+    the teardown after the make -- "A subsequent change to KVM will move
+    the tear down of an unlinked stage-2 subtree out of the critical path of
+    the break-before-make sequence" ("KVM: arm64: Add a helper to tear down
+    unlinked stage-2 subtrees"; 5c359cca1faf did the move) -- and left the
+    subtree alone until the RCU callback, which needs no atomics and no
+    spinning, only "a boring traversal".  That is ``rcu``.
+
+    The model runs the RFC's teardown on today's walker (the RFC itself
+    still had the anchor walk: its TABLE_PRE broke the entry and set the
+    anchor, and the block went in at TABLE_POST); the order of break, prune
+    and make is the same.  ``kernel = "rfc-v1"`` switches the table break's
+    TLBI to the whole VMID (s2pt.stage2.KvmPgtable).
     """
     name = "rcu-rfc"
+    kernel = "rfc-v1"
+    version = ("RFC v1 of the parallel-faults series (April 2022), its teardown on today's "
+               "walker")
     summary = ("RFC v1 (April 2022, never merged): faults as in rcu, but a collapse locks every "
                "entry of the unlinked subtree with xchg inside its break-before-make, and each "
                "table page's last reference goes to call_rcu")
@@ -336,6 +398,7 @@ class RefcountScheme(Scheme):
     """
 
     name = "refcount"
+    version = "Quentin Perret's idea in the 2022 thread, on today's mainline walker"
     summary = ("Quentin Perret's 2022 idea, naive: walkers get a reference on each table on "
                "the way down (after reading its pointer), put it on the way back; the "
                "unlinker drops the parent's reference; the last one frees. No RCU")
@@ -415,6 +478,8 @@ class RefcountRevalidateScheme(RefcountScheme):
     """
 
     name = "refcount-revalidate"
+    version = ("Quentin Perret's idea made race-safe (the model's), on today's mainline "
+               "walker")
     summary = ("refcount made race-safe: get_page_unless_zero on the walker count, re-read "
                "the parent entry, and if it no longer points at the page, put and retry")
 
