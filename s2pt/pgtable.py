@@ -86,9 +86,13 @@ FOLLOW_CB = 1 << 16
 #: rwlock sketch in the 2022 thread ("a rwlock with unmap on the write side
 #: and everything else on the read side").  A map walk with this flag never
 #: replaces a table by a block (stage2_map_walk_table_pre declines), so a
-#: fault under the read lock never unlinks a subtree: it descends and maps
-#: inside the table, at the table's level.  The ``rwlock`` scheme
-#: (s2pt.schemes) gives it to its faults.
+#: fault under the read lock never unlinks a subtree.  It maps no block
+#: either: the walk descends, maps pages into the empty entries it meets and
+#: stops with -EAGAIN at the first valid leaf that would change only in
+#: permissions -- for a permission fault, the faulting page itself, so such
+#: a fault maps nothing and returns -EAGAIN every time it is taken (see
+#: s2pt.schemes.RwlockScheme).  The ``rwlock`` schemes give it to their
+#: read-side faults.
 NO_COLLAPSE = 1 << 17
 
 

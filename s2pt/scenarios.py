@@ -1178,3 +1178,38 @@ declare("write-lock", {"collapse-vs-map": {}})
 declare("rwlock", {"collapse-vs-map": {}})
 declare("refcount", {"collapse-vs-map": {"use-after-free": SOMETIMES}})
 declare("refcount-revalidate", {"collapse-vs-map": {}})
+
+
+# ---------------------------------------------------------------------------
+# rwlock's two open variants (s2pt.schemes: rwlock-collapse-write, the fault
+# that would unlink takes the write lock; rwlock-relax-page, the fault asks
+# for the page, not the block), on every guest scenario
+# ---------------------------------------------------------------------------
+
+_PKVM_SCENARIOS = ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                   "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")
+_NO_SHARED_KINDS = {"lost-update": SOMETIMES, "leak": SOMETIMES, "refcount": SOMETIMES,
+                    "warn": SOMETIMES}
+declare("rwlock-collapse-write", {
+    # The collapse runs under the write lock: no software walker is inside
+    # the table it frees at once.
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "collapse-vs-map": {},
+    "unmap-vs-fault": {}, "unmap-vs-collapse": {}, "split-vs-fault": {},
+    "split-double-put": {}, "logging-mismatch": {}, "aba-table-reuse": {},
+    "map-vs-map": {}, "collapse-vs-hw-walk": {},
+    # a9f0e3d5a089 reverted: the collapse frees the table at once and the
+    # walker then descends into it (the pKVM bug, as under hyp-lock)
+    "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map-no-shared": dict(_NO_SHARED_KINDS),
+}, why_not={name: _NO_MMU_LOCK.format("rwlock-collapse-write") for name in _PKVM_SCENARIOS})
+declare("rwlock-relax-page", {
+    # No fault asks for a block over a table: nothing is unlinked on the
+    # read side (vCPU0's write fault relaxes its page).
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "collapse-vs-map": {},
+    "unmap-vs-fault": {}, "unmap-vs-collapse": {}, "split-vs-fault": {},
+    "split-double-put": {}, "logging-mismatch": {}, "aba-table-reuse": {},
+    "map-vs-map": {}, "collapse-vs-hw-walk": {}, "stash-old-pte": {},
+    "collapse-vs-hw-walk-no-tlbi": {},
+    "map-vs-map-no-shared": dict(_NO_SHARED_KINDS),
+}, why_not={name: _NO_MMU_LOCK.format("rwlock-relax-page") for name in _PKVM_SCENARIOS})

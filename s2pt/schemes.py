@@ -54,9 +54,10 @@ The schemes:
     exclusive)?  ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``)
     cannot run at EL2.
 
-``write-lock``, ``rwlock``
-    The baseline before the 2022 series and Oliver Upton's alternative in
-    the thread: see their classes below.
+``write-lock``, ``rwlock``, ``rwlock-collapse-write``, ``rwlock-relax-page``
+    The baseline before the 2022 series (v6.1), Oliver Upton's alternative
+    in the thread, and the two variants of it the thread leaves open: see
+    their classes below.
 
 To add a scheme, subclass :class:`Scheme`, override what differs, and
 register it in :data:`SCHEMES`; scenarios declare their expected outcomes
@@ -219,28 +220,50 @@ class RwlockScheme(Scheme):
     in mainline; the MMU notifier's unmap (kvm_unmap_gfn_range) and the
     kernel's other exclusive updates (write-protect, eager split) take the
     write lock.  What makes it safe without RCU: **no fault ever unlinks a
-    table**.  Where a block would replace a table, the fault maps inside the
-    table, at the table's level, instead (the model's NO_COLLAPSE walk flag,
-    its rendering of the sketch, not a kernel flag:
-    stage2_map_walk_table_pre declines).  The only walker that frees tables
-    is the unmap (stage2_unmap_walker puts emptied tables at once), and it
-    excludes every other software walker.
+    table** (the model's NO_COLLAPSE walk flag, its rendering of the sketch,
+    not a kernel flag: stage2_map_walk_table_pre declines).  The only walker
+    that frees tables is the unmap (stage2_unmap_walker puts emptied tables
+    at once), and it excludes every other software walker.  Faults are not
+    RCU readers (``rcu_walkers=False``): nothing a read-side walker can be
+    inside is ever freed, so there is no grace period to wait for.
 
-    Blocks still come back after dirty logging: turning logging off unmaps
-    the whole memslot under the write lock (``logging_off``:
-    kvm_stage2_unmap_range at kvm_arch_commit_memory_region), and the guest
-    faults blocks back into empty space; the price is those refaults.  A
-    vCPU that looked the memslot up before the change may still fault with
-    logging on: it maps a page, never unlinks.
+    **What a declined collapse does.**  A fault whose block would replace a
+    table maps no block.  The walk descends into the table and visits its
+    entries in order as a map of the whole block range would: it maps pages
+    into the empty entries it meets, and stops at the first valid leaf that
+    differs from what it would install only in permissions (or not at all):
+    stage2_map_walker_try_leaf returns -EAGAIN, which ends a HANDLE_FAULT
+    walk.  user_mem_abort() returns 0 and the guest re-executes the access.
+    For the write fault that follows dirty logging -- a write to a
+    read-only page of the table, asking for the 2M block -- that leaf is the
+    faulting page itself: the fault maps nothing, never gains its write
+    permission, and returns -EAGAIN every time it is taken, until something
+    removes the table.  Here that is turning logging off, which unmaps the
+    whole memslot under the write lock (``logging_off``:
+    kvm_stage2_unmap_range at kvm_arch_commit_memory_region); after it the
+    fault maps its block into empty space, and the price is the guest's
+    refaults.  Until that commit runs -- or for ever, for a table no commit
+    unmaps -- the vCPU spins on the fault.  The two variants the thread
+    leaves open are :class:`RwlockCollapseWriteScheme` (the fault that would
+    unlink takes the write lock) and :class:`RwlockRelaxPageScheme` (the
+    fault asks for the page, not the block).  A vCPU that looked the
+    memslot up before the change may still fault with logging on: it maps
+    a page, never unlinks.
 
-    The thread's pKVM question, answered in the model: pKVM's host stage 2
-    collapses tables only when it coalesces after a reclaim
-    (stage2_coalesce_walk_table_post); under this scheme that is write-side
-    work, like unmap, while host faults and donations (which break blocks
-    into tables, never unlink) could share the read side.  No RCU is needed,
-    so the scheme could run at EL2; but EL2 has only hyp_spinlock_t today
-    and refuses shared walks (-EPERM), so the pKVM scenarios run
-    ``hyp-lock`` and do not declare this scheme.
+    **The thread's pKVM question.**  pKVM's host stage 2 collapses tables
+    when it coalesces (android15-6.6: from the TABLE_POST of a host map
+    walk, s2pt.pkvm), so under this scheme coalescing would be write-side
+    work, like unmap.  Whether host faults and donations could then share
+    the read side, as the sketch suggests, the model answers no: the host
+    fault path is check-then-act (host_stage2_adjust_range reads the leaf,
+    then host_stage2_idmap_locked maps the range it computed), so a donation
+    that lands between the two has its owner annotation overwritten by the
+    host's block -- the isolation violation the explorer finds in
+    ``host-fault-vs-donate-shared`` -- and host_stage2_try()'s -ENOMEM path
+    frees table pages (kvm_pgtable_stage2_reclaim_leaves in android15-6.6,
+    host_stage2_unmap_dev_all in mainline) from the fault path itself.  EL2
+    also has only hyp_spinlock_t today and refuses shared walks (-EPERM), so
+    the other pKVM scenarios run ``hyp-lock`` and do not declare this scheme.
     """
 
     name = "rwlock"
@@ -251,6 +274,10 @@ class RwlockScheme(Scheme):
     fault_flags = pt.HANDLE_FAULT | pt.SHARED | pt.NO_COLLAPSE
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
 
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        """Faults are no RCU readers: nothing is freed under the read lock."""
+        return pt.MmOps(self.free_unlinked_table, rcu_walkers=False)
+
     def logging_off(self, vm, slot):
         """kvm_arch_commit_memory_region() -> unmap the slot
         (kvm_stage2_unmap_range) under write_lock(&kvm->mmu_lock)."""
@@ -259,15 +286,76 @@ class RwlockScheme(Scheme):
         yield from self.update_unlock()
 
 
+class RwlockCollapseWriteScheme(RwlockScheme):
+    """``rwlock-collapse-write``: the first variant the thread leaves open.
+    A fault that would unlink -- user_mem_abort asks for a block larger
+    than the granule the MMU reported, so a table stands where the block
+    would go (``fault_lock``'s ``unlinks``) -- takes ``write_lock(&kvm->
+    mmu_lock)`` and walks exclusively, without NO_COLLAPSE: it collapses the
+    table and frees the subtree at once, as v6.1 did, while every other
+    software walker is kept out.  Every other fault runs on the read side
+    with NO_COLLAPSE, as in ``rwlock``: the ``unlinks`` test is made before
+    the lock, from the fault the MMU reported, and a read-side fault that
+    meets a table anyway still declines.  Turning logging off changes
+    nothing at once (mainline's commit): blocks come back one collapsing
+    fault at a time, each behind the write lock.  No RCU readers.
+
+    The model's variant of the sketch (no kernel or posted patch)."""
+    name = "rwlock-collapse-write"
+    version = "a variant of Oliver Upton's sketch (the model's), on today's mainline walker"
+    summary = ("rwlock whose faults that would replace a table by a block take write_lock and "
+               "collapse exclusively (freeing at once); other faults on the read side never "
+               "collapse; logging off unmaps nothing")
+
+    def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
+        yield (write_lock if unlinks else read_lock)(MMU_LOCK)
+
+    def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
+        yield (write_unlock if unlinks else read_unlock)(MMU_LOCK)
+
+    def fault_walk_flags(self, flags: int, unlinks: bool = False, relax_only: bool = False) -> int:
+        """Under the write lock: an exclusive walk that may collapse."""
+        if unlinks:
+            return flags & ~(pt.SHARED | pt.NO_COLLAPSE)
+        return flags
+
+    def logging_off(self, vm, slot):
+        """Mainline's commit: nothing; faults collapse lazily."""
+        return
+        yield
+
+
+class RwlockRelaxPageScheme(RwlockScheme):
+    """``rwlock-relax-page``: the second variant the thread leaves open.  A
+    fault that would replace a table by a block asks for the granule the
+    MMU reported instead (``fault_map_size``): a permission fault relaxes
+    that one page (kvm_pgtable_stage2_relax_perms), a translation fault maps
+    that one page.  Nothing on the read side ever asks for a block over a
+    table, so ``rwlock``'s -EAGAIN loop cannot happen; blocks come back as in
+    ``rwlock``, when turning logging off unmaps the memslot.  No RCU readers.
+
+    The model's variant of the sketch (no kernel or posted patch)."""
+    name = "rwlock-relax-page"
+    version = "a variant of Oliver Upton's sketch (the model's), on today's mainline walker"
+    summary = ("rwlock whose faults ask for the page the MMU reported, not a block over a "
+               "table (relax or map 4K); unmap under write_lock; logging off unmaps the memslot")
+
+    def fault_map_size(self, vma_pagesize: int, fault_granule: int, perm: bool) -> int:
+        return min(vma_pagesize, fault_granule)
+
+
 # The lock wrappers are not kernel functions: diagrams show their caller.
 for _fn in (HypLockScheme.fault_lock, HypLockScheme.fault_unlock, HypLockScheme.update_lock,
             HypLockScheme.update_unlock, WriteLockScheme.fault_lock,
-            WriteLockScheme.fault_unlock, RwlockScheme.logging_off):
+            WriteLockScheme.fault_unlock, RwlockScheme.logging_off,
+            RwlockCollapseWriteScheme.fault_lock, RwlockCollapseWriteScheme.fault_unlock,
+            RwlockCollapseWriteScheme.logging_off):
     kernel_path(None)(_fn)
 
 #: name -> Scheme instance, in the order listings show them.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme(), HypLockScheme())}
-SCHEMES.update({s.name: s for s in (WriteLockScheme(), RwlockScheme())})
+SCHEMES.update({s.name: s for s in (WriteLockScheme(), RwlockScheme(),
+                                    RwlockCollapseWriteScheme(), RwlockRelaxPageScheme())})
 
 
 def get_scheme(scheme) -> Scheme:

@@ -624,3 +624,95 @@ def test_rfc_table_break_flushes_the_whole_vmid():
     brk = next(k for k, op in enumerate(ops_) if op[0] == "cmpxchg" and op[1] == l2e)
     assert ops_[brk + 1] == ("tlbi", "vmid", 0, 0)
     assert not any(op[0] == "tlbi" and op[1] == "range" for op in ops_)
+
+
+# ---------------------------------------------------------------------------
+# 5. rwlock's declined collapse, and the two variants the thread leaves open
+# ---------------------------------------------------------------------------
+
+def _rwlock_vm(scheme):
+    """Dirty logging's leftovers under ``scheme``, logging off published but
+    not committed (the memslot not unmapped yet), as the scenarios start."""
+    s = SCHEMES[scheme]
+    vm = VM(locking=s, mm_ops=s.mm_ops())
+    slot = vm.add_memslot(1 << 30, 2 << 20, backing="2M")
+    vm.enable_dirty_logging(slot)
+    for k in range(3):
+        vm.access((1 << 30) + k * 4096)
+    vm.disable_dirty_logging(slot, commit=False)
+    vm.pgt.flush_tlb()
+    return vm, slot
+
+
+def test_rwlock_declined_collapse_maps_nothing_and_returns_eagain_every_time():
+    """NO_COLLAPSE: the write fault after logging asks for the 2M block;
+    stage2_map_walk_table_pre declines, the walk descends and stops at the
+    faulting page itself (same page, only permissions differ: -EAGAIN).  The
+    guest re-executes the access and takes the same fault, again and again,
+    until the memslot is unmapped (rwlock's commit of logging off)."""
+    vm, slot = _rwlock_vm("rwlock")
+    before = vm.pgt.get_leaf(1 << 30)
+    for _ in range(5):
+        r = vm.fault(1 << 30, write=True)
+        assert r.outcome == "map" and r.size == 2 << 20 and r.eagain and r.ret == 0
+        assert vm.pgt.get_leaf(1 << 30) == before                  # nothing mapped
+        assert vm.translate(1 << 30, write=True).kind == "permission"
+    vm.unmap_memslot(slot)                                        # the commit's unmap
+    r = vm.fault(1 << 30, write=True)
+    assert not r.eagain and vm.pgt.get_leaf(1 << 30)[1] == 2       # the 2M block
+
+
+def test_rwlock_relax_page_relaxes_the_page_instead():
+    """rwlock-relax-page asks for the granule the MMU reported: the write
+    fault relaxes the 4K page at once; no block over the table is asked for."""
+    vm, slot = _rwlock_vm("rwlock-relax-page")
+    r = vm.fault(1 << 30, write=True)
+    assert r.outcome == "relax_perms" and r.size == 4096 and not r.eagain
+    assert vm.translate(1 << 30, write=True).level == 3
+    vm.unmap_memslot(slot)
+    assert vm.fault(1 << 30, write=True).size == 2 << 20           # blocks come back
+
+
+def _solo(scheme, cpu=0, scenario="collapse-vs-fault"):
+    w = s2pt.world(scenario, scheme)
+    while cpu in w.enabled():
+        w.step(cpu)
+    return w, [e.op for e in w.events if e.cpu == cpu]
+
+
+def test_rwlock_collapse_write_collapses_under_the_write_lock():
+    """rwlock-collapse-write: the fault that would unlink takes write_lock
+    and walks exclusively (plain stores), collapses and frees the table at
+    once; a fault that does not unlink stays on the read side."""
+    w, ops0 = _solo("rwlock-collapse-write", 0)
+    names = [op[0] for op in ops0]
+    assert names[0] == "write_lock" and names[-1] == "write_unlock"
+    assert "cmpxchg" not in names and "call_rcu" not in names
+    assert any(op[0] == "WRITE_ONCE" and op[2] == KVM_INVALID_PTE_LOCKED for op in ops0)
+    l3_frees = [e for e in w.events if e.op[0] == "put_page" and e.cpu == 0]
+    assert l3_frees and w.pgt.get_leaf(1 << 30)[1] == 2
+    w1, ops1 = _solo("rwlock-collapse-write", 1)
+    assert [op[0] for op in ops1 if op[0].endswith("lock")][0] == "read_lock"
+
+
+@pytest.mark.parametrize("scheme", ["rwlock", "rwlock-collapse-write", "rwlock-relax-page"])
+def test_rwlock_runs_take_no_rcu_read_lock(scheme):
+    """Nothing a read-side walker can be inside is freed under the rwlock
+    schemes, so their walks are no RCU readers (MmOps.rcu_walkers False)."""
+    assert not SCHEMES[scheme].mm_ops().rcu_walkers
+    for cpu in (0, 1):
+        _, ops_ = _solo(scheme, cpu)
+        assert not {"rcu_read_lock", "rcu_read_unlock", "call_rcu"} & {op[0] for op in ops_}
+
+
+def test_the_rwlock_variants_are_declared_everywhere_and_costed():
+    """Every scenario declares both variants or says why not; compare
+    measures their refaults after logging off (none for the collapsing
+    variant, which unmaps nothing; one per block for the unmapping ones)."""
+    from s2pt import comparison as C
+    from s2pt.scenarios import SCENARIOS
+    for sc in SCENARIOS.values():
+        for s in ("rwlock-collapse-write", "rwlock-relax-page"):
+            assert s in sc.expect or sc.why_not.get(s), (sc.name, s)
+    assert C.logging_off_refaults("rwlock-collapse-write") == 0
+    assert C.logging_off_refaults("rwlock-relax-page") == C.logging_off_refaults("rwlock") == 2
