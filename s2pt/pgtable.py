@@ -165,14 +165,20 @@ class MmOps:
     ``mmu_lock`` for write, or own the unlinked subtree they free.  None
     (the default) costs no step.  ``rcu_walkers``: shared walks are RCU
     readers (``kvm_pgtable_walk_begin`` takes ``rcu_read_lock``); a scheme
-    that protects walkers otherwise turns it off.
+    that protects walkers otherwise turns it off.  ``walker_count``: where
+    the hooks' walker count lives in struct page (s2pt.memory): "_refcount"
+    (a count whose meaning survives the page's reallocation, so that
+    get_page_unless_zero on a freed page is legal) or "ptdesc" (a field of
+    the page-table descriptor that the page's next owner reuses: the
+    mutation walker-count-in-ptdesc).
     """
     __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou",
-                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers")
+                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers",
+                 "walker_count")
 
     def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
                  icache_inval_pou: bool = True, prune_unlinked_table=None, table_enter=None,
-                 table_leave=None, rcu_walkers: bool = True):
+                 table_leave=None, rcu_walkers: bool = True, walker_count: str = "_refcount"):
         self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
                                     else free_unlinked_table)
         self.dcache_clean_inval_poc = dcache_clean_inval_poc
@@ -185,6 +191,12 @@ class MmOps:
         self.table_enter = table_enter
         self.table_leave = table_leave
         self.rcu_walkers = rcu_walkers
+        if walker_count not in ("_refcount", "ptdesc"):
+            raise S2ptError(f"MmOps: walker_count={walker_count!r}: the walker count lives in "
+                            f"'_refcount' (a count whose meaning survives the page's "
+                            f"reallocation) or 'ptdesc' (a field of the page-table "
+                            f"descriptor: the mutation walker-count-in-ptdesc)")
+        self.walker_count = walker_count
 
     def __repr__(self):
         out = (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
@@ -197,6 +209,8 @@ class MmOps:
                     f"table_leave={self.table_leave.__name__}")
         if not self.rcu_walkers:
             out += ", rcu_walkers=False"
+        if self.walker_count != "_refcount":
+            out += f", walker_count={self.walker_count!r}"
         return out + ")"
 
 

@@ -88,6 +88,10 @@ BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
 BUGS["shared-walker-count"] = (
     "refcount schemes: walker references taken in page_count, the count whose value 1 "
     "means 'no valid entries', instead of a walker count of their own", {})
+BUGS["walker-count-in-ptdesc"] = (
+    "refcount schemes: the walker count kept in a field of the page-table descriptor, which "
+    "the page's next owner reuses, instead of a count with _refcount's guarantee: "
+    "get_page_unless_zero on a freed or reallocated page touches a foreign field", {})
 
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
@@ -1213,3 +1217,17 @@ declare("rwlock-relax-page", {
     "collapse-vs-hw-walk-no-tlbi": {},
     "map-vs-map-no-shared": dict(_NO_SHARED_KINDS),
 }, why_not={name: _NO_MMU_LOCK.format("rwlock-relax-page") for name in _PKVM_SCENARIOS})
+
+
+# ---------------------------------------------------------------------------
+# Where refcount-revalidate's walker count lives (s2pt.memory): only a count
+# whose meaning survives reallocation makes get_page_unless_zero legal on a
+# page freed since the walker read its pointer
+# ---------------------------------------------------------------------------
+
+mutation("walker-count-in-ptdesc/refcount-revalidate", "refcount-revalidate", "collapse-vs-fault",
+         "use-after-free",
+         "refcount-revalidate with its walker count in a field of the page-table descriptor: "
+         "vCPU1 read the level-3 table's pointer, the collapse freed the table, and "
+         "get_page_unless_zero then touches a field that now belongs to the page's next owner",
+         bugs=("walker-count-in-ptdesc",))

@@ -71,8 +71,8 @@ from .errors import S2ptError
 from .kvm import MMU_LOCK, MmuLock, kvm_stage2_unmap_range
 from .descriptor import kvm_pte_table
 from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
-from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, put_page,
-                  walker_get, walker_get_unless_zero, walker_put)
+from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, page_private,
+                  put_page, set_page_private, walker_get, walker_get_unless_zero, walker_put)
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
@@ -447,15 +447,25 @@ class RefcountScheme(Scheme):
     (``s2pt.memory``'s walker count), never in ``page_count``: the kernel's
     ``page_count(table) == 1`` means "no valid entries" to
     ``stage2_unmap_walker`` and ``stage2_free_walker``.  A table's walker
-    count starts at 1, the reference its parent entry holds.
+    count starts at 1, the reference its parent entry holds.  Where that
+    count lives is what makes ``refcount-revalidate``'s get_page_unless_zero
+    legal: it needs ``_refcount``'s guarantee (s2pt.memory), a meaning that
+    survives the page's reallocation; a field of the page-table descriptor,
+    which the page's next owner reuses, would not do (the mutation
+    ``walker-count-in-ptdesc``, ``MmOps.walker_count = "ptdesc"``).
 
     **The walk.**  The one walker calls the scheme's hooks (``MmOps.
     table_enter``/``table_leave``) around each descent of a shared walk:
     enter is ``get_page`` on the walker count of the table whose pointer the
     walker has just read, leave is ``put_page_testzero``.  Whoever drops the
     last reference frees the table *and the subtree below it*:
-    ``kvm_pgtable_stage2_free_unlinked`` with the level kept in page->private
-    (``set_page_private``), as ``stage2_free_unlinked_table`` does for RCU.
+    ``kvm_pgtable_stage2_free_unlinked`` at the level the unlinker kept in
+    page->private (``set_page_private`` when it unlinked the table, as
+    ``stage2_free_unlinked_table`` does for RCU; ``page_private`` when the
+    last reference goes).  Not the level of the entry the last walker
+    entered the page from: a page freed and reused as a table of another
+    level, and unlinked there while a stale walker still holds a reference,
+    must be freed as what it is now, or its children leak.
     That freeing walk holds no walker reference and needs none: every walker
     below the table holds a reference on the table itself, so once its count
     is zero the subtree is the freeing CPU's alone.  It is an exclusive walk
@@ -497,24 +507,35 @@ class RefcountScheme(Scheme):
             return pt.MmOps(self.free_unlinked_table_shared, table_enter=self.table_enter_shared,
                             table_leave=self.table_leave_shared, rcu_walkers=False)
         return pt.MmOps(self.free_unlinked_table, table_enter=self.table_enter,
-                        table_leave=self.table_leave, rcu_walkers=False)
+                        table_leave=self.table_leave, rcu_walkers=False,
+                        walker_count="ptdesc" if "walker-count-in-ptdesc" in bugs
+                        else "_refcount")
 
     def table_enter(self, ctx, childp):
         """Naive: the pointer was read by the visit's READ_ONCE; take the
         reference now, whatever happened to the page in between."""
-        yield walker_get(childp)
+        yield walker_get(childp, ctx.pgt.mm_ops.walker_count)
         return childp
 
     def table_leave(self, ctx, childp):
-        """put_page_testzero(); the last reference frees the subtree."""
-        if (yield walker_put(childp)):
-            yield from pt.kvm_pgtable_stage2_free_unlinked(ctx.pgt, childp, ctx.level)
+        """put_page_testzero(); the last reference frees the subtree, at the
+        level recorded when the table was unlinked (page_private), which is
+        not ``ctx.level`` when the page came back elsewhere."""
+        pgt = ctx.pgt
+        if (yield walker_put(childp, pgt.mm_ops.walker_count)):
+            level = yield page_private(childp)
+            if level is None:
+                pgt.warn("refcount: the last walker reference of a table that was never "
+                         "unlinked")
+                return
+            yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, childp, level)
 
     def free_unlinked_table(self, pgt, pgtable, level):
-        """mm_ops->free_unlinked_table: drop the parent's reference instead
-        of call_rcu; free now if it was the last."""
-        pgt.mm.page_of(pgtable).private = level              # set_page_private()
-        if (yield walker_put(pgtable)):
+        """mm_ops->free_unlinked_table: record the level (set_page_private),
+        drop the parent's reference instead of call_rcu; free now if it was
+        the last."""
+        yield set_page_private(pgtable, level)
+        if (yield walker_put(pgtable, pgt.mm_ops.walker_count)):
             yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
 
     # -- the mutation "shared-walker-count": walker references in page_count --
@@ -528,7 +549,7 @@ class RefcountScheme(Scheme):
         yield put_page(childp)
 
     def free_unlinked_table_shared(self, pgt, pgtable, level):
-        pgt.mm.page_of(pgtable).private = level
+        yield set_page_private(pgtable, level)
         yield put_page(pgtable)
 
 
@@ -573,7 +594,7 @@ class RefcountRevalidateScheme(RefcountScheme):
 
     def table_enter(self, ctx, childp):
         pgt = ctx.pgt
-        if not (yield walker_get_unless_zero(childp)):
+        if not (yield walker_get_unless_zero(childp, pgt.mm_ops.walker_count)):
             return None                                  # freed: visit the entry again
         cur = yield READ_ONCE(ctx.ptep)
         if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:

@@ -235,7 +235,8 @@ class StateSpace:
         self.index = {pfn: k for k, pfn in enumerate(self.pfns)}
         self.pages = [mm.pages[p] for p in self.pfns]
         self.cdata, self.cids = [], {}          # page contents, interned
-        self.pdata, self.pids = [], {}          # (refcount, freed, content id, walkers), interned
+        # (refcount, freed, content id, walkers, private, ptdesc), interned
+        self.pdata, self.pids = [], {}
         self.live = _Live(len(self.pages))
         self.live.content = [self._content(k) for k in range(len(self.pages))]
         self.live.pages = tuple(self._pid(k) for k in range(len(self.pages)))
@@ -277,7 +278,7 @@ class StateSpace:
 
     def _pid(self, k):
         p = self.pages[k]
-        key = (p.refcount, p.freed, self.live.content[k], p.walkers)
+        key = (p.refcount, p.freed, self.live.content[k], p.walkers, p.private, p.ptdesc)
         pid = self.pids.get(key)
         if pid is None:
             pid = len(self.pdata)
@@ -341,9 +342,10 @@ class StateSpace:
             live = list(self.live.pages) if self.live.pages is not None else [None] * len(pages)
             for k, pid in enumerate(pages):
                 if live[k] != pid:
-                    rc, freed, cid, walkers = self.pdata[pid]
+                    rc, freed, cid, walkers, private, ptdesc = self.pdata[pid]
                     page = self.pages[k]
                     page.refcount, page.freed, page.walkers = rc, freed, walkers
+                    page.private, page.ptdesc = private, ptdesc
                     if self.live.content[k] != cid:
                         page.table[:] = self.cdata[cid]
                         self.live.content[k] = cid
@@ -396,7 +398,17 @@ class StateSpace:
                 if name in ("put_page", "free_page"):
                     self.live.alloc = (tuple(self.mm.free_list), self.mm.allocated)
         elif name == "zalloc_page":
+            old = self.live.mc
             self.live.mc = self._mc_state()
+            # The page handed out is a page table now (Page.ptdesc).
+            left = {pfn for objs in self.live.mc for pfn in objs}
+            for pfn in {pfn for objs in old for pfn in objs} - left:
+                k = self.index.get(pfn)
+                pid = self._pid(k)
+                if pid != self.live.pages[k]:
+                    lp = list(self.live.pages)
+                    lp[k] = pid
+                    self.live.pages = tuple(lp)
         elif name not in _NOMEM:
             return self.machine_state(full=True)
         if name in _SYNC:
