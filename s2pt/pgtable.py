@@ -701,8 +701,10 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     childp = yield zalloc_page(data.memcache)
     if childp is None:
         return -ENOMEM
-    if getattr(data, "prefault", False) and kvm_pte_valid(ctx.old):
-        yield from stage2_map_prefault_idmap(ctx, childp)
+    if pgt.prefault_block:
+        if pgt.idmap and pgt.pte_is_counted(ctx.old, ctx.level):
+            pgt.warn("stage2_map_walk_leaf: the block being split is counted")
+        yield from stage2_map_prefault_block(ctx, childp)
     if pgt.pre_6_2:
         # v6.1: clear the block (stage2_put_pte), then kvm_set_table_pte()
         # (smp_store_release) and take the new entry's reference.
@@ -719,23 +721,30 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     return 0
 
 
-def stage2_map_prefault_idmap(ctx: VisitCtx, childp: int):
-    """Android (ACK) only, for an identity map: fill the table that replaces
-    a block with copies of the block, except the entries that start inside
-    the range being changed, which the walk then visits itself.  Upstream
-    leaves the new table empty and lets the rest fault back lazily."""
+def stage2_map_prefault_block(ctx: VisitCtx, childp: int):
+    """Android (KVM_PGTABLE_S2_PREFAULT_BLOCK; android15-6.6's
+    stage2_map_prefault_block): fill the table that replaces a valid block
+    with copies of the block ("We can write non-atomically: ptep isn't yet
+    live").  "Skip ptes in the range being modified by the caller if we're
+    installing last level entries.  Otherwise, we need to temporarily put in
+    a valid mapping to make sure the prefaulting logic is triggered on the
+    next stage2_map_walk_leaf()": splitting a block above level 2 fills every
+    entry.  A counted copy takes its reference.  Mainline leaves the new
+    table empty and lets the rest fault back lazily."""
     pgt = ctx.pgt
     block = ctx.old
-    if pgt.pte_is_counted(block, ctx.level):
-        pgt.warn("stage2_map_prefault_idmap: the block being split is counted")
+    if not kvm_pte_valid(block):
+        return
     level = ctx.level + 1
     gran = pgt.granule_size[level]
-    pa = ctx.addr & ~(pgt.granule_size[ctx.level] - 1)
+    pa = block & pgt.addr_mask & ~(pgt.granule_size[ctx.level] - 1)
+    counted = pgt.pte_is_counted(block, level)
     for i in range(pgt.ptrs_per_pte):
-        if pa < ctx.addr or pa >= ctx.end:
-            # "We can write non-atomically: ptep isn't yet live."
+        if ctx.level < 2 or pa < ctx.addr or pa >= ctx.end:
             yield WRITE_ONCE(childp + 8 * i,
                              d.kvm_init_valid_leaf_pte(pa, block, level, pgt.page_shift))
+            if counted:
+                yield get_page(childp + 8 * i)
         pa += gran
 
 
@@ -792,20 +801,29 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
 
 
 def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
-                           flags: int = 0, force_pte: bool = False, bulk: bool = False):
+                           flags: int = 0, force_pte: bool = False, bulk: bool = False,
+                           data: Stage2MapData | None = None, cb=None):
     """Map [addr, addr+size) to phys with leaf attributes ``attr``.
 
     Kernel: ``prot`` is turned into ``attr`` by stage2_set_prot_attr() inside;
     here the caller passes the attribute bits (Stage2.map computes them) so
-    that bad prot strings are rejected before anything runs.
+    that bad prot strings are rejected before anything runs.  ``data`` lets
+    the caller keep its own counters; ``cb`` is Android's map walker, which
+    adds a ``TABLE_POST`` visit (s2pt.pkvm.host_map_walker, android15-6.6's
+    coalescing); the walk then asks for ``TABLE_POST`` too.
     """
-    data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc,
-                         force_pte or (pgt.force_pte_cb is not None
-                                       and pgt.force_pte_cb(addr, addr + size, attr)))
+    force = force_pte or (pgt.force_pte_cb is not None
+                          and pgt.force_pte_cb(addr, addr + size, attr))
+    if data is None:
+        data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc, force)
+    else:
+        data.phys, data.attr, data.owner_id = phys & ~(pgt.page_size - 1), attr, 0
+        data.memcache, data.force_pte, data.annotation = mc, force, False
     # Since v6.2 the map walk has no TABLE_POST; v6.1's tore the subtree
-    # down and installed the block there.
-    post = TABLE_POST if pgt.pre_6_2 else 0
-    walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF | post, stage2_map_bulk)
+    # down and installed the block there, and Android's coalesces there.
+    post = TABLE_POST if pgt.pre_6_2 or cb is not None else 0
+    walker = Walker(stage2_map_walker if cb is None else cb, data,
+                    flags | TABLE_PRE | LEAF | post, stage2_map_bulk)
     if pgt.idmap and addr != phys:
         pgt.warn("kvm_pgtable_stage2_map: identity map with addr != phys")
         return -EINVAL
@@ -820,10 +838,10 @@ def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
     """Annotate [addr, addr+size) as owned by ``owner_id`` (pKVM): invalid,
     counted leaves at page granularity; covering blocks are broken.
 
-    Mainline walks ``TABLE_PRE | LEAF`` with stage2_map_walker.  Android's
-    variant passes ``cb``, a visitor that adds the coalescing ``TABLE_POST``
-    visit (s2pt.pkvm.host_set_owner_walker); the walk then asks for
-    ``TABLE_POST`` too.  ``data`` lets the caller keep its own counters."""
+    Mainline (and android15-6.6's kvm_pgtable_stage2_annotate) walks
+    ``TABLE_PRE | LEAF`` with stage2_map_walker; ``cb`` is a visitor that
+    adds a ``TABLE_POST`` visit, and the walk then asks for it too.  ``data``
+    lets the caller keep its own counters."""
     if owner_id > pgt.max_owner_id:
         return -EINVAL
     if data is None:

@@ -122,6 +122,20 @@ class NoneScheme(Scheme):
 
 
 class HypLockScheme(Scheme):
+    """``hyp-lock``: pKVM's host stage 2 at EL2 (see the module docstring).
+
+    **On the guest scenarios** it is declared as a question -- what if KVM
+    guarded a guest's stage 2 with pKVM's lock? -- and those scenarios
+    collapse tables (a block over the table dirty logging left).  pKVM's own
+    guest stage 2 never does: android15-6.6's guest mm_ops have
+    ``guest_s2_free_unlinked_table``, which is ``WARN_ON(1)`` ("We are trying
+    to collapse a table into a block mapping. This is forbidden."), and
+    mainline's guest mm_ops have no free_unlinked_table at all
+    (``guest_stage2_force_pte_cb``).  That is the direct answer to Oliver
+    Upton's question in the thread, "Does pKVM ever collapse tables into
+    blocks?": for a guest, no; for the host, only when it coalesces
+    (s2pt.pkvm).
+    """
     name = "hyp-lock"
     version = ("pKVM's host stage 2 at EL2 on today's mainline walker, with "
                "android15-6.6's coalescing (s2pt.pkvm)")

@@ -44,8 +44,8 @@ class KvmPgtable:
     takes the mm_ops, the flags and the force_pte callback too); nothing
     patches a table afterwards.  ``mm_ops`` (a :class:`s2pt.pgtable.MmOps`)
     says how unlinked tables are freed and whether the owner does cache
-    maintenance; ``hyp``/``idmap`` are KVM_PGTABLE_S2_* flags as pKVM sets
-    them; ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
+    maintenance; ``hyp``/``idmap``/``prefault_block`` are KVM_PGTABLE_S2_*
+    flags as pKVM sets them (PREFAULT_BLOCK is Android's); ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
     stage 2 counts only non-default entries); ``machine`` builds the machine
     that performs operations (the explorer passes its SimMachine);
     ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
@@ -89,7 +89,8 @@ class KvmPgtable:
                  machine=None, reload_after_cb: bool = True,
                  free_unlinked_drops_root: bool = True, prune_xchg: bool = True,
                  map_phys_from_ipa: bool = True, free_unlinked_once: bool = True,
-                 shared_walk_rcu: bool = True, kernel: str | None = None):
+                 shared_walk_rcu: bool = True, kernel: str | None = None,
+                 prefault_block: bool = False):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
         self.start_level = geom.start_level
@@ -109,6 +110,9 @@ class KvmPgtable:
         self.unmap_defer_tlb_flush = self.tlb_range and self.fwb   # stage2_unmap_defer_tlb_flush
         self.hyp = hyp                 # built for EL2: shared walks return -EPERM
         self.idmap = idmap             # KVM_PGTABLE_S2_IDMAP
+        # KVM_PGTABLE_S2_PREFAULT_BLOCK (Android): a block split into a table
+        # is refilled with copies of itself (stage2_map_prefault_block)
+        self.prefault_block = bool(prefault_block)
         self.force_pte_cb = force_pte_cb
         self.max_owner_id = max_owner_id
         # stage2_pte_is_counted(): which entries hold a reference on their
@@ -171,7 +175,8 @@ class KvmPgtable:
 #: What a Stage2 may be built with besides its geometry (see KvmPgtable).
 _CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
                      "machine", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg",
-                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu", "kernel"})
+                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu", "kernel",
+                     "prefault_block"})
 
 #: The kernels whose walker a table can follow (KvmPgtable's ``kernel``).
 KERNELS = (None, "6.1", "rfc-v1")
