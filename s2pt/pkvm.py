@@ -393,7 +393,7 @@ def host_stage2_try(host: "Host", walk):
 
 
 def host_stage2_idmap_locked(host: "Host", addr: int, size: int, attr: int, mc=None,
-                             data: HostMapData | None = None):
+                             data: HostMapData | None = None, flags: int = 0):
     """host_stage2_idmap_locked(): host_stage2_try(kvm_pgtable_stage2_map)
     from ``mc`` (default host_s2_pool).  On a coalescing host
     (android15-6.6) the map walk also visits TABLE_POST, where
@@ -405,33 +405,41 @@ def host_stage2_idmap_locked(host: "Host", addr: int, size: int, attr: int, mc=N
     cb = (host_map_walker if host.coalesce_on_reclaim and host.protected_mode_initialized
           else None)
     ret = yield from host_stage2_try(host, lambda: pt.kvm_pgtable_stage2_map(
-        host.pgt, addr, size, addr, attr, mc, data=data, cb=cb))
+        host.pgt, addr, size, addr, attr, mc, flags, data=data, cb=cb))
     host._stats["coalesced_tables"] += data.coalesced
     data.coalesced = 0
     return ret
 
 
-def host_stage2_idmap(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+def host_stage2_idmap(host: "Host", addr: int, mc=None, lock=None, unlock=None,
+                      flags: int = 0):
     """host_stage2_idmap(): under host_mmu.lock (``lock``/``unlock``: the
     scheme's, None for the single-CPU Host), host_stage2_adjust_range() and
-    host_stage2_idmap_locked() of the largest block that fits."""
+    host_stage2_idmap_locked() of the largest block that fits.  Check, then
+    act: the range is computed from the leaf the get-leaf walk saw, and the
+    map walk that follows trusts it -- safe only while nothing else can
+    change the table in between (the lock held exclusively).  ``flags``:
+    the map walk's (0 in every kernel; the shared read side of the rwlock
+    question passes KVM_PGTABLE_WALK_SHARED)."""
     is_mem, rng = host.find_mem_range(addr)
     attr = HOST_MEM_ATTR if is_mem else HOST_MMIO_ATTR
     if lock is not None:
         yield from lock()                        # host_lock_component()
     ret, cur = yield from host_stage2_adjust_range(host, addr, rng)
     if not ret:
-        ret = yield from host_stage2_idmap_locked(host, cur[0], cur[1] - cur[0], attr, mc)
+        ret = yield from host_stage2_idmap_locked(host, cur[0], cur[1] - cur[0], attr, mc,
+                                                  flags=flags)
     if unlock is not None:
         yield from unlock()                      # host_unlock_component()
     return ret
 
 
-def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=None,
+                          flags: int = 0):
     """handle_host_mem_abort(): a host stage-2 fault at ``addr`` taken to EL2.
     -EPERM (an owner annotation) means the host touched a page it gave away:
     Android injects an abort (host_inject_abort), mainline BUG()s."""
-    return (yield from host_stage2_idmap(host, addr, mc, lock, unlock))
+    return (yield from host_stage2_idmap(host, addr, mc, lock, unlock, flags))
 
 
 def host_stage2_set_owner_locked(host: "Host", addr: int, size: int, owner_id: int,
@@ -623,11 +631,16 @@ class Host:
         map walk, and reclaim mapping pages back); False models mainline,
         which never coalesces (reclaim writes owner 0).
     check : run the isolation checker after every step.
+    el2_shared_walks : a hypothetical, for the thread's rwlock question: EL2
+        accepts KVM_PGTABLE_WALK_SHARED walks (no kernel does: at EL2
+        kvm_pgtable_walk_begin refuses them with -EPERM), and they are no RCU
+        readers (EL2 has no RCU).
     """
 
     def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
-                 coalesce: bool = True, check: bool = True, bugs=(), machine=None):
+                 coalesce: bool = True, check: bool = True, bugs=(), machine=None,
+                 el2_shared_walks: bool = False):
         if not _is_int(cpus) or cpus < 1:
             raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
         if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
@@ -651,10 +664,10 @@ class Host:
         # host_s2_pool, unlinked ones are freed at once
         # (host_s2_free_unlinked_table), and there is no cache maintenance.
         pgt = Stage2(
-            ipa_bits=pa_bits, granule=granule, vmid=0, hyp=True, idmap=True,
+            ipa_bits=pa_bits, granule=granule, vmid=0, hyp=not el2_shared_walks, idmap=True,
             ram_pages=None if pool_pages is None else geom.pgd_pages + int(pool_pages),
             mm_ops=pt.MmOps(pt.free_unlinked_table_now, dcache_clean_inval_poc=False,
-                            icache_inval_pou=False),
+                            icache_inval_pou=False, rcu_walkers=False),
             force_pte_cb=self.host_stage2_force_pte_cb,
             max_owner_id=ACK_KVM_MAX_OWNER_ID,
             pte_is_counted=lambda pte, level: host_stage2_pte_is_counted(self, pte, level),

@@ -60,6 +60,10 @@ from .errors import Fault as _Fault
 from .errors import S2ptError
 from .kvm import handle_access_fault, user_mem_abort
 from .ops import cpu_relax, hw_walk_start
+from .ops import read_lock as _read_lock
+from .ops import read_unlock as _read_unlock
+from .ops import write_lock as _write_lock
+from .ops import write_unlock as _write_unlock
 from .sim.search import NEVER, SOMETIMES
 from .sim.sync import SimMachine
 from .sim.world import Setup, kernel_path
@@ -728,6 +732,126 @@ mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlb
          "of their break: a host CPU's walk cache still points into them")
 
 
+# The thread's rwlock question, asked of pKVM's host stage 2: could host
+# faults and donations share the read side of an rwlock (Oliver Upton's
+# sketch: "unmap on the write side and everything else on the read side")?
+# A hypothetical EL2 that allows shared walks (pkvm.Host(el2_shared_walks=True))
+# and host_mmu.lock as an rwlock whose read side both paths take.
+
+#: The rwlock the question puts in place of host_mmu.lock's spinlock.
+HOST_MMU_RWLOCK = "host_mmu.lock (rwlock)"
+OUTSIDE = PKVM_BASE + 7 * PAGE     # a page donated earlier, in VICTIM's 2M region
+
+
+@kernel_path(None)
+def _host_read_lock():
+    yield _read_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_read_unlock():
+    yield _read_unlock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_lock():
+    yield _write_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_unlock():
+    yield _write_unlock(HOST_MMU_RWLOCK)
+
+
+#: The rwlock's two sides: (lock, unlock) for each path.
+_RW_SIDES = {"read": (_host_read_lock, _host_read_unlock),
+             "write": (_host_write_lock, _host_write_unlock)}
+
+
+@kernel_path("__pkvm_host_donate_guest")
+def pkvm_host_donate_guest_rw(ctx: PkvmHost, pa: int, lock, unlock):
+    """__pkvm_host_donate_guest() under one side of the rwlock (``lock``,
+    ``unlock``): the set-owner walk is shared (cmpxchg; a lost race is
+    -EAGAIN and the donation is retried from the start), the page state is
+    recorded once the annotation is in."""
+    while True:
+        yield from lock()
+        ret = yield from _pkvm.host_stage2_set_owner_locked(
+            ctx.host, pa, PAGE, d.PKVM_ID_GUEST, mc=ctx.pool, flags=pt.SHARED | pt.HANDLE_FAULT)
+        if ret != -_pkvm.EAGAIN:
+            break
+        yield from unlock()
+        yield cpu_relax()
+    if not ret:
+        yield page_owner(pa, "guest", "__host_update_page_state(PKVM_NOPAGE)")
+    yield from unlock()
+    return ret
+
+
+@kernel_path("host CPU (MMU)")
+def host_accesses_rw(ctx: PkvmHost, tlb, pas, lock, unlock):
+    """host_accesses(), whose fault handler (handle_host_mem_abort ->
+    host_stage2_idmap) runs under one side of the rwlock with the scheme's
+    fault walk flags (rwlock: shared, HANDLE_FAULT, NO_COLLAPSE)."""
+    flags = ctx.scheme.fault_flags
+    for pa in pas:
+        for _ in range(3):
+            yield hw_walk_start(pa, tlb, "host")
+            r = yield from hw_translate(tlb, pa)
+            if not isinstance(r, _Fault):
+                ctx.checker.access(tlb.vcpu, r)
+                break
+            ret = yield from _pkvm.handle_host_mem_abort(ctx.host, pa, ctx.pool, lock, unlock,
+                                                         flags)
+            if ret == -_pkvm.EPERM:
+                break
+
+
+def build_host_fault_vs_donate_shared(scheme, bugs, side="read"):
+    """``side``: which side of the rwlock the two paths take ("write": the
+    exclusive control, for tests)."""
+    lock, unlock = _RW_SIDES[side]
+    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+                      machine=SimMachine, el2_shared_walks=True)
+    # Earlier, another page of VICTIM's 2M region was given away: the 1G
+    # block is now a level-2 table and a level-3 table, empty but for that
+    # page's annotation (the host faults the rest back lazily).
+    host.donate(OUTSIDE, 1, to="guest")
+    s = Setup(host.pgt, scheme, bugs)
+    tlb = _pkvm_cpu1(s, host, bugs)
+    ctx = PkvmHost(s, host, [tlb])
+    s.cpu("CPU0", f"EL2: __pkvm_host_donate_guest, {side} side", pkvm_host_donate_guest_rw,
+          ctx, VICTIM, lock, unlock)
+    s.cpu("CPU1", f"host: MMU load, faults to EL2 ({side} side)", host_accesses_rw, ctx, tlb,
+          (VICTIM,), lock, unlock, vcpu=1, pure=False)
+    s.region = (PKVM_BASE, BLOCK)
+    return s
+
+
+_SHARED_READ_SIDE_WHY = (
+    "this scenario asks the rwlock question of pKVM's host stage 2 (host faults and donations "
+    "sharing the read side of host_mmu.lock made an rwlock, with shared walks at EL2); {}")
+_add(Scenario(
+    "host-fault-vs-donate-shared",
+    "the thread's rwlock at EL2: CPU1's host fault and CPU0's donation of the same page share "
+    "the read side; the fault decides from an empty entry that the page is the host's "
+    "(host_stage2_adjust_range), the donation writes the guest's annotation there, and the "
+    "fault's map, trusting its check, overwrites it: check-then-act",
+    build_host_fault_vs_donate_shared,
+    {"rwlock": {"isolation": SOMETIMES}},
+    why_not={
+        "hyp-lock": _SHARED_READ_SIDE_WHY.format(
+            "pKVM's answer is one spinlock, under which donate-vs-host-access and "
+            "coalesce-vs-host-fault find nothing"),
+        "rcu": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["rcu"]),
+        "none": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["none"]),
+        **{name: _SHARED_READ_SIDE_WHY.format(
+            f"{name} is a scheme of kvm->mmu_lock for a guest's stage 2, not the question")
+           for name in ("write-lock", "rcu-rfc", "refcount", "refcount-revalidate",
+                        "rwlock-collapse-write", "rwlock-relax-page")},
+    }))
+
+
 # ---------------------------------------------------------------------------
 # rcu-rfc: RFC v1's pruning walker (s2pt.schemes.RcuRfcScheme)
 # ---------------------------------------------------------------------------
@@ -961,9 +1085,10 @@ declare("rwlock", {
     "map-vs-map": {},
     "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
                              "refcount": SOMETIMES, "warn": SOMETIMES},
-}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in "
-            "the model: coalescing (the host stage 2's only unlink) would go on the write side, "
-            "host faults and donations on the read side; see s2pt.schemes.RwlockScheme"
+}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question is asked in "
+            "host-fault-vs-donate-shared: coalescing (the host stage 2's unlink) would go on the "
+            "write side, but host faults and donations cannot share the read side either (the "
+            "fault path checks, then acts); see s2pt.schemes.RwlockScheme"
             for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
                          "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
 

@@ -268,16 +268,21 @@ class RwlockScheme(Scheme):
     when it coalesces (android15-6.6: from the TABLE_POST of a host map
     walk, s2pt.pkvm), so under this scheme coalescing would be write-side
     work, like unmap.  Whether host faults and donations could then share
-    the read side, as the sketch suggests, the model answers no: the host
-    fault path is check-then-act (host_stage2_adjust_range reads the leaf,
-    then host_stage2_idmap_locked maps the range it computed), so a donation
-    that lands between the two has its owner annotation overwritten by the
-    host's block -- the isolation violation the explorer finds in
-    ``host-fault-vs-donate-shared`` -- and host_stage2_try()'s -ENOMEM path
-    frees table pages (kvm_pgtable_stage2_reclaim_leaves in android15-6.6,
-    host_stage2_unmap_dev_all in mainline) from the fault path itself.  EL2
-    also has only hyp_spinlock_t today and refuses shared walks (-EPERM), so
-    the other pKVM scenarios run ``hyp-lock`` and do not declare this scheme.
+    the read side, as the sketch suggests, the model answers no.  The host
+    fault path is check-then-act: host_stage2_adjust_range reads the leaf
+    (a get-leaf walk) and decides from it that the range is the host's, then
+    host_stage2_idmap_locked maps that range.  A donation on the read side
+    that lands between the two writes the guest's owner annotation -- or,
+    for a larger range, a table holding it -- and the fault's map then
+    overwrites the annotation (or collapses the table): the host maps the
+    guest's page.  The explorer finds it in ``host-fault-vs-donate-shared``
+    (shared walks and cmpxchg do not help: each store wins its own race).
+    And host_stage2_try()'s -ENOMEM path frees table pages from the fault
+    path itself (kvm_pgtable_stage2_reclaim_leaves in android15-6.6,
+    host_stage2_unmap_dev_all in mainline), which on a read side would free
+    tables other walkers are in.  EL2 also has only hyp_spinlock_t today and
+    refuses shared walks (-EPERM), so the other pKVM scenarios run
+    ``hyp-lock`` and do not declare this scheme.
     """
 
     name = "rwlock"

@@ -229,3 +229,47 @@ def test_the_pkvm_bugs_switch_on_from_the_command_line(capsys):
     assert main(["explore", "coalesce-vs-host-fault", "--bug", "coalesce-no-tlbi",
                  "--json"]) == 1
     assert '"kind": "use-after-free"' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# The thread's rwlock question for pKVM (issue 18, item 6)
+# ---------------------------------------------------------------------------
+
+def test_host_faults_and_donations_cannot_share_the_read_side():
+    """host-fault-vs-donate-shared: CPU1's fault handler reads VICTIM's
+    empty entry (host_stage2_adjust_range's get-leaf walk), CPU0's donation
+    on the same read side writes the guest's annotation there, and CPU1's
+    map -- acting on its check -- breaks the annotation to install the
+    host's page: the isolation checker fires on that store."""
+    r = explore("host-fault-vs-donate-shared", "rwlock")
+    assert r.complete and r.kinds == {"isolation"}
+    f = r.found["isolation"]
+    w = replay("host-fault-vs-donate-shared", "rwlock", f.schedule_text)
+    hit = next(e for e in w.events if e.violations)
+    assert hit.cpu == 1 and hit.op[0] == "cmpxchg" and hit.op[2] == 0x8   # the annotation
+    assert hit.op[3] == s2pt.descriptor.KVM_INVALID_PTE_LOCKED
+    check = [e for e in w.events if e.cpu == 1 and e.op[0] == "READ_ONCE"
+             and "host_stage2_adjust_range" in e.stack and e.op[1] == hit.op[1]]
+    annotate = next(e for e in w.events if e.cpu == 0 and e.op[0] == "smp_store_release"
+                    and e.op[1] == hit.op[1])
+    assert check[0].result == 0 and check[0].index < annotate.index < hit.index
+    assert "ISOLATION" in w.diagram()
+
+
+def test_the_same_paths_on_the_write_side_are_safe():
+    """The control: the same two paths under the rwlock's write side (one
+    at a time, as under pKVM's spinlock) find nothing."""
+    from s2pt.scenarios import Scenario, build_host_fault_vs_donate_shared
+    sc = Scenario("host-fault-vs-donate-exclusive", "control", build_host_fault_vs_donate_shared,
+                  {"rwlock": {}}, params={"side": "write"})
+    r = explore(sc, "rwlock", details=False)
+    assert r.complete and r.check_declared() == [] and not r.kinds
+
+
+def test_the_rwlock_pkvm_text_says_what_the_explorer_finds():
+    from s2pt.scenarios import SCENARIOS
+    from s2pt.schemes import SCHEMES
+    doc = SCHEMES["rwlock"].__doc__
+    assert "host-fault-vs-donate-shared" in doc and "could share the read side" not in doc
+    for name in PKVM:
+        assert "cannot share the read side" in SCENARIOS[name].why_not["rwlock"]
