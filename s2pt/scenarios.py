@@ -844,10 +844,13 @@ _add(Scenario(
             "pKVM's answer is one spinlock, under which donate-vs-host-access and "
             "coalesce-vs-host-fault find nothing"),
         "rcu": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["rcu"]),
+        "rcu-rfc": _SHARED_READ_SIDE_WHY.format(
+            "rcu-rfc runs guest faults as shared walks under kvm->mmu_lock, like rcu; "
+            + NOT_PKVM["rcu"]),
         "none": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["none"]),
         **{name: _SHARED_READ_SIDE_WHY.format(
             f"{name} is a scheme of kvm->mmu_lock for a guest's stage 2, not the question")
-           for name in ("write-lock", "rcu-rfc", "refcount", "refcount-revalidate",
+           for name in ("write-lock", "refcount", "refcount-revalidate",
                         "rwlock-collapse-write", "rwlock-relax-page")},
     }))
 
