@@ -24,12 +24,14 @@ IPA, 4K granule, start level 1; a 2M-backed memslot at IPA 1 GiB)::
 Logging write-protected the slot and each read fault mapped one page; it is
 now off, so the next write fault may map a 2M block over the whole L3 table.
 
-The pKVM scenarios at the end race on the host's identity-mapped stage 2
-(:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
-a host CPU whose MMU walks the same table and whose faults trap to EL2.
-They reuse pkvm's EL2 paths step by step and add the isolation checker
-(:class:`s2pt.checkers.IsolationChecker`); ``rcu``, ``none``, ``write-lock``
-and ``rwlock`` are schemes of ``kvm->mmu_lock`` and do not declare them.
+The pKVM scenarios race on the host's identity-mapped stage 2
+(:mod:`s2pt.pkvm`, as android15-6.6 builds and coalesces it) under
+``hyp-lock``: a donation or a reclaim at EL2 against a host CPU whose MMU
+walks the same table and whose faults trap to EL2.  They reuse pkvm's EL2
+paths step by step and add the isolation checker
+(:class:`s2pt.checkers.IsolationChecker`); the schemes of ``kvm->mmu_lock``
+do not declare them.  ``host-fault-vs-donate-shared`` asks the thread's
+rwlock question of the host stage 2 instead, and declares ``rwlock``.
 The guest scenarios declare ``hyp-lock`` too, as a question: what if KVM
 guarded a guest's stage 2 with pKVM's lock?
 
