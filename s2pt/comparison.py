@@ -449,6 +449,11 @@ class _Tracker:
         self.retained_peak = 0
         self.steps = 0
         self.start = _valid_leaves(self.pgt, w.setup.region)
+        # The table pages' contents before the run (pfn -> entries): what a
+        # store that carries no old value (WRITE_ONCE) overwrites, for the
+        # break-before-make windows (_costs_of).
+        self.mem0 = {pfn: p.table.copy() for pfn, p in self.pgt.mm.pages.items()
+                     if not p.freed}
 
     def after(self, ev):
         kind = OPS.get(ev.op[0])
@@ -506,12 +511,29 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
     events = w.events
     ops = Counter(e.op[0] for e in events)
     failed = sum(1 for e in events if e.op[0] == "cmpxchg" and e.result != e.op[2])
-    # Break-before-make windows: an entry stores LOCKED (the break) and later
-    # a value that is not (the make).  Entries left LOCKED (a pruned
-    # subtree's) close no window.
+    # Break-before-make windows: an entry stores LOCKED (the break, since
+    # v6.2) or 0 over a valid entry (the break before v6.2: kvm_clear_pte),
+    # and later a value that is neither (the make).  Entries left broken (a
+    # pruned subtree's, an unmapped one) close no window.
     locked_at, window = {}, 0
+    shift, mask = w.pgt.mm.page_shift, w.pgt.mm.page_size - 1
+    cur: dict = {}                        # ptep -> value last stored in this run
+
+    def value(ptep):
+        if ptep in cur:
+            return cur[ptep]
+        t = tr.mem0.get(ptep >> shift)
+        return 0 if t is None else t.item((ptep & mask) >> 3)
+
     for e in events:
         op = e.op
+        if op[0] == "zalloc_page" and isinstance(e.result, int):
+            # A page handed out again starts zeroed: forget its old entries.
+            base = e.result
+            for ptep in [p for p in cur if p >> shift == base >> shift]:
+                del cur[ptep]
+            tr.mem0.pop(base >> shift, None)
+            continue
         kind = OPS.get(op[0])
         if kind is None or not kind.stores:
             continue
@@ -521,10 +543,19 @@ def _costs_of(w, tr: _Tracker) -> RunCosts:
             new = op[3]
         else:
             new = op[2]
+        old = value(op[1])
+        cur[op[1]] = new
+        opened = locked_at.get(op[1])
         if new == KVM_INVALID_PTE_LOCKED:
-            locked_at.setdefault(op[1], e.index)
-        elif op[1] in locked_at:
-            window = max(window, e.index - locked_at.pop(op[1]))
+            if opened is None:
+                locked_at[op[1]] = (e.index, True)
+        elif new == 0 and old & 1:
+            if opened is None:
+                locked_at[op[1]] = (e.index, False)
+        elif opened is not None and (opened[1] or new != 0):
+            # A LOCKED entry is made by any other store (0 included: an
+            # owner annotation for the host); a cleared one by a non-zero one.
+            window = max(window, e.index - locked_at.pop(op[1])[0])
     # Steps blocked: CPU c waits at step k when it is neither finished nor
     # enabled; what it waits for is its next operation (performed at its next
     # step, or still pending when the run ended).

@@ -92,6 +92,10 @@ class MmuLock(Frozen):
 
     #: Flags of a vCPU fault's walk: shared, and -EAGAIN goes back to the guest.
     fault_flags = pt.HANDLE_FAULT | pt.SHARED
+    #: Whose walker the VM's table follows (s2pt.stage2.KvmPgtable's
+    #: ``kernel``): None, today's mainline; a locking that models an older
+    #: kernel names it ("6.1": s2pt.schemes.WriteLockScheme).
+    kernel = None
 
     def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
         """Around a fault's walk.  ``unlinks``: this fault may replace a
@@ -104,6 +108,21 @@ class MmuLock(Frozen):
 
     def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
         yield read_unlock(MMU_LOCK)
+
+    def fault_walk_flags(self, flags: int, unlinks: bool = False, relax_only: bool = False) -> int:
+        """The walk flags of one fault, given the VM's (``VM.fault_flags``)
+        and what fault_lock was told.  Mainline: the same for every fault.
+        (A model hook, no kernel function: a scheme whose fault may take the
+        write lock walks exclusively then.)"""
+        return flags
+
+    def fault_map_size(self, vma_pagesize: int, fault_granule: int, perm: bool) -> int:
+        """How much a fault asks to map (or relax), from user_mem_abort's
+        ``vma_pagesize`` and the granule the MMU reported.  Mainline: the
+        largest the backing allows, even where that replaces a table by a
+        block (``vma_pagesize > fault_granule``).  (A model hook: a scheme
+        that never replaces a table may ask for the fault granule instead.)"""
+        return vma_pagesize
 
     def update_lock(self):
         """Around an exclusive update: MMU-notifier unmap, eager split."""
@@ -279,6 +298,8 @@ class VM(Frozen):
             flags &= ~pt.NO_COLLAPSE
         self.fault_flags = flags
         self._memcache_capacity = memcache_capacity
+        # The table follows the walker of the kernel the locking models.
+        config.setdefault("kernel", getattr(self.locking, "kernel", None))
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
@@ -309,6 +330,10 @@ class VM(Frozen):
     def _check_chunk(self, chunk, explicit_cap: bool = False):
         if not _is_int(chunk) or chunk < 0:
             raise S2ptError(f"eager_split_chunk={chunk!r}: must be 0 or a supported block size")
+        if chunk and self.pgt.pre_6_2:
+            raise S2ptError(f"eager_split_chunk={chunk:#x}: this VM models v6.1 (its locking's "
+                            f"kernel), and eager page splitting "
+                            f"(KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE) arrived in v6.5; use 0")
         sizes = self.pgt.geom.block_sizes()
         if chunk and chunk not in sizes:
             raise S2ptError(
@@ -852,6 +877,7 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
         vma_pagesize = vm._vma_pagesize(slot, gpa)
         if perm and vma_pagesize == pgt.page_size and fault_granule > pgt.page_size:
             vma_pagesize = fault_granule       # relax the whole block at once
+    vma_pagesize = vm.locking.fault_map_size(vma_pagesize, fault_granule, perm)
     fault_ipa = gpa & ~(vma_pagesize - 1)
     writable = not slot.readonly and not (logging_active and not write)
     prot = _PROT_RWX if writable else _PROT_RX               # CACHE_DIC: always X
@@ -863,7 +889,7 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
     # Before 6.2 only this fault took the read lock (use_read_lock).
     relax_only = logging_active and perm and write and fault_granule == pgt.page_size
     lock = vm.locking
-    flags = vm.fault_flags
+    flags = lock.fault_walk_flags(vm.fault_flags, unlinks, relax_only)
     yield from lock.fault_lock(unlinks, relax_only)      # read_lock(&kvm->mmu_lock)
     if perm and vma_pagesize == fault_granule:
         ret = yield from pt.kvm_pgtable_stage2_relax_perms(pgt, fault_ipa, prot, flags)
@@ -907,7 +933,9 @@ def kvm_stage2_unmap_range(vm: VM, start: int, size: int):
 def handle_access_fault(vm: VM, vcpu: int, gpa: int, fault: Fault | None = None):
     """handle_access_fault() (arch/arm64/kvm/mmu.c): the guest touched a
     page whose access flag aging cleared; set it again with
-    kvm_pgtable_stage2_mkyoung() under ``read_lock(&kvm->mmu_lock)``."""
+    kvm_pgtable_stage2_mkyoung() under ``read_lock(&kvm->mmu_lock)`` (since
+    fc61f554e694, v6.3; before that under the write lock, as the v6.1
+    ``write-lock`` scheme takes it: fault_lock() with neither argument)."""
     pgt = vm.pgt
     lock = vm.locking
     yield from lock.fault_lock()                         # read_lock(&kvm->mmu_lock)

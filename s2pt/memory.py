@@ -14,12 +14,30 @@ What the kernel relies on, and what the model keeps:
 * **A second count, for walkers** (``Page.walkers``), kept apart from the
   refcount above.  No kernel has it: it is the count Quentin Perret's
   refcount teardown idea (2022-04-22, never merged; s2pt.schemes'
-  ``refcount`` and ``refcount-revalidate``) would add to struct page.  A
-  fresh table holds 1 (its parent entry's reference, the way ``zalloc_page``
-  gives ``page_count`` 1); each walker inside the table holds one more; a
-  freed page holds 0.  It lives in struct page too, so it outlives the free
-  and ``walker_get_unless_zero`` on a freed page is meaningful (it fails).
-  Only the refcount schemes' walker hooks touch it.
+  ``refcount`` and ``refcount-revalidate``) needs.  A fresh table holds 1
+  (its parent entry's reference, the way ``zalloc_page`` gives
+  ``page_count`` 1); each walker inside the table holds one more; a freed
+  page holds 0.  **Where it lives decides whether get_page_unless_zero on
+  it is legal.**  A walker may call it on a page that has been freed, and
+  reallocated to anyone, since it read the pointer; that is legal only on a
+  count whose meaning survives reallocation, and in struct page that is
+  ``_refcount``: the page allocator owns it (0 while the page is free, 1
+  when it is handed out, to whoever asks), and every owner of the page
+  uses it as a reference count, so a stray increment and its put are
+  harmless to any of them -- which is why ``folio_try_get`` works in the
+  lockless page-cache lookup.  The model gives the walker count exactly
+  that guarantee (the allocator sets it, for every owner, in
+  :meth:`PhysMem._take` and :meth:`PhysMem.free_page`), and keeps it apart
+  from ``page_count`` so that ``page_count == 1`` still means "no valid
+  entries".  In the kernel both would have to share ``_refcount``, and the
+  entry count would have to move to a field of the page-table descriptor
+  (struct ptdesc), touched only by walkers that already hold a reference.
+  A walker count kept in such a field instead -- one the page's next owner
+  reuses for its own data (``Page.ptdesc`` says whether the page is a page
+  table right now) -- would be incremented as a foreign field: the ops'
+  ``field="ptdesc"`` variant (the mutation ``walker-count-in-ptdesc``)
+  reports that as a use-after-free.  Only the refcount schemes' walker
+  hooks touch the walker count.
 * **Freeing poisons** the contents (``PAGE_POISON`` = 0xaa bytes), and any
   later access to the page is a use-after-free, reported through
   :meth:`PhysMem.violation`.
@@ -53,7 +71,7 @@ class Page:
     """The parts of ``struct page`` that stage-2 tables use."""
 
     __slots__ = ("pfn", "pa", "refcount", "walkers", "freed", "table", "private",
-                 "generation", "free_count")
+                 "ptdesc", "generation", "free_count")
     #: Not state (the explorer's snapshot protocol, s2pt.snapshot): how often
     #: the page was reused and freed, kept for the views' ABA explanations.
     #: Which fields are state is s2pt.sim.state.PAGE_STATE.
@@ -67,6 +85,11 @@ class Page:
         self.freed = False
         self.table = np.zeros(entries, dtype=np.uint64)
         self.private = None      # set_page_private(): the level, for free_unlinked
+        #: Whether the page is a page table now (from the walker's zalloc_page,
+        #: or the PGD's allocation, until it is freed): while it is, the
+        #: page-table descriptor's own fields are the table's; before and
+        #: after, they belong to the page's other owners.
+        self.ptdesc = False
         self.generation = 0      # bumped on every reuse (for ABA explanations)
         self.free_count = 0      # how many times this page was freed
 
@@ -132,6 +155,7 @@ class PhysMem:
             page.walkers = 1
             page.freed = False
             page.private = None
+            page.ptdesc = False
             page.generation += 1
         self.allocated += 1
         self.total_allocs += 1
@@ -159,7 +183,10 @@ class PhysMem:
             align <<= 1
         pfn = -(-self._next_pfn // align) * align
         self._next_pfn = pfn + n
-        return [self._take(pfn + i, fresh=True) for i in range(n)]
+        pages = [self._take(pfn + i, fresh=True) for i in range(n)]
+        for page in pages:
+            page.ptdesc = True        # the PGD: a page table from the start
+        return pages
 
     def free_page(self, page: Page, was_table: bool = True):
         """The page goes back to the allocator, poisoned."""
@@ -171,6 +198,7 @@ class PhysMem:
         page.freed = True
         page.refcount = 0
         page.walkers = 0
+        page.ptdesc = False
         page.free_count += 1
         page.table.fill(PAGE_POISON64)
         self.free_list.append(page.pfn)
@@ -214,12 +242,36 @@ class PhysMem:
         page.refcount += 1
         return True
 
+    # -- page->private (set_page_private / page_private)
+    def set_page_private(self, pa: int, value):
+        """set_page_private(): the unlinker records the level there."""
+        self.page_of(pa).private = value
+
+    def page_private(self, pa: int):
+        return self.page_of(pa).private
+
     # -- the walker count (a second count in struct page; see the module docstring)
-    def walker_get(self, pa: int):
+    def _foreign(self, page, field: str, what: str) -> bool:
+        """``field`` "ptdesc" (the mutation walker-count-in-ptdesc): the count
+        is a field of the page-table descriptor, which is the table's only
+        while the page is one.  Touching it on a page that is not a table
+        now (free, in a memcache, ...) touches its other owner's data."""
+        if field == "_refcount" or page.ptdesc:
+            return False
+        self.violation("use-after-free",
+                       f"{what} on a walker count kept in the page-table descriptor of page "
+                       f"{page.pa:#x}, which is no page table now ("
+                       f"{'free' if page.freed else 'reallocated'}): the field belongs to the "
+                       f"page's next owner, and the walker changed it")
+        return True
+
+    def walker_get(self, pa: int, field: str = "_refcount"):
         """Take a walker reference unconditionally (get_page() on the walker
         count).  On a freed page that is a use of freed memory: the kernel's
         get_page() VM_BUG_ONs on a zero count."""
         page = self.page_of(pa)
+        if self._foreign(page, field, "walker_get()"):
+            return
         if page.freed or page.walkers <= 0:
             self.violation("use-after-free",
                            f"walker reference taken on freed table page {page.pa:#x}"
@@ -229,21 +281,27 @@ class PhysMem:
             return
         page.walkers += 1
 
-    def walker_get_unless_zero(self, pa: int) -> bool:
+    def walker_get_unless_zero(self, pa: int, field: str = "_refcount") -> bool:
         """get_page_unless_zero() on the walker count: False (and nothing
         taken) once the count has reached zero, i.e. the page was freed or
-        is being freed.  Legal on a freed page: struct page outlives it."""
+        is being freed.  Legal on a freed or reallocated page, because the
+        count has ``_refcount``'s guarantee (module docstring); with
+        ``field="ptdesc"`` it is not."""
         page = self.page_of(pa)
+        if self._foreign(page, field, "get_page_unless_zero()"):
+            return False
         if page.walkers <= 0:
             return False
         page.walkers += 1
         return True
 
-    def walker_put(self, pa: int) -> bool:
+    def walker_put(self, pa: int, field: str = "_refcount") -> bool:
         """put_page_testzero() on the walker count: drop one reference and
         say whether it was the last.  It frees nothing itself: whoever drops
         the last reference frees the table (and the subtree below it)."""
         page = self.page_of(pa)
+        if self._foreign(page, field, "put_page_testzero()"):
+            return False
         if page.walkers <= 0:
             self.violation("use-after-free" if page.freed else "refcount",
                            f"walker reference dropped on table page {page.pa:#x}, "

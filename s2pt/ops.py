@@ -45,11 +45,11 @@ from .memory import PAGE_POISON64, PhysMem
 __all__ = [
     "READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg", "hw_read",
     "get_page", "put_page", "page_count", "get_page_unless_zero",
-    "walker_get", "walker_get_unless_zero", "walker_put",
+    "walker_get", "walker_get_unless_zero", "walker_put", "set_page_private", "page_private",
     "zalloc_page", "free_page", "tlbi", "dsb", "cmo", "rcu_read_lock",
     "rcu_read_unlock", "call_rcu", "spin_lock", "spin_unlock", "read_lock", "read_unlock",
     "write_lock", "write_unlock", "kvm_mmu_topup_memory_cache", "cpu_relax", "hw_walk_start",
-    "memcache_nobjs", "set_page_private", "page_private", "mark_page_dirty_in_slot",
+    "memcache_nobjs", "mark_page_dirty_in_slot",
     "OpKind", "OPS", "View", "op_text", "result_text", "desc_text", "loc_text",
     "Machine", "run", "check_effects",
 ]
@@ -106,30 +106,38 @@ def get_page_unless_zero(pa):
 
 # The walker count: a second count in struct page, apart from page_count
 # (s2pt.memory; only the refcount teardown schemes of s2pt.schemes use it).
+# ``field`` says where it lives: "_refcount" (the default: a count with
+# _refcount's guarantee, legal to touch on a freed or reallocated page) or
+# "ptdesc" (a field of the page-table descriptor, the table's only while the
+# page is one: the mutation walker-count-in-ptdesc).
 
-def walker_get(pa):
+def _walker_op(name, pa, field):
+    return (name, pa) if field == "_refcount" else (name, pa, field)
+
+
+def walker_get(pa, field="_refcount"):
     """get_page() on the walker count of the table page at ``pa``."""
-    return ("walker_get", pa)
+    return _walker_op("walker_get", pa, field)
 
 
-def walker_get_unless_zero(pa):
+def walker_get_unless_zero(pa, field="_refcount"):
     """get_page_unless_zero() on the walker count: result True if taken."""
-    return ("walker_get_unless_zero", pa)
+    return _walker_op("walker_get_unless_zero", pa, field)
 
 
-def walker_put(pa):
+def walker_put(pa, field="_refcount"):
     """put_page_testzero() on the walker count: result True if it was the last."""
-    return ("walker_put", pa)
+    return _walker_op("walker_put", pa, field)
 
 
 def set_page_private(pa, value):
-    """set_page_private(virt_to_page(pa), value): a field of struct page
-    (the table's level, kept for whoever frees an unlinked table later)."""
+    """set_page_private(virt_to_page(pa), value): the unlinker records the
+    level of an unlinked table in struct page (stage2_free_unlinked_table)."""
     return ("set_page_private", pa, value)
 
 
 def page_private(pa):
-    """page_private(virt_to_page(pa)): read that field back."""
+    """page_private(virt_to_page(pa)): result the value set there."""
     return ("page_private", pa)
 
 
@@ -360,6 +368,11 @@ def _cmpxchg_result(view, op, r):
     return "ok" if r == op[2] else f"failed, found {desc_text(view, r, _lvl(view, op[1]))}"
 
 
+def _field(op):
+    """Where a walker-count op's count lives, when not the default."""
+    return f", {op[2]}" if len(op) > 2 else ""
+
+
 def _generic_text(view, op):
     if len(op) == 2 and isinstance(op[1], str):
         return f"{op[0]}({op[1]})"
@@ -467,20 +480,20 @@ OPS: dict[str, OpKind] = {k.name: k for k in (
        result=lambda v, op, r: str(r)),
     _k("walker_get", memory="ref", addr=True, fold=True,
        verb="took a walker reference on",
-       text=lambda v, op: f"walker_get({_page(v, op[1]):#x})"),
+       text=lambda v, op: f"walker_get({_page(v, op[1]):#x}{_field(op)})"),
     _k("walker_get_unless_zero", memory="ref", addr=True,
        verb="tried to take a walker reference on",
-       text=lambda v, op: f"walker_get_unless_zero({_page(v, op[1]):#x})",
+       text=lambda v, op: f"walker_get_unless_zero({_page(v, op[1]):#x}{_field(op)})",
        result=lambda v, op, r: "got it" if r else "failed: count is 0"),
     _k("walker_put", memory="ref", addr=True, fold=True,
        verb="dropped a walker reference on",
-       text=lambda v, op: f"walker_put({_page(v, op[1]):#x})",
+       text=lambda v, op: f"walker_put({_page(v, op[1]):#x}{_field(op)})",
        result=lambda v, op, r: "last reference" if r else ""),
-    _k("set_page_private", memory="ref", addr=True, verb="set page->private of",
-       text=lambda v, op: f"set_page_private({_page(v, op[1]):#x}, {op[2]})"),
-    _k("page_private", memory="read", addr=True, verb="read page->private of",
+    _k("set_page_private", memory="ref", addr=True, verb="recorded the level in",
+       text=lambda v, op: f"set_page_private({_page(v, op[1]):#x}, {op[2]!r})"),
+    _k("page_private", memory="read", addr=True, verb="read the private data of",
        text=lambda v, op: f"page_private({_page(v, op[1]):#x})",
-       result=lambda v, op, r: str(r)),
+       result=lambda v, op, r: repr(r)),
     _k("free_page", memory="ref", addr=True, observed=True, verb="freed",
        text=lambda v, op: f"free_page({_page(v, op[1]):#x})"),
     _k("zalloc_page", memory="alloc", observed=True,
@@ -664,9 +677,6 @@ class Machine:
                 return m.page_count(op[1])
             return page.refcount
 
-        def set_page_private(op):
-            m.page_of(op[1]).private = op[2]
-
         def mark_page_dirty_in_slot(op):
             op[1]._mark_page_dirty(op[2], op[3])
 
@@ -674,11 +684,11 @@ class Machine:
             "read": read, "hw_read": hw_read, "write": write, "cmpxchg": cmpxchg, "xchg": xchg,
             "get_page": get_page, "put_page": put_page, "page_count": page_count,
             "get_page_unless_zero": lambda op: m.get_page_unless_zero(op[1]),
-            "walker_get": lambda op: m.walker_get(op[1]),
-            "walker_get_unless_zero": lambda op: m.walker_get_unless_zero(op[1]),
-            "walker_put": lambda op: m.walker_put(op[1]),
-            "set_page_private": set_page_private,
-            "page_private": lambda op: m.page_of(op[1]).private,
+            "walker_get": lambda op: m.walker_get(*op[1:]),
+            "walker_get_unless_zero": lambda op: m.walker_get_unless_zero(*op[1:]),
+            "walker_put": lambda op: m.walker_put(*op[1:]),
+            "set_page_private": lambda op: m.set_page_private(op[1], op[2]),
+            "page_private": lambda op: m.page_private(op[1]),
             "zalloc_page": self._zalloc,
             "free_page": lambda op: m.free_page(m.page_of(op[1])),
             "topup": lambda op: op[1].topup(op[2]),
@@ -728,6 +738,7 @@ class Machine:
         page = mc.alloc() if mc is not None else None
         if page is None:
             return None
+        page.ptdesc = True             # handed to the walker as a page table
         self.stats["tables_allocated"] += 1
         return page.pa
 

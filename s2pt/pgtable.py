@@ -87,9 +87,13 @@ FOLLOW_CB = 1 << 16
 #: rwlock sketch in the 2022 thread ("a rwlock with unmap on the write side
 #: and everything else on the read side").  A map walk with this flag never
 #: replaces a table by a block (stage2_map_walk_table_pre declines), so a
-#: fault under the read lock never unlinks a subtree: it descends and maps
-#: inside the table, at the table's level.  The ``rwlock`` scheme
-#: (s2pt.schemes) gives it to its faults.
+#: fault under the read lock never unlinks a subtree.  It maps no block
+#: either: the walk descends, maps pages into the empty entries it meets and
+#: stops with -EAGAIN at the first valid leaf that would change only in
+#: permissions -- for a permission fault, the faulting page itself, so such
+#: a fault maps nothing and returns -EAGAIN every time it is taken (see
+#: s2pt.schemes.RwlockScheme).  The ``rwlock`` schemes give it to their
+#: read-side faults.
 NO_COLLAPSE = 1 << 17
 
 
@@ -162,14 +166,20 @@ class MmOps(Frozen):
     ``mmu_lock`` for write, or own the unlinked subtree they free.  None
     (the default) costs no step.  ``rcu_walkers``: shared walks are RCU
     readers (``kvm_pgtable_walk_begin`` takes ``rcu_read_lock``); a scheme
-    that protects walkers otherwise turns it off.
+    that protects walkers otherwise turns it off.  ``walker_count``: where
+    the hooks' walker count lives in struct page (s2pt.memory): "_refcount"
+    (a count whose meaning survives the page's reallocation, so that
+    get_page_unless_zero on a freed page is legal) or "ptdesc" (a field of
+    the page-table descriptor that the page's next owner reuses: the
+    mutation walker-count-in-ptdesc).
     """
     __slots__ = ("free_unlinked_table", "dcache_clean_inval_poc", "icache_inval_pou",
-                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers")
+                 "prune_unlinked_table", "table_enter", "table_leave", "rcu_walkers",
+                 "walker_count")
 
     def __init__(self, free_unlinked_table=None, dcache_clean_inval_poc: bool = True,
                  icache_inval_pou: bool = True, prune_unlinked_table=None, table_enter=None,
-                 table_leave=None, rcu_walkers: bool = True):
+                 table_leave=None, rcu_walkers: bool = True, walker_count: str = "_refcount"):
         self.free_unlinked_table = (stage2_free_unlinked_table if free_unlinked_table is None
                                     else free_unlinked_table)
         self.dcache_clean_inval_poc = dcache_clean_inval_poc
@@ -182,6 +192,12 @@ class MmOps(Frozen):
         self.table_enter = table_enter
         self.table_leave = table_leave
         self.rcu_walkers = rcu_walkers
+        if walker_count not in ("_refcount", "ptdesc"):
+            raise S2ptError(f"MmOps: walker_count={walker_count!r}: the walker count lives in "
+                            f"'_refcount' (a count whose meaning survives the page's "
+                            f"reallocation) or 'ptdesc' (a field of the page-table "
+                            f"descriptor: the mutation walker-count-in-ptdesc)")
+        self.walker_count = walker_count
 
     def __repr__(self):
         out = (f"MmOps(free_unlinked_table={self.free_unlinked_table.__name__}, "
@@ -194,6 +210,8 @@ class MmOps(Frozen):
                     f"table_leave={self.table_leave.__name__}")
         if not self.rcu_walkers:
             out += ", rcu_walkers=False"
+        if self.walker_count != "_refcount":
+            out += f", walker_count={self.walker_count!r}"
         return out + ")"
 
 
@@ -433,8 +451,12 @@ def stage2_try_break_pte(ctx: VisitCtx, mmu=None):
         return False
     if not ctx.flags & SKIP_BBM_TLBI:
         if kvm_pte_table(ctx.old, ctx.level):
-            size = pgt.granule_size[ctx.level]
-            yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
+            if pgt.table_break_flushes_vmid:
+                # RFC v1 (and v6.2 to v6.5): the whole VMID
+                yield tlbi("vmid")                    # __kvm_tlb_flush_vmid
+            else:
+                size = pgt.granule_size[ctx.level]
+                yield from kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
         elif kvm_pte_valid(ctx.old):
             yield tlbi("ipa", ctx.addr, ctx.level)
     if ctx.pgt.pte_is_counted(ctx.old, ctx.level):
@@ -457,8 +479,11 @@ def stage2_make_pte(ctx: VisitCtx, new: int):
 # ---------------------------------------------------------------------------
 
 class Stage2MapData:
-    """struct stage2_map_data."""
-    __slots__ = ("phys", "attr", "owner_id", "memcache", "force_pte", "annotation")
+    """struct stage2_map_data.  ``anchor`` and ``childp`` are v6.1's (the
+    table entry a collapse cleared, and the table it pointed to); they stay
+    None on today's walker."""
+    __slots__ = ("phys", "attr", "owner_id", "memcache", "force_pte", "annotation", "anchor",
+                 "childp")
 
     def __init__(self, phys=0, attr=0, owner_id=0, memcache=None, force_pte=False,
                  annotation=False):
@@ -468,6 +493,8 @@ class Stage2MapData:
         self.memcache = memcache
         self.force_pte = force_pte
         self.annotation = annotation
+        self.anchor = None
+        self.childp = None
 
 
 def stage2_map_walker_phys_addr(ctx: VisitCtx, data: Stage2MapData) -> int:
@@ -503,6 +530,19 @@ def stage2_leaf_mapping_allowed(ctx: VisitCtx, data: Stage2MapData) -> bool:
     return not (phys & (gran - 1)) and not (ctx.addr & (gran - 1))
 
 
+def stage2_put_pte(ctx: VisitCtx):
+    """v6.1's stage2_put_pte(): "Clear the existing PTE, and perform
+    break-before-make with TLB maintenance if it was valid", then drop the
+    entry's reference.  No KVM_INVALID_PTE_LOCKED, no cmpxchg: before v6.2
+    every walk was exclusive, so the cleared entry needed no lock.  (Today
+    the map path breaks with stage2_try_break_pte; unmap keeps a clear.)"""
+    if kvm_pte_valid(ctx.old):
+        yield WRITE_ONCE(ctx.ptep, 0)        # kvm_clear_pte
+        if not ctx.flags & SKIP_BBM_TLBI:
+            yield tlbi("ipa", ctx.addr, ctx.level)   # __kvm_tlb_flush_vmid_ipa
+    yield put_page(ctx.ptep)
+
+
 def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     pgt = ctx.pgt
     if not stage2_leaf_mapping_allowed(ctx, data):
@@ -516,30 +556,36 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     # "Skip updating the PTE if we are trying to recreate the exact same
     # mapping or only change the access permissions.  Instead, the vCPU will
     # exit one more time from guest if still needed and then go through the
-    # path of relaxing permissions."
+    # path of relaxing permissions."  (v6.1 asked only when the old entry
+    # was counted; an uncounted one is empty, and needs an update anyway.)
     if not stage2_pte_needs_update(ctx.old, new):
         return -EAGAIN
 
-    # "If we're only changing software bits, then store them and go!"
-    if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
-        old_counted = pgt.pte_is_counted(ctx.old, ctx.level)
-        if old_counted != pgt.pte_is_counted(new, ctx.level):
-            yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
-        if not (yield from stage2_try_set_pte(ctx, new)):
-            pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
-        if not pgt.map_phys_from_ipa and not data.annotation:
-            data.phys += pgt.granule_size[ctx.level]     # before 1f0f4a2ef7a5
-        return 0
+    if pgt.pre_6_2:
+        # v6.1: clear the old entry (with its TLBI) and drop its reference.
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield from stage2_put_pte(ctx)
+    else:
+        # "If we're only changing software bits, then store them and go!"
+        if not ctx.flags & SHARED and not ((ctx.old ^ new) & ~KVM_PTE_LEAF_ATTR_HI_SW):
+            old_counted = pgt.pte_is_counted(ctx.old, ctx.level)
+            if old_counted != pgt.pte_is_counted(new, ctx.level):
+                yield put_page(ctx.ptep) if old_counted else get_page(ctx.ptep)
+            if not (yield from stage2_try_set_pte(ctx, new)):
+                pgt.warn("stage2_map_walker_try_leaf: exclusive store failed")
+            if not pgt.map_phys_from_ipa and not data.annotation:
+                data.phys += pgt.granule_size[ctx.level]     # before 1f0f4a2ef7a5
+            return 0
 
-    if not (yield from stage2_try_break_pte(ctx)):
-        return -EAGAIN
+        if not (yield from stage2_try_break_pte(ctx)):
+            return -EAGAIN
 
-    # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
-    # for a block has its subtree locked and torn down here, before the make:
-    # the entry stays LOCKED all that time.
-    prune = pgt.mm_ops.prune_unlinked_table
-    if prune is not None and kvm_pte_table(ctx.old, ctx.level):
-        yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
+        # RFC v1 only (mm_ops->prune_unlinked_table): a table entry just broken
+        # for a block has its subtree locked and torn down here, before the make:
+        # the entry stays LOCKED all that time.
+        prune = pgt.mm_ops.prune_unlinked_table
+        if prune is not None and kvm_pte_table(ctx.old, ctx.level):
+            yield from prune(pgt, ctx.old & pgt.addr_mask, ctx.level)
 
     # Perform CMOs before installation of the guest stage-2 PTE (only where
     # the owner's mm_ops provide them: pKVM's host stage 2 has none).
@@ -551,7 +597,14 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: Stage2MapData):
     if not ctx.flags & SKIP_CMO and mm_ops.icache_inval_pou and stage2_pte_executable(new):
         yield cmo("icache_inval_pou", phys, gran)
 
-    yield from stage2_make_pte(ctx, new)
+    if pgt.pre_6_2:
+        # v6.1: "smp_store_release(ptep, new); if (stage2_pte_is_counted(new))
+        # mm_ops->get_page(ptep);"
+        yield smp_store_release(ctx.ptep, new)
+        if pgt.pte_is_counted(new, ctx.level):
+            yield get_page(ctx.ptep)
+    else:
+        yield from stage2_make_pte(ctx, new)
     if not pgt.map_phys_from_ipa and not data.annotation:
         data.phys += gran           # "data->phys += granule", before 1f0f4a2ef7a5
     return 0
@@ -567,17 +620,63 @@ def stage2_map_walk_table_pre(ctx: VisitCtx, data: Stage2MapData):
     A walk with the model's NO_COLLAPSE flag (not a kernel flag: the
     ``rwlock`` scheme's rendering of Oliver Upton's sketch) declines here,
     so the walk descends and maps inside the table instead.
+
+    **v6.1** (``pgt.kernel == "6.1"``): "The idea is that the TABLE_PRE
+    callback runs for table entries on the way down, looking for table
+    entries which we could conceivably replace with a block entry for this
+    mapping.  If it finds one, then it sets the 'anchor' field in 'struct
+    stage2_map_data' to point at the table entry, before clearing the entry
+    to zero and descending into the now detached table."  It flushes the
+    whole VMID ("as we may have numerous leaf entries below us which would
+    otherwise need invalidating individually"); the leaf visits below the
+    anchor drop their references and stage2_map_walk_table_post frees the
+    tables on the way up and installs the block at the anchor -- the
+    break-before-make window spans the whole teardown.  5c359cca1faf (v6.2)
+    moved the teardown after the make.
     """
-    childp = ctx.old & ctx.pgt.addr_mask
+    pgt = ctx.pgt
+    childp = ctx.old & pgt.addr_mask
     if ctx.flags & NO_COLLAPSE:
         return 0
+    if pgt.pre_6_2 and data.anchor is not None:
+        return 0
     if not stage2_leaf_mapping_allowed(ctx, data):
+        return 0
+    if pgt.pre_6_2:
+        data.childp = childp
+        yield WRITE_ONCE(ctx.ptep, 0)                 # kvm_clear_pte
+        if not ctx.flags & SKIP_BBM_TLBI:
+            yield tlbi("vmid")                        # __kvm_tlb_flush_vmid
+        data.anchor = ctx.ptep
         return 0
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
     if ret:
         return ret
-    yield from ctx.pgt.mm_ops.free_unlinked_table(ctx.pgt, childp, ctx.level)
+    yield from pgt.mm_ops.free_unlinked_table(pgt, childp, ctx.level)
     return 0
+
+
+def stage2_map_walk_table_post(ctx: VisitCtx, data: Stage2MapData):
+    """v6.1 only: "the TABLE_POST callback does nothing if the anchor has
+    not been set, but otherwise frees the page-table pages while walking
+    back up the page-table, installing the block entry when it revisits the
+    anchor pointer and clearing the anchor to NULL."  Each table below the
+    anchor is put twice (its own last reference, and its parent entry's on
+    the parent); at the anchor the block goes in first (stage2_map_walk_leaf
+    on the cleared entry), then the old table's page goes."""
+    if data.anchor is None:
+        return 0
+    ret = 0
+    if data.anchor == ctx.ptep:
+        childp = data.childp
+        data.anchor = data.childp = None
+        ctx.old = yield READ_ONCE(ctx.ptep)           # stage2_map_walk_leaf: pte = *ptep
+        ret = yield from stage2_map_walk_leaf(ctx, data)
+    else:
+        childp = (yield READ_ONCE(ctx.ptep)) & ctx.pgt.addr_mask   # kvm_pte_follow(*ptep)
+    yield put_page(childp)
+    yield put_page(ctx.ptep)
+    return ret
 
 
 def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
@@ -587,19 +686,36 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     table.  Accesses beyond 'end' that fall within the new table will be
     mapped lazily."  The reload then descends into the new table.
     """
+    pgt = ctx.pgt
+    if data.anchor is not None:
+        # v6.1, below the anchor: "we drop references to all valid leaves so
+        # that the pages beneath the anchor can be freed".
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield put_page(ctx.ptep)
+        return 0
     ret = yield from stage2_map_walker_try_leaf(ctx, data)
     if ret != -E2BIG:
         return ret
     if ctx.level == 3:
-        ctx.pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
+        pgt.warn("stage2_map_walk_leaf: no leaf allowed at the last level")
         return -EINVAL
     if data.memcache is None:
         return -ENOMEM
     childp = yield zalloc_page(data.memcache)
     if childp is None:
         return -ENOMEM
-    if getattr(data, "prefault", False) and kvm_pte_valid(ctx.old):
-        yield from stage2_map_prefault_idmap(ctx, childp)
+    if pgt.prefault_block:
+        if pgt.idmap and pgt.pte_is_counted(ctx.old, ctx.level):
+            pgt.warn("stage2_map_walk_leaf: the block being split is counted")
+        yield from stage2_map_prefault_block(ctx, childp)
+    if pgt.pre_6_2:
+        # v6.1: clear the block (stage2_put_pte), then kvm_set_table_pte()
+        # (smp_store_release) and take the new entry's reference.
+        if pgt.pte_is_counted(ctx.old, ctx.level):
+            yield from stage2_put_pte(ctx)
+        yield smp_store_release(ctx.ptep, d.kvm_init_table_pte(childp, pgt.page_shift))
+        yield get_page(ctx.ptep)
+        return 0
     if not (yield from stage2_try_break_pte(ctx)):
         yield put_page(childp)
         return -EAGAIN
@@ -608,23 +724,30 @@ def stage2_map_walk_leaf(ctx: VisitCtx, data: Stage2MapData):
     return 0
 
 
-def stage2_map_prefault_idmap(ctx: VisitCtx, childp: int):
-    """Android (ACK) only, for an identity map: fill the table that replaces
-    a block with copies of the block, except the entries that start inside
-    the range being changed, which the walk then visits itself.  Upstream
-    leaves the new table empty and lets the rest fault back lazily."""
+def stage2_map_prefault_block(ctx: VisitCtx, childp: int):
+    """Android (KVM_PGTABLE_S2_PREFAULT_BLOCK; android15-6.6's
+    stage2_map_prefault_block): fill the table that replaces a valid block
+    with copies of the block ("We can write non-atomically: ptep isn't yet
+    live").  "Skip ptes in the range being modified by the caller if we're
+    installing last level entries.  Otherwise, we need to temporarily put in
+    a valid mapping to make sure the prefaulting logic is triggered on the
+    next stage2_map_walk_leaf()": splitting a block above level 2 fills every
+    entry.  A counted copy takes its reference.  Mainline leaves the new
+    table empty and lets the rest fault back lazily."""
     pgt = ctx.pgt
     block = ctx.old
-    if pgt.pte_is_counted(block, ctx.level):
-        pgt.warn("stage2_map_prefault_idmap: the block being split is counted")
+    if not kvm_pte_valid(block):
+        return
     level = ctx.level + 1
     gran = pgt.granule_size[level]
-    pa = ctx.addr & ~(pgt.granule_size[ctx.level] - 1)
+    pa = block & pgt.addr_mask & ~(pgt.granule_size[ctx.level] - 1)
+    counted = pgt.pte_is_counted(block, level)
     for i in range(pgt.ptrs_per_pte):
-        if pa < ctx.addr or pa >= ctx.end:
-            # "We can write non-atomically: ptep isn't yet live."
+        if ctx.level < 2 or pa < ctx.addr or pa >= ctx.end:
             yield WRITE_ONCE(childp + 8 * i,
                              d.kvm_init_valid_leaf_pte(pa, block, level, pgt.page_shift))
+            if counted:
+                yield get_page(childp + 8 * i)
         pa += gran
 
 
@@ -634,6 +757,8 @@ def stage2_map_walker(ctx: VisitCtx, visit: int):
         return (yield from stage2_map_walk_table_pre(ctx, data))
     if visit == LEAF:
         return (yield from stage2_map_walk_leaf(ctx, data))
+    if visit == TABLE_POST and ctx.pgt.pre_6_2:
+        return (yield from stage2_map_walk_table_post(ctx, data))
     return -EINVAL
 
 
@@ -644,7 +769,8 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     if not pgt.counts_every_entry or not pgt.map_phys_from_ipa:
         return 0          # the numpy twin assumes "counted = non-zero" and 1f0f4a2ef7a5
     mdata = data.walker.arg
-    if mdata.annotation or (mdata.force_pte and level < 3) or not pgt.supports_block(level):
+    if (mdata.annotation or mdata.anchor is not None or (mdata.force_pte and level < 3)
+            or not pgt.supports_block(level)):
         return 0
     gran = pgt.granule_size[level]
     addr = data.addr
@@ -678,17 +804,29 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
 
 
 def kvm_pgtable_stage2_map(pgt, addr: int, size: int, phys: int, attr: int, mc,
-                           flags: int = 0, force_pte: bool = False, bulk: bool = False):
+                           flags: int = 0, force_pte: bool = False, bulk: bool = False,
+                           data: Stage2MapData | None = None, cb=None):
     """Map [addr, addr+size) to phys with leaf attributes ``attr``.
 
     Kernel: ``prot`` is turned into ``attr`` by stage2_set_prot_attr() inside;
     here the caller passes the attribute bits (Stage2.map computes them) so
-    that bad prot strings are rejected before anything runs.
+    that bad prot strings are rejected before anything runs.  ``data`` lets
+    the caller keep its own counters; ``cb`` is Android's map walker, which
+    adds a ``TABLE_POST`` visit (s2pt.pkvm.host_map_walker, android15-6.6's
+    coalescing); the walk then asks for ``TABLE_POST`` too.
     """
-    data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc,
-                         force_pte or (pgt.force_pte_cb is not None
-                                       and pgt.force_pte_cb(addr, addr + size, attr)))
-    walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF, stage2_map_bulk)
+    force = force_pte or (pgt.force_pte_cb is not None
+                          and pgt.force_pte_cb(addr, addr + size, attr))
+    if data is None:
+        data = Stage2MapData(phys & ~(pgt.page_size - 1), attr, 0, mc, force)
+    else:
+        data.phys, data.attr, data.owner_id = phys & ~(pgt.page_size - 1), attr, 0
+        data.memcache, data.force_pte, data.annotation = mc, force, False
+    # Since v6.2 the map walk has no TABLE_POST; v6.1's tore the subtree
+    # down and installed the block there, and Android's coalesces there.
+    post = TABLE_POST if pgt.pre_6_2 or cb is not None else 0
+    walker = Walker(stage2_map_walker if cb is None else cb, data,
+                    flags | TABLE_PRE | LEAF | post, stage2_map_bulk)
     if pgt.idmap and addr != phys:
         pgt.warn("kvm_pgtable_stage2_map: identity map with addr != phys")
         return -EINVAL
@@ -703,10 +841,10 @@ def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
     """Annotate [addr, addr+size) as owned by ``owner_id`` (pKVM): invalid,
     counted leaves at page granularity; covering blocks are broken.
 
-    Mainline walks ``TABLE_PRE | LEAF`` with stage2_map_walker.  Android's
-    variant passes ``cb``, a visitor that adds the coalescing ``TABLE_POST``
-    visit (s2pt.pkvm.host_set_owner_walker); the walk then asks for
-    ``TABLE_POST`` too.  ``data`` lets the caller keep its own counters."""
+    Mainline (and android15-6.6's kvm_pgtable_stage2_annotate) walks
+    ``TABLE_PRE | LEAF`` with stage2_map_walker; ``cb`` is a visitor that
+    adds a ``TABLE_POST`` visit, and the walk then asks for it too.  ``data``
+    lets the caller keep its own counters."""
     if owner_id > pgt.max_owner_id:
         return -EINVAL
     if data is None:
@@ -714,7 +852,8 @@ def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
     data.memcache, data.owner_id = mc, owner_id
     data.force_pte, data.annotation = True, True
     if cb is None:
-        walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF)
+        post = TABLE_POST if pgt.pre_6_2 else 0          # v6.1: the anchor's TABLE_POST
+        walker = Walker(stage2_map_walker, data, flags | TABLE_PRE | LEAF | post)
     else:
         walker = Walker(cb, data, flags | TABLE_PRE | LEAF | TABLE_POST)
     return (yield from kvm_pgtable_walk(pgt, addr, size, walker, bulk))
@@ -966,7 +1105,9 @@ def kvm_pgtable_stage2_relax_perms(pgt, addr, prot: int, flags=0):
     ret = yield from stage2_update_leaf_attrs(pgt, addr, 1, set_, clr, data, flags)
     if not ret or ret == -EAGAIN:
         # Kernel passes the level the attr walker saw (TTL unknown if none).
-        yield tlbi("ipa_nsh", addr, data.level)
+        # v6.1 invalidated on every CPU (__kvm_tlb_flush_vmid_ipa); the
+        # local __kvm_tlb_flush_vmid_ipa_nsh came later.
+        yield tlbi("ipa" if pgt.pre_6_2 else "ipa_nsh", addr, data.level)
     return ret
 
 

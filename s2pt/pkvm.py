@@ -3,8 +3,10 @@ Android's coalescing (arch/arm64/kvm/hyp/nvhe/mem_protect.c).
 
 Under pKVM the host kernel runs behind a stage-2 table that the hypervisor
 (EL2) owns.  It maps every physical address to itself (``KVM_PGTABLE_S2_IDMAP``:
-IPA == PA, IPA size == PA size, VMID 0), is filled *lazily* by the host's
-own stage-2 faults, and uses blocks as big as the memory layout allows.
+IPA == PA, IPA size == PA size, VMID 0) and uses blocks as big as the memory
+layout allows.  Mainline fills it *lazily*, by the host's own stage-2
+faults; android15-6.6 maps every memory region at init
+(``prepopulate_host_stage2``) and faults only the rest (MMIO) lazily.
 When a page is given away -- to the hypervisor or to a protected guest --
 its host entry becomes an **invalid entry carrying the owner's id**; a
 covering block is broken (break-before-make + TLBI) into a table.  Quentin
@@ -17,12 +19,12 @@ Mainline never did that; Android does (``stage2_coalesce_walk_table_post``).
     >>> import s2pt
     >>> GiB = 1 << 30
     >>> host = s2pt.pkvm.Host(memory=[(0x8000_0000, 2 * GiB)], mmio=[(0x1000_0000, 0x100_0000)])
-    >>> host.access(0x8000_1234).level            # the fault maps a whole 1G block
+    >>> host.access(0x8000_1234).level            # memory was mapped at init: a 1G block
     1
     >>> host.donate(0x8000_3000, 1, to="guest")   # the block is broken
     >>> host.owner(0x8000_3000), hex(host.pgt.get_leaf(0x8000_3000)[0])
     ('guest', '0x8')
-    >>> host.reclaim(0x8000_3000, 1)              # teardown: the tables coalesce
+    >>> host.reclaim(0x8000_3000, 1)              # teardown: the tables coalesce into blocks
     >>> host.stats["tables_live"]
     0
 
@@ -36,8 +38,11 @@ valid leaf is already there, -EPERM for a non-zero invalid entry, else the
 largest block-aligned range inside the region, with the kernel's
 level-increment quirk kept), then ``host_stage2_idmap_locked`` =
 ``host_stage2_try(kvm_pgtable_stage2_map, ..., &host_s2_pool)``, which on
--ENOMEM runs ``host_stage2_unmap_dev_all`` (unmap every non-memory range so
-their table pages return to the pool) and retries once.
+-ENOMEM recycles table pages and retries once: mainline's
+``host_stage2_unmap_dev_all`` unmaps every non-memory range;
+android15-6.6's ``host_stage2_unmap_unmoveable_regs`` runs
+``kvm_pgtable_stage2_reclaim_leaves`` over them (its unmap refuses an
+identity map).
 
 Prot: memory ``PKVM_HOST_MEM_PROT`` = RWX, MMIO ``PKVM_HOST_MMIO_PROT`` = RW.
 Neither carries ``KVM_PGTABLE_PROT_DEVICE``: the host's MMIO is mapped
@@ -74,25 +79,46 @@ Donation requires ``owned``.  MMIO cannot be donated or shared:
 ``host_stage2_set_owner_locked`` and ``check_range_allowed_memory`` return
 -EPERM, which here is an :class:`s2pt.S2ptError`.
 
-Coalescing (ACK only, "KVM: arm64: Coalesce host stage2 entries on
-ownership reclaim"): the table counts only *non-default* entries
+Coalescing, as android15-6.6 ships it (arch/arm64/kvm/hyp/pgtable.c and
+nvhe/mem_protect.c of that tree; ``Host(coalesce=False)`` is mainline,
+which never coalesces).  The table counts only *non-default* entries
 (``host_stage2_pte_is_counted``: tables, non-zero invalid entries, leaves
-whose attributes differ from the default ones), so a table whose
-``page_count`` is 1 holds only default identity mappings and can be
-dropped.  The set-owner walk is ``TABLE_PRE | LEAF | TABLE_POST``; its
-``TABLE_POST`` visitor, ``stage2_coalesce_walk_table_post``, zaps such a
-table (clear, ``__kvm_tlb_flush_vmid``, put both pages; the host frees
-synchronously) at levels that can hold a block, and the host faults the
-block back lazily.  ``Host.coalesce`` is ``kvm_pgtable_stage2_reclaim_leaves``,
-the ``TABLE_POST``-only walk that "eagerly coalesces" a range.  With
-``prefault=True`` a broken block is refilled with copies of itself
-(``stage2_map_prefault_idmap``) instead of faulting back lazily.
+whose attributes differ from the default ones for their PA), so a table
+whose ``page_count`` is 1 holds only default identity mappings.
 
-That combination is the model's own.  The only Android source that has
-coalescing puts it in the *pre-6.2* walker (no shared walks, no
-``KVM_INVALID_PTE_LOCKED``, no ``stage2_try_break_pte``).  Here it runs on
-the post-6.2 walker that the rest of s2pt models, with the LOCKED marker
-and ``stage2_try_break_pte``; no kernel tree ships that pairing.
+* The host's map walk (``kvm_pgtable_stage2_map``, which host faults and
+  reclaims use) is ``TABLE_PRE | LEAF | TABLE_POST``.  Its ``TABLE_POST``
+  visitor, ``stage2_coalesce_walk_table_post``, replaces such a table, at a
+  level that can hold a block, by a block with the walk's attributes:
+  ``stage2_try_break_pte`` (LOCKED; for a table,
+  ``kvm_tlb_flush_vmid_range`` over the block, a range TLBI on the modelled
+  CPU), ``stage2_make_pte``, then ``put_page`` of the table itself -- not
+  ``mm_ops->free_unlinked_table``: the table holds nothing counted.  The
+  annotation walk (``kvm_pgtable_stage2_annotate``) has no ``TABLE_POST``.
+* Reclaim (``host_stage2_set_owner_locked(..., PKVM_ID_HOST)``) maps the
+  pages back with the default prot (``host_stage2_idmap_locked``), so the
+  tables it empties of annotations coalesce on the way back up.
+* ``Host.coalesce`` is ``kvm_pgtable_stage2_reclaim_leaves``, the
+  ``TABLE_POST``-only walk that discards such tables (``kvm_clear_pte``,
+  ``kvm_tlb_flush_vmid_range``, put both pages); the host faults blocks back.
+* ``prefault=True`` is ``KVM_PGTABLE_S2_PREFAULT_BLOCK``, which 6.6 always
+  sets on the host: a broken block is refilled with copies of itself
+  (``stage2_map_prefault_block``), every entry when the block is above
+  level 2.  The model's default is off, so that a broken block's other
+  pages fault back lazily; a coalesced table may then still have empty
+  entries, which the block maps too (6.6's CONFIG_PKVM_STRICT_CHECKS check,
+  ``debug_check_table_before_coalescing``, is not modelled).
+* Coalescing is off until init is over (``kvm_protected_mode_initialized``:
+  "We don't want to coalesce during pkvm initialisation").
+
+Before 6.2, Android's coalescing ran on the set-owner walk of the old walker
+instead (its ``TABLE_POST`` zapped the table with ``kvm_clear_pte`` and a
+flush of the whole VMID, as android14-6.1 has it), and the host refaulted the
+block.  What 6.6's code does that the model shows (tests/test_pkvm.py):
+the coalesced block takes the attributes of whatever walk passes by, so a
+table of default memory and MMIO mappings, or of memory and holes, becomes
+one block over all of it; an MMIO fault next to memory can leave that
+memory mapped execute-never.
 
 Isolation (the security property): after every step, no host translation --
 the tables, and every host CPU's TLB and walk-cache entries
@@ -149,8 +175,9 @@ ACK_KVM_MAX_OWNER_ID = 255
 BUGS = {
     "donate-no-tlbi": "set_owner breaks the covering entry without the TLBI "
                       "(SKIP_BBM_TLBI): host CPUs keep the old block in their TLBs",
-    "coalesce-no-tlbi": "stage2_coalesce_walk_table_post frees the table without "
-                        "__kvm_tlb_flush_vmid: walk caches still point into it",
+    "coalesce-no-tlbi": "stage2_coalesce_walk_table_post breaks the table entry without "
+                        "its TLBI (kvm_tlb_flush_vmid_range) and frees the table: walk "
+                        "caches still point into it",
 }
 
 assert HOST_MEM_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MEM_PTE
@@ -185,72 +212,98 @@ def host_stage2_pte_is_counted(host: "Host", pte: int, level: int) -> bool:
 
 
 class HostMapData(pt.Stage2MapData):
-    """struct stage2_map_data as ACK's set-owner walk uses it (phys is
-    KVM_PHYS_INVALID), plus the model's counters and options."""
-    __slots__ = ("prefault", "coalesced", "skip_coalesce_tlbi")
+    """struct stage2_map_data for the host's walks, plus the model's counter
+    of coalesced tables and its bug switch."""
+    __slots__ = ("coalesced", "skip_coalesce_tlbi")
 
-    def __init__(self, *a, prefault=False, skip_coalesce_tlbi=False, **kw):
+    def __init__(self, *a, skip_coalesce_tlbi=False, **kw):
         super().__init__(*a, **kw)
-        self.prefault, self.coalesced = prefault, 0
+        self.coalesced = 0
         self.skip_coalesce_tlbi = skip_coalesce_tlbi
 
 
 def stage2_coalesce_walk_table_post(ctx: pt.VisitCtx, data: HostMapData):
-    """ACK: on the way back up an ownership walk, drop a table that holds
-    only default identity mappings (``page_count == 1`` under the host's
-    counting rule), so that a block can fault back.
+    """android15-6.6: on the way back up a host *map* walk, replace a table
+    that holds only default identity mappings by a block.  "If we installed
+    a non-refcounted valid mapping, and the table has no other raised
+    references, then we can immediately collapse to a block mapping."
 
-    Only where the level can hold a block (``kvm_level_supports_block_mapping``);
-    never on a normal map walk, where ``phys`` is valid -- "to avoid a loop":
-    the default leaf a fault just installed is not counted, so the post
-    handler would zap the table the fault had just built.
+    Only on a map walk (phys valid: an annotation walk has no TABLE_POST),
+    only where the level can hold a block, and only when ``page_count`` of
+    the child is 1 under the host's counting rule.  The block is made with
+    the walk's own attributes at the table's range.  "Breaking must succeed,
+    as this is not a shared walk": stage2_try_break_pte (LOCKED, then for a
+    table kvm_tlb_flush_vmid_range over the block, then put_page on the
+    entry's table), stage2_make_pte (a default leaf holds no reference), and
+    "Finally, free the unlinked table": put_page(childp) directly, not
+    mm_ops->free_unlinked_table -- the child holds nothing counted.
+
+    6.6 also prefaults every block it splits (KVM_PGTABLE_S2_PREFAULT_BLOCK),
+    so the tables it coalesces are full of default leaves, which a
+    CONFIG_NVHE_EL2_DEBUG build checks (debug_check_table_before_coalescing,
+    not modelled).  Without ``Host(prefault=True)`` the model's broken blocks
+    fault back lazily, so a coalesced table may still have empty entries; the
+    block then maps them too, which for memory is what a later fault would
+    have done.
     """
     pgt = ctx.pgt
-    if not data.annotation or not pgt.supports_block(ctx.level):
+    if data.annotation or not pgt.supports_block(ctx.level):   # !kvm_phys_is_valid(phys)
         return 0
     childp = ctx.old & pgt.addr_mask
     if (yield page_count(childp)) != 1:
         return 0
+    size = pgt.granule_size[ctx.level]
+    new = d.kvm_init_valid_leaf_pte(ctx.addr & ~(size - 1), data.attr, ctx.level,
+                                    pgt.page_shift)
+    if data.skip_coalesce_tlbi:
+        ctx.flags |= pt.SKIP_BBM_TLBI               # the bug coalesce-no-tlbi
+    if not (yield from pt.stage2_try_break_pte(ctx)):
+        pgt.warn("stage2_coalesce_walk_table_post: breaking must succeed, as this is not a "
+                 "shared walk")
+        return 0
+    yield from pt.stage2_make_pte(ctx, new)
+    yield put_page(childp)                        # frees it: the host is exclusive
+    data.coalesced += 1
+    return 0
+
+
+def host_map_walker(ctx: pt.VisitCtx, visit: int):
+    """android15-6.6's stage2_map_walker: the map visitors of s2pt.pgtable,
+    and stage2_coalesce_walk_table_post for TABLE_POST."""
+    if visit == pt.TABLE_POST:
+        return (yield from stage2_coalesce_walk_table_post(ctx, ctx.arg))
+    return (yield from pt.stage2_map_walker(ctx, visit))
+
+
+def stage2_reclaim_leaf_walker(ctx: pt.VisitCtx, visit: int):
+    """android15-6.6: "If this table's refcount is not raised, we can safely
+    discard it.  Any mappings that it contains can be re-created on
+    demand."  Unlink it (kvm_clear_pte), flush the block's range
+    (kvm_tlb_flush_vmid_range), drop the entry's reference and free it."""
+    pgt = ctx.pgt
+    data = ctx.arg
+    childp = ctx.old & pgt.addr_mask
+    if not pgt.supports_block(ctx.level) or (yield page_count(childp)) != 1:
+        return 0
+    size = pgt.granule_size[ctx.level]
     yield WRITE_ONCE(ctx.ptep, 0)                 # kvm_clear_pte
     if not data.skip_coalesce_tlbi:
-        yield tlbi("vmid")                        # __kvm_tlb_flush_vmid
+        yield from pt.kvm_tlb_flush_vmid_range(pgt, ctx.addr & ~(size - 1), size)
     yield put_page(ctx.ptep)
     yield put_page(childp)                        # frees it: the host is exclusive
     data.coalesced += 1
     return 0
 
 
-def host_set_owner_walker(ctx: pt.VisitCtx, visit: int):
-    """ACK's stage2_map_walker for an ownership change: the upstream map
-    visitors (whose leaf visitor prefaults when data.prefault), and the coalescing
-    TABLE_POST visitor."""
-    data = ctx.arg
-    if visit == pt.TABLE_POST:
-        return (yield from stage2_coalesce_walk_table_post(ctx, data))
-    return (yield from pt.stage2_map_walker(ctx, visit))
-
-
-def kvm_pgtable_stage2_set_owner(pgt, addr: int, size: int, mc, owner_id: int,
-                                 data: HostMapData | None = None, flags: int = 0):
-    """ACK kvm_pgtable_stage2_set_owner / annotate: the one set-owner walk of
-    s2pt.pgtable with the coalescing visitor (TABLE_PRE | LEAF | TABLE_POST)."""
-    return (yield from pt.kvm_pgtable_stage2_set_owner(
-        pgt, addr, size, mc, owner_id, data=HostMapData() if data is None else data,
-        flags=flags, cb=host_set_owner_walker))
-
-
-def _reclaim_leaf_walker(ctx, visit):
-    return (yield from stage2_coalesce_walk_table_post(ctx, ctx.arg))
-
-
 def kvm_pgtable_stage2_reclaim_leaves(pgt, addr: int, size: int,
                                       data: HostMapData | None = None):
-    """ACK: a TABLE_POST-only walk that coalesces every table in the range
-    holding only default entries ("Eagerly coalesce host page tables")."""
+    """ACK: a TABLE_POST-only walk that discards every table in the range
+    holding only default entries ("Eagerly coalesce host page tables"); the
+    host faults blocks back.  Also the -ENOMEM path's recycling in 6.6
+    (host_stage2_unmap_unmoveable_regs)."""
     if data is None:
         data = HostMapData()
-    data.annotation = True          # phys = KVM_PHYS_INVALID
-    walker = pt.Walker(_reclaim_leaf_walker, data, pt.TABLE_POST)
+    walker = pt.Walker(stage2_reclaim_leaf_walker, data, pt.TABLE_POST)
     return (yield from pt.kvm_pgtable_walk(pgt, addr, size, walker))
 
 
@@ -283,87 +336,136 @@ def host_stage2_adjust_range(host: "Host", addr: int, rng):
     return 0, cur
 
 
-def host_stage2_unmap_dev_all(host: "Host"):
-    """Unmap every non-memory range (the gaps between memory regions and
-    above the last one): their table pages go back to host_s2_pool."""
-    host._stats["unmap_dev_all"] += 1
+def _non_memory(host: "Host"):
+    """The gaps between memory regions, and above the last one."""
     addr = 0
     for b, s in host.memory:
         if b > addr:
-            ret = yield from pt.kvm_pgtable_stage2_unmap(host.pgt, addr, b - addr)
-            if ret:
-                return ret
+            yield addr, b - addr
         addr = b + s
     limit = 1 << host.pgt.ia_bits
     if addr < limit:
-        return (yield from pt.kvm_pgtable_stage2_unmap(host.pgt, addr, limit - addr))
+        yield addr, limit - addr
+
+
+def host_stage2_unmap_dev_all(host: "Host"):
+    """Mainline: unmap every non-memory range: their table pages go back to
+    host_s2_pool."""
+    host._stats["unmap_dev_all"] += 1
+    for addr, size in _non_memory(host):
+        ret = yield from pt.kvm_pgtable_stage2_unmap(host.pgt, addr, size)
+        if ret:
+            return ret
+    return 0
+
+
+def host_stage2_unmap_unmoveable_regs(host: "Host", data: HostMapData | None = None):
+    """android15-6.6: "Unmap all unmoveable regions to recycle the pages":
+    kvm_pgtable_stage2_reclaim_leaves (host_stage2_unmap_reg_locked) over
+    everything outside the memory regions -- table pages freed from the
+    fault path itself.  (6.6's kvm_pgtable_stage2_unmap refuses an identity
+    map: "stage2_unmap_walker's TLBI logic is unsafe for the pKVM host
+    stage-2 table".)"""
+    host._stats["unmap_unmoveable_regs"] += 1
+    for addr, size in _non_memory(host):
+        ret = yield from kvm_pgtable_stage2_reclaim_leaves(host.pgt, addr, size, data)
+        if ret:
+            return ret
     return 0
 
 
 def host_stage2_try(host: "Host", walk):
     """The host_stage2_try() macro: run ``walk()`` (a generator function);
-    on -ENOMEM recycle the MMIO tables and retry once."""
+    on -ENOMEM recycle the MMIO tables and retry once (mainline:
+    host_stage2_unmap_dev_all; android15-6.6, a coalescing host:
+    host_stage2_unmap_unmoveable_regs)."""
     ret = yield from walk()
     if ret == -ENOMEM:
         host._stats["enomem_retries"] += 1
-        ret = yield from host_stage2_unmap_dev_all(host)
+        if host.coalesce_on_reclaim:
+            data = HostMapData()
+            ret = yield from host_stage2_unmap_unmoveable_regs(host, data)
+            host._stats["coalesced_tables"] += data.coalesced
+        else:
+            ret = yield from host_stage2_unmap_dev_all(host)
         if not ret:
             ret = yield from walk()
     return ret
 
 
-def host_stage2_idmap_locked(host: "Host", addr: int, size: int, attr: int, mc=None):
+def host_stage2_idmap_locked(host: "Host", addr: int, size: int, attr: int, mc=None,
+                             data: HostMapData | None = None, flags: int = 0):
     """host_stage2_idmap_locked(): host_stage2_try(kvm_pgtable_stage2_map)
-    from ``mc`` (default host_s2_pool)."""
+    from ``mc`` (default host_s2_pool).  On a coalescing host
+    (android15-6.6) the map walk also visits TABLE_POST, where
+    stage2_coalesce_walk_table_post turns tables of default mappings back
+    into blocks."""
     mc = host.pool if mc is None else mc
-    return (yield from host_stage2_try(host, lambda: pt.kvm_pgtable_stage2_map(
-        host.pgt, addr, size, addr, attr, mc)))
+    if data is None:
+        data = HostMapData(skip_coalesce_tlbi="coalesce-no-tlbi" in host.bugs)
+    cb = (host_map_walker if host.coalesce_on_reclaim and host.protected_mode_initialized
+          else None)
+    ret = yield from host_stage2_try(host, lambda: pt.kvm_pgtable_stage2_map(
+        host.pgt, addr, size, addr, attr, mc, flags, data=data, cb=cb))
+    host._stats["coalesced_tables"] += data.coalesced
+    data.coalesced = 0
+    return ret
 
 
-def host_stage2_idmap(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+def host_stage2_idmap(host: "Host", addr: int, mc=None, lock=None, unlock=None,
+                      flags: int = 0):
     """host_stage2_idmap(): under host_mmu.lock (``lock``/``unlock``: the
     scheme's, None for the single-CPU Host), host_stage2_adjust_range() and
-    host_stage2_idmap_locked() of the largest block that fits."""
+    host_stage2_idmap_locked() of the largest block that fits.  Check, then
+    act: the range is computed from the leaf the get-leaf walk saw, and the
+    map walk that follows trusts it -- safe only while nothing else can
+    change the table in between (the lock held exclusively).  ``flags``:
+    the map walk's (0 in every kernel; the shared read side of the rwlock
+    question passes KVM_PGTABLE_WALK_SHARED)."""
     is_mem, rng = host.find_mem_range(addr)
     attr = HOST_MEM_ATTR if is_mem else HOST_MMIO_ATTR
     if lock is not None:
         yield from lock()                        # host_lock_component()
     ret, cur = yield from host_stage2_adjust_range(host, addr, rng)
     if not ret:
-        ret = yield from host_stage2_idmap_locked(host, cur[0], cur[1] - cur[0], attr, mc)
+        ret = yield from host_stage2_idmap_locked(host, cur[0], cur[1] - cur[0], attr, mc,
+                                                  flags=flags)
     if unlock is not None:
         yield from unlock()                      # host_unlock_component()
     return ret
 
 
-def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=None):
+def handle_host_mem_abort(host: "Host", addr: int, mc=None, lock=None, unlock=None,
+                          flags: int = 0):
     """handle_host_mem_abort(): a host stage-2 fault at ``addr`` taken to EL2.
     -EPERM (an owner annotation) means the host touched a page it gave away:
     Android injects an abort (host_inject_abort), mainline BUG()s."""
-    return (yield from host_stage2_idmap(host, addr, mc, lock, unlock))
+    return (yield from host_stage2_idmap(host, addr, mc, lock, unlock, flags))
 
 
 def host_stage2_set_owner_locked(host: "Host", addr: int, size: int, owner_id: int,
                                  data: "HostMapData | None" = None, flags: int | None = None,
                                  mc=None):
-    """host_stage2_set_owner_locked(): host_stage2_try(kvm_pgtable_stage2_set_owner)
-    -- ACK's walk with the coalescing TABLE_POST visitor when the host
-    coalesces, mainline's TABLE_PRE | LEAF walk when it does not.  The caller
-    holds host_mmu.lock and updates the page state afterwards.  ``flags``
-    None: SKIP_BBM_TLBI with the "donate-no-tlbi" bug, else 0."""
+    """host_stage2_set_owner_locked().  To another owner:
+    host_stage2_try(kvm_pgtable_stage2_set_owner) (ACK: _annotate), the
+    TABLE_PRE | LEAF walk that writes the owner annotation, breaking blocks.
+    Back to the host: android15-6.6 maps the range again with the default
+    prot (host_stage2_idmap_locked), whose TABLE_POST coalesces; mainline
+    writes owner 0, the empty entry, and the host faults back lazily.  The
+    caller holds host_mmu.lock and updates the page state afterwards.
+    ``flags`` None: SKIP_BBM_TLBI with the "donate-no-tlbi" bug, else 0."""
     mc = host.pool if mc is None else mc
+    if data is None:
+        data = HostMapData(skip_coalesce_tlbi="coalesce-no-tlbi" in host.bugs)
+    if owner_id == d.PKVM_ID_HOST and host.coalesce_on_reclaim:
+        attr = HOST_MEM_ATTR if host.addr_is_memory(addr) else HOST_MMIO_ATTR
+        return (yield from host_stage2_idmap_locked(host, addr, size, attr, mc, data))
     if flags is None:
         flags = pt.SKIP_BBM_TLBI if "donate-no-tlbi" in host.bugs else 0
-    if data is None:
-        data = HostMapData(prefault=host.prefault,
-                           skip_coalesce_tlbi="coalesce-no-tlbi" in host.bugs)
-    if host.coalesce_on_reclaim:
-        def walk():
-            return kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id, data, flags)
-    else:
-        def walk():
-            return pt.kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id,
-                                                   data=data, flags=flags)
+
+    def walk():
+        return pt.kvm_pgtable_stage2_set_owner(host.pgt, addr, size, mc, owner_id,
+                                               data=data, flags=flags)
     return (yield from host_stage2_try(host, walk))
 
 
@@ -522,10 +624,18 @@ class Host(Stateful):
     pool_pages : size of host_s2_pool; None = as many as the host stage 2 could
         ever need at page granularity for all memory (host_s2_pgtable_pages
         sizes it that way in the kernel), i.e. effectively unlimited.
-    prefault : refill broken blocks with copies of themselves (ACK).
-    coalesce : run the coalescing TABLE_POST visitor on ownership walks (ACK);
-        False models mainline, which never coalesces.
+    prefault : refill broken blocks with copies of themselves
+        (KVM_PGTABLE_S2_PREFAULT_BLOCK, which android15-6.6 always sets on the
+        host stage 2; off by default here, so that the rest of a broken block
+        faults back lazily, as in mainline).
+    coalesce : android15-6.6's coalescing (the TABLE_POST visitor of the host
+        map walk, and reclaim mapping pages back); False models mainline,
+        which never coalesces (reclaim writes owner 0).
     check : run the isolation checker after every step.
+    el2_shared_walks : a hypothetical, for the thread's rwlock question: EL2
+        accepts KVM_PGTABLE_WALK_SHARED walks (no kernel does: at EL2
+        kvm_pgtable_walk_begin refuses them with -EPERM), and they are no RCU
+        readers (EL2 has no RCU).
 
     In the explorer's machine state (s2pt.sim.state) the host's state is its
     record of page owners and shared pages; its statistics and a cache of
@@ -546,7 +656,8 @@ class Host(Stateful):
 
     def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
-                 coalesce: bool = True, check: bool = True, bugs=(), machine=None):
+                 coalesce: bool = True, check: bool = True, bugs=(), machine=None,
+                 el2_shared_walks: bool = False):
         if not _is_int(cpus) or cpus < 1:
             raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
         if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
@@ -570,14 +681,14 @@ class Host(Stateful):
         # host_s2_pool, unlinked ones are freed at once
         # (host_s2_free_unlinked_table), and there is no cache maintenance.
         pgt = Stage2(
-            ipa_bits=pa_bits, granule=granule, vmid=0, hyp=True, idmap=True,
+            ipa_bits=pa_bits, granule=granule, vmid=0, hyp=not el2_shared_walks, idmap=True,
             ram_pages=None if pool_pages is None else geom.pgd_pages + int(pool_pages),
             mm_ops=pt.MmOps(pt.free_unlinked_table_now, dcache_clean_inval_poc=False,
-                            icache_inval_pou=False),
+                            icache_inval_pou=False, rcu_walkers=False),
             force_pte_cb=self.host_stage2_force_pte_cb,
             max_owner_id=ACK_KVM_MAX_OWNER_ID,
             pte_is_counted=lambda pte, level: host_stage2_pte_is_counted(self, pte, level),
-            machine=machine)
+            prefault_block=bool(prefault), machine=machine)
         self.pgt = pgt
         self.pool = HostS2Pool(pgt.mm, pool_pages)
         self.prefault, self.coalesce_on_reclaim = bool(prefault), bool(coalesce)
@@ -589,8 +700,23 @@ class Host(Stateful):
         self._shared: set[int] = set()            # pfns the host shares with hyp
         self._nonhost_sorted = None               # cache for the TLB checks
         self._stats = dict(faults=0, host_aborts=0, donations=0, reclaims=0,
-                           coalesced_tables=0, unmap_dev_all=0, enomem_retries=0,
-                           isolation_checks=0)
+                           coalesced_tables=0, unmap_dev_all=0, unmap_unmoveable_regs=0,
+                           enomem_retries=0, isolation_checks=0)
+        #: kvm_protected_mode_initialized: android15-6.6 coalesces only after it
+        self.protected_mode_initialized = False
+        if self.coalesce_on_reclaim:
+            # android15-6.6's kvm_host_prepare_stage2 -> prepopulate_host_stage2():
+            # every memory region is mapped at init (host_stage2_idmap_locked,
+            # PKVM_HOST_MEM_PROT), before coalescing is switched on ("We don't
+            # want to coalesce during pkvm initialisation").  Mainline maps
+            # memory lazily, one host fault at a time.
+            for b, size in self.memory:
+                ret = self._run(host_stage2_idmap_locked(self, b, size, HOST_MEM_ATTR))
+                if ret:
+                    raise S2ptError(f"pool_pages={pool_pages!r}: host_s2_pool cannot hold the "
+                                    f"tables that map memory region [{b:#x}, {b + size:#x}) "
+                                    f"at init (prepopulate_host_stage2 returned {ret})")
+        self.protected_mode_initialized = True
 
     # -- layout ------------------------------------------------------------------
     def _check_regions(self, regions, what, allow_empty=True):
@@ -731,14 +857,11 @@ class Host(Stateful):
         return pa, npages
 
     def _set_owner(self, pa: int, size: int, owner_id: int):
-        """host_stage2_set_owner_locked: host_stage2_try(kvm_pgtable_stage2_set_owner)."""
-        data = HostMapData(prefault=self.prefault,
-                           skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
-        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data))
+        """host_stage2_set_owner_locked (it counts what it coalesces)."""
+        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id))
         if ret:
             raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
                                     f"{owner_id}) returned {ret}")
-        self._stats["coalesced_tables"] += data.coalesced
 
     def donate(self, pa: int, npages: int = 1, to: str = "guest") -> None:
         """__pkvm_host_donate_guest (one page at a time, as the kernel) or

@@ -24,12 +24,14 @@ IPA, 4K granule, start level 1; a 2M-backed memslot at IPA 1 GiB)::
 Logging write-protected the slot and each read fault mapped one page; it is
 now off, so the next write fault may map a 2M block over the whole L3 table.
 
-The pKVM scenarios at the end race on the host's identity-mapped stage 2
-(:mod:`s2pt.pkvm`) under ``hyp-lock``: a donation or a reclaim at EL2 against
-a host CPU whose MMU walks the same table and whose faults trap to EL2.
-They reuse pkvm's EL2 paths step by step and add the isolation checker
-(:class:`s2pt.checkers.IsolationChecker`); ``rcu``, ``none``, ``write-lock``
-and ``rwlock`` are schemes of ``kvm->mmu_lock`` and do not declare them.
+The pKVM scenarios race on the host's identity-mapped stage 2
+(:mod:`s2pt.pkvm`, as android15-6.6 builds and coalesces it) under
+``hyp-lock``: a donation or a reclaim at EL2 against a host CPU whose MMU
+walks the same table and whose faults trap to EL2.  They reuse pkvm's EL2
+paths step by step and add the isolation checker
+(:class:`s2pt.checkers.IsolationChecker`); the schemes of ``kvm->mmu_lock``
+do not declare them.  ``host-fault-vs-donate-shared`` asks the thread's
+rwlock question of the host stage 2 instead, and declares ``rwlock``.
 The guest scenarios declare ``hyp-lock`` too, as a question: what if KVM
 guarded a guest's stage 2 with pKVM's lock?
 
@@ -60,6 +62,10 @@ from .errors import Fault as _Fault
 from .errors import S2ptError
 from .kvm import handle_access_fault, user_mem_abort
 from .ops import cpu_relax, hw_walk_start
+from .ops import read_lock as _read_lock
+from .ops import read_unlock as _read_unlock
+from .ops import write_lock as _write_lock
+from .ops import write_unlock as _write_unlock
 from .sim.search import NEVER, SOMETIMES
 from .sim.sync import SimMachine
 from .sim import window as W
@@ -90,6 +96,10 @@ BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
 BUGS["shared-walker-count"] = (
     "refcount schemes: walker references taken in page_count, the count whose value 1 "
     "means 'no valid entries', instead of a walker count of their own", {})
+BUGS["walker-count-in-ptdesc"] = (
+    "refcount schemes: the walker count kept in a field of the page-table descriptor, which "
+    "the page's next owner reuses, instead of a count with _refcount's guarantee: "
+    "get_page_unless_zero on a freed or reallocated page touches a foreign field", {})
 
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
@@ -419,7 +429,8 @@ _add(Scenario(
      # vCPU0's fault wants the block and may not collapse on the read side:
      # -EAGAIN and the same fault again, as in collapse-vs-fault
      "rwlock": {"livelock": SOMETIMES}, "hyp-lock": {},
-     "refcount": {"use-after-free": SOMETIMES}, "refcount-revalidate": {}},
+     "refcount": {"use-after-free": SOMETIMES}, "refcount-revalidate": {},
+     "rwlock-collapse-write": {}, "rwlock-relax-page": {}},
     cpus=4, params={"readers": 3}))
 _add(Scenario(
     "unmap-vs-fault",
@@ -567,10 +578,13 @@ mutation("no-reload/none", "none", "stash-old-pte", "use-after-free",
 # pKVM: the host stage 2 at EL2 (s2pt.pkvm), under hyp-lock
 # ---------------------------------------------------------------------------
 #
-# The host owns one 2M region of DRAM at PKVM_BASE (40-bit PA, start level 1):
+# The host owns one 1G region of DRAM at PKVM_BASE (40-bit PA, start level 1),
+# mapped at init (android15-6.6's prepopulate_host_stage2):
 #
-#     PGD[1] -> L2 table: [0] 2M block 0x4000_0000 RWX   (host_stage2_idmap)
+#     PGD[1] = 1G block 0x4000_0000 RWX
 #
+# (A whole 1G: android15-6.6 coalesces a table of default mappings into a
+# block over the table's whole range, holes included; see s2pt.pkvm.)
 # CPU0 is a host CPU that made a hypercall and runs EL2 code; CPU1 is a host
 # CPU at EL1 whose MMU translates through its own TLB and walk cache, takes no
 # lock, and traps to EL2 (handle_host_mem_abort) on a stage-2 fault.
@@ -638,11 +652,13 @@ def pkvm_host_reclaim_page(ctx: PkvmHost, pa: int):
     __pkvm_host_reclaim_page_guest) under host_mmu.lock.  The guest's stage 2
     no longer maps the page and hyp_poison_page() has cleared it (neither is
     modelled), so the page has left the guest; then
-    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_HOST) clears the
-    annotation, and on the way back up Android's
-    stage2_coalesce_walk_table_post() zaps each table left holding only
-    default identity mappings: clear the table entry, __kvm_tlb_flush_vmid,
-    put both pages -- the host frees at once, under the lock."""
+    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_HOST), which in
+    android15-6.6 maps the page back with the default prot
+    (host_stage2_idmap_locked), and on the way back up that map walk's
+    stage2_coalesce_walk_table_post() turns each table left holding only
+    default identity mappings into a block: stage2_try_break_pte (LOCKED,
+    kvm_tlb_flush_vmid_range over the block), stage2_make_pte, then
+    put_page of the table -- the host frees at once, under the lock."""
     s = ctx.scheme
     yield from s.update_lock()                       # host_lock_component()
     yield page_owner(pa, "host", "guest stage 2 unmapped, hyp_poison_page()")
@@ -677,8 +693,8 @@ def host_accesses(ctx: PkvmHost, tlb, pas):
 
 
 def _pkvm_setup(scheme, bugs):
-    """The host stage 2 with the 2M block faulted in (host_stage2_idmap),
-    built for the explorer, and CPU1's TLB and walk cache (empty).
+    """The host stage 2 with its memory mapped at init (a 1G block), built
+    for the explorer, and CPU1's TLB and walk cache (empty).
 
     With the correct kernel paths, casemate's BBM automaton watches too, and
     tells CPU1's TLB model about the break-before-make window: between the
@@ -687,10 +703,10 @@ def _pkvm_setup(scheme, bugs):
     there is not a stale translation.  (The broken variants run without it:
     the automaton would stop every run at its first make, "BBM invalid
     unclean->valid", before the donation completes.)"""
-    host = _pkvm.Host(memory=[(PKVM_BASE, BLOCK)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
                       machine=SimMachine)
-    if host.host_stage2_idmap(PKVM_BASE):
-        raise S2ptError("pKVM scenario setup: host_stage2_idmap failed")
+    if host.pgt.get_leaf(PKVM_BASE)[1] != 1:
+        raise S2ptError("pKVM scenario setup: the host's memory is not one 1G block")
     return host
 
 
@@ -732,7 +748,7 @@ def build_coalesce_vs_host_fault(scheme, bugs):
 
 _add(Scenario(
     "donate-vs-host-access",
-    "CPU0 at EL2 donates a page inside the host's 2M idmap block to a protected guest "
+    "CPU0 at EL2 donates a page inside the host's 1G idmap block to a protected guest "
     "(set_owner: break the block, TLBI, table, annotation) while CPU1's MMU loads from "
     "the page and its neighbour",
     build_donate_vs_host_access,
@@ -746,17 +762,17 @@ _add(Scenario(
     bugs=frozenset({"donate-no-tlbi"})))
 _add(Scenario(
     "coalesce-vs-host-fault",
-    "CPU0 at EL2 reclaims the guest's page and coalesces the level-3 and level-2 tables "
-    "(stage2_coalesce_walk_table_post) while CPU1's MMU walks into them and its fault "
-    "handler maps a page there (host_stage2_idmap)",
+    "CPU0 at EL2 reclaims the guest's page, mapping it back and coalescing the level-3 and "
+    "level-2 tables into blocks (android15-6.6's stage2_coalesce_walk_table_post) while "
+    "CPU1's MMU walks into them and its fault handler maps a page there (host_stage2_idmap)",
     build_coalesce_vs_host_fault,
     {"hyp-lock": {}}, why_not=NOT_PKVM))
 _add(Scenario(
     "coalesce-vs-host-fault-no-tlbi",
-    "coalesce-vs-host-fault with coalesce-no-tlbi: the zapped tables are freed without "
-    "__kvm_tlb_flush_vmid while CPU1's walk cache still points into them",
+    "coalesce-vs-host-fault with coalesce-no-tlbi: the coalesced tables are freed without "
+    "the TLBI of their break while CPU1's walk cache still points into them",
     build_coalesce_vs_host_fault,
-    {"hyp-lock": {"use-after-free": SOMETIMES}}, why_not=NOT_PKVM,
+    {"hyp-lock": {"use-after-free": SOMETIMES, "stale-tlb": SOMETIMES}}, why_not=NOT_PKVM,
     bugs=frozenset({"coalesce-no-tlbi"})))
 
 
@@ -764,8 +780,131 @@ mutation("donate-no-tlbi/hyp-lock", "hyp-lock", "donate-vs-host-access-no-tlbi",
          "pKVM donates a page without the TLBI after breaking the host's block: a host "
          "CPU's TLB keeps the 2M block over the guest's page")
 mutation("coalesce-no-tlbi/hyp-lock", "hyp-lock", "coalesce-vs-host-fault-no-tlbi",
-         "use-after-free", "pKVM coalesces and frees the host's tables without "
-         "__kvm_tlb_flush_vmid: a host CPU's walk cache still points into them")
+         "use-after-free", "pKVM coalesces and frees the host's tables without the TLBI "
+         "of their break: a host CPU's walk cache still points into them")
+
+
+# The thread's rwlock question, asked of pKVM's host stage 2: could host
+# faults and donations share the read side of an rwlock (Oliver Upton's
+# sketch: "unmap on the write side and everything else on the read side")?
+# A hypothetical EL2 that allows shared walks (pkvm.Host(el2_shared_walks=True))
+# and host_mmu.lock as an rwlock whose read side both paths take.
+
+#: The rwlock the question puts in place of host_mmu.lock's spinlock.
+HOST_MMU_RWLOCK = "host_mmu.lock (rwlock)"
+OUTSIDE = PKVM_BASE + 7 * PAGE     # a page donated earlier, in VICTIM's 2M region
+
+
+@kernel_path(None)
+def _host_read_lock():
+    yield _read_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_read_unlock():
+    yield _read_unlock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_lock():
+    yield _write_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_unlock():
+    yield _write_unlock(HOST_MMU_RWLOCK)
+
+
+#: The rwlock's two sides: (lock, unlock) for each path.
+_RW_SIDES = {"read": (_host_read_lock, _host_read_unlock),
+             "write": (_host_write_lock, _host_write_unlock)}
+
+
+@kernel_path("__pkvm_host_donate_guest")
+def pkvm_host_donate_guest_rw(ctx: PkvmHost, pa: int, lock, unlock):
+    """__pkvm_host_donate_guest() under one side of the rwlock (``lock``,
+    ``unlock``): the set-owner walk is shared (cmpxchg; a lost race is
+    -EAGAIN and the donation is retried from the start), the page state is
+    recorded once the annotation is in."""
+    while True:
+        yield from lock()
+        ret = yield from _pkvm.host_stage2_set_owner_locked(
+            ctx.host, pa, PAGE, d.PKVM_ID_GUEST, mc=ctx.pool, flags=pt.SHARED | pt.HANDLE_FAULT)
+        if ret != -_pkvm.EAGAIN:
+            break
+        yield from unlock()
+        yield cpu_relax()
+    if not ret:
+        yield page_owner(pa, "guest", "__host_update_page_state(PKVM_NOPAGE)")
+    yield from unlock()
+    return ret
+
+
+@kernel_path("host CPU (MMU)")
+def host_accesses_rw(ctx: PkvmHost, tlb, pas, lock, unlock):
+    """host_accesses(), whose fault handler (handle_host_mem_abort ->
+    host_stage2_idmap) runs under one side of the rwlock with the scheme's
+    fault walk flags (rwlock: shared, HANDLE_FAULT, NO_COLLAPSE)."""
+    flags = ctx.scheme.fault_flags
+    for pa in pas:
+        for _ in range(3):
+            yield hw_walk_start(pa, tlb, "host")
+            r = yield from hw_translate(tlb, pa)
+            if not isinstance(r, _Fault):
+                ctx.checker.access(tlb.vcpu, r)
+                break
+            ret = yield from _pkvm.handle_host_mem_abort(ctx.host, pa, ctx.pool, lock, unlock,
+                                                         flags)
+            if ret == -_pkvm.EPERM:
+                break
+
+
+def build_host_fault_vs_donate_shared(scheme, bugs, side="read"):
+    """``side``: which side of the rwlock the two paths take ("write": the
+    exclusive control, for tests)."""
+    lock, unlock = _RW_SIDES[side]
+    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+                      machine=SimMachine, el2_shared_walks=True)
+    # Earlier, another page of VICTIM's 2M region was given away: the 1G
+    # block is now a level-2 table and a level-3 table, empty but for that
+    # page's annotation (the host faults the rest back lazily).
+    host.donate(OUTSIDE, 1, to="guest")
+    s = Setup(host.pgt, scheme, bugs)
+    tlb = _pkvm_cpu1(s, host, bugs)
+    ctx = PkvmHost(s, host, [tlb])
+    s.cpu("CPU0", f"EL2: __pkvm_host_donate_guest, {side} side", pkvm_host_donate_guest_rw,
+          ctx, VICTIM, lock, unlock)
+    s.cpu("CPU1", f"host: MMU load, faults to EL2 ({side} side)", host_accesses_rw, ctx, tlb,
+          (VICTIM,), lock, unlock, vcpu=1, pure=False)
+    s.region = (PKVM_BASE, BLOCK)
+    return s
+
+
+_SHARED_READ_SIDE_WHY = (
+    "this scenario asks the rwlock question of pKVM's host stage 2 (host faults and donations "
+    "sharing the read side of host_mmu.lock made an rwlock, with shared walks at EL2); {}")
+_add(Scenario(
+    "host-fault-vs-donate-shared",
+    "the thread's rwlock at EL2: CPU1's host fault and CPU0's donation of the same page share "
+    "the read side; the fault decides from an empty entry that the page is the host's "
+    "(host_stage2_adjust_range), the donation writes the guest's annotation there, and the "
+    "fault's map, trusting its check, overwrites it: check-then-act",
+    build_host_fault_vs_donate_shared,
+    {"rwlock": {"isolation": SOMETIMES}},
+    why_not={
+        "hyp-lock": _SHARED_READ_SIDE_WHY.format(
+            "pKVM's answer is one spinlock, under which donate-vs-host-access and "
+            "coalesce-vs-host-fault find nothing"),
+        "rcu": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["rcu"]),
+        "rcu-rfc": _SHARED_READ_SIDE_WHY.format(
+            "rcu-rfc runs guest faults as shared walks under kvm->mmu_lock, like rcu; "
+            + NOT_PKVM["rcu"]),
+        "none": _SHARED_READ_SIDE_WHY.format(NOT_PKVM["none"]),
+        **{name: _SHARED_READ_SIDE_WHY.format(
+            f"{name} is a scheme of kvm->mmu_lock for a guest's stage 2, not the question")
+           for name in ("write-lock", "refcount", "refcount-revalidate",
+                        "rwlock-collapse-write", "rwlock-relax-page")},
+    }))
 
 
 # ---------------------------------------------------------------------------
@@ -977,12 +1116,22 @@ _add(Scenario(
 # hyp-lock on the scenarios above, in one block.
 declare("write-lock", {
     "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
-    "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
     "collapse-vs-hw-walk": {}, "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
     "map-vs-map": {}, "map-vs-map-no-shared": {},
-}, why_not={name: _NO_MMU_LOCK.format("write-lock") for name in (
+}, why_not=dict({name: _NO_MMU_LOCK.format("write-lock") for name in (
     "donate-vs-host-access", "donate-vs-host-access-no-tlbi", "coalesce-vs-host-fault",
-    "coalesce-vs-host-fault-no-tlbi")})
+    "coalesce-vs-host-fault-no-tlbi")}, **{
+    # write-lock models v6.1 (s2pt.schemes.WriteLockScheme).
+    "stash-old-pte": "write-lock models v6.1, and the stale table PTE of a9f0e3d5a089 never "
+                     "existed there: v6.1's TABLE_PRE visitor only cleared the table entry and "
+                     "set its anchor, then descended on purpose into the table it had unlinked, "
+                     "which it freed on the way back up (stage2_map_walk_table_post).  The bug "
+                     "came with 5c359cca1faf (v6.2), which freed the subtree inside TABLE_PRE, "
+                     "and a9f0e3d5a089 fixed it in v6.4",
+    "split-vs-fault": "write-lock models v6.1, and eager page splitting "
+                      "(kvm_mmu_split_huge_pages, KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE) arrived "
+                      "in v6.5",
+}))
 
 declare("rwlock", {
     # vCPU0's fault wants the block, finds the table and may not collapse it
@@ -996,12 +1145,16 @@ declare("rwlock", {
     "map-vs-map": {},
     "map-vs-map-no-shared": {"lost-update": SOMETIMES, "leak": SOMETIMES,
                              "refcount": SOMETIMES, "warn": SOMETIMES},
-}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question, answered in "
-            "the model: coalescing (the host stage 2's only unlink) would go on the write side, "
-            "host faults and donations on the read side; see s2pt.schemes.RwlockScheme"
+}, why_not={name: _NO_MMU_LOCK.format("rwlock") + ". The thread's pKVM question is asked in "
+            "host-fault-vs-donate-shared: coalescing (the host stage 2's unlink) would go on the "
+            "write side, but host faults and donations cannot share the read side either (the "
+            "fault path checks, then acts); see s2pt.schemes.RwlockScheme"
             for name in ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
                          "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")})
 
+# hyp-lock on a guest is a question: pKVM's own guest stage 2 forbids the
+# collapses these scenarios make (android15-6.6: guest_s2_free_unlinked_table
+# is WARN_ON(1); see s2pt.schemes.HypLockScheme).
 declare("hyp-lock", {
     "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "unmap-vs-fault": {},
     "split-vs-fault": {}, "stash-old-pte": {"use-after-free": SOMETIMES},
@@ -1227,6 +1380,55 @@ declare("refcount-revalidate", {"collapse-vs-map": {}})
 
 
 # ---------------------------------------------------------------------------
+# rwlock's two open variants (s2pt.schemes: rwlock-collapse-write, the fault
+# that would unlink takes the write lock; rwlock-relax-page, the fault asks
+# for the page, not the block), on every guest scenario
+# ---------------------------------------------------------------------------
+
+_PKVM_SCENARIOS = ("donate-vs-host-access", "donate-vs-host-access-no-tlbi",
+                   "coalesce-vs-host-fault", "coalesce-vs-host-fault-no-tlbi")
+_NO_SHARED_KINDS = {"lost-update": SOMETIMES, "leak": SOMETIMES, "refcount": SOMETIMES,
+                    "warn": SOMETIMES}
+declare("rwlock-collapse-write", {
+    # The collapse runs under the write lock: no software walker is inside
+    # the table it frees at once.
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "collapse-vs-map": {},
+    "unmap-vs-fault": {}, "unmap-vs-collapse": {}, "split-vs-fault": {},
+    "split-double-put": {}, "logging-mismatch": {}, "aba-table-reuse": {},
+    "map-vs-map": {}, "collapse-vs-hw-walk": {},
+    # a9f0e3d5a089 reverted: the collapse frees the table at once and the
+    # walker then descends into it (the pKVM bug, as under hyp-lock)
+    "stash-old-pte": {"use-after-free": SOMETIMES},
+    "collapse-vs-hw-walk-no-tlbi": {"use-after-free": SOMETIMES},
+    "map-vs-map-no-shared": dict(_NO_SHARED_KINDS),
+}, why_not={name: _NO_MMU_LOCK.format("rwlock-collapse-write") for name in _PKVM_SCENARIOS})
+declare("rwlock-relax-page", {
+    # No fault asks for a block over a table: nothing is unlinked on the
+    # read side (vCPU0's write fault relaxes its page).
+    "collapse-vs-fault": {}, "collapse-vs-fault-3": {}, "collapse-vs-map": {},
+    "unmap-vs-fault": {}, "unmap-vs-collapse": {}, "split-vs-fault": {},
+    "split-double-put": {}, "logging-mismatch": {}, "aba-table-reuse": {},
+    "map-vs-map": {}, "collapse-vs-hw-walk": {}, "stash-old-pte": {},
+    "collapse-vs-hw-walk-no-tlbi": {},
+    "map-vs-map-no-shared": dict(_NO_SHARED_KINDS),
+}, why_not={name: _NO_MMU_LOCK.format("rwlock-relax-page") for name in _PKVM_SCENARIOS})
+
+
+# ---------------------------------------------------------------------------
+# Where refcount-revalidate's walker count lives (s2pt.memory): only a count
+# whose meaning survives reallocation makes get_page_unless_zero legal on a
+# page freed since the walker read its pointer
+# ---------------------------------------------------------------------------
+
+mutation("walker-count-in-ptdesc/refcount-revalidate", "refcount-revalidate", "collapse-vs-fault",
+         "use-after-free",
+         "refcount-revalidate with its walker count in a field of the page-table descriptor: "
+         "vCPU1 read the level-3 table's pointer, the collapse freed the table, and "
+         "get_page_unless_zero then touches a field that now belongs to the page's next owner",
+         bugs=("walker-count-in-ptdesc",))
+
+
+# ---------------------------------------------------------------------------
 # The commit that ends rwlock's refaults
 # ---------------------------------------------------------------------------
 
@@ -1268,7 +1470,7 @@ _add(Scenario(
     "a livelock",
     build_collapse_vs_commit,
     {s: {} for s in ("none", "rcu", "rcu-rfc", "write-lock", "rwlock", "hyp-lock", "refcount",
-                     "refcount-revalidate")}))
+                     "refcount-revalidate", "rwlock-collapse-write", "rwlock-relax-page")}))
 
 
 # ---------------------------------------------------------------------------
@@ -1315,6 +1517,11 @@ WINDOWS = {
                                  W.loses_race()),
     "aba-table-reuse": _UNLINK_HELD,
     "collapse-vs-commit": _UNLINK_HELD,
+    "host-fault-vs-donate-shared": W.window(
+        "the donation changes the table while the host fault is deciding on it",
+        W.any_of("the donation and the host fault update the table at once",
+                 "the host fault and the donation never overlap: the lock keeps them apart",
+                 W.loses_race(), W.stores_while_held())),
 }
 ABA_SAME.window = _UNLINK_HELD
 for _name, _w in WINDOWS.items():

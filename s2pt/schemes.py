@@ -22,6 +22,15 @@ The schemes:
     takes ``rcu_read_lock`` for shared walks), other updates under the write
     lock, and unlinked tables go to ``call_rcu``, whose callback frees the
     subtree with a "boring traversal" (``stage2_free_unlinked_table_rcu_cb``).
+    The model follows mainline today, not v6.2 itself: v6.2 named the
+    callbacks ``stage2_free_removed_table[_rcu_cb]``,
+    ``kvm_pgtable_stage2_free_removed`` and ``mm_ops->free_removed_table``
+    (c14d08c5adb2 renamed them "unlinked" in v6.5), passed faults only
+    ``KVM_PGTABLE_WALK_SHARED`` (``KVM_PGTABLE_WALK_HANDLE_FAULT`` came with
+    ddcadb297ce5, v6.3), ran handle_access_fault under the write lock (until
+    fc61f554e694, v6.3), lacked the reload of a9f0e3d5a089 (v6.4) and
+    flushed the whole VMID when it broke a table entry (range TLBIs came in
+    v6.6).  Traces use today's names.
 ``none``
     A **counterfactual**: no kernel ever shipped it.  The same parallel
     faults under the read lock as ``rcu``, but the unlinked subtree is freed
@@ -45,9 +54,10 @@ The schemes:
     exclusive)?  ``rcu`` and ``none`` (shared walks under ``kvm->mmu_lock``)
     cannot run at EL2.
 
-``write-lock``, ``rwlock``
-    The baseline before the 2022 series and Oliver Upton's alternative in
-    the thread: see their classes below.
+``write-lock``, ``rwlock``, ``rwlock-collapse-write``, ``rwlock-relax-page``
+    The baseline before the 2022 series (v6.1), Oliver Upton's alternative
+    in the thread, and the two variants of it the thread leaves open: see
+    their classes below.
 
 To add a scheme, subclass :class:`Scheme`, override what differs, and
 register it in :data:`SCHEMES`; scenarios declare their expected outcomes
@@ -61,8 +71,8 @@ from .errors import S2ptError
 from .kvm import MMU_LOCK, MmuLock, kvm_stage2_unmap_range
 from .descriptor import kvm_pte_table
 from .ops import read_lock, read_unlock, spin_lock, spin_unlock, write_lock, write_unlock
-from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, put_page,
-                  set_page_private, walker_get, walker_get_unless_zero, walker_put)
+from .ops import (READ_ONCE, get_page, get_page_unless_zero, kernel_path, page_private,
+                  put_page, set_page_private, walker_get, walker_get_unless_zero, walker_put)
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "MMU_LOCK", "HOST_MMU_LOCK"]
 
@@ -80,6 +90,9 @@ class Scheme(MmuLock):
     summary = ""
     #: Where the scheme comes from, in a few words (the race diagram's title).
     history = ""
+    #: Which kernel (or which proposal, on which kernel) the scheme models;
+    #: ``kernel`` (s2pt.kvm.MmuLock) is the walker its VM's table follows.
+    version = ""
 
     #: mm_ops->free_unlinked_table: the kernel's, call_rcu (stage2_free_unlinked_table)
     free_unlinked_table = staticmethod(pt.stage2_free_unlinked_table)
@@ -90,12 +103,15 @@ class Scheme(MmuLock):
         return pt.MmOps(self.free_unlinked_table)
 
     def __repr__(self):
-        return f"<scheme {self.name}: {self.summary}>"
+        return f"<scheme {self.name} ({self.version}): {self.summary}>"
 
 
 class RcuScheme(Scheme):
     name = "rcu"
     history = "the kernel's scheme since 6.2"
+    version = ("mainline today: the design of v6.2, with the names of v6.5 (c14d08c5adb2, "
+               "'unlinked'), HANDLE_FAULT and handle_access_fault under the read lock "
+               "(v6.3), the reload of a9f0e3d5a089 (v6.4) and range TLBIs (v6.6)")
     summary = ("faults under read_lock(mmu_lock) inside RCU read-side sections; other "
                "updates under write_lock; unlinked tables freed by call_rcu")
 
@@ -103,14 +119,31 @@ class RcuScheme(Scheme):
 class NoneScheme(Scheme):
     name = "none"
     history = "a counterfactual: no kernel ever shipped it"
+    version = "a counterfactual, on today's mainline walker"
     summary = ("counterfactual, never shipped: parallel faults under read_lock(mmu_lock), "
                "unlinked tables freed at once (no grace period)")
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
 
 
 class HypLockScheme(Scheme):
+    """``hyp-lock``: pKVM's host stage 2 at EL2 (see the module docstring).
+
+    **On the guest scenarios** it is declared as a question -- what if KVM
+    guarded a guest's stage 2 with pKVM's lock? -- and those scenarios
+    collapse tables (a block over the table dirty logging left).  pKVM's own
+    guest stage 2 never does: android15-6.6's guest mm_ops have
+    ``guest_s2_free_unlinked_table``, which is ``WARN_ON(1)`` ("We are trying
+    to collapse a table into a block mapping. This is forbidden."), and
+    mainline's guest mm_ops have no free_unlinked_table at all
+    (``guest_stage2_force_pte_cb``).  That is the direct answer to Oliver
+    Upton's question in the thread, "Does pKVM ever collapse tables into
+    blocks?": for a guest, no; for the host, only when it coalesces
+    (s2pt.pkvm).
+    """
     name = "hyp-lock"
     history = "pKVM's host stage 2 at EL2"
+    version = ("pKVM's host stage 2 at EL2 on today's mainline walker, with "
+               "android15-6.6's coalescing (s2pt.pkvm)")
     summary = ("pKVM at EL2: host faults, donations and reclaims under hyp_spin_lock("
                "&host_mmu.lock); exclusive walks; unlinked tables freed at once; the "
                "host CPUs' MMUs take no lock")
@@ -149,15 +182,39 @@ class WriteLockScheme(Scheme):
 
     Safe, and its cost is the one the series was written for: faults that
     map or collapse serialise behind one lock and "predictably can pile up
-    all the vCPUs in a sufficiently large VM".  The model runs today's
-    walker with the old locking (flags 0: exclusive, no HANDLE_FAULT).
+    all the vCPUs in a sufficiently large VM".
+
+    **The kernel it models: v6.1**, walker included (``kernel = "6.1"``: the
+    VM's table is built with the v6.1 switch of the one walker,
+    s2pt.stage2.KvmPgtable).  Fault walks have flags 0 (exclusive: no
+    KVM_PGTABLE_WALK_SHARED, and no KVM_PGTABLE_WALK_HANDLE_FAULT, which
+    ddcadb297ce5 added in v6.3); handle_access_fault takes the write lock
+    (fc61f554e694 moved it behind the read lock in v6.3).  A collapse is
+    v6.1's anchor walk: stage2_map_walk_table_pre clears the table entry
+    and flushes the whole VMID (__kvm_tlb_flush_vmid), the leaf visits put
+    every page of the subtree and stage2_map_walk_table_post frees the
+    tables on the way up and installs the block at the anchor, so the
+    entry stays invalid for the whole teardown (a break-before-make window
+    of over a thousand steps for a 2M collapse, like ``rcu-rfc``'s but with
+    plain stores); 5c359cca1faf (v6.2) moved the teardown after the make.
+    There is no mm_ops->free_unlinked_table in v6.1 (free_removed_table
+    arrived with 5c359cca1faf); this scheme's ``free_unlinked_table`` is
+    never called.  Replacing a leaf clears it first (stage2_put_pte), with
+    no KVM_INVALID_PTE_LOCKED.  Simplification: the unmap and attribute
+    walks run today's code on the v6.1 table (they differ in details that
+    no scenario here reaches: TLBI level hints, the return value of an
+    attribute walk that meets an invalid entry).  Eager page splitting
+    arrived in v6.5: a write-lock VM refuses an eager split chunk, and the
+    eager-split scenario does not declare this scheme.
     """
 
     name = "write-lock"
     history = "the kernel's scheme before 6.2"
-    summary = ("before 6.2: a fault that only relaxes permissions under read_lock(mmu_lock), "
-               "every other fault under write_lock; exclusive walks; unlinked tables freed "
-               "at once")
+    kernel = "6.1"
+    version = "v6.1, walker included (the last kernel before the parallel-faults series)"
+    summary = ("v6.1: a fault that only relaxes permissions under read_lock(mmu_lock), "
+               "every other fault under write_lock; exclusive walks; a collapse tears the "
+               "subtree down inside its break-before-make (the anchor walk)")
     fault_flags = 0
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
 
@@ -183,37 +240,69 @@ class RwlockScheme(Scheme):
     in mainline; the MMU notifier's unmap (kvm_unmap_gfn_range) and the
     kernel's other exclusive updates (write-protect, eager split) take the
     write lock.  What makes it safe without RCU: **no fault ever unlinks a
-    table**.  Where a block would replace a table, the fault maps inside the
-    table, at the table's level, instead (the model's NO_COLLAPSE walk flag,
-    its rendering of the sketch, not a kernel flag:
-    stage2_map_walk_table_pre declines).  The only walker that frees tables
-    is the unmap (stage2_unmap_walker puts emptied tables at once), and it
-    excludes every other software walker.
+    table** (the model's NO_COLLAPSE walk flag, its rendering of the sketch,
+    not a kernel flag: stage2_map_walk_table_pre declines).  The only walker
+    that frees tables is the unmap (stage2_unmap_walker puts emptied tables
+    at once), and it excludes every other software walker.  Faults are not
+    RCU readers (``rcu_walkers=False``): nothing a read-side walker can be
+    inside is ever freed, so there is no grace period to wait for.
 
-    Blocks still come back after dirty logging: turning logging off unmaps
-    the whole memslot under the write lock (``logging_off``:
-    kvm_stage2_unmap_range at kvm_arch_commit_memory_region), and the guest
-    faults blocks back into empty space; the price is those refaults.  A
-    vCPU that looked the memslot up before the change may still fault with
-    logging on: it maps a page, never unlinks.
+    **What a declined collapse does.**  A fault whose block would replace a
+    table maps no block.  The walk descends into the table and visits its
+    entries in order as a map of the whole block range would: it maps pages
+    into the empty entries it meets, and stops at the first valid leaf that
+    differs from what it would install only in permissions (or not at all):
+    stage2_map_walker_try_leaf returns -EAGAIN, which ends a HANDLE_FAULT
+    walk.  user_mem_abort() returns 0 and the guest re-executes the access.
+    For the write fault that follows dirty logging -- a write to a
+    read-only page of the table, asking for the 2M block -- that leaf is the
+    faulting page itself: the fault maps nothing, never gains its write
+    permission, and returns -EAGAIN every time it is taken, until something
+    removes the table.  Here that is turning logging off, which unmaps the
+    whole memslot under the write lock (``logging_off``:
+    kvm_stage2_unmap_range at kvm_arch_commit_memory_region); after it the
+    fault maps its block into empty space, and the price is the guest's
+    refaults.  Until that commit runs -- or for ever, for a table no commit
+    unmaps -- the vCPU spins on the fault.  The two variants the thread
+    leaves open are :class:`RwlockCollapseWriteScheme` (the fault that would
+    unlink takes the write lock) and :class:`RwlockRelaxPageScheme` (the
+    fault asks for the page, not the block).  A vCPU that looked the
+    memslot up before the change may still fault with logging on: it maps
+    a page, never unlinks.
 
-    The thread's pKVM question, answered in the model: pKVM's host stage 2
-    collapses tables only when it coalesces after a reclaim
-    (stage2_coalesce_walk_table_post); under this scheme that is write-side
-    work, like unmap, while host faults and donations (which break blocks
-    into tables, never unlink) could share the read side.  No RCU is needed,
-    so the scheme could run at EL2; but EL2 has only hyp_spinlock_t today
-    and refuses shared walks (-EPERM), so the pKVM scenarios run
+    **The thread's pKVM question.**  pKVM's host stage 2 collapses tables
+    when it coalesces (android15-6.6: from the TABLE_POST of a host map
+    walk, s2pt.pkvm), so under this scheme coalescing would be write-side
+    work, like unmap.  Whether host faults and donations could then share
+    the read side, as the sketch suggests, the model answers no.  The host
+    fault path is check-then-act: host_stage2_adjust_range reads the leaf
+    (a get-leaf walk) and decides from it that the range is the host's, then
+    host_stage2_idmap_locked maps that range.  A donation on the read side
+    that lands between the two writes the guest's owner annotation -- or,
+    for a larger range, a table holding it -- and the fault's map then
+    overwrites the annotation (or collapses the table): the host maps the
+    guest's page.  The explorer finds it in ``host-fault-vs-donate-shared``
+    (shared walks and cmpxchg do not help: each store wins its own race).
+    And host_stage2_try()'s -ENOMEM path frees table pages from the fault
+    path itself (kvm_pgtable_stage2_reclaim_leaves in android15-6.6,
+    host_stage2_unmap_dev_all in mainline), which on a read side would free
+    tables other walkers are in.  EL2 also has only hyp_spinlock_t today and
+    refuses shared walks (-EPERM), so the other pKVM scenarios run
     ``hyp-lock`` and do not declare this scheme.
     """
 
     name = "rwlock"
     history = "Oliver Upton's 2022 sketch, never merged"
+    version = "Oliver Upton's sketch in the 2022 thread, on today's mainline walker"
     summary = ("Oliver Upton's sketch: faults in parallel under read_lock(mmu_lock) that never "
                "replace a table by a block; unmap under write_lock; logging off unmaps the "
                "memslot; no RCU, tables freed at once")
     fault_flags = pt.HANDLE_FAULT | pt.SHARED | pt.NO_COLLAPSE
     free_unlinked_table = staticmethod(pt.free_unlinked_table_now)
+
+    def mm_ops(self, bugs=frozenset()) -> pt.MmOps:
+        """Faults are no RCU readers: nothing is freed under the read lock."""
+        return pt.MmOps(self.free_unlinked_table, rcu_walkers=False)
 
     def logging_off(self, vm, slot):
         """kvm_arch_commit_memory_region() -> unmap the slot
@@ -223,15 +312,78 @@ class RwlockScheme(Scheme):
         yield from self.update_unlock()
 
 
+class RwlockCollapseWriteScheme(RwlockScheme):
+    """``rwlock-collapse-write``: the first variant the thread leaves open.
+    A fault that would unlink -- user_mem_abort asks for a block larger
+    than the granule the MMU reported, so a table stands where the block
+    would go (``fault_lock``'s ``unlinks``) -- takes ``write_lock(&kvm->
+    mmu_lock)`` and walks exclusively, without NO_COLLAPSE: it collapses the
+    table and frees the subtree at once, as v6.1 did, while every other
+    software walker is kept out.  Every other fault runs on the read side
+    with NO_COLLAPSE, as in ``rwlock``: the ``unlinks`` test is made before
+    the lock, from the fault the MMU reported, and a read-side fault that
+    meets a table anyway still declines.  Turning logging off changes
+    nothing at once (mainline's commit): blocks come back one collapsing
+    fault at a time, each behind the write lock.  No RCU readers.
+
+    The model's variant of the sketch (no kernel or posted patch)."""
+    name = "rwlock-collapse-write"
+    history = "a variant of Oliver Upton's 2022 sketch (the model's)"
+    version = "a variant of Oliver Upton's sketch (the model's), on today's mainline walker"
+    summary = ("rwlock whose faults that would replace a table by a block take write_lock and "
+               "collapse exclusively (freeing at once); other faults on the read side never "
+               "collapse; logging off unmaps nothing")
+
+    def fault_lock(self, unlinks: bool = False, relax_only: bool = False):
+        yield (write_lock if unlinks else read_lock)(MMU_LOCK)
+
+    def fault_unlock(self, unlinks: bool = False, relax_only: bool = False):
+        yield (write_unlock if unlinks else read_unlock)(MMU_LOCK)
+
+    def fault_walk_flags(self, flags: int, unlinks: bool = False, relax_only: bool = False) -> int:
+        """Under the write lock: an exclusive walk that may collapse."""
+        if unlinks:
+            return flags & ~(pt.SHARED | pt.NO_COLLAPSE)
+        return flags
+
+    def logging_off(self, vm, slot):
+        """Mainline's commit: nothing; faults collapse lazily."""
+        return
+        yield
+
+
+class RwlockRelaxPageScheme(RwlockScheme):
+    """``rwlock-relax-page``: the second variant the thread leaves open.  A
+    fault that would replace a table by a block asks for the granule the
+    MMU reported instead (``fault_map_size``): a permission fault relaxes
+    that one page (kvm_pgtable_stage2_relax_perms), a translation fault maps
+    that one page.  Nothing on the read side ever asks for a block over a
+    table, so ``rwlock``'s -EAGAIN loop cannot happen; blocks come back as in
+    ``rwlock``, when turning logging off unmaps the memslot.  No RCU readers.
+
+    The model's variant of the sketch (no kernel or posted patch)."""
+    name = "rwlock-relax-page"
+    history = "a variant of Oliver Upton's 2022 sketch (the model's)"
+    version = "a variant of Oliver Upton's sketch (the model's), on today's mainline walker"
+    summary = ("rwlock whose faults ask for the page the MMU reported, not a block over a "
+               "table (relax or map 4K); unmap under write_lock; logging off unmaps the memslot")
+
+    def fault_map_size(self, vma_pagesize: int, fault_granule: int, perm: bool) -> int:
+        return min(vma_pagesize, fault_granule)
+
+
 # The lock wrappers are not kernel functions: diagrams show their caller.
 for _fn in (HypLockScheme.fault_lock, HypLockScheme.fault_unlock, HypLockScheme.update_lock,
             HypLockScheme.update_unlock, WriteLockScheme.fault_lock,
-            WriteLockScheme.fault_unlock, RwlockScheme.logging_off):
+            WriteLockScheme.fault_unlock, RwlockScheme.logging_off,
+            RwlockCollapseWriteScheme.fault_lock, RwlockCollapseWriteScheme.fault_unlock,
+            RwlockCollapseWriteScheme.logging_off):
     kernel_path(None)(_fn)
 
 #: name -> Scheme instance, in the order listings show them.
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (NoneScheme(), RcuScheme(), HypLockScheme())}
-SCHEMES.update({s.name: s for s in (WriteLockScheme(), RwlockScheme())})
+SCHEMES.update({s.name: s for s in (WriteLockScheme(), RwlockScheme(),
+                                    RwlockCollapseWriteScheme(), RwlockRelaxPageScheme())})
 
 
 def get_scheme(scheme) -> Scheme:
@@ -252,25 +404,44 @@ class RcuRfcScheme(Scheme):
     Faults run in parallel as in ``rcu`` (``read_lock(&kvm->mmu_lock)``,
     shared walks inside RCU read-side sections).  What differs is the
     teardown.  A fault that collapses a table into a block breaks the table
-    entry (``stage2_try_break_pte``: LOCKED, TLBI), then, before it makes
-    the block (``stage2_make_pte``), walks the subtree it has just unlinked.
-    It "locks" every descendant entry with ``xchg`` so that no other walker
-    can install into it, follows whatever each exchange took out, and
-    drops each entry's reference at once
-    (:func:`s2pt.pgtable.stage2_prune_unlinked_table`).  An entry already
-    LOCKED by another walker is spun on.  Each table page's last reference
-    goes to ``call_rcu``, with an rcu_head in the page's private data
-    (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`).
+    entry (``stage2_try_break_pte``: LOCKED, and a TLBI of the whole VMID,
+    ``__kvm_tlb_flush_vmid``, as the RFC's patch 06 issued it for a table:
+    Oliver Upton's mail of 4 May 2022 calls avoiding that flush "highly
+    desirable"), then, before it makes the block (``stage2_make_pte``),
+    walks the subtree it has just unlinked.  It "locks" every descendant
+    entry with ``xchg`` so that no other walker can install into it, follows
+    whatever each exchange took out, and drops each entry's reference at
+    once (:func:`s2pt.pgtable.stage2_prune_unlinked_table`; patches 08-10).
+    An entry already LOCKED by another walker is spun on.  Each table page's
+    last reference goes to ``call_rcu``, with an rcu_head in the page's
+    private data (:func:`s2pt.pgtable.stage2_free_table_page_rcu_cb`; patch
+    14, "Punt last page reference to rcu callback for parallel walk").
 
     The cost is on the break-before-make critical path: one ``xchg`` for
     each of the 512 entries of a level-3 table, and the table entry stays
     LOCKED the whole time, so every other fault in the range gets -EAGAIN
-    and retries.  It was never merged.  v6.2 moved the teardown out of that
-    path: the subtree is left alone until the RCU callback, which needs no
-    atomics and no spinning, only "a boring traversal".  That is ``rcu``.
+    and retries.  That is where the teardown had always been: mainline's
+    own collapse before v6.2 (``write-lock``, v6.1) also tore the subtree
+    down between the break and the make, with plain stores under the write
+    lock.  The RFC was never merged.  The series that landed in v6.2 moved
+    the teardown after the make -- "A subsequent change to KVM will move
+    the tear down of an unlinked stage-2 subtree out of the critical path of
+    the break-before-make sequence" ("KVM: arm64: Add a helper to tear down
+    unlinked stage-2 subtrees"; 5c359cca1faf did the move) -- and left the
+    subtree alone until the RCU callback, which needs no atomics and no
+    spinning, only "a boring traversal".  That is ``rcu``.
+
+    The model runs the RFC's teardown on today's walker (the RFC itself
+    still had the anchor walk: its TABLE_PRE broke the entry and set the
+    anchor, and the block went in at TABLE_POST); the order of break, prune
+    and make is the same.  ``kernel = "rfc-v1"`` switches the table break's
+    TLBI to the whole VMID (s2pt.stage2.KvmPgtable).
     """
     name = "rcu-rfc"
     history = "RFC v1 of 2022, never merged"
+    kernel = "rfc-v1"
+    version = ("RFC v1 of the parallel-faults series (April 2022), its teardown on today's "
+               "walker")
     summary = ("RFC v1 (April 2022, never merged): faults as in rcu, but a collapse locks every "
                "entry of the unlinked subtree with xchg inside its break-before-make, and each "
                "table page's last reference goes to call_rcu")
@@ -305,15 +476,25 @@ class RefcountScheme(Scheme):
     (``s2pt.memory``'s walker count), never in ``page_count``: the kernel's
     ``page_count(table) == 1`` means "no valid entries" to
     ``stage2_unmap_walker`` and ``stage2_free_walker``.  A table's walker
-    count starts at 1, the reference its parent entry holds.
+    count starts at 1, the reference its parent entry holds.  Where that
+    count lives is what makes ``refcount-revalidate``'s get_page_unless_zero
+    legal: it needs ``_refcount``'s guarantee (s2pt.memory), a meaning that
+    survives the page's reallocation; a field of the page-table descriptor,
+    which the page's next owner reuses, would not do (the mutation
+    ``walker-count-in-ptdesc``, ``MmOps.walker_count = "ptdesc"``).
 
     **The walk.**  The one walker calls the scheme's hooks (``MmOps.
     table_enter``/``table_leave``) around each descent of a shared walk:
     enter is ``get_page`` on the walker count of the table whose pointer the
     walker has just read, leave is ``put_page_testzero``.  Whoever drops the
     last reference frees the table *and the subtree below it*:
-    ``kvm_pgtable_stage2_free_unlinked`` with the level kept in page->private
-    (``set_page_private``), as ``stage2_free_unlinked_table`` does for RCU.
+    ``kvm_pgtable_stage2_free_unlinked`` at the level the unlinker kept in
+    page->private (``set_page_private`` when it unlinked the table, as
+    ``stage2_free_unlinked_table`` does for RCU; ``page_private`` when the
+    last reference goes).  Not the level of the entry the last walker
+    entered the page from: a page freed and reused as a table of another
+    level, and unlinked there while a stale walker still holds a reference,
+    must be freed as what it is now, or its children leak.
     That freeing walk holds no walker reference and needs none: every walker
     below the table holds a reference on the table itself, so once its count
     is zero the subtree is the freeing CPU's alone.  It is an exclusive walk
@@ -345,6 +526,7 @@ class RefcountScheme(Scheme):
 
     name = "refcount"
     history = "Quentin Perret's 2022 idea, never merged"
+    version = "Quentin Perret's idea in the 2022 thread, on today's mainline walker"
     summary = ("Quentin Perret's 2022 idea, naive: walkers get a reference on each table on "
                "the way down (after reading its pointer), put it on the way back; the "
                "unlinker drops the parent's reference; the last one frees. No RCU")
@@ -355,24 +537,35 @@ class RefcountScheme(Scheme):
             return pt.MmOps(self.free_unlinked_table_shared, table_enter=self.table_enter_shared,
                             table_leave=self.table_leave_shared, rcu_walkers=False)
         return pt.MmOps(self.free_unlinked_table, table_enter=self.table_enter,
-                        table_leave=self.table_leave, rcu_walkers=False)
+                        table_leave=self.table_leave, rcu_walkers=False,
+                        walker_count="ptdesc" if "walker-count-in-ptdesc" in bugs
+                        else "_refcount")
 
     def table_enter(self, ctx, childp):
         """Naive: the pointer was read by the visit's READ_ONCE; take the
         reference now, whatever happened to the page in between."""
-        yield walker_get(childp)
+        yield walker_get(childp, ctx.pgt.mm_ops.walker_count)
         return childp
 
     def table_leave(self, ctx, childp):
-        """put_page_testzero(); the last reference frees the subtree."""
-        if (yield walker_put(childp)):
-            yield from pt.kvm_pgtable_stage2_free_unlinked(ctx.pgt, childp, ctx.level)
+        """put_page_testzero(); the last reference frees the subtree, at the
+        level recorded when the table was unlinked (page_private), which is
+        not ``ctx.level`` when the page came back elsewhere."""
+        pgt = ctx.pgt
+        if (yield walker_put(childp, pgt.mm_ops.walker_count)):
+            level = yield page_private(childp)
+            if level is None:
+                pgt.warn("refcount: the last walker reference of a table that was never "
+                         "unlinked")
+                return
+            yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, childp, level)
 
     def free_unlinked_table(self, pgt, pgtable, level):
-        """mm_ops->free_unlinked_table: drop the parent's reference instead
-        of call_rcu; free now if it was the last."""
+        """mm_ops->free_unlinked_table: record the level (set_page_private),
+        drop the parent's reference instead of call_rcu; free now if it was
+        the last."""
         yield set_page_private(pgtable, level)
-        if (yield walker_put(pgtable)):
+        if (yield walker_put(pgtable, pgt.mm_ops.walker_count)):
             yield from pt.kvm_pgtable_stage2_free_unlinked(pgt, pgtable, level)
 
     # -- the mutation "shared-walker-count": walker references in page_count --
@@ -425,12 +618,14 @@ class RefcountRevalidateScheme(RefcountScheme):
 
     name = "refcount-revalidate"
     history = "refcount made race-safe, never merged"
+    version = ("Quentin Perret's idea made race-safe (the model's), on today's mainline "
+               "walker")
     summary = ("refcount made race-safe: get_page_unless_zero on the walker count, re-read "
                "the parent entry, and if it no longer points at the page, put and retry")
 
     def table_enter(self, ctx, childp):
         pgt = ctx.pgt
-        if not (yield walker_get_unless_zero(childp)):
+        if not (yield walker_get_unless_zero(childp, pgt.mm_ops.walker_count)):
             return None                                  # freed: visit the entry again
         cur = yield READ_ONCE(ctx.ptep)
         if kvm_pte_table(cur, ctx.level) and cur & pgt.addr_mask == childp:

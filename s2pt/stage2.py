@@ -45,8 +45,8 @@ class KvmPgtable(Frozen):
     takes the mm_ops, the flags and the force_pte callback too); nothing
     patches a table afterwards.  ``mm_ops`` (a :class:`s2pt.pgtable.MmOps`)
     says how unlinked tables are freed and whether the owner does cache
-    maintenance; ``hyp``/``idmap`` are KVM_PGTABLE_S2_* flags as pKVM sets
-    them; ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
+    maintenance; ``hyp``/``idmap``/``prefault_block`` are KVM_PGTABLE_S2_*
+    flags as pKVM sets them (PREFAULT_BLOCK is Android's); ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
     stage 2 counts only non-default entries); ``machine`` builds the machine
     that performs operations (the explorer passes its SimMachine);
     ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
@@ -58,6 +58,26 @@ class KvmPgtable(Frozen):
     extra put_page after kvm_pgtable_stage2_free_unlinked() that
     c60d847be7b8 removed; ``shared_walk_rcu`` False is a deliberate
     breakage (no commit): shared walks that forget rcu_read_lock().
+
+    ``kernel`` says which kernel's walker the table follows: None (the
+    default) is mainline today; ``"6.1"`` is the walker before v6.2
+    (5c359cca1faf, "Tear down unlinked stage-2 subtree after
+    break-before-make"): the map walk is ``TABLE_PRE | LEAF | TABLE_POST``,
+    a collapse clears the table entry, flushes the whole VMID and sets an
+    "anchor", the leaf and ``TABLE_POST`` visits put every page of the
+    subtree, and the block is installed only when the walk comes back to
+    the anchor; a leaf is replaced by clearing it (stage2_put_pte), with no
+    KVM_INVALID_PTE_LOCKED and no cmpxchg, because every walk was exclusive;
+    the walker reloaded an entry only after a LEAF callback; relax_perms
+    invalidated with a broadcast TLBI.  Everything else (unmap, the
+    attribute walks) runs today's code on a v6.1 table: the model's
+    simplification, stated where it matters (s2pt.schemes.WriteLockScheme).
+    ``"rfc-v1"`` is RFC v1 of the parallel-faults series (April 2022,
+    applied to fb649bda6f56): the model runs its teardown on today's walker
+    (s2pt.schemes.RcuRfcScheme), and what the switch changes is the TLBI of
+    a table break, which flushed the whole VMID (__kvm_tlb_flush_vmid, as
+    stage2_try_break_pte did until v6.6's range TLBIs), the flush Oliver
+    Upton's mail of 4 May 2022 calls "highly desirable" to avoid.
 
     The walker reads these fields in its inner loops, so they are plain
     attributes precomputed from the :class:`Geometry`.
@@ -74,7 +94,8 @@ class KvmPgtable(Frozen):
                  machine=None, reload_after_cb: bool = True,
                  free_unlinked_drops_root: bool = True, prune_xchg: bool = True,
                  map_phys_from_ipa: bool = True, free_unlinked_once: bool = True,
-                 shared_walk_rcu: bool = True):
+                 shared_walk_rcu: bool = True, kernel: str | None = None,
+                 prefault_block: bool = False):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
         self.start_level = geom.start_level
@@ -94,6 +115,9 @@ class KvmPgtable(Frozen):
         self.unmap_defer_tlb_flush = self.tlb_range and self.fwb   # stage2_unmap_defer_tlb_flush
         self.hyp = hyp                 # built for EL2: shared walks return -EPERM
         self.idmap = idmap             # KVM_PGTABLE_S2_IDMAP
+        # KVM_PGTABLE_S2_PREFAULT_BLOCK (Android): a block split into a table
+        # is refilled with copies of itself (stage2_map_prefault_block)
+        self.prefault_block = bool(prefault_block)
         self.force_pte_cb = force_pte_cb
         self.max_owner_id = max_owner_id
         # stage2_pte_is_counted(): which entries hold a reference on their
@@ -103,8 +127,23 @@ class KvmPgtable(Frozen):
         self.counts_every_entry = pte_is_counted is None
         # mm_ops: free_unlinked_table is call_rcu in the kernel, immediate in pKVM
         self.mm_ops = pt.MmOps() if mm_ops is None else mm_ops
-        # Switches for the seeded historical bugs (all True = today's kernel)
-        self.reload_after_cb = reload_after_cb                  # a9f0e3d5a089
+        # Which kernel's walker: None (today's mainline) or "6.1" (before v6.2)
+        if kernel not in KERNELS:
+            raise S2ptError(f"kernel={kernel!r}: the walker follows one of "
+                            f"{', '.join(repr(k) for k in KERNELS)} (None: today's mainline; "
+                            f"'6.1': the map walker before v6.2, 5c359cca1faf; 'rfc-v1': the "
+                            f"parallel-faults RFC of April 2022)")
+        self.kernel = kernel
+        self.pre_6_2 = kernel == "6.1"
+        # stage2_try_break_pte on a table entry: __kvm_tlb_flush_vmid (the
+        # RFC, and v6.2 to v6.5) instead of kvm_tlb_flush_vmid_range (v6.6)
+        self.table_break_flushes_vmid = kernel == "rfc-v1"
+        # Switches for the seeded historical bugs (all True = today's kernel).
+        # v6.1's __kvm_pgtable_visit reloaded the entry only after a LEAF
+        # callback: its TABLE_PRE visitor (the anchor) cleared the table
+        # entry and relied on descending into the table it had just
+        # unlinked, through the entry as it was read before the callback.
+        self.reload_after_cb = bool(reload_after_cb) and not self.pre_6_2   # a9f0e3d5a089
         self.free_unlinked_drops_root = free_unlinked_drops_root  # f6a27d6dc51b
         # RFC v1's pruning walker locks entries with xchg; False is the
         # mutation rfc-plain-prune (plain READ_ONCE / WRITE_ONCE).
@@ -141,7 +180,11 @@ class KvmPgtable(Frozen):
 #: What a Stage2 may be built with besides its geometry (see KvmPgtable).
 _CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
                      "machine", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg",
-                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu"})
+                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu", "kernel",
+                     "prefault_block"})
+
+#: The kernels whose walker a table can follow (KvmPgtable's ``kernel``).
+KERNELS = (None, "6.1", "rfc-v1")
 
 
 def _counted_if_nonzero(pte: int, level: int) -> bool:

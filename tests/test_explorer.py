@@ -102,7 +102,8 @@ CHEAP = ["collapse-vs-fault", "unmap-vs-fault", "split-vs-fault", "stash-old-pte
          "map-vs-map-no-shared", "unmap-vs-collapse"]
 #: Scenarios whose exhaustive search takes seconds per scheme (tens of
 #: thousands of states, a 512-entry table walked step by step).
-EXPENSIVE = {"collapse-vs-fault-3", "logging-mismatch", "split-double-put"}
+EXPENSIVE = {"collapse-vs-fault-3", "logging-mismatch", "split-double-put",
+             "host-fault-vs-donate-shared"}
 
 
 @pytest.mark.parametrize("name,scheme", [(n, s) for n in CHEAP for s in SCHEMES

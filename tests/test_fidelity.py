@@ -403,3 +403,316 @@ def test_pa_counter_of_1f0f4a2ef7a5_agrees_with_the_ipa_on_one_cpu(seed):
                 pgt.unmap(ipa, size)
         tables.append(pgt.ptdump(final=True))
     assert tables[0] == tables[1]
+
+
+# ---------------------------------------------------------------------------
+# Issue 18: every scheme pinned to the kernel it names.
+# 1. write-lock runs the v6.1 walker (a version switch on the one walker).
+# ---------------------------------------------------------------------------
+
+from s2pt.schemes import SCHEMES                     # noqa: E402
+from s2pt.descriptor import KVM_INVALID_PTE_LOCKED    # noqa: E402
+
+
+def _traced_logged_vm(scheme):
+    """_logged_vm under ``scheme`` (its locking, its mm_ops, so its
+    kernel's walker), with every operation recorded from here on."""
+    s = SCHEMES[scheme]
+    vm, slot = _logged_vm(locking=s, mm_ops=s.mm_ops())
+    trace = []
+    vm.pgt.machine.observers.append(lambda op, r: trace.append((op, r)))
+    return vm, trace
+
+
+def _l2_entry_and_l3(pgt, ipa):
+    l2e = _ptep(pgt, ipa, 2)
+    return l2e, pgt.mem.read64(l2e) & pgt.addr_mask
+
+
+def test_write_lock_builds_its_vm_on_the_v61_walker():
+    """WriteLockScheme.kernel is "6.1": a VM built with it follows the
+    walker before v6.2; rcu's follows today's."""
+    assert SCHEMES["write-lock"].kernel == "6.1"
+    assert VM(locking=SCHEMES["write-lock"]).pgt.kernel == "6.1"
+    assert VM(locking=SCHEMES["rcu"]).pgt.kernel is None and VM().pgt.kernel is None
+    assert "v6.1" in SCHEMES["write-lock"].version
+    assert all(s.version for s in SCHEMES.values())
+
+
+def test_v61_collapse_tears_down_before_the_block_goes_in():
+    """v6.1's stage2_map_walk_table_pre / _leaf / _table_post (the anchor):
+    kvm_clear_pte of the table entry, __kvm_tlb_flush_vmid, a put_page for
+    every counted entry of the detached table, then the block stored at the
+    anchor (smp_store_release + get_page), then the table's page and the
+    entry's old reference put.  No KVM_INVALID_PTE_LOCKED anywhere, and
+    no mm_ops->free_unlinked_table (it did not exist before v6.2)."""
+    vm, trace = _traced_logged_vm("write-lock")
+    pgt = vm.pgt
+    l2e, l3 = _l2_entry_and_l3(pgt, 1 << 30)
+    entries = int((pgt.mm.page_of(l3).table != 0).sum())
+    assert entries == 3
+    assert vm.fault(1 << 30, write=True).size == 2 << 20
+    ops_ = [op for op, _ in trace]
+    stores = [(k, op) for k, op in enumerate(ops_)
+              if op[0] in ("WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg")]
+    assert not any(KVM_INVALID_PTE_LOCKED in op[2:] for _, op in stores)
+    clear = ops_.index(("WRITE_ONCE", l2e, 0))
+    assert ops_[clear + 1] == ("tlbi", "vmid", 0, 0)
+    block = next(k for k, op in stores if op[1] == l2e and op[2] & 3 == 1)
+    assert ops_[block][0] == "smp_store_release" and ops_[block + 1] == ("get_page", l2e)
+    # The entries' puts (entry 0's address is the page's own)
+    leaf_puts = [k for k, op in enumerate(ops_[:block]) if op[0] == "put_page"
+                 and op[1] >> 12 == l3 >> 12]
+    assert len(leaf_puts) == entries and clear < min(leaf_puts)
+    assert ops_[block + 2:block + 4] == [("put_page", l3), ("put_page", l2e)]
+    assert pgt.mm.page_of(l3).freed
+    assert not any(op[0] == "call_rcu" for op in ops_)
+    # Every entry of the detached table was visited between the clear and the
+    # block: the window spans the whole teardown.
+    reads = {op[1] for op in ops_[clear:block] if op[0] == "READ_ONCE"}
+    assert {l3 + 8 * i for i in range(512)} <= reads
+    pgt.check_invariants()
+
+
+def test_todays_collapse_makes_the_block_then_frees():
+    """The same fault on today's walker (rcu): LOCKED, a range TLBI over the
+    block, the block made at once, the subtree to call_rcu."""
+    vm, trace = _traced_logged_vm("rcu")
+    l2e, l3 = _l2_entry_and_l3(vm.pgt, 1 << 30)
+    vm.fault(1 << 30, write=True)
+    ops_ = [op for op, _ in trace]
+    brk = next(k for k, op in enumerate(ops_) if op[0] == "cmpxchg" and op[1] == l2e)
+    assert ops_[brk][3] == KVM_INVALID_PTE_LOCKED
+    assert ops_[brk + 1] == ("tlbi", "range", 1 << 30, 2 << 20)
+    make = next(k for k, op in enumerate(ops_) if op[0] == "smp_store_release" and op[1] == l2e)
+    assert make - brk < 10
+    assert any(op[0] == "call_rcu" for op in ops_[make:])
+
+
+def test_cost_runs_show_v61s_window_and_tlbi():
+    """The cost table's break-before-make window (s2pt.comparison): a clear
+    of a valid entry opens one before v6.2, LOCKED since; write-lock's
+    collapse keeps the entry invalid through the 512-entry teardown, as
+    rcu-rfc's does, while rcu's is a handful of steps."""
+    from s2pt.comparison import run_costs
+    wl = run_costs("collapse-vs-fault", "write-lock")[1]
+    rcu = run_costs("collapse-vs-fault", "rcu")[1]
+    rfc = run_costs("collapse-vs-fault", "rcu-rfc")[1]
+    assert wl.bbm_window > 1000 and rfc.bbm_window > 1000 and rcu.bbm_window < 20
+    assert wl.ops.get("cmpxchg", 0) == 0 and wl.ops.get("xchg", 0) == 0
+    assert rfc.ops["xchg"] >= 512
+
+
+def test_v61_relax_perms_invalidates_on_every_cpu():
+    """kvm_pgtable_stage2_relax_perms(): v6.1 ended with
+    __kvm_tlb_flush_vmid_ipa (broadcast); today's uses the local _nsh one."""
+    kinds = {}
+    for kernel in ("6.1", None):
+        pgt = s2pt.Stage2(kernel=kernel)
+        pgt.map(BASE, 4 * KiB, 0x80_0000_0000, prot="R")
+        n = len(pgt.tlbis)
+        pgt.relax_perms(BASE, "RW")
+        kinds[kernel] = [t.kind for t in list(pgt.tlbis)[n:]]
+    assert kinds == {"6.1": ["ipa"], None: ["ipa_nsh"]}
+
+
+@pytest.mark.parametrize("bad", ["6.2", "v6.1", 6.1, (6, 1), "rcu"])
+def test_unknown_kernel_is_refused(bad):
+    with pytest.raises(s2pt.S2ptError) as e:
+        s2pt.Stage2(kernel=bad)
+    assert f"kernel={bad!r}" in str(e.value) and "'6.1'" in str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_v61_walker_builds_the_same_tables_as_todays(seed):
+    """Random maps (blocks, pages, collapses over tables), unmaps,
+    write-protects and relaxes, on one CPU: the v6.1 walker and today's
+    end with the same leaves (the flat IPA -> PA, permissions map), the same
+    number of live table pages, and sound refcounts.  Only the order of the
+    teardown and the TLBIs differ."""
+    import random
+    from s2pt.invariants import leaves
+    out = []
+    for kernel in ("6.1", None):
+        pgt = s2pt.Stage2(kernel=kernel)
+        r = random.Random(seed)
+        for _ in range(40):
+            size = r.choice([4 * KiB, 64 * KiB, 2 * MiB, 4 * MiB])
+            ipa = (BASE + r.randrange(128) * 64 * KiB) & ~(min(size, 2 * MiB) - 1)
+            roll = r.random()
+            if roll < 0.6:
+                pgt.map(ipa, size, 0x80_0000_0000 + (ipa - BASE), force_pte=r.random() < 0.4,
+                        prot=r.choice(["R", "RW", "RWX"]))
+            elif roll < 0.8:
+                pgt.unmap(ipa, size)
+            elif roll < 0.9:
+                pgt.wrprotect(ipa, size)
+            else:
+                pgt.relax_perms(ipa, "RW")
+            pgt.check_invariants()
+        out.append((leaves(pgt), pgt.stats["tables_live"]))
+    assert out[0] == out[1]
+
+
+# ---------------------------------------------------------------------------
+# 2. stash-old-pte under write-lock: that kernel never existed.
+# ---------------------------------------------------------------------------
+
+def test_stash_old_pte_is_not_declared_before_62():
+    from s2pt.scenarios import SCENARIOS
+    sc = SCENARIOS["stash-old-pte"]
+    assert "write-lock" not in sc.expect
+    why = sc.why_not["write-lock"]
+    assert "5c359cca1faf" in why and "a9f0e3d5a089" in why and "v6.4" in why
+    with pytest.raises(s2pt.S2ptError, match="5c359cca1faf"):
+        s2pt.explore("stash-old-pte", "write-lock")
+    # The real pKVM bug and RCU's immunity stay declared.
+    assert sc.expect["hyp-lock"] == {"use-after-free": "Sometimes"} and sc.expect["rcu"] == {}
+
+
+def test_eager_split_is_not_in_v61():
+    """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE arrived in v6.5: a write-lock VM
+    refuses it, and the eager-split scenario does not declare write-lock."""
+    from s2pt.scenarios import SCENARIOS
+    with pytest.raises(s2pt.S2ptError, match="v6.5"):
+        VM(locking=SCHEMES["write-lock"], eager_split_chunk=2 * MiB)
+    vm = VM(locking=SCHEMES["write-lock"])
+    with pytest.raises(s2pt.S2ptError, match="v6.5"):
+        vm.enable_cap_eager_split(2 * MiB)
+    assert "v6.5" in SCENARIOS["split-vs-fault"].why_not["write-lock"]
+
+
+# ---------------------------------------------------------------------------
+# 3. Names and versions: handle_access_fault and the fault flags per kernel
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme,lock,shared", [("write-lock", "write_lock", False),
+                                                ("rcu", "read_lock", True)])
+def test_handle_access_fault_lock_and_flags_follow_the_kernel(scheme, lock, shared):
+    """v6.1: handle_access_fault() under write_lock(&kvm->mmu_lock), an
+    exclusive walk (fc61f554e694 moved it behind the read lock in v6.3,
+    with KVM_PGTABLE_WALK_SHARED | KVM_PGTABLE_WALK_HANDLE_FAULT, which
+    ddcadb297ce5 added in v6.3)."""
+    from s2pt import pgtable as pt
+    vm, trace = _traced_logged_vm(scheme)
+    r = vm.fault((1 << 30) + 2 * 4096)        # aging cleared no AF here: age it first
+    assert r.outcome == "none"
+    vm.pgt.test_clear_young((1 << 30) + 2 * 4096, 4096)
+    vm.pgt.flush_tlb()
+    trace.clear()
+    assert vm.fault((1 << 30) + 2 * 4096).outcome == "mkyoung"
+    names = [op[0] for op, _ in trace if not op[0].startswith("hw_")]   # not the MMU's walk
+    assert names[0] == lock
+    assert ("cmpxchg" in names) == shared
+    flags = vm.fault_flags
+    assert bool(flags & pt.SHARED) == shared and bool(flags & pt.HANDLE_FAULT) == shared
+
+
+# ---------------------------------------------------------------------------
+# 4. rcu-rfc: the TLBI the RFC issued when it broke a table entry
+# ---------------------------------------------------------------------------
+
+def test_rfc_table_break_flushes_the_whole_vmid():
+    """RFC patch 06 ("Implement break-before-make sequence for parallel
+    walks"): "Invalidate the whole stage-2" (__kvm_tlb_flush_vmid) for a
+    table; mainline kept that until v6.6's kvm_tlb_flush_vmid_range."""
+    assert SCHEMES["rcu-rfc"].kernel == "rfc-v1"
+    vm, trace = _traced_logged_vm("rcu-rfc")
+    l2e, _ = _l2_entry_and_l3(vm.pgt, 1 << 30)
+    vm.fault(1 << 30, write=True)
+    ops_ = [op for op, _ in trace]
+    brk = next(k for k, op in enumerate(ops_) if op[0] == "cmpxchg" and op[1] == l2e)
+    assert ops_[brk + 1] == ("tlbi", "vmid", 0, 0)
+    assert not any(op[0] == "tlbi" and op[1] == "range" for op in ops_)
+
+
+# ---------------------------------------------------------------------------
+# 5. rwlock's declined collapse, and the two variants the thread leaves open
+# ---------------------------------------------------------------------------
+
+def _rwlock_vm(scheme):
+    """Dirty logging's leftovers under ``scheme``, logging off published but
+    not committed (the memslot not unmapped yet), as the scenarios start."""
+    s = SCHEMES[scheme]
+    vm = VM(locking=s, mm_ops=s.mm_ops())
+    slot = vm.add_memslot(1 << 30, 2 << 20, backing="2M")
+    vm.enable_dirty_logging(slot)
+    for k in range(3):
+        vm.access((1 << 30) + k * 4096)
+    vm.disable_dirty_logging(slot, commit=False)
+    vm.pgt.flush_tlb()
+    return vm, slot
+
+
+def test_rwlock_declined_collapse_maps_nothing_and_returns_eagain_every_time():
+    """NO_COLLAPSE: the write fault after logging asks for the 2M block;
+    stage2_map_walk_table_pre declines, the walk descends and stops at the
+    faulting page itself (same page, only permissions differ: -EAGAIN).  The
+    guest re-executes the access and takes the same fault, again and again,
+    until the memslot is unmapped (rwlock's commit of logging off)."""
+    vm, slot = _rwlock_vm("rwlock")
+    before = vm.pgt.get_leaf(1 << 30)
+    for _ in range(5):
+        r = vm.fault(1 << 30, write=True)
+        assert r.outcome == "map" and r.size == 2 << 20 and r.eagain and r.ret == 0
+        assert vm.pgt.get_leaf(1 << 30) == before                  # nothing mapped
+        assert vm.translate(1 << 30, write=True).kind == "permission"
+    vm.unmap_memslot(slot)                                        # the commit's unmap
+    r = vm.fault(1 << 30, write=True)
+    assert not r.eagain and vm.pgt.get_leaf(1 << 30)[1] == 2       # the 2M block
+
+
+def test_rwlock_relax_page_relaxes_the_page_instead():
+    """rwlock-relax-page asks for the granule the MMU reported: the write
+    fault relaxes the 4K page at once; no block over the table is asked for."""
+    vm, slot = _rwlock_vm("rwlock-relax-page")
+    r = vm.fault(1 << 30, write=True)
+    assert r.outcome == "relax_perms" and r.size == 4096 and not r.eagain
+    assert vm.translate(1 << 30, write=True).level == 3
+    vm.unmap_memslot(slot)
+    assert vm.fault(1 << 30, write=True).size == 2 << 20           # blocks come back
+
+
+def _solo(scheme, cpu=0, scenario="collapse-vs-fault"):
+    w = s2pt.world(scenario, scheme)
+    while cpu in w.enabled():
+        w.step(cpu)
+    return w, [e.op for e in w.events if e.cpu == cpu]
+
+
+def test_rwlock_collapse_write_collapses_under_the_write_lock():
+    """rwlock-collapse-write: the fault that would unlink takes write_lock
+    and walks exclusively (plain stores), collapses and frees the table at
+    once; a fault that does not unlink stays on the read side."""
+    w, ops0 = _solo("rwlock-collapse-write", 0)
+    names = [op[0] for op in ops0]
+    assert names[0] == "write_lock" and names[-1] == "write_unlock"
+    assert "cmpxchg" not in names and "call_rcu" not in names
+    assert any(op[0] == "WRITE_ONCE" and op[2] == KVM_INVALID_PTE_LOCKED for op in ops0)
+    l3_frees = [e for e in w.events if e.op[0] == "put_page" and e.cpu == 0]
+    assert l3_frees and w.pgt.get_leaf(1 << 30)[1] == 2
+    w1, ops1 = _solo("rwlock-collapse-write", 1)
+    assert [op[0] for op in ops1 if op[0].endswith("lock")][0] == "read_lock"
+
+
+@pytest.mark.parametrize("scheme", ["rwlock", "rwlock-collapse-write", "rwlock-relax-page"])
+def test_rwlock_runs_take_no_rcu_read_lock(scheme):
+    """Nothing a read-side walker can be inside is freed under the rwlock
+    schemes, so their walks are no RCU readers (MmOps.rcu_walkers False)."""
+    assert not SCHEMES[scheme].mm_ops().rcu_walkers
+    for cpu in (0, 1):
+        _, ops_ = _solo(scheme, cpu)
+        assert not {"rcu_read_lock", "rcu_read_unlock", "call_rcu"} & {op[0] for op in ops_}
+
+
+def test_the_rwlock_variants_are_declared_everywhere_and_costed():
+    """Every scenario declares both variants or says why not; compare
+    measures their refaults after logging off (none for the collapsing
+    variant, which unmaps nothing; one per block for the unmapping ones)."""
+    from s2pt import comparison as C
+    from s2pt.scenarios import SCENARIOS
+    for sc in SCENARIOS.values():
+        for s in ("rwlock-collapse-write", "rwlock-relax-page"):
+            assert s in sc.expect or sc.why_not.get(s), (sc.name, s)
+    assert C.logging_off_refaults("rwlock-collapse-write") == 0
+    assert C.logging_off_refaults("rwlock-relax-page") == C.logging_off_refaults("rwlock") == 2

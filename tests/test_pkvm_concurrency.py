@@ -71,10 +71,10 @@ def test_donation_without_tlbi_breaks_isolation_at_the_owner_change():
     f = r.found["isolation"]
     v = f.violation
     assert v.actor == "CPU0" and v.function == "__pkvm_host_donate_guest"
-    assert "host CPU1's TLB still holds the level-2 block" in v.message
+    assert "host CPU1's TLB still holds the level-1 block" in v.message
     assert f"PA {VICTIM:#x}" in v.message
     assert "^^^ ISOLATION ^^^" in f.diagram and "__host_update_page_state" in f.diagram
-    # The race: CPU1's MMU caches the 2M block before CPU0 breaks it, and no
+    # The race: CPU1's MMU caches the 1G block before CPU0 breaks it, and no
     # TLBI follows; the violation is the step that records the new owner.
     w = replay("donate-vs-host-access-no-tlbi", "hyp-lock", f.schedule_text)
     assert [x.kind for x in w.violations] == ["isolation"]
@@ -97,10 +97,10 @@ def test_replay_is_deterministic():
     assert trace[0] == trace[1] and a.diagram() == b.diagram()
 
 
-# CPU1: hw_walk_start(NEIGHBOUR) and two descriptor reads fill its TLB with
-# the 2M block; CPU0: lock, two PGD reads, the L2 read, zalloc, then the
-# break (LOCKED); then CPU1 starts its load from VICTIM.
-IN_BBM_WINDOW = "1*3 0*6 1"
+# CPU1: hw_walk_start(NEIGHBOUR) and one descriptor read fill its TLB with
+# the 1G block (the host's memory, mapped at init); CPU0: lock, the PGD read,
+# zalloc, then the break (LOCKED); then CPU1 starts its load from VICTIM.
+IN_BBM_WINDOW = "1*2 0*4 1"
 
 
 def test_the_old_block_may_be_used_inside_the_bbm_window():
@@ -109,14 +109,14 @@ def test_the_old_block_may_be_used_inside_the_bbm_window():
     TLB hit is no walk, so CPU0's TLBI + DSB does not wait for it."""
     w = replay("donate-vs-host-access", "hyp-lock", IN_BBM_WINDOW)
     assert w.outcome == "done" and not w.violations, w.status()
-    start = w.events[9]
+    start = w.events[6]
     assert start.cpu == 1 and start.op[:2] == ("hw_walk_start", VICTIM)
-    assert w.events[8].op[0] == "WRITE_ONCE" and not _events(w, 0, "tlbi")[0].index < 9
+    assert w.events[5].op[0] == "WRITE_ONCE" and not _events(w, 0, "tlbi")[0].index < 6
     hw = next(o for o in w.stateful if isinstance(o, VcpuTlb) and o.vcpu == 1)
     assert hw.hits == 1
     # Stepping the same prefix by hand: after the hit, the TLBI is enabled.
     w2 = s2pt.world("donate-vs-host-access", "hyp-lock")
-    for c in [1] * 3 + [0] * 6 + [1]:
+    for c in [1] * 2 + [0] * 4 + [1]:
         w2.step(c)
     assert 1 not in w2.machine.hw_inflight
     assert w2.pending[0][0] == "tlbi" and w2.blocked(0) is None
@@ -155,18 +155,20 @@ def test_coalescing_without_tlbi_frees_a_table_the_walk_cache_points_to():
     assert "^^^ USE-AFTER-FREE ^^^" in w.diagram()
 
 
-# CPU0 reclaims VICTIM and, in stage2_coalesce_walk_table_post, finds the L3
-# table holding only default entries; CPU1's MMU walks to the L3 table; CPU0
-# clears the L2 entry; CPU1's MMU reads NEIGHBOUR's entry through its walk
-# cache, in the table just unlinked (not yet freed); then the default order.
+# CPU0 reclaims VICTIM (maps it back) and, in stage2_coalesce_walk_table_post,
+# finds the L3 table holding only default entries; CPU1's MMU walks to the L3
+# table; CPU0 breaks the L2 entry (LOCKED); CPU1's MMU reads NEIGHBOUR's entry
+# through its walk cache, in the table just unlinked (not yet freed); then the
+# default order.
 THROUGH_ZAPPED = "0*13 1*3 0 1"
 
 
-def test_the_mmu_may_walk_a_zapped_table_until_the_tlbi():
+def test_the_mmu_may_walk_a_coalesced_table_until_the_tlbi():
     w = replay("coalesce-vs-host-fault", "hyp-lock", THROUGH_ZAPPED)
     assert w.outcome == "done" and not w.violations, w.status()
-    zap = next(e for e in _events(w, 0, "WRITE_ONCE") if e.op[2] == 0
-               and e.function == "stage2_coalesce_walk_table_post")
+    zap = next(e for e in _events(w, 0, "WRITE_ONCE")
+               if e.op[2] == s2pt.descriptor.KVM_INVALID_PTE_LOCKED
+               and "stage2_coalesce_walk_table_post" in e.stack)
     late = next(e for e in _events(w, 1, "hw_read") if e.index > zap.index)
     tlbi = next(e for e in _events(w, 0, "tlbi") if e.index > zap.index)
     assert late.index < tlbi.index and late.result & 3 == 3         # NEIGHBOUR's page
@@ -174,8 +176,9 @@ def test_the_mmu_may_walk_a_zapped_table_until_the_tlbi():
     freed = [pfn for pfn, (step, cpu, fn) in w.frees.items() if cpu == 0]
     assert late.op[1] >> 12 in freed                                 # freed after the TLBI
     assert w.frees[late.op[1] >> 12][0] > tlbi.index
-    # And the host's fault afterwards maps a 2M block again.
-    assert w.pgt.get_leaf(OTHER)[1] == 2
+    # The tables became blocks (android15-6.6): the L3 table a 2M block, then
+    # the L2 table the 1G block the host had before the donation.
+    assert w.pgt.get_leaf(OTHER)[1] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -226,3 +229,47 @@ def test_the_pkvm_bugs_switch_on_from_the_command_line(capsys):
     assert main(["explore", "coalesce-vs-host-fault", "--bug", "coalesce-no-tlbi",
                  "--json"]) == 1
     assert '"kind": "use-after-free"' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# The thread's rwlock question for pKVM (issue 18, item 6)
+# ---------------------------------------------------------------------------
+
+def test_host_faults_and_donations_cannot_share_the_read_side():
+    """host-fault-vs-donate-shared: CPU1's fault handler reads VICTIM's
+    empty entry (host_stage2_adjust_range's get-leaf walk), CPU0's donation
+    on the same read side writes the guest's annotation there, and CPU1's
+    map -- acting on its check -- breaks the annotation to install the
+    host's page: the isolation checker fires on that store."""
+    r = explore("host-fault-vs-donate-shared", "rwlock")
+    assert r.complete and r.kinds == {"isolation"}
+    f = r.found["isolation"]
+    w = replay("host-fault-vs-donate-shared", "rwlock", f.schedule_text)
+    hit = next(e for e in w.events if e.violations)
+    assert hit.cpu == 1 and hit.op[0] == "cmpxchg" and hit.op[2] == 0x8   # the annotation
+    assert hit.op[3] == s2pt.descriptor.KVM_INVALID_PTE_LOCKED
+    check = [e for e in w.events if e.cpu == 1 and e.op[0] == "READ_ONCE"
+             and "host_stage2_adjust_range" in e.stack and e.op[1] == hit.op[1]]
+    annotate = next(e for e in w.events if e.cpu == 0 and e.op[0] == "smp_store_release"
+                    and e.op[1] == hit.op[1])
+    assert check[0].result == 0 and check[0].index < annotate.index < hit.index
+    assert "ISOLATION" in w.diagram()
+
+
+def test_the_same_paths_on_the_write_side_are_safe():
+    """The control: the same two paths under the rwlock's write side (one
+    at a time, as under pKVM's spinlock) find nothing."""
+    from s2pt.scenarios import Scenario, build_host_fault_vs_donate_shared
+    sc = Scenario("host-fault-vs-donate-exclusive", "control", build_host_fault_vs_donate_shared,
+                  {"rwlock": {}}, params={"side": "write"})
+    r = explore(sc, "rwlock", details=False)
+    assert r.complete and r.check_declared() == [] and not r.kinds
+
+
+def test_the_rwlock_pkvm_text_says_what_the_explorer_finds():
+    from s2pt.scenarios import SCENARIOS
+    from s2pt.schemes import SCHEMES
+    doc = SCHEMES["rwlock"].__doc__
+    assert "host-fault-vs-donate-shared" in doc and "could share the read side" not in doc
+    for name in PKVM:
+        assert "cannot share the read side" in SCENARIOS[name].why_not["rwlock"]

@@ -18,6 +18,9 @@ from s2pt.sim.search import format_schedule
 
 REFCOUNT = ("refcount", "refcount-revalidate")
 WALKER_OPS = {"walker_get", "walker_get_unless_zero", "walker_put"}
+#: The unlinker records the level in page->private and the last walker reads
+#: it back (the model's RCU path hands the level to call_rcu instead).
+PRIVATE_OPS = {"set_page_private", "page_private"}
 
 
 # ---------------------------------------------------------------------------
@@ -62,13 +65,14 @@ def test_no_hooks_no_steps():
 def test_hooks_add_only_their_own_steps(scheme):
     """The same workload under rcu and under a refcount scheme.  Strip RCU's
     steps (rcu_read_lock/unlock, call_rcu) and the hooks' own (the walker
-    count's operations, and under revalidation the re-read of the entry
-    after each successful get): what is left is the same operations -- as a
+    count's operations, page->private's, and under revalidation the re-read
+    of the entry after each successful get): what is left is the same
+    operations -- as a
     multiset, because a refcount scheme frees the unlinked table when its
     last reference goes and rcu after the run -- and memory ends identical."""
     base = _workload(SCHEMES["rcu"].mm_ops())
     hooked = _workload(SCHEMES[scheme].mm_ops())
-    strip = {"rcu_read_lock", "rcu_read_unlock", "call_rcu"} | WALKER_OPS
+    strip = {"rcu_read_lock", "rcu_read_unlock", "call_rcu"} | WALKER_OPS | PRIVATE_OPS
     trace = hooked.pgt.machine.trace
     if scheme == "refcount-revalidate":
         trace = _drop_rereads(trace)
@@ -286,3 +290,125 @@ def test_the_mutations_cover_both_breakages():
     ours = [m for m in MUTATIONS.values() if m.scheme in REFCOUNT]
     assert any(m.scheme == "refcount" for m in ours)                     # no revalidation
     assert any("shared-walker-count" in m.bugs for m in ours)            # one count
+    assert any("walker-count-in-ptdesc" in m.bugs for m in ours)         # a foreign field
+
+
+# ---------------------------------------------------------------------------
+# Issue 18, item 7: the last walker frees at the level stored at unlink
+# ---------------------------------------------------------------------------
+
+def _ptep(pgt, ipa, level):
+    """The address of the descriptor that resolves ``ipa`` at ``level``,
+    walked from the PGD (the tree has several tables per level here)."""
+    lvl, table = pgt.start_level, pgt.pgd + pgt.pgd_page_idx(ipa) * pgt.page_size
+    while True:
+        ptep = table + 8 * ((ipa >> pgt.granule_shift[lvl]) & (pgt.ptrs_per_pte - 1))
+        if lvl == level:
+            return ptep
+        table, lvl = pgt.mem.read64(ptep) & pgt.addr_mask, lvl + 1
+
+
+def _step(gen, machine, result=None):
+    """Send ``result`` into ``gen`` and perform the op it yields: (op, result)."""
+    op = gen.send(result)
+    return op, machine.perform(op)
+
+
+def test_last_walker_frees_a_reused_page_at_the_level_it_was_unlinked_at():
+    """A walker reads L2[k] -> T (a level-3 table: ctx.level 2) and stops
+    before its reference.  T is collapsed away and freed, and the LIFO
+    allocator hands its page back as the level-2 table of another 1G
+    region, where a 4K page then needs a level-3 table below it.  The
+    walker's get_page_unless_zero succeeds (the page is live again), and
+    before it re-reads the entry a 1G collapse unlinks the page at level 1
+    and drops the parent's reference.  The walker's revalidation fails and
+    its put is the last: the page must be freed as the level-2 table it is
+    (the level kept in page->private), with its level-3 child -- not walked
+    at ctx.level as a level-3 table, which would leak the child."""
+    scheme = SCHEMES["refcount-revalidate"]
+    pgt = s2pt.Stage2(mm_ops=scheme.mm_ops())
+    ipa, other = 1 << 30, 2 << 30
+    pgt.map(ipa, 3 * PAGE, 0x40_0000_0000, force_pte=True)        # L2[0] -> T
+    l2e = _ptep(pgt, ipa, 2)
+    t = pgt.mem.read64(l2e) & pgt.addr_mask
+    ctx = pt.VisitCtx(l2e, pgt.mem.read64(l2e), None, pgt, ipa, ipa, ipa + (2 << 20), 2,
+                      pt.SHARED)
+    pgt.map(ipa, 2 << 20, 0x40_0000_0000)                         # collapse: T freed
+    assert pgt.mm.page_of(t).freed
+    # A page in another 1G region needs a level-2 and a level-3 table; the
+    # allocator hands out the most recently freed pages, T's among them, and
+    # the walk takes the level-2 table first.
+    pgt.map(other, PAGE, 0x40_4000_0000, force_pte=True)
+    page = pgt.mm.page_of(t)
+    assert not page.freed and page.generation == 1
+    assert pgt.mem.read64(_ptep(pgt, other, 1)) & pgt.addr_mask == t     # T: other's L2 table
+    child = pgt.mem.read64(t) & pgt.addr_mask                     # its L2[0]: the L3 table
+    assert pgt.mm.page_of(child).table[0] & 1
+    enter = scheme.table_enter(ctx, t)
+    op, got = _step(enter, pgt.machine)
+    assert op[0] == "walker_get_unless_zero" and got            # the reused page is live
+    pgt.map(other, 1 << 30, 0x40_4000_0000)                       # 1G collapse: unlinked at level 1
+    assert not page.freed and page.private == 1 and page.walkers == 1
+    try:
+        while True:
+            op, got = _step(enter, pgt.machine, got)
+    except StopIteration as stop:
+        assert stop.value is None                                 # revalidation failed: retry
+    assert page.freed and pgt.mm.page_of(child).freed             # both levels freed
+    check_stage2(pgt)                                             # no leak, sound counts
+
+
+# ---------------------------------------------------------------------------
+# Issue 18, item 8: where the walker count lives
+# ---------------------------------------------------------------------------
+
+def test_get_unless_zero_on_a_freed_or_reused_page_is_legal_only_with_refcount_semantics():
+    """The walker count has _refcount's guarantee (s2pt.memory): the page
+    allocator owns it, 0 while the page is free and 1 for whoever gets it
+    next, so get_page_unless_zero on a page freed (fails) or reallocated
+    (succeeds, and its put restores it) is harmless.  Kept in a field of
+    the page-table descriptor instead, the same calls touch a field that
+    belongs to the page's next owner: a use-after-free."""
+    from s2pt.memory import MemCache, PhysMem
+
+    def reported(mm):
+        out = []
+        mm._report = lambda kind, msg: out.append(kind)
+        return out
+
+    mm = PhysMem()
+    seen = reported(mm)
+    mc = MemCache(mm)
+    mc.topup(1)
+    page = mc.alloc()
+    page.ptdesc = True                      # zalloc_page: a page table now
+    assert mm.walker_get_unless_zero(page.pa, "ptdesc") and mm.walker_put(page.pa, "ptdesc") is False
+    mm.free_page(page)
+    assert mm.walker_get_unless_zero(page.pa) is False and seen == []       # free: count 0
+    mc.topup(1)                             # the allocator hands the page out again
+    assert mc.objects == [page] and not page.ptdesc and page.walkers == 1
+    assert mm.walker_get_unless_zero(page.pa) and not mm.walker_put(page.pa) and seen == []
+    assert page.walkers == 1                # the next owner's count, as it was
+    assert mm.walker_get_unless_zero(page.pa, "ptdesc") is False
+    assert seen == ["use-after-free"]       # a field the next owner reuses
+    mc.free_all()
+    mm.walker_get_unless_zero(page.pa, "ptdesc")
+    assert seen == ["use-after-free"] * 2   # ... and so does the page allocator
+
+
+def test_walker_count_in_ptdesc_is_caught_and_the_scheme_is_not():
+    """The mutation walker-count-in-ptdesc: the explorer finds vCPU1's
+    get_page_unless_zero on the collapsed table's page after its free; the
+    same search without the switch finds nothing."""
+    m = MUTATIONS["walker-count-in-ptdesc/refcount-revalidate"]
+    bad = explore(m.scenario, m.scheme, bugs=m.bugs)
+    f = bad.found["use-after-free"]
+    w = replay(m.scenario, m.scheme, f.schedule_text, bugs=m.bugs)
+    hit = next(e for e in w.events if e.violations)
+    assert hit.op[0] == "walker_get_unless_zero" and hit.op[2] == "ptdesc"
+    assert "next owner" in hit.violations[0][1]
+    good = explore(m.scenario, m.scheme, details=False)
+    assert good.complete and not good.kinds
+    assert SCHEMES["refcount-revalidate"].mm_ops().walker_count == "_refcount"
+    with pytest.raises(s2pt.S2ptError, match="walker_count='slab'"):
+        pt.MmOps(walker_count="slab")

@@ -156,6 +156,7 @@ def scenarios_cmd(args) -> int:
     print("Schemes:")
     for s in SCHEMES.values():
         print(f"  {s.name:<{width}} {s.summary}")
+        print(f"  {'':<{width}} models: {s.version}")
     print("\nScenarios (per scheme: the kinds expected Sometimes; all others Never):")
     for sc in SCENARIOS.values():
         print(f"\n  {sc.name}  ({sc.cpus} CPU{'s' if sc.cpus > 1 else ''})")

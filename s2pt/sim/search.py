@@ -455,7 +455,17 @@ class StateSpace:
                 if name in ("put_page", "free_page"):
                     self.live.alloc = (tuple(self.mm.free_list), self.mm.allocated)
         elif name == "zalloc_page":
+            old = self.live.mc
             self.live.mc = self._mc_state()
+            # The page handed out is a page table now (Page.ptdesc).
+            left = {pfn for objs in self.live.mc for pfn in objs}
+            for pfn in {pfn for objs in old for pfn in objs} - left:
+                k = self.index.get(pfn)
+                pid = self._pid(k)
+                if pid != self.live.pages[k]:
+                    lp = list(self.live.pages)
+                    lp[k] = pid
+                    self.live.pages = tuple(lp)
         elif name not in _NOMEM and name not in _PARTS:
             return self.machine_state(full=True)
         if name in _SYNC:

@@ -48,11 +48,12 @@ from ..snapshot import Frozen, Stateful, Stateless, audit_fields, owner_of, pert
 __all__ = ["MachineState", "PAGE_STATE", "observer_parts", "check_part", "RULE"]
 
 #: The fields of a table page (``s2pt.memory.Page``) that are state: its
-#: two counts, whether it is free, set_page_private()'s value and its
+#: two counts, whether it is free, set_page_private()'s value, whether it
+#: is a page table now (its page-table descriptor is live) and its
 #: descriptors.  Every other field of Page must be in ``Page.sim_ignore``
 #: (views' bookkeeping) or fixed (its address): checked when a registry is
 #: built, so a field added to Page without a decision is refused.
-PAGE_STATE = ("refcount", "freed", "table", "walkers", "private")
+PAGE_STATE = ("refcount", "freed", "table", "walkers", "private", "ptdesc")
 PAGE_FIXED = ("pfn", "pa")
 
 #: The rule every refusal quotes.
