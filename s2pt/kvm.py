@@ -244,7 +244,9 @@ class VM:
         if locking is not None and not isinstance(locking, MmuLock):
             raise S2ptError(f"locking={locking!r}: an s2pt.kvm.MmuLock (or a teardown scheme "
                             f"from s2pt.schemes), or None for mainline's")
-        memcache_capacity = v.optional_integer("memcache_capacity", memcache_capacity, 1)
+        memcache_capacity = v.optional_integer(
+            "memcache_capacity", memcache_capacity, 1,
+            "a capacity of at least kvm_mmu_cache_min_pages() (the table's levels - 1)")
         self.locking = locking if locking is not None else MmuLock()
         # The walk flags of a fault: the locking's, with any bug applied.
         flags = self.locking.fault_flags
