@@ -370,9 +370,9 @@ def decode(value: int, level: int, granule: int = 4096, fwb: bool = False) -> De
     'page of 4K at PA 0x40000000, RWX, normal'
     """
     granule = choice("granule", granule, GRANULES, "the granule must be one of")
-    level = integer("level", level, 0, 3, "stage-2 lookup levels run from 0 to 3")
+    level = integer("level", level, 0, 3, rule="stage-2 lookup levels run from 0 to 3")
     value = integer("value", value, 0, (1 << 64) - 1,
-                    "a descriptor is an unsigned 64-bit integer")
+                    rule="a descriptor is an unsigned 64-bit integer")
     fwb = flag("fwb", fwb)
     ps = GRANULES[granule]
     d = Decoded(value=value, level=level, granule=granule, kind="invalid")

@@ -171,7 +171,7 @@ class Geometry:
                                      "and 64K): one of"))
         set_(self, "ipa_bits", integer(
             "ipa_bits", self.ipa_bits, IPA_MIN, IPA_MAX,
-            f"the IPA size must be an integer from {IPA_MIN} to {IPA_MAX} "
+            rule=f"the IPA size must be an integer from {IPA_MIN} to {IPA_MAX} "
             f"(52-bit IPAs need LPA2, which is not modelled)"))
         if not is_int(self.pa_bits) or self.pa_bits not in PARANGE or self.pa_bits > PA_BITS:
             raise S2ptError(f"pa_bits={self.pa_bits!r}: must be a PARange size up to {PA_BITS}")

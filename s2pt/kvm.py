@@ -246,7 +246,7 @@ class VM:
                             f"from s2pt.schemes), or None for mainline's")
         memcache_capacity = v.optional_integer(
             "memcache_capacity", memcache_capacity, 1,
-            "a capacity of at least kvm_mmu_cache_min_pages() (the table's levels - 1)")
+            rule="a capacity of at least kvm_mmu_cache_min_pages() (the table's levels - 1)")
         self.locking = locking if locking is not None else MmuLock()
         # The walk flags of a fault: the locking's, with any bug applied.
         flags = self.locking.fault_flags
@@ -701,13 +701,13 @@ class VM:
         # reaches the slot's end (-EINVAL otherwise).
         total = len(s.dirty)
         first = v.integer("first", first, 0, total,
-                          f"a page index of the slot (0 to {total}) on a 64-page boundary")
+                          rule=f"a page index of the slot (0 to {total}) on a 64-page boundary")
         if first % 64:
             raise S2ptError(f"first={first}: KVM_CLEAR_DIRTY_LOG needs first_page on a "
                             f"64-page boundary (-EINVAL)")
         n = total - first if npages is None else v.integer(
             "npages", npages, 0, total - first,
-            f"a number of pages from first={first} to the end of the slot (0 to "
+            rule=f"a number of pages from first={first} to the end of the slot (0 to "
             f"{total - first}), or None for all of them")
         if n % 64 and first + n != total:
             raise S2ptError(f"npages={n}: KVM_CLEAR_DIRTY_LOG needs num_pages to be a multiple "

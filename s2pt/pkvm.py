@@ -554,7 +554,7 @@ class Host:
     def __init__(self, memory, mmio=(), granule: int = 4096, *, pa_bits: int = 40,
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
                  coalesce: bool = True, check: bool = True, bugs=(), machine=None):
-        cpus = v.integer("cpus", cpus, 1, 64, "a number of host CPUs from 1 to 64")
+        cpus = v.integer("cpus", cpus, 1, 64, rule="a number of host CPUs from 1 to 64")
         pool_pages = v.optional_integer("pool_pages", pool_pages, 1)
         bugs = v.names("bugs", bugs, BUGS, "bug name")
         sizes = [b for b in PARANGE if b <= PA_BITS]

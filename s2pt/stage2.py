@@ -191,7 +191,7 @@ class Stage2(KvmPgtable):
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vmid: int = 1,
                  fwb: bool = False, ram_pages: int | None = None, **config):
         vmid = v.integer("vmid", vmid, 0, (1 << 16) - 1,
-                         "VMIDs are 16-bit unsigned integers (0 to 65535)")
+                         rule="VMIDs are 16-bit unsigned integers (0 to 65535)")
         ram_pages = v.optional_integer("ram_pages", ram_pages, 1)
         fwb = v.flag("fwb", fwb)
         unknown = set(config) - _CONFIG
@@ -203,7 +203,7 @@ class Stage2(KvmPgtable):
                 config[k] = v.flag(k, config[k])
         if "max_owner_id" in config:
             config["max_owner_id"] = v.integer("max_owner_id", config["max_owner_id"], 0, 255,
-                                               "an owner id field is 8 bits: 0 to 255")
+                                               rule="an owner id field is 8 bits: 0 to 255")
         super().__init__(Geometry(ipa_bits, granule), vmid=vmid, fwb=fwb,
                          ram_pages=ram_pages, **config)
         #: Set by destroy(): kvm_pgtable_stage2_destroy() frees the PGD and
@@ -403,7 +403,7 @@ class Stage2(KvmPgtable):
         counted entries that record ``owner_id`` (pKVM); blocks are broken."""
         ipa, size = self._check_range(ipa, size)
         owner_id = v.integer("owner_id", owner_id, 0, self.max_owner_id,
-                             f"must be 0..{self.max_owner_id} (KVM_MAX_OWNER_ID); "
+                             rule=f"must be 0..{self.max_owner_id} (KVM_MAX_OWNER_ID); "
                              f"set_owner returns -EINVAL otherwise")
         mc = self._topup(self._map_table_bound(ipa, size, ipa, True),
                          f"set_owner of [{ipa:#x}, {ipa + size:#x})")
@@ -477,7 +477,7 @@ class Stage2(KvmPgtable):
             flags = bits
         else:
             flags = v.integer("flags", flags, 0, every,
-                              "walk flags: 'LEAF', 'TABLE_PRE', 'TABLE_POST' joined with '|', "
+                              rule="walk flags: 'LEAF', 'TABLE_PRE', 'TABLE_POST' joined with '|', "
                               "or a combination of s2pt.pgtable.WalkFlags")
             if flags & ~every:
                 raise S2ptError(f"flags={flags:#x}: bits {flags & ~every:#x} are not "

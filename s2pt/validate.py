@@ -68,7 +68,7 @@ def _range_text(lo, hi) -> str:
     return "an integer"
 
 
-def integer(name: str, value, lo: int | None = None, hi: int | None = None,
+def integer(name: str, value, lo: int | None = None, hi: int | None = None, *,
             rule: str | None = None) -> int:
     """``value`` as an ``int`` in ``[lo, hi]`` (either bound may be None).
     ``rule`` replaces the default description of what is allowed."""
@@ -81,12 +81,12 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None,
     return v
 
 
-def optional_integer(name: str, value, lo: int | None = None, hi: int | None = None,
+def optional_integer(name: str, value, lo: int | None = None, hi: int | None = None, *,
                      rule: str | None = None):
     """None, or :func:`integer`."""
     if value is None:
         return None
-    return integer(name, value, lo, hi, (rule or _range_text(lo, hi)) + ", or None")
+    return integer(name, value, lo, hi, rule=(rule or _range_text(lo, hi)) + ", or None")
 
 
 def address(name: str, value, bits: int | None = None, what: str = "an address") -> int:
@@ -194,8 +194,8 @@ def schedule(value, n: int | None = None, limit: int | None = None,
                 raise S2ptError(f"{name} token {tok!r}: CPU numbers are non-negative and "
                                 f"counts positive")
             if n is not None and cid >= n:
-                raise S2ptError(f"{name} token {tok!r}: CPU {cid} does not exist "
-                                f"(CPUs 0..{n - 1})")
+                raise S2ptError(f"{name} token {tok!r}: {cid} is not a CPU of this scenario "
+                                f"(0..{n - 1})")
             if limit is not None and len(out) + count > limit:
                 raise S2ptError(f"{name} token {tok!r}: the schedule would have more than "
                                 f"{limit:,} steps (the run's max_steps)")
@@ -207,9 +207,12 @@ def schedule(value, n: int | None = None, limit: int | None = None,
     for k, tok in enumerate(value):
         if limit is not None and k >= limit:
             raise S2ptError(f"{name}: more than {limit:,} steps (the run's max_steps)")
-        hi = None if n is None else n - 1
-        out.append(integer(f"{name} step {k}", tok, 0, hi,
-                           rule="a CPU id" + ("" if hi is None else f" from 0 to {hi}")))
+        if not is_int(tok):
+            raise S2ptError(f"{name} step {k}: {tok!r} is not a CPU id: an integer{_kind(tok)}")
+        if tok < 0 or (n is not None and tok >= n):
+            raise S2ptError(f"{name} step {k}: {tok!r} is not a CPU of this scenario"
+                            + ("" if n is None else f" (0..{n - 1})"))
+        out.append(int(tok))
     return out
 
 

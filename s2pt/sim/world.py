@@ -26,6 +26,7 @@ from ..invariants import reachable_tables
 from ..memory import MemCache
 from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
 from ..snapshot import Stateful, Stateless, owner_of
+from .. import validate
 from .sync import SimMachine, rcu_next_callback
 from .violation import Violation
 
@@ -399,8 +400,11 @@ class World:
     # -- stepping -----------------------------------------------------------------
     def step(self, i: int) -> Event:
         """Actor ``i`` performs its pending operation and runs to its next one."""
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.outcome is not None:
-            raise RuntimeError("the run is over")
+            raise S2ptError(f"cpu={i}: the run is over ({self.outcome}): no CPU can step; "
+                            f"w.again() gives a fresh World")
         gen = self.cpus[i]
         if gen is None or self.machine.blocked(i, self.pending[i]) is not None:
             raise S2ptError(f"CPU {i} ({self.name(i)}) cannot step: {self.blocked(i)}")
@@ -444,6 +448,12 @@ class World:
             self._maybe_finish()
         return ev
 
+    def _check_cpu(self, i, name="cpu") -> int:
+        """An actor id of this World (0 .. n-1), as an int; else S2ptError."""
+        names = ", ".join(f"{k}: {a.name}" for k, a in enumerate(self.actors))
+        return validate.integer(name, i, 0, self.n - 1,
+                                rule=f"a CPU of this scenario, 0 to {self.n - 1} ({names})")
+
     def _maybe_finish(self):
         if self.live():
             if not self.enabled():
@@ -473,14 +483,14 @@ class World:
     def run(self, schedule=(), policy=None) -> "World":
         """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
         keep running the last CPU while it can, else the lowest enabled)."""
+        if policy is not None:
+            validate.function("policy", policy, 2)
+        schedule = validate.schedule(schedule, self.n, self.max_steps)
         last = None
         relaxed = False
         for k, tok in enumerate(schedule):
             if self.outcome is not None:
                 return self
-            if not isinstance(tok, int) or not 0 <= tok < self.n:
-                raise S2ptError(f"schedule step {k}: {tok!r} is not a CPU of this scenario "
-                                f"(0..{self.n - 1})")
             if tok not in self.enabled():
                 raise S2ptError(f"schedule step {k}: CPU {tok} ({self.name(tok)}) cannot step: "
                                 f"{self.blocked(tok)}")
