@@ -1185,7 +1185,8 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     schemes = _names(schemes, SCHEMES, "scheme")
     scenarios = _names(scenarios, SCENARIOS, "scenario")
     vcpus = validate.integer("vcpus", vcpus, 1, MAX_VCPUS)
-    runs = validate.integer("runs", runs, 1)
+    runs = validate.integer("runs", runs, 1, MAX_RUNS,
+                            rule=f"a number of recorded runs per cost cell from 1 to {MAX_RUNS:,}")
     seed = validate.integer("seed", seed, 0, (1 << 64) - 1,
                             rule="a seed is an integer from 0 to 2**64 - 1")
     sample_runs = validate.integer("sample_runs", sample_runs, 1, MAX_RUNS,

@@ -11,9 +11,9 @@ import json
 import os
 import sys
 
-from ..comparison import MAX_VCPUS, compare
+from ..comparison import MAX_JOBS, MAX_VCPUS, compare
 from ..errors import S2ptError
-from .registry import arg, command, nonneg as _nonneg, positive as _pos
+from .registry import arg, command, positive as _pos, seed64 as _seed
 
 
 def _names(values):
@@ -42,7 +42,8 @@ def _progress(text):
         help="recorded runs per cost cell (default 12)"),
     arg("--sample-runs", type=_pos, default=300, metavar="N",
         help="PCT schedules where a cost cell's verdict is sampled (default 300)"),
-    arg("--seed", type=_nonneg, default=0, help="seed of the sampled schedules (default 0)"),
+    arg("--seed", type=_seed, default=0,
+        help="seed of the sampled schedules, 0 .. 2**64-1 (default 0)"),
     arg("--scheme", action="append", default=[], metavar="NAME",
         help="only these schemes (repeat, or comma-separate; default: all)"),
     arg("--scenario", action="append", default=[], metavar="NAME",
@@ -51,7 +52,8 @@ def _progress(text):
         help="bound on each exhaustive search (default 2,000,000)"),
     arg("--plot", metavar="PNG", help="save the cost plots (matplotlib) to this file"),
     arg("--jobs", type=_pos, default=None, metavar="N",
-        help="worker processes for the searches (default: one per core)"),
+        help=f"worker processes for the searches, at most {MAX_JOBS} (default: one per "
+             f"core)"),
 ])
 def compare_cmd(args) -> int:
     """Run every scheme against every scenario (exhaustive stateful search)
@@ -65,6 +67,8 @@ def compare_cmd(args) -> int:
     """
     if args.vcpus > MAX_VCPUS:
         raise S2ptError(f"--vcpus {args.vcpus}: at most {MAX_VCPUS}")
+    if args.jobs is not None and args.jobs > MAX_JOBS:
+        raise S2ptError(f"--jobs {args.jobs}: at most {MAX_JOBS} worker processes")
     if args.plot and args.no_costs:
         raise S2ptError("--plot needs the costs: drop --no-costs")
     if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
@@ -74,7 +78,7 @@ def compare_cmd(args) -> int:
     c = compare(_names(args.scheme), _names(args.scenario), costs=not args.no_costs,
                 vcpus=args.vcpus, runs=args.runs, seed=args.seed, sample_runs=args.sample_runs,
                 mutations=args.mutations, max_states=args.max_states, progress=progress,
-                jobs=min(args.jobs or os.cpu_count() or 1, 64))
+                jobs=args.jobs or min(os.cpu_count() or 1, MAX_JOBS))
     if live:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     if args.plot:
