@@ -387,6 +387,9 @@ class VM:
                         if self.memslots else f"slot={slot!r}: this VM has no memslots")
 
     def memslot_for(self, gpa: int) -> Memslot | None:
+        """The memslot holding ``gpa`` (gfn_to_memslot), or None."""
+        if type(gpa) is not int:
+            gpa = v.address("gpa", gpa, None, "a guest physical address")
         for s in self.memslots:
             if s.gpa <= gpa < s.gpa + s.size:      # s.contains(gpa)
                 return s
@@ -577,6 +580,8 @@ class VM:
     def kvm_mmu_split_nr_page_tables(self, size: int) -> int:
         """Tables needed to split ``size`` bytes of blocks down to pages:
         one per PMD-sized piece, plus one per PUD-sized piece with 4K pages."""
+        if type(size) is not int or size <= 0:
+            size = v.size("size", size)
         g = self.pgt.geom
         pmd = g.granule_size(2)
         n = -(-size // pmd)

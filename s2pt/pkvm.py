@@ -1030,6 +1030,10 @@ class Host:
         non-host page; (3) every walk-cache entry: it points at the table the
         tree has there now, or else nothing reachable through the stale table
         maps a non-host page.  Reports through ``pgt.mm.violation``."""
+        if type(full) is not bool:
+            full = v.flag("full", full)
+        if pages is not None and not isinstance(pages, (list, tuple, range, set, frozenset)):
+            raise S2ptError(f"pages={pages!r}: a list of page frame numbers, or None")
         self._stats["isolation_checks"] += 1
         if full:
             pages = list(self._owner)

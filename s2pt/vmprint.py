@@ -49,6 +49,7 @@ import numpy as np
 
 from . import descriptor as d
 from .errors import S2ptError
+from .validate import flag
 from .geometry import kvm_get_vttbr, size_str
 from .ops import page_count, run
 from .pgtable import LEAF, TABLE_PRE, Walker, kvm_pgtable_walk
@@ -215,6 +216,8 @@ def check_pgt(pgt, fn: str):
     if not hasattr(pgt, "machine") or not hasattr(pgt, "ia_bits"):
         raise S2ptError(f"{fn}: pgt={pgt!r} is not a stage-2 page table "
                         f"(expected an s2pt.Stage2)")
+    if getattr(pgt, "destroyed", False):
+        raise S2ptError(f"{fn}: the table was destroyed (kvm_pgtable_stage2_destroy)")
 
 
 def header_lines(pgt) -> list[str]:
@@ -351,7 +354,10 @@ def vmprint(pgt, max_entries: int | None = 100, *, ipa: int | None = None,
         raise S2ptError(f"vmprint: max_entries={max_entries!r} must be a non-negative "
                         f"integer or None")
     start, length = check_range(pgt, ipa, size, "vmprint")
-    st = VmprintState(pgt, max_entries, bool(fold))
+    fold = flag("fold", fold)
+    if bulk is not None:
+        bulk = flag("bulk", bulk)
+    st = VmprintState(pgt, max_entries, fold)
     walker = Walker(vmprint_walker, st, TABLE_PRE | LEAF, vmprint_bulk)
     if bulk is None:
         bulk = not pgt.machine.watched

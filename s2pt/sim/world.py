@@ -354,6 +354,9 @@ class World:
 
     def again(self, record: bool | None = None, max_steps: int | None = None) -> "World":
         """A fresh World of the same scenario, scheme, bugs and checks."""
+        if record is not None:
+            record = validate.flag("record", record)
+        max_steps = validate.optional_integer("max_steps", max_steps, 1)
         return World(self.scenario, self.scheme, self.bugs, self.checks,
                      self.max_steps if max_steps is None else max_steps,
                      self.record if record is None else record)
@@ -380,10 +383,14 @@ class World:
         return len(self.actors)
 
     def name(self, i: int) -> str:
+        if type(i) is not int or not 0 <= i < len(self.actors):
+            i = self._check_cpu(i)
         return self.actors[i].name
 
     def blocked(self, i: int) -> str | None:
         """Why actor ``i`` cannot step now ("finished" once it has)."""
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.cpus[i] is None:
             return "finished"
         return self.machine.blocked(i, self.pending[i])
@@ -543,10 +550,14 @@ class World:
         return ""
 
     # -- views ----------------------------------------------------------------------
-    def diagram(self, **kw) -> str:
-        """The run so far as a race diagram (s2pt.sim.report.race_diagram)."""
+    def diagram(self, width: int | None = None, fold: bool = True) -> str:
+        """The run so far as a race diagram (s2pt.sim.report.race_diagram):
+        ``width`` caps each column (at least 16 characters; default by the
+        number of CPUs), ``fold`` folds long runs of one CPU's steps."""
         from .report import race_diagram
-        return race_diagram(self, **kw)
+        width = validate.optional_integer("width", width, 16, rule="a column width of at "
+                                          "least 16 characters")
+        return race_diagram(self, width=width, fold=validate.flag("fold", fold))
 
     def log(self) -> str:
         """Every step with its result and what it changed."""
@@ -570,6 +581,8 @@ class World:
         p.text(self.diagram() + "\n\n" + self.status())
 
     def pending_text(self, i: int) -> str:
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.cpus[i] is None:
             return "finished"
         return op_text(self.pending[i], self.view)
