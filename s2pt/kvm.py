@@ -427,10 +427,10 @@ class VM:
             write = v.flag("write", write)
         if type(exec) is not bool:
             exec = v.flag("exec", exec)
-        if write and exec:
-            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         vcpus = self.vcpus
         cpu = vcpus[vcpu] if type(vcpu) is int and 0 <= vcpu < len(vcpus) else self._vcpu(vcpu)
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         pgt = self.pgt
         if pgt.destroyed:
             pgt._check_live()
@@ -454,10 +454,10 @@ class VM:
         MMU alone)."""
         gpa = v.address("gpa", gpa, None, "a guest physical address")
         write, exec = v.flag("write", write), v.flag("exec", exec)
-        if write and exec:
-            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         max_faults = v.integer("max_faults", max_faults, 0)
         cpu = self._vcpu(vcpu)
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         for _ in range(max_faults):
             r = self.fault(gpa, write, vcpu, exec)
             if r.outcome == "none":
@@ -696,6 +696,9 @@ class VM:
         (kvm_arch_mmu_enable_log_dirty_pt_masked), splitting blocks on the way
         in initially-set mode.  Returns the number of bits cleared."""
         s = self._slot(slot)
+        first = v.integer("first", first, 0, rule="a page index of the slot")
+        if npages is not None:
+            npages = v.integer("npages", npages, 0, rule="a number of pages, or None for all")
         if not self.manual_protect:
             raise S2ptError("KVM_CLEAR_DIRTY_LOG needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 "
                             "(VM(manual_protect=True)); plain mode clears in get_dirty_log")

@@ -717,10 +717,14 @@ class Host:
         if not self.addr_is_memory(pa) and not self._is_mmio(pa):
             raise S2ptError(f"pa={pa:#x}: neither host memory nor a declared MMIO region")
         write, exec = v.flag("write", write), v.flag("exec", exec)
+        cpu = v.cpu("cpu", cpu, len(self.cpus), "host CPU")
         if write and exec:
             raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
-        cpu = v.cpu("cpu", cpu, len(self.cpus), "host CPU")
         tlb = self.cpus[cpu]
+        # With a model pool smaller than the kernel's, the fault may find no
+        # table page even after recycling the MMIO tables: the kernel would
+        # BUG (handle_host_mem_abort); the model refuses with nothing changed.
+        restore = self._checkpoint() if self._may_run_dry(pa, self.granule) else None
         for _ in range(3):
             r = self._run(hw_translate(tlb, pa, write, exec))
             if isinstance(r, Translation):
@@ -739,6 +743,13 @@ class Host:
                 raise Fault("translation", r.level, pa, write, exec,
                             f"PA {pa:#x} is owned by {owner}: pKVM injects an abort into "
                             f"the host (Android host_inject_abort; mainline BUG_ON)")
+            if ret == -ENOMEM and restore is not None:
+                restore()
+                raise S2ptError(
+                    f"pa={pa:#x}: host_s2_pool has {self.pool.nobjs} free page(s), too few "
+                    f"for the tables this host stage-2 fault needs, even after recycling "
+                    f"the MMIO tables (-ENOMEM: the kernel, whose pool is sized for every "
+                    f"page, would BUG in handle_host_mem_abort); nothing was changed")
             if ret and ret != -EAGAIN:
                 raise KernelBug("warn", f"host_stage2_idmap({pa:#x}) returned {ret}")
         raise KernelBug("warn", f"host access to {pa:#x} keeps faulting")

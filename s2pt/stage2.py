@@ -607,6 +607,8 @@ class Stage2(KvmPgtable):
         """A Graphviz drawing of the table tree (see s2pt.draw.draw)."""
         from .draw import draw
         self._check_live()
+        if v.is_int(highlight):
+            highlight = int(highlight)          # numpy IPAs are IPAs (draw wants an int)
         return draw(self, highlight=highlight, **kw)
 
     def _repr_mimebundle_(self, include=None, exclude=None):

@@ -49,7 +49,7 @@ import numpy as np
 
 from . import descriptor as d
 from .errors import S2ptError
-from .validate import flag
+from .validate import flag, optional_integer
 from .geometry import kvm_get_vttbr, size_str
 from .ops import page_count, run
 from .pgtable import LEAF, TABLE_PRE, Walker, kvm_pgtable_walk
@@ -349,10 +349,7 @@ def vmprint(pgt, max_entries: int | None = 100, *, ipa: int | None = None,
     "when no observer is attached"; the output is the same either way.
     """
     check_pgt(pgt, "vmprint")
-    if max_entries is not None and (not isinstance(max_entries, int)
-                                    or isinstance(max_entries, bool) or max_entries < 0):
-        raise S2ptError(f"vmprint: max_entries={max_entries!r} must be a non-negative "
-                        f"integer or None")
+    max_entries = optional_integer("max_entries", max_entries, 0)
     start, length = check_range(pgt, ipa, size, "vmprint")
     fold = flag("fold", fold)
     if bulk is not None:

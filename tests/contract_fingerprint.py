@@ -49,8 +49,11 @@ def _fp(x, memo: dict, depth: int):
         return ("static", getattr(x, "__qualname__", getattr(x, "__name__", repr(x))))
     key = id(x)
     if key in memo:
-        return ("ref", memo[key])
-    memo[key] = len(memo)
+        return ("ref", memo[key][0])
+    # Keep x alive while the walk lasts: a temporary (a generator frame's
+    # locals, copied into a dict) freed early would let another object
+    # reuse its id and be taken for a back-reference.
+    memo[key] = (len(memo), x)
     if depth > 400:
         raise RecursionError("fingerprint: structure too deep")
     d1 = depth + 1

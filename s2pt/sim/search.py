@@ -977,10 +977,13 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     max_states = validate.integer("max_states", max_states, 1)
     details = validate.flag("details", details)
     check = validate.flag("check", check)
-    progress = validate.stream_or_flag("progress", progress)
+    progress = False if progress is None else validate.stream_or_flag("progress", progress)
     runs = validate.integer("runs", runs, 1, MAX_RUNS,
                             rule=f"a number of runs from 1 to {MAX_RUNS:,}")
-    depth = validate.integer("depth", depth, 1, rule="PCT depth is a positive integer")
+    depth = validate.integer("depth", depth, 1, template.max_steps,
+                             rule=f"PCT depth is a positive integer, at most the run's "
+                                  f"max_steps ({template.max_steps}): one priority change "
+                                  f"point per step at most")
     seed = validate.integer("seed", seed, 0, (1 << 64) - 1,
                             rule="a seed is an integer from 0 to 2**64 - 1")
     max_steps = template.max_steps

@@ -488,11 +488,27 @@ class World:
         return out
 
     def run(self, schedule=(), policy=None) -> "World":
-        """Follow ``schedule`` (actor ids), then ``policy(world)`` (default:
-        keep running the last CPU while it can, else the lowest enabled)."""
+        """Follow ``schedule`` (actor ids, or text such as ``"1*4 0"``), then
+        ``policy(world, enabled)`` (default: keep running the last CPU while
+        it can, else the lowest enabled) to the end of the run.
+
+        All or nothing: a recorded World (what s2pt.world and s2pt.replay
+        give) first runs the schedule and the policy on a fresh copy, so a
+        schedule step naming a CPU that cannot step then, or a policy that
+        picks one, is refused with :class:`~s2pt.S2ptError` and this World
+        is left as it was (a policy is therefore called twice per step; it
+        must not keep state of its own).  An unrecorded World, the
+        explorer's scratch copy, skips that check."""
         if policy is not None:
             validate.function("policy", policy, 2)
         schedule = validate.schedule(schedule, self.n, self.max_steps)
+        if self.record and self.outcome is None and (schedule or policy is not None):
+            probe = self.again(record=False)
+            probe._follow([ev.cpu for ev in self.events], None, finish=False)
+            probe._follow(schedule, policy)
+        return self._follow(schedule, policy)
+
+    def _follow(self, schedule, policy, finish: bool = True) -> "World":
         last = None
         relaxed = False
         for k, tok in enumerate(schedule):
@@ -503,7 +519,7 @@ class World:
                                 f"{self.blocked(tok)}")
             relaxed = self.step(tok).op[0] == "cpu_relax"
             last = tok
-        while self.outcome is None:
+        while finish and self.outcome is None:
             en = self.enabled()
             choice = policy(self, en) if policy else default_choice(en, last, relaxed)
             relaxed = self.step(choice).op[0] == "cpu_relax"
