@@ -853,7 +853,7 @@ class Host:
         tables), the donation is refused with -ENOMEM as an
         :class:`~s2pt.S2ptError` and everything is put back as it was (the
         kernel's pool is sized so that this cannot happen)."""
-        to = v.choice("to", to, ("guest", "hyp"), "donate to")
+        to = v.choice("to", to, ("guest", "hyp"), "donate to one of")
         pa, npages = self._check_pages(pa, npages, "donation")
         shift = self.pgt.page_shift
         first = pa >> shift
@@ -994,7 +994,7 @@ class Host:
         self.pgt._check_live()
         if owner is not None:
             owner = v.choice("owner", owner, ("guest", "hyp"),
-                             "the pages given away to (or None for all):")
+                             "whom the pages were given to (None: everyone):")
         want = None if owner is None else OWNER_IDS[owner]
         shift = self.pgt.page_shift
         return sorted(p << shift for p, o in self._owner.items() if want is None or o == want)

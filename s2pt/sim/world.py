@@ -17,6 +17,7 @@ drains its queue) and then the end-of-run checks.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections import deque
 from dataclasses import dataclass, field
@@ -566,14 +567,19 @@ class World:
         return ""
 
     # -- views ----------------------------------------------------------------------
-    def diagram(self, width: int | None = None, fold: bool = True) -> str:
-        """The run so far as a race diagram (s2pt.sim.report.race_diagram):
-        ``width`` caps each column (at least 16 characters; default by the
-        number of CPUs), ``fold`` folds long runs of one CPU's steps."""
+    def diagram(self, **kw) -> str:
+        """The run so far as a race diagram (s2pt.sim.report.race_diagram)."""
         from .report import race_diagram
-        width = validate.optional_integer("width", width, 16, rule="a column width of at "
-                                          "least 16 characters")
-        return race_diagram(self, width=width, fold=validate.flag("fold", fold))
+        if kw.get("width") is not None:
+            kw["width"] = validate.integer("width", kw["width"], 16,
+                                           rule="a column width of at least 16 characters")
+        if "fold" in kw:
+            kw["fold"] = validate.flag("fold", kw["fold"])
+        try:
+            inspect.signature(race_diagram).bind(self, **kw)
+        except TypeError as e:
+            raise S2ptError(f"diagram: {e}") from None
+        return race_diagram(self, **kw)
 
     def log(self) -> str:
         """Every step with its result and what it changed."""
