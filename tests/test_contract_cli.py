@@ -198,7 +198,7 @@ def test_generated_command_lines_keep_the_contract(command, data, tmp_path_facto
     (["explore", "collapse-vs-fault", "--depth", "3"], "--pct N only"),
     (["explore", "collapse-vs-fault", "--seed", "3"], "--random N or --pct N only"),
     (["explore", "collapse-vs-fault", "--random", "2", "--depth", "3"], "--pct N only"),
-    (["explore", "collapse-vs-fault", "--pct", "2", "--depth", "30000"], "depth=30000"),
+    (["explore", "collapse-vs-fault", "--pct", "2", "--depth", "30000"], "--depth 30000"),
     (["compare", "--seed", str(2 ** 64)], "2**64 - 1"),
     (["drill", "--answers", "/dev/zero"], "more than 1,048,576 characters"),
 ])

@@ -76,6 +76,9 @@ def explore_cmd(args) -> int:
                         f"(the exhaustive search is not random)")
     if runs > MAX_RUNS:
         raise S2ptError(f"--{mode} {runs}: at most {MAX_RUNS:,} runs")
+    if args.depth is not None and args.depth > MAX_STEPS:
+        raise S2ptError(f"--depth {args.depth}: at most {MAX_STEPS:,} (one priority change "
+                        f"point per step of a run at most)")
     res = explore(args.scenario, args.scheme, mode=mode, runs=runs,
                   depth=2 if args.depth is None else args.depth,
                   seed=0 if args.seed is None else args.seed,
