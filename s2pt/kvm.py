@@ -326,16 +326,6 @@ class VM:
         gpa = v.address("gpa", gpa, None, "a guest physical address")
         size = v.size("size", size)
         readonly = v.flag("readonly", readonly)
-        if gpa % g or size % g:
-            raise S2ptError(f"memslot [{gpa:#x}, +{size:#x}): gpa and size must be multiples "
-                            f"of the {g // 1024}K granule")
-        if gpa + size > 1 << self.pgt.ia_bits:
-            raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}): beyond the {self.pgt.ia_bits}-bit "
-                            f"IPA space (kvm_arch_prepare_memory_region returns -EFAULT)")
-        for s in self.memslots:
-            if gpa < s.gpa + s.size and s.gpa < gpa + size:
-                raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}) overlaps memslot {s.id} "
-                                f"[{s.gpa:#x}, {s.gpa + s.size:#x}) (-EEXIST)")
         allowed = [g] + self.pgt.geom.block_sizes()
         rule = (f"must be the page size or a block size of this granule, in bytes or by name "
                 f"({', '.join(_name(x) for x in sorted(set(allowed)))})")
@@ -347,18 +337,29 @@ class VM:
             b = v.integer("backing", backing, 1, rule=rule)
         if b not in allowed:
             raise S2ptError(f"backing={backing!r}: {rule}")
+        if userspace_addr is not None and (not v.is_int(userspace_addr) or userspace_addr < 0
+                                           or userspace_addr % g):
+            # kvm_set_memory_region(): "(mem->userspace_addr & (PAGE_SIZE - 1))" is -EINVAL.
+            raise S2ptError(f"userspace_addr={userspace_addr!r}: must be a non-negative "
+                            f"integer aligned to the {g // 1024}K granule "
+                            f"(kvm_set_memory_region returns -EINVAL)")
+        if gpa % g or size % g:
+            raise S2ptError(f"memslot [{gpa:#x}, +{size:#x}): gpa and size must be multiples "
+                            f"of the {g // 1024}K granule")
+        if gpa + size > 1 << self.pgt.ia_bits:
+            raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}): beyond the {self.pgt.ia_bits}-bit "
+                            f"IPA space (kvm_arch_prepare_memory_region returns -EFAULT)")
+        for s in self.memslots:
+            if gpa < s.gpa + s.size and s.gpa < gpa + size:
+                raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}) overlaps memslot {s.id} "
+                                f"[{s.gpa:#x}, {s.gpa + s.size:#x}) (-EEXIST)")
         align = 1 << 30
         if userspace_addr is None:
             # The next free hva, congruent to the IPA modulo 1 GiB.
             nxt = max((s.userspace_addr + s.size for s in self.memslots), default=Memslot.HVA_BASE)
             hva = -(-nxt // align) * align + gpa % align
         else:
-            # kvm_set_memory_region(): "(mem->userspace_addr & (PAGE_SIZE - 1))"
-            # and "!access_ok(userspace_addr, memory_size)" are -EINVAL.
-            if not v.is_int(userspace_addr) or userspace_addr < 0 or userspace_addr % g:
-                raise S2ptError(f"userspace_addr={userspace_addr!r}: must be a non-negative "
-                                f"integer aligned to the {g // 1024}K granule "
-                                f"(kvm_set_memory_region returns -EINVAL)")
+            # kvm_set_memory_region(): "!access_ok(userspace_addr, memory_size)" is -EINVAL.
             hva = int(userspace_addr)
             if hva + size > Memslot.USER_VA_LIMIT:
                 raise S2ptError(f"userspace_addr={userspace_addr!r}: [{hva:#x}, {hva + size:#x}) "

@@ -714,10 +714,10 @@ class Host:
         (Android; mainline would BUG), or for a permission fault (e.g.
         executing MMIO)."""
         pa = self._check_pa(pa)
-        if not self.addr_is_memory(pa) and not self._is_mmio(pa):
-            raise S2ptError(f"pa={pa:#x}: neither host memory nor a declared MMIO region")
         write, exec = v.flag("write", write), v.flag("exec", exec)
         cpu = v.cpu("cpu", cpu, len(self.cpus), "host CPU")
+        if not self.addr_is_memory(pa) and not self._is_mmio(pa):
+            raise S2ptError(f"pa={pa:#x}: neither host memory nor a declared MMIO region")
         if write and exec:
             raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         tlb = self.cpus[cpu]
