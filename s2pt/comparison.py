@@ -53,6 +53,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import scenarios as _scenarios
+from . import validate
 from .errors import S2ptError
 from .explorer import explore, replay, replay_command, world as _world
 from .invariants import leaves as _leaves
@@ -60,7 +61,8 @@ from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
 from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
-from .sim.search import NEVER_ARISES, format_schedule, parse_schedule, pct_chooser, random_chooser
+from .sim.search import (MAX_RUNS, NEVER_ARISES, format_schedule, parse_schedule,
+                          pct_chooser, random_chooser)
 from .sim.violation import KINDS
 from .sim.world import default_choice
 
@@ -71,6 +73,8 @@ __all__ = ["compare", "Comparison", "Cell", "CostCell", "RunCosts", "MutationRes
 #: The scenario the costs are measured on, scaled from 1 to MAX_VCPUS vCPUs.
 COST_SCENARIO = "collapse-vs-fault"
 MAX_VCPUS = 4
+#: The most worker processes compare() starts (each holds a search's state).
+MAX_JOBS = 64
 #: Up to this many vCPUs a cost cell's verdict is an exhaustive search;
 #: above it, seeded PCT and random sampling (the cell says so).
 EXHAUSTIVE_VCPUS = 3
@@ -482,7 +486,7 @@ def _drive(w, schedule=(), choose=None) -> _Tracker:
     relaxed)`` (default: no preemption, lowest CPU first), tracking it."""
     tr = _Tracker(w)
     last, relaxed = None, False
-    for k, tok in enumerate(parse_schedule(schedule)):
+    for k, tok in enumerate(parse_schedule(schedule, limit=w.max_steps)):
         if w.outcome is not None:
             break
         if not 0 <= tok < w.n:
@@ -651,8 +655,7 @@ def scaled_scenario(n: int, base: str = COST_SCENARIO):
     bugs and ``vcpus=n`` when there is one (so results are shared), else a
     copy of ``base`` with ``params["vcpus"] = n``."""
     sc = get_scenario(base)
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_VCPUS:
-        raise S2ptError(f"vcpus={n!r}: a vCPU count from 1 to {MAX_VCPUS}")
+    n = validate.integer("vcpus", n, 1, MAX_VCPUS, rule=f"a vCPU count from 1 to {MAX_VCPUS}")
     if sc.params.get("vcpus", sc.cpus) == n:
         return sc
     for other in SCENARIOS.values():
@@ -1165,25 +1168,24 @@ class _Cache:
 
 
 def _names(given, registry, what) -> list:
+    """None (every registered name), one name, or a list of names, in the
+    order given (each once)."""
     if given is None:
         return list(registry)
     if isinstance(given, str):
         given = [given]
+    if not isinstance(given, (list, tuple)):
+        raise S2ptError(f"{what}s={given!r}: a name, a list of names, or None for all")
     out = []
     for g in given:
-        if g not in registry:
-            raise S2ptError(f"{what}={g!r}: unknown {what}; choose from {', '.join(registry)}")
+        if not isinstance(g, str) or g not in registry:
+            raise S2ptError(f"{what}s: {g!r} is not a {what}; choose from "
+                            f"{', '.join(registry)}")
         if g not in out:
             out.append(g)
     if not out:
         raise S2ptError(f"{what}s: an empty list (give at least one, or None for all)")
     return out
-
-
-def _check_int(name, v, lo, hi=None):
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-        rng = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise S2ptError(f"{name}={v!r}: an integer {rng}")
 
 
 def _verdict_job(name: str, s: str, max_states: int) -> "Cell":
@@ -1240,12 +1242,20 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
     """
     schemes = _names(schemes, SCHEMES, "scheme")
     scenarios = _names(scenarios, SCENARIOS, "scenario")
-    _check_int("vcpus", vcpus, 1, MAX_VCPUS)
-    _check_int("runs", runs, 1)
-    _check_int("seed", seed, 0)
-    _check_int("sample_runs", sample_runs, 1)
-    _check_int("max_states", max_states, 1)
-    _check_int("jobs", jobs, 1, 64)
+    vcpus = validate.integer("vcpus", vcpus, 1, MAX_VCPUS)
+    runs = validate.integer("runs", runs, 1, MAX_RUNS,
+                            rule=f"a number of recorded runs per cost cell from 1 to {MAX_RUNS:,}")
+    seed = validate.integer("seed", seed, 0, (1 << 64) - 1,
+                            rule="a seed is an integer from 0 to 2**64 - 1")
+    sample_runs = validate.integer("sample_runs", sample_runs, 1, MAX_RUNS,
+                                   rule=f"a number of PCT runs from 1 to {MAX_RUNS:,}")
+    max_states = validate.integer("max_states", max_states, 1)
+    jobs = validate.integer("jobs", jobs, 1, MAX_JOBS,
+                            rule=f"a number of worker processes from 1 to {MAX_JOBS}")
+    costs = validate.flag("costs", costs)
+    mutations = validate.flag("mutations", mutations)
+    if progress is not None:
+        validate.function("progress", progress, 1)
     say = progress or (lambda text: None)
     cache = _Cache()
     timings = {}

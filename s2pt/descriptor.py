@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from .errors import S2ptError
 from .geometry import GRANULES, PA_BITS, size_str, kvm_granule_size
+from .validate import choice, flag, integer
 
 __all__ = ["decode", "Decoded", "prot_from_str", "prot_to_str"]
 
@@ -372,12 +373,11 @@ def decode(value: int, level: int, granule: int = 4096, fwb: bool = False) -> De
     >>> decode(0x40000000 | 0x7ff, level=3).summary()
     'page of 4K at PA 0x40000000, RWX, normal'
     """
-    if granule not in GRANULES:
-        raise S2ptError(f"granule={granule!r}: the granule must be 4096, 16384 or 65536")
-    if not isinstance(level, int) or not 0 <= level <= 3:
-        raise S2ptError(f"level={level!r}: stage-2 lookup levels run from 0 to 3")
-    if not isinstance(value, int) or not 0 <= value < (1 << 64):
-        raise S2ptError(f"value={value!r}: a descriptor is an unsigned 64-bit integer")
+    granule = choice("granule", granule, GRANULES, "the granule must be one of")
+    level = integer("level", level, 0, 3, rule="stage-2 lookup levels run from 0 to 3")
+    value = integer("value", value, 0, (1 << 64) - 1,
+                    rule="a descriptor is an unsigned 64-bit integer")
+    fwb = flag("fwb", fwb)
     ps = GRANULES[granule]
     d = Decoded(value=value, level=level, granule=granule, kind="invalid")
     add = d.fields.append

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from . import descriptor as d
 from .descriptor import decode
+from . import validate
 from .errors import Fault, S2ptError
 from .stage2 import Stage2
 
@@ -196,12 +197,7 @@ class Verdict:
 
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise S2ptError(f"{name}={value!r}: must be an integer")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise S2ptError(f"{name}={value!r}: must be {rng}")
-    return value
+    return validate.integer(name, value, lo, hi)
 
 
 def _round_robin(rng: random.Random, groups: dict, keys: list, k: int, skip=()) -> list:

@@ -4,7 +4,9 @@
     You asked for something the kernel would refuse: a misaligned size, an
     IPA beyond the input range, a bad ``prot`` string, a memcache that cannot
     be topped up.  The message names the value and the rule it breaks, and
-    the model is left exactly as it was before the call.
+    the model is left exactly as it was before the call.  The argument
+    checks live in one place, :mod:`s2pt.validate`; the contract is tested
+    on generated calls to every entry point (``tests/test_contract*.py``).
 
 ``Fault``
     The *architecture* refused a translation.  This is not an error in your

@@ -18,28 +18,38 @@ search::
 
 from __future__ import annotations
 
+from . import validate
 from .checkers import end_checks
-from .scenarios import get_scenario
+from .scenarios import BUGS, get_scenario
 from .schemes import get_scheme
 from .sim.search import Result, replay_world, search
 from .sim.world import World
 
-__all__ = ["world", "explore", "replay", "replay_command"]
+__all__ = ["world", "explore", "replay", "replay_command", "MAX_STEPS"]
+
+#: The default bound on one run's steps (a run that reaches it is a livelock).
+MAX_STEPS = 20000
 
 
-def world(scenario, scheme="rcu", bugs=(), *, max_steps: int = 20000,
+def world(scenario, scheme="rcu", bugs=(), *, max_steps: int = MAX_STEPS,
           record: bool = True) -> World:
     """A fresh World of ``scenario`` (a name or a Scenario) under ``scheme``
-    (a name or a Scheme), ready to be stepped by hand (``w.step(cpu)``)."""
+    (a name or a Scheme), ready to be stepped by hand (``w.step(cpu)``).
+    ``max_steps`` (a positive integer) ends a run that has not finished by
+    then as a livelock."""
     sc = get_scenario(scenario)
     sch = get_scheme(scheme)
     sc.check_scheme(sch.name)
-    bugs = frozenset(bugs)
+    bugs = validate.names("bugs", bugs, BUGS, "bug")
     sc.check_bugs(bugs)
+    max_steps = validate.integer("max_steps", max_steps, 1,
+                                 rule="a positive number of steps (a run that reaches it ends "
+                                 "as a livelock)")
+    record = validate.flag("record", record)
     return World(sc, sch, bugs, end_checks(sc, sch, bugs), max_steps=max_steps, record=record)
 
 
-def replay(scenario, scheme="rcu", schedule="", bugs=(), max_steps: int = 20000) -> World:
+def replay(scenario, scheme="rcu", schedule="", bugs=(), max_steps: int = MAX_STEPS) -> World:
     """Run ``schedule`` (CPU ids, e.g. ``"1*4 0"``; then the default: no
     preemption, lowest CPU first) on a live world with every event
     recorded.  Returns the World: ``.events``, ``.violations``,
@@ -77,7 +87,7 @@ def replay_command(scenario, scheme, schedule="", bugs=(), width: int | None = N
 
 
 def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, seed=0,
-            preemptions=None, bugs=(), max_states=2_000_000, max_steps=20000,
+            preemptions=None, bugs=(), max_states=2_000_000, max_steps=MAX_STEPS,
             progress=False, details=True, check=False, cancel=None,
             symmetry=True, por=True) -> Result:
     """Search a scenario's interleavings for violations (see

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import S2ptError
+from .validate import choice, integer, is_int
 
 __all__ = [
     "Geometry", "GRANULES", "PA_BITS", "KVM_PGTABLE_LAST_LEVEL",
@@ -164,16 +165,17 @@ class Geometry:
     vtcr: int = field(init=False)
 
     def __post_init__(self):
-        if self.granule not in GRANULES:
-            raise S2ptError(
-                f"granule={self.granule!r}: the granule must be one of 4096, 16384 "
-                f"or 65536 bytes (TG0 encodes only 4K, 16K and 64K)")
-        if not isinstance(self.ipa_bits, int) or not IPA_MIN <= self.ipa_bits <= IPA_MAX:
-            raise S2ptError(
-                f"ipa_bits={self.ipa_bits!r}: the IPA size must be an integer from "
-                f"{IPA_MIN} to {IPA_MAX} (52-bit IPAs need LPA2, which is not modelled)")
-        if self.pa_bits not in PARANGE or self.pa_bits > PA_BITS:
+        set_ = object.__setattr__
+        set_(self, "granule", choice("granule", self.granule, GRANULES,
+                                     "the granule in bytes (TG0 encodes only 4K, 16K "
+                                     "and 64K): one of"))
+        set_(self, "ipa_bits", integer(
+            "ipa_bits", self.ipa_bits, IPA_MIN, IPA_MAX,
+            rule=f"the IPA size must be an integer from {IPA_MIN} to {IPA_MAX} "
+            f"(52-bit IPAs need LPA2, which is not modelled)"))
+        if not is_int(self.pa_bits) or self.pa_bits not in PARANGE or self.pa_bits > PA_BITS:
             raise S2ptError(f"pa_bits={self.pa_bits!r}: must be a PARange size up to {PA_BITS}")
+        set_(self, "pa_bits", int(self.pa_bits))
         ps = GRANULES[self.granule]
         lvls = max(stage2_pgtable_levels(self.ipa_bits, ps), 2)
         start = 4 - lvls
@@ -185,7 +187,6 @@ class Geometry:
             raise S2ptError(
                 f"ipa_bits={self.ipa_bits} with granule={self.granule} needs {pgd_pages} "
                 f"concatenated PGD pages; the architecture allows at most 16")
-        set_ = object.__setattr__
         set_(self, "page_shift", ps)
         set_(self, "levels", lvls)
         set_(self, "start_level", start)

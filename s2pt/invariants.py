@@ -11,6 +11,14 @@ point (no operation in flight):
 4. Every allocated page is a reachable table, a PGD page, sitting in a
    memcache, or an unlinked table waiting for its RCU callback.  Anything else
    is a leak (the bug f6a27d6dc51b fixed).
+5. A destroyed table (``Stage2.destroy``, kvm_pgtable_stage2_destroy) holds
+   nothing: its PGD and every table page are free, and no RCU callback still
+   refers to them.
+
+The objects that own a table keep records of their own (pKVM's page owners,
+a VM's memslots and dirty bitmaps); their ``check_invariants()`` add checks
+of the table against those records (``s2pt.kvm.VM.check_invariants``,
+``s2pt.pkvm.Host.check_invariants``).
 """
 
 from __future__ import annotations
@@ -83,6 +91,20 @@ def check_stage2(pgt, extra_owned=(), memcaches=None):
     ``memcaches``: the memcaches whose pages are not leaks (default: the
     table's owner's, ``pgt.memcaches``)."""
     problems = []
+    if getattr(pgt, "destroyed", False):
+        cached = {p.pfn for mc in (getattr(pgt, "memcaches", ()) if memcaches is None
+                                   else memcaches) for p in mc.objects}
+        cached.update(extra_owned)
+        held = [p for pfn, p in pgt.mm.pages.items() if not p.freed and pfn not in cached]
+        if held:
+            problems.append(f"the table was destroyed but {len(held)} page(s) it held are "
+                            f"still allocated (first {held[0].pa:#x})")
+        if pgt.machine.rcu_callbacks:
+            problems.append(f"the table was destroyed with {len(pgt.machine.rcu_callbacks)} "
+                            f"RCU callback(s) still queued on it")
+        if problems:
+            raise KernelBug("invariant", "; ".join(problems))
+        return
     try:
         tables = reachable_tables(pgt)
     except KernelBug as e:

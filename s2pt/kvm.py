@@ -34,12 +34,13 @@ import numpy as np
 
 from . import descriptor as d
 from . import pgtable as pt
-from .errors import Fault, S2ptError
+from . import validate as v
+from .errors import Fault, KernelBug, S2ptError
 from .memory import MemCache
 from .ops import kernel_path, read_lock, read_unlock, run, write_lock, write_unlock
 from .ops import kvm_mmu_topup_memory_cache as _topup_op, mark_page_dirty_in_slot
 from .snapshot import Frozen, Stateful
-from .stage2 import Stage2, Translation, _is_int
+from .stage2 import Stage2, Translation
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
 __all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK", "BUGS",
@@ -280,13 +281,19 @@ class VM(Frozen):
         explorer's scenarios do, see :class:`~s2pt.memory.MemCache`).  Any
         other keyword is the table's configuration, passed to
         :class:`~s2pt.stage2.Stage2` (``machine``, ``mm_ops``, ...)."""
-        if isinstance(bugs, str) or not hasattr(bugs, "__iter__"):
-            raise S2ptError(f"bugs={bugs!r}: a set of bug names (e.g. {{'no-bbm-tlbi'}}), "
-                            f"not a single value")
-        unknown = set(bugs) - set(BUGS)
-        if unknown:
-            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
-        self.bugs = frozenset(bugs)
+        self.bugs = v.names("bugs", bugs, BUGS, "bug name")
+        vcpus = v.integer("vcpus", vcpus, 1, 64)
+        manual_protect = v.flag("manual_protect", manual_protect)
+        initially_set = v.flag("initially_set", initially_set)
+        if initially_set and not manual_protect:
+            raise S2ptError("initially_set=True needs manual_protect=True "
+                            "(KVM_DIRTY_LOG_INITIALLY_SET is a flag of KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)")
+        if locking is not None and not isinstance(locking, MmuLock):
+            raise S2ptError(f"locking={locking!r}: an s2pt.kvm.MmuLock (or a teardown scheme "
+                            f"from s2pt.schemes), or None for mainline's")
+        memcache_capacity = v.optional_integer(
+            "memcache_capacity", memcache_capacity, 1,
+            rule="a capacity of at least kvm_mmu_cache_min_pages() (the table's levels - 1)")
         self.locking = locking if locking is not None else MmuLock()
         # The walk flags of a fault: the locking's, with any bug applied.
         flags = self.locking.fault_flags
@@ -303,13 +310,14 @@ class VM(Frozen):
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
-        if not _is_int(vcpus) or not 1 <= vcpus <= 64:
-            raise S2ptError(f"vcpus={vcpus!r}: must be an integer from 1 to 64")
-        if initially_set and not manual_protect:
-            raise S2ptError("initially_set=True needs manual_protect=True "
-                            "(KVM_DIRTY_LOG_INITIALLY_SET is a flag of KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)")
-        self.manual_protect = bool(manual_protect)
-        self.initially_set = bool(initially_set)
+        if memcache_capacity is not None and memcache_capacity < self._min_pages:
+            raise S2ptError(
+                f"memcache_capacity={memcache_capacity!r}: at least kvm_mmu_cache_min_pages() = "
+                f"{self._min_pages} for this geometry (a smaller cache could never be topped "
+                f"up: every fault would return -ENOMEM), or None; the kernel's is "
+                f"{KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE}")
+        self.manual_protect = manual_protect
+        self.initially_set = initially_set
         self.memslots: list[Memslot] = []
         self.split_chunk = 0
         # Whether userspace has chosen the chunk (KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE);
@@ -327,9 +335,8 @@ class VM(Frozen):
         self._next_pa = 0x40_0000_0000      # host memory handed to memslots
 
     # -- capabilities and memslots --------------------------------------------
-    def _check_chunk(self, chunk, explicit_cap: bool = False):
-        if not _is_int(chunk) or chunk < 0:
-            raise S2ptError(f"eager_split_chunk={chunk!r}: must be 0 or a supported block size")
+    def _check_chunk(self, chunk, explicit_cap: bool = False, name="eager_split_chunk"):
+        chunk = v.integer(name, chunk, 0, rule="0 or a supported block size")
         if chunk and self.pgt.pre_6_2:
             raise S2ptError(f"eager_split_chunk={chunk:#x}: this VM models v6.1 (its locking's "
                             f"kernel), and eager page splitting "
@@ -337,20 +344,21 @@ class VM(Frozen):
         sizes = self.pgt.geom.block_sizes()
         if chunk and chunk not in sizes:
             raise S2ptError(
-                f"eager_split_chunk={chunk:#x}: not a supported block size "
+                f"{name}={chunk:#x}: not a supported block size "
                 f"(kvm_is_block_size_supported: one of {', '.join(_name(s) for s in sizes)}, "
                 f"or 0 for lazy splitting only)")
         if chunk != self.split_chunk and self.memslots and (self._chunk_chosen or explicit_cap):
             raise S2ptError(
-                f"eager_split_chunk={chunk:#x}: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE can only "
+                f"{name}={chunk:#x}: KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE can only "
                 f"change while all memslots are empty (-EINVAL); this VM has "
                 f"{len(self.memslots)} memslot(s) and chunk {self.split_chunk:#x}")
+        return chunk
 
     def enable_cap_eager_split(self, chunk: int) -> None:
         """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE: 0 = lazy only (the default).
         Like the ioctl, this fails with -EINVAL once memslots exist."""
-        self._check_chunk(chunk, explicit_cap=True)
-        self.split_chunk = int(chunk)
+        self.pgt._check_live()
+        self.split_chunk = self._check_chunk(chunk, explicit_cap=True, name="chunk")
         self._chunk_chosen = True
 
     def add_memslot(self, gpa: int, size: int, backing="2M", readonly: bool = False,
@@ -366,10 +374,28 @@ class VM(Frozen):
         differs from the IPA's gets pages there
         (fault_supports_stage2_huge_mapping).
         """
+        self.pgt._check_live()
         g = self.pgt.page_size
-        if not _is_int(gpa) or not _is_int(size) or gpa < 0 or size <= 0:
-            raise S2ptError(f"memslot gpa={gpa!r} size={size!r}: need a non-negative gpa and a positive size")
-        gpa, size = int(gpa), int(size)
+        gpa = v.address("gpa", gpa, None, "a guest physical address")
+        size = v.size("size", size)
+        readonly = v.flag("readonly", readonly)
+        allowed = [g] + self.pgt.geom.block_sizes()
+        rule = (f"must be the page size or a block size of this granule, in bytes or by name "
+                f"({', '.join(_name(x) for x in sorted(set(allowed)))})")
+        if isinstance(backing, str):
+            b = _SIZE_NAMES.get(backing.strip().upper())
+            if b is None:
+                raise S2ptError(f"backing={backing!r}: {rule}")
+        else:
+            b = v.integer("backing", backing, 1, rule=rule)
+        if b not in allowed:
+            raise S2ptError(f"backing={backing!r}: {rule}")
+        if userspace_addr is not None and (not v.is_int(userspace_addr) or userspace_addr < 0
+                                           or userspace_addr % g):
+            # kvm_set_memory_region(): "(mem->userspace_addr & (PAGE_SIZE - 1))" is -EINVAL.
+            raise S2ptError(f"userspace_addr={userspace_addr!r}: must be a non-negative "
+                            f"integer aligned to the {g // 1024}K granule "
+                            f"(kvm_set_memory_region returns -EINVAL)")
         if gpa % g or size % g:
             raise S2ptError(f"memslot [{gpa:#x}, +{size:#x}): gpa and size must be multiples "
                             f"of the {g // 1024}K granule")
@@ -380,23 +406,13 @@ class VM(Frozen):
             if gpa < s.gpa + s.size and s.gpa < gpa + size:
                 raise S2ptError(f"memslot [{gpa:#x}, {gpa + size:#x}) overlaps memslot {s.id} "
                                 f"[{s.gpa:#x}, {s.gpa + s.size:#x}) (-EEXIST)")
-        b = _SIZE_NAMES.get(backing, backing) if isinstance(backing, str) else backing
-        allowed = [g] + self.pgt.geom.block_sizes()
-        if b not in allowed:
-            raise S2ptError(f"backing={backing!r}: must be the page size or a block size of this "
-                            f"granule ({', '.join(_name(x) for x in sorted(set(allowed)))})")
         align = 1 << 30
         if userspace_addr is None:
             # The next free hva, congruent to the IPA modulo 1 GiB.
             nxt = max((s.userspace_addr + s.size for s in self.memslots), default=Memslot.HVA_BASE)
             hva = -(-nxt // align) * align + gpa % align
         else:
-            # kvm_set_memory_region(): "(mem->userspace_addr & (PAGE_SIZE - 1))"
-            # and "!access_ok(userspace_addr, memory_size)" are -EINVAL.
-            if not _is_int(userspace_addr) or userspace_addr < 0 or userspace_addr % g:
-                raise S2ptError(f"userspace_addr={userspace_addr!r}: must be a non-negative "
-                                f"integer aligned to the {g // 1024}K granule "
-                                f"(kvm_set_memory_region returns -EINVAL)")
+            # kvm_set_memory_region(): "!access_ok(userspace_addr, memory_size)" is -EINVAL.
             hva = int(userspace_addr)
             if hva + size > Memslot.USER_VA_LIMIT:
                 raise S2ptError(f"userspace_addr={userspace_addr!r}: [{hva:#x}, {hva + size:#x}) "
@@ -410,18 +426,24 @@ class VM(Frozen):
             raise S2ptError(f"memslot of {size:#x} bytes: no host memory left below the "
                             f"{self.pgt.geom.pa_bits}-bit PA limit")
         self._next_pa = pa + size
-        slot = Memslot(len(self.memslots), gpa, size, b, bool(readonly), pa, userspace_addr=hva)
+        slot = Memslot(len(self.memslots), gpa, size, b, readonly, pa, userspace_addr=hva)
         self.memslots.append(slot)
         return slot
 
     def _slot(self, slot) -> Memslot:
-        if isinstance(slot, Memslot) and slot in self.memslots:
+        self.pgt._check_live()
+        if isinstance(slot, Memslot) and any(s is slot for s in self.memslots):
             return slot
-        if _is_int(slot) and 0 <= slot < len(self.memslots):
+        if v.is_int(slot) and 0 <= slot < len(self.memslots):
             return self.memslots[slot]
-        raise S2ptError(f"slot={slot!r}: not a memslot of this VM")
+        raise S2ptError(f"slot={slot!r}: not a memslot of this VM (a Memslot from "
+                        f"add_memslot, or its id 0..{len(self.memslots) - 1})"
+                        if self.memslots else f"slot={slot!r}: this VM has no memslots")
 
     def memslot_for(self, gpa: int) -> Memslot | None:
+        """The memslot holding ``gpa`` (gfn_to_memslot), or None."""
+        if type(gpa) is not int:
+            gpa = v.address("gpa", gpa, None, "a guest physical address")
         for s in self.memslots:
             if s.gpa <= gpa < s.gpa + s.size:      # s.contains(gpa)
                 return s
@@ -429,16 +451,18 @@ class VM(Frozen):
 
     # -- guest accesses and faults --------------------------------------------
     def _vcpu(self, vcpu) -> Vcpu:
-        if not _is_int(vcpu) or not 0 <= vcpu < len(self.vcpus):
-            raise S2ptError(f"vcpu={vcpu!r}: this VM has vCPUs 0..{len(self.vcpus) - 1}")
-        return self.vcpus[vcpu]
+        self.pgt._check_live()
+        return self.vcpus[v.cpu("vcpu", vcpu, len(self.vcpus), "vCPU")]
 
     def translate(self, gpa: int, write: bool = False, exec: bool = False, vcpu: int = 0):
         """What vCPU ``vcpu``'s MMU does for an access: TLB, walk cache, then
         the tables.  Returns a Translation, or the Fault (not raised)."""
-        v = self._vcpu(vcpu)
+        cpu = self._vcpu(vcpu)
         gpa = self.pgt._check_ipa(gpa, "gpa")
-        return self._mmu(v, gpa, bool(write), bool(exec))
+        write, exec = v.flag("write", write), v.flag("exec", exec)
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
+        return self._mmu(cpu, gpa, write, exec)
 
     def _mmu(self, v: Vcpu, gpa: int, write: bool, exec: bool):
         pgt = self.pgt
@@ -451,39 +475,57 @@ class VM(Frozen):
     def fault(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False) -> FaultResult:
         """One guest access that may abort, and KVM's handling of the abort
         (kvm_handle_guest_abort -> user_mem_abort / handle_access_fault)."""
-        if (type(gpa) is not int and not _is_int(gpa)) or gpa < 0:
-            raise S2ptError(f"gpa={gpa!r}: a guest physical address is a non-negative integer")
+        if type(gpa) is not int or gpa < 0:
+            gpa = v.address("gpa", gpa, None, "a guest physical address")
+        if type(write) is not bool:
+            write = v.flag("write", write)
+        if type(exec) is not bool:
+            exec = v.flag("exec", exec)
+        vcpus = self.vcpus
+        cpu = vcpus[vcpu] if type(vcpu) is int and 0 <= vcpu < len(vcpus) else self._vcpu(vcpu)
         if write and exec:
             raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
-        vcpus = self.vcpus
-        v = vcpus[vcpu] if type(vcpu) is int and 0 <= vcpu < len(vcpus) else self._vcpu(vcpu)
         pgt = self.pgt
+        if pgt.destroyed:
+            pgt._check_live()
         if gpa >= 1 << pgt.ia_bits:
             # fault_ipa >= BIT(pgt->ia_bits): kvm_inject_dabt / kvm_inject_pabt
             self.counters["injected_aborts"] += 1
-            return FaultResult(int(gpa), "inject_pabt" if exec else "inject_dabt")
-        if type(gpa) is not int:
-            gpa = int(gpa)
-        if type(write) is not bool or type(exec) is not bool:
-            write, exec = bool(write), bool(exec)
-        res = self._mmu(v, gpa, write, exec)
+            return FaultResult(gpa, "inject_pabt" if exec else "inject_dabt")
+        res = self._mmu(cpu, gpa, write, exec)
         if isinstance(res, Translation):
             return FaultResult(gpa, "none", translation=res)
-        return self._handle_guest_abort(v, gpa, res, write, exec)
+        return self._handle_guest_abort(cpu, gpa, res, write, exec)
 
     def access(self, gpa: int, write: bool = False, vcpu: int = 0, exec: bool = False,
                max_faults: int = 4):
         """A guest access, retried after each fault KVM handles, as the vCPU
         would re-execute the instruction.  Returns the Translation, or the
-        FaultResult of an exit to userspace / injected abort."""
-        for _ in range(max_faults + 1):
+        FaultResult of an exit to userspace / injected abort.  After
+        ``max_faults`` handled faults the access is tried once more without
+        handling: if it still faults, that :class:`~s2pt.Fault` is raised
+        (with the default of 4 that is a livelock in the model; 0 asks the
+        MMU alone)."""
+        gpa = v.address("gpa", gpa, None, "a guest physical address")
+        write, exec = v.flag("write", write), v.flag("exec", exec)
+        max_faults = v.integer("max_faults", max_faults, 0)
+        cpu = self._vcpu(vcpu)
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
+        for _ in range(max_faults):
             r = self.fault(gpa, write, vcpu, exec)
             if r.outcome == "none":
                 return r.translation
             if r.outcome not in ("map", "relax_perms", "mkyoung"):
                 return r
-        raise S2ptError(f"gpa={gpa:#x}: still faulting after {max_faults} handled faults "
-                        f"(a livelock in the model)")
+        if gpa >= 1 << self.pgt.ia_bits:
+            return self.fault(gpa, write, vcpu, exec)     # the injected abort (max_faults=0)
+        res = self._mmu(cpu, gpa, write, exec)
+        if isinstance(res, Translation):
+            return res
+        res.reason = (f"still faulting after {max_faults} handled fault(s) "
+                      f"(max_faults={max_faults}): {res.reason}")
+        raise res
 
     def touch(self, gpa: int, size: int, write: bool = False, stride: int | None = None,
               vcpu: int = 0, write_every: int | None = None) -> int:
@@ -491,11 +533,16 @@ class VM(Frozen):
         returns how many faults that took.  ``write_every=n``: a mixed
         workload, where the 1st, (n+1)th, ... access writes and the others
         read (``write`` is then ignored)."""
-        if stride is not None and (not _is_int(stride) or stride <= 0):
-            raise S2ptError(f"stride={stride!r}: must be a positive number of bytes")
-        if write_every is not None and (not _is_int(write_every) or write_every <= 0):
-            raise S2ptError(f"write_every={write_every!r}: must be a positive integer "
-                            f"(1: every access writes)")
+        gpa = v.address("gpa", gpa, None, "a guest physical address")
+        size = v.size("size", size)
+        if gpa + size > 1 << self.pgt.ia_bits:
+            raise S2ptError(f"[{gpa:#x}, {gpa + size:#x}): the range goes beyond the "
+                            f"{self.pgt.ia_bits}-bit IPA space (limit {1 << self.pgt.ia_bits:#x})")
+        write = v.flag("write", write)
+        stride = v.optional_integer("stride", stride, 1, rule="a positive number of bytes")
+        write_every = v.optional_integer("write_every", write_every, 1,
+                                         rule="a positive integer (1: every access writes)")
+        self._vcpu(vcpu)
         before = self.counters["faults"]
         step = stride or self.pgt.page_size
         if write_every is None:
@@ -587,6 +634,8 @@ class VM(Frozen):
     def kvm_mmu_split_nr_page_tables(self, size: int) -> int:
         """Tables needed to split ``size`` bytes of blocks down to pages:
         one per PMD-sized piece, plus one per PUD-sized piece with 4K pages."""
+        if type(size) is not int or size <= 0:
+            size = v.size("size", size)
         g = self.pgt.geom
         pmd = g.granule_size(2)
         n = -(-size // pmd)
@@ -632,14 +681,18 @@ class VM(Frozen):
         """
         s = self._slot(slot)
         if eager_split_chunk is not None:
-            self._check_chunk(eager_split_chunk)
+            eager_split_chunk = self._check_chunk(eager_split_chunk)
         if s.readonly:
             raise S2ptError(f"memslot {s.id} is read-only: dirty logging applies only to "
                             f"writable memory (memslot_is_logging() is false for "
                             f"KVM_MEM_READONLY)")
         if eager_split_chunk is not None:
-            self.split_chunk = int(eager_split_chunk)
+            self.split_chunk = eager_split_chunk
             self._chunk_chosen = True
+        if s.logging:
+            # __kvm_set_memory_region(): the flags do not change, "Nothing to
+            # change": no commit, so no write-protect, and the bitmap is kept.
+            return
         s.logging = True
         npages = s.size >> self.pgt.page_shift
         s.dirty = np.full(npages, self.initially_set, dtype=bool)
@@ -662,8 +715,15 @@ class VM(Frozen):
         ``commit=False`` stops after publishing: the state in which a vCPU
         that looks the memslot up already sees logging off while one that
         looked it up before may still be in its fault handler (the
-        explorer's scenarios start there).  Nothing finishes it later."""
+        explorer's scenarios start there).  Nothing finishes it later.
+
+        On a memslot that is not logging this does nothing, as in the kernel
+        (the flags do not change: "Nothing to change"); in particular it
+        does not free the split cache another memslot's eager split filled."""
         s = self._slot(slot)
+        commit = v.flag("commit", commit)
+        if not s.logging:
+            return
         s.logging = False
         s.dirty = None
         if commit:
@@ -690,16 +750,30 @@ class VM(Frozen):
         (kvm_arch_mmu_enable_log_dirty_pt_masked), splitting blocks on the way
         in initially-set mode.  Returns the number of bits cleared."""
         s = self._slot(slot)
+        first = v.integer("first", first, 0, rule="a page index of the slot")
+        if npages is not None:
+            npages = v.integer("npages", npages, 0, rule="a number of pages, or None for all")
         if not self.manual_protect:
             raise S2ptError("KVM_CLEAR_DIRTY_LOG needs KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 "
                             "(VM(manual_protect=True)); plain mode clears in get_dirty_log")
         if not s.logging:
             raise S2ptError(f"memslot {s.id} is not logging dirty pages")
-        n = len(s.dirty) - first if npages is None else npages
-        if not _is_int(first) or not _is_int(n) or first < 0 or n < 0 or first + n > len(s.dirty) \
-                or first % 64:
-            raise S2ptError(f"first={first!r}, npages={npages!r}: the range must lie inside the "
-                            f"slot's {len(s.dirty)} pages and start on a 64-page boundary")
+        # kvm_clear_dirty_log_protect(): first_page a multiple of 64 and not
+        # past the slot; num_pages within it, a multiple of 64 unless it
+        # reaches the slot's end (-EINVAL otherwise).
+        total = len(s.dirty)
+        first = v.integer("first", first, 0, total,
+                          rule=f"a page index of the slot (0 to {total}) on a 64-page boundary")
+        if first % 64:
+            raise S2ptError(f"first={first}: KVM_CLEAR_DIRTY_LOG needs first_page on a "
+                            f"64-page boundary (-EINVAL)")
+        n = total - first if npages is None else v.integer(
+            "npages", npages, 0, total - first,
+            rule=f"a number of pages from first={first} to the end of the slot (0 to "
+            f"{total - first}), or None for all of them")
+        if n % 64 and first + n != total:
+            raise S2ptError(f"npages={n}: KVM_CLEAR_DIRTY_LOG needs num_pages to be a multiple "
+                            f"of 64 unless it reaches the end of the slot (-EINVAL)")
         return self._clear_and_protect(s, first, n)
 
     def _clear_and_protect(self, s: Memslot, first: int, n: int) -> int:
@@ -756,10 +830,62 @@ class VM(Frozen):
         return s
 
     def check(self) -> list[str]:
-        """Quiescent checks: table invariants, plus TLB entries that grant
-        more than the tables (a missing TLBI).  Returns the stale entries."""
+        """Quiescent checks: :meth:`check_invariants`, plus TLB entries that
+        grant more than the tables (a missing TLBI).  Returns the stale
+        entries."""
+        self.check_invariants()
+        if self.pgt.destroyed:
+            return []
+        return [line for cpu in self.vcpus for line in cpu.tlb.stale()]
+
+    def check_invariants(self) -> None:
+        """The table's invariants (:meth:`Stage2.check_invariants`), then the
+        table against the VM's own records; raises :class:`~s2pt.KernelBug`
+        naming every broken one:
+
+        * memslots: ids in order, granule-aligned, inside the IPA space,
+          disjoint; a read-only slot never logs;
+        * a logging slot has a dirty bitmap of one bool per page (and a slot
+          that does not log has none);
+        * in a logging slot, every writable leaf covers only pages whose
+          dirty bit is set: write access is given back only by a write
+          fault, which marks the page (mark_page_dirty_in_slot), and
+          clearing a bit write-protects its page again.  A writable page
+          with a clear bit is a write the migration would miss.
+        """
         self.pgt.check_invariants()
-        return [line for v in self.vcpus for line in v.tlb.stale()]
+        problems = []
+        g, shift = self.pgt.page_size, self.pgt.page_shift
+        limit = 1 << self.pgt.ia_bits
+        spans = []
+        for k, s in enumerate(self.memslots):
+            name = f"memslot {k}"
+            if s.id != k:
+                problems.append(f"{name} has id {s.id}")
+            if s.gpa % g or s.size % g or s.size <= 0 or s.gpa + s.size > limit:
+                problems.append(f"{name} [{s.gpa:#x}, +{s.size:#x}) is not a granule-aligned "
+                                f"range inside the IPA space")
+            spans.append((s.gpa, s.gpa + s.size, k))
+            if s.logging and s.readonly:
+                problems.append(f"{name} is read-only but marked as logging")
+            npages = s.size >> shift
+            if s.logging != (s.dirty is not None):
+                problems.append(f"{name}: logging={s.logging} but its dirty bitmap is "
+                                f"{'missing' if s.dirty is None else 'present'}")
+            elif s.dirty is not None and (not isinstance(s.dirty, np.ndarray)
+                                          or s.dirty.dtype != bool or s.dirty.shape != (npages,)):
+                problems.append(f"{name}: the dirty bitmap is not {npages} bools")
+            elif s.logging and not self.pgt.destroyed:
+                bad = _writable_clean(self.pgt, s)
+                if bad is not None:
+                    problems.append(f"{name} is logging but IPA {bad:#x} is mapped writable "
+                                    f"with its dirty bit clear: a write the log would miss")
+        spans.sort()
+        for (a0, a1, k0), (b0, _b1, k1) in zip(spans, spans[1:]):
+            if b0 < a1:
+                problems.append(f"memslots {k0} and {k1} overlap")
+        if problems:
+            raise KernelBug("invariant", "; ".join(problems))
 
     def __repr__(self):
         return (f"VM(ipa_bits={self.pgt.ia_bits}, granule={self.pgt.page_size}, "
@@ -912,6 +1038,60 @@ def user_mem_abort(vm: VM, vcpu: int, gpa: int, slot: Memslot, fault: Fault,
         yield mark_page_dirty_in_slot(vm, slot, fault_ipa)
     eagain = ret == -errno.EAGAIN
     return FaultResult(gpa, outcome, fault, vma_pagesize, 0 if eagain else ret, eagain=eagain)
+
+
+def _writable_clean(pgt, slot: Memslot):
+    """The first IPA in ``slot`` that a valid writable leaf maps while its
+    dirty bit is clear, or None (read straight from the table pages, as
+    s2pt.invariants does)."""
+    mm, shift = pgt.mm, pgt.page_shift
+    start, end = slot.gpa, slot.gpa + slot.size
+    w = np.uint64(d.KVM_PTE_LEAF_ATTR_LO_S2_S2AP_W | d.KVM_PTE_VALID)
+
+    def visit(table_pa, level, base):
+        page = mm.pages.get(table_pa >> shift)
+        if page is None or page.freed:
+            return None
+        gran = pgt.granule_size[level]
+        lo = max(0, (start - base) // gran)
+        hi = min(pgt.ptrs_per_pte, -(-(end - base) // gran))
+        if lo >= hi:
+            return None
+        seg = page.table[lo:hi]
+        if level == 3:            # pages: one numpy test for the whole table
+            wp = np.flatnonzero((seg & (w | np.uint64(d.KVM_PTE_TYPE)))
+                                == (w | np.uint64(d.KVM_PTE_TYPE)))
+            if not len(wp):
+                return None
+            first = (base + lo * gran - start) >> shift       # bit of entry lo (may be < 0)
+            idx = wp + first
+            idx = idx[(idx >= 0) & (idx < len(slot.dirty))]
+            clean = idx[~slot.dirty[idx]]
+            return None if not len(clean) else start + (int(clean[0]) << shift)
+        for i in np.flatnonzero((seg & np.uint64(1)) == np.uint64(1)).tolist():
+            pte = int(seg[i])
+            ipa = base + (lo + i) * gran
+            if level < 3 and d.kvm_pte_table(pte, level):
+                hit = visit(pte & pgt.addr_mask, level + 1, ipa)
+                if hit is not None:
+                    return hit
+                continue
+            if (pte & int(w)) != int(w) or (level == 3 and not pte & d.KVM_PTE_TYPE):
+                continue
+            a, b = max(ipa, start), min(ipa + gran, end)
+            bits = slot.dirty[(a - start) >> shift:(b - start) >> shift]
+            if not bits.all():
+                return a + (int(np.argmin(bits)) << shift)
+        return None
+
+    top = pgt.granule_size[pgt.start_level] * pgt.ptrs_per_pte
+    for n, page in enumerate(pgt.pgd_pages):
+        base = n * top
+        if base < end and start < base + top:
+            hit = visit(page.pa, pgt.start_level, base)
+            if hit is not None:
+                return hit
+    return None
 
 
 def kvm_stage2_unmap_range(vm: VM, start: int, size: int):

@@ -140,9 +140,10 @@ from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
 from .ops import WRITE_ONCE, page_count, put_page, run, tlbi
-from .geometry import Geometry
+from . import validate as v
+from .geometry import PARANGE, PA_BITS, Geometry
 from .snapshot import Stateful
-from .stage2 import Stage2, Translation, _is_int
+from .stage2 import Stage2, Translation
 from .tlb import VcpuTlb, hw_translate
 
 __all__ = ["Host", "PKVM_HOST_MEM_PROT", "PKVM_HOST_MMIO_PROT", "KVM_HOST_S2_DEFAULT_MASK",
@@ -588,6 +589,29 @@ def isolation_problems(pgt, owner: dict, tlbs, first_nonhost_in, pages=()):
                        f"{hit:#x} ({OWNER_NAMES[owner[hit >> shift]]}) is reachable")
 
 
+def _annotations(pgt):
+    """(pa, level, pte) of every non-zero invalid entry (owner annotations,
+    and anything else a bug leaves there), read from the table pages."""
+    mm, shift = pgt.mm, pgt.page_shift
+    out = []
+
+    def visit(page, level, base):
+        t = page.table
+        gran = pgt.granule_size[level]
+        for i in np.flatnonzero(((t & np.uint64(1)) == 0) & (t != 0)).tolist():
+            out.append((base + i * gran, level, int(t[i])))
+        if level < 3:
+            for i in np.flatnonzero((t & np.uint64(3)) == np.uint64(3)).tolist():
+                child = mm.pages.get((int(t[i]) & pgt.addr_mask) >> shift)
+                if child is not None and not child.freed:
+                    visit(child, level + 1, base + i * gran)
+
+    top = pgt.granule_size[pgt.start_level] * pgt.ptrs_per_pte
+    for n, page in enumerate(pgt.pgd_pages):
+        visit(page, pgt.start_level, n * top)
+    return out
+
+
 class HostS2Pool:
     """host_s2_pool: the hypervisor's fixed pool of pages for the host
     stage 2 (a hyp_pool).  ``alloc`` is what mm_ops->zalloc_page draws on;
@@ -658,13 +682,21 @@ class Host(Stateful):
                  cpus: int = 2, pool_pages: int | None = None, prefault: bool = False,
                  coalesce: bool = True, check: bool = True, bugs=(), machine=None,
                  el2_shared_walks: bool = False):
-        if not _is_int(cpus) or cpus < 1:
-            raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
-        if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
-            raise S2ptError(f"pool_pages={pool_pages!r}: must be a positive integer or None")
-        unknown = set(bugs) - set(BUGS)
-        if unknown:
-            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
+        cpus = v.integer("cpus", cpus, 1, 64, rule="a number of host CPUs from 1 to 64")
+        pool_pages = v.optional_integer("pool_pages", pool_pages, 1)
+        bugs = v.names("bugs", bugs, BUGS, "bug name")
+        sizes = [b for b in PARANGE if b <= PA_BITS]
+        pa_bits = v.integer("pa_bits", pa_bits, rule=(
+            f"the host's PA size (also its stage-2 IPA size, prepare_host_vtcr) is a "
+            f"PARange size: one of {', '.join(map(str, sizes))} (52 needs LPA2, not modelled)"))
+        if pa_bits not in sizes:
+            raise S2ptError(f"pa_bits={pa_bits!r}: the host's PA size (also its stage-2 IPA "
+                            f"size, prepare_host_vtcr) is a PARange size: one of "
+                            f"{', '.join(map(str, sizes))} (52 needs LPA2, not modelled)")
+        prefault = v.flag("prefault", prefault)
+        coalesce = v.flag("coalesce", coalesce)
+        check = v.flag("check", check)
+        el2_shared_walks = v.flag("el2_shared_walks", el2_shared_walks)
         geom = Geometry(pa_bits, granule)
         self.granule = geom.granule
         self._ia_bits = geom.ipa_bits
@@ -682,7 +714,7 @@ class Host(Stateful):
         # (host_s2_free_unlinked_table), and there is no cache maintenance.
         pgt = Stage2(
             ipa_bits=pa_bits, granule=granule, vmid=0, hyp=not el2_shared_walks, idmap=True,
-            ram_pages=None if pool_pages is None else geom.pgd_pages + int(pool_pages),
+            ram_pages=None if pool_pages is None else geom.pgd_pages + pool_pages,
             mm_ops=pt.MmOps(pt.free_unlinked_table_now, dcache_clean_inval_poc=False,
                             icache_inval_pou=False, rcu_walkers=False),
             force_pte_cb=self.host_stage2_force_pte_cb,
@@ -691,10 +723,10 @@ class Host(Stateful):
             prefault_block=bool(prefault), machine=machine)
         self.pgt = pgt
         self.pool = HostS2Pool(pgt.mm, pool_pages)
-        self.prefault, self.coalesce_on_reclaim = bool(prefault), bool(coalesce)
-        self.check = bool(check)
+        self.prefault, self.coalesce_on_reclaim = prefault, coalesce
+        self.check = check
         #: Broken variants switched on (see BUGS), fixed when the host is built.
-        self.bugs = frozenset(bugs)
+        self.bugs = bugs
         self.cpus = [VcpuTlb(pgt, i) for i in range(cpus)]
         self._owner: dict[int, int] = {}          # pfn -> owner id (not host)
         self._shared: set[int] = set()            # pfns the host shares with hyp
@@ -720,6 +752,8 @@ class Host(Stateful):
 
     # -- layout ------------------------------------------------------------------
     def _check_regions(self, regions, what, allow_empty=True):
+        if isinstance(regions, (str, bytes, dict)):
+            raise S2ptError(f"{what}={regions!r}: a list of (base, size) pairs")
         try:
             regs = [(b, s) for b, s in regions]
         except (TypeError, ValueError):
@@ -728,7 +762,7 @@ class Host(Stateful):
             raise S2ptError(f"{what}: the host needs at least one memory region")
         out = []
         for b, s in regs:
-            if not _is_int(b) or not _is_int(s) or b < 0 or s <= 0:
+            if not v.is_int(b) or not v.is_int(s) or b < 0 or s <= 0:
                 raise S2ptError(f"{what} region ({b!r}, {s!r}): base >= 0 and size > 0, integers")
             b, s = int(b), int(s)
             if b % self.granule or s % self.granule:
@@ -779,21 +813,40 @@ class Host(Stateful):
     def _run(self, gen):
         return run(gen, self.pgt.machine)
 
+    def _check_pa(self, pa, name="pa") -> int:
+        self.pgt._check_live()
+        return v.address(name, pa, self.pgt.ia_bits, "a physical address")
+
     def host_stage2_adjust_range(self, addr: int, rng):
         """0 and the range to map, -EAGAIN (already mapped) or -EPERM (owned)."""
-        return self._run(host_stage2_adjust_range(self, addr, rng))
+        addr = self._check_pa(addr, "addr")
+        try:
+            lo, hi = rng
+        except (TypeError, ValueError):
+            raise S2ptError(f"rng={rng!r}: a (start, end) pair, as find_mem_range returns") \
+                from None
+        lo, hi = v.address("rng[0]", lo), v.address("rng[1]", hi)
+        if not lo <= addr < hi:
+            raise S2ptError(f"rng=({lo:#x}, {hi:#x}): must contain addr={addr:#x}")
+        return self._run(host_stage2_adjust_range(self, addr, (lo, hi)))
 
     def host_stage2_try(self, fn):
         """Run ``fn()`` (a generator function); on -ENOMEM recycle the MMIO
         tables and retry once."""
+        self.pgt._check_live()
+        v.function("fn", fn, 0)
         return self._run(host_stage2_try(self, fn))
 
     def host_stage2_unmap_dev_all(self) -> int:
         """Unmap every non-memory range (the gaps between memory regions and
         above the last one): their table pages go back to host_s2_pool."""
+        self.pgt._check_live()
         return self._run(host_stage2_unmap_dev_all(self))
 
     def host_stage2_idmap(self, addr: int) -> int:
+        """host_stage2_idmap(): map the largest block around ``addr`` that
+        fits its memory region (or MMIO gap).  0, -EAGAIN or -EPERM."""
+        addr = self._check_pa(addr, "addr")
         return self._run(host_stage2_idmap(self, addr))
 
     def access(self, pa: int, write: bool = False, exec: bool = False, cpu: int = 0) -> Translation:
@@ -804,16 +857,20 @@ class Host(Stateful):
         abort pKVM injects when the page belongs to the guest or hypervisor
         (Android; mainline would BUG), or for a permission fault (e.g.
         executing MMIO)."""
-        if not _is_int(pa) or not 0 <= pa < 1 << self.pgt.ia_bits:
-            raise S2ptError(f"pa={pa!r}: a physical address below 2^{self.pgt.ia_bits}")
-        pa = int(pa)
+        pa = self._check_pa(pa)
+        write, exec = v.flag("write", write), v.flag("exec", exec)
+        cpu = v.cpu("cpu", cpu, len(self.cpus), "host CPU")
         if not self.addr_is_memory(pa) and not self._is_mmio(pa):
             raise S2ptError(f"pa={pa:#x}: neither host memory nor a declared MMIO region")
-        if not _is_int(cpu) or not 0 <= cpu < len(self.cpus):
-            raise S2ptError(f"cpu={cpu!r}: the host has CPUs 0..{len(self.cpus) - 1}")
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         tlb = self.cpus[cpu]
+        # With a model pool smaller than the kernel's, the fault may find no
+        # table page even after recycling the MMIO tables: the kernel would
+        # BUG (handle_host_mem_abort); the model refuses with nothing changed.
+        restore = self._checkpoint() if self._may_run_dry(pa, self.granule) else None
         for _ in range(3):
-            r = self._run(hw_translate(tlb, pa, bool(write), bool(exec)))
+            r = self._run(hw_translate(tlb, pa, write, exec))
             if isinstance(r, Translation):
                 owner = self._owner.get(r.pa >> self.pgt.page_shift)
                 if owner is not None:
@@ -827,22 +884,26 @@ class Host(Stateful):
             if ret == -EPERM:
                 self._stats["host_aborts"] += 1
                 owner = OWNER_NAMES.get(self._owner.get(pa >> self.pgt.page_shift), "?")
-                raise Fault("translation", r.level, pa, bool(write), bool(exec),
+                raise Fault("translation", r.level, pa, write, exec,
                             f"PA {pa:#x} is owned by {owner}: pKVM injects an abort into "
                             f"the host (Android host_inject_abort; mainline BUG_ON)")
+            if ret == -ENOMEM and restore is not None:
+                restore()
+                raise S2ptError(
+                    f"pa={pa:#x}: host_s2_pool has {self.pool.nobjs} free page(s), too few "
+                    f"for the tables this host stage-2 fault needs, even after recycling "
+                    f"the MMIO tables (-ENOMEM: the kernel, whose pool is sized for every "
+                    f"page, would BUG in handle_host_mem_abort); nothing was changed")
             if ret and ret != -EAGAIN:
                 raise KernelBug("warn", f"host_stage2_idmap({pa:#x}) returned {ret}")
         raise KernelBug("warn", f"host access to {pa:#x} keeps faulting")
 
     # -- ownership ------------------------------------------------------------------
-    def _check_pages(self, pa, npages, what):
-        if not _is_int(pa) or pa < 0:
-            raise S2ptError(f"pa={pa!r}: a physical address is a non-negative integer")
-        if not _is_int(npages) or npages < 1:
-            raise S2ptError(f"npages={npages!r}: a positive number of pages")
-        pa, npages = int(pa), int(npages)
-        if pa % self.granule:
-            raise S2ptError(f"pa={pa:#x}: must be aligned to the {self.granule // KiB}K granule")
+    def _check_pages(self, pa, npages, what, npages_name="npages"):
+        self.pgt._check_live()
+        pa = v.address("pa", pa, None, "a physical address")
+        npages = v.integer(npages_name, npages, 1, rule="a positive number of pages")
+        v.aligned("pa", pa, self.granule)
         end = pa + npages * self.granule
         if end > 1 << self.pgt.ia_bits:
             raise S2ptError(f"[{pa:#x}, {end:#x}): beyond the {self.pgt.ia_bits}-bit PA space")
@@ -856,19 +917,88 @@ class Host(Stateful):
                             f"region [{b:#x}, {e:#x}) (-EINVAL/-EPERM in the kernel)")
         return pa, npages
 
-    def _set_owner(self, pa: int, size: int, owner_id: int):
-        """host_stage2_set_owner_locked (it counts what it coalesces)."""
-        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id))
-        if ret:
+    def _set_owner(self, pa: int, size: int, owner_id: int) -> int:
+        """host_stage2_set_owner_locked: host_stage2_try(kvm_pgtable_stage2_set_owner).
+        Returns -ENOMEM when host_s2_pool ran dry even after recycling the
+        MMIO tables (the caller refuses and rolls back); any other error is
+        a KernelBug, as the kernel's WARN_ON."""
+        data = HostMapData(prefault=self.prefault,
+                           skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
+        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data))
+        self._stats["coalesced_tables"] += data.coalesced
+        if ret and ret != -ENOMEM:
             raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
                                     f"{owner_id}) returned {ret}")
+        return ret
+
+    def _checkpoint(self):
+        """Everything an ownership walk can change (table pages and the
+        allocator, the machine's counters, the TLBI log, the host CPUs'
+        TLBs, the host's records), and a function that puts it all back in
+        place.  Used only when host_s2_pool may run dry: the kernel sizes
+        host_s2_pool (host_s2_pgtable_pages) so that it never does, and
+        WARNs if set_owner fails; the model's pool can be smaller, so a
+        donation that runs out is refused with nothing changed."""
+        mm, m, log = self.pgt.mm, self.pgt.machine, self.pgt.mmu.tlbi_log
+        pages = {pfn: (p, p.refcount, p.walkers, p.freed, p.table.copy(), p.private,
+                       p.ptdesc, p.generation, p.free_count) for pfn, p in mm.pages.items()}
+        mm_fields = {k: x for k, x in vars(mm).items() if isinstance(x, (int, type(None)))}
+        free_list = list(mm.free_list)
+        stats, callbacks = m.stats.copy(), list(m.rcu_callbacks)
+        runs, count = [list(r) for r in log.runs], log.count
+        tlbs = [(t, t.sim_state(), t.hits, t.misses) for t in self.cpus]
+        owner, shared, hstats = dict(self._owner), set(self._shared), dict(self._stats)
+        nonhost = None if self._nonhost_sorted is None else list(self._nonhost_sorted)
+
+        def restore():
+            for pfn in [pfn for pfn in mm.pages if pfn not in pages]:
+                del mm.pages[pfn]
+            for pfn, (p, rc, walkers, freed, table, private, ptdesc, gen, frees) in pages.items():
+                mm.pages[pfn] = p
+                p.refcount, p.walkers, p.freed = rc, walkers, freed
+                p.table[:] = table
+                p.private, p.ptdesc = private, ptdesc
+                p.generation, p.free_count = gen, frees
+            for k, x in mm_fields.items():
+                setattr(mm, k, x)
+            mm.free_list[:] = free_list
+            m.stats.clear()
+            m.stats.update(stats)
+            m.rcu_callbacks[:] = callbacks
+            log.runs[:] = runs
+            log.count = count
+            for t, state, hits, misses in tlbs:
+                t.sim_restore(state)
+                t.hits, t.misses = hits, misses
+            self._owner.clear()
+            self._owner.update(owner)
+            self._shared.clear()
+            self._shared.update(shared)
+            self._stats.clear()
+            self._stats.update(hstats)
+            self._nonhost_sorted = nonhost
+        return restore
+
+    def _may_run_dry(self, pa: int, size: int) -> bool:
+        """Could host_s2_pool run out during an ownership walk over the
+        range?  (An upper bound on the tables it allocates, against the
+        pool's free pages; an unlimited pool never runs out.)"""
+        avail = self.pool.nobjs
+        return avail is not None and avail < self.pgt._map_table_bound(pa, size, pa, True)
 
     def donate(self, pa: int, npages: int = 1, to: str = "guest") -> None:
         """__pkvm_host_donate_guest (one page at a time, as the kernel) or
         __pkvm_host_donate_hyp (the whole range): every page must be in
-        host state ``owned``; the host entries become owner annotations."""
-        if to not in ("guest", "hyp"):
-            raise S2ptError(f"to={to!r}: donate to 'guest' or 'hyp'")
+        host state ``owned``; the host entries become owner annotations.
+
+        All or nothing: the page states are checked before anything
+        changes, as the kernel does (__host_check_page_state_range).  If
+        host_s2_pool cannot hold the tables that breaking the covering
+        blocks needs (even after host_stage2_try() recycles the MMIO
+        tables), the donation is refused with -ENOMEM as an
+        :class:`~s2pt.S2ptError` and everything is put back as it was (the
+        kernel's pool is sized so that this cannot happen)."""
+        to = v.choice("to", to, ("guest", "hyp"), "donate to one of")
         pa, npages = self._check_pages(pa, npages, "donation")
         shift = self.pgt.page_shift
         first = pa >> shift
@@ -881,11 +1011,25 @@ class Host(Stateful):
                 raise S2ptError(f"donation of PA {pfn << shift:#x}: it is shared with the "
                                 f"hypervisor (host state shared-owned, not owned: -EPERM)")
         owner_id = OWNER_IDS[to]
+        restore = self._checkpoint() if self._may_run_dry(pa, npages * self.granule) else None
         if to == "guest":
+            ret = 0
             for i in range(npages):
-                self._set_owner(pa + i * self.granule, self.granule, owner_id)
+                ret = self._set_owner(pa + i * self.granule, self.granule, owner_id)
+                if ret:
+                    break
         else:
-            self._set_owner(pa, npages * self.granule, owner_id)
+            ret = self._set_owner(pa, npages * self.granule, owner_id)
+        if ret:
+            if restore is None:            # _may_run_dry is an upper bound: cannot happen
+                raise KernelBug("warn", f"donation of [{pa:#x}, +{npages} pages): -ENOMEM "
+                                        f"with host_s2_pool deemed large enough")
+            restore()
+            raise S2ptError(
+                f"donation of [{pa:#x}, {pa + npages * self.granule:#x}): host_s2_pool has "
+                f"{self.pool.nobjs} free page(s), too few for the tables that breaking the "
+                f"covering blocks needs, even after recycling the MMIO tables (-ENOMEM; the "
+                f"kernel sizes host_s2_pool so that this cannot happen); nothing was changed")
         for pfn in range(first, first + npages):
             self._owner[pfn] = owner_id          # host_state = PKVM_NOPAGE
         self._track_nonhost(first, npages, add=True)
@@ -912,7 +1056,10 @@ class Host(Stateful):
             else:
                 runs.append([pfn, 1, o])
         for start, n, _o in runs:
-            self._set_owner(start << shift, n << shift, d.PKVM_ID_HOST)
+            # Back to the zero PTE: no new table is needed, so no -ENOMEM.
+            if self._set_owner(start << shift, n << shift, d.PKVM_ID_HOST):
+                raise KernelBug("warn", f"reclaim of {start << shift:#x}: set_owner "
+                                        f"returned -ENOMEM although it needs no new table")
         for pfn in range(first, first + npages):
             del self._owner[pfn]                 # host_state = PKVM_PAGE_OWNED
         self._track_nonhost(first, npages, add=False)
@@ -922,12 +1069,19 @@ class Host(Stateful):
     def coalesce(self, pa: int | None = None, size: int | None = None) -> int:
         """kvm_pgtable_stage2_reclaim_leaves over a range (default: all of
         memory): zap every table holding only default mappings.  Returns
-        how many tables were dropped."""
-        ranges = self.memory if pa is None else [self._check_pages(pa, max(1, (size or 0)
-                                                                           // self.granule),
-                                                                    "coalesce")]
-        if pa is not None:
-            ranges = [(ranges[0][0], ranges[0][1] * self.granule)]
+        how many tables were dropped.  ``size`` (bytes, a multiple of the
+        granule; default one page) needs ``pa``; the range must lie in one
+        memory region."""
+        self.pgt._check_live()
+        if pa is None:
+            if size is not None:
+                raise S2ptError(f"size={size!r} without pa: give pa (and optionally size) "
+                                f"for one range, or neither for all of memory")
+            ranges = self.memory
+        else:
+            size = self.granule if size is None else v.size("size", size, self.granule)
+            b, n = self._check_pages(pa, size // self.granule, "coalesce")
+            ranges = [(b, n * self.granule)]
         data = HostMapData(skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
         for b, s in ranges:
             ret = self._run(kvm_pgtable_stage2_reclaim_leaves(self.pgt, b, s, data))
@@ -959,30 +1113,34 @@ class Host(Stateful):
 
     def owner(self, pa: int) -> str:
         """'host', 'guest' or 'hyp'."""
-        if not _is_int(pa) or not 0 <= pa < 1 << self.pgt.ia_bits:
-            raise S2ptError(f"pa={pa!r}: a physical address below 2^{self.pgt.ia_bits}")
-        return OWNER_NAMES[self._owner.get(int(pa) >> self.pgt.page_shift, d.PKVM_ID_HOST)]
+        pa = self._check_pa(pa)
+        return OWNER_NAMES[self._owner.get(pa >> self.pgt.page_shift, d.PKVM_ID_HOST)]
 
     def page_state(self, pa: int, who: str = "host") -> str:
         """The page state pKVM tracks (hyp_page.host_state / hyp state):
         'owned', 'shared-owned', 'shared-borrowed' or 'nopage'."""
-        pfn = int(pa) >> self.pgt.page_shift
+        pa = self._check_pa(pa)
+        who = v.choice("who", who, ("host", "hyp", "guest"), "whose state:")
+        pfn = pa >> self.pgt.page_shift
         o = self._owner.get(pfn)
         if who == "host":
-            if not self.addr_is_memory(int(pa)):
+            if not self.addr_is_memory(pa):
                 return "nopage"
             return "nopage" if o is not None else ("shared-owned" if pfn in self._shared
                                                    else "owned")
         if who == "hyp":
             return ("owned" if o == d.PKVM_ID_HYP else
                     "shared-borrowed" if pfn in self._shared else "nopage")
-        if who == "guest":
-            return "owned" if o == d.PKVM_ID_GUEST else "nopage"
-        raise S2ptError(f"who={who!r}: 'host', 'hyp' or 'guest'")
+        return "owned" if o == d.PKVM_ID_GUEST else "nopage"
 
     def owned_pages(self, owner: str | None = None) -> list[int]:
-        """PAs of the pages the host has given away (to ``owner`` if named)."""
-        want = None if owner is None else OWNER_IDS.get(owner)
+        """PAs of the pages the host has given away (to ``owner``, 'guest'
+        or 'hyp', if named)."""
+        self.pgt._check_live()
+        if owner is not None:
+            owner = v.choice("owner", owner, ("guest", "hyp"),
+                             "whom the pages were given to (None: everyone):")
+        want = None if owner is None else OWNER_IDS[owner]
         shift = self.pgt.page_shift
         return sorted(p << shift for p, o in self._owner.items() if want is None or o == want)
 
@@ -1028,6 +1186,10 @@ class Host(Stateful):
         non-host page; (3) every walk-cache entry: it points at the table the
         tree has there now, or else nothing reachable through the stale table
         maps a non-host page.  Reports through ``pgt.mm.violation``."""
+        if type(full) is not bool:
+            full = v.flag("full", full)
+        if pages is not None and not isinstance(pages, (list, tuple, range, set, frozenset)):
+            raise S2ptError(f"pages={pages!r}: a list of page frame numbers, or None")
         self._stats["isolation_checks"] += 1
         if full:
             pages = list(self._owner)
@@ -1037,8 +1199,48 @@ class Host(Stateful):
 
     def check_invariants(self) -> None:
         """Table invariants (refcounts under the host counting rule, no
-        leaks), the full isolation check, and the model's own bookkeeping."""
+        leaks), the full isolation check, and the table against the host's
+        own records (:class:`~s2pt.KernelBug` naming each broken one):
+
+        * every owner annotation in the table is a level-3 entry whose page
+          the records give to that owner, and every page the records give
+          away carries its annotation (a page annotated in the table but
+          owned by the host in the records is lost: the host faults on it
+          and cannot reclaim it);
+        * recorded owners are the guest or the hypervisor, on memory pages;
+          a page shared with the hypervisor is memory the host still owns;
+        * the cache of given-away pages, when kept, matches the records."""
         self.pgt.check_invariants()
+        problems = []
+        shift = self.pgt.page_shift
+        for pfn, o in self._owner.items():
+            if o not in (d.PKVM_ID_HYP, d.PKVM_ID_GUEST):
+                problems.append(f"PA {pfn << shift:#x} is recorded with owner id {o!r}")
+            if not self.addr_is_memory(pfn << shift):
+                problems.append(f"PA {pfn << shift:#x} is recorded as given away but is not "
+                                f"memory")
+        for pfn in sorted(self._shared):
+            if pfn in self._owner or not self.addr_is_memory(pfn << shift):
+                problems.append(f"PA {pfn << shift:#x} is recorded as shared with the "
+                                f"hypervisor but the host does not own it")
+        if self._nonhost_sorted is not None and self._nonhost_sorted != sorted(self._owner):
+            problems.append("the sorted cache of given-away pages does not match the records")
+        for ipa, level, pte in _annotations(self.pgt):
+            if pte != pte & d.KVM_INVALID_PTE_OWNER_MASK:
+                problems.append(f"the invalid entry for PA {ipa:#x} is {pte:#x}, not an "
+                                f"owner annotation (a LOCKED entry at a quiescent point?)")
+                continue
+            o = (pte & d.KVM_INVALID_PTE_OWNER_MASK) >> 2      # FIELD_GET(OWNER_MASK)
+            if level != 3:
+                problems.append(f"a level-{level} entry for PA {ipa:#x} carries owner id {o}: "
+                                f"ownership is annotated page by page (force_pte)")
+            elif self._owner.get(ipa >> shift) != o:
+                rec = OWNER_NAMES.get(self._owner.get(ipa >> shift, d.PKVM_ID_HOST), "?")
+                problems.append(f"PA {ipa:#x} is annotated as owned by "
+                                f"{OWNER_NAMES.get(o, o)} in the table but by {rec} in the "
+                                f"records")
+        if problems:
+            raise KernelBug("invariant", "; ".join(problems))
         self.check_isolation(full=True)
 
     # -- views -----------------------------------------------------------------------------

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import S2ptError
+from .validate import flag
 from .ops import run
 from .pgtable import LEAF, Walker, kvm_pgtable_walk
 
@@ -266,6 +267,8 @@ def _check_pgt(pgt, fn: str):
     if not hasattr(pgt, "machine") or not hasattr(pgt, "ia_bits"):
         raise S2ptError(f"{fn}: pgt={pgt!r} is not a stage-2 page table "
                         f"(expected an s2pt.Stage2)")
+    if getattr(pgt, "destroyed", False):
+        raise S2ptError(f"{fn}: the table was destroyed (kvm_pgtable_stage2_destroy)")
 
 
 def ptdump(pgt, final: bool = False, bulk: bool | None = None) -> str:
@@ -286,6 +289,9 @@ def ptdump(pgt, final: bool = False, bulk: bool | None = None) -> str:
     ``bulk=False`` forces one visitor call per entry (the tests compare).
     """
     _check_pgt(pgt, "ptdump")
+    final = flag("final", final)
+    if bulk is not None:
+        bulk = flag("bulk", bulk)
     st = kvm_ptdump_parser_create(pgt)
     walker = Walker(kvm_ptdump_visitor, st, LEAF, kvm_ptdump_bulk)
     if bulk is None:

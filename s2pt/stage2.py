@@ -30,7 +30,8 @@ from .errors import Fault, KernelBug, S2ptError
 from .geometry import Geometry
 from .memory import MemCache, PhysMem
 from .ops import Machine, run
-from .tlb import S2Mmu
+from .tlb import S2Mmu, VcpuTlb
+from . import validate as v
 
 __all__ = ["Stage2", "Translation", "KvmPgtable"]
 
@@ -209,8 +210,12 @@ class Translation:
                 f"{'page' if self.level == 3 else 'block'}, {self.prot}, {self.memattr})")
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+#: Kept for modules that imported it from here; the checks live in s2pt.validate.
+_is_int = v.is_int
+
+#: The configuration knobs that are yes/no switches (validated as such).
+_CONFIG_FLAGS = ("hyp", "idmap", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg",
+                 "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu")
 
 
 class Stage2(KvmPgtable):
@@ -233,16 +238,25 @@ class Stage2(KvmPgtable):
 
     def __init__(self, ipa_bits: int = 40, granule: int = 4096, *, vmid: int = 1,
                  fwb: bool = False, ram_pages: int | None = None, **config):
-        if not _is_int(vmid) or not 0 <= vmid < 1 << 16:
-            raise S2ptError(f"vmid={vmid!r}: VMIDs are 16-bit unsigned integers")
-        if ram_pages is not None and (not _is_int(ram_pages) or ram_pages < 1):
-            raise S2ptError(f"ram_pages={ram_pages!r}: must be a positive integer or None")
+        vmid = v.integer("vmid", vmid, 0, (1 << 16) - 1,
+                         rule="VMIDs are 16-bit unsigned integers (0 to 65535)")
+        ram_pages = v.optional_integer("ram_pages", ram_pages, 1)
+        fwb = v.flag("fwb", fwb)
         unknown = set(config) - _CONFIG
         if unknown:
             raise S2ptError(f"Stage2: unknown argument(s) {sorted(unknown)}; the table's "
                             f"configuration is one of {sorted(_CONFIG)}")
-        super().__init__(Geometry(ipa_bits, granule), vmid=int(vmid), fwb=bool(fwb),
+        for k in _CONFIG_FLAGS:
+            if k in config:
+                config[k] = v.flag(k, config[k])
+        if "max_owner_id" in config:
+            config["max_owner_id"] = v.integer("max_owner_id", config["max_owner_id"], 0, 255,
+                                               rule="an owner id field is 8 bits: 0 to 255")
+        super().__init__(Geometry(ipa_bits, granule), vmid=vmid, fwb=fwb,
                          ram_pages=ram_pages, **config)
+        #: Set by destroy(): kvm_pgtable_stage2_destroy() frees the PGD and
+        #: sets pgt->pgd = NULL; nothing may use the table afterwards.
+        self.destroyed = False
 
     # -- architectural registers ----------------------------------------------
     @property
@@ -268,35 +282,37 @@ class Stage2(KvmPgtable):
 
     @property
     def stats(self) -> dict:
-        s = {k: v for k, v in self.machine.stats.items() if v}
+        s = {k: n for k, n in self.machine.stats.items() if n}
         cached = sum(mc.nobjs for mc in getattr(self, "memcaches", ()))
-        s["tables_live"] = self.mm.allocated - self.geom.pgd_pages - cached
+        pgd = 0 if getattr(self, "destroyed", False) else self.geom.pgd_pages
+        s["tables_live"] = self.mm.allocated - pgd - cached
         s["tables_freed"] = self.mm.table_frees
         s.setdefault("tables_allocated", 0)
         s.setdefault("tlbi", 0)
         return s
 
     # -- input checks ----------------------------------------------------------
+    def _check_live(self):
+        """Refuse to touch a destroyed table (its PGD is freed, pgt->pgd is NULL)."""
+        if self.destroyed:
+            raise S2ptError("this table was destroyed (kvm_pgtable_stage2_destroy freed its "
+                            "PGD and set pgt->pgd = NULL): build a new Stage2")
+
     def _check_ipa(self, ipa, what="ipa"):
-        if not _is_int(ipa) or ipa < 0:
-            raise S2ptError(f"{what}={ipa!r}: an IPA is a non-negative integer")
+        self._check_live()
+        ipa = v.address(what, ipa, None, "an IPA")
         if ipa >= 1 << self.ia_bits:
             raise S2ptError(
                 f"{what}={ipa:#x}: beyond the {self.ia_bits}-bit IPA space "
                 f"(limit {1 << self.ia_bits:#x})")
-        return int(ipa)
+        return ipa
 
-    def _check_range(self, ipa, size):
+    def _check_range(self, ipa, size, what="ipa"):
+        self._check_live()
         gran = self.page_size
-        if not _is_int(ipa) or ipa < 0:
-            raise S2ptError(f"ipa={ipa!r}: an IPA is a non-negative integer")
-        if not _is_int(size) or size <= 0:
-            raise S2ptError(f"size={size!r}: the size must be a positive integer")
-        ipa, size = int(ipa), int(size)
-        if ipa % gran:
-            raise S2ptError(f"ipa={ipa:#x}: must be aligned to the {gran // 1024}K granule")
-        if size % gran:
-            raise S2ptError(f"size={size:#x}: must be a multiple of the {gran // 1024}K granule")
+        ipa = v.address(what, ipa, None, "an IPA")
+        size = v.size("size", size, gran)
+        v.aligned(what, ipa, gran)
         if ipa + size > 1 << self.ia_bits:
             raise S2ptError(
                 f"[{ipa:#x}, {ipa + size:#x}): the range goes beyond the {self.ia_bits}-bit "
@@ -304,11 +320,8 @@ class Stage2(KvmPgtable):
         return ipa, size
 
     def _check_pa(self, pa, size):
-        if not _is_int(pa) or pa < 0:
-            raise S2ptError(f"pa={pa!r}: a physical address is a non-negative integer")
-        pa = int(pa)
-        if pa % self.page_size:
-            raise S2ptError(f"pa={pa:#x}: must be aligned to the {self.page_size // 1024}K granule")
+        pa = v.address("pa", pa, None, "a physical address")
+        v.aligned("pa", pa, self.page_size)
         if pa + size > 1 << self.geom.pa_bits:
             raise S2ptError(
                 f"pa={pa:#x} + size={size:#x}: beyond the {self.geom.pa_bits}-bit physical "
@@ -356,19 +369,31 @@ class Stage2(KvmPgtable):
         """kvm_pgtable_stage2_map(): map [ipa, ipa+size) to [pa, pa+size).
 
         Uses the largest block that the alignment of ``ipa`` and ``pa``
-        allows, or pages only with ``force_pte``.  An existing mapping is
-        replaced with break-before-make; a table where a block now fits is
-        collapsed and its subtree freed (after an RCU grace period).
+        allows, or pages only with ``force_pte``.  An existing mapping to
+        another PA or with another memory type is replaced with
+        break-before-make; a table where a block now fits is collapsed and
+        its subtree freed (after an RCU grace period).
+
+        A valid leaf that differs from the new one **only in permissions**
+        (R, W, XN) is left as it is, as the kernel does:
+        stage2_map_walker_try_leaf() finds that stage2_pte_needs_update() is
+        false and returns -EAGAIN ("the vCPU will exit one more time ... path
+        of relaxing permissions"), which a walk without HANDLE_FAULT steps
+        over.  Change permissions with :meth:`relax_perms` or
+        :meth:`wrprotect`, or unmap first.
+
         Tables come from a memcache topped up first, as kvm_phys_addr_ioremap
         does; unused pages go back afterwards.
         """
         ipa, size = self._check_range(ipa, size)
         pa = self._check_pa(pa, size)
+        memattr = v.choice("memattr", memattr, d.MEMATTRS)
+        force_pte = v.flag("force_pte", force_pte)
         attr = d.stage2_set_prot_attr(d.prot_from_str(prot), memattr, self.fwb)
-        mc = self._topup(self._map_table_bound(ipa, size, pa, bool(force_pte)),
+        mc = self._topup(self._map_table_bound(ipa, size, pa, force_pte),
                          f"map of [{ipa:#x}, {ipa + size:#x})")
         ret = run(pt.kvm_pgtable_stage2_map(self, ipa, size, pa, attr, mc,
-                                            force_pte=bool(force_pte), bulk=self._bulk),
+                                            force_pte=force_pte, bulk=self._bulk),
                   self.machine)
         mc.free_all()
         self._expect_ok(ret, "kvm_pgtable_stage2_map")
@@ -389,9 +414,18 @@ class Stage2(KvmPgtable):
                             self.machine), "kvm_pgtable_stage2_wrprotect")
 
     def relax_perms(self, ipa: int, prot: str = "RW") -> int:
-        """kvm_pgtable_stage2_relax_perms(): add permissions to the leaf at
-        ``ipa``, then a local TLBI.  Returns 0, or -EAGAIN if no valid leaf
-        maps ``ipa`` (the fault would simply be retried)."""
+        """kvm_pgtable_stage2_relax_perms(): update the leaf at ``ipa`` for
+        ``prot``, then a local TLBI.  Returns 0, or -EAGAIN if no valid leaf
+        maps ``ipa`` (the fault would simply be retried).
+
+        R and W in ``prot`` are *added* (S2AP bits are set, never cleared),
+        but the XN field is *rewritten* from ``prot``, as the kernel does
+        (stage2_set_xn_attr(): set |= xn, clr = ~xn; reference
+        kernel-stage2.md 5.2, LN-P): a ``prot`` without X makes the leaf
+        execute-never.  So the default ``"RW"`` on an RWX leaf gives RW,
+        and the fault path passes ``"RWX"`` for normal memory
+        (CACHE_DIC: always executable).  Give ``"RWX"`` to keep execute
+        permission."""
         ipa = self._check_ipa(ipa)
         p = d.prot_from_str(prot)
         return run(pt.kvm_pgtable_stage2_relax_perms(self, ipa, p, pt.HANDLE_FAULT),
@@ -407,18 +441,18 @@ class Stage2(KvmPgtable):
         """kvm_pgtable_stage2_test_clear_young(): was any leaf in the range
         accessed?  With ``mkold``, clear AF (no TLBI: "Over in the core code")."""
         ipa, size = self._check_range(ipa, size)
-        return run(pt.kvm_pgtable_stage2_test_clear_young(self, ipa, size, bool(mkold),
-                                                          pt.Stage2AgeData(bool(mkold))),
+        mkold = v.flag("mkold", mkold)
+        return run(pt.kvm_pgtable_stage2_test_clear_young(self, ipa, size, mkold,
+                                                          pt.Stage2AgeData(mkold)),
                    self.machine)
 
     def set_owner(self, ipa: int, size: int, owner_id: int) -> None:
         """kvm_pgtable_stage2_set_owner(): replace the range with invalid,
         counted entries that record ``owner_id`` (pKVM); blocks are broken."""
         ipa, size = self._check_range(ipa, size)
-        if not _is_int(owner_id) or not 0 <= owner_id <= self.max_owner_id:
-            raise S2ptError(
-                f"owner_id={owner_id!r}: must be 0..{self.max_owner_id} "
-                f"(KVM_MAX_OWNER_ID); set_owner returns -EINVAL otherwise")
+        owner_id = v.integer("owner_id", owner_id, 0, self.max_owner_id,
+                             rule=f"must be 0..{self.max_owner_id} (KVM_MAX_OWNER_ID); "
+                             f"set_owner returns -EINVAL otherwise")
         mc = self._topup(self._map_table_bound(ipa, size, ipa, True),
                          f"set_owner of [{ipa:#x}, {ipa + size:#x})")
         ret = run(pt.kvm_pgtable_stage2_set_owner(self, ipa, size, mc, int(owner_id),
@@ -430,15 +464,38 @@ class Stage2(KvmPgtable):
         """Flush the VM's TLB entries: the whole VMID, or one range
         (kvm_flush_remote_tlbs / kvm_flush_remote_tlbs_range)."""
         from .ops import tlbi
+        self._check_live()
         if ipa is None:
+            if size is not None:
+                raise S2ptError(f"size={size!r} without ipa: give both (one range) or "
+                                f"neither (the whole VMID)")
             run(_one(tlbi("vmid")), self.machine)
         else:
             ipa, size = self._check_range(ipa, size)
             run(pt.kvm_tlb_flush_vmid_range(self, ipa, size), self.machine)
 
     def destroy(self) -> None:
-        """kvm_pgtable_stage2_destroy(): free every table below the PGD."""
+        """kvm_pgtable_stage2_destroy(): free every table below the PGD, then
+        the PGD itself (``free_pages_exact``), and set ``pgt->pgd = NULL``.
+
+        Afterwards the table is gone: every operation, view and a second
+        ``destroy()`` raise :class:`~s2pt.S2ptError` (the kernel's caller,
+        kvm_free_stage2_pgd(), clears ``mmu->pgt`` so it never destroys
+        twice), and :meth:`check_invariants` checks that every page the
+        table held was freed.  Unused pages in the owner's memcaches are not
+        the table's: they go back when the owner frees its caches."""
+        self._check_live()
+        for hook in self.mmu.listeners:
+            tlb = getattr(hook, "__self__", None)
+            if isinstance(tlb, VcpuTlb) and tlb.walk:
+                raise S2ptError(
+                    f"destroy: vCPU{tlb.vcpu}'s walk cache still points into this table; "
+                    f"the kernel destroys it only once no vCPU can walk it (flush_tlb() "
+                    f"first, as a VMID rollover would)")
         run(pt.kvm_pgtable_stage2_destroy(self, bulk=self._bulk), self.machine)
+        for page in self.pgd_pages:             # free_pages_exact(pgd, pgd_sz)
+            self.mm.free_page(page)
+        self.destroyed = True
 
     def _expect_ok(self, ret: int, fn: str):
         if ret and ret != -errno.EAGAIN:
@@ -455,6 +512,8 @@ class Stage2(KvmPgtable):
         result.
         """
         ipa, size = self._check_range(ipa, size)
+        v.function("visitor", visitor, 2)
+        every = sum(int(f) for f in pt.WalkFlags)
         if isinstance(flags, str):
             try:
                 bits = 0
@@ -464,6 +523,16 @@ class Stage2(KvmPgtable):
                 raise S2ptError(f"flags={flags!r}: unknown walk flag {e}; use LEAF, "
                                 f"TABLE_PRE, TABLE_POST") from None
             flags = bits
+        else:
+            flags = v.integer("flags", flags, 0, every,
+                              rule="walk flags: 'LEAF', 'TABLE_PRE', 'TABLE_POST' joined with '|', "
+                              "or a combination of s2pt.pgtable.WalkFlags")
+            if flags & ~every:
+                raise S2ptError(f"flags={flags:#x}: bits {flags & ~every:#x} are not "
+                                f"kvm_pgtable_walk_flags (s2pt.pgtable.WalkFlags)")
+        if not flags & (pt.LEAF | pt.TABLE_PRE | pt.TABLE_POST):
+            raise S2ptError(f"flags={flags:#x}: a walk visits nothing without LEAF, "
+                            f"TABLE_PRE or TABLE_POST")
         import inspect
         if inspect.isgeneratorfunction(visitor):
             cb = visitor
@@ -491,9 +560,12 @@ class Stage2(KvmPgtable):
         or *permission* (S2AP/XN forbid the access).
         """
         ipa = self._check_ipa(ipa)
+        write, exec = v.flag("write", write), v.flag("exec", exec)
+        if write and exec:
+            raise S2ptError("write=True with exec=True: an access is a read, a write or a fetch")
         out = pt.LeafWalkData()
         run(pt.kvm_pgtable_get_leaf(self, ipa, out), self.machine)
-        return self.classify(ipa, out.pte, out.level, bool(write), bool(exec))
+        return self.classify(ipa, out.pte, out.level, write, exec)
 
     def stale_reason(self, base: int, level: int, cached: int, at=None) -> str:
         """Why a cached leaf for [base, +granule) is dangerous now, or ''.
@@ -570,27 +642,37 @@ class Stage2(KvmPgtable):
         """The kernel's /sys/kernel/debug/kvm/<vm>/stage2_page_tables format
         (``final=True`` also prints the last run, which the kernel omits)."""
         from .ptdump import ptdump
+        self._check_live()
         return ptdump(self, **kw)
 
     def vmprint(self, **kw) -> str:
         """An indented tree, one line per non-empty entry (xv6's vmprint)."""
         from .vmprint import vmprint
+        self._check_live()
         return vmprint(self, **kw)
 
     def draw(self, highlight=None, **kw):
         """A Graphviz drawing of the table tree (see s2pt.draw.draw)."""
         from .draw import draw
+        self._check_live()
+        if v.is_int(highlight):
+            highlight = int(highlight)          # numpy IPAs are IPAs (draw wants an int)
         return draw(self, highlight=highlight, **kw)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return self.draw()._repr_mimebundle_(include, exclude)
 
     def check_invariants(self) -> None:
-        """Raise KernelBug if refcounts, reachability or freed pages are wrong."""
+        """Raise KernelBug if refcounts, reachability or freed pages are
+        wrong; after :meth:`destroy`, if any page the table held is still
+        allocated."""
         from .invariants import check_stage2
         check_stage2(self)
 
     def __repr__(self):
+        if self.destroyed:
+            return (f"Stage2(ipa_bits={self.ia_bits}, granule={self.page_size}, "
+                    f"destroyed)")
         return (f"Stage2(ipa_bits={self.ia_bits}, granule={self.page_size}, "
                 f"levels={self.geom.levels}, start_level={self.start_level}, "
                 f"pgd_pages={self.geom.pgd_pages}, tables={self.stats['tables_live']})")

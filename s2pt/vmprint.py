@@ -49,6 +49,7 @@ import numpy as np
 
 from . import descriptor as d
 from .errors import S2ptError
+from .validate import flag, optional_integer
 from .geometry import kvm_get_vttbr, size_str
 from .ops import page_count, run
 from .pgtable import LEAF, TABLE_PRE, Walker, kvm_pgtable_walk
@@ -215,6 +216,8 @@ def check_pgt(pgt, fn: str):
     if not hasattr(pgt, "machine") or not hasattr(pgt, "ia_bits"):
         raise S2ptError(f"{fn}: pgt={pgt!r} is not a stage-2 page table "
                         f"(expected an s2pt.Stage2)")
+    if getattr(pgt, "destroyed", False):
+        raise S2ptError(f"{fn}: the table was destroyed (kvm_pgtable_stage2_destroy)")
 
 
 def header_lines(pgt) -> list[str]:
@@ -346,12 +349,12 @@ def vmprint(pgt, max_entries: int | None = 100, *, ipa: int | None = None,
     "when no observer is attached"; the output is the same either way.
     """
     check_pgt(pgt, "vmprint")
-    if max_entries is not None and (not isinstance(max_entries, int)
-                                    or isinstance(max_entries, bool) or max_entries < 0):
-        raise S2ptError(f"vmprint: max_entries={max_entries!r} must be a non-negative "
-                        f"integer or None")
+    max_entries = optional_integer("max_entries", max_entries, 0)
     start, length = check_range(pgt, ipa, size, "vmprint")
-    st = VmprintState(pgt, max_entries, bool(fold))
+    fold = flag("fold", fold)
+    if bulk is not None:
+        bulk = flag("bulk", bulk)
+    st = VmprintState(pgt, max_entries, fold)
     walker = Walker(vmprint_walker, st, TABLE_PRE | LEAF, vmprint_bulk)
     if bulk is None:
         bulk = not pgt.machine.watched

@@ -12,3 +12,31 @@ import sys
 
 if sys.__stdin__ is None:
     sys.__stdin__ = open(os.devnull)      # noqa: SIM115 -- lives as long as the process
+
+
+# -- the contract suite's count of generated cases (tests/test_contract*.py) --
+
+import collections  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def contract_counts(request):
+    """A Counter the contract suites add their generated cases to:
+    ``tried`` (every call made), ``passed`` (every call that kept the
+    contract), and a key per outcome.  Printed at the end of the run."""
+    config = request.config
+    if not hasattr(config, "_s2pt_contract"):
+        config._s2pt_contract = collections.Counter()
+    return config._s2pt_contract
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = getattr(config, "_s2pt_contract", None)
+    if counts:
+        rest = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())
+                         if k not in ("tried", "passed"))
+        terminalreporter.write_line(
+            f"bad-input contract: {counts['passed']} of {counts['tried']} generated cases "
+            f"kept it ({rest})")

@@ -8,10 +8,14 @@ The commands: ``drill`` (seeded translation drills, :mod:`s2pt.cli.drill`),
 package and import that module below.
 
 Exit status: 0 on success; for ``explore`` and ``replay``, 1 when a
-violation was found; for ``compare``, 1 on a declaration mismatch; 2 on bad
-input.  Bad input is an argparse usage error
-or an :class:`~s2pt.S2ptError` raised by the library; either way it prints
-one line, ``s2pt <command>: <message>``, to stderr, never a traceback.
+violation was found; for ``compare``, 1 on a declaration mismatch; for
+``drill --check/--answers``, 1 when an answer is wrong; 2 on bad input or
+any other error (as grep does: 1 is a result, never an error).  Bad input
+is an argparse usage error or an :class:`~s2pt.S2ptError` raised by the
+library; an output that cannot be written (a full disk, ``/dev/full``) is an
+error too.  Every error prints one line, ``s2pt <command>: <message>``, to
+stderr, never a traceback (``S2PT_TRACEBACK=1`` shows one for an internal
+error, which would be a bug in s2pt).
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
 
+    def _print_message(self, message, file=None):
+        # argparse swallows write errors (--help > /dev/full would exit 0
+        # having printed nothing); let main() report them.
+        if message:
+            (file or sys.stderr).write(message)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="s2pt", description="Stage-2 page tables, by hand and by machine.")
@@ -48,27 +58,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_stdout():
+    """Point file descriptor 1 at /dev/null, so that the interpreter's final
+    flush of what is still buffered does not fail (and complain) again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit status (0 ok, 2 bad input)."""
+    """Run one command; return its exit status (0 ok, 1 found, 2 error)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    where = " ".join(["s2pt"] + [a for a in argv[:1] if a in COMMANDS])
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
         # Name the subcommand when argparse got that far.
-        where = " ".join(["s2pt"] + [a for a in argv[:1] if a in COMMANDS])
         print(f"{where}: {e} (see: python -m {where} --help)", file=sys.stderr)
+        return 2
+    except SystemExit:                    # --help: printed, then argparse exits
+        try:
+            sys.stdout.flush()
+        except OSError as e:
+            _quiet_stdout()
+            print(f"{where}: writing the output: {e.strerror or e}", file=sys.stderr)
+            return 2
+        raise
+    except OSError as e:                  # --help on an output that cannot be written
+        _quiet_stdout()
+        print(f"{where}: writing the output: {e.strerror or e}", file=sys.stderr)
         return 2
     if getattr(args, "_command", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    where = f"s2pt {args.command}"
     try:
-        return args._command.run(args)
+        status = args._command.run(args)
+        sys.stdout.flush()                # a write error shows here, not at exit
+        return status
     except S2ptError as e:
-        print(f"s2pt {args.command}: {e}", file=sys.stderr)
+        print(f"{where}: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `python -m s2pt drill | head`: the reader left.  Point stdout at
         # /dev/null so the interpreter's final flush does not complain.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return 0
+    except OSError as e:
+        # Standard output on a full disk (/dev/full), a vanished terminal:
+        # the output is lost, which is an error, not a verdict.
+        _quiet_stdout()
+        what = f"{e.filename}: " if e.filename else "writing the output: "
+        print(f"{where}: {what}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:            # a bug in s2pt: say so in one line
+        if os.environ.get("S2PT_TRACEBACK"):
+            raise
+        print(f"{where}: internal error, a bug in s2pt ({type(e).__name__}: {e}); "
+              f"S2PT_TRACEBACK=1 shows where", file=sys.stderr)
+        return 2

@@ -12,11 +12,11 @@ import os
 import sys
 import time
 
-from ..comparison import MAX_VCPUS, compare
+from ..comparison import MAX_JOBS, MAX_VCPUS, compare
 from ..errors import S2ptError
 from ..scenarios import SCENARIOS
 from ..schemes import SCHEMES
-from .registry import arg, command, nonneg as _nonneg, positive as _pos
+from .registry import arg, command, positive as _pos, seed64 as _seed
 
 
 def _names(values):
@@ -74,7 +74,8 @@ class _Progress:
         help="recorded runs per cost cell (default 12)"),
     arg("--sample-runs", type=_pos, default=300, metavar="N",
         help="PCT schedules where a cost cell's verdict is sampled (default 300)"),
-    arg("--seed", type=_nonneg, default=0, help="seed of the sampled schedules (default 0)"),
+    arg("--seed", type=_seed, default=0,
+        help="seed of the sampled schedules, 0 .. 2**64-1 (default 0)"),
     arg("--scheme", action="append", default=[], metavar="NAME",
         help="only these schemes (repeat, or comma-separate; default: all)"),
     arg("--scenario", action="append", default=[], metavar="NAME",
@@ -83,7 +84,8 @@ class _Progress:
         help="bound on each exhaustive search (default 2,000,000)"),
     arg("--plot", metavar="PNG", help="save the cost plots (matplotlib) to this file"),
     arg("--jobs", type=_pos, default=None, metavar="N",
-        help="worker processes for the searches (default: one per core)"),
+        help=f"worker processes for the searches, at most {MAX_JOBS} (default: one per "
+             f"core)"),
 ])
 def compare_cmd(args) -> int:
     """Run every scheme against every scenario (exhaustive stateful search)
@@ -97,12 +99,14 @@ def compare_cmd(args) -> int:
     """
     if args.vcpus > MAX_VCPUS:
         raise S2ptError(f"--vcpus {args.vcpus}: at most {MAX_VCPUS}")
+    if args.jobs is not None and args.jobs > MAX_JOBS:
+        raise S2ptError(f"--jobs {args.jobs}: at most {MAX_JOBS} worker processes")
     if args.plot and args.no_costs:
         raise S2ptError("--plot needs the costs: drop --no-costs")
     if args.plot and not args.plot.lower().endswith((".png", ".svg", ".pdf")):
         raise S2ptError(f"--plot {args.plot!r}: give a .png, .svg or .pdf file name")
     schemes, scenarios = _names(args.scheme), _names(args.scenario)
-    jobs = min(args.jobs or os.cpu_count() or 1, 64)
+    jobs = args.jobs or min(os.cpu_count() or 1, MAX_JOBS)
     progress = _Progress(sys.stderr.isatty(), header=(
         f"comparing {len(schemes or SCHEMES)} schemes on {len(scenarios or SCENARIOS)} scenarios"
         f" (exhaustive searches in {jobs} worker process{'es' if jobs > 1 else ''}"

@@ -7,6 +7,21 @@ import sys
 from ..errors import S2ptError
 from .registry import arg, command, integer as _int, seed64
 
+#: The most an answers file (or stdin) may hold: 100 answers are a few
+#: kilobytes, so a megabyte is a wrong file (or /dev/zero), not answers.
+MAX_ANSWERS_BYTES = 1 << 20
+#: The longest answer line --check reads.
+MAX_LINE = 4096
+
+
+def _read_bounded(f, source: str) -> str:
+    """At most MAX_ANSWERS_BYTES of text from ``f``; more is refused."""
+    text = f.read(MAX_ANSWERS_BYTES + 1)
+    if len(text) > MAX_ANSWERS_BYTES:
+        raise S2ptError(f"--answers {source}: more than {MAX_ANSWERS_BYTES:,} characters; "
+                        f"an answers file holds one short line per question")
+    return text
+
 
 @command("drill", help="seeded IPA -> PA translation drills (OSTEP style)", args=[
     arg("-s", "--seed", type=seed64, default=0, help="the random seed, 0 .. 2**64-1 (default 0)"),
@@ -44,11 +59,14 @@ def drill(args) -> int:
     d = Drill(seed=args.seed, n=args.n, ipa_bits=args.ipa_bits, granule=args.granule)
     if args.answers:
         if args.answers == "-":
-            text, source = sys.stdin.read(), "stdin"
+            try:
+                text, source = _read_bounded(sys.stdin, "-"), "stdin"
+            except UnicodeDecodeError as e:
+                raise S2ptError(f"--answers -: stdin is not text ({e.reason})") from None
         else:
             try:
                 with open(args.answers, encoding="utf-8") as f:
-                    text = f.read()
+                    text = _read_bounded(f, args.answers)
             except (OSError, UnicodeDecodeError) as e:
                 raise S2ptError(f"--answers {args.answers}: cannot read it "
                                 f"({getattr(e, 'strerror', None) or e})") from None
@@ -71,9 +89,15 @@ def drill(args) -> int:
         while True:
             sys.stdout.write(f"Q{number}  IPA {d._ipa_str(ipa)} ({access})? ")
             sys.stdout.flush()
-            line = sys.stdin.readline()
+            try:
+                line = sys.stdin.readline(MAX_LINE + 1)
+            except UnicodeDecodeError as e:
+                raise S2ptError(f"stdin is not text ({e.reason})") from None
             if not line:
                 raise S2ptError(f"stdin ended after {number - 1} of {d.n} answers")
+            if len(line) > MAX_LINE:
+                raise S2ptError(f"answer {number}: a line longer than {MAX_LINE:,} "
+                                f"characters is not an answer")
             if not sys.stdin.isatty():
                 sys.stdout.write(line.strip() + "\n")         # echo what was read
             try:

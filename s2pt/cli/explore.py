@@ -13,13 +13,13 @@ import sys
 from ..errors import S2ptError
 import textwrap
 
-from ..explorer import explore, replay, replay_command
+from ..explorer import MAX_STEPS, explore, replay, replay_command
 from ..htmltrace import verdict, write_html
 from ..sim.report import WIDTH, email_text
 from ..scenarios import BUGS, SCENARIOS, get_scenario
 from ..schemes import SCHEMES, get_scheme
 from ..sim.violation import KINDS
-from ..sim.search import parse_schedule
+from ..sim.search import MAX_RUNS, parse_schedule
 from .registry import arg, command, nonneg as _nonneg, positive as _pos, seed64 as _seed
 
 
@@ -39,13 +39,16 @@ def _scheme_for(scenario: str, scheme: str | None) -> str:
     arg("--scheme", default=None, help=f"teardown scheme: {', '.join(SCHEMES)} (default: rcu, "
                                         "or the scenario's first declared scheme)"),
     arg("--exhaustive", action="store_true", help="stateful breadth-first search (the default)"),
-    arg("--random", type=_pos, metavar="N", help="N seeded random schedules"),
-    arg("--pct", type=_pos, metavar="N", help="N seeded PCT schedules (see --depth)"),
-    arg("--depth", type=_pos, default=2, metavar="D",
-        help="PCT bug depth: the ordering constraints the bug needs, plus one (default 2: "
-             "a use-after-free needs only the free between a reader's load and its access)"),
-    arg("--seed", type=_seed, default=0, help="seed for --random and --pct, 0 .. 2**64-1 "
-                                               "(default 0)"),
+    arg("--random", type=_pos, metavar="N",
+        help=f"N seeded random schedules (N <= {MAX_RUNS:,})"),
+    arg("--pct", type=_pos, metavar="N",
+        help=f"N seeded PCT schedules (N <= {MAX_RUNS:,}; see --depth)"),
+    arg("--depth", type=_pos, default=None, metavar="D",
+        help="with --pct: the bug depth, the ordering constraints the bug needs, plus one "
+             "(default 2: a use-after-free needs only the free between a reader's load and "
+             "its access)"),
+    arg("--seed", type=_seed, default=None, help="with --random or --pct: the seed, "
+                                                  "0 .. 2**64-1 (default 0)"),
     arg("--preemptions", type=_nonneg, metavar="K", help="bound on preemptive context switches"),
     arg("--bug", action="append", default=[], metavar="COMMIT",
         help="switch a historical bug or a broken variant back on (repeatable): "
@@ -69,8 +72,20 @@ def explore_cmd(args) -> int:
     runs = args.random or args.pct or 1
     if mode in ("random", "pct") and args.preemptions is not None:
         raise S2ptError("--preemptions bounds the exhaustive search only")
-    res = explore(args.scenario, args.scheme, mode=mode, runs=runs, depth=args.depth,
-                  seed=args.seed, preemptions=args.preemptions, bugs=args.bug,
+    if args.depth is not None and mode != "pct":
+        raise S2ptError(f"--depth {args.depth}: the bug depth is for --pct N only")
+    if args.seed is not None and mode not in ("random", "pct"):
+        raise S2ptError(f"--seed {args.seed}: the seed is for --random N or --pct N only "
+                        f"(the exhaustive search is not random)")
+    if runs > MAX_RUNS:
+        raise S2ptError(f"--{mode} {runs}: at most {MAX_RUNS:,} runs")
+    if args.depth is not None and args.depth > MAX_STEPS:
+        raise S2ptError(f"--depth {args.depth}: at most {MAX_STEPS:,} (one priority change "
+                        f"point per step of a run at most)")
+    res = explore(args.scenario, args.scheme, mode=mode, runs=runs,
+                  depth=2 if args.depth is None else args.depth,
+                  seed=0 if args.seed is None else args.seed,
+                  preemptions=args.preemptions, bugs=args.bug,
                   max_states=args.max_states, progress=sys.stderr.isatty() and not args.json)
     if args.json:
         print(json.dumps(res.to_json()))
@@ -89,7 +104,7 @@ def _schedule(text: str) -> str:
     """--schedule: refuse an empty one (leave the option out for the default
     order) and bad tokens, as usage errors."""
     try:
-        steps = parse_schedule(text)
+        steps = parse_schedule(text, limit=MAX_STEPS)
     except S2ptError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if not steps:
@@ -130,6 +145,8 @@ def replay_cmd(args) -> int:
 
     Exit status: 0 the run was clean, 1 it showed a violation, 2 bad input.
     """
+    if args.html is not None and not args.html.strip():
+        raise S2ptError(f"--html {args.html!r}: give a file name for the HTML page")
     args.scheme = _scheme_for(args.scenario, args.scheme)
     w = replay(args.scenario, args.scheme, args.schedule or "", bugs=args.bug)
     if args.email:
@@ -142,7 +159,7 @@ def replay_cmd(args) -> int:
     if args.log and not args.no_log:
         print()
         print(w.log())
-    if args.html:
+    if args.html is not None:
         n = write_html(w, args.html, schedule=args.schedule or "")
         print(f"\nwrote {args.html} ({n:,} bytes, {len(w.events)} steps)")
     return 1 if w.violations else 0

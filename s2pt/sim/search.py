@@ -42,6 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
+from .. import validate
 from ..ops import BLOCKING, OPS, NOMEM as _NOMEM, OBSERVED as _OBSERVED, PARTS as _PARTS
 from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
 from . import state as _state
@@ -65,23 +66,17 @@ NEVER_ARISES = "safe: the race never arises"
 # Schedule strings
 # ---------------------------------------------------------------------------
 
-def parse_schedule(text) -> list:
-    """"0 0 1 1 0" -> [0, 0, 1, 1, 0]; "1*4 0" is shorthand for "1 1 1 1 0"."""
-    if isinstance(text, (list, tuple)):
-        return [int(t) for t in text]
-    out = []
-    for tok in str(text).replace(",", " ").split():
-        cpu, _, times = tok.partition("*")
-        try:
-            c = int(cpu)
-            n = int(times) if times else 1
-        except ValueError:
-            raise S2ptError(f"schedule token {tok!r}: expected a CPU number, optionally "
-                            f"followed by *COUNT (e.g. '0 0 1*3')") from None
-        if c < 0 or n < 1:
-            raise S2ptError(f"schedule token {tok!r}: CPU numbers and counts are non-negative")
-        out += [c] * n
-    return out
+#: The longest schedule parse_schedule() builds unless told otherwise (far
+#: beyond any run's max_steps; it keeps "0*9999999999999" from filling memory).
+SCHEDULE_LIMIT = 1_000_000
+
+
+def parse_schedule(text, n: int | None = None, limit: int | None = SCHEDULE_LIMIT) -> list:
+    """"0 0 1 1 0" -> [0, 0, 1, 1, 0]; "1*4 0" is shorthand for "1 1 1 1 0";
+    a list of CPU ids is checked as it is.  ``n``: the number of CPUs;
+    ``limit``: the most steps allowed, checked before a ``*COUNT`` is
+    expanded (see :func:`s2pt.validate.schedule`)."""
+    return validate.schedule(text, n, limit)
 
 
 def format_schedule(schedule, compact: bool = True) -> str:
@@ -1471,7 +1466,7 @@ def replay_world(world: World, schedule="") -> World:
     """Run ``schedule`` (then the default: no preemption, lowest CPU first)
     on ``world`` with every event recorded; returns it (see ``.events``,
     ``.violations``, ``.diagram()``)."""
-    world.run(parse_schedule(schedule))
+    world.run(parse_schedule(schedule, world.n, world.max_steps))
     return world
 
 
@@ -1607,6 +1602,13 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
 # The search entry point
 # ---------------------------------------------------------------------------
 
+#: The search modes (see :func:`search`).
+MODES = ("exhaustive", "unreduced", "random", "pct")
+#: The most random or PCT runs one search accepts: about 25 minutes of
+#: collapse-vs-fault runs (1.5 ms each); more is a typo, not a plan.
+MAX_RUNS = 1_000_000
+
+
 def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
            preemptions=None, max_states=2_000_000, details=True, check=False,
            progress=False, cancel=None, symmetry=True, por=True) -> Result:
@@ -1638,8 +1640,21 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         raise S2ptError(f"cancel={cancel!r}: give a function returning True to stop the search")
     if template.nsteps:
         raise S2ptError("search: the template World has already stepped; pass a fresh one")
-    if preemptions is not None and (not isinstance(preemptions, int) or preemptions < 0):
-        raise S2ptError(f"preemptions={preemptions!r}: a bound is a non-negative integer")
+    mode = validate.choice("mode", mode, MODES, "the search mode:")
+    preemptions = validate.optional_integer("preemptions", preemptions, 0,
+                                            rule="a bound is a non-negative integer")
+    max_states = validate.integer("max_states", max_states, 1)
+    details = validate.flag("details", details)
+    check = validate.flag("check", check)
+    progress = False if progress is None else validate.stream_or_flag("progress", progress)
+    runs = validate.integer("runs", runs, 1, MAX_RUNS,
+                            rule=f"a number of runs from 1 to {MAX_RUNS:,}")
+    depth = validate.integer("depth", depth, 1, template.max_steps,
+                             rule=f"PCT depth is a positive integer, at most the run's "
+                                  f"max_steps ({template.max_steps}): one priority change "
+                                  f"point per step at most")
+    seed = validate.integer("seed", seed, 0, (1 << 64) - 1,
+                            rule="a seed is an integer from 0 to 2**64 - 1")
     max_steps = template.max_steps
     name = getattr(template.scenario, "name", "?")
     scheme = getattr(template.scheme, "name", "?")
@@ -1671,12 +1686,6 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
                      st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
                      settings=settings, window=st.get("window"))
     elif mode in ("random", "pct"):
-        if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
-            raise S2ptError(f"runs={runs!r}: need a positive number of runs")
-        if mode == "pct" and (not isinstance(depth, int) or depth < 1):
-            raise S2ptError(f"depth={depth!r}: PCT depth is a positive integer")
-        if not isinstance(seed, int) or not 0 <= seed < 1 << 64:
-            raise S2ptError(f"seed={seed!r}: a seed is an integer from 0 to 2**64 - 1")
         rng = random.Random(seed)
         space = StateSpace(template.again(record=False), check)
         if mode == "random":
@@ -1699,8 +1708,6 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         if mode == "pct":
             res.settings["depth"] = depth
         raw = {kind: (_minimise(template, kind, s), msg) for kind, (s, msg) in raw.items()}
-    else:
-        raise S2ptError(f"mode={mode!r}: choose exhaustive, unreduced, random or pct")
     res.seconds = time.perf_counter() - t0
     res._scenario = template.scenario
     for kind in sorted(raw):

@@ -17,6 +17,7 @@ drains its queue) and then the end-of-run checks.
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from ..errors import KernelBug, S2ptError
 from ..invariants import reachable_tables
 from ..memory import MemCache
 from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
+from .. import validate
 from ..snapshot import Stateless
 from .state import MachineState, check_part, observer_parts
 from .sync import SimMachine, rcu_next_callback
@@ -440,6 +442,9 @@ class World:
 
     def again(self, record: bool | None = None, max_steps: int | None = None) -> "World":
         """A fresh World of the same scenario, scheme, bugs and checks."""
+        if record is not None:
+            record = validate.flag("record", record)
+        max_steps = validate.optional_integer("max_steps", max_steps, 1)
         return World(self.scenario, self.scheme, self.bugs, self.checks,
                      self.max_steps if max_steps is None else max_steps,
                      self.record if record is None else record)
@@ -466,10 +471,14 @@ class World:
         return len(self.actors)
 
     def name(self, i: int) -> str:
+        if type(i) is not int or not 0 <= i < len(self.actors):
+            i = self._check_cpu(i)
         return self.actors[i].name
 
     def blocked(self, i: int) -> str | None:
         """Why actor ``i`` cannot step now ("finished" once it has)."""
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.cpus[i] is None:
             return "finished"
         return self.machine.blocked(i, self.pending[i])
@@ -486,8 +495,11 @@ class World:
     # -- stepping -----------------------------------------------------------------
     def step(self, i: int) -> Event:
         """Actor ``i`` performs its pending operation and runs to its next one."""
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.outcome is not None:
-            raise RuntimeError("the run is over")
+            raise S2ptError(f"cpu={i}: the run is over ({self.outcome}): no CPU can step; "
+                            f"w.again() gives a fresh World")
         gen = self.cpus[i]
         if gen is None or self.machine.blocked(i, self.pending[i]) is not None:
             raise S2ptError(f"CPU {i} ({self.name(i)}) cannot step: {self.blocked(i)}")
@@ -537,6 +549,12 @@ class World:
             self._maybe_finish()
         return ev
 
+    def _check_cpu(self, i, name="cpu") -> int:
+        """An actor id of this World (0 .. n-1), as an int; else S2ptError."""
+        names = ", ".join(f"{k}: {a.name}" for k, a in enumerate(self.actors))
+        return validate.integer(name, i, 0, self.n - 1,
+                                rule=f"a CPU of this scenario, 0 to {self.n - 1} ({names})")
+
     def _maybe_finish(self):
         live = self.live()
         if live:
@@ -573,23 +591,39 @@ class World:
         self.outcome = violation.kind
 
     def run(self, schedule=(), policy=None, complete: bool = True) -> "World":
-        """Follow ``schedule`` (actor ids), then, with ``complete``,
-        ``policy(world)`` to the end (default: keep running the last CPU
-        while it can, else the lowest enabled)."""
+        """Follow ``schedule`` (actor ids, or text such as ``"1*4 0"``), then
+        ``policy(world, enabled)`` (default: keep running the last CPU while
+        it can, else the lowest enabled) to the end of the run (with
+        ``complete`` False: stop after the schedule).
+
+        All or nothing: a recorded World (what s2pt.world and s2pt.replay
+        give) first runs the schedule and the policy on a fresh copy, so a
+        schedule step naming a CPU that cannot step then, or a policy that
+        picks one, is refused with :class:`~s2pt.S2ptError` and this World
+        is left as it was (a policy is therefore called twice per step; it
+        must not keep state of its own).  An unrecorded World, the
+        explorer's scratch copy, skips that check."""
+        if policy is not None:
+            validate.function("policy", policy, 2)
+        schedule = validate.schedule(schedule, self.n, self.max_steps)
+        if self.record and self.outcome is None and (schedule or policy is not None):
+            probe = self.again(record=False)
+            probe._follow([ev.cpu for ev in self.events], None, finish=False)
+            probe._follow(schedule, policy, complete)
+        return self._follow(schedule, policy, complete)
+
+    def _follow(self, schedule, policy, finish: bool = True) -> "World":
         last = None
         relaxed = False
         for k, tok in enumerate(schedule):
             if self.outcome is not None:
                 return self
-            if not isinstance(tok, int) or not 0 <= tok < self.n:
-                raise S2ptError(f"schedule step {k}: {tok!r} is not a CPU of this scenario "
-                                f"(0..{self.n - 1})")
             if tok not in self.enabled():
                 raise S2ptError(f"schedule step {k}: CPU {tok} ({self.name(tok)}) cannot step: "
                                 f"{self.blocked(tok)}")
             relaxed = self.step(tok).op[0] == "cpu_relax"
             last = tok
-        while complete and self.outcome is None:
+        while finish and self.outcome is None:
             en = self.enabled()
             choice = policy(self, en) if policy else default_choice(en, last, relaxed)
             relaxed = self.step(choice).op[0] == "cpu_relax"
@@ -641,6 +675,15 @@ class World:
         violations depend on, under the kernel functions that perform them,
         80 columns wide (s2pt.sim.report.race_diagram)."""
         from .report import race_diagram
+        if kw.get("width") is not None:
+            kw["width"] = validate.integer("width", kw["width"], 16,
+                                           rule="a column width of at least 16 characters")
+        if "fold" in kw:
+            kw["fold"] = validate.flag("fold", kw["fold"])
+        try:
+            inspect.signature(race_diagram).bind(self, **kw)
+        except TypeError as e:
+            raise S2ptError(f"diagram: {e}") from None
         return race_diagram(self, **kw)
 
     def step_diagram(self, **kw) -> str:
@@ -671,6 +714,8 @@ class World:
         p.text(self.diagram() + "\n\n" + self.status())
 
     def pending_text(self, i: int) -> str:
+        if type(i) is not int or not 0 <= i < len(self.cpus):
+            i = self._check_cpu(i)
         if self.cpus[i] is None:
             return "finished"
         return op_text(self.pending[i], self.view)
