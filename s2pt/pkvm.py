@@ -918,14 +918,11 @@ class Host(Stateful):
         return pa, npages
 
     def _set_owner(self, pa: int, size: int, owner_id: int) -> int:
-        """host_stage2_set_owner_locked: host_stage2_try(kvm_pgtable_stage2_set_owner).
+        """host_stage2_set_owner_locked (it counts what it coalesces).
         Returns -ENOMEM when host_s2_pool ran dry even after recycling the
         MMIO tables (the caller refuses and rolls back); any other error is
         a KernelBug, as the kernel's WARN_ON."""
-        data = HostMapData(prefault=self.prefault,
-                           skip_coalesce_tlbi="coalesce-no-tlbi" in self.bugs)
-        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id, data))
-        self._stats["coalesced_tables"] += data.coalesced
+        ret = self._run(host_stage2_set_owner_locked(self, pa, size, owner_id))
         if ret and ret != -ENOMEM:
             raise KernelBug("warn", f"host_stage2_set_owner_locked({pa:#x}, {size:#x}, "
                                     f"{owner_id}) returned {ret}")

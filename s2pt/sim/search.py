@@ -1646,6 +1646,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     max_states = validate.integer("max_states", max_states, 1)
     details = validate.flag("details", details)
     check = validate.flag("check", check)
+    symmetry = validate.flag("symmetry", symmetry)
+    por = validate.flag("por", por)
     progress = False if progress is None else validate.stream_or_flag("progress", progress)
     runs = validate.integer("runs", runs, 1, MAX_RUNS,
                             rule=f"a number of runs from 1 to {MAX_RUNS:,}")

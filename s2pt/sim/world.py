@@ -605,6 +605,7 @@ class World:
         explorer's scratch copy, skips that check."""
         if policy is not None:
             validate.function("policy", policy, 2)
+        complete = validate.flag("complete", complete)
         schedule = validate.schedule(schedule, self.n, self.max_steps)
         if self.record and self.outcome is None and (schedule or policy is not None):
             probe = self.again(record=False)
@@ -675,11 +676,11 @@ class World:
         violations depend on, under the kernel functions that perform them,
         80 columns wide (s2pt.sim.report.race_diagram)."""
         from .report import race_diagram
+        if "width" in kw and kw["width"] is None:
+            del kw["width"]                      # the default: an email's 80 columns
         if kw.get("width") is not None:
             kw["width"] = validate.integer("width", kw["width"], 16,
                                            rule="a column width of at least 16 characters")
-        if "fold" in kw:
-            kw["fold"] = validate.flag("fold", kw["fold"])
         try:
             inspect.signature(race_diagram).bind(self, **kw)
         except TypeError as e:
