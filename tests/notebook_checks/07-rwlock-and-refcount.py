@@ -34,7 +34,7 @@ assert not r_rw.window["reached"] and r_rw.window["reason"] == "no run unlinks a
 from s2pt.sim.search import NEVER_ARISES as _NA
 assert commit.complete and not commit.kinds and commit.verdict == _NA
 assert commit.window["stages"][0]["reached"] and not commit.window["reached"]
-says("The verdict is the one notebook 05 (section 6) introduced, **safe: the race never arises**")
+says("The verdict is the one that notebook 05, section 6, introduced, **safe: the race never arises**")
 assert after.outcome == "done" and not after.violations and rounds >= 1 and level == 2
 says("maps its block into empty space")
 for _scheme in ("rwlock-collapse-write", "rwlock-relax-page"):
