@@ -25,3 +25,19 @@ def test_the_course_table_lists_every_notebook():
     names = {p.stem.split("-", 1)[1] for p in (ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb")}
     listed = set(re.findall(r"^\| \d\d \| `([\w-]+)` \|", README, re.M))
     assert listed == names
+
+
+def test_the_race_diagram_is_what_replay_prints(capsys):
+    """The README's kernel-style race diagram is the CLI's output for its command, as is."""
+    import shlex
+
+    from s2pt.cli import main
+
+    (cmd, shown) = re.findall(r"```text\n\$ (python -m s2pt replay .*?)\n(.*?)```", README, re.S)[0]
+    args = shlex.split(cmd)[3:]                      # after "python -m s2pt"
+    import s2pt
+    shortest = s2pt.explore("collapse-vs-fault", "none", details=False).found["use-after-free"]
+    assert args[-1] == shortest.schedule_text        # "the shortest schedule s2pt.explore found"
+    assert main(args) == 1                           # a violation: exit 1
+    assert capsys.readouterr().out.rstrip("\n") == shown.rstrip("\n")
+    assert "^^^ USE-AFTER-FREE ^^^" in shown and max(len(line) for line in shown.splitlines()) <= 80
