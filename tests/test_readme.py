@@ -41,3 +41,17 @@ def test_the_race_diagram_is_what_replay_prints(capsys):
     assert main(args) == 1                           # a violation: exit 1
     assert capsys.readouterr().out.rstrip("\n") == shown.rstrip("\n")
     assert "^^^ USE-AFTER-FREE ^^^" in shown and max(len(line) for line in shown.splitlines()) <= 80
+
+
+def test_architecture_counts_and_names_what_the_registry_has():
+    """docs/architecture.md's mutation count and the scenarios and schemes it names exist."""
+    from s2pt.scenarios import MUTATIONS, SCENARIOS
+    from s2pt.schemes import SCHEMES
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    words = {16: "Sixteen", 17: "Seventeen", 18: "Eighteen", 19: "Nineteen", 20: "Twenty"}
+    assert f"{words[len(MUTATIONS)]} mutations (`s2pt.scenarios.MUTATIONS`)" in doc
+    rows = re.findall(r"^\| `([\w-]+)` \|", doc, re.M)
+    assert set(rows) == set(SCHEMES), set(rows) ^ set(SCHEMES)
+    for name in ("host-fault-vs-donate-shared", "collapse-vs-fault-4", "collapse-vs-commit"):
+        assert f"`{name}`" in doc and name in SCENARIOS
