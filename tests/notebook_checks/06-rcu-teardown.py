@@ -20,6 +20,9 @@ says(f"vCPU0 re-reads at step {reread0}")
 says(f"its `cmpxchg` at step {cx1} succeeds")
 says(f"Between step {pub} and the free")
 says(f"`call_rcu()` at step {call} does not free anything")
+_priv = _at(w, 0, "set_page_private")
+assert _priv == call - 1
+says(f"(At step {_priv} vCPU0 recorded the table's level in the page's `page->private`")
 # One grace period: from call_rcu to the last pre-existing reader's unlock, then the free
 [g] = t.periods
 assert g["start"] == call + 1 and [w.actors[c].name for c in g["waited_for"]] == ["vCPU0", "vCPU1"]
@@ -39,6 +42,19 @@ assert bbm_window["rcu-rfc"] > 100 * bbm_window["rcu"]
 says(f"instead of {['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'][bbm_window['rcu']]}")
 assert 900 <= bbm_window["rcu-rfc"] < 1200
 says("stays `LOCKED` for a thousand steps")
+# v6.1's collapse (write-lock): a clear, the whole-VMID TLBI, the teardown, then the block; no atomics
+_wl = s2pt.replay("collapse-vs-fault", "write-lock")
+_wl0 = [e for e in _wl.events if e.cpu == 0]
+_clr = next(e.index for e in _wl0 if e.op[0] == "WRITE_ONCE" and step_text(_wl, e) == "WRITE_ONCE(L2[0], 0)")
+_blk = next(e.index for e in _wl0 if e.op[0] == "smp_store_release" and "L2[0]" in step_text(_wl, e))
+assert not any(e.op[0] in ("cmpxchg", "xchg") for e in _wl0)
+assert any(step_text(_wl, e).startswith("TLBI VMALLS12E1IS") for e in _wl0 if _clr < e.index < _blk)
+assert round(_blk - _clr, -1) == 1030, _blk - _clr
+says("for about 1,030 steps, only without atomics")
+# rcu-rfc's break flushes the whole VMID
+_rfc = s2pt.replay("collapse-vs-fault", "rcu-rfc")
+assert any(e.cpu == 0 and step_text(_rfc, e).startswith("TLBI VMALLS12E1IS") for e in _rfc.events)
+says("flushed the whole VMID (`__kvm_tlb_flush_vmid`)")
 assert late.results[1].eagain and not late.violations
 assert cmp2.cell("rcu", "collapse-vs-fault").safe and cmp2.cell("rcu-rfc", "collapse-vs-fault").safe
 assert cmp2.cost("rcu", 2).mean("xchg_per_fault") == 0 < cmp2.cost("rcu-rfc", 2).mean("xchg_per_fault")
@@ -47,8 +63,8 @@ says("`rcu-rfc` pays hundreds of atomic operations per fault")
 # The pruner spins on vCPU1's LOCKED entry, then takes its page; plain stores leak the table
 assert any(ev.cpu == 0 and ev.op[0] == "cpu_relax" for ev in spin.events) and not spin.violations
 assert "leak" in plain.kinds and lost.violations[0].kind == "leak"
-assert 1500 <= len(spin.diagram(fold=False).splitlines()) < 2500
-says("Unfolded, the diagram has two thousand lines")
+assert 1500 <= len(spin.step_diagram(fold=False).splitlines()) < 2500
+says("Unfolded, it has two thousand lines")
 # The boring traversal: no atomics on the callback thread
 assert cb_ops["READ_ONCE"] > 500 and not (cb_ops["xchg"] or cb_ops["cmpxchg"]) and not boring.violations
 assert 900 <= cb_ops["READ_ONCE"] < 1200 and cb_ops["put_page"] < 10
@@ -56,8 +72,10 @@ says("A thousand plain reads and a few `put_page`s")
 # Planning a schedule: the counts the prose quotes
 _own = {a.name: [e for e in plan.events if e.cpu == i] for i, a in enumerate(plan.actors)}
 assert [e.op[0] for e in _own["vCPU1"][:3]][-1] == "rcu_read_lock"
-assert _own["vCPU0"][13].op[0] == "call_rcu"
-says("So `1*3` puts vCPU1 inside its section, and `0*14` takes vCPU0 up to its `call_rcu()`")
+_call = next(k for k, e in enumerate(_own["vCPU0"], 1) if e.op[0] == "call_rcu")
+says(f"So `1*3` puts vCPU1 inside its section, and `0*{_call}` takes vCPU0 up to its `call_rcu()`")
+says(f"vCPU0 collapses as far as `call_rcu()` (`0*{_call}`)")
+assert f" 0*{_call} " in LATE
 # Try to break it: only the fourth attempt is refused, and why
 _refused = []
 for _s in attempts:
@@ -69,8 +87,12 @@ assert [s for s, _ in _refused] == [attempts[3]] and "grace period" in _refused[
 says("The fourth attempt is refused")
 # Exhaustive and complete: nothing under rcu in any bug-free scenario
 assert searches and all(r.complete and not r.kinds for r in searches.values())
-assert 600_000 <= searches["collapse-vs-fault-3"].states < 800_000
-says("The 3-vCPU one visits about 700,000 states")
+assert 900_000 <= searches["collapse-vs-fault-3"].states < 1_100_000
+says("The 3-vCPU one visits about a million states")
+_four = searches["collapse-vs-fault-4"]
+assert _four.settings.get("symmetry") == [["vCPU1", "vCPU2", "vCPU3"]]
+assert 1_500_000 <= _four.states < 2_500_000
+says("and visits about two million")
 # Notebook 04's 16 GiB guest: the collapses it unlinked
 _g = s2pt.VM(eager_split_chunk=2 * (1 << 20))
 _slot = _g.add_memslot(1 << 30, 16 << 30, backing="2M")
