@@ -98,7 +98,8 @@ LOCK_OPS = frozenset(n for n, k in OPS.items() if k.blocks and k.sync and n.ends
 ATOMIC_OPS = frozenset(n for n, k in OPS.items() if k.memory == "atomic")
 #: Atomic operations on a struct page's count: get_page, put_page,
 #: get_page_unless_zero.  (free_page returns a page to the allocator: no count.)
-REFCOUNT_OPS = frozenset(n for n, k in OPS.items() if k.memory == "ref" and n != "free_page")
+REFCOUNT_OPS = frozenset(n for n, k in OPS.items() if k.memory == "ref"
+                         and n not in ("free_page", "set_page_private"))
 #: What "a synchronisation primitive" is, for the simplest-code rule: locks,
 #: RCU, atomics and refcount operations (the MMU's own steps excluded).
 PRIMITIVE_OPS = frozenset(n for n, k in OPS.items()

@@ -188,18 +188,38 @@ def _fault(vm, ipa, write=True, vcpu=0):
 def guest_fault(vm, vcpu: int, ipa: int, slot, fault, write: bool = True):
     """The vCPU takes ``fault`` and KVM handles it: user_mem_abort().  A
     lost cmpxchg returns -EAGAIN, user_mem_abort() returns 0 and the vCPU
-    re-enters the guest, which takes the same fault again: the loop.  Each
-    round tops up the vCPU's memcache again (the loser's table page went
-    back to the page allocator).
+    re-enters the guest, which executes the access again: the loop.  Its
+    MMU walks the table as it is now and takes whatever abort that gives,
+    or none (the access completes).  Each round tops up the vCPU's memcache
+    again (the loser's table page went back to the page allocator).
 
-    The explorer assumes fair scheduling: a vCPU spinning on -EAGAIN while
-    the winner is descheduled between break and make is a cycle in the
-    state graph, not a livelock."""
+    Simplification: the model reads the descriptors of that second walk
+    with a software walk (kvm_pgtable_get_leaf's READ_ONCE, the same
+    descriptors the MMU reads) and classifies them as the MMU does
+    (Stage2.classify), leaving the vCPU's TLB alone.  It takes the fault
+    lock around that walk: the MMU needs none (a teardown's TLBI + DSB waits
+    for its walk), a software walk does.
+
+    A vCPU spinning on -EAGAIN while the winner is descheduled between
+    break and make is a cycle in the state graph that a fair scheduler does
+    not follow (the winner runs): no livelock.  One that can never win is
+    (s2pt.sim.search's livelock check)."""
+    pgt = vm.pgt
     while True:
-        res = yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+        if fault.kind == "access":
+            res = yield from handle_access_fault(vm, vcpu, ipa, fault)
+        else:
+            res = yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
         if not res.eagain:
             return res.ret
         yield cpu_relax()              # back to the guest; let the winner go on first
+        out = pt.LeafWalkData()
+        yield from vm.locking.fault_lock()
+        yield from pt.kvm_pgtable_get_leaf(pgt, ipa, out)
+        yield from vm.locking.fault_unlock()
+        fault = pgt.classify(ipa, out.pte, out.level, write, False, raise_fault=False)
+        if not isinstance(fault, _Fault):
+            return 0                   # the access goes through: someone mapped it
 
 
 @kernel_path("kvm_unmap_gfn_range")

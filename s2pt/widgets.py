@@ -697,7 +697,8 @@ class Interleave(W.VBox):
             st = b("Step", f"{a.name} performs its next operation", f"s2pt-step-{i}")
             sh = b("to shared", f"run {a.name} to its next step another CPU can see or race with",
                    f"s2pt-shared-{i}")
-            ru = b("until blocked", f"run {a.name} until it blocks or finishes", f"s2pt-run-{i}")
+            ru = b("until blocked", f"run {a.name} until it blocks, finishes or yields to "
+                                    f"another CPU (cpu_relax)", f"s2pt-run-{i}")
             st.on_click(lambda _b, i=i: self.step(i))
             sh.on_click(lambda _b, i=i: self.step_to_shared(i))
             ru.on_click(lambda _b, i=i: self.run_until_blocked(i))
@@ -877,8 +878,12 @@ class Interleave(W.VBox):
         return self._run(i, limit, self._shared_step)
 
     def run_until_blocked(self, i: int, limit: int = 20000) -> bool:
-        """Run actor ``i`` until it blocks, finishes or the run ends."""
-        return self._run(i, limit, lambda ev: False)
+        """Run actor ``i`` until it blocks, finishes or the run ends, or
+        until it yields with ``cpu_relax()`` while another CPU could run (a
+        vCPU whose fault returned -EAGAIN waits for someone else to make
+        progress: running it on alone would spin)."""
+        return self._run(i, limit, lambda ev: ev.op[0] == "cpu_relax"
+                         and len(self.world.enabled()) > 1)
 
     def _run(self, i: int, limit: int, stop_after) -> bool:
         """Step actor ``i`` while it can, at most ``limit`` times, stopping

@@ -21,8 +21,10 @@ def sometimes(name: str, scheme: str) -> list:
 @functools.lru_cache(maxsize=None)
 def shortest(name: str, scheme: str):
     """(kind, schedule text) of the shortest counterexample for the first
-    declared Sometimes kind (found by the exhaustive search), or None."""
-    kinds = sometimes(name, scheme)
+    declared Sometimes kind (found by the exhaustive search), or None.  A
+    livelock is left out: its lasso has no end for a live run to reach
+    (tests/test_machine_state.py replays lassos through the state space)."""
+    kinds = [k for k in sometimes(name, scheme) if k != "livelock"]
     if not kinds:
         return None
     r = s2pt.explore(name, scheme)

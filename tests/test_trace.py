@@ -89,13 +89,15 @@ def test_collapse_breaks_the_table_entry_flushes_the_range_and_frees_the_old_tab
         ("get_page", l2),                                 # make
         ("smp_store_release", l2, 0x8_0000_0000 | RWX_ATTRS),
     ]
-    call = not_reads[7]
+    # stage2_free_unlinked_table: set_page_private(level), then call_rcu
+    assert not_reads[7] == ("set_page_private", l3, 2)   # the level of the entry it was in
+    call = not_reads[8]
     assert call[0] == "call_rcu" and call[2][1] == l3     # free_unlinked_table
-    assert not_reads[8] == ("dsb", "ishst")
+    assert not_reads[9] == ("dsb", "ishst")
     # No reader: the callback runs at the end of the call.  stage2_free_walker
     # puts each entry's reference (put_page(ctx->ptep)), then
     # kvm_pgtable_stage2_free_unlinked puts the table's own (f6a27d6dc51b).
-    assert not_reads[9:] == [("put_page", l3 + 8 * i) for i in range(512)] + [("put_page", l3)]
+    assert not_reads[10:] == [("put_page", l3 + 8 * i) for i in range(512)] + [("put_page", l3)]
     assert pgt.mem.page_of(l3).freed
     text = str(t)
     assert "WRITE_ONCE(L2[0], LOCKED)" in text
