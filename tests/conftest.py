@@ -32,6 +32,32 @@ def contract_counts(request):
     return config._s2pt_contract
 
 
+def pytest_collection_modifyitems(config, items):
+    """The browser tests share one JupyterLab and one Chromium: keep them on
+    one xdist worker (``--dist loadgroup``)."""
+    for item in items:
+        if "tests/browser/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
+def pytest_sessionfinish(session):
+    """On an xdist worker: hand the contract counts to the controller."""
+    counts = getattr(session.config, "_s2pt_contract", None)
+    if counts and hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["s2pt_contract"] = dict(counts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the xdist controller: add up the workers' contract counts."""
+    out = getattr(node, "workeroutput", {}).get("s2pt_contract")
+    if out:
+        config = node.config
+        if not hasattr(config, "_s2pt_contract"):
+            config._s2pt_contract = collections.Counter()
+        config._s2pt_contract.update(out)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts = getattr(config, "_s2pt_contract", None)
     if counts:
