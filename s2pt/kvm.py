@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, S2ptError
@@ -42,7 +43,7 @@ from .snapshot import Frozen, Stateful
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
-__all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK", "BUGS",
+__all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK",
            "user_mem_abort", "handle_access_fault"]
 
 #: KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE on arm64: the vCPU memcache's capacity.
@@ -58,23 +59,6 @@ _PROT_RWX = _PROT_RX | d.KVM_PGTABLE_PROT_W
 
 #: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
 MMU_LOCK = "kvm->mmu_lock"
-
-#: Deliberately broken variants of the guest paths, for the lessons on what
-#: each piece is for (none is a real commit): name -> what it leaves out.
-BUGS = {
-    "no-flush-after-wp": "write-protecting a memslot for dirty logging skips "
-                         "kvm_flush_remote_tlbs_memslot()",
-    "no-bbm-tlbi": "faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
-                   "not a real commit, the hardware walker's hazard",
-    "no-shared-walk": "faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
-                      "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
-                      "a real commit: the hazard the SHARED flag exists for",
-    "collapse-under-read-lock": "the rwlock scheme's faults lose the model's NO_COLLAPSE flag: "
-                                "a fault under the read lock replaces a table by a block and "
-                                "frees it at once. Not a real commit: what Oliver Upton's "
-                                "rwlock sketch rules out",
-}
-
 
 class MmuLock(Frozen):
     """How KVM serialises stage-2 updates of a guest: ``kvm->mmu_lock``.
@@ -275,18 +259,17 @@ class VM(Frozen):
                  **config):
         """``locking``: how faults and updates lock (default: mainline's
         :class:`MmuLock`; the explorer passes a teardown scheme).  ``bugs``:
-        names from :data:`BUGS`.  ``memcache_capacity``: the vCPU memcaches'
+        names from :data:`s2pt.bugs.BUGS` whose target is the VM's paths
+        (``vm``) or its table's walker (``walker``, passed on to the
+        table).  ``memcache_capacity``: the vCPU memcaches'
         capacity (the kernel's 40; None fills to exactly the minimum, as the
         explorer's scenarios do, see :class:`~s2pt.memory.MemCache`).  Any
         other keyword is the table's configuration, passed to
         :class:`~s2pt.stage2.Stage2` (``machine``, ``mm_ops``, ...)."""
-        if isinstance(bugs, str) or not hasattr(bugs, "__iter__"):
-            raise S2ptError(f"bugs={bugs!r}: a set of bug names (e.g. {{'no-bbm-tlbi'}}), "
-                            f"not a single value")
-        unknown = set(bugs) - set(BUGS)
-        if unknown:
-            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
-        self.bugs = frozenset(bugs)
+        bugs = _bugs.check_bugs(bugs, _bugs.VM, _bugs.WALKER)
+        if "bugs" in config:
+            raise S2ptError("VM(bugs=...) takes the walker's bugs too: give them once")
+        self.bugs = bugs                  # its own and its walker's
         self.locking = locking if locking is not None else MmuLock()
         # The walk flags of a fault: the locking's, with any bug applied.
         flags = self.locking.fault_flags
@@ -300,6 +283,7 @@ class VM(Frozen):
         self._memcache_capacity = memcache_capacity
         # The table follows the walker of the kernel the locking models.
         config.setdefault("kernel", getattr(self.locking, "kernel", None))
+        config["bugs"] = _bugs.of(bugs, _bugs.WALKER)
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages

@@ -125,7 +125,8 @@ the tables, and every host CPU's TLB and walk-cache entries
 (:class:`s2pt.tlb.VcpuTlb`) -- may reach a page owned by the guest or the
 hypervisor.  A violation is reported through ``pgt.mm.violation("isolation",
 ...)``, which raises :class:`s2pt.KernelBug` in sequential use.  ``host.bugs``
-switches on broken variants (``"donate-no-tlbi"``: set_owner skips the
+switches on broken variants (:data:`s2pt.bugs.BUGS` of target ``host``;
+``"donate-no-tlbi"``: set_owner skips the
 break-before-make TLBI) so that the checker can be seen catching them.
 """
 
@@ -136,6 +137,7 @@ import errno
 
 import numpy as np
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
@@ -148,7 +150,7 @@ from .tlb import VcpuTlb, hw_translate
 __all__ = ["Host", "PKVM_HOST_MEM_PROT", "PKVM_HOST_MMIO_PROT", "KVM_HOST_S2_DEFAULT_MASK",
            "KVM_HOST_S2_DEFAULT_MEM_PTE", "KVM_HOST_S2_DEFAULT_MMIO_PTE",
            "host_stage2_pte_is_counted", "stage2_coalesce_walk_table_post",
-           "kvm_pgtable_stage2_reclaim_leaves", "BUGS"]
+           "kvm_pgtable_stage2_reclaim_leaves"]
 
 EAGAIN, ENOMEM, EPERM, EINVAL = errno.EAGAIN, errno.ENOMEM, errno.EPERM, errno.EINVAL
 
@@ -170,15 +172,6 @@ OWNER_IDS = {"host": d.PKVM_ID_HOST, "hyp": d.PKVM_ID_HYP, "guest": d.PKVM_ID_GU
 OWNER_NAMES = {v: k for k, v in OWNER_IDS.items()}
 #: ACK: KVM_MAX_OWNER_ID = FIELD_MAX(KVM_INVALID_PTE_OWNER_MASK)
 ACK_KVM_MAX_OWNER_ID = 255
-
-#: Broken variants a Host can switch on (host.bugs), for the checkers to catch.
-BUGS = {
-    "donate-no-tlbi": "set_owner breaks the covering entry without the TLBI "
-                      "(SKIP_BBM_TLBI): host CPUs keep the old block in their TLBs",
-    "coalesce-no-tlbi": "stage2_coalesce_walk_table_post breaks the table entry without "
-                        "its TLBI (kvm_tlb_flush_vmid_range) and frees the table: walk "
-                        "caches still point into it",
-}
 
 assert HOST_MEM_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MEM_PTE
 assert HOST_MMIO_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MMIO_PTE
@@ -662,9 +655,7 @@ class Host(Stateful):
             raise S2ptError(f"cpus={cpus!r}: need at least one host CPU")
         if pool_pages is not None and (not _is_int(pool_pages) or pool_pages < 1):
             raise S2ptError(f"pool_pages={pool_pages!r}: must be a positive integer or None")
-        unknown = set(bugs) - set(BUGS)
-        if unknown:
-            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
+        bugs = _bugs.check_bugs(bugs, _bugs.HOST, _bugs.WALKER)
         geom = Geometry(pa_bits, granule)
         self.granule = geom.granule
         self._ia_bits = geom.ipa_bits
@@ -688,12 +679,13 @@ class Host(Stateful):
             force_pte_cb=self.host_stage2_force_pte_cb,
             max_owner_id=ACK_KVM_MAX_OWNER_ID,
             pte_is_counted=lambda pte, level: host_stage2_pte_is_counted(self, pte, level),
-            prefault_block=bool(prefault), machine=machine)
+            prefault_block=bool(prefault), machine=machine, bugs=_bugs.of(bugs, _bugs.WALKER))
         self.pgt = pgt
         self.pool = HostS2Pool(pgt.mm, pool_pages)
         self.prefault, self.coalesce_on_reclaim = bool(prefault), bool(coalesce)
         self.check = bool(check)
-        #: Broken variants switched on (see BUGS), fixed when the host is built.
+        #: Broken variants switched on (s2pt.bugs: the host's and its walker's),
+        #: fixed when the host is built.
         self.bugs = frozenset(bugs)
         self.cpus = [VcpuTlb(pgt, i) for i in range(cpus)]
         self._owner: dict[int, int] = {}          # pfn -> owner id (not host)

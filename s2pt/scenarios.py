@@ -52,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from dataclasses import replace as _dc_replace
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import kvm as _kvm
 from . import pgtable as pt
@@ -81,25 +82,8 @@ PAGE, BLOCK = 4 * KiB, 2 * MiB
 IPA = 1 * GiB                      # the 2M region every scenario races on
 
 
-#: Historical bugs a scenario can switch back on: name -> (what, the Stage2
-#: arguments that switch it on when the table is built).
-BUGS = {
-    "a9f0e3d5a089": ("no reload of the PTE after a TABLE_PRE callback",
-                     {"reload_after_cb": False}),
-    "f6a27d6dc51b": ("free_unlinked does not drop the subtree root's last reference",
-                     {"free_unlinked_drops_root": False}),
-}
-#: The guest paths' deliberate breakages (s2pt.kvm.BUGS): the VM is built with them.
-_VM_BUGS = ("no-bbm-tlbi", "no-shared-walk", "collapse-under-read-lock")
-BUGS.update({name: (_kvm.BUGS[name], {}) for name in _VM_BUGS})
-#: The schemes' own deliberate breakages: the scheme builds its mm_ops with them.
-BUGS["shared-walker-count"] = (
-    "refcount schemes: walker references taken in page_count, the count whose value 1 "
-    "means 'no valid entries', instead of a walker count of their own", {})
-BUGS["walker-count-in-ptdesc"] = (
-    "refcount schemes: the walker count kept in a field of the page-table descriptor, which "
-    "the page's next owner reuses, instead of a count with _refcount's guarantee: "
-    "get_page_unless_zero on a freed or reallocated page touches a foreign field", {})
+#: Every bug a scenario can switch back on (s2pt.bugs: name -> Bug).
+BUGS = _bugs.BUGS
 
 
 #: Why a scenario does not declare a scheme, unless it says otherwise.
@@ -122,12 +106,9 @@ def _vm(scheme, bugs, vcpus=2, backing="2M", size=BLOCK):
     scheme's mm_ops and locking and any bug switched on, and one memslot
     [IPA, IPA + size).  Its vCPU memcaches fill to exactly the minimum (see
     s2pt.memory.MemCache), so the state space does not carry 40 idle pages."""
-    kw = {}
-    for b in sorted(bugs):
-        kw.update(BUGS[b][1])
     vm = _kvm.VM(40, 4096, vcpus=vcpus, locking=scheme, memcache_capacity=None,
-                 bugs=set(bugs) & set(_VM_BUGS), machine=SimMachine,
-                 mm_ops=scheme.mm_ops(frozenset(bugs)), **kw)
+                 bugs=_bugs.of(bugs, _bugs.VM, _bugs.WALKER), machine=SimMachine,
+                 mm_ops=scheme.mm_ops(_bugs.of(bugs, _bugs.MM_OPS)))
     return vm, vm.add_memslot(IPA, size, backing=backing)
 
 
@@ -265,9 +246,7 @@ class Scenario:
         return self.builder(scheme, frozenset(bugs) | self.bugs, **self.params)
 
     def check_bugs(self, bugs) -> None:
-        unknown = set(bugs) - set(BUGS)
-        if unknown:
-            raise S2ptError(f"bugs={sorted(unknown)!r}: unknown; known: {', '.join(BUGS)}")
+        _bugs.check_bugs(bugs)
 
     def check_scheme(self, scheme: str) -> None:
         """Raise S2ptError unless this scenario declares outcomes for ``scheme``:
@@ -594,10 +573,6 @@ VICTIM = PKVM_BASE + 3 * PAGE      # the page given to the protected guest
 NEIGHBOUR = PKVM_BASE + 4 * PAGE   # the host's page next to it
 OTHER = PKVM_BASE + 5 * PAGE       # a host page not faulted in yet
 
-BUGS.update({
-    name: (what + " (pKVM, s2pt.pkvm.BUGS)", {})
-    for name, what in _pkvm.BUGS.items()})
-
 NOT_PKVM = {
     "rcu": "pKVM's hypervisor has no RCU: at EL2 kvm_pgtable_walk_begin() returns -EPERM for "
            "a KVM_PGTABLE_WALK_SHARED walk (\"only non-shared table walkers are allowed in "
@@ -703,7 +678,7 @@ def _pkvm_setup(scheme, bugs):
     there is not a stale translation.  (The broken variants run without it:
     the automaton would stop every run at its first make, "BBM invalid
     unclean->valid", before the donation completes.)"""
-    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=_bugs.of(bugs, _bugs.HOST, _bugs.WALKER),
                       machine=SimMachine)
     if host.pgt.get_leaf(PKVM_BASE)[1] != 1:
         raise S2ptError("pKVM scenario setup: the host's memory is not one 1G block")
@@ -711,7 +686,7 @@ def _pkvm_setup(scheme, bugs):
 
 
 def _pkvm_cpu1(s, host, bugs):
-    bbm = None if bugs & set(_pkvm.BUGS) else BbmChecker(host.pgt)
+    bbm = None if _bugs.of(bugs, _bugs.HOST) else BbmChecker(host.pgt)
     tlb = VcpuTlb(host.pgt, 1, window=bbm.tlbi_pending if bbm is not None else None)
     s.share(tlb, *([bbm] if bbm is not None else []))
     return tlb
@@ -863,7 +838,7 @@ def build_host_fault_vs_donate_shared(scheme, bugs, side="read"):
     """``side``: which side of the rwlock the two paths take ("write": the
     exclusive control, for tests)."""
     lock, unlock = _RW_SIDES[side]
-    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=set(bugs) & set(_pkvm.BUGS),
+    host = _pkvm.Host(memory=[(PKVM_BASE, GiB)], cpus=1, bugs=_bugs.of(bugs, _bugs.HOST, _bugs.WALKER),
                       machine=SimMachine, el2_shared_walks=True)
     # Earlier, another page of VICTIM's 2M region was given away: the 1G
     # block is now a level-2 table and a level-3 table, empty but for that
@@ -910,12 +885,6 @@ _add(Scenario(
 # ---------------------------------------------------------------------------
 # rcu-rfc: RFC v1's pruning walker (s2pt.schemes.RcuRfcScheme)
 # ---------------------------------------------------------------------------
-
-BUGS["rfc-plain-prune"] = (
-    "RFC v1's pruning walker locks the unlinked subtree's entries with plain READ_ONCE / "
-    "WRITE_ONCE instead of xchg (not a real commit: what the atomics are for)",
-    {"prune_xchg": False})
-
 
 def build_collapse_vs_map(scheme, bugs):
     # vCPU0 collapses as in collapse-vs-fault.  vCPU1 looked its memslot up
@@ -979,22 +948,6 @@ mutation("rfc-plain-prune/rcu-rfc", "rcu-rfc", "collapse-vs-map", "leak",
 # The baseline and Oliver Upton's rwlock (write-lock, rwlock); the races they
 # need; and the historical bugs of the parallel walker they are checked on
 # ---------------------------------------------------------------------------
-
-BUGS.update({
-    "1f0f4a2ef7a5": ("the map walker advances its own PA after each leaf instead of inferring "
-                     "it from the IPA (KVM: arm64: Infer the PA offset from IPA in stage-2 "
-                     "map walker, reverted)",
-                     {"map_phys_from_ipa": False}),
-    "c60d847be7b8": ("the split walker puts the subtree root again after "
-                     "kvm_pgtable_stage2_free_unlinked() (KVM: arm64: Fix double-free "
-                     "following kvm_pgtable_stage2_free_unlinked(), reverted)",
-                     {"free_unlinked_once": False}),
-    "no-rcu-read-lock": ("shared walks skip rcu_read_lock() in kvm_pgtable_walk_begin(): "
-                         "not a real commit, an RCU reader that forgets to be one",
-                         {"shared_walk_rcu": False}),
-    "collapse-under-read-lock": (_kvm.BUGS["collapse-under-read-lock"], {}),
-})
-
 
 @kernel_path("kvm_arch_mmu_enable_log_dirty_pt_masked")
 def clear_dirty_log_split(vm, ipa: int, size: int):

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parent.parent / "s2pt"
 #: module -> layer (lower numbers are lower layers).  A module may import
 #: modules of its own layer or below, never above.
 LAYERS = [
-    ["errors", "geometry", "snapshot"],
+    ["errors", "geometry", "snapshot", "bugs"],
     ["descriptor", "memory"],
     ["ops"],
     ["pgtable", "invariants"],
