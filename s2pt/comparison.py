@@ -58,7 +58,7 @@ from .explorer import explore, replay, replay_command, world as _world
 from .invariants import leaves as _leaves
 from .descriptor import KVM_INVALID_PTE_LOCKED
 from .ops import OPS
-from .scenarios import NOT_DECLARED, SCENARIOS, SOMETIMES, get_scenario
+from .scenarios import SCENARIOS, SOMETIMES, get_scenario
 from .schemes import SCHEMES, get_scheme
 from .sim.search import NEVER_ARISES, format_schedule, parse_schedule, pct_chooser, random_chooser
 from .sim.violation import KINDS
@@ -259,8 +259,8 @@ def _cell_from_result(scheme, sc, res, bugs) -> Cell:
 
 
 def _why_not(sc, scheme) -> str:
-    """Why ``sc`` does not declare ``scheme``: its own reason, or the default."""
-    return sc.why_not.get(scheme) or NOT_DECLARED.get(scheme, "")
+    """Why ``sc`` does not declare ``scheme`` (the declaration table's reason)."""
+    return sc.why_not.get(scheme, "")
 
 
 # ---------------------------------------------------------------------------

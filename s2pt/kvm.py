@@ -37,14 +37,17 @@ from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, S2ptError
 from .memory import MemCache
-from .ops import kernel_path, read_lock, read_unlock, run, write_lock, write_unlock
+from .ops import (cpu_relax, hw_walk_start, kernel_path, read_lock, read_unlock, run, write_lock,
+                  write_unlock)
 from .ops import kvm_mmu_topup_memory_cache as _topup_op, mark_page_dirty_in_slot
 from .snapshot import Frozen, Stateful
 from .stage2 import Stage2, Translation, _is_int
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
 __all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK",
-           "user_mem_abort", "handle_access_fault"]
+           "user_mem_abort", "handle_access_fault", "guest_fault", "guest_faults",
+           "kvm_unmap_gfn_range", "kvm_mmu_split_huge_pages", "clear_dirty_log_split",
+           "kvm_arch_commit_memory_region", "guest_accesses"]
 
 #: KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE on arm64: the vCPU memcache's capacity.
 KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE = 40
@@ -927,3 +930,107 @@ def handle_access_fault(vm: VM, vcpu: int, gpa: int, fault: Fault | None = None)
                                                    vm.fault_flags)
     yield from lock.fault_unlock()                       # read_unlock(&kvm->mmu_lock)
     return FaultResult(gpa, "mkyoung", fault, ret=ret)
+
+
+# ---------------------------------------------------------------------------
+# Kernel paths the explorer's CPUs run (s2pt.scenarios), each one shared
+# access per step.  The VM's sequential methods above run their own loops;
+# these are the paths a scenario gives a CPU, with the locking of the VM's
+# scheme (vm.locking).
+# ---------------------------------------------------------------------------
+
+@kernel_path("kvm_handle_guest_abort")
+def guest_fault(vm: VM, vcpu: int, ipa: int, slot: Memslot, fault: Fault, write: bool = True):
+    """The vCPU takes ``fault`` and KVM handles it: user_mem_abort().  A
+    lost cmpxchg returns -EAGAIN, user_mem_abort() returns 0 and the vCPU
+    re-enters the guest, which takes the same fault again: the loop.  Each
+    round tops up the vCPU's memcache again (the loser's table page went
+    back to the page allocator).
+
+    The explorer assumes fair scheduling: a vCPU spinning on -EAGAIN while
+    the winner is descheduled between break and make is a cycle in the
+    state graph, not a livelock."""
+    while True:
+        res = yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+        if not res.eagain:
+            return res.ret
+        yield cpu_relax()              # back to the guest; let the winner go on first
+
+
+@kernel_path("vcpu_run")
+def guest_faults(vm: VM, vcpu: int, faults):
+    """The vCPU runs the guest, which takes each fault in turn:
+    kvm_handle_guest_abort() -> user_mem_abort() once per ``(ipa, slot,
+    fault, write)``, each with its own top-up, lock and walk."""
+    for ipa, slot, fault, write in faults:
+        yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+
+
+@kernel_path("kvm_unmap_gfn_range")
+def kvm_unmap_gfn_range(vm: VM, ipa: int, size: int):
+    """The MMU notifier's invalidate_range_start -> kvm_unmap_gfn_range() ->
+    __unmap_stage2_range(): kvm_pgtable_stage2_unmap() with mmu_lock held
+    for write by the generic code.  The unmap walk frees tables it empties.
+    One walk over the range: the scenarios unmap at most 2M, inside one of
+    stage2_apply_range()'s chunks (kvm_stage2_unmap_range above walks chunk
+    by chunk)."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.update_lock()                       # KVM_MMU_LOCK(kvm): write_lock
+    ret = yield from pt.kvm_pgtable_stage2_unmap(pgt, ipa, size)
+    yield from s.update_unlock()                     # KVM_MMU_UNLOCK(kvm)
+    return ret
+
+
+@kernel_path("kvm_mmu_split_huge_pages")
+def kvm_mmu_split_huge_pages(vm: VM, ipa: int, size: int):
+    """kvm_mmu_split_memory_region() -> kvm_mmu_split_huge_pages(): eager
+    splitting when dirty logging starts, under write_lock(&kvm->mmu_lock).
+    Each block becomes a new level-3 table built unlinked
+    (kvm_pgtable_stage2_create_unlinked) and then swapped in.  One chunk
+    covering the range, its split cache filled beforehand by the scenario;
+    the VM's sequential eager split (VM.enable_dirty_logging) goes chunk by
+    chunk and tops the cache up between chunks, as the kernel does."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.update_lock()                       # write_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache)
+    yield from s.update_unlock()                     # write_unlock(&kvm->mmu_lock)
+    return ret
+
+
+@kernel_path("kvm_arch_mmu_enable_log_dirty_pt_masked")
+def clear_dirty_log_split(vm: VM, ipa: int, size: int):
+    """KVM_CLEAR_DIRTY_LOG -> kvm_arch_mmu_enable_log_dirty_pt_masked() ->
+    kvm_mmu_split_huge_pages(), as Vipin Sharma's 2023 series proposed it
+    ("Split huge pages during clear-dirty-log under MMU read lock", not
+    merged): under ``read_lock(&kvm->mmu_lock)``, with a
+    KVM_PGTABLE_WALK_SHARED split walk, so that vCPUs keep faulting.  Only a
+    shared split can lose its break to a vCPU and take the walker's -EAGAIN
+    path; mainline splits under the write lock."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache,
+                                                 flags=pt.SHARED)
+    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
+    return ret
+
+
+@kernel_path("kvm_arch_commit_memory_region")
+def kvm_arch_commit_memory_region(vm: VM, slot: Memslot):
+    """The memslot change that turned dirty logging off, committing (after
+    kvm_swap_active_memslots): mainline only frees the split cache, which
+    does nothing to the table; the VM's locking may do more
+    (``MmuLock.logging_off``: ``rwlock`` unmaps the slot under the write
+    lock)."""
+    yield from vm.locking.logging_off(vm, slot)
+    return 0
+
+
+@kernel_path("guest (MMU)")
+def guest_accesses(tlb: VcpuTlb, ipas):
+    """The guest on a vCPU touches memory: each access is translated by the
+    vCPU's MMU (s2pt.tlb.hw_translate), which takes no lock, reads
+    descriptors one by one, and caches table pointers in its walk cache and
+    leaves in its TLB until a TLBI drops them."""
+    for ipa in ipas:
+        yield hw_walk_start(ipa)                     # TLB and walk-cache lookup
+        yield from hw_translate(tlb, ipa)
