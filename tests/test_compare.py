@@ -147,6 +147,20 @@ def test_grace_period_is_the_steps_from_the_break_to_the_free():
     assert "rcu_do_batch" in w.frees[table][2] or w.actors[w.frees[table][1]].daemon
 
 
+@pytest.mark.parametrize("scenario,scheme", [
+    ("collapse-vs-fault", "rcu"), ("collapse-vs-fault", "rwlock"), ("collapse-vs-fault-4", "none"),
+    ("map-vs-map", "hyp-lock"), ("aba-table-reuse", "refcount"), ("split-double-put", "rcu-rfc"),
+    ("donate-vs-host-access", "hyp-lock")])
+def test_usage_is_what_the_default_run_uses(scenario, scheme):
+    """costs.usage (compare's "what each scheme uses", without the cost
+    counters and the end-of-run checks) against run_costs' own counts of
+    the same default run."""
+    from s2pt.comparison import costs
+    _, rc = C.run_costs(scenario, scheme)
+    assert costs.usage(scenario, scheme) == {"primitives": rc.primitives,
+                                             "grace_periods": rc.grace_periods}
+
+
 def test_blocked_steps_agree_with_the_live_world():
     """unmap-vs-fault: the notifier takes mmu_lock for write, vCPU1 waits for
     it for read.  Count, stepping a live World, the steps during which

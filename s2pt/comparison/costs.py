@@ -19,12 +19,13 @@ from ..explorer import world as _world
 from ..invariants import leaves as _leaves
 from ..kvm import VM
 from ..ops import OPS
+from ..scenarios import get_scenario
 from ..schemes import get_scheme
 from ..sim.search import StateSpace, parse_schedule
 from ..sim.world import World, default_choice
 
-__all__ = ["RunCosts", "METRICS", "SHOWN", "run_costs", "logging_off_refaults", "summarise",
-           "blocked_over_all_schedules",
+__all__ = ["RunCosts", "METRICS", "SHOWN", "run_costs", "usage", "logging_off_refaults",
+           "summarise", "blocked_over_all_schedules",
            "FAULT_HANDLERS", "GRACE_PERIOD_OPS", "LOCK_OPS", "ATOMIC_OPS", "REFCOUNT_OPS",
            "PRIMITIVE_OPS"]
 
@@ -393,6 +394,30 @@ def run_costs(scenario, scheme="rcu", schedule="", bugs=(), *, choose=None,
          else _world(scenario, scheme, bugs, record=True))
     tr = _drive(w, schedule, choose)
     return w, _costs_of(w, tr)
+
+
+def usage(scenario, scheme) -> dict:
+    """What the default-schedule run of ``scenario`` under ``scheme`` uses:
+    ``{"primitives": [...], "grace_periods": bool}`` -- the synchronisation
+    primitives among its operations (:data:`PRIMITIVE_OPS`), and whether
+    it starts or waits for an RCU grace period (:data:`GRACE_PERIOD_OPS`).
+    The same as :func:`run_costs`' ``primitives`` and ``grace_periods``,
+    without counting the rest (a run that livelocks steps to the World's
+    bound, and tracking every page at every step is what costs), and without
+    the end-of-run checks (the lost-update oracle searches every serial
+    order first)."""
+    sc, sch = get_scenario(scenario), get_scheme(scheme)
+    sc.check_scheme(sch.name)
+    w = World(sc, sch, frozenset(), (), record=False)
+    ops: set = set()
+    last, relaxed = None, False
+    while w.outcome is None:
+        c = default_choice(w.enabled(), last, relaxed)
+        ev = w.step(c)
+        ops.add(ev.op[0])
+        relaxed, last = ev.op[0] == "cpu_relax", c
+    return {"primitives": sorted(ops & PRIMITIVE_OPS),
+            "grace_periods": bool(ops & set(GRACE_PERIOD_OPS))}
 
 
 # The cost runs' schedulers are the explorer's: sim.search.random_chooser and

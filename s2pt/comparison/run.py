@@ -38,7 +38,7 @@ from ..sim.search import (NEVER_ARISES, declaration_mismatches, pct_chooser,
                           random_chooser)
 from ..sim.violation import KINDS
 from .cache import ResultCache
-from .costs import RunCosts, logging_off_refaults, run_costs, summarise
+from .costs import RunCosts, logging_off_refaults, run_costs, summarise, usage
 from .results import Cell, Comparison, CostCell, MutationResult
 
 __all__ = ["compare", "mutations", "scaled_scenario", "COST_SCENARIO", "COST_SCENE",
@@ -432,9 +432,9 @@ def compare(schemes=None, scenarios=None, *, costs: bool = True, vcpus: int = MA
             sc = SCENARIOS[name]
             if s not in sc.expect or sc.bugs:
                 continue
-            _, rc = run_costs(sc, s)
-            prims |= set(rc.primitives)
-            gp = gp or rc.grace_periods
+            u = usage(sc, s)
+            prims |= set(u["primitives"])
+            gp = gp or u["grace_periods"]
             seen.append(name)
         if seen:
             cmp.usage[s] = {"primitives": sorted(prims), "grace_periods": gp, "scenarios": seen}

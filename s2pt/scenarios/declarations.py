@@ -377,7 +377,14 @@ DECLARATIONS = {
         # the commit unmaps the slot: vCPU0's refault then maps the block
         "rwlock": (),
         "rwlock-collapse-write": (),
-        "rwlock-relax-page": (),
+        "rwlock-relax-page": "under rwlock-relax-page vCPU0 relaxes its page instead of asking "
+                             "for the block, so it has no -EAGAIN refaults for the commit to "
+                             "end.  And once the commit has unmapped the page, this scenario's "
+                             "retried access keeps the fault it took first (a permission fault, "
+                             "s2pt.kvm.guest_fault) where the kernel's guest would take a "
+                             "translation fault and map the page: relaxing a page that is gone "
+                             "returns -EAGAIN for ever, a livelock of the model, not of the "
+                             "scheme",
         "rcu-rfc": (),
         "refcount": (),
         "refcount-revalidate": (),
