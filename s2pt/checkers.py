@@ -38,10 +38,10 @@ kernel function on that CPU's stack and a one-sentence explanation.
 from __future__ import annotations
 
 from . import descriptor as d
-from .errors import KernelBug, S2ptError
+from .errors import KernelBug
 from .invariants import check_stage2, leaves
 from .ops import STORES
-from .pkvm import OWNER_IDS, isolation_problems, reach_message
+from .pkvm import OWNER_IDS, isolation_problems, page_owner, reach_message  # noqa: F401
 from .sim.search import serial_outcomes
 from .sim.violation import KINDS, Violation
 from .snapshot import Stateful
@@ -145,22 +145,11 @@ def _map_text(m) -> str:
 # pKVM isolation, for the explorer
 # ---------------------------------------------------------------------------
 
-def page_owner(pa: int, owner: str, kernel: str):
-    """The hypervisor records that the page at ``pa`` now belongs to
-    ``owner`` ("host", "guest" or "hyp"): hyp_vmemmap's host_state (pKVM's
-    ``__host_update_page_state``), or, for a reclaim, the guest's loss of the
-    page.  ``kernel`` names the step in diagrams.  Performed by the
-    :class:`IsolationChecker` attached to the machine."""
-    if owner not in OWNER_IDS:
-        raise S2ptError(f"page_owner: owner={owner!r} is not one of {', '.join(OWNER_IDS)}")
-    return ("page_owner", pa, owner, kernel)
-
-
 class IsolationChecker(Stateful):
     """pKVM's isolation property as an observer of the explorer's machine.
 
     ``owner`` (pfn -> owner id, host pages absent) is what the hypervisor
-    has *recorded*, changed only by :func:`page_owner` steps.  The kernel
+    has *recorded*, changed only by :func:`s2pt.pkvm.page_owner` steps.  The kernel
     records a donation after the stage-2 maintenance (the owner annotation
     written, the break-before-make TLBI and its DSB done, all inside
     ``host_stage2_set_owner_locked``), so from that step on -- and certainly

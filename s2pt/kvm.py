@@ -32,19 +32,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import pgtable as pt
 from . import validate as v
 from .errors import Fault, KernelBug, S2ptError
 from .memory import MemCache
-from .ops import kernel_path, read_lock, read_unlock, run, write_lock, write_unlock
+from .ops import (cpu_relax, hw_walk_start, kernel_path, read_lock, read_unlock, run, write_lock,
+                  write_unlock)
 from .ops import kvm_mmu_topup_memory_cache as _topup_op, mark_page_dirty_in_slot
 from .snapshot import Frozen, Stateful
 from .stage2 import Stage2, Translation
 from .tlb import VcpuTlb, hw_translate, hw_translate_now
 
-__all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK", "BUGS",
-           "user_mem_abort", "handle_access_fault"]
+__all__ = ["VM", "Memslot", "FaultResult", "MmuLock", "MMU_LOCK",
+           "user_mem_abort", "handle_access_fault", "guest_fault", "guest_faults",
+           "kvm_unmap_gfn_range", "kvm_mmu_split_huge_pages", "clear_dirty_log_split",
+           "kvm_arch_commit_memory_region", "guest_accesses"]
 
 #: KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE on arm64: the vCPU memcache's capacity.
 KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE = 40
@@ -59,23 +63,6 @@ _PROT_RWX = _PROT_RX | d.KVM_PGTABLE_PROT_W
 
 #: The lock's name in diagrams: struct kvm's mmu_lock (an rwlock on arm64).
 MMU_LOCK = "kvm->mmu_lock"
-
-#: Deliberately broken variants of the guest paths, for the lessons on what
-#: each piece is for (none is a real commit): name -> what it leaves out.
-BUGS = {
-    "no-flush-after-wp": "write-protecting a memslot for dirty logging skips "
-                         "kvm_flush_remote_tlbs_memslot()",
-    "no-bbm-tlbi": "faults break entries without the TLBI (KVM_PGTABLE_WALK_SKIP_BBM_TLBI): "
-                   "not a real commit, the hardware walker's hazard",
-    "no-shared-walk": "faults walk without KVM_PGTABLE_WALK_SHARED while holding only the "
-                      "read lock: stage2_try_set_pte() does a WRITE_ONCE, not a cmpxchg. Not "
-                      "a real commit: the hazard the SHARED flag exists for",
-    "collapse-under-read-lock": "the rwlock scheme's faults lose the model's NO_COLLAPSE flag: "
-                                "a fault under the read lock replaces a table by a block and "
-                                "frees it at once. Not a real commit: what Oliver Upton's "
-                                "rwlock sketch rules out",
-}
-
 
 class MmuLock(Frozen):
     """How KVM serialises stage-2 updates of a guest: ``kvm->mmu_lock``.
@@ -276,12 +263,17 @@ class VM(Frozen):
                  **config):
         """``locking``: how faults and updates lock (default: mainline's
         :class:`MmuLock`; the explorer passes a teardown scheme).  ``bugs``:
-        names from :data:`BUGS`.  ``memcache_capacity``: the vCPU memcaches'
+        names from :data:`s2pt.bugs.BUGS` whose target is the VM's paths
+        (``vm``) or its table's walker (``walker``, passed on to the
+        table).  ``memcache_capacity``: the vCPU memcaches'
         capacity (the kernel's 40; None fills to exactly the minimum, as the
         explorer's scenarios do, see :class:`~s2pt.memory.MemCache`).  Any
         other keyword is the table's configuration, passed to
         :class:`~s2pt.stage2.Stage2` (``machine``, ``mm_ops``, ...)."""
-        self.bugs = v.names("bugs", bugs, BUGS, "bug name")
+        bugs = _bugs.check_bugs(bugs, _bugs.VM, _bugs.WALKER)
+        if "bugs" in config:
+            raise S2ptError("VM(bugs=...) takes the walker's bugs too: give them once")
+        self.bugs = bugs                  # its own and its walker's
         vcpus = v.integer("vcpus", vcpus, 1, 64)
         manual_protect = v.flag("manual_protect", manual_protect)
         initially_set = v.flag("initially_set", initially_set)
@@ -307,6 +299,7 @@ class VM(Frozen):
         self._memcache_capacity = memcache_capacity
         # The table follows the walker of the kernel the locking models.
         config.setdefault("kernel", getattr(self.locking, "kernel", None))
+        config["bugs"] = _bugs.of(bugs, _bugs.WALKER)
         self.pgt = Stage2(ipa_bits, granule, vmid=vmid, ram_pages=ram_pages, fwb=fwb, **config)
         self._block_sizes = tuple(self.pgt.geom.block_sizes())    # largest first
         self._min_pages = self.pgt.geom.levels - 1                # kvm_mmu_cache_min_pages
@@ -1123,3 +1116,127 @@ def handle_access_fault(vm: VM, vcpu: int, gpa: int, fault: Fault | None = None)
                                                    vm.fault_flags)
     yield from lock.fault_unlock()                       # read_unlock(&kvm->mmu_lock)
     return FaultResult(gpa, "mkyoung", fault, ret=ret)
+
+
+# ---------------------------------------------------------------------------
+# Kernel paths the explorer's CPUs run (s2pt.scenarios), each one shared
+# access per step.  The VM's sequential methods above run their own loops;
+# these are the paths a scenario gives a CPU, with the locking of the VM's
+# scheme (vm.locking).
+# ---------------------------------------------------------------------------
+
+@kernel_path("kvm_handle_guest_abort")
+def guest_fault(vm: VM, vcpu: int, ipa: int, slot: Memslot, fault: Fault, write: bool = True):
+    """The vCPU takes ``fault`` and KVM handles it: user_mem_abort().  A
+    lost cmpxchg returns -EAGAIN, user_mem_abort() returns 0 and the vCPU
+    re-enters the guest, which executes the access again: the loop.  Its
+    MMU walks the table as it is now and takes whatever abort that gives,
+    or none (the access completes).  Each round tops up the vCPU's memcache
+    again (the loser's table page went back to the page allocator).
+
+    Simplification: the model reads the descriptors of that second walk
+    with a software walk (kvm_pgtable_get_leaf's READ_ONCE, the same
+    descriptors the MMU reads) and classifies them as the MMU does
+    (Stage2.classify), leaving the vCPU's TLB alone.  It takes the fault
+    lock around that walk: the MMU needs none (a teardown's TLBI + DSB waits
+    for its walk), a software walk does.
+
+    A vCPU spinning on -EAGAIN while the winner is descheduled between
+    break and make is a cycle in the state graph that a fair scheduler does
+    not follow (the winner runs): no livelock.  One that can never win is
+    (s2pt.sim.search's livelock check)."""
+    pgt = vm.pgt
+    while True:
+        if fault.kind == "access":
+            res = yield from handle_access_fault(vm, vcpu, ipa, fault)
+        else:
+            res = yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+        if not res.eagain:
+            return res.ret
+        yield cpu_relax()              # back to the guest; let the winner go on first
+        out = pt.LeafWalkData()
+        yield from vm.locking.fault_lock()
+        yield from pt.kvm_pgtable_get_leaf(pgt, ipa, out)
+        yield from vm.locking.fault_unlock()
+        fault = pgt.classify(ipa, out.pte, out.level, write, False, raise_fault=False)
+        if not isinstance(fault, Fault):
+            return 0                   # the access goes through: someone mapped it
+
+
+@kernel_path("vcpu_run")
+def guest_faults(vm: VM, vcpu: int, faults):
+    """The vCPU runs the guest, which takes each fault in turn:
+    kvm_handle_guest_abort() -> user_mem_abort() once per ``(ipa, slot,
+    fault, write)``, each with its own top-up, lock and walk."""
+    for ipa, slot, fault, write in faults:
+        yield from user_mem_abort(vm, vcpu, ipa, slot, fault, write)
+
+
+@kernel_path("kvm_unmap_gfn_range")
+def kvm_unmap_gfn_range(vm: VM, ipa: int, size: int):
+    """The MMU notifier's invalidate_range_start -> kvm_unmap_gfn_range() ->
+    __unmap_stage2_range(): kvm_pgtable_stage2_unmap() with mmu_lock held
+    for write by the generic code.  The unmap walk frees tables it empties.
+    One walk over the range: the scenarios unmap at most 2M, inside one of
+    stage2_apply_range()'s chunks (kvm_stage2_unmap_range above walks chunk
+    by chunk)."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.update_lock()                       # KVM_MMU_LOCK(kvm): write_lock
+    ret = yield from pt.kvm_pgtable_stage2_unmap(pgt, ipa, size)
+    yield from s.update_unlock()                     # KVM_MMU_UNLOCK(kvm)
+    return ret
+
+
+@kernel_path("kvm_mmu_split_huge_pages")
+def kvm_mmu_split_huge_pages(vm: VM, ipa: int, size: int):
+    """kvm_mmu_split_memory_region() -> kvm_mmu_split_huge_pages(): eager
+    splitting when dirty logging starts, under write_lock(&kvm->mmu_lock).
+    Each block becomes a new level-3 table built unlinked
+    (kvm_pgtable_stage2_create_unlinked) and then swapped in.  One chunk
+    covering the range, its split cache filled beforehand by the scenario;
+    the VM's sequential eager split (VM.enable_dirty_logging) goes chunk by
+    chunk and tops the cache up between chunks, as the kernel does."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.update_lock()                       # write_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache)
+    yield from s.update_unlock()                     # write_unlock(&kvm->mmu_lock)
+    return ret
+
+
+@kernel_path("kvm_arch_mmu_enable_log_dirty_pt_masked")
+def clear_dirty_log_split(vm: VM, ipa: int, size: int):
+    """KVM_CLEAR_DIRTY_LOG -> kvm_arch_mmu_enable_log_dirty_pt_masked() ->
+    kvm_mmu_split_huge_pages(), as Vipin Sharma's 2023 series proposed it
+    ("Split huge pages during clear-dirty-log under MMU read lock", not
+    merged): under ``read_lock(&kvm->mmu_lock)``, with a
+    KVM_PGTABLE_WALK_SHARED split walk, so that vCPUs keep faulting.  Only a
+    shared split can lose its break to a vCPU and take the walker's -EAGAIN
+    path; mainline splits under the write lock."""
+    pgt, s = vm.pgt, vm.locking
+    yield from s.fault_lock()                        # read_lock(&kvm->mmu_lock)
+    ret = yield from pt.kvm_pgtable_stage2_split(pgt, ipa, size, vm.split_page_cache,
+                                                 flags=pt.SHARED)
+    yield from s.fault_unlock()                      # read_unlock(&kvm->mmu_lock)
+    return ret
+
+
+@kernel_path("kvm_arch_commit_memory_region")
+def kvm_arch_commit_memory_region(vm: VM, slot: Memslot):
+    """The memslot change that turned dirty logging off, committing (after
+    kvm_swap_active_memslots): mainline only frees the split cache, which
+    does nothing to the table; the VM's locking may do more
+    (``MmuLock.logging_off``: ``rwlock`` unmaps the slot under the write
+    lock)."""
+    yield from vm.locking.logging_off(vm, slot)
+    return 0
+
+
+@kernel_path("guest (MMU)")
+def guest_accesses(tlb: VcpuTlb, ipas):
+    """The guest on a vCPU touches memory: each access is translated by the
+    vCPU's MMU (s2pt.tlb.hw_translate), which takes no lock, reads
+    descriptors one by one, and caches table pointers in its walk cache and
+    leaves in its TLB until a TLBI drops them."""
+    for ipa in ipas:
+        yield hw_walk_start(ipa)                     # TLB and walk-cache lookup
+        yield from hw_translate(tlb, ipa)

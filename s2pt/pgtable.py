@@ -250,7 +250,7 @@ def __kvm_pgtable_visit(data: WalkData, pgt, ptep: int, level: int):
     if table and flags & TABLE_PRE:
         ret = yield from walker.cb(ctx, TABLE_PRE)
         # Before a9f0e3d5a089 only LEAF callbacks were followed by a reload;
-        # pgt.reload_after_cb = False brings that bug back.
+        # the bug a9f0e3d5a089 (s2pt.bugs) brings that back.
         reload = pgt.reload_after_cb
     if not table and flags & LEAF:
         ret = yield from walker.cb(ctx, LEAF)
@@ -348,8 +348,8 @@ def kvm_pgtable_walk_begin(pgt, walker: Walker):
         if pgt.hyp:
             # "only non-shared table walkers are allowed in the hypervisor"
             return -EPERM
-        # pgt.shared_walk_rcu = False: the mutation "no-rcu-read-lock" (no
-        # kernel commit), a shared walker that is no RCU reader.
+        # pgt.shared_walk_rcu False: the bug "no-rcu-read-lock" (no kernel
+        # commit, s2pt.bugs), a shared walker that is no RCU reader.
         # mm_ops.rcu_walkers = False: a scheme whose walkers are protected
         # otherwise (the refcount schemes), no RCU reader by design.
         if pgt.shared_walk_rcu and pgt.mm_ops.rcu_walkers:
@@ -502,12 +502,12 @@ def stage2_map_walker_phys_addr(ctx: VisitCtx, data: Stage2MapData) -> int:
     has got in IPA (1f0f4a2ef7a5, "Infer the PA offset from IPA in stage-2
     map walker": the IPA is the one source of truth).
 
-    Before that fix (``pgt.map_phys_from_ipa`` False) the map data carried
-    its own PA, which stage2_map_walker_try_leaf() advanced by a granule
-    after each leaf it installed, while the walker advanced the IPA only
-    when the reloaded entry was a leaf.  A vCPU that installed a block and,
-    on reloading, found that another vCPU had already replaced it by a table
-    descended with the PA one block ahead of the IPA."""
+    Before that fix (``pgt.map_phys_from_ipa`` False: the bug 1f0f4a2ef7a5)
+    the map data carried its own PA, which stage2_map_walker_try_leaf()
+    advanced by a granule after each leaf it installed, while the walker
+    advanced the IPA only when the reloaded entry was a leaf.  A vCPU that
+    installed a block and, on reloading, found that another vCPU had already
+    replaced it by a table descended with the PA one block ahead of the IPA."""
     if not ctx.pgt.map_phys_from_ipa:
         return data.phys
     return data.phys + (ctx.addr - ctx.start)
@@ -1343,7 +1343,7 @@ def stage2_prune_lock_pte(ctx: VisitCtx):
     walker in the middle of its own break-before-make: spin (cpu_relax)
     until it publishes its new entry, then take that.
 
-    With ``pgt.prune_xchg`` False (the mutation ``rfc-plain-prune``) the
+    With ``pgt.prune_xchg`` False (the bug ``rfc-plain-prune``) the
     same is done with plain accesses: READ_ONCE, then WRITE_ONCE(LOCKED).
     Between the two, another walker can install into the entry, and the
     store throws its entry (and the reference it took) away."""

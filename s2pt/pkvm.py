@@ -125,7 +125,8 @@ the tables, and every host CPU's TLB and walk-cache entries
 (:class:`s2pt.tlb.VcpuTlb`) -- may reach a page owned by the guest or the
 hypervisor.  A violation is reported through ``pgt.mm.violation("isolation",
 ...)``, which raises :class:`s2pt.KernelBug` in sequential use.  ``host.bugs``
-switches on broken variants (``"donate-no-tlbi"``: set_owner skips the
+switches on broken variants (:data:`s2pt.bugs.BUGS` of target ``host``;
+``"donate-no-tlbi"``: set_owner skips the
 break-before-make TLBI) so that the checker can be seen catching them.
 """
 
@@ -136,10 +137,12 @@ import errno
 
 import numpy as np
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import pgtable as pt
 from .errors import Fault, KernelBug, S2ptError
-from .ops import WRITE_ONCE, page_count, put_page, run, tlbi
+from .ops import (WRITE_ONCE, cpu_relax, hw_walk_start, kernel_path, page_count, put_page,
+                  read_lock, read_unlock, run, tlbi, write_lock, write_unlock)
 from . import validate as v
 from .geometry import PARANGE, PA_BITS, Geometry
 from .snapshot import Stateful
@@ -149,7 +152,9 @@ from .tlb import VcpuTlb, hw_translate
 __all__ = ["Host", "PKVM_HOST_MEM_PROT", "PKVM_HOST_MMIO_PROT", "KVM_HOST_S2_DEFAULT_MASK",
            "KVM_HOST_S2_DEFAULT_MEM_PTE", "KVM_HOST_S2_DEFAULT_MMIO_PTE",
            "host_stage2_pte_is_counted", "stage2_coalesce_walk_table_post",
-           "kvm_pgtable_stage2_reclaim_leaves", "BUGS"]
+           "kvm_pgtable_stage2_reclaim_leaves", "page_owner", "pkvm_host_donate_guest",
+           "pkvm_host_reclaim_page", "host_accesses", "HOST_MMU_RWLOCK", "HOST_MMU_RWLOCK_SIDES",
+           "pkvm_host_donate_guest_rw"]
 
 EAGAIN, ENOMEM, EPERM, EINVAL = errno.EAGAIN, errno.ENOMEM, errno.EPERM, errno.EINVAL
 
@@ -171,15 +176,6 @@ OWNER_IDS = {"host": d.PKVM_ID_HOST, "hyp": d.PKVM_ID_HYP, "guest": d.PKVM_ID_GU
 OWNER_NAMES = {v: k for k, v in OWNER_IDS.items()}
 #: ACK: KVM_MAX_OWNER_ID = FIELD_MAX(KVM_INVALID_PTE_OWNER_MASK)
 ACK_KVM_MAX_OWNER_ID = 255
-
-#: Broken variants a Host can switch on (host.bugs), for the checkers to catch.
-BUGS = {
-    "donate-no-tlbi": "set_owner breaks the covering entry without the TLBI "
-                      "(SKIP_BBM_TLBI): host CPUs keep the old block in their TLBs",
-    "coalesce-no-tlbi": "stage2_coalesce_walk_table_post breaks the table entry without "
-                        "its TLBI (kvm_tlb_flush_vmid_range) and frees the table: walk "
-                        "caches still point into it",
-}
 
 assert HOST_MEM_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MEM_PTE
 assert HOST_MMIO_ATTR & KVM_HOST_S2_DEFAULT_MASK == KVM_HOST_S2_DEFAULT_MMIO_PTE
@@ -684,7 +680,7 @@ class Host(Stateful):
                  el2_shared_walks: bool = False):
         cpus = v.integer("cpus", cpus, 1, 64, rule="a number of host CPUs from 1 to 64")
         pool_pages = v.optional_integer("pool_pages", pool_pages, 1)
-        bugs = v.names("bugs", bugs, BUGS, "bug name")
+        bugs = _bugs.check_bugs(bugs, _bugs.HOST, _bugs.WALKER)
         sizes = [b for b in PARANGE if b <= PA_BITS]
         pa_bits = v.integer("pa_bits", pa_bits, rule=(
             f"the host's PA size (also its stage-2 IPA size, prepare_host_vtcr) is a "
@@ -720,12 +716,13 @@ class Host(Stateful):
             force_pte_cb=self.host_stage2_force_pte_cb,
             max_owner_id=ACK_KVM_MAX_OWNER_ID,
             pte_is_counted=lambda pte, level: host_stage2_pte_is_counted(self, pte, level),
-            prefault_block=bool(prefault), machine=machine)
+            prefault_block=bool(prefault), machine=machine, bugs=_bugs.of(bugs, _bugs.WALKER))
         self.pgt = pgt
         self.pool = HostS2Pool(pgt.mm, pool_pages)
         self.prefault, self.coalesce_on_reclaim = prefault, coalesce
         self.check = check
-        #: Broken variants switched on (see BUGS), fixed when the host is built.
+        #: Broken variants switched on (s2pt.bugs: the host's and its walker's),
+        #: fixed when the host is built.
         self.bugs = bugs
         self.cpus = [VcpuTlb(pgt, i) for i in range(cpus)]
         self._owner: dict[int, int] = {}          # pfn -> owner id (not host)
@@ -1270,3 +1267,152 @@ class Host(Stateful):
         return (f"<pkvm.Host {_size(mem)} memory in {len(self.memory)} region(s), "
                 f"{len(self.mmio)} MMIO, {self.stats['tables_live']} table pages, "
                 f"{len(self._owner)} pages given away>")
+
+
+# ---------------------------------------------------------------------------
+# EL2 paths the explorer's CPUs run (s2pt.scenarios), each one shared access
+# per step.  ``ctx`` is what the CPU programs of a scenario share: ``host``
+# (this module's Host), ``scheme`` (host_mmu.lock: update_lock/update_unlock
+# around a hypercall, fault_lock/fault_unlock around a host fault, and
+# fault_flags), ``pool`` (host_s2_pool, a MemCache) and ``checker`` (the
+# isolation checker, s2pt.checkers.IsolationChecker, which performs the
+# page_owner steps and checks each host access).
+# ---------------------------------------------------------------------------
+
+def page_owner(pa: int, owner: str, kernel: str):
+    """The hypervisor records that the page at ``pa`` now belongs to
+    ``owner`` ("host", "guest" or "hyp"): hyp_vmemmap's host_state (pKVM's
+    ``__host_update_page_state``), or, for a reclaim, the guest's loss of the
+    page.  ``kernel`` names the step in diagrams.  Performed by the
+    isolation checker attached to the machine (s2pt.checkers)."""
+    if owner not in OWNER_IDS:
+        raise S2ptError(f"page_owner: owner={owner!r} is not one of {', '.join(OWNER_IDS)}")
+    return ("page_owner", pa, owner, kernel)
+
+
+@kernel_path("__pkvm_host_donate_guest")
+def pkvm_host_donate_guest(ctx, pa: int):
+    """__pkvm_host_donate_guest(): under host_mmu.lock (and the guest's
+    vm->lock: the guest's own stage 2 is not modelled), check that the host
+    owns the page (hyp_vmemmap, no table access), then
+    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_GUEST): the walk
+    meets the 2M block, cannot place a page there (-E2BIG), breaks the
+    block (break-before-make: LOCKED, TLBI + DSB), installs an empty table,
+    descends and writes the owner annotation.  Only after that maintenance
+    does the hypervisor record the page as gone from the host
+    (__host_update_page_state(PKVM_NOPAGE)), before the guest's stage 2 maps
+    it: from that step on, isolation must hold."""
+    s = ctx.scheme
+    yield from s.update_lock()                       # host_lock_component()
+    ret = yield from host_stage2_set_owner_locked(ctx.host, pa, ctx.host.granule,
+                                                  d.PKVM_ID_GUEST, mc=ctx.pool)
+    if not ret:
+        yield page_owner(pa, "guest", "__host_update_page_state(PKVM_NOPAGE)")
+    yield from s.update_unlock()                     # host_unlock_component()
+    return ret
+
+
+@kernel_path("__pkvm_host_reclaim_page")
+def pkvm_host_reclaim_page(ctx, pa: int):
+    """Guest teardown: __pkvm_host_reclaim_page() (mainline:
+    __pkvm_host_reclaim_page_guest) under host_mmu.lock.  The guest's stage 2
+    no longer maps the page and hyp_poison_page() has cleared it (neither is
+    modelled), so the page has left the guest; then
+    host_stage2_set_owner_locked(pa, PAGE_SIZE, PKVM_ID_HOST), which in
+    android15-6.6 maps the page back with the default prot
+    (host_stage2_idmap_locked), and on the way back up that map walk's
+    stage2_coalesce_walk_table_post() turns each table left holding only
+    default identity mappings into a block: stage2_try_break_pte (LOCKED,
+    kvm_tlb_flush_vmid_range over the block), stage2_make_pte, then
+    put_page of the table -- the host frees at once, under the lock."""
+    s = ctx.scheme
+    yield from s.update_lock()                       # host_lock_component()
+    yield page_owner(pa, "host", "guest stage 2 unmapped, hyp_poison_page()")
+    ret = yield from host_stage2_set_owner_locked(ctx.host, pa, ctx.host.granule,
+                                                  d.PKVM_ID_HOST, mc=ctx.pool)
+    yield from s.update_unlock()                     # host_unlock_component()
+    return ret
+
+
+@kernel_path("host CPU (MMU)")
+def host_accesses(ctx, tlb: VcpuTlb, pas, lock=None, unlock=None, flags: int = 0):
+    """A host CPU at EL1 touches memory: its MMU translates each access
+    (s2pt.tlb.hw_translate: TLB, walk cache, then one descriptor per step,
+    no lock) and may fill its TLB and walk cache.  A stage-2 translation
+    fault traps to EL2: handle_host_mem_abort() -> host_stage2_idmap() maps
+    the largest block that fits, under host_mmu.lock (``lock``/``unlock``:
+    default, the scheme's fault_lock/fault_unlock; ``flags``: the fault
+    walk's, default none), and the access is retried; a page the host
+    gave away gets an abort injected instead (Android's host_inject_abort;
+    mainline BUG()s).  Each access is retried at most twice here."""
+    s = ctx.scheme
+    lock = s.fault_lock if lock is None else lock
+    unlock = s.fault_unlock if unlock is None else unlock
+    for pa in pas:
+        for _ in range(3):
+            yield hw_walk_start(pa, tlb, "host")     # TLB and walk-cache lookup
+            r = yield from hw_translate(tlb, pa)
+            if not isinstance(r, Fault):
+                ctx.checker.access(tlb.vcpu, r)
+                break
+            ret = yield from handle_host_mem_abort(ctx.host, pa, ctx.pool, lock, unlock, flags)
+            if ret == -EPERM:
+                break                                # host_inject_abort(): the host's problem
+
+
+# The thread's rwlock question, asked of pKVM's host stage 2: could host
+# faults and donations share the read side of an rwlock (Oliver Upton's
+# sketch: "unmap on the write side and everything else on the read side")?
+# A hypothetical EL2 that allows shared walks (Host(el2_shared_walks=True))
+# and host_mmu.lock as an rwlock whose read side both paths take.  No
+# kernel has it: pKVM has only hyp_spinlock_t.
+
+#: The rwlock the question puts in place of host_mmu.lock's spinlock.
+HOST_MMU_RWLOCK = "host_mmu.lock (rwlock)"
+
+
+@kernel_path(None)
+def _host_read_lock():
+    yield read_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_read_unlock():
+    yield read_unlock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_lock():
+    yield write_lock(HOST_MMU_RWLOCK)
+
+
+@kernel_path(None)
+def _host_write_unlock():
+    yield write_unlock(HOST_MMU_RWLOCK)
+
+
+#: The hypothetical rwlock's two sides: side -> (lock, unlock).
+HOST_MMU_RWLOCK_SIDES = {"read": (_host_read_lock, _host_read_unlock),
+                         "write": (_host_write_lock, _host_write_unlock)}
+
+
+@kernel_path("__pkvm_host_donate_guest")
+def pkvm_host_donate_guest_rw(ctx, pa: int, lock, unlock):
+    """__pkvm_host_donate_guest() under one side of the rwlock (``lock``,
+    ``unlock``): the set-owner walk is shared (cmpxchg; a lost race is
+    -EAGAIN and the donation is retried from the start), the page state is
+    recorded once the annotation is in."""
+    while True:
+        yield from lock()
+        ret = yield from host_stage2_set_owner_locked(
+            ctx.host, pa, ctx.host.granule, d.PKVM_ID_GUEST, mc=ctx.pool,
+            flags=pt.SHARED | pt.HANDLE_FAULT)
+        if ret != -EAGAIN:
+            break
+        yield from unlock()
+        yield cpu_relax()
+    if not ret:
+        yield page_owner(pa, "guest", "__host_update_page_state(PKVM_NOPAGE)")
+    yield from unlock()
+    return ret
+

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import bugs as _bugs
 from . import descriptor as d
 from . import pgtable as pt
 from .snapshot import Frozen
@@ -50,15 +51,17 @@ class KvmPgtable(Frozen):
     flags as pKVM sets them (PREFAULT_BLOCK is Android's); ``pte_is_counted`` is stage2_pte_is_counted() (Android's host
     stage 2 counts only non-default entries); ``machine`` builds the machine
     that performs operations (the explorer passes its SimMachine);
-    ``reload_after_cb``/``free_unlinked_drops_root`` False switch the
-    historical bugs a9f0e3d5a089 and f6a27d6dc51b back on; ``prune_xchg``
-    False makes RFC v1's pruning walker (mm_ops->prune_unlinked_table) use
-    plain stores, a deliberate breakage;
-    ``map_phys_from_ipa`` False brings back the map walker's separate PA
-    counter that 1f0f4a2ef7a5 removed, and ``free_unlinked_once`` False the
-    extra put_page after kvm_pgtable_stage2_free_unlinked() that
-    c60d847be7b8 removed; ``shared_walk_rcu`` False is a deliberate
-    breakage (no commit): shared walks that forget rcu_read_lock().
+    ``bugs``: names of walker bugs to switch back on (:data:`s2pt.bugs.BUGS`,
+    target ``walker``): a9f0e3d5a089 (no reload after a TABLE_PRE callback),
+    f6a27d6dc51b (free_unlinked keeps the root's last reference),
+    1f0f4a2ef7a5 (the map walker's separate PA counter), c60d847be7b8 (the
+    extra put_page after kvm_pgtable_stage2_free_unlinked()), and two
+    deliberate breakages: rfc-plain-prune (RFC v1's pruning walker,
+    mm_ops->prune_unlinked_table, with plain stores) and no-rcu-read-lock
+    (shared walks that forget rcu_read_lock()).  The walker reads each as a
+    plain attribute (``reload_after_cb``, ``free_unlinked_drops_root``,
+    ``map_phys_from_ipa``, ``free_unlinked_once``, ``prune_xchg``,
+    ``shared_walk_rcu``: True is today's kernel), set here from ``bugs``.
 
     ``kernel`` says which kernel's walker the table follows: None (the
     default) is mainline today; ``"6.1"`` is the walker before v6.2
@@ -92,10 +95,7 @@ class KvmPgtable(Frozen):
                  ram_pages: int | None = None, hyp: bool = False, idmap: bool = False,
                  mm_ops: pt.MmOps | None = None, force_pte_cb=None,
                  max_owner_id: int = d.KVM_MAX_OWNER_ID, pte_is_counted=None,
-                 machine=None, reload_after_cb: bool = True,
-                 free_unlinked_drops_root: bool = True, prune_xchg: bool = True,
-                 map_phys_from_ipa: bool = True, free_unlinked_once: bool = True,
-                 shared_walk_rcu: bool = True, kernel: str | None = None,
+                 machine=None, bugs=(), kernel: str | None = None,
                  prefault_block: bool = False):
         self.geom = geom
         self.ia_bits = geom.ipa_bits
@@ -139,19 +139,21 @@ class KvmPgtable(Frozen):
         # stage2_try_break_pte on a table entry: __kvm_tlb_flush_vmid (the
         # RFC, and v6.2 to v6.5) instead of kvm_tlb_flush_vmid_range (v6.6)
         self.table_break_flushes_vmid = kernel == "rfc-v1"
-        # Switches for the seeded historical bugs (all True = today's kernel).
+        # The walker bugs switched back on (s2pt.bugs), as the plain
+        # attributes the walker reads (all True = today's kernel).
+        self.bugs = _bugs.check_bugs(bugs, _bugs.WALKER)
         # v6.1's __kvm_pgtable_visit reloaded the entry only after a LEAF
         # callback: its TABLE_PRE visitor (the anchor) cleared the table
         # entry and relied on descending into the table it had just
         # unlinked, through the entry as it was read before the callback.
-        self.reload_after_cb = bool(reload_after_cb) and not self.pre_6_2   # a9f0e3d5a089
-        self.free_unlinked_drops_root = free_unlinked_drops_root  # f6a27d6dc51b
-        # RFC v1's pruning walker locks entries with xchg; False is the
-        # mutation rfc-plain-prune (plain READ_ONCE / WRITE_ONCE).
-        self.prune_xchg = prune_xchg
-        self.map_phys_from_ipa = map_phys_from_ipa                # 1f0f4a2ef7a5
-        self.free_unlinked_once = free_unlinked_once              # c60d847be7b8
-        self.shared_walk_rcu = shared_walk_rcu                    # (a mutation, no commit)
+        self.reload_after_cb = "a9f0e3d5a089" not in self.bugs and not self.pre_6_2
+        self.free_unlinked_drops_root = "f6a27d6dc51b" not in self.bugs
+        # RFC v1's pruning walker locks entries with xchg; rfc-plain-prune
+        # uses plain READ_ONCE / WRITE_ONCE.
+        self.prune_xchg = "rfc-plain-prune" not in self.bugs
+        self.map_phys_from_ipa = "1f0f4a2ef7a5" not in self.bugs
+        self.free_unlinked_once = "c60d847be7b8" not in self.bugs
+        self.shared_walk_rcu = "no-rcu-read-lock" not in self.bugs
         # Memory, TLB bookkeeping and the machine that performs operations
         self.mm = PhysMem(geom.page_shift, limit=ram_pages, report=self._report)
         self.mmu = S2Mmu(vmid)
@@ -180,9 +182,7 @@ class KvmPgtable(Frozen):
 
 #: What a Stage2 may be built with besides its geometry (see KvmPgtable).
 _CONFIG = frozenset({"hyp", "idmap", "mm_ops", "force_pte_cb", "max_owner_id", "pte_is_counted",
-                     "machine", "reload_after_cb", "free_unlinked_drops_root", "prune_xchg",
-                     "map_phys_from_ipa", "free_unlinked_once", "shared_walk_rcu", "kernel",
-                     "prefault_block"})
+                     "machine", "bugs", "kernel", "prefault_block"})
 
 #: The kernels whose walker a table can follow (KvmPgtable's ``kernel``).
 KERNELS = (None, "6.1", "rfc-v1")

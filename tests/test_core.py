@@ -427,8 +427,7 @@ def test_enomem_boundary_is_exact():
 
 
 def test_ebusy_free_unlinked_knob_reproduces_leak_f6a27d6dc51b():
-    pgt = s2pt.Stage2()
-    pgt.free_unlinked_drops_root = False        # before f6a27d6dc51b
+    pgt = s2pt.Stage2(bugs={"f6a27d6dc51b"})    # before f6a27d6dc51b
     pgt.map(0, 2 * MiB, 0, force_pte=True)
     pgt.map(0, 2 * MiB, 0)                      # collapse
     with pytest.raises(s2pt.KernelBug, match="leak"):
@@ -439,7 +438,7 @@ def test_missing_reload_walks_freed_table_a9f0e3d5a089():
     # pKVM frees unlinked tables synchronously; without the reload after the
     # TABLE_PRE callback the walker descends into the table it just freed.
     from s2pt import pgtable as pt
-    pgt = s2pt.Stage2(mm_ops=pt.MmOps(pt.free_unlinked_table_now), reload_after_cb=False)
+    pgt = s2pt.Stage2(mm_ops=pt.MmOps(pt.free_unlinked_table_now), bugs={"a9f0e3d5a089"})
     pgt.map(0, 2 * MiB, 0, force_pte=True)
     with pytest.raises(s2pt.KernelBug, match="use-after-free"):
         pgt.map(0, 2 * MiB, 0)

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parent.parent / "s2pt"
 #: module -> layer (lower numbers are lower layers).  A module may import
 #: modules of its own layer or below, never above.
 LAYERS = [
-    ["errors", "validate", "geometry", "snapshot"],
+    ["errors", "validate", "geometry", "snapshot", "bugs"],
     ["descriptor", "memory"],
     ["ops"],
     ["pgtable", "invariants"],
@@ -27,7 +27,10 @@ LAYERS = [
     ["kvm", "pkvm", "drill", "trace", "feedback"],
     ["sim", "sim.state", "sim.window", "sim.sync", "sim.violation", "sim.world", "sim.causal",
      "sim.symmetry", "sim.por", "sim.report", "sim.search"],
-    ["checkers", "schemes", "scenarios", "explorer", "comparison"],
+    ["checkers", "schemes", "scenarios", "scenarios.scenario", "scenarios.declarations",
+     "scenarios.guest", "scenarios.pkvm", "explorer", "comparison", "comparison.costs",
+     "comparison.results", "comparison.rules", "comparison.report", "comparison.run",
+     "comparison.cache", "comparison.check"],
     ["__init__", "__main__", "cli", "cli.registry", "cli.drill", "cli.explore", "cli.compare",
      "htmltrace", "widgets",
      "exercises"],

@@ -2,7 +2,12 @@
 
 Exit status: 0 when every declaration held (and, with ``--mutations``,
 every mutation was caught); 1 on a declaration mismatch or a mutation
-missed; 2 on bad input (one line on stderr, never a traceback).
+missed; 2 on bad input (one line on stderr, never a traceback).  With
+``--check`` it searches nothing: 0 when the stored comparison agrees with
+the registries, 1 when it does not.
+
+Results are cached by content in the user's cache folder
+(:mod:`s2pt.comparison.cache`) unless ``--no-cache``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import os
 import sys
 import time
 
-from ..comparison import MAX_JOBS, MAX_VCPUS, compare
+from ..comparison import MAX_JOBS, MAX_STATES, MAX_VCPUS, compare
+from ..comparison.cache import ResultCache
+from ..comparison.check import DATA, check_json, load
 from ..errors import S2ptError
 from ..scenarios import SCENARIOS
 from ..schemes import SCHEMES
@@ -72,20 +79,25 @@ class _Progress:
     arg("--no-costs", action="store_true", help="the verdict table only (no cost sweep)"),
     arg("--runs", type=_pos, default=12, metavar="N",
         help="recorded runs per cost cell (default 12)"),
-    arg("--sample-runs", type=_pos, default=300, metavar="N",
-        help="PCT schedules where a cost cell's verdict is sampled (default 300)"),
     arg("--seed", type=_seed, default=0,
-        help="seed of the sampled schedules, 0 .. 2**64-1 (default 0)"),
+        help="seed of the cost runs' random and PCT schedules, 0 .. 2**64-1 (default 0)"),
     arg("--scheme", action="append", default=[], metavar="NAME",
         help="only these schemes (repeat, or comma-separate; default: all)"),
     arg("--scenario", action="append", default=[], metavar="NAME",
         help="only these scenarios (repeat, or comma-separate; default: all)"),
-    arg("--max-states", type=_pos, default=2_000_000, metavar="N",
-        help="bound on each exhaustive search (default 2,000,000)"),
+    arg("--max-states", type=_pos, default=MAX_STATES, metavar="N",
+        help=f"bound on each exhaustive search (default {MAX_STATES:,})"),
     arg("--plot", metavar="PNG", help="save the cost plots (matplotlib) to this file"),
     arg("--jobs", type=_pos, default=None, metavar="N",
         help=f"worker processes for the searches, at most {MAX_JOBS} (default: one per "
              f"core)"),
+    arg("--no-cache", action="store_true",
+        help="compute everything again (default: reuse results cached by content in "
+             "$XDG_CACHE_HOME/s2pt/compare, else ~/.cache/s2pt/compare)"),
+    arg("--check", nargs="?", const=str(DATA), metavar="JSON",
+        help="search nothing: check a stored comparison (default "
+             "notebooks/data/compare.json) against the registries -- every scheme, scenario, "
+             "declaration, mutation and bug name -- and exit 0 if it agrees, 1 if not"),
 ])
 def compare_cmd(args) -> int:
     """Run every scheme against every scenario (exhaustive stateful search)
@@ -95,8 +107,12 @@ def compare_cmd(args) -> int:
     the mutation score.
 
     Exit status: 0 all declarations held (and every mutation was caught),
-    1 a declaration mismatch (or a mutation missed), 2 bad input.
+    1 a declaration mismatch (or a mutation missed), 2 bad input.  With
+    --check, nothing is searched: a stored comparison (--json's output) is
+    checked against the registries, exit 0 when it agrees, 1 when not.
     """
+    if args.check is not None:
+        return _check(args.check)
     if args.vcpus > MAX_VCPUS:
         raise S2ptError(f"--vcpus {args.vcpus}: at most {MAX_VCPUS}")
     if args.jobs is not None and args.jobs > MAX_JOBS:
@@ -112,10 +128,14 @@ def compare_cmd(args) -> int:
         f" (exhaustive searches in {jobs} worker process{'es' if jobs > 1 else ''}"
         + ("" if args.no_costs else f", then costs with 1-{args.vcpus} vCPUs")
         + (", then every mutation" if args.mutations else "") + "); progress follows"))
+    cache = None if args.no_cache else ResultCache()
     c = compare(schemes, scenarios, costs=not args.no_costs,
-                vcpus=args.vcpus, runs=args.runs, seed=args.seed, sample_runs=args.sample_runs,
+                vcpus=args.vcpus, runs=args.runs, seed=args.seed,
                 mutations=args.mutations, max_states=args.max_states, progress=progress,
-                jobs=jobs)
+                jobs=jobs, cache=cache)
+    if cache is not None:
+        progress(f"cache: {cache.hits} of {cache.hits + cache.misses} results read from "
+                 f"{cache.folder}")
     progress.done()
     if args.plot:
         try:
@@ -129,3 +149,14 @@ def compare_cmd(args) -> int:
         if args.plot:
             print(f"\nplots: {args.plot}")
     return 0 if c.ok else 1
+
+
+def _check(path: str) -> int:
+    """compare --check: the stored comparison against the registries."""
+    problems = check_json(load(path))
+    for p in problems:
+        print(p)
+    print(f"{path}: " + (f"{len(problems)} disagreement(s) with the registries" if problems
+                         else "agrees with the registries (schemes, scenarios, declarations, "
+                              "mutations, bugs)"))
+    return 1 if problems else 0

@@ -188,4 +188,8 @@ def scenarios_cmd(args) -> int:
     print("\nViolation kinds:")
     for k, v in KINDS.items():
         print(f"  {k:<15} {v}")
+    print("\nBugs (--bug NAME switches one back on; each names what it switches):")
+    for b in BUGS.values():
+        print(textwrap.fill(f"[{b.target}] {b.what}", WIDTH, initial_indent=f"  {b.name:<24} ",
+                            subsequent_indent=" " * 27, break_on_hyphens=False))
     return 0

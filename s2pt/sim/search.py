@@ -128,6 +128,23 @@ class Found:
         return out
 
 
+def declaration_mismatches(scenario, scheme: str, found: dict, complete: bool) -> list:
+    """Mismatches between what a search of ``scenario`` under ``scheme``
+    found (``found``: kind -> its schedule, in words) and the scenario's
+    declaration: a kind declared Never that was found, a kind declared
+    Sometimes that a complete search never found."""
+    out = []
+    for kind in KINDS:
+        exp = scenario.expected(scheme, kind)
+        if exp is None:
+            continue
+        if exp == SOMETIMES and kind not in found and complete:
+            out.append(f"{kind}: declared Sometimes, never found")
+        elif exp != SOMETIMES and kind in found:
+            out.append(f"{kind}: declared Never, found with schedule {found[kind]}")
+    return out
+
+
 @dataclass
 class Result:
     scenario: str
@@ -175,18 +192,9 @@ class Result:
     def check_declared(self) -> list:
         """Mismatches between this result and the scenario's declaration
         (a Never that was found; a Sometimes not found by a complete search)."""
-        sc = self._scenario
-        out = []
-        for kind in KINDS:
-            exp = sc.expected(self.scheme, kind)
-            if exp is None:
-                continue
-            if exp == SOMETIMES and kind not in self.found and self.complete:
-                out.append(f"{kind}: declared Sometimes, never found")
-            elif exp != SOMETIMES and kind in self.found:
-                out.append(f"{kind}: declared Never, found with schedule "
-                           f"{self.found[kind].schedule_text}")
-        return out
+        return declaration_mismatches(self._scenario, self.scheme,
+                                      {k: f.schedule_text for k, f in self.found.items()},
+                                      self.complete)
 
     def to_json(self) -> dict:
         out = {"scenario": self.scenario, "scheme": self.scheme, "mode": self.mode,

@@ -29,7 +29,7 @@ CELLS = [
     "    host.donate(0x9000_0000 + k * 4096, 1, to='guest')\n"
     "host.pgt.draw()",
     "from s2pt.htmltrace import timeline\n"
-    "timeline(s2pt.replay('collapse-vs-fault-3', 'rcu', '1*5 0*14 2*3 0*4 1*6 3*5'))",
+    "timeline(s2pt.replay('collapse-vs-fault-3', 'rcu', '1*5 0*15 2*3 0*4 1*6 3*5'))",
 ]
 # Outputs wider than their output area (as look-at-notebooks checks); a
 # picture in a box that scrolls (a wide tree keeps its size) counts as the box.
