@@ -1286,13 +1286,13 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None)
     funcs = []
     s = entry_state
     for c in cycle:
-        for f in space.nodes[s[1][c]].stack:
+        for f in space.nodes[s[1][c]].stack[:2]:     # the program and what it calls
             if f not in funcs and f is not None:
                 funcs.append(f)
         s, _ = space.step(s, c)
     who = ", ".join(w.name(c) for c in loop)
     msg = (f"{who} never finish{'es' if len(loop) == 1 else ''}: after {len(stem)} steps, the "
-           f"same {len(cycle)} steps (through {', '.join(f + '()' for f in funcs[:4])}) bring "
+           f"same {len(cycle)} steps (through {', '.join(f + '()' for f in funcs[:6])}) bring "
            f"every CPU and the machine back to where they were, and a fair scheduler can repeat "
            f"them forever")
     if waiting:
