@@ -52,6 +52,10 @@ KERNEL_FUNCTIONS = {
     "handle_host_mem_abort", "__pkvm_host_donate_guest", "__pkvm_host_reclaim_page",
     "__host_update_page_state", "stage2_coalesce_walk_table_post", "host_set_owner_walker",
     "kvm_unmap_gfn_range", "kvm_mmu_split_huge_pages", "kvm_handle_guest_abort",
+    # kvm_pgtable_get_leaf() and its visitor (a re-executed access after
+    # -EAGAIN reads the table so); v6.1's map walker tore the old subtree
+    # down in its TABLE_POST visitor.
+    "kvm_pgtable_get_leaf", "leaf_walker", "stage2_map_walk_table_post",
 }
 
 

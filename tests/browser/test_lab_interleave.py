@@ -24,6 +24,17 @@ from conftest import REPO
 
 UAF = "1*5 0"
 CLICKS = 7
+
+
+def _uaf_numbers():
+    """The step numbers the test expects, from the model: the hand run's
+    (vCPU1 five steps, vCPU0 to the end, vCPU1 once) last vCPU0 step and
+    vCPU1's read of the freed table, and the shortest counterexample's
+    schedule and length."""
+    w = s2pt.replay("collapse-vs-fault", "none", UAF)
+    f = s2pt.explore("collapse-vs-fault", "none").found["use-after-free"]
+    last0 = max(e.index for e in w.events if e.cpu == 0)
+    return last0, w.violations[0].step, f.schedule_text, len(f.schedule)
 #: JS: click a button of widget k (its first enabled Step button unless
 #: ``sel`` says which), in the page, and time it from the click to the frame
 #: after the widget's event line changes (the event line is the last panel a
@@ -98,7 +109,9 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
                                 f"'application/vnd.jupyter.stderr']").count()
 
         # 1. The known bug, by hand: vCPU1 five steps, vCPU0 until blocked, vCPU1 once.
+        last0, read_at, shortest, shortest_len = _uaf_numbers()
         uaf = widgets.nth(0)
+        uaf.scroll_into_view_if_needed()          # the lab lays out only cells in view
         assert "No violation so far." in uaf.inner_text()
         assert uaf.locator("button.s2pt-step-2").is_disabled()       # RCU: nothing queued
         assert "no RCU callback queued" in uaf.inner_text()
@@ -109,11 +122,11 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
             times.append(t)
         assert "next: READ_ONCE(L3[1])" in uaf.inner_text()
         uaf.locator("button.s2pt-run-0").click()
-        page.wait_for_function(_ev_is(0, 1050), timeout=20_000)     # vCPU0's last step
+        page.wait_for_function(_ev_is(0, last0), timeout=20_000)    # vCPU0's last step
         uaf.locator("button.s2pt-step-1").click()
-        page.wait_for_function(_ev_is(0, 1051), timeout=10_000)
+        page.wait_for_function(_ev_is(0, read_at), timeout=10_000)
         banner = uaf.locator(".banner.bad").inner_text()
-        assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
+        assert f"vCPU1 read an entry of table page 0x80002000 at step {read_at}" in banner
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
                                f"button.s2pt-step-1').disabled", timeout=10_000)  # run over
         print("\nclick-to-redraw, collapse-vs-fault/none, vCPU1's Step by hand: "
@@ -126,11 +139,11 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         # Load the shortest counterexample's schedule; Play, at the default
         # speed with skip on, reaches the violation in the browser.
         box = uaf.locator("input[placeholder^='schedule']")
-        box.fill("0*5 1*5 0*1037 1")
+        box.fill(shortest)
         box.press("Enter")
         uaf.locator("button.s2pt-load").click()
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave .pos')"
-                               ".textContent === 'step 0 of 1048'", timeout=30_000)
+                               f".textContent === 'step 0 of {shortest_len}'", timeout=30_000)
         t = time.perf_counter()
         uaf.locator(".bar .play").click()
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
@@ -138,7 +151,7 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         played = time.perf_counter() - t
         print(f"Play to the violation of collapse-vs-fault/none (default speed): {played:.1f} s")
         assert played < 5, played
-        assert "step 1048 of 1048" in uaf.locator(".pos").inner_text()
+        assert f"step {shortest_len} of {shortest_len}" in uaf.locator(".pos").inner_text()
         # Play's end tells the kernel where it stopped: the Step buttons follow.
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
                                f"button.s2pt-step-0').disabled", timeout=10_000)
@@ -196,6 +209,9 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
     path = tmp_path / "uaf.html"
     write_html(w, path)
     quiet = [s[5] for s in page_data(path.read_text())["steps"]]
+    total = len(w.events)                  # the page counts the run's steps
+    read_at = w.violations[0].step         # vCPU1's read of the freed table
+    free_at = max(e.index for e in w.events if e.cpu == 0 and e.op[0] == "put_page")
     ctx = browser.new_context(viewport={"width": 1100, "height": 900}, offline=True)
     page = ctx.new_page()
     asked, errors = [], []
@@ -211,31 +227,31 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
     try:
         page.goto(path.as_uri())
         page.wait_for_selector("#trace .cols .cpu")
-        assert "step 0 of 1052" in page.inner_text("#trace .pos")
+        assert f"step 0 of {total}" in page.inner_text("#trace .pos")
         assert "No violation so far." in page.inner_text("#trace .banner")
         # Next, with skip on (the default): the next step that changes
         # shared state, not the next step.
         want = next(k for k in range(1, len(quiet)) if not quiet[k])
         page.click("#trace .next")
-        assert f"step {want} of 1052" in page.inner_text("#trace .pos"), want
+        assert f"step {want} of {total}" in page.inner_text("#trace .pos"), want
         # In vCPU0's free walk (a thousand reads that change nothing shared),
         # one click crosses it.
         inside = next(k for k in range(1, len(quiet)) if all(quiet[k:k + 200]))
         page.evaluate(f"window.s2ptShow({inside})")
         nxt = next(k for k in range(inside + 1, len(quiet)) if not quiet[k])
         page.click("#trace .next")
-        assert f"step {nxt} of 1052" in page.inner_text("#trace .pos"), nxt
+        assert f"step {nxt} of {total}" in page.inner_text("#trace .pos"), nxt
         assert nxt > inside + 100                  # it skipped the walk
         back = max(k for k in range(1, nxt) if not quiet[k])
         page.click("#trace .prev")
-        assert f"step {back} of 1052" in page.inner_text("#trace .pos"), back
+        assert f"step {back} of {total}" in page.inner_text("#trace .pos"), back
         page.uncheck("#trace .skip")
         page.click("#trace .next")
-        assert f"step {back + 1} of 1052" in page.inner_text("#trace .pos")
+        assert f"step {back + 1} of {total}" in page.inner_text("#trace .pos")
         page.check("#trace .skip")
         # Jump to the violation.
         page.click("#trace .viol")
-        assert "step 1052 of 1052" in page.inner_text("#trace .pos")
+        assert f"step {total} of {total}" in page.inner_text("#trace .pos")
         assert "use-after-free" in page.inner_text("#trace .banner")
         # trace.js puts each step's panels together from the deltas: they
         # must be the World's own (the rows of shared_state, the CPU
@@ -243,11 +259,11 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         norm = "(h) => { const t = document.createElement('div'); t.innerHTML = h; return t.innerHTML; }"
         rec = Recorder(s2pt.world("collapse-vs-fault", "none"))
         before, highlighted = shared_state(rec), 0
-        for k in range(1053):
+        for k in range(total + 1):
             if k:
                 before = shared_state(rec)
                 rec.step(w.events[k - 1].cpu)
-            if k in (0, 1, 6, 7, 500, 1046, 1047, 1051, 1052):
+            if k in (0, 1, 6, 7, 500, free_at, free_at + 1, total - 1, total):
                 page.evaluate(f"window.s2ptShow({k})")
                 last = rec.world.events[-1] if k else None
                 old = {key: v for key, _, _, v in before} if k else None
@@ -266,16 +282,16 @@ def test_html_trace_plays_offline(browser, tmp_path, shots):
         t = time.perf_counter()
         page.click("#trace .play")
         page.wait_for_function("() => document.querySelector('#trace .pos').textContent"
-                               ".includes('step 1052 of 1052')", timeout=60_000)
+                               f".includes('step {total} of {total}')", timeout=60_000)
         print(f"\nHTML trace: Play to the violation, every step, fastest: "
               f"{time.perf_counter() - t:.1f} s")
         banner = page.inner_text("#trace .banner")
-        assert "vCPU1 read an entry of table page 0x80002000 at step 1051" in banner
-        assert "vCPU0 freed it at step 1046" in banner
+        assert f"vCPU1 read an entry of table page 0x80002000 at step {read_at}" in banner
+        assert f"vCPU0 freed it at step {free_at}" in banner
         tree = page.inner_text("#trace .tree")
         assert "freed (poisoned)" in tree
         # The violation's step: a ✖ on the entry in the tree, red in the timeline.
-        assert "✖ entry 1: ◀ use-after-free at step 1051 (vCPU1)" in tree
+        assert f"✖ entry 1: ◀ use-after-free at step {read_at} (vCPU1)" in tree
         assert page.locator("svg.timeline rect[fill='#d62728']").count() == 1
         assert page.locator("#trace .tree svg").count() == 1
         px, text, where = page.evaluate(MIN_TEXT, "#trace")
