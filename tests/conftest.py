@@ -32,12 +32,24 @@ def contract_counts(request):
     return config._s2pt_contract
 
 
+#: Module-scoped fixtures that take a minute to build (a whole compare()
+#: run, every exercise built): the tests that use one run on one xdist
+#: worker, so that it is built once, not once per worker.
+SHARED_FIXTURES = {"cmp": "compare", "serial": "compare-run", "fresh": "exercises"}
+
+
 def pytest_collection_modifyitems(config, items):
     """The browser tests share one JupyterLab and one Chromium: keep them on
-    one xdist worker (``--dist loadgroup``)."""
+    one xdist worker (``--dist loadgroup``); so do the users of each of
+    :data:`SHARED_FIXTURES`."""
     for item in items:
         if "tests/browser/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.xdist_group("browser"))
+            continue
+        for fixture, group in SHARED_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 def pytest_sessionfinish(session):

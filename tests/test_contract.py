@@ -465,11 +465,11 @@ FUNCTIONS = [
            A("vcpus", [1, 4], JUNK_INT, ints(1, 4)),
            A("runs", [1, 2], JUNK_INT, [0, -1, 1, np.int64(2), 2 ** 64]),
            A("seed", [0, 7], JUNK_INT, ints(0, 2 ** 64 - 1)),
-           A("sample_runs", [1, 3], JUNK_INT, [0, -1, 1, np.int64(2), 2 ** 64]),
            A("mutations", [False], JUNK_FLAG),
            A("max_states", [1, 100], JUNK_INT, [0, -1, 1, np.int64(50)]),
            A("progress", [None, lambda text: None], JUNK_CALLABLE + [lambda: 0]),
-           A("jobs", [1], JUNK_INT, [0, -1, 1, 64, 65, np.int64(1)])),
+           A("jobs", [1], JUNK_INT, [0, -1, 1, 64, 65, np.int64(1)]),
+           A("cache", [None], [5, "x", b"x", THING, {}])),
 ]
 PUBLIC_FUNCTIONS = {"decode", "explore", "replay", "world", "compare"}
 

@@ -146,13 +146,12 @@ def gen_replay(data, mode, tmp):
 def gen_compare(data, mode, tmp):
     opts = [("--vcpus", ["1", "2"], JUNK_NUM + ["0", "5"]),
             ("--runs", ["1", "2"], JUNK_NUM + ["0"]),
-            ("--sample-runs", ["1", "2"], JUNK_NUM + ["0", "1000001"]),
             ("--seed", ["0", str(2 ** 64 - 1)], JUNK_NUM + [str(2 ** 64)]),
             ("--max-states", ["100", "300"], JUNK_NUM + ["0"]),
             ("--jobs", ["1", "2"], JUNK_NUM + ["0", "65", "1000"]),
             ("--json", None, None)]
     argv, junk = _options(data, opts, mode)
-    return ["compare", "--no-costs", "--scheme", "hyp-lock", "--scenario",
+    return ["compare", "--no-costs", "--no-cache", "--scheme", "hyp-lock", "--scenario",
             "donate-vs-host-access"] + argv, junk
 
 

@@ -111,8 +111,11 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         # 1. The known bug, by hand: vCPU1 five steps, vCPU0 until blocked, vCPU1 once.
         last0, read_at, shortest, shortest_len = _uaf_numbers()
         uaf = widgets.nth(0)
-        uaf.scroll_into_view_if_needed()          # the lab lays out only cells in view
-        assert "No violation so far." in uaf.inner_text()
+        # The lab renders only the cells in view (windowingMode
+        # contentVisibility: an off-screen widget's innerText is empty).
+        uaf.scroll_into_view_if_needed()
+        page.wait_for_function(f"() => document.querySelectorAll('{ACTIVE} .s2pt-interleave')[0]"
+                               f".innerText.includes('No violation so far.')", timeout=10_000)
         assert uaf.locator("button.s2pt-step-2").is_disabled()       # RCU: nothing queued
         assert "no RCU callback queued" in uaf.inner_text()
         times = []
