@@ -376,8 +376,11 @@ def _rec(s: str) -> str:
     return s
 
 
-def _node_dot(g, pgt, node: TableNode, st: DrawState, on_path: bool) -> None:
-    """Add one table page's node (a record: header, one field per row) to ``g``."""
+def _node_dot(g, pgt, node: TableNode, st: DrawState, on_path: bool,
+              rankdir: str = "LR") -> None:
+    """Add one table page's node (a record: header, one field per row) to ``g``.
+    A record lays its fields out across the rank direction, so top to
+    bottom (``TB``) wraps them in braces to keep the rows stacked."""
     if node.root_page is not None:
         title = (f"PGD page {node.root_page} of {pgt.geom.pgd_pages} (level {node.level})"
                  if pgt.geom.pgd_pages > 1 else f"PGD (level {node.level})")
@@ -415,7 +418,8 @@ def _node_dot(g, pgt, node: TableNode, st: DrawState, on_path: bool) -> None:
         styles.append("dashed")
     if styles:
         attrs["style"] = ",".join(styles)
-    g.node(node.id, "|".join(fields), **attrs)
+    label = "|".join(fields)
+    g.node(node.id, label if rankdir == "LR" else "{" + label + "}", **attrs)
 
 
 def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int = 12,
@@ -539,7 +543,10 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
             if row.kind == FOLDED:
                 row.note = max_rows
 
-    return Drawing(_dot(pgt, st, highlight, stubs, fold_note))
+    # Left to right, unless that is too wide for the column and top to
+    # bottom is narrower (Drawing picks when it renders).
+    return Drawing(_dot(pgt, st, highlight, stubs, fold_note),
+                   narrower=_dot(pgt, st, highlight, stubs, fold_note, rankdir="TB"))
 
 
 def _one(op):
@@ -552,12 +559,17 @@ def _label(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None):
+def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None,
+         rankdir: str = "LR"):
     """The picture as a ``graphviz.Digraph``: VTTBR_EL2, the PGD pages, the
     drawn tables with an edge per table entry, stubs for freed pages, a
-    summary node per level for the tables not drawn, and the walk's result."""
+    summary node per level for the tables not drawn, and the walk's result.
+    ``rankdir``: ``LR``, each level a column to the right of its parent
+    (the default), or ``TB``, each level a row below it (narrower for a
+    deep tree with few tables per level)."""
     g = graphviz.Digraph("stage2")
-    g.attr("graph", rankdir="LR", nodesep="0.2", ranksep="0.5", fontname="Helvetica")
+    g.attr("graph", rankdir=rankdir, nodesep="0.2", ranksep="0.5" if rankdir == "LR" else "0.35",
+           fontname="Helvetica")
     g.attr("node", shape="record", fontname="Helvetica", fontsize="10")
     g.attr("edge", arrowsize="0.6")
     vttbr = kvm_get_vttbr(pgt.pgd, pgt.mmu.vmid)
@@ -588,7 +600,7 @@ def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None):
             root_ids.append((nid, False))
             i = j
             continue
-        _node_dot(g, pgt, n, st, n.pa in path_tables)
+        _node_dot(g, pgt, n, st, n.pa in path_tables, rankdir)
         root_ids.append((n.id, n.pa in path_tables))
         i += 1
     for nid, on in root_ids:
@@ -601,7 +613,7 @@ def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None):
 
     for n in st.nodes.values():
         if n.root_page is None:
-            _node_dot(g, pgt, n, st, n.pa in path_tables)
+            _node_dot(g, pgt, n, st, n.pa in path_tables, rankdir)
     for pa, why in stubs:
         label = st.table_labels.get(pa)
         text = f"table page PA {pa:#x}\n{why}" + (f"\n◀ {label}" if label else "")
@@ -627,7 +639,8 @@ def _dot(pgt, st: DrawState, highlight, stubs, fold_note: str | None = None):
             src = f"{n.id}:{row.port}:e"
             if row.kind == TABLE:
                 on = row.ptep in st.path_pteps
-                g.edge(src, f"t{row.child:x}:w", **(edge_on if on else {}))
+                head = f"t{row.child:x}:w" if rankdir == "LR" else f"t{row.child:x}:n"
+                g.edge(src, head, **(edge_on if on else {}))
             elif row.kind == HIDDEN and n.level + 1 in more_ids:
                 g.edge(src, more_ids[n.level + 1], style="dashed", color="#888888")
 

@@ -55,8 +55,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["render_svg", "available_renderers", "responsive_svg", "Drawing", "RenderError",
-           "wasm_cache_path"]
+__all__ = ["render_svg", "available_renderers", "responsive_svg", "svg_width_px", "Drawing",
+           "RenderError", "wasm_cache_path", "COLUMN_PX", "MIN_SCALE"]
 
 #: Seconds a subprocess renderer may take before we give up on it.  A tree of
 #: a few thousand nodes lays out in well under a second.
@@ -274,21 +274,46 @@ def render_svg(dot_source: str) -> str:
 
 _SVG_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([0-9.]+)(pt|px)?"\s+height="([0-9.]+)(pt|px)?"')
 
+#: The notebook column the course is laid out for: JupyterLab's output area
+#: at a 1280 px wide window (what ../shared/tools/look-at-notebooks and
+#: tests/browser measure).
+COLUMN_PX = 848
+#: How far a picture may shrink to fit its column: Graphviz's 10 pt labels
+#: are 13.3 px, so 0.76 keeps every label at 10 px or more.
+MIN_SCALE = 0.76
+
+
+def _px(value: str, unit: str | None) -> float:
+    return float(value) * (4 / 3 if unit == "pt" else 1)         # unitless: px
+
+
+def svg_width_px(svg: str) -> float | None:
+    """The width a browser draws the SVG at, in CSS px (Graphviz writes pt)."""
+    m = _SVG_SIZE.search(svg)
+    return _px(m.group(2), m.group(3)) if m else None
+
 
 def responsive_svg(svg: str) -> str:
-    """The SVG as a page shows it: no XML prolog, at its own size.
+    """The SVG as a page shows it: no XML prolog, at its own size, or
+    shrunk to fit its column -- but never below :data:`MIN_SCALE`.
 
     Graphviz writes a fixed size (``width="927pt" height="7810pt"``) next to
-    the ``viewBox``.  It is kept: a 10 pt label stays 13 px on screen.  A
-    picture wider than its column is never scaled down (that is how labels
-    became 7 px); put it in a box that scrolls (:meth:`Drawing.html`).
+    the ``viewBox``.  It is kept, and CSS lets the picture shrink to the
+    column's width down to MIN_SCALE of it, so a 10 pt label is never drawn
+    under 10 px (the course once scaled pictures to fit, and labels became
+    7 px).  A picture still wider than its column scrolls in its box
+    (:meth:`Drawing.html`); :func:`s2pt.draw.draw` lays a tree out top to
+    bottom when that fits better than left to right.
     """
     svg = svg[svg.find("<svg"):] if "<svg" in svg else svg
     m = _SVG_SIZE.search(svg)
     if m is None:
         return svg
+    w = _px(m.group(2), m.group(3))
+    fit = f"width: min({w:.0f}px, max(100%, {w * MIN_SCALE:.0f}px)); height: auto; "
     sized = (f'<svg{m.group(1)} width="{m.group(2)}{m.group(3) or "px"}" '
-             f'height="{m.group(4)}{m.group(5) or "px"}" style="max-width: none; display: block"')
+             f'height="{m.group(4)}{m.group(5) or "px"}" '
+             f'style="{fit}max-width: none; display: block"')
     return svg[:m.start()] + sized + svg[m.end():]
 
 
@@ -300,14 +325,25 @@ class Drawing:
     Rendering happens on first use and is remembered for this source only.
     """
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, narrower: str | None = None):
         self.source = getattr(source, "source", source)
+        #: Another layout of the same picture (a tree drawn top to bottom),
+        #: shown instead when ``source`` is wider than the column can hold
+        #: even shrunk and this one is narrower.
+        self.narrower = getattr(narrower, "source", narrower)
         self._svg_for: tuple[str, str] | None = None
 
     def svg(self) -> str:
         """The SVG document, rendered now if ``source`` changed since last time."""
         if self._svg_for is None or self._svg_for[0] != self.source:
-            self._svg_for = (self.source, render_svg(self.source))
+            svg = render_svg(self.source)
+            w = svg_width_px(svg)
+            if self.narrower and w is not None and w * MIN_SCALE > COLUMN_PX:
+                other = render_svg(self.narrower)
+                w2 = svg_width_px(other)
+                if w2 is not None and w2 < w:
+                    svg = other
+            self._svg_for = (self.source, svg)
         return self._svg_for[1]
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -98,16 +98,20 @@ def _svg_tag(svg: str) -> str:
 
 def test_notebook_svg_keeps_its_size_and_scrolls(no_dot):
     """What a notebook shows keeps Graphviz's own size (a 10 pt label stays
-    13 px: a picture is never scaled down to unreadable text); a wide one
-    scrolls in its box instead."""
+    13 px), or shrinks to its column but never below MIN_SCALE (labels at
+    10 px or more: a picture is never scaled down to unreadable text); a
+    wider one scrolls in its box instead."""
     d = Drawing(DOT)
     bundle = d._repr_mimebundle_()
     natural = _svg_tag(d.svg())
-    width = re.search(r'width="([0-9.]+pt)"', natural).group(1)
+    width = re.search(r'width="([0-9.]+)pt"', natural).group(1)
+    px = float(width) * 4 / 3
+    assert 13.3 * render.MIN_SCALE >= 10
     for shown in (bundle["image/svg+xml"], bundle["text/html"]):
         tag = _svg_tag(shown)
-        assert f'width="{width}"' in tag and "viewBox=" in tag, tag
-        assert "100%" not in tag and "max-width: none" in tag and "<?xml" not in shown
+        assert f'width="{width}pt"' in tag and "viewBox=" in tag, tag
+        assert f"width: min({px:.0f}px, max(100%, {px * render.MIN_SCALE:.0f}px))" in tag, tag
+        assert 'width="100%"' not in tag and "max-width: none" in tag and "<?xml" not in shown
     assert "overflow: auto" in bundle["text/html"]
     assert_svg_with_labels(bundle["image/svg+xml"])
     assert all(label in bundle["text/html"] for label in LABELS)
@@ -116,8 +120,8 @@ def test_notebook_svg_keeps_its_size_and_scrolls(no_dot):
 def test_responsive_svg_leaves_other_text_alone():
     assert render.responsive_svg("no picture") == "no picture"
     out = render.responsive_svg('<svg width="10" height="20" viewBox="0 0 10 20"/>')
-    assert out == ('<svg width="10px" height="20px" style="max-width: none; display: block"'
-                   ' viewBox="0 0 10 20"/>')
+    assert out == ('<svg width="10px" height="20px" style="width: min(10px, max(100%, 8px)); '
+                   'height: auto; max-width: none; display: block" viewBox="0 0 10 20"/>')
 
 
 def test_a_host_with_scattered_donations_draws_a_bounded_tree():

@@ -154,6 +154,9 @@ def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip b
         dec.wait_for(timeout=15_000)
         bld.wait_for(timeout=15_000)
         print(f"\nJupyterLab open and cells run: {time.time() - t0:.1f} s")
+        dec.scroll_into_view_if_needed()
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-decoder')"
+                               ".innerText.includes('page of 4K')", timeout=10_000)
         assert "page of 4K at PA 0x900000000" in dec.inner_text()
         assert not page.locator(f"{ACTIVE} .jp-OutputArea-output[data-mime-type="
                                 f"'application/vnd.jupyter.stderr']").count()
@@ -174,6 +177,11 @@ def test_widgets_in_jupyterlab(browser, lab, shots):     # browser first: skip b
                ".includes('not a hexadecimal number')", "Decoder bad text")
 
         # Builder: Map, then the tree, the ptdump tab and the counters change.
+        # (The lab renders only the cells in view, windowingMode
+        # contentVisibility: an off-screen widget's innerText is empty.)
+        bld.scroll_into_view_if_needed()
+        page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-builder')"
+                               ".innerText.includes('table pages')", timeout=10_000)
         assert "2M block" not in bld.inner_text()
         _timed(page, bld.locator("button.s2pt-map").click,
                f"() => document.querySelector('{ACTIVE} .s2pt-builder svg').textContent"
