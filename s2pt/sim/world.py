@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections import deque
+from itertools import compress
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
@@ -289,9 +290,10 @@ class StackCache:
             g = nxt
             changed = True
         if changed:
-            self.out = tuple(n for n in names if n is not None)
-            self.visitors = tuple(v for v in walks if v)
-            self.calls = tuple(c for n, c in zip(names, serials) if n is not None)
+            # (names are None or non-empty; walks None, "" or a visitor)
+            self.out = tuple(filter(None, names))
+            self.visitors = tuple(filter(None, walks))
+            self.calls = tuple(compress(serials, names))
         return self.out
 
 
@@ -484,9 +486,15 @@ class World:
         return self.machine.blocked(i, self.pending[i])
 
     def enabled(self) -> list:
-        m = self.machine
-        return [i for i in range(self.n)
-                if self.cpus[i] is not None and m.blocked(i, self.pending[i]) is None]
+        waits, cpus, pending = self.machine.waits, self.cpus, self.pending
+        out = []
+        for i in range(len(cpus)):                # m.blocked, inlined: it runs every step
+            if cpus[i] is not None:
+                op = pending[i]
+                rule = waits.get(op[0])
+                if rule is None or rule(i, op) is None:
+                    out.append(i)
+        return out
 
     def live(self) -> list:
         """Actors that must still finish (daemons never must)."""
