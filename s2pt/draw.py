@@ -545,6 +545,7 @@ def draw(pgt, highlight: int | None = None, fold: bool = True, max_tables: int =
 
     # Left to right, unless that is too wide for the column and top to
     # bottom is narrower (Drawing picks when it renders).
+    # (Both are built now: the table may change before the picture is shown.)
     return Drawing(_dot(pgt, st, highlight, stubs, fold_note),
                    narrower=_dot(pgt, st, highlight, stubs, fold_note, rankdir="TB"))
 
