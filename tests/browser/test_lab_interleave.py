@@ -152,8 +152,9 @@ def test_interleave_in_jupyterlab(browser, lab, shots):
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
                                f".banner').classList.contains('bad')", timeout=30_000)
         played = time.perf_counter() - t
+        # Printed, not asserted (no test asserts on time): benchmarks/trace.py
+        # measures it against its 5 s target.
         print(f"Play to the violation of collapse-vs-fault/none (default speed): {played:.1f} s")
-        assert played < 5, played
         assert f"step {shortest_len} of {shortest_len}" in uaf.locator(".pos").inner_text()
         # Play's end tells the kernel where it stopped: the Step buttons follow.
         page.wait_for_function(f"() => document.querySelector('{ACTIVE} .s2pt-interleave "
