@@ -33,11 +33,15 @@ def contract_counts(request):
 
 
 #: Module-scoped fixtures that take a minute to build (a whole compare()
-#: run, every exercise built): the tests that use one run on one xdist
-#: worker, so that it is built once, not once per worker.
+#: run, every exercise built): the tests that use one are put in one xdist
+#: group, so that it is built once, not once per worker.  (With the
+#: pytest-xdist 3.8 this was measured on, loadgroup did not keep a group on
+#: one worker, even for a test marked by hand; the fixtures also cache
+#: their value per process, so a worker builds each at most once.)
 SHARED_FIXTURES = {"cmp": "compare", "serial": "compare-run", "fresh": "exercises"}
 
 
+@pytest.hookimpl(tryfirst=True)       # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """The browser tests share one JupyterLab and one Chromium: keep them on
     one xdist worker (``--dist loadgroup``); so do the users of each of

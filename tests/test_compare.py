@@ -8,6 +8,7 @@ or by stepping a live World and asking it who is blocked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 
@@ -33,9 +34,16 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
+@functools.cache
+def _small_comparison():
+    """Computed once per process: an xdist worker that runs this module's
+    tests in two batches would otherwise build the module fixture twice."""
+    return C.compare(SMALL_SCHEMES, SMALL_SCENARIOS, vcpus=2, runs=4, mutations=True)
+
+
 @pytest.fixture(scope="module")
 def cmp():
-    return C.compare(SMALL_SCHEMES, SMALL_SCENARIOS, vcpus=2, runs=4, mutations=True)
+    return _small_comparison()
 
 
 # ---------------------------------------------------------------------------

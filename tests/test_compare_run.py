@@ -7,6 +7,8 @@ forked or spawned workers, or read back from the cache.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import shutil
 import subprocess
@@ -38,9 +40,15 @@ def _doc(c) -> dict:
     return d
 
 
+@functools.cache
+def _serial_doc():
+    """Computed once per process (see tests/test_compare.py's cmp)."""
+    return _doc(C.compare(**SLICE, mutations=True))
+
+
 @pytest.fixture(scope="module")
 def serial():
-    return _doc(C.compare(**SLICE, mutations=True))
+    return copy.deepcopy(_serial_doc())
 
 
 # ---------------------------------------------------------------------------
@@ -56,6 +64,7 @@ def test_spawned_workers_give_what_one_process_gives(serial, monkeypatch):
     assert _doc(C.compare(**SLICE, mutations=True, jobs=2)) == serial
 
 
+@pytest.mark.slow
 def test_without_workers_compare_runs_in_this_process(serial, monkeypatch):
     """A platform where no worker process can be started (no semaphores,
     a sandbox): compare says so and runs every job itself."""
