@@ -30,6 +30,8 @@ full.  ``explore(por=False)`` is the unreduced reference;
 
 from __future__ import annotations
 
+from .state import NODE_BITS
+
 __all__ = ["Reduction"]
 
 #: Operations that change nothing shared (statistics at most).
@@ -40,12 +42,19 @@ ON_PAGE = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", 
                      "walker_get", "walker_get_unless_zero", "walker_put"})
 
 
+#: Codes of Reduction._candidate besides a pfn.
+_ALWAYS, _NEVER = -1, -2
+
+
 class Reduction:
     """The private-step test of one state space (see the module docstring)."""
 
     def __init__(self, space):
         self.space = space
         m = space.m
+        self.taken = 0
+        #: machine id << NODE_BITS | node id -> _ALWAYS, _NEVER or a pfn.
+        self.memo: dict = {}
         #: Observers of every step (casemate's automaton, the isolation
         #: checker) see stores to any page: no step is private under them.
         self.on = not (m.observers or m.pre_observers)
@@ -57,40 +66,57 @@ class Reduction:
         self.i_freed = 1 + fields.index("freed")
         self.i_walkers = 1 + fields.index("walkers")
         self.pgd = {p.pfn for p in space.pgt.pgd_pages}
-        self.taken = 0
 
     def private_step(self, s, enabled):
         """A CPU of ``enabled`` whose next step is private in state ``s``, or None."""
+        return self.private_in(s[0], s[1], enabled)
+
+    def private_in(self, mid, nodes, enabled):
+        """:meth:`private_step` on machine ``mid`` with the CPUs at ``nodes``.
+        What a step's own page says (allocated, unlinked, not cached, not
+        its last reference) is a function of the machine and the CPU's
+        position, memoised on the pair; only who else holds a pointer into
+        the page depends on the other CPUs."""
         if not self.on:
             return None
-        space = self.space
-        nodes = space.nodes
-        ms = None
+        memo = self.memo
         for i in enabled:
-            op = nodes[s[1][i]].op
-            name = op[0]
-            if name in LOCAL:
+            nid = nodes[i]
+            key = (mid << NODE_BITS) | nid
+            c = memo.get(key)
+            if c is None:
+                c = memo[key] = self._candidate(mid, i, nid)
+            if c == _ALWAYS:
                 return i
-            if name not in ON_PAGE or space.impure[i]:
-                continue
-            pfn = op[1] >> space.shift
-            k = space.index.get(pfn)
-            if k is None or pfn in self.pgd:
-                continue
-            if ms is None:
-                ms = space.mstates[s[0]]
-            key = space.pdata[ms[0][k]]
-            if key[self.i_freed]:
-                continue
-            if name == "put_page" and key[self.i_refcount] <= 1:
-                continue
-            if name == "walker_put" and key[self.i_walkers] <= 1:
-                continue
-            if pfn in space.linked_of(ms[0]):
-                continue
-            if any(pfn in mc for mc in ms[2]):
-                continue
-            if space.others_hold(s, i, pfn << space.shift):
-                continue
-            return i
+            if c != _NEVER and not self.space.others_hold_pfn(mid, nodes, i, c):
+                return i
         return None
+
+    def _candidate(self, mid, i, nid):
+        """_ALWAYS (the step changes nothing shared), _NEVER, or the pfn of
+        the unlinked, uncached, allocated table page the step touches
+        (private if no other CPU holds a pointer into it)."""
+        space = self.space
+        op = space.nodes[nid].op
+        name = op[0]
+        if name in LOCAL:
+            return _ALWAYS
+        if name not in ON_PAGE or space.impure[i]:
+            return _NEVER
+        pfn = op[1] >> space.shift
+        k = space.index.get(pfn)
+        if k is None or pfn in self.pgd:
+            return _NEVER
+        ms = space.mstates[mid]
+        key = space.pdata[ms[0][k]]
+        if key[self.i_freed]:
+            return _NEVER
+        if name == "put_page" and key[self.i_refcount] <= 1:
+            return _NEVER
+        if name == "walker_put" and key[self.i_walkers] <= 1:
+            return _NEVER
+        if pfn in space.linked_of(ms[0]):
+            return _NEVER
+        if any(pfn in mc for mc in ms[2]):
+            return _NEVER
+        return pfn

@@ -46,6 +46,7 @@ from .. import validate
 from ..ops import BLOCKING, OPS, NOMEM as _NOMEM, OBSERVED as _OBSERVED, PARTS as _PARTS
 from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SYNC
 from . import state as _state
+from .state import NODE_BITS, NODE_MASK
 from .violation import KINDS, Violation
 from .por import Reduction
 from .symmetry import Symmetry, compose, invert
@@ -270,6 +271,10 @@ class Node:
         self.cls = None              # its class, for a symmetric CPU (s2pt.sim.symmetry)
 
 
+#: What a CPU position says about whether it can step (StateSpace.run).
+_DONE, _RUNS, _MAY_BLOCK = 0, 1, 2
+
+
 class StateSpace:
     """Hashable states over one World, with memoised CPU transitions.
 
@@ -322,7 +327,11 @@ class StateSpace:
         self.spare: dict = {}
         self.mstates: list = []                 # machine id -> machine state tuple
         self.mids: dict = {}                    # machine state tuple -> machine id
-        self.tmemo: dict = {}                   # (machine id, node id) -> transition
+        self.tmemo: dict = {}                   # machine id << NODE_BITS | node id -> transition
+        #: node id -> _DONE, _RUNS or _MAY_BLOCK (its next op has a blocking rule)
+        self.run: list = []
+        self.bmemo: dict = {}                   # machine id << NODE_BITS | node id -> blocked?
+        self._held: dict = {}                   # machine id -> pfns each MMU walk cache holds
         #: The scenario's race window (s2pt.sim.window) and the step facts it needs.
         self.window = getattr(w.scenario, "window", None)
         self.needs = self.window.needs if self.window is not None else frozenset()
@@ -487,6 +496,9 @@ class StateSpace:
         nid = self.node_ids.get(key)
         if nid is None:
             nid = len(self.nodes)
+            if nid > NODE_MASK:
+                raise S2ptError(f"the search reached {nid:,} CPU positions, more than the "
+                                f"{NODE_MASK:,} a packed state can name (s2pt.sim.state.NODE_BITS)")
             self.node_ids[key] = nid
             node = Node(i, op, stack_names(gen) if gen is not None else (), hist, gen is None,
                         key)
@@ -495,6 +507,8 @@ class StateSpace:
             if self.impure[i] and not hist:
                 node.hist = ((None, mstate),)
             self.nodes.append(node)
+            self.run.append(_DONE if gen is None else
+                            _MAY_BLOCK if op[0] in BLOCKING else _RUNS)
         if gen is not None and nid not in self.gens:
             self.gens[nid] = gen
         return nid
@@ -587,24 +601,33 @@ class StateSpace:
 
     # -- transitions ---------------------------------------------------------------
     def enabled(self, s) -> tuple:
-        nodes = self.nodes
+        """The CPUs that can step in state ``s``, in CPU order."""
+        return self.enabled_at(s[0], s[1])
+
+    def enabled_at(self, mid, nodes) -> tuple:
+        """:meth:`enabled` on machine ``mid`` with the CPUs at ``nodes``.
+        Whether a CPU may block is a property of its position
+        (``self.run``); whether it does is the op table's rule over locks
+        and RCU alone, so it is memoised on (machine id, node id)."""
+        run = self.run
         out = []
-        sync = None
-        for i, nid in enumerate(s[1]):
-            node = nodes[nid]
-            if node.done:
-                continue
-            if node.op[0] in BLOCKING:
-                if sync is None:
-                    sync = self.mstates[s[0]][3]
-                    if sync != self.live.sync:
-                        self.m.sim_restore(sync)
-                        self.live.sync = sync
-                        self.live.forget("mid")
-                if self.m.blocked(i, node.op) is not None:
-                    continue
-            out.append(i)
+        for i, nid in enumerate(nodes):
+            r = run[nid]
+            if r == _RUNS or (r == _MAY_BLOCK and not self._blocked(mid, i, nid)):
+                out.append(i)
         return tuple(out)
+
+    def _blocked(self, mid, i, nid) -> bool:
+        key = (mid << NODE_BITS) | nid
+        b = self.bmemo.get(key)
+        if b is None:
+            sync = self.mstates[mid][3]
+            if sync != self.live.sync:
+                self.m.sim_restore(sync)
+                self.live.sync = sync
+                self.live.forget("mid")
+            b = self.bmemo[key] = self.m.blocked(i, self.nodes[nid].op) is not None
+        return b
 
     def all_done(self, s) -> bool:
         return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[1]))
@@ -615,7 +638,7 @@ class StateSpace:
         know about the step (s2pt.sim.window; None if nothing)."""
         mid, nodes = s
         nid = nodes[i]
-        key = (mid, nid)
+        key = (mid << NODE_BITS) | nid
         t = self.tmemo.get(key)
         if t is None:
             t = self.tmemo[key] = self._step(mid, nid, i)
@@ -729,30 +752,41 @@ class StateSpace:
     def others_hold(self, s, i, pa) -> bool:
         """Does a CPU other than ``i`` hold a pointer into the table page at
         ``pa`` in state ``s``: in its locals, or in its MMU's walk cache?"""
-        pfn = pa >> self.shift
-        nodes = self.nodes
-        for j, nid in enumerate(s[1]):
+        return self.others_hold_pfn(s[0], s[1], i, pa >> self.shift)
+
+    def others_hold_pfn(self, mid, nodes, i, pfn) -> bool:
+        """:meth:`others_hold` of table page ``pfn`` on machine ``mid`` with
+        the CPUs at ``nodes``."""
+        allnodes = self.nodes
+        for j, nid in enumerate(nodes):
             if j != i:
-                ptrs = nodes[nid].pointers
+                ptrs = allnodes[nid].pointers
                 if ptrs is None:
                     ptrs = self.pointers(nid)
                 if pfn in ptrs:
                     return True
+        held = self._held.get(mid)
+        if held is None:
+            held = self._held[mid] = self._walk_caches(mid)
+        if held:
+            vcpu_i = self.w.machine.vcpu_of.get(i)
+            for vcpu, pfns in held:
+                if vcpu != vcpu_i and pfn in pfns:
+                    return True
+        return False
+
+    def _walk_caches(self, mid) -> tuple:
+        """(vCPU, pfns its MMU's walk cache points into) of each part that
+        holds pointers (``sim_pointers``), on machine ``mid``."""
         holders = self._holders
         if holders is None:
             holders = self._holders = [(k, part.sim_pointers, getattr(part, "vcpu", None))
                                        for k, part in enumerate(self.stateful)
                                        if hasattr(part, "sim_pointers")]
-        if holders:
-            vcpu_i = self.w.machine.vcpu_of.get(i)
-            st = self.mstates[s[0]][4]
-            shift = self.shift
-            for k, held, vcpu in holders:
-                if vcpu != vcpu_i:
-                    ptrs = held(st[k])
-                    if ptrs and any(p >> shift == pfn for p in ptrs):
-                        return True
-        return False
+        st = self.mstates[mid][4]
+        shift = self.shift
+        return tuple((vcpu, frozenset(p >> shift for p in held(st[k])))
+                     for k, held, vcpu in holders)
 
     def held_by_other(self, s, i, lock) -> bool:
         """Does a CPU other than ``i`` hold ``lock`` in state ``s``?"""
@@ -1000,6 +1034,42 @@ class _WindowLog:
         return out
 
 
+class _Packed:
+    """The states of one search, each packed into one integer: the machine
+    id above ``n`` fields of NODE_BITS bits, CPU ``c``'s node id in field
+    ``c``.  A step changes one field and the machine id, so a successor is
+    two additions and a dictionary lookup, not a tuple built and hashed;
+    and a state costs a few dozen bytes, so four vCPUs' millions of states
+    fit in memory.  ``packed[sid]`` is state ``sid`` as the StateSpace's
+    (machine id, nodes) tuple."""
+
+    def __init__(self, n):
+        self.n = n
+        self.shifts = tuple(NODE_BITS * c for c in range(n))
+        self.mshift = NODE_BITS * n
+        self.nmask = (1 << self.mshift) - 1
+        self.keys: list = []
+
+    def pack(self, s) -> int:
+        mid, nodes = s
+        k = mid << self.mshift
+        for sh, nid in zip(self.shifts, nodes):
+            k |= nid << sh
+        return k
+
+    def nodes(self, nk) -> tuple:
+        return tuple([(nk >> sh) & NODE_MASK for sh in self.shifts])
+
+    def unpack(self, k) -> tuple:
+        return (k >> self.mshift, self.nodes(k & self.nmask))
+
+    def __getitem__(self, sid):
+        return self.unpack(self.keys[sid])
+
+    def __len__(self):
+        return len(self.keys)
+
+
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
          first_only=False, cancel=None):
     """Breadth-first stateful search.  Returns (found, stats).  ``progress``
@@ -1009,18 +1079,29 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     Without a preemption bound the search also keeps the state graph's
     edges, and once it is complete looks in it for livelocks: a cycle that
     a fair scheduler can follow forever while some CPU never finishes
-    (:func:`_livelocks`)."""
+    (:func:`_livelocks`).
+
+    States are packed integers (:class:`_Packed`): a successor is an
+    addition, and a state costs a few dozen bytes.  What is a function of
+    one CPU's position and the machine (its step, whether it blocks,
+    whether it is private) is memoised on the pair, in the StateSpace; what
+    depends on all the positions (which CPUs may run, the symmetric
+    representative) is a short loop over per-position facts, because
+    nearly every state has positions of its own."""
     sym = space.sym
     por = space.por if bound is None else None
+    pk = _Packed(space.n)
+    shifts, mshift, nmask = pk.shifts, pk.mshift, pk.nmask
     s0 = space.initial
     s0, to0 = sym.canon(s0) if sym is not None else (s0, None)
-    states = [s0]
-    parent = [-1]
-    via = [-1]
+    states = pk.keys
+    states.append(pk.pack(s0))
+    parent = array("q", [-1])
+    via = array("b", [-1])       # the CPU that stepped to each state (in its parent's frame)
     perm = [to0]                 # the renaming that made each state canonical (symmetry)
-    depth = [0]
-    pre = [0]
-    seen = {(s0, None) if bound is not None else s0: 0}
+    depth = array("i", [0])
+    pre = array("i", [0])
+    seen = {(states[0], None) if bound is not None else states[0]: 0}
     queue = deque([0])
     found: dict = {}
     transitions = terminals = bound_hits = 0
@@ -1030,6 +1111,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     estart, edst, ecpu = array("q"), array("q"), array("b")
     eperm: dict = {}             # edge index -> renaming, where it is not the identity
     back = set()                 # targets of edges that do not go one level deeper
+    tmemo, allnodes = space.tmemo, space.nodes
+    group_of = sym.group_of if sym is not None else {}
+    groups = sym.groups if sym is not None else ()
+    enabled_at, step, pack = space.enabled_at, space._step, pk.pack
+    unpack, nodes_of = pk.unpack, pk.nodes
+    private_in = por.private_in if por is not None and por.on else None
 
     def path(sid, then=(), frame=False):
         """The concrete schedule to state ``sid`` (then CPUs ``then``, named
@@ -1049,9 +1136,36 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         out += [tau[i] for i in then]
         return (out, tau) if frame else out
 
+    def successor(mid, nk, nodes, i):
+        """CPU ``i``'s step from (``mid``, ``nodes``; ``nk`` packed): (packed
+        state, renaming, transition), canonical under symmetry; the packed
+        state is None on a violation."""
+        nid = nodes[i]
+        tk = (mid << NODE_BITS) | nid
+        t = tmemo.get(tk)
+        if t is None:
+            t = tmemo[tk] = step(mid, nid, i)
+        if t[2]:
+            return None, None, t
+        child = t[1]
+        if i in group_of:
+            # Symmetry (s2pt.sim.symmetry): is the group still in class order?
+            g = groups[group_of[i]]
+            after = list(nodes)
+            after[i] = child
+            c0 = -1
+            for j in g:
+                c = allnodes[after[j]].cls
+                if c < c0:
+                    to, canon = sym.arrange(after)
+                    return (sym.rename(t[0], to) << mshift) | pack((0, canon)), to, t
+                c0 = c
+        return (t[0] << mshift) | (nk + ((child - nid) << shifts[i])), None, t
+
     while queue:
         sid = queue.popleft()
-        s = states[sid]
+        k = states[sid]
+        mid, nk = k >> mshift, k & nmask
         if graph:
             estart.append(len(edst))
         if not (sid & 1023):
@@ -1060,10 +1174,11 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             if cancel is not None and cancel():
                 complete = False
                 break
-        en = space.enabled(s)
+        nodes = nodes_of(nk)
+        en = enabled_at(mid, nodes)
         if not en:
             terminals += 1
-            for kind, msg in space.terminal(s):
+            for kind, msg in space.terminal((mid, nodes)):
                 if kind not in found:
                     found[kind] = (path(sid), msg)
             continue
@@ -1071,18 +1186,15 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             complete = False                   # a bound, not a finding
             continue
         last = via[sid] if sid else None
-        if por is not None:
-            i = por.private_step(s, en)
+        if private_in is not None and len(en) > 1:
+            i = private_in(mid, nodes, en)
             if i is not None:
                 # A private step alone (s2pt.sim.por), unless it leads back
                 # to a state already seen (the cycle proviso): then all.
-                t, viols = space.step(s, i)
-                if not viols:
-                    if sym is not None and i in sym.group_of:
-                        t, _ = sym.canon(t)
-                    if t not in seen:
-                        en = (i,)
-                        por.taken += 1
+                t, _, _ = successor(mid, nk, nodes, i)
+                if t is not None and t not in seen:
+                    en = (i,)
+                    por.taken += 1
         for i in en:
             if bound is not None:
                 p = pre[sid] + _preempts(i, last, en)
@@ -1091,18 +1203,15 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                     continue
             else:
                 p = 0
-            t, viols = space.step(s, i)
+            t, to, tr = successor(mid, nk, nodes, i)
             transitions += 1
-            if window is not None and space.facts is not None:
-                window.see(space, s, i, space.facts, lambda: path(sid, (i,)))
-            if viols:
-                for kind, msg in viols:
+            if window is not None and tr[3] is not None:
+                window.see(space, (mid, nodes), i, tr[3], lambda: path(sid, (i,)))
+            if t is None:
+                for kind, msg in tr[2]:
                     if kind not in found:
                         found[kind] = (path(sid, (i,)), msg)
                 continue
-            to = None
-            if sym is not None and i in sym.group_of:
-                t, to = sym.canon(t)
             key = (t, i) if bound is not None else t
             old = seen.get(key)
             if old is not None and (bound is None or pre[old] <= p):
@@ -1117,11 +1226,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             if len(states) >= max_states:
                 complete = False
                 continue
-            seen[key] = len(states)
+            new = len(states)
+            seen[key] = new
             if graph:
                 if to is not None:
                     eperm[len(edst)] = to
-                edst.append(len(states))
+                edst.append(new)
                 ecpu.append(i)
             states.append(t)
             parent.append(sid)
@@ -1129,7 +1239,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             perm.append(to)
             depth.append(depth[sid] + 1)
             pre.append(p)
-            queue.append(len(states) - 1)
+            queue.append(new)
         if first_only and found:
             complete = False
             break
@@ -1141,7 +1251,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         stats["window"] = window.report(complete)
     if graph and complete and back and "livelock" not in found:
         estart.append(len(edst))
-        lasso = _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm)
+        lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm)
         if lasso is not None:
             found["livelock"] = lasso
     return found, stats

@@ -45,7 +45,14 @@ from ..errors import S2ptError
 from ..memory import MemCache, Page
 from ..snapshot import Frozen, Stateful, Stateless, audit_fields, owner_of, perturb
 
-__all__ = ["MachineState", "PAGE_STATE", "observer_parts", "check_part", "RULE"]
+__all__ = ["MachineState", "PAGE_STATE", "observer_parts", "check_part", "RULE", "NODE_BITS",
+           "NODE_MASK"]
+
+#: Bits of a CPU position's id (a node of s2pt.sim.search) in the integer
+#: keys of the search's memos and packed states (``machine id << NODE_BITS
+#: | node id``): 16 M positions per CPU, far beyond what fits in memory.
+NODE_BITS = 24
+NODE_MASK = (1 << NODE_BITS) - 1
 
 #: The fields of a table page (``s2pt.memory.Page``) that are state: its
 #: two counts, whether it is free, set_page_private()'s value, whether it

@@ -31,7 +31,10 @@ from __future__ import annotations
 from ..errors import S2ptError
 from .world import frames, freeze
 
-__all__ = ["Symmetry", "compose", "invert"]
+__all__ = ["Symmetry", "compose", "invert", "OWN"]
+
+#: Symmetry.arrange's answer for positions that are their own representative.
+OWN = object()
 
 
 class Symmetry:
@@ -114,18 +117,28 @@ class Symmetry:
         """(the representative of ``s``'s orbit, the renaming ``to`` that
         takes ``s`` there: CPU ``c`` of ``s`` is CPU ``to[c]`` of the
         representative), or (``s``, None) when ``s`` is its own."""
-        space = self.space
         mid, nodes = s
-        allnodes = space.nodes
+        order = self.arrange(nodes)
+        if order is OWN:
+            return s, None
+        to, new_nodes = order
+        return (self.rename(mid, to), new_nodes), to
+
+    def arrange(self, nodes):
+        """The CPU positions ``nodes`` with each group's members sorted by
+        class: (the renaming ``to``, the positions renamed), or ``OWN`` when
+        they are sorted already.  A function of the positions alone."""
+        allnodes = self.space.nodes
         to = None
         for g in self.groups:
             # Members are ordered by class; members at the same class are at
             # the same place in the same program, and are left as they are
             # (the representative is then not unique, which costs states,
-            # never soundness).
+            # never soundness: sorting ties by the member's own parts, its
+            # TLB and memcache, was measured to save no state on the
+            # collapse scenarios).
             cls = [allnodes[nodes[i]].cls for i in g]
-            srt = sorted(cls)
-            if cls == srt:
+            if all(cls[k] <= cls[k + 1] for k in range(len(cls) - 1)):
                 continue
             order = sorted(range(len(g)), key=cls.__getitem__)
             if to is None:
@@ -133,15 +146,19 @@ class Symmetry:
             for k, pos in enumerate(order):
                 to[g[pos]] = g[k]
         if to is None:
-            return s, None
+            return OWN
         to = tuple(to)
         new_nodes = [None] * len(nodes)
         for c, nid in enumerate(nodes):
             new_nodes[to[c]] = nid if to[c] == c else self.node_as(to[c], nid)
+        return to, tuple(new_nodes)
+
+    def rename(self, mid, to) -> int:
+        """Machine ``mid`` with CPU ``c`` renamed ``to[c]`` (memoised)."""
         mid2 = self.renamed.get((mid, to))
         if mid2 is None:
             mid2 = self.renamed[(mid, to)] = self._rename(mid, to)
-        return (mid2, tuple(new_nodes)), to
+        return mid2
 
     def _rename(self, mid, to) -> int:
         """Machine state ``mid`` with CPU ``c`` renamed ``to[c]``: the lock
