@@ -24,10 +24,7 @@ A step is private when
 
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
 state whose private step leads to a state already seen is expanded in
-full.  The search (s2pt.sim.search._bfs) **chains** such steps: the CPU
-goes on alone while its next step stays private (or it is the only CPU
-that can run), the states in between are marked passed, not queued, and
-the chain stops before a state already seen, which keeps the proviso.  ``explore(por=False)`` is the unreduced reference;
+full.  ``explore(por=False)`` is the unreduced reference;
 ``tests/test_por.py`` checks that every verdict agrees.
 """
 
@@ -46,7 +43,7 @@ ON_PAGE = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", 
 
 
 #: Codes of Reduction._candidate besides a pfn.
-ALWAYS, NEVER = -1, -2
+_ALWAYS, _NEVER = -1, -2
 
 
 class Reduction:
@@ -56,7 +53,7 @@ class Reduction:
         self.space = space
         m = space.m
         self.taken = 0
-        #: machine id << NODE_BITS | node id -> ALWAYS, NEVER or a pfn.
+        #: machine id << NODE_BITS | node id -> _ALWAYS, _NEVER or a pfn.
         self.memo: dict = {}
         #: Observers of every step (casemate's automaton, the isolation
         #: checker) see stores to any page: no step is private under them.
@@ -89,37 +86,37 @@ class Reduction:
             c = memo.get(key)
             if c is None:
                 c = memo[key] = self._candidate(mid, i, nid)
-            if c == ALWAYS:
+            if c == _ALWAYS:
                 return i
-            if c != NEVER and not self.space.others_hold_pfn(mid, nodes, i, c):
+            if c != _NEVER and not self.space.others_hold_pfn(mid, nodes, i, c):
                 return i
         return None
 
     def _candidate(self, mid, i, nid):
-        """ALWAYS (the step changes nothing shared), NEVER, or the pfn of
+        """_ALWAYS (the step changes nothing shared), _NEVER, or the pfn of
         the unlinked, uncached, allocated table page the step touches
         (private if no other CPU holds a pointer into it)."""
         space = self.space
         op = space.nodes[nid].op
         name = op[0]
         if name in LOCAL:
-            return ALWAYS
+            return _ALWAYS
         if name not in ON_PAGE or space.impure[i]:
-            return NEVER
+            return _NEVER
         pfn = op[1] >> space.shift
         k = space.index.get(pfn)
         if k is None or pfn in self.pgd:
-            return NEVER
+            return _NEVER
         ms = space.mstates[mid]
         key = space.pdata[ms[0][k]]
         if key[self.i_freed]:
-            return NEVER
+            return _NEVER
         if name == "put_page" and key[self.i_refcount] <= 1:
-            return NEVER
+            return _NEVER
         if name == "walker_put" and key[self.i_walkers] <= 1:
-            return NEVER
+            return _NEVER
         if pfn in space.linked_of(ms[0]):
-            return NEVER
+            return _NEVER
         if any(pfn in mc for mc in ms[2]):
-            return NEVER
+            return _NEVER
         return pfn

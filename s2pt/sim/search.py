@@ -48,7 +48,7 @@ from ..ops import READS as _READS, REFS as _REFS, STORES as _WRITES, SYNC as _SY
 from . import state as _state
 from .state import NODE_BITS, NODE_MASK
 from .violation import KINDS, Violation
-from .por import ALWAYS as _ALWAYS, NEVER as _PRIVATE_NEVER, Reduction
+from .por import Reduction
 from .symmetry import Symmetry, compose, invert
 from .window import BUILD, TEARDOWN, StepFacts
 from .world import World, default_choice, frames, freeze, stack_names, stuck_kind
@@ -272,7 +272,7 @@ class Node:
 
 
 #: What a CPU position says about whether it can step (StateSpace.run).
-DONE, RUNS, MAY_BLOCK = 0, 1, 2
+_DONE, _RUNS, _MAY_BLOCK = 0, 1, 2
 
 
 class StateSpace:
@@ -328,7 +328,7 @@ class StateSpace:
         self.mstates: list = []                 # machine id -> machine state tuple
         self.mids: dict = {}                    # machine state tuple -> machine id
         self.tmemo: dict = {}                   # machine id << NODE_BITS | node id -> transition
-        #: node id -> DONE, RUNS or MAY_BLOCK (its next op has a blocking rule)
+        #: node id -> _DONE, _RUNS or _MAY_BLOCK (its next op has a blocking rule)
         self.run: list = []
         self.bmemo: dict = {}                   # machine id << NODE_BITS | node id -> blocked?
         self._held: dict = {}                   # machine id -> pfns each MMU walk cache holds
@@ -507,8 +507,8 @@ class StateSpace:
             if self.impure[i] and not hist:
                 node.hist = ((None, mstate),)
             self.nodes.append(node)
-            self.run.append(DONE if gen is None else
-                            MAY_BLOCK if op[0] in BLOCKING else RUNS)
+            self.run.append(_DONE if gen is None else
+                            _MAY_BLOCK if op[0] in BLOCKING else _RUNS)
         if gen is not None and nid not in self.gens:
             self.gens[nid] = gen
         return nid
@@ -613,7 +613,7 @@ class StateSpace:
         out = []
         for i, nid in enumerate(nodes):
             r = run[nid]
-            if r == RUNS or (r == MAY_BLOCK and not self._blocked(mid, i, nid)):
+            if r == _RUNS or (r == _MAY_BLOCK and not self._blocked(mid, i, nid)):
                 out.append(i)
         return tuple(out)
 
@@ -1111,13 +1111,6 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     estart, edst, ecpu = array("q"), array("q"), array("b")
     eperm: dict = {}             # edge index -> renaming, where it is not the identity
     back = set()                 # targets of edges that do not go one level deeper
-    # The chains (see chain()): where each ends, its steps, its renamings.
-    # A state passed in chain ``ch`` after ``j`` steps is in ``seen`` as
-    # ``-1 - (ch << 16 | j)``.
-    cend, ctotal, crenames = array("q"), array("H"), []
-    chain_max = 0xFFFF
-    vlen = array("H", [0])       # how many steps it took (a chain: more than one)
-    elen: dict = {}              # edge index -> steps, where more than one (a chain)
     tmemo, allnodes = space.tmemo, space.nodes
     # Each symmetric CPU's neighbours in its group (the members before and
     # after it), which a canonical state keeps in class order.
@@ -1126,11 +1119,6 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     enabled_at, step, pack = space.enabled_at, space._step, pk.pack
     unpack, nodes_of = pk.unpack, pk.nodes
     private_in = por.private_in if por is not None and por.on else None
-    pmemo = por.memo if private_in is not None else None
-    candidate = por._candidate if private_in is not None else None
-    others_hold = space.others_hold_pfn
-    run = space.run
-    others = [tuple(sh for j, sh in enumerate(shifts) if j != i) for i in range(space.n)]
 
     def path(sid, then=(), frame=False):
         """The concrete schedule to state ``sid`` (then CPUs ``then``, named
@@ -1139,12 +1127,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         renaming from ``sid``'s frame to the concrete CPUs."""
         steps = []
         while sid > 0:
-            steps.append((via[sid], vlen[sid], perm[sid]))
+            steps.append((via[sid], perm[sid]))
             sid = parent[sid]
         tau = invert(perm[0]) if perm[0] is not None else tuple(range(space.n))
         out = []
-        for i, k, to in reversed(steps):
-            out += [tau[i]] * k
+        for i, to in reversed(steps):
+            out.append(tau[i])
             if to is not None:
                 tau = compose(tau, invert(to))
         out += [tau[i] for i in then]
@@ -1176,74 +1164,6 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 return (sym.rename(t[0], to) << mshift) | pack((0, canon)), to, t
         return (t[0] << mshift) | (nk + ((child - nid) << shifts[i])), None, t
 
-    def chain(sid, i, t, to):
-        """CPU ``i`` stepped from state ``sid`` to ``t`` (packed, not seen;
-        ``to`` its renaming): while its next step is private or it is the
-        only CPU that can run, and that step leads to a state not seen, it
-        goes on alone.  Returns (the state it stops at, the steps taken, the
-        renaming from ``sid``'s frame, the states passed on the way, the
-        renamings made on the way as (step, renaming))."""
-        nonlocal transitions
-        k = 1
-        ci = to[i] if to is not None else i        # the CPU's name in t's frame
-        passed = inchain = renames = None            # (made when the chain goes on)
-        limit = min(chain_max, max_depth - depth[sid], max_states - len(seen))
-        while k < limit:
-            mid, nk = t >> mshift, t & nmask
-            nid = (nk >> shifts[ci]) & NODE_MASK
-            if run[nid] == DONE:
-                break
-            pkey = (mid << NODE_BITS) | nid
-            c = pmemo.get(pkey)
-            if c is None:
-                c = pmemo[pkey] = candidate(mid, ci, nid)
-            nodes = None
-            if c == _ALWAYS:
-                private = True
-            elif c == _PRIVATE_NEVER:
-                private = False
-            else:
-                nodes = nodes_of(nk)
-                private = not others_hold(mid, nodes, ci, c)
-            if not private and any(run[(nk >> sh) & NODE_MASK] == RUNS for sh in others[ci]):
-                break                   # (most chains stop here)
-            if nodes is None:
-                nodes = nodes_of(nk)
-            en = enabled_at(mid, nodes)
-            if ci not in en or not (private or en == (ci,)):
-                break
-            t2, to2, tr = successor(mid, nk, nodes, ci)
-            if t2 is None or t2 in seen or t2 == t or (inchain and t2 in inchain):
-                # A violation (found when t is expanded), or the cycle
-                # proviso: t is stored, and expanded in full.
-                break
-            transitions += 1
-            if window is not None and tr[3] is not None:
-                window.see(space, (mid, nodes), ci, tr[3], lambda k=k: path(sid, (i,) * (k + 1)))
-            if passed is None:
-                passed, inchain, renames = [], set(), []
-            passed.append(t)
-            inchain.add(t)
-            por.taken += 1
-            t, k = t2, k + 1
-            if to2 is not None:
-                renames.append((k, to2))
-                to = to2 if to is None else compose(to2, to)
-                ci = to2[ci]
-        return t, k, to, passed, renames
-
-    def passed_through(c):
-        """The chain state ``c`` (a negative id in ``seen``) stands for: (the
-        stored state its chain ends at, the steps left, the renaming from
-        its frame to that state's)."""
-        c = -1 - c
-        ch, j = c >> 16, c & 0xFFFF
-        to = None
-        for at, r in crenames[ch] or ():
-            if at > j:
-                to = r if to is None else compose(r, to)
-        return cend[ch], ctotal[ch] - j, to
-
     while queue:
         sid = queue.popleft()
         k = states[sid]
@@ -1252,7 +1172,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             estart.append(len(edst))
         if not (sid & 1023):
             if progress is not None:
-                progress(len(seen), depth[sid], len(queue))
+                progress(len(states), depth[sid], len(queue))
             if cancel is not None and cancel():
                 complete = False
                 break
@@ -1294,53 +1214,32 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                     if kind not in found:
                         found[kind] = (path(sid, (i,)), msg)
                 continue
-            steps, passed = 1, None
-            if private_in is not None and t not in seen:
-                t, steps, to, passed, renames = chain(sid, i, t, to)
             key = (t, i) if bound is not None else t
             old = seen.get(key)
-            if old is not None and old < 0:
-                # A state passed in a chain: the edge goes on to where it ends.
-                old, more, rto = passed_through(old)
-                steps += more
-                if rto is not None:
-                    to = rto if to is None else compose(rto, to)
             if old is not None and (bound is None or pre[old] <= p):
                 if graph:
                     if to is not None:
                         eperm[len(edst)] = to
-                    if steps > 1:
-                        elen[len(edst)] = steps
                     edst.append(old)
                     ecpu.append(i)
                     if depth[old] <= depth[sid]:
                         back.add(old)
                 continue
-            if len(seen) + (len(passed) if passed else 0) >= max_states:
+            if len(states) >= max_states:
                 complete = False
                 continue
             new = len(states)
             seen[key] = new
-            if passed:
-                ch = len(cend)
-                cend.append(new)
-                ctotal.append(steps)
-                crenames.append(renames or None)
-                for j, u in enumerate(passed, 1):
-                    seen[u] = -1 - ((ch << 16) | j)
             if graph:
                 if to is not None:
                     eperm[len(edst)] = to
-                if steps > 1:
-                    elen[len(edst)] = steps
                 edst.append(new)
                 ecpu.append(i)
             states.append(t)
             parent.append(sid)
             via.append(i)
-            vlen.append(steps)
             perm.append(to)
-            depth.append(depth[sid] + steps)
+            depth.append(depth[sid] + 1)
             pre.append(p)
             queue.append(new)
         if first_only and found:
@@ -1354,7 +1253,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         stats["window"] = window.report(complete)
     if graph and complete and back and "livelock" not in found:
         estart.append(len(edst))
-        lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm, elen)
+        lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm)
         if lasso is not None:
             found["livelock"] = lasso
     return found, stats
@@ -1417,7 +1316,7 @@ def _sccs(n, estart, edst, roots, allowed=None):
     return out
 
 
-def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None, elen=None):
+def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None):
     """The shortest livelock, as (stem + cycle, message, where the cycle
     starts), or None.
 
@@ -1435,7 +1334,6 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None,
     component where some able CPU never steps, drop the states where it is
     able, and look at what is left."""
     eperm = eperm or {}
-    elen = elen or {}
     sym = space.sym
     best = None
     enabled_at: dict = {}
@@ -1484,7 +1382,7 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None,
     cycle = []
     for _turn in range(720):
         for e in edges:
-            cycle += [tau[ecpu[e]]] * elen.get(e, 1)
+            cycle.append(tau[ecpu[e]])
             to = eperm.get(e)
             if to is not None:
                 tau = compose(tau, invert(to))
