@@ -46,6 +46,9 @@ def main(argv):
             print(rows[-1], file=sys.stderr, flush=True)
         print(json.dumps({"benchmark": "search_pairs", "s2pt": s2pt.__file__, "runs": rows}))
         return
+    if pairs[0].count("/") != 1:
+        raise s2pt.S2ptError(f"{pairs[0]!r}: name a search as SCENARIO/SCHEME, e.g. "
+                             f"collapse-vs-fault-4/rcu")
     scenario, scheme = pairs[0].split("/")
     space = StateSpace(s2pt.world(scenario, scheme=scheme, record=False))
     t0 = time.perf_counter()

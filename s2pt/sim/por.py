@@ -67,12 +67,9 @@ class Reduction:
         self.i_walkers = 1 + fields.index("walkers")
         self.pgd = {p.pfn for p in space.pgt.pgd_pages}
 
-    def private_step(self, s, enabled):
-        """A CPU of ``enabled`` whose next step is private in state ``s``, or None."""
-        return self.private_in(s[0], s[1], enabled)
-
     def private_in(self, mid, nodes, enabled):
-        """:meth:`private_step` on machine ``mid`` with the CPUs at ``nodes``.
+        """A CPU of ``enabled`` whose next step is private on machine ``mid``
+        with the CPUs at ``nodes`` (a state of s2pt.sim.search), or None.
         What a step's own page says (allocated, unlinked, not cached, not
         its last reference) is a function of the machine and the CPU's
         position, memoised on the pair; only who else holds a pointer into

@@ -31,10 +31,10 @@ from __future__ import annotations
 from ..errors import S2ptError
 from .world import frames, freeze
 
-__all__ = ["Symmetry", "compose", "invert", "OWN"]
+__all__ = ["Symmetry", "compose", "invert"]
 
 #: Symmetry.arrange's answer for positions that are their own representative.
-OWN = object()
+_OWN = object()
 
 
 class Symmetry:
@@ -119,14 +119,14 @@ class Symmetry:
         representative), or (``s``, None) when ``s`` is its own."""
         mid, nodes = s
         order = self.arrange(nodes)
-        if order is OWN:
+        if order is _OWN:
             return s, None
         to, new_nodes = order
         return (self.rename(mid, to), new_nodes), to
 
     def arrange(self, nodes):
         """The CPU positions ``nodes`` with each group's members sorted by
-        class: (the renaming ``to``, the positions renamed), or ``OWN`` when
+        class: (the renaming ``to``, the positions renamed), or ``_OWN`` when
         they are sorted already.  A function of the positions alone."""
         allnodes = self.space.nodes
         to = None
@@ -146,7 +146,7 @@ class Symmetry:
             for k, pos in enumerate(order):
                 to[g[pos]] = g[k]
         if to is None:
-            return OWN
+            return _OWN
         to = tuple(to)
         new_nodes = [None] * len(nodes)
         for c, nid in enumerate(nodes):
