@@ -34,9 +34,10 @@ def contract_counts(request):
 
 #: Module-scoped fixtures that take a minute to build (a whole compare()
 #: run, every exercise built): the tests that use one are put in one xdist
-#: group, so that it is built once, not once per worker.  (With the
-#: pytest-xdist 3.8 this was measured on, loadgroup did not keep a group on
-#: one worker, even for a test marked by hand; the fixtures also cache
+#: group, so that it is built once, not once per worker.  (pytest 9.2 broke
+#: pytest-xdist 3.8's loadgroup: it appends the group to a test's id, which
+#: pytest 9.2 no longer lets it change, and every group was spread over the
+#: workers.  pyproject.toml keeps pytest below 9.2.  The fixtures also cache
 #: their value per process, so a worker builds each at most once.)
 SHARED_FIXTURES = {"cmp": "compare", "serial": "compare-run", "fresh": "exercises"}
 
@@ -44,11 +45,14 @@ SHARED_FIXTURES = {"cmp": "compare", "serial": "compare-run", "fresh": "exercise
 @pytest.hookimpl(tryfirst=True)       # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """The browser tests share one JupyterLab and one Chromium: keep them on
-    one xdist worker (``--dist loadgroup``); so do the users of each of
-    :data:`SHARED_FIXTURES`."""
+    one xdist worker (``--dist loadgroup``), and out of the developer's loop
+    (they are ``slow``); keep the users of each of :data:`SHARED_FIXTURES`
+    on one worker too."""
     for item in items:
         if "tests/browser/" in str(item.fspath).replace("\\", "/"):
+            # A JupyterLab and a Chromium: CI's run, not the developer's loop.
             item.add_marker(pytest.mark.xdist_group("browser"))
+            item.add_marker(pytest.mark.slow)
             continue
         for fixture, group in SHARED_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
