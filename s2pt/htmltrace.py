@@ -56,6 +56,7 @@ from .invariants import reachable_tables
 from .ops import OPS, desc_text, loc_text, op_text, result_text
 from .render import Drawing, responsive_svg
 from .sim.search import format_schedule
+from .sim.state import PAGE_STATE
 from .sim.world import World, stack_names
 
 __all__ = ["Recorder", "Frames", "record", "verdict", "cpus_html", "shared_state",
@@ -108,6 +109,8 @@ class Recorder:
         self.locked_by: dict = {}
         self.locks_seen: dict = {}            # lock name -> None, in order first taken
         self.schedule: list = []
+        #: The last tree drawn and what it was drawn from (tree_drawing).
+        self.drawings: dict = {}
 
     @classmethod
     def replay(cls, world: World, schedule=()) -> "Recorder":
@@ -397,6 +400,10 @@ def _touched_tables(rec: Recorder) -> set:
     return {p & mask for p in rec.touched}
 
 
+#: The fields of a table page a drawing shows besides its descriptors.
+_PAGE_FIELDS = tuple(f for f in PAGE_STATE if f != "table")
+
+
 def tree_drawing(rec: Recorder) -> Drawing:
     """``pgt.draw`` of the tables the run touched, with what it has done
     marked:
@@ -469,13 +476,24 @@ def tree_drawing(rec: Recorder) -> Drawing:
             if page is not None and page >> mm.page_shift in mm.pages:
                 alert = page
                 label(page, what)
+    # A drawing is a function of the marks and labels above and of the table
+    # pages' state: most steps only read, and their tree is the one before.
+    key = (tuple(sorted(marks.items())), tuple(sorted(tables.items())), alert, pgt.mmu.vmid,
+           tuple((pfn, p.table.tobytes()) + tuple([getattr(p, f) for f in _PAGE_FIELDS])
+                 for pfn, p in mm.pages.items()))
+    memo = rec.drawings
+    if memo.get("key") == key:
+        return memo["drawing"]
     m = w.machine
     saved = (list(m.violations), m.cpu)
     try:
         # bulk: runs of leaves are read straight from the pages, not one
         # operation each through the machine (a drawing is no part of the run).
-        return pgt.draw(marks=marks, tables=tables, alert=alert, max_tables=0, max_children=0,
-                        bulk=True, fold_note="untouched: listed under the picture")
+        drawing = pgt.draw(marks=marks, tables=tables, alert=alert, max_tables=0,
+                           max_children=0, bulk=True,
+                           fold_note="untouched: listed under the picture")
+        memo["key"], memo["drawing"] = key, drawing
+        return drawing
     finally:
         # Drawing walks the tables through the machine; nothing it reads
         # may count as a step of the run.
