@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+import pytest
+
 import s2pt
 from s2pt.scenarios import SCENARIOS
 from s2pt.sim.search import SOMETIMES
@@ -46,6 +48,24 @@ def _sample() -> list:
 
 #: The sample the trace and widget tests run (see _sample).
 CASES = _sample()
+
+#: Scenarios whose run, once its counterexample (or its default order) has
+#: played, walks a 512-entry table several times: thousands of steps, each
+#: a panel of the trace and of the widget.  Their cases are ``slow``.
+LONG_RUNS = {"split-vs-fault", "split-double-put", "collapse-vs-hw-walk", "logging-mismatch",
+             "collapse-vs-fault-3"}
+
+
+def sampled(pairs, long=()) -> list:
+    """``pairs`` of (scenario, scheme) as pytest params, each one not in the
+    sample (:data:`CASES`: every scenario once, every scheme once), or whose
+    scenario is in ``long``, marked ``slow``.  For tests of a property that
+    every pair has: the developer's loop (``-m "not slow"``) checks the
+    sample, CI checks every pair."""
+    fast = set(CASES)
+    return [pytest.param(n, s, id=f"{n}-{s}",
+                         marks=[] if (n, s) in fast and n not in long else [pytest.mark.slow])
+            for n, s in pairs]
 
 
 @functools.lru_cache(maxsize=None)

@@ -623,10 +623,32 @@ def _after(model, target):
     repr(model)
 
 
-@pytest.mark.parametrize("target", sorted(TARGETS))
+#: Targets and functions whose generated calls run searches and whole runs
+#: (tens of milliseconds a case): the developer's loop tries a fifth of their
+#: cases (the ``_sampled`` tests below), CI all of them.
+HEAVY = {"World", "explore"}
+SAMPLED = settings(CONTRACT, max_examples=max(1, EXAMPLES // 5))
+
+
+def _slow_if_heavy(names):
+    return [pytest.param(n, marks=[pytest.mark.slow] if n in HEAVY else []) for n in names]
+
+
+@pytest.mark.parametrize("target", _slow_if_heavy(sorted(TARGETS)))
 @CONTRACT
 @given(data=st.data())
 def test_generated_calls_keep_the_contract(target, data, contract_counts):
+    _generated_calls(target, data, contract_counts)
+
+
+@pytest.mark.parametrize("target", sorted(HEAVY & set(TARGETS)))
+@SAMPLED
+@given(data=st.data())
+def test_generated_calls_keep_the_contract_sampled(target, data, contract_counts):
+    _generated_calls(target, data, contract_counts)
+
+
+def _generated_calls(target, data, contract_counts):
     cls, build, variants, methods, _ = TARGETS[target]
     variant = data.draw(st.sampled_from(variants), label="variant")
     model = build(variant)
@@ -654,10 +676,21 @@ def test_generated_calls_keep_the_contract(target, data, contract_counts):
             contract_counts["passed"] += 1
 
 
-@pytest.mark.parametrize("name", sorted(PUBLIC_FUNCTIONS))
+@pytest.mark.parametrize("name", _slow_if_heavy(sorted(PUBLIC_FUNCTIONS)))
 @settings(CONTRACT, max_examples=max(1, EXAMPLES * 2 // 5))
 @given(data=st.data())
 def test_generated_function_calls_keep_the_contract(name, data, contract_counts):
+    _generated_function_call(name, data, contract_counts)
+
+
+@pytest.mark.parametrize("name", sorted(HEAVY & set(PUBLIC_FUNCTIONS)))
+@settings(CONTRACT, max_examples=max(1, EXAMPLES * 2 // 25))
+@given(data=st.data())
+def test_generated_function_calls_keep_the_contract_sampled(name, data, contract_counts):
+    _generated_function_call(name, data, contract_counts)
+
+
+def _generated_function_call(name, data, contract_counts):
     method = next(m for m in FUNCTIONS if m.name == name)
     picked, junk, _mode = _draw_call(data, None, method)
     if isinstance(picked.get("scenario"), str) and picked["scenario"] in SCHEME_OF and \

@@ -22,7 +22,10 @@ from s2pt.ops import read_lock, read_unlock, write_lock, write_unlock
 from s2pt.sim.sync import SimMachine, synchronize_rcu
 from s2pt.sim.world import Setup
 
-from scenario_cases import CASES as STACK_CASES           # noqa: E402
+from scenario_cases import CASES as STACK_CASES, sampled  # noqa: E402
+
+#: The (scenario, scheme) pairs the developer's loop checks (scenario_cases.sampled).
+SAMPLE = set(STACK_CASES)
 
 GiB, PAGE = 1 << 30, 4096
 
@@ -108,8 +111,8 @@ EXPENSIVE = {"collapse-vs-fault-3", "collapse-vs-fault-4", "logging-mismatch", "
              "host-fault-vs-donate-shared"}
 
 
-@pytest.mark.parametrize("name,scheme", [(n, s) for n in CHEAP for s in SCHEMES
-                                         if s in SCENARIOS[n].expect])
+@pytest.mark.parametrize("name,scheme", sampled([(n, s) for n in CHEAP for s in SCHEMES
+                                                 if s in SCENARIOS[n].expect]))
 def test_declared_outcomes_hold(name, scheme):
     r = explore(name, scheme, details=False)
     assert r.complete
@@ -139,8 +142,10 @@ def _rest():
         if name in CHEAP or name == "collapse-vs-fault-3":
             continue
         for scheme in sc.expect:
-            marks = [pytest.mark.slow] if name in EXPENSIVE or (name, scheme) in HUGE else []
-            yield pytest.param(name, scheme, marks=marks, id=f"{name}-{scheme}")
+            if name in EXPENSIVE or (name, scheme) in HUGE:
+                yield pytest.param(name, scheme, marks=[pytest.mark.slow], id=f"{name}-{scheme}")
+            else:
+                yield from sampled([(name, scheme)])
 
 
 @pytest.mark.parametrize("name,scheme", list(_rest()))
@@ -162,8 +167,8 @@ def test_every_other_declaration_holds_exhaustively(name, scheme):
 def _mutations():
     from s2pt.scenarios import MUTATIONS
     for m in MUTATIONS.values():
-        marks = [pytest.mark.slow] if m.scenario in EXPENSIVE else []
-        yield pytest.param(m, marks=marks, id=m.name)
+        fast = m.scenario not in EXPENSIVE and (m.scenario, m.scheme) in SAMPLE
+        yield pytest.param(m, marks=[] if fast else [pytest.mark.slow], id=m.name)
 
 
 @pytest.mark.parametrize("m", list(_mutations()))
@@ -289,6 +294,7 @@ def test_map_vs_map_loser_retries_and_the_unshared_walk_loses_a_page():
         assert not r.found, (mode, r.summary())
 
 
+@pytest.mark.slow      # 36 random and PCT runs in check mode, each replayed live
 def test_random_walks_through_the_memo_agree_with_live_runs():
     """Random and PCT runs walk the memoised state space; every schedule
     they produce must end the same way on a live world."""
@@ -331,7 +337,8 @@ def _memory(pgt):
 
 
 @pytest.mark.parametrize("name,scheme", [
-    ("collapse-vs-fault", "rcu"), ("split-vs-fault", "rcu"), ("collapse-vs-hw-walk", "rcu"),
+    ("collapse-vs-fault", "rcu"), pytest.param("split-vs-fault", "rcu", marks=pytest.mark.slow),
+    ("collapse-vs-hw-walk", "rcu"),
     ("collapse-vs-hw-walk-no-tlbi", "rcu"), ("map-vs-map", "rcu"),
     ("donate-vs-host-access", "hyp-lock"), ("donate-vs-host-access-no-tlbi", "hyp-lock"),
     ("coalesce-vs-host-fault", "hyp-lock"), ("coalesce-vs-host-fault-no-tlbi", "hyp-lock"),
@@ -719,6 +726,7 @@ def test_logging_mismatch_pa_counter_maps_the_table_a_block_off():
 IPA_ = 1 << 30
 
 
+@pytest.mark.slow                 # split-double-put is EXPENSIVE: a 512-entry table step by step
 def test_split_double_put_frees_the_unused_subtree_root_twice():
     """c60d847be7b8 reverted: the split that loses its break (vCPU1's
     mkyoung changed the block first) frees its new table with

@@ -39,6 +39,8 @@ from s2pt.sim.sync import SimMachine
 from s2pt.sim.world import Setup, World, freeze
 from s2pt.snapshot import Frozen, Stateful
 
+from scenario_cases import sampled  # noqa: E402
+
 GiB, PAGE = 1 << 30, 4096
 
 #: Check mode's state bound in the sweep below: a search that reaches it
@@ -59,7 +61,7 @@ FAST = [(n, s) for n, s in PAIRS if n in ("unmap-vs-fault", "map-vs-map", "stash
                                           "donate-vs-host-access-no-tlbi")]
 
 
-@pytest.mark.parametrize("name,scheme", FAST)
+@pytest.mark.parametrize("name,scheme", sampled(FAST))
 def test_check_mode_on_small_scenarios(name, scheme):
     r = explore(name, scheme, check=True, details=False, max_states=FAST_BOUND)
     assert r.complete, f"{name}/{scheme} grew past {FAST_BOUND} states"

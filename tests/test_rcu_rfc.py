@@ -189,6 +189,7 @@ def test_the_pruner_spins_on_an_entry_another_walker_holds():
 # What it needs: the mutation
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow      # an exhaustive search of collapse-vs-map under rcu-rfc, then its replay
 def test_plain_prune_is_caught_the_install_is_thrown_away_and_the_table_leaks():
     m = MUTATIONS["rfc-plain-prune/rcu-rfc"]
     assert (m.scheme, m.scenario, m.kind) == ("rcu-rfc", "collapse-vs-map", "leak")

@@ -394,6 +394,7 @@ def test_get_unless_zero_on_a_freed_or_reused_page_is_legal_only_with_refcount_s
     assert seen == ["use-after-free"] * 2   # ... and so does the page allocator
 
 
+@pytest.mark.slow      # test_explorer.py also searches this mutation in the fast loop
 def test_walker_count_in_ptdesc_is_caught_and_the_scheme_is_not():
     """The mutation walker-count-in-ptdesc: the explorer finds vCPU1's
     get_page_unless_zero on the collapsed table's page after its free; the
