@@ -19,8 +19,12 @@ A step is private when
 * it is a descriptor access or a reference count change on one table page
   that is allocated, not linked from the PGD, not in a memcache, not being
   freed by this very step (a ``put_page`` of its last reference touches the
-  allocator), and into which no other CPU holds a pointer (in its locals,
-  or in its MMU's walk cache), on a machine with no observer of stores.
+  allocator), and which no other CPU can reach, on a machine with no
+  observer of stores.  A CPU can reach the page if it holds a pointer (in
+  its locals, or in its MMU's walk cache) into the page or into any table
+  page from which a chain of table descriptors leads to it: a walker left
+  in an unlinked level-2 table can still read its entry and step down into
+  the level-3 table below (``StateSpace.ancestors_of``).
 
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
 state whose private step leads to a state already seen is expanded in
@@ -42,7 +46,7 @@ ON_PAGE = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", 
                      "walker_get", "walker_get_unless_zero", "walker_put"})
 
 
-#: Codes of Reduction._candidate besides a pfn.
+#: Codes of Reduction._candidate besides a set of pfns.
 _ALWAYS, _NEVER = -1, -2
 
 
@@ -53,7 +57,8 @@ class Reduction:
         self.space = space
         m = space.m
         self.taken = 0
-        #: machine id << NODE_BITS | node id -> _ALWAYS, _NEVER or a pfn.
+        #: machine id << NODE_BITS | node id -> _ALWAYS, _NEVER or the pfns
+        #: whose holders make the step shared (see _candidate).
         self.memo: dict = {}
         #: Observers of every step (casemate's automaton, the isolation
         #: checker) see stores to any page: no step is private under them.
@@ -71,9 +76,9 @@ class Reduction:
         """A CPU of ``enabled`` whose next step is private on machine ``mid``
         with the CPUs at ``nodes`` (a state of s2pt.sim.search), or None.
         What a step's own page says (allocated, unlinked, not cached, not
-        its last reference) is a function of the machine and the CPU's
-        position, memoised on the pair; only who else holds a pointer into
-        the page depends on the other CPUs."""
+        its last reference, the pages that lead to it) is a function of the
+        machine and the CPU's position, memoised on the pair; only who else
+        can reach the page depends on the other CPUs."""
         if not self.on:
             return None
         memo = self.memo
@@ -85,14 +90,15 @@ class Reduction:
                 c = memo[key] = self._candidate(mid, i, nid)
             if c == _ALWAYS:
                 return i
-            if c != _NEVER and not self.space.others_hold_pfn(mid, nodes, i, c):
+            if c != _NEVER and not self.space.others_reach(mid, nodes, i, c):
                 return i
         return None
 
     def _candidate(self, mid, i, nid):
-        """_ALWAYS (the step changes nothing shared), _NEVER, or the pfn of
-        the unlinked, uncached, allocated table page the step touches
-        (private if no other CPU holds a pointer into it)."""
+        """_ALWAYS (the step changes nothing shared), _NEVER, or the pfns of
+        the unlinked, uncached, allocated table page the step touches and of
+        the pages that lead to it (private if no other CPU holds a pointer
+        into any of them)."""
         space = self.space
         op = space.nodes[nid].op
         name = op[0]
@@ -116,4 +122,4 @@ class Reduction:
             return _NEVER
         if any(pfn in mc for mc in ms[2]):
             return _NEVER
-        return pfn
+        return space.ancestors_of(ms[0], pfn)

@@ -337,6 +337,8 @@ class StateSpace:
         self.needs = self.window.needs if self.window is not None else frozenset()
         self.facts = None
         self._linked_memo: dict = {}
+        self._parents_memo: dict = {}           # page ids -> {child pfn: parent pfns}
+        self._ancestors_memo: dict = {}         # (page ids, pfn) -> ancestors_of
         self._holders = None
         self.end_memo: dict = {}
         self.live.alloc = (tuple(mm.free_list), mm.allocated)
@@ -757,13 +759,19 @@ class StateSpace:
     def others_hold_pfn(self, mid, nodes, i, pfn) -> bool:
         """:meth:`others_hold` of table page ``pfn`` on machine ``mid`` with
         the CPUs at ``nodes``."""
+        return self.others_reach(mid, nodes, i, frozenset((pfn,)))
+
+    def others_reach(self, mid, nodes, i, guard) -> bool:
+        """Does a CPU other than ``i`` hold a pointer into one of the table
+        pages ``guard`` on machine ``mid`` with the CPUs at ``nodes`` (in its
+        locals, or in its MMU's walk cache)?"""
         allnodes = self.nodes
         for j, nid in enumerate(nodes):
             if j != i:
                 ptrs = allnodes[nid].pointers
                 if ptrs is None:
                     ptrs = self.pointers(nid)
-                if pfn in ptrs:
+                if ptrs and not guard.isdisjoint(ptrs):
                     return True
         held = self._held.get(mid)
         if held is None:
@@ -771,9 +779,37 @@ class StateSpace:
         if held:
             vcpu_i = self.w.machine.vcpu_of.get(i)
             for vcpu, pfns in held:
-                if vcpu != vcpu_i and pfn in pfns:
+                if vcpu != vcpu_i and not guard.isdisjoint(pfns):
                     return True
         return False
+
+    def ancestors_of(self, pages, pfn) -> frozenset:
+        """``pfn`` and every table page from which a chain of table
+        descriptors leads to it, when the table pages are ``pages`` (a
+        machine state's tuple of page ids; freed pages included: a stale
+        descriptor is a way in).  A CPU that holds a pointer into any of
+        them can reach ``pfn``.  Cached."""
+        key = (pages, pfn)
+        out = self._ancestors_memo.get(key)
+        if out is None:
+            parents = self._parents_memo.get(pages)
+            if parents is None:
+                parents = self._parents_memo[pages] = {}
+                mask, shift, index = self.pgt.addr_mask, self.shift, self.index
+                for k, pid in enumerate(pages):
+                    arr = self.cdata[self.pdata[pid][0]]
+                    for v in arr[(arr & 3) == 3].tolist():
+                        c = (v & mask) >> shift
+                        if c in index:
+                            parents.setdefault(c, set()).add(self.pfns[k])
+            seen, todo = {pfn}, [pfn]
+            while todo:
+                for p in parents.get(todo.pop(), ()):
+                    if p not in seen:
+                        seen.add(p)
+                        todo.append(p)
+            out = self._ancestors_memo[key] = frozenset(seen)
+        return out
 
     def _walk_caches(self, mid) -> tuple:
         """(vCPU, pfns its MMU's walk cache points into) of each part that
