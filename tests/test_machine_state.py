@@ -596,3 +596,24 @@ def test_blocking_comes_from_the_op_table():
     sim.perform(write_lock("l"))
     assert "held by CPU 0" in sim.blocked(1, write_lock("l"))
     assert sim.blocked(1, READ_ONCE(0)) is None
+
+
+def test_packed_states_unpack_to_what_was_packed():
+    """A state of the breadth-first search is one integer (search._Packed):
+    the machine id above a field per CPU.  Packing then unpacking, and the
+    unrolled unpacking the search uses, give back the same state, at the
+    largest ids a field holds too."""
+    import random
+
+    from s2pt.sim.search import _Packed
+    rng = random.Random(7)
+    top = state_mod.NODE_MASK
+    for n in range(1, 7):
+        pk = _Packed(n)
+        unrolled = pk.nodes_fn()
+        for _ in range(300):
+            nodes = tuple(rng.choice((0, 1, top, rng.randrange(top + 1))) for _ in range(n))
+            mid = rng.choice((0, rng.randrange(1 << 40)))
+            k = pk.pack((mid, nodes))
+            assert pk.unpack(k) == (mid, nodes)
+            assert unrolled(k & pk.nmask) == nodes

@@ -1096,6 +1096,16 @@ class _Packed:
     def nodes(self, nk) -> tuple:
         return tuple([(nk >> sh) & NODE_MASK for sh in self.shifts])
 
+    def nodes_fn(self):
+        """:meth:`nodes` as a function unrolled for this many CPUs (the
+        search calls it once a state)."""
+        m, b = NODE_MASK, NODE_BITS
+        return {1: lambda nk: (nk & m,),
+                2: lambda nk: (nk & m, nk >> b),
+                3: lambda nk: (nk & m, (nk >> b) & m, nk >> 2 * b),
+                4: lambda nk: (nk & m, (nk >> b) & m, (nk >> 2 * b) & m, nk >> 3 * b),
+                }.get(self.n, self.nodes)
+
     def unpack(self, k) -> tuple:
         return (k >> self.mshift, self.nodes(k & self.nmask))
 
@@ -1153,7 +1163,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     neighbours = {g[k]: (g[k - 1] if k else None, g[k + 1] if k + 1 < len(g) else None)
                   for g in (sym.groups if sym is not None else ()) for k in range(len(g))}
     enabled_at, step, pack = space.enabled_at, space._step, pk.pack
-    unpack, nodes_of = pk.unpack, pk.nodes
+    unpack, nodes_of = pk.unpack, pk.nodes_fn()
     private_in = por.private_in if por is not None and por.on else None
 
     def path(sid, then=(), frame=False):
@@ -1224,15 +1234,18 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             complete = False                   # a bound, not a finding
             continue
         last = via[sid] if sid else None
+        alone = None
         if private_in is not None and len(en) > 1:
             i = private_in(mid, nodes, en)
             if i is not None:
                 # A private step alone (s2pt.sim.por), unless it leads back
                 # to a state already seen (the cycle proviso): then all.
-                t, _, _ = successor(mid, nk, nodes, i)
-                if t is not None and t not in seen:
+                alone = successor(mid, nk, nodes, i)
+                if alone[0] is not None and alone[0] not in seen:
                     en = (i,)
                     por.taken += 1
+                else:
+                    alone = None
         for i in en:
             if bound is not None:
                 p = pre[sid] + _preempts(i, last, en)
@@ -1241,7 +1254,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                     continue
             else:
                 p = 0
-            t, to, tr = successor(mid, nk, nodes, i)
+            t, to, tr = alone if alone is not None else successor(mid, nk, nodes, i)
             transitions += 1
             if window is not None and tr[3] is not None:
                 window.see(space, (mid, nodes), i, tr[3], lambda: path(sid, (i,)))
