@@ -706,6 +706,7 @@ def test_rwlock_faults_never_unlink_and_the_mutation_does():
     assert bad.found["use-after-free"].violation.actor == "vCPU1"
 
 
+@pytest.mark.slow                 # logging-mismatch is EXPENSIVE, as its mutation test
 def test_logging_mismatch_pa_counter_maps_the_table_a_block_off():
     """1f0f4a2ef7a5 reverted: vCPU0 installs its block (its PA advances by
     2M), vCPU1 replaces the block with a table, vCPU0 reloads, descends and
