@@ -56,16 +56,23 @@ LONG_RUNS = {"split-vs-fault", "split-double-put", "collapse-vs-hw-walk", "loggi
              "collapse-vs-fault-3"}
 
 
-def sampled(pairs, long=()) -> list:
+def sampled(pairs) -> list:
     """``pairs`` of (scenario, scheme) as pytest params, each one not in the
-    sample (:data:`CASES`: every scenario once, every scheme once), or whose
-    scenario is in ``long``, marked ``slow``.  For tests of a property that
-    every pair has: the developer's loop (``-m "not slow"``) checks the
-    sample, CI checks every pair."""
+    sample (:data:`CASES`: every scenario once, every scheme once) marked
+    ``slow``.  For tests of a property that every pair has: the developer's
+    loop (``-m "not slow"``) checks the sample, CI checks every pair."""
     fast = set(CASES)
     return [pytest.param(n, s, id=f"{n}-{s}",
-                         marks=[] if (n, s) in fast and n not in long else [pytest.mark.slow])
+                         marks=[] if (n, s) in fast else [pytest.mark.slow])
             for n, s in pairs]
+
+
+def trace_cases() -> list:
+    """:data:`CASES` as pytest params for the trace and widget tests, those
+    of :data:`LONG_RUNS` marked ``slow``."""
+    return [pytest.param(n, s, id=f"{n}/{s}",
+                         marks=[pytest.mark.slow] if n in LONG_RUNS else [])
+            for n, s in CASES]
 
 
 @functools.lru_cache(maxsize=None)

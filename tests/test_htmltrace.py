@@ -13,7 +13,7 @@ from s2pt.htmltrace import (Recorder, shared_state, page_data, trace_html, tree_
                             tree_html, verdict, write_html)
 from s2pt.sim.search import parse_schedule
 
-from scenario_cases import CASES, LONG_RUNS, shortest, sometimes  # noqa: E402
+from scenario_cases import shortest, sometimes, trace_cases  # noqa: E402
 
 MB = 1 << 20
 UAF = "1*5 0"                       # collapse-vs-fault under none: vCPU1 stops in L3
@@ -187,9 +187,7 @@ def _data(text):
     return page_data(text)
 
 
-@pytest.mark.parametrize("name, scheme", [
-    pytest.param(a, b, id=f"{a}/{b}", marks=[pytest.mark.slow] if a in LONG_RUNS else [])
-    for a, b in CASES])
+@pytest.mark.parametrize("name, scheme", trace_cases())
 def test_html_trace_for_every_scenario(name, scheme, tmp_path, capsys):
     found = shortest(name, scheme)
     sched = found[1] if found else ""

@@ -15,9 +15,7 @@ from s2pt.htmltrace import Recorder, cpus_html, page_data, shared_state, verdict
 from s2pt.sim.search import format_schedule, parse_schedule   # noqa: E402
 from s2pt.widgets import Interleave                    # noqa: E402
 
-from scenario_cases import CASES, LONG_RUNS, shortest, sometimes  # noqa: E402
-
-IDS = [f"{a}/{b}" for a, b in CASES]
+from scenario_cases import shortest, sometimes, trace_cases  # noqa: E402
 
 
 def _buttons_match_the_world(iw):
@@ -32,9 +30,7 @@ def _buttons_match_the_world(iw):
                 assert why in iw.step_buttons[i].tooltip
 
 
-@pytest.mark.parametrize("name, scheme", [
-    pytest.param(a, b, id=i, marks=[pytest.mark.slow] if a in LONG_RUNS else [])
-    for (a, b), i in zip(CASES, IDS)])
+@pytest.mark.parametrize("name, scheme", trace_cases())
 def test_every_scenario_steps_and_shows_its_verdict(name, scheme):
     found = shortest(name, scheme)
     # A declared livelock's run ends at its step bound: 2,000 steps show it

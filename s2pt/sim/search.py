@@ -337,6 +337,7 @@ class StateSpace:
         self.needs = self.window.needs if self.window is not None else frozenset()
         self.facts = None
         self._linked_memo: dict = {}
+        self._children_memo: dict = {}          # content id -> children_of
         self._parents_memo: dict = {}           # page ids -> {child pfn: parent pfns}
         self._ancestors_memo: dict = {}         # (page ids, pfn) -> ancestors_of
         self._holders = None
@@ -708,7 +709,6 @@ class StateSpace:
         out = self._linked_memo.get(key)
         if out is None:
             out = {}
-            mask, shift = self.pgt.addr_mask, self.shift
             freed = 1 + self.page_fields.index("freed")
             todo = [(p.pfn, self.pgt.start_level) for p in self.pgt.pgd_pages]
             while todo:
@@ -721,12 +721,22 @@ class StateSpace:
                     continue
                 out[pfn] = level
                 if level < 3:
-                    arr = self.cdata[pd[0]]
-                    for v in arr[(arr & 3) == 3].tolist():
-                        c = (v & mask) >> shift
-                        if c in self.index:
-                            todo.append((c, level + 1))
+                    todo += [(c, level + 1) for c in self.children_of(pd[0])]
             self._linked_memo[key] = out
+        return out
+
+    def children_of(self, cid) -> tuple:
+        """The table pages that the descriptors of page contents ``cid``
+        (an interned content id) point to: the pfns of every entry whose low
+        bits are 0b11, read as a table descriptor (cached).  At level 3 the
+        same bits mean a page; a caller that knows the level skips them."""
+        out = self._children_memo.get(cid)
+        if out is None:
+            mask, shift, index = self.pgt.addr_mask, self.shift, self.index
+            arr = self.cdata[cid]
+            out = self._children_memo[cid] = tuple(
+                c for c in (((v & mask) >> shift) for v in arr[(arr & 3) == 3].tolist())
+                if c in index)
         return out
 
     def _cached(self) -> set:
@@ -788,20 +798,18 @@ class StateSpace:
         descriptors leads to it, when the table pages are ``pages`` (a
         machine state's tuple of page ids; freed pages included: a stale
         descriptor is a way in).  A CPU that holds a pointer into any of
-        them can reach ``pfn``.  Cached."""
+        them can reach ``pfn``.  The level of an unlinked page is not known
+        here, so every 0b11 entry counts as a descriptor (:meth:`children_of`):
+        more ancestors, never fewer.  Cached."""
         key = (pages, pfn)
         out = self._ancestors_memo.get(key)
         if out is None:
             parents = self._parents_memo.get(pages)
             if parents is None:
                 parents = self._parents_memo[pages] = {}
-                mask, shift, index = self.pgt.addr_mask, self.shift, self.index
                 for k, pid in enumerate(pages):
-                    arr = self.cdata[self.pdata[pid][0]]
-                    for v in arr[(arr & 3) == 3].tolist():
-                        c = (v & mask) >> shift
-                        if c in index:
-                            parents.setdefault(c, set()).add(self.pfns[k])
+                    for c in self.children_of(self.pdata[pid][0]):
+                        parents.setdefault(c, set()).add(self.pfns[k])
             seen, todo = {pfn}, [pfn]
             while todo:
                 for p in parents.get(todo.pop(), ()):
