@@ -9,9 +9,10 @@ reductions buy.
 2. **Reduction factors**, separately, on the collapse scenario with 1, 2
    and 3 interchangeable readers (2, 3 and 4 vCPUs: vCPU0 collapses, the
    others take the same access-flag fault; the 4-vCPU one is
-   collapse-vs-fault-4): the same search with symmetry off, and with
-   partial-order reduction off; each factor is states (or transitions)
-   without the reduction over states with it.  A search that exceeds
+   collapse-vs-fault-4): the same search with symmetry off, with
+   partial-order reduction off, and with dead-variable reduction off
+   (every local of a CPU's frames fingerprinted); each factor is states (or
+   transitions) without the reduction over states with it.  A search that exceeds
    ``--budget`` states is reported as a lower bound.
 3. Peak memory of the whole run.
 
@@ -32,7 +33,7 @@ from s2pt.explorer import explore
 from s2pt.scenarios import SCENARIOS, Scenario, build_collapse_vs_readers
 from s2pt.schemes import SCHEMES
 
-REDUCTION_SCHEMES = ("none", "rcu")
+REDUCTION_SCHEMES = ("none", "rcu", "refcount-revalidate")
 
 
 def readers(n: int) -> Scenario:
@@ -81,21 +82,30 @@ def main(argv):
             both = run(sc, scheme, max_states=budget)
             no_sym = run(sc, scheme, symmetry=False, max_states=budget)
             no_por = run(sc, scheme, por=False, max_states=budget)
+            no_live = run(sc, scheme, liveness=False, max_states=budget)
             row = {"vcpus": n + 1, "scheme": scheme, "reduced": both, "no_symmetry": no_sym,
-                   "no_por": no_por,
+                   "no_por": no_por, "no_liveness": no_live,
                    "symmetry_states_factor": round(no_sym["states"] / both["states"], 2),
                    "symmetry_exact": no_sym["complete"],
                    "por_states_factor": round(no_por["states"] / both["states"], 2),
                    "por_transitions_factor": round(no_por["transitions"] / both["transitions"],
                                                    2),
+                   "liveness_states_factor": round(no_live["states"] / both["states"], 2),
+                   "liveness_transitions_factor": round(no_live["transitions"]
+                                                        / both["transitions"], 2),
                    "same_verdict": (no_sym["found"] == both["found"] == no_por["found"]
-                                    if no_sym["complete"] and no_por["complete"] else None)}
+                                    == no_live["found"]
+                                    if no_sym["complete"] and no_por["complete"]
+                                    and no_live["complete"] else None)}
             factors.append(row)
             print(f"{n + 1} vCPUs {scheme:<5} {both['states']:>10,} states {both['seconds']:7.1f} s; "
                   f"symmetry x{row['symmetry_states_factor']}"
                   + ("" if no_sym["complete"] else " (at least: the unreduced search hit the budget)")
                   + f"; POR x{row['por_states_factor']} states, "
-                  f"x{row['por_transitions_factor']} transitions", file=sys.stderr, flush=True)
+                  f"x{row['por_transitions_factor']} transitions; liveness "
+                  f"x{row['liveness_states_factor']} states, "
+                  f"x{row['liveness_transitions_factor']} transitions",
+                  file=sys.stderr, flush=True)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     four = [r for r in table if r["scenario"] == "collapse-vs-fault-4"]
     collapse = [r for r in table if r["scenario"].startswith("collapse-vs-fault")]

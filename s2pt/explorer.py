@@ -89,7 +89,7 @@ def replay_command(scenario, scheme, schedule="", bugs=(), width: int | None = N
 def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, seed=0,
             preemptions=None, bugs=(), max_states=2_000_000, max_steps=MAX_STEPS,
             progress=False, details=True, check=False, cancel=None,
-            symmetry=True, por=True) -> Result:
+            symmetry=True, por=True, liveness=True) -> Result:
     """Search a scenario's interleavings for violations (see
     :func:`s2pt.sim.search.search`): ``mode`` "exhaustive" (the default,
     shortest schedules), "unreduced", "random" or "pct"; ``bugs`` switches
@@ -100,4 +100,4 @@ def explore(scenario, scheme="rcu", *, mode="exhaustive", runs=1000, depth=2, se
     w = world(scenario, scheme, bugs, max_steps=max_steps, record=False)
     return search(w, mode=mode, runs=runs, depth=depth, seed=seed, preemptions=preemptions,
                   max_states=max_states, details=details, check=check, progress=progress,
-                  cancel=cancel, symmetry=symmetry, por=por)
+                  cancel=cancel, symmetry=symmetry, por=por, liveness=liveness)

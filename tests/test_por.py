@@ -11,6 +11,8 @@ from s2pt.explorer import explore, replay
 @pytest.mark.parametrize("name,scheme", [
     ("collapse-vs-fault", "none"),
     ("collapse-vs-fault", "refcount"),
+    ("collapse-vs-fault", "refcount-revalidate"),
+    ("aba-table-reuse", "refcount-revalidate"),
     ("stash-old-pte", "none"),
     ("collapse-vs-hw-walk-no-tlbi", "none"),
     ("unmap-vs-fault", "rcu"),
@@ -26,6 +28,21 @@ def test_verdicts_agree_with_and_without_por(name, scheme):
     for kind, found in red.found.items():          # a schedule found in the reduced graph replays
         if kind != "livelock":
             assert kind in {v.kind for v in replay(name, scheme, found.schedule_text).violations}
+
+
+def test_a_table_handed_to_call_rcu_is_reachable_by_the_callback_thread():
+    """The RCU callback queue holds the unlinked table's pointer: a walker's
+    read of the table (here one that forgot rcu_read_lock()) is not private,
+    because the callback thread will free the page under it.  With
+    dead-variable reduction no stale local hides this any more: a test that
+    counted only CPUs' locals took the read alone and missed the
+    use-after-free."""
+    red = explore("collapse-vs-fault", "rcu", bugs=("no-rcu-read-lock",), details=False)
+    ref = explore("collapse-vs-fault", "rcu", bugs=("no-rcu-read-lock",), details=False,
+                  por=False)
+    assert red.complete and ref.complete
+    assert red.kinds == ref.kinds == {"use-after-free"}
+    assert red.states <= ref.states
 
 
 def test_por_saves_states_where_a_subtree_is_freed():

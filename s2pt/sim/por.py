@@ -24,7 +24,24 @@ A step is private when
   its locals, or in its MMU's walk cache) into the page or into any table
   page from which a chain of table descriptors leads to it: a walker left
   in an unlinked level-2 table can still read its entry and step down into
-  the level-3 table below (``StateSpace.ancestors_of``).
+  the level-3 table below (``StateSpace.ancestors_of``).  A table handed
+  to ``call_rcu()`` is reachable by the RCU callback thread that will free
+  it: the callback queue's arguments count as pointers that thread holds
+  (``StateSpace.queued_reach``).
+
+  One holder does not count: a CPU whose next step is a
+  ``walker_get_unless_zero`` (the ``_refcount`` walker count) on one of
+  those pages that is allocated with a walker count of 0, and which after
+  that step holds no pointer into them (``refcount-revalidate``'s walker
+  that read the table pointer just before the last reference went: it
+  fails, drops the pointer and retries from the parent entry).  Until the
+  private step is taken nobody can make that count nonzero: only a
+  ``walker_get``, a ``walker_get_unless_zero`` that succeeds or the
+  allocator handing the page out again could, and each needs a pointer to
+  the page, which nobody else holds, or the page freed, which it is not
+  and which nobody else can do without a pointer.  So the step fails in
+  every order, changes nothing, and leads to the same next position; it
+  commutes with the private step, and so does everything after it.
 
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
 state whose private step leads to a state already seen is expanded in
@@ -60,6 +77,8 @@ class Reduction:
         #: machine id << NODE_BITS | node id -> _ALWAYS, _NEVER or the pfns
         #: whose holders make the step shared (see _candidate).
         self.memo: dict = {}
+        #: machine id << NODE_BITS | node id -> what _failing says.
+        self.fails: dict = {}
         #: Observers of every step (casemate's automaton, the isolation
         #: checker) see stores to any page: no step is private under them.
         self.on = not (m.observers or m.pre_observers)
@@ -90,9 +109,45 @@ class Reduction:
                 c = memo[key] = self._candidate(mid, i, nid)
             if c == _ALWAYS:
                 return i
-            if c != _NEVER and not self.space.others_reach(mid, nodes, i, c):
+            if c != _NEVER and not self.space.others_reach(mid, nodes, i, c, self._fails) \
+                    and not self.space.queued_reach(mid, i, c):
                 return i
         return None
+
+    def _fails(self, mid, j, nid, guard) -> bool:
+        """Is CPU ``j`` at node ``nid`` a holder that does not count (see the
+        module docstring): its next step a walker_get_unless_zero on a page of
+        ``guard`` that must fail, after which it holds no pointer into
+        ``guard``?"""
+        key = (mid << NODE_BITS) | nid
+        f = self.fails.get(key)
+        if f is None:
+            f = self.fails[key] = self._failing(mid, j, nid)
+        return f is not False and f[0] in guard and guard.isdisjoint(f[1])
+
+    def _failing(self, mid, j, nid):
+        """(pfn, the table pages CPU ``j`` points into after the step) when
+        node ``nid``'s step on machine ``mid`` is a walker_get_unless_zero on
+        the ``_refcount`` walker count of allocated table page pfn, whose count
+        is 0, that changes nothing; else False."""
+        space = self.space
+        op = space.nodes[nid].op
+        if op[0] != "walker_get_unless_zero" or len(op) != 2 or space.impure[j]:
+            return False
+        pfn = op[1] >> space.shift
+        k = space.index.get(pfn)
+        if k is None:
+            return False
+        key = space.pdata[space.mstates[mid][0][k]]
+        if key[self.i_freed] or key[self.i_walkers] != 0:
+            return False
+        tk = (mid << NODE_BITS) | nid
+        t = space.tmemo.get(tk)
+        if t is None:
+            t = space.tmemo[tk] = space._step(mid, nid, j)
+        if t[2] or t[0] != mid:
+            return False
+        return (pfn, space.pointers(t[1]))
 
     def _candidate(self, mid, i, nid):
         """_ALWAYS (the step changes nothing shared), _NEVER, or the pfns of

@@ -288,8 +288,10 @@ class StateSpace:
     """
 
     def __init__(self, world: World, check: bool = False, symmetry: bool = True,
-                 por: bool = True):
+                 por: bool = True, liveness: bool = True):
         self.w = w = world
+        #: Fingerprint only the locals a CPU may still read (s2pt.sim.liveness).
+        self.liveness = liveness
         w.record = False
         self.m = m = w.machine
         self.pgt = pgt = w.pgt
@@ -332,6 +334,7 @@ class StateSpace:
         self.run: list = []
         self.bmemo: dict = {}                   # machine id << NODE_BITS | node id -> blocked?
         self._held: dict = {}                   # machine id -> pfns each MMU walk cache holds
+        self._queued: dict = {}                 # machine id -> pfns the RCU callbacks hold
         #: The scenario's race window (s2pt.sim.window) and the step facts it needs.
         self.window = getattr(w.scenario, "window", None)
         self.needs = self.window.needs if self.window is not None else frozenset()
@@ -495,7 +498,7 @@ class StateSpace:
         if gen is None:
             key = (i, "done", freeze(ret, self.w.opaque))
         else:
-            key = (i, frames(gen, self.w.opaque), freeze(op, self.w.opaque))
+            key = (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op, self.w.opaque))
         nid = self.node_ids.get(key)
         if nid is None:
             nid = len(self.nodes)
@@ -540,7 +543,7 @@ class StateSpace:
             self.live.forget("pages")
         m.violations.clear()
         if self.check and nid is not None:
-            key = (i, frames(gen, w.opaque), freeze(op, w.opaque))
+            key = (i, frames(gen, w.opaque, live=self.liveness), freeze(op, w.opaque))
             if self.node_ids.get(key) != nid:
                 raise S2ptError(
                     f"CPU {i} ({w.name(i)}): replayed from its own results, its program did "
@@ -592,7 +595,7 @@ class StateSpace:
             return (None, viols, None)
         if fresh:
             key = (i, "done", freeze(ret, self.w.opaque)) if done else \
-                (i, frames(gen, self.w.opaque), freeze(op2, self.w.opaque))
+                (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op2, self.w.opaque))
             child = self.node_ids.get(key, -1)
             if not done and child >= 0 and child not in self.spare:
                 self.spare[child] = gen          # a second generator at the child
@@ -771,17 +774,19 @@ class StateSpace:
         the CPUs at ``nodes``."""
         return self.others_reach(mid, nodes, i, frozenset((pfn,)))
 
-    def others_reach(self, mid, nodes, i, guard) -> bool:
+    def others_reach(self, mid, nodes, i, guard, harmless=None) -> bool:
         """Does a CPU other than ``i`` hold a pointer into one of the table
         pages ``guard`` on machine ``mid`` with the CPUs at ``nodes`` (in its
-        locals, or in its MMU's walk cache)?"""
+        locals, or in its MMU's walk cache)?  ``harmless(mid, j, nid,
+        guard)``: a holder it says True of does not count (s2pt.sim.por)."""
         allnodes = self.nodes
         for j, nid in enumerate(nodes):
             if j != i:
                 ptrs = allnodes[nid].pointers
                 if ptrs is None:
                     ptrs = self.pointers(nid)
-                if ptrs and not guard.isdisjoint(ptrs):
+                if ptrs and not guard.isdisjoint(ptrs) and \
+                        (harmless is None or not harmless(mid, j, nid, guard)):
                     return True
         held = self._held.get(mid)
         if held is None:
@@ -792,6 +797,30 @@ class StateSpace:
                 if vcpu != vcpu_i and not guard.isdisjoint(pfns):
                     return True
         return False
+
+    def queued_reach(self, mid, i, guard) -> bool:
+        """Does a queued RCU callback hold a pointer into one of the table
+        pages ``guard`` on machine ``mid``, for a CPU other than ``i`` (the
+        RCU callback thread, the world's last actor, will run it)?  The queue
+        is machine state, not a CPU's locals: a table handed to call_rcu()
+        is still reachable by the thread that will free it."""
+        if i == self.n - 1:
+            return False
+        held = self._queued.get(mid)
+        if held is None:
+            out = set()
+            mask, shift, index = self.pgt.addr_mask, self.shift, self.index
+            todo = [args for _, _, args in self.mstates[mid][3][3]]
+            while todo:
+                v = todo.pop()
+                if type(v) is tuple:
+                    todo.extend(v)
+                elif type(v) is int:
+                    pfn = (v & mask) >> shift
+                    if pfn in index:
+                        out.add(pfn)
+            held = self._queued[mid] = frozenset(out)
+        return bool(held) and not guard.isdisjoint(held)
 
     def ancestors_of(self, pages, pfn) -> frozenset:
         """``pfn`` and every table page from which a chain of table
@@ -1788,7 +1817,7 @@ MAX_RUNS = 1_000_000
 
 def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
            preemptions=None, max_states=2_000_000, details=True, check=False,
-           progress=False, cancel=None, symmetry=True, por=True) -> Result:
+           progress=False, cancel=None, symmetry=True, por=True, liveness=True) -> Result:
     """Search the interleavings of ``template``'s scenario (a fresh World:
     scenario, scheme, bugs and end-of-run checks) for violations.
 
@@ -1801,6 +1830,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     ``symmetry``: search interchangeable CPUs once (s2pt.sim.symmetry; the
     exhaustive mode only).  ``por``: take a CPU's private steps alone
     (partial-order reduction, s2pt.sim.por; the exhaustive mode only).
+    ``liveness``: a CPU's position is its live locals only (dead-variable
+    reduction, s2pt.sim.liveness; False keeps every local, the reference).
 
     Each violation kind comes back once, with its shortest schedule found
     (random/PCT schedules are minimised by delta debugging), replayed to a
@@ -1825,6 +1856,7 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     check = validate.flag("check", check)
     symmetry = validate.flag("symmetry", symmetry)
     por = validate.flag("por", por)
+    liveness = validate.flag("liveness", liveness)
     progress = False if progress is None else validate.stream_or_flag("progress", progress)
     runs = validate.integer("runs", runs, 1, MAX_RUNS,
                             rule=f"a number of runs from 1 to {MAX_RUNS:,}")
@@ -1846,7 +1878,8 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
         # last: the search keeps it unreduced.)
         space = StateSpace(template.again(record=False), check,
                            symmetry=symmetry and mode == "exhaustive" and preemptions is None,
-                           por=por and mode == "exhaustive" and preemptions is None)
+                           por=por and mode == "exhaustive" and preemptions is None,
+                           liveness=liveness)
         if callable(progress):
             prog = progress
         else:
@@ -1866,7 +1899,7 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
                      settings=settings, window=st.get("window"))
     elif mode in ("random", "pct"):
         rng = random.Random(seed)
-        space = StateSpace(template.again(record=False), check)
+        space = StateSpace(template.again(record=False), check, liveness=liveness)
         if mode == "random":
             def chooser():
                 return random_chooser(rng)

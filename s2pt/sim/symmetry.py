@@ -105,7 +105,7 @@ class Symmetry:
         if gen is None:
             key = (self.group_of[i], "done", freeze(ret, self.opaque[i]))
         else:
-            key = (self.group_of[i], frames(gen, self.opaque[i], a.vcpu),
+            key = (self.group_of[i], frames(gen, self.opaque[i], a.vcpu, self.space.liveness),
                    freeze(op, self.opaque[i]))
         c = self.classes.get(key)
         if c is None:

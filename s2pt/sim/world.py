@@ -29,6 +29,7 @@ from ..memory import MemCache
 from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
 from .. import validate
 from ..snapshot import Stateless
+from .liveness import live_after, overwritten
 from .state import MachineState, check_part, observer_parts
 from .sync import SimMachine, rcu_next_callback
 from .violation import Violation
@@ -297,23 +298,45 @@ class StackCache:
         return self.out
 
 
-def frames(gen, opaque: dict, vcpu=None) -> tuple:
+def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
     """A suspended generator's position and locals, down its ``yield from``
     chain, as a hashable value: two generators with equal ``frames`` behave
     identically from here on, given the same results.  With ``vcpu`` (a
     symmetric CPU's own index, see :class:`Actor`), locals named ``vcpu``
-    that hold it freeze to ``"<self>"``."""
+    that hold it freeze to ``"<self>"``.  ``live``: only the locals the code
+    may still read (s2pt.sim.liveness); False keeps every local."""
     out = []
     memo = {}             # id -> frozen value: the frames share their walker, data, ctx
-    for _, f in _chain(gen):
+    chain = list(_chain(gen))
+    for n, (_, f) in enumerate(chain, 1):
         loc = f.f_locals
+        code, lasti = f.f_code, f.f_lasti
+        # Only the live locals (s2pt.sim.liveness): a value the code never
+        # reads again does not make a position different; nor does the
+        # field the innermost frame's yield is about to overwrite.
+        live = live_after(code, lasti) if live else None
+        dead = overwritten(code, lasti) if live and n == len(chain) else None
         # Sorted by name: f_locals lists names in the order they were first
         # seen bound, which depends on when the frame was first inspected.
-        out.append((f.f_code, f.f_lasti,
+        out.append((code, lasti,
                     tuple((k, "<self>" if vcpu is not None and k == "vcpu" and v == vcpu
+                           else _without(v, dead[1], opaque, memo)
+                           if dead is not None and k == dead[0]
                            else freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
-                          if not isinstance(v, types.GeneratorType))))
+                          if (live is None or k in live)
+                          and not isinstance(v, types.GeneratorType))))
     return tuple(out)
+
+
+def _without(v, attr: str, opaque: dict, memo: dict):
+    """:func:`freeze` of ``v`` with its attribute ``attr`` frozen as dead
+    (see :func:`s2pt.sim.liveness.overwritten`); not memoised, so no other
+    reference to ``v`` loses the attribute."""
+    slots = getattr(type(v), "__slots__", None)
+    if slots is None or hasattr(v, "__dict__") or attr not in slots or id(v) in opaque:
+        return freeze(v, opaque, 0, memo)
+    return (type(v),) + tuple("<dead>" if s == attr else freeze(getattr(v, s, None), opaque, 1, memo)
+                              for s in slots)
 
 
 _ATOMS = (int, str, bool, float, type(None), bytes)
