@@ -114,6 +114,38 @@ class Reduction:
                 return i
         return None
 
+    def chain_in(self, mid, nodes, i, pmid, pnodes):
+        """CPU ``i`` if its next step on machine ``mid`` with the CPUs at
+        ``nodes`` is private because the step that brought it here was: the
+        parent state (``pmid``, ``pnodes``) took CPU ``i``'s step alone, so
+        no other CPU moved.  Then nobody else can reach the pages that
+        guarded that step (their pointers, walk caches and the RCU queue
+        are as they were: a private step changes none of them, and the
+        check below makes sure), and a step guarded by a subset of them is
+        private too, without looking at the other CPUs again.  Else None,
+        and the caller asks :meth:`private_in`."""
+        space = self.space
+        nid = nodes[i]
+        r = space.run[nid]
+        if r == 0 or (r == 2 and space._blocked(mid, i, nid)):     # _DONE; _MAY_BLOCK
+            return None
+        memo = self.memo
+        key = (mid << NODE_BITS) | nid
+        c = memo.get(key)
+        if c is None:
+            c = memo[key] = self._candidate(mid, i, nid)
+        if c == _ALWAYS:
+            return i
+        if c == _NEVER:
+            return None
+        cp = memo.get((pmid << NODE_BITS) | pnodes[i])
+        if type(cp) is not frozenset or not c <= cp:
+            return None
+        m, pm = space.mstates[mid], space.mstates[pmid]
+        if m[3] != pm[3] or m[4] != pm[4]:              # locks and RCU queue; TLBs
+            return None
+        return i
+
     def _fails(self, mid, j, nid, guard) -> bool:
         """Is CPU ``j`` at node ``nid`` a holder that does not count (see the
         module docstring): its next step a walker_get_unless_zero on a page of

@@ -1202,6 +1202,10 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     enabled_at, step, pack = space.enabled_at, space._step, pk.pack
     unpack, nodes_of = pk.unpack, pk.nodes_fn()
     private_in = por.private_in if por is not None and por.on else None
+    #: Per state: 1 if it was reached by a private step taken alone, with no
+    #: renaming (see chain).
+    chained = bytearray(1)
+    chain = por.chain_in if private_in is not None else None
 
     def path(sid, then=(), frame=False):
         """The concrete schedule to state ``sid`` (then CPUs ``then``, named
@@ -1260,29 +1264,43 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 complete = False
                 break
         nodes = nodes_of(nk)
-        en = enabled_at(mid, nodes)
-        if not en:
-            terminals += 1
-            for kind, msg in space.terminal((mid, nodes)):
-                if kind not in found:
-                    found[kind] = (path(sid), msg)
-            continue
-        if depth[sid] >= max_depth:
-            complete = False                   # a bound, not a finding
-            continue
-        last = via[sid] if sid else None
         alone = None
-        if private_in is not None and len(en) > 1:
-            i = private_in(mid, nodes, en)
+        if chained[sid] and depth[sid] < max_depth:
+            # The CPU that stepped here alone goes on alone while its next
+            # step is private for the same reason (s2pt.sim.por.chain_in):
+            # no other CPU moved, so who else can reach the page is known.
+            p = parent[sid]
+            i = chain(mid, nodes, via[sid], states[p] >> mshift, nodes_of(states[p] & nmask))
             if i is not None:
-                # A private step alone (s2pt.sim.por), unless it leads back
-                # to a state already seen (the cycle proviso): then all.
                 alone = successor(mid, nk, nodes, i)
                 if alone[0] is not None and alone[0] not in seen:
                     en = (i,)
                     por.taken += 1
                 else:
                     alone = None
+        if alone is None:
+            en = enabled_at(mid, nodes)
+            if not en:
+                terminals += 1
+                for kind, msg in space.terminal((mid, nodes)):
+                    if kind not in found:
+                        found[kind] = (path(sid), msg)
+                continue
+            if depth[sid] >= max_depth:
+                complete = False                   # a bound, not a finding
+                continue
+            if private_in is not None and len(en) > 1:
+                i = private_in(mid, nodes, en)
+                if i is not None:
+                    # A private step alone (s2pt.sim.por), unless it leads back
+                    # to a state already seen (the cycle proviso): then all.
+                    alone = successor(mid, nk, nodes, i)
+                    if alone[0] is not None and alone[0] not in seen:
+                        en = (i,)
+                        por.taken += 1
+                    else:
+                        alone = None
+        last = via[sid] if sid else None
         for i in en:
             if bound is not None:
                 p = pre[sid] + _preempts(i, last, en)
@@ -1322,6 +1340,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 edst.append(new)
                 ecpu.append(i)
             states.append(t)
+            chained.append(alone is not None and to is None)
             parent.append(sid)
             via.append(i)
             perm.append(to)
