@@ -117,3 +117,23 @@ def test_a_page_below_an_unlinked_subtree_root_is_not_private():
     assert red.states <= ref.states                  # the fix: 17 states, no warn)
     w = replay(toy, "none", red.found["warn"].schedule_text)
     assert [v.kind for v in w.violations] == ["warn"]
+
+
+@pytest.mark.parametrize("name,scheme", [
+    ("collapse-vs-fault", "rcu"),
+    ("collapse-vs-fault", "refcount-revalidate"),
+    ("aba-table-reuse", "refcount-revalidate"),
+    ("collapse-vs-hw-walk", "rcu"),
+])
+def test_going_on_alone_is_a_shortcut_to_the_same_graph(name, scheme, monkeypatch):
+    """Reduction.chain_in lets the CPU that just stepped alone go on alone
+    without asking every other CPU again.  On these scenarios it picks the
+    CPU private_in would have picked, so the graph is the same, state for
+    state; only the time changes."""
+    from s2pt.sim.por import Reduction
+    fast = explore(name, scheme, details=False)
+    monkeypatch.setattr(Reduction, "chain_in", lambda self, *args: None)
+    slow = explore(name, scheme, details=False)
+    assert (fast.states, fast.transitions, fast.kinds) == (slow.states, slow.transitions,
+                                                            slow.kinds)
+    assert fast.settings.get("por_private_steps") == slow.settings.get("por_private_steps")

@@ -43,6 +43,11 @@ A step is private when
   every order, changes nothing, and leads to the same next position; it
   commutes with the private step, and so does everything after it.
 
+A CPU that has just stepped alone usually goes on alone: the free walk is
+512 private steps in a row.  ``chain_in`` answers for it without looking
+at the other CPUs again when nobody else moved and the step is guarded by
+pages the last one was guarded by (the search's time, not its graph).
+
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
 state whose private step leads to a state already seen is expanded in
 full.  ``explore(por=False)`` is the unreduced reference;
