@@ -456,7 +456,7 @@ FUNCTIONS = [
              ["yes", 5, 1.5, b"x", THING]),
            flag("details"), flag("check"),
            A("cancel", [None, lambda: False, lambda: True], JUNK_CALLABLE),
-           flag("symmetry"), flag("por")),
+           flag("symmetry"), flag("por"), flag("liveness")),
     Method("compare", A("schemes", [["hyp-lock"], "hyp-lock", ("hyp-lock", "hyp-lock")],
                         [[["x"]], [None], 5, "bogus", [], ["bogus"], THING, {"hyp-lock": 1}]),
            A("scenarios", [["donate-vs-host-access"], "donate-vs-host-access"],

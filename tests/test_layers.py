@@ -26,7 +26,7 @@ LAYERS = [
     ["tlb", "stage2", "bbm"],
     ["kvm", "pkvm", "drill", "trace", "feedback"],
     ["sim", "sim.state", "sim.window", "sim.sync", "sim.violation", "sim.world", "sim.causal",
-     "sim.symmetry", "sim.por", "sim.report", "sim.search"],
+     "sim.liveness", "sim.symmetry", "sim.por", "sim.report", "sim.search"],
     ["checkers", "schemes", "scenarios", "scenarios.scenario", "scenarios.declarations",
      "scenarios.guest", "scenarios.pkvm", "explorer", "comparison", "comparison.costs",
      "comparison.results", "comparison.rules", "comparison.report", "comparison.run",

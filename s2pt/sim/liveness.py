@@ -37,7 +37,8 @@ _KILL = frozenset({"STORE_FAST"})
 _STOP = frozenset({"RETURN_VALUE", "RETURN_CONST", "RAISE_VARARGS", "RERAISE",
                    "JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_ABSOLUTE", "JUMP",
                    "JUMP_BACKWARD_NO_INTERRUPT", "JUMP_NO_INTERRUPT"})
-_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_JUMPS = (frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+          | frozenset(getattr(dis, "hasjump", ())))       # (3.13 names them all here)
 _LOCAL = frozenset(dis.haslocal)
 _SETUP = frozenset({"SETUP_FINALLY", "SETUP_WITH", "SETUP_ASYNC_WITH", "SETUP_CLEANUP"})
 
@@ -78,6 +79,12 @@ def overwritten(code, lasti: int):
     return out
 
 
+def _target(ins):
+    """The offset a jump instruction may go to."""
+    t = getattr(ins, "jump_target", None)
+    return t if t is not None else ins.argval
+
+
 def _names(ins) -> tuple:
     v = ins.argval
     return v if isinstance(v, tuple) else (v,)
@@ -96,8 +103,11 @@ def _analyse(code) -> dict:
     for k, i in enumerate(ins):
         if i.opname not in _STOP and k + 1 < n:
             succ[k].append(k + 1)
-        if i.opcode in _JUMPS and isinstance(i.argval, int) and i.argval in at:
-            succ[k].append(at[i.argval])
+        if i.opcode in _JUMPS:
+            t = _target(i)
+            if t not in at:
+                return {}            # a jump we cannot follow: every local counts
+            succ[k].append(at[t])
         if i.opname in _SETUP and isinstance(i.argval, int) and i.argval in at:
             handlers.add(at[i.argval])
     for e in getattr(dis.Bytecode(code), "exception_entries", ()):
@@ -172,8 +182,8 @@ def _depths(code, ins, at):
         arg = i.arg if i.opcode >= dis.HAVE_ARGUMENT else None
         moves = []
         try:
-            if i.opcode in _JUMPS and isinstance(i.argval, int) and i.argval in at:
-                moves.append((at[i.argval], dis.stack_effect(i.opcode, arg, jump=True)))
+            if i.opcode in _JUMPS:
+                moves.append((at[_target(i)], dis.stack_effect(i.opcode, arg, jump=True)))
             if i.opname not in _STOP and k + 1 < n:
                 moves.append((k + 1, dis.stack_effect(i.opcode, arg, jump=False)
                               if i.opcode in _JUMPS else dis.stack_effect(i.opcode, arg)))
