@@ -314,7 +314,7 @@ def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
         # Only the live locals (s2pt.sim.liveness): a value the code never
         # reads again does not make a position different; nor does the
         # field the innermost frame's yield is about to overwrite.
-        live = live_after(code, lasti) if live else None
+        names = live_after(code, lasti) if live else None
         dead = overwritten(code, lasti) if live and n == len(chain) else None
         # Sorted by name: f_locals lists names in the order they were first
         # seen bound, which depends on when the frame was first inspected.
@@ -323,7 +323,7 @@ def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
                            else _without(v, dead[1], opaque, memo)
                            if dead is not None and k == dead[0]
                            else freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
-                          if (live is None or k in live)
+                          if (names is None or k in names)
                           and not isinstance(v, types.GeneratorType))))
     return tuple(out)
 
