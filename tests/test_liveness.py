@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from s2pt.explorer import explore, replay
+from s2pt.explorer import explore
+
+from reduction_checks import assert_same_verdicts
 from s2pt.sim.liveness import live_after, overwritten
 
 
@@ -119,15 +121,7 @@ def test_two_positions_that_differ_in_a_dead_local_are_one():
     ("collapse-vs-fault", "rwlock"),
 ])
 def test_verdicts_agree_with_and_without_liveness(name, scheme):
-    red = explore(name, scheme, details=False)
-    ref = explore(name, scheme, details=False, liveness=False)
-    assert red.complete and ref.complete
-    assert red.kinds == ref.kinds and red.verdict == ref.verdict, (red.kinds, ref.kinds)
-    assert red.window["reached"] == ref.window["reached"]
-    assert red.states <= ref.states
-    for kind, found in red.found.items():          # a schedule found in the reduced graph replays
-        if kind != "livelock":
-            assert kind in {v.kind for v in replay(name, scheme, found.schedule_text).violations}
+    assert_same_verdicts(name, scheme, liveness=False)
 
 
 def test_liveness_saves_states_where_a_walker_retries():

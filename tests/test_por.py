@@ -7,6 +7,8 @@ import pytest
 
 from s2pt.explorer import explore, replay
 
+from reduction_checks import assert_same_verdicts
+
 
 @pytest.mark.parametrize("name,scheme", [
     ("collapse-vs-fault", "none"),
@@ -19,15 +21,7 @@ from s2pt.explorer import explore, replay
     ("collapse-vs-fault", "rwlock"),
 ])
 def test_verdicts_agree_with_and_without_por(name, scheme):
-    red = explore(name, scheme, details=False)
-    ref = explore(name, scheme, details=False, por=False)
-    assert red.complete and ref.complete
-    assert red.kinds == ref.kinds and red.verdict == ref.verdict, (red.kinds, ref.kinds)
-    assert red.window["reached"] == ref.window["reached"]
-    assert red.states <= ref.states
-    for kind, found in red.found.items():          # a schedule found in the reduced graph replays
-        if kind != "livelock":
-            assert kind in {v.kind for v in replay(name, scheme, found.schedule_text).violations}
+    assert_same_verdicts(name, scheme, por=False)
 
 
 def test_a_table_handed_to_call_rcu_is_reachable_by_the_callback_thread():

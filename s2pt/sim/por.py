@@ -105,13 +105,9 @@ class Reduction:
         can reach the page depends on the other CPUs."""
         if not self.on:
             return None
-        memo = self.memo
+        candidate = self.candidate
         for i in enabled:
-            nid = nodes[i]
-            key = (mid << NODE_BITS) | nid
-            c = memo.get(key)
-            if c is None:
-                c = memo[key] = self._candidate(mid, i, nid)
+            c = candidate(mid, i, nodes[i])
             if c == _ALWAYS:
                 return i
             if c != _NEVER and not self.space.others_reach(mid, nodes, i, c, self._fails) \
@@ -134,16 +130,12 @@ class Reduction:
         r = space.run[nid]
         if r == 0 or (r == 2 and space._blocked(mid, i, nid)):     # _DONE; _MAY_BLOCK
             return None
-        memo = self.memo
-        key = (mid << NODE_BITS) | nid
-        c = memo.get(key)
-        if c is None:
-            c = memo[key] = self._candidate(mid, i, nid)
+        c = self.candidate(mid, i, nid)
         if c == _ALWAYS:
             return i
         if c == _NEVER:
             return None
-        cp = memo.get((pmid << NODE_BITS) | pnodes[i])
+        cp = self.memo.get((pmid << NODE_BITS) | pnodes[i])
         if type(cp) is not frozenset or not c <= cp:
             return None
         m, pm = space.mstates[mid], space.mstates[pmid]
@@ -185,6 +177,14 @@ class Reduction:
         if t[2] or t[0] != mid:
             return False
         return (pfn, space.pointers(t[1]))
+
+    def candidate(self, mid, i, nid):
+        """:meth:`_candidate`, memoised on (machine, position)."""
+        key = (mid << NODE_BITS) | nid
+        c = self.memo.get(key)
+        if c is None:
+            c = self.memo[key] = self._candidate(mid, i, nid)
+        return c
 
     def _candidate(self, mid, i, nid):
         """_ALWAYS (the step changes nothing shared), _NEVER, or the pfns of

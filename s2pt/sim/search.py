@@ -1251,6 +1251,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 return (sym.rename(t[0], to) << mshift) | pack((0, canon)), to, t
         return (t[0] << mshift) | (nk + ((child - nid) << shifts[i])), None, t
 
+    def alone_step(mid, nk, nodes, i):
+        """CPU ``i``'s private step taken alone (s2pt.sim.por), or None when
+        it leads back to a state already seen (the cycle proviso: then every
+        CPU steps) or to a violation."""
+        a = successor(mid, nk, nodes, i)
+        return a if a[0] is not None and a[0] not in seen else None
+
     while queue:
         sid = queue.popleft()
         k = states[sid]
@@ -1272,12 +1279,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             p = parent[sid]
             i = chain(mid, nodes, via[sid], states[p] >> mshift, nodes_of(states[p] & nmask))
             if i is not None:
-                alone = successor(mid, nk, nodes, i)
-                if alone[0] is not None and alone[0] not in seen:
-                    en = (i,)
-                    por.taken += 1
-                else:
-                    alone = None
+                alone = alone_step(mid, nk, nodes, i)
         if alone is None:
             en = enabled_at(mid, nodes)
             if not en:
@@ -1292,14 +1294,10 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             if private_in is not None and len(en) > 1:
                 i = private_in(mid, nodes, en)
                 if i is not None:
-                    # A private step alone (s2pt.sim.por), unless it leads back
-                    # to a state already seen (the cycle proviso): then all.
-                    alone = successor(mid, nk, nodes, i)
-                    if alone[0] is not None and alone[0] not in seen:
-                        en = (i,)
-                        por.taken += 1
-                    else:
-                        alone = None
+                    alone = alone_step(mid, nk, nodes, i)
+        if alone is not None:
+            en = (i,)
+            por.taken += 1
         last = via[sid] if sid else None
         for i in en:
             if bound is not None:
