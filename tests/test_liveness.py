@@ -113,9 +113,9 @@ def test_two_positions_that_differ_in_a_dead_local_are_one():
 
 @pytest.mark.parametrize("name,scheme", [
     ("collapse-vs-fault", "none"),
-    ("collapse-vs-fault", "refcount"),
+    pytest.param("collapse-vs-fault", "refcount", marks=pytest.mark.slow),
     ("collapse-vs-fault", "refcount-revalidate"),
-    ("aba-table-reuse", "refcount"),
+    pytest.param("aba-table-reuse", "refcount", marks=pytest.mark.slow),
     ("stash-old-pte", "none"),
     ("unmap-vs-fault", "rcu"),
     ("collapse-vs-fault", "rwlock"),
@@ -130,6 +130,7 @@ def test_liveness_saves_states_where_a_walker_retries():
     assert red.states < ref.states
 
 
+@pytest.mark.slow
 def test_liveness_and_nothing_else_agrees_with_the_unreduced_search():
     # Symmetry and POR off: dead-variable reduction alone against the
     # reference with every local kept.

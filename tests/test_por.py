@@ -14,7 +14,7 @@ from reduction_checks import assert_same_verdicts
     ("collapse-vs-fault", "none"),
     ("collapse-vs-fault", "refcount"),
     ("collapse-vs-fault", "refcount-revalidate"),
-    ("aba-table-reuse", "refcount-revalidate"),
+    pytest.param("aba-table-reuse", "refcount-revalidate", marks=pytest.mark.slow),
     ("stash-old-pte", "none"),
     ("collapse-vs-hw-walk-no-tlbi", "none"),
     ("unmap-vs-fault", "rcu"),
@@ -116,7 +116,7 @@ def test_a_page_below_an_unlinked_subtree_root_is_not_private():
 @pytest.mark.parametrize("name,scheme", [
     ("collapse-vs-fault", "rcu"),
     ("collapse-vs-fault", "refcount-revalidate"),
-    ("aba-table-reuse", "refcount-revalidate"),
+    pytest.param("aba-table-reuse", "refcount-revalidate", marks=pytest.mark.slow),
     ("collapse-vs-hw-walk", "rcu"),
 ])
 def test_going_on_alone_is_a_shortcut_to_the_same_graph(name, scheme, monkeypatch):
