@@ -750,19 +750,24 @@ class StateSpace:
         """pfns of the table pages node ``nid``'s locals point into."""
         node = self.nodes[nid]
         if node.pointers is None:
-            out = set()
-            mask, shift, index = self.pgt.addr_mask, self.shift, self.index
-            todo = [node.key]
-            while todo:
-                v = todo.pop()
-                if type(v) is tuple:
-                    todo.extend(v)
-                elif type(v) is int:
-                    pfn = (v & mask) >> shift
-                    if pfn in index:
-                        out.add(pfn)
-            node.pointers = frozenset(out)
+            node.pointers = self._pfns_in(node.key)
         return node.pointers
+
+    def _pfns_in(self, value) -> frozenset:
+        """pfns of the table pages the integers anywhere in ``value`` (nested
+        tuples, as frozen) point into."""
+        out = set()
+        mask, shift, index = self.pgt.addr_mask, self.shift, self.index
+        todo = [value]
+        while todo:
+            v = todo.pop()
+            if type(v) is tuple:
+                todo.extend(v)
+            elif type(v) is int:
+                pfn = (v & mask) >> shift
+                if pfn in index:
+                    out.add(pfn)
+        return frozenset(out)
 
     def others_hold(self, s, i, pa) -> bool:
         """Does a CPU other than ``i`` hold a pointer into the table page at
@@ -808,18 +813,8 @@ class StateSpace:
             return False
         held = self._queued.get(mid)
         if held is None:
-            out = set()
-            mask, shift, index = self.pgt.addr_mask, self.shift, self.index
-            todo = [args for _, _, args in self.mstates[mid][3][3]]
-            while todo:
-                v = todo.pop()
-                if type(v) is tuple:
-                    todo.extend(v)
-                elif type(v) is int:
-                    pfn = (v & mask) >> shift
-                    if pfn in index:
-                        out.add(pfn)
-            held = self._queued[mid] = frozenset(out)
+            held = self._queued[mid] = self._pfns_in(
+                tuple(args for _, _, args in self.mstates[mid][3][3]))
         return bool(held) and not guard.isdisjoint(held)
 
     def ancestors_of(self, pages, pfn) -> frozenset:
