@@ -53,13 +53,19 @@ GiB, PAGE = 1 << 30, 4096
 MAGIC = 0x4                 # an invalid entry with a software bit set
 
 
-def _subtree_builder(scheme, bugs):
+def _subtree_builder(scheme, bugs, loop=False):
     """A level-2 table Q (L1 -> Q -> the level-3 table P) is unlinked while
     a walker holds a pointer into Q.  The unlinker then raises a flag in Q
     and writes MAGIC into P and takes it back.  The walker, once it sees
     the flag, steps from Q down into P: it holds no pointer into P until
     then, but it can reach P, so the unlinker's stores into P are not
-    private to it.  The walker reading MAGIC is the "bug" to find."""
+    private to it.  The walker reading MAGIC is the "bug" to find.
+
+    With ``loop``, the unlinker instead flips P[0] between 0 and MAGIC
+    forever once Q is unlinked, and never raises the flag: each of its
+    steps is then private, round a cycle of four positions.  The walker
+    warns when it finds Q unlinked: a search that let the private loop run
+    forever ahead of it (the ignoring problem) would miss that."""
     import s2pt
     from s2pt.errors import KernelBug
     from s2pt.invariants import reachable_tables
@@ -78,6 +84,8 @@ def _subtree_builder(scheme, bugs):
     def walker():
         e = yield READ_ONCE(l1)
         if e & 3 != 3:
+            if loop:
+                raise KernelBug("warn", "the walker found Q unlinked")
             return 0
         table = e & pgt.addr_mask           # Q, held from here on
         if (yield READ_ONCE(table + 8)):    # the flag, Q[1]
@@ -88,6 +96,9 @@ def _subtree_builder(scheme, bugs):
 
     def unlinker():
         yield WRITE_ONCE(l1, 0)             # Q (and P below it) unlinked
+        while loop:
+            v = yield READ_ONCE(p)
+            yield WRITE_ONCE(p, v ^ MAGIC)
         yield WRITE_ONCE(q + 8, 1)          # the flag in Q
         yield WRITE_ONCE(p, MAGIC)          # P: no CPU holds a pointer into it ...
         yield WRITE_ONCE(p, 0)              # ... but the walker can reach it through Q
@@ -113,21 +124,62 @@ def test_a_page_below_an_unlinked_subtree_root_is_not_private():
     assert [v.kind for v in w.violations] == ["warn"]
 
 
-@pytest.mark.parametrize("name,scheme", [
-    ("collapse-vs-fault", "rcu"),
-    ("collapse-vs-fault", "refcount-revalidate"),
-    pytest.param("aba-table-reuse", "refcount-revalidate", marks=pytest.mark.slow),
-    ("collapse-vs-hw-walk", "rcu"),
+def test_a_private_cycle_is_a_livelock_not_an_endless_run():
+    """A run of private steps that comes back to where it was stops there,
+    so the search ends, and the cycle proviso expands the state where it
+    stopped: the search finds the unlinker's endless private loop as the
+    unreduced search does, its lasso replays, and the walker still gets to
+    find Q unlinked."""
+    from s2pt.scenarios import Scenario
+    toy = Scenario("toy-private-loop", "an unlinker flips a private page forever",
+                   lambda scheme, bugs: _subtree_builder(scheme, bugs, loop=True),
+                   {"none": {}})
+    red = explore(toy, "none")
+    ref = explore(toy, "none", por=False)
+    assert red.complete and ref.complete
+    assert red.kinds == ref.kinds == {"livelock", "warn"}
+    assert red.settings["por_private_steps"] > 0
+    lasso = red.found["livelock"]
+    assert "unlinker never finishes" in lasso.message
+    assert set(lasso.cycle) == {1}                   # the unlinker alone, round its loop
+
+
+@pytest.mark.parametrize("name,scheme,runs", [
+    ("collapse-vs-fault", "rcu", True),
+    ("collapse-vs-fault", "refcount-revalidate", True),
+    ("collapse-vs-fault", "rcu-rfc", True),
+    pytest.param("aba-table-reuse", "refcount-revalidate", True, marks=pytest.mark.slow),
+    pytest.param("collapse-vs-fault-3", "none", True, marks=pytest.mark.slow),
+    ("collapse-vs-fault", "rwlock", False),        # a livelock, found through runs of one
 ])
-def test_going_on_alone_is_a_shortcut_to_the_same_graph(name, scheme, monkeypatch):
-    """Reduction.chain_in lets the CPU that just stepped alone go on alone
-    without asking every other CPU again.  On these scenarios it picks the
-    CPU private_in would have picked, so the graph is the same, state for
-    state; only the time changes."""
+def test_a_run_of_private_steps_is_one_transition(name, scheme, runs, monkeypatch):
+    """The search takes a CPU's run of private steps (Reduction.chain_in) as
+    one transition and keeps only the state where it ends.  Taken a step at
+    a time, keeping every state, the search finds the same violations,
+    reaches the race window the same way and comes to the same number of
+    end states; it keeps more states, and the runs account for the
+    difference."""
+    import s2pt
     from s2pt.sim.por import Reduction
-    fast = explore(name, scheme, details=False)
-    monkeypatch.setattr(Reduction, "chain_in", lambda self, *args: None)
-    slow = explore(name, scheme, details=False)
-    assert (fast.states, fast.transitions, fast.kinds) == (slow.states, slow.transitions,
-                                                            slow.kinds)
-    assert fast.settings.get("por_private_steps") == slow.settings.get("por_private_steps")
+    from s2pt.sim.search import StateSpace, _bfs, format_schedule
+
+    def run():
+        space = StateSpace(s2pt.world(name, scheme, record=False))
+        found, stats = _bfs(space)
+        return found, stats, space.por.taken
+
+    fast, fstats, ftaken = run()
+    monkeypatch.setattr(Reduction, "chain_in", lambda self, *args: False)
+    slow, sstats, staken = run()
+    assert fstats["complete"] and sstats["complete"]
+    assert set(fast) == set(slow)
+    assert fstats["window"]["reached"] == sstats["window"]["reached"]
+    assert fstats["terminals"] == sstats["terminals"]
+    assert sstats["run_steps"] == 0
+    if runs:
+        assert fstats["run_steps"] > 0
+        assert fstats["states"] < sstats["states"]
+    for kind, what in fast.items():         # (a livelock's lasso is replayed as it is found)
+        if kind != "livelock":
+            w = replay(name, scheme, format_schedule(what[0]))
+            assert kind in {v.kind for v in w.violations}

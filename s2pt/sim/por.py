@@ -46,7 +46,11 @@ A step is private when
 A CPU that has just stepped alone usually goes on alone: the free walk is
 512 private steps in a row.  ``chain_in`` answers for it without looking
 at the other CPUs again when nobody else moved and the step is guarded by
-pages the last one was guarded by (the search's time, not its graph).
+pages the last one was guarded by.  Such a run depends on nothing but the
+CPU's own position and the machine, so the search takes it as one
+transition and keeps only the state where it ends (s2pt.sim.search's
+``run_alone``): the steps in between each have one successor in the
+reduced graph, and contracting them loses no state of any other.
 
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
 state whose private step leads to a state already seen is expanded in
@@ -115,33 +119,35 @@ class Reduction:
                 return i
         return None
 
-    def chain_in(self, mid, nodes, i, pmid, pnodes):
-        """CPU ``i`` if its next step on machine ``mid`` with the CPUs at
-        ``nodes`` is private because the step that brought it here was: the
-        parent state (``pmid``, ``pnodes``) took CPU ``i``'s step alone, so
+    def chain_in(self, mid, nid, i, pmid, pnid) -> bool:
+        """Is CPU ``i``'s next step, at node ``nid`` on machine ``mid``,
+        private because the step that brought it there was?  That step was
+        CPU ``i``'s, taken alone from node ``pnid`` on machine ``pmid``, so
         no other CPU moved.  Then nobody else can reach the pages that
         guarded that step (their pointers, walk caches and the RCU queue
         are as they were: a private step changes none of them, and the
         check below makes sure), and a step guarded by a subset of them is
-        private too, without looking at the other CPUs again.  Else None,
-        and the caller asks :meth:`private_in`."""
+        private too, without looking at the other CPUs again.  False means
+        not known, and the search asks :meth:`private_in`.
+
+        The answer depends on CPU ``i``'s own positions and the machine
+        alone, so a run of such steps is a function of where it starts: the
+        search takes the whole run as one transition (s2pt.sim.search's
+        ``run_alone``)."""
         space = self.space
-        nid = nodes[i]
         r = space.run[nid]
         if r == 0 or (r == 2 and space._blocked(mid, i, nid)):     # _DONE; _MAY_BLOCK
-            return None
+            return False
         c = self.candidate(mid, i, nid)
         if c == _ALWAYS:
-            return i
+            return True
         if c == _NEVER:
-            return None
-        cp = self.memo.get((pmid << NODE_BITS) | pnodes[i])
+            return False
+        cp = self.memo.get((pmid << NODE_BITS) | pnid)
         if type(cp) is not frozenset or not c <= cp:
-            return None
+            return False
         m, pm = space.mstates[mid], space.mstates[pmid]
-        if m[3] != pm[3] or m[4] != pm[4]:              # locks and RCU queue; TLBs
-            return None
-        return i
+        return m[3] == pm[3] and m[4] == pm[4]          # locks and RCU queue; TLBs
 
     def _fails(self, mid, j, nid, guard) -> bool:
         """Is CPU ``j`` at node ``nid`` a holder that does not count (see the

@@ -1159,6 +1159,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     a fair scheduler can follow forever while some CPU never finishes
     (:func:`_livelocks`).
 
+    With partial-order reduction, a CPU's run of private steps (the free
+    walk of an unlinked table: a thousand steps nobody else can see) is one
+    transition: every step is taken and checked, but only the state where
+    the run ends is kept (``run_alone``; ``stats["run_steps"]`` counts the
+    steps passed inside runs).  A schedule through it names the CPU once
+    per step.
+
     States are packed integers (:class:`_Packed`): a successor is an
     addition, and a state costs a few dozen bytes.  What is a function of
     one CPU's position and the machine (its step, whether it blocks,
@@ -1197,10 +1204,14 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     enabled_at, step, pack = space.enabled_at, space._step, pk.pack
     unpack, nodes_of = pk.unpack, pk.nodes_fn()
     private_in = por.private_in if por is not None and por.on else None
-    #: Per state: 1 if it was reached by a private step taken alone, with no
-    #: renaming (see chain).
-    chained = bytearray(1)
-    chain = por.chain_in if private_in is not None else None
+    chain_in = por.chain_in if private_in is not None else None
+    #: Where a run of private steps ends (see run_alone), by where it starts.
+    runs: dict = {}
+    #: State -> the length of the run that reached it, where it is over 1.
+    run_of: dict = {}
+    #: Edge index -> the length of its run, where it is over 1.
+    ecount: dict = {}
+    chained = 0                  # steps taken inside runs, not kept as states
 
     def path(sid, then=(), frame=False):
         """The concrete schedule to state ``sid`` (then CPUs ``then``, named
@@ -1209,12 +1220,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         renaming from ``sid``'s frame to the concrete CPUs."""
         steps = []
         while sid > 0:
-            steps.append((via[sid], perm[sid]))
+            steps.append((via[sid], perm[sid], run_of.get(sid, 1)))
             sid = parent[sid]
         tau = invert(perm[0]) if perm[0] is not None else tuple(range(space.n))
         out = []
-        for i, to in reversed(steps):
-            out.append(tau[i])
+        for i, to, n in reversed(steps):
+            out += [tau[i]] * n
             if to is not None:
                 tau = compose(tau, invert(to))
         out += [tau[i] for i in then]
@@ -1231,7 +1242,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             t = tmemo[tk] = step(mid, nid, i)
         if t[2]:
             return None, None, t
-        child = t[1]
+        return place(mid, nk, nodes, i, t[0], t[1]) + (t,)
+
+    def place(mid, nk, nodes, i, cmid, child):
+        """The state (packed, renaming) where CPU ``i`` has moved from
+        (``mid``, ``nodes``; ``nk`` packed) to node ``child`` on machine
+        ``cmid``, canonical under symmetry."""
+        nid = nodes[i]
         nb = neighbours.get(i)
         if nb is not None:
             # Symmetry (s2pt.sim.symmetry): the group was in class order, and
@@ -1243,15 +1260,69 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 after = list(nodes)
                 after[i] = child
                 to, canon = sym.arrange(after)
-                return (sym.rename(t[0], to) << mshift) | pack((0, canon)), to, t
-        return (t[0] << mshift) | (nk + ((child - nid) << shifts[i])), None, t
+                return (sym.rename(cmid, to) << mshift) | pack((0, canon)), to
+        return (cmid << mshift) | (nk + ((child - nid) << shifts[i])), None
 
-    def alone_step(mid, nk, nodes, i):
-        """CPU ``i``'s private step taken alone (s2pt.sim.por), or None when
-        it leads back to a state already seen (the cycle proviso: then every
-        CPU steps) or to a violation."""
-        a = successor(mid, nk, nodes, i)
-        return a if a[0] is not None and a[0] not in seen else None
+    def run_alone(mid, nid, i):
+        """CPU ``i``'s private step from node ``nid`` on machine ``mid``, and
+        the private steps after it for the same reason (Reduction.chain_in:
+        no other CPU moved, and the step is guarded by pages the last one
+        was): (the first step's transition, the machine and node where the
+        run ends, how many steps it took), memoised on where it starts, or
+        None when the first step is a violation.  The run stops before a
+        step that is not private, is a violation, or tells the race window
+        something (those are the search's to see, from a state it keeps),
+        and before it would come back to a position of its own (a private
+        cycle: the state is kept, and the cycle proviso expands it).  The
+        states in between are checked by every step's checkers as always,
+        but not kept: each has one successor in the reduced graph."""
+        key = (mid << NODE_BITS) | nid
+        r = runs.get(key)
+        if r is not None:
+            return r
+        first = tmemo.get(key)
+        if first is None:
+            first = tmemo[key] = step(mid, nid, i)
+        if first[2]:
+            runs[key] = False
+            return False
+        pm, pn, m, n = mid, nid, first[0], first[1]
+        along = [(key, first)]
+        mine = {key}
+        cycle = False
+        while chain_in(m, n, i, pm, pn):
+            k = (m << NODE_BITS) | n
+            t = tmemo.get(k)
+            if t is None:
+                t = tmemo[k] = step(m, n, i)
+            if t[2] or t[3] is not None:
+                break
+            if ((t[0] << NODE_BITS) | t[1]) in mine:
+                cycle = True
+                break
+            mine.add(k)
+            along.append((k, t))
+            pm, pn, m, n = m, n, t[0], t[1]
+        count = len(along)
+        if cycle:
+            r = runs[key] = (first, m, n, count)
+            return r
+        # A run that starts further along, where this one passed, goes on
+        # for the same reasons and ends where this one does.
+        for j, (k, t) in enumerate(along):
+            runs[k] = (t, m, n, count - j)
+        return runs[key]
+
+    def run_step(mid, nk, nodes, i):
+        """CPU ``i``'s run of private steps (s2pt.sim.por) from (``mid``,
+        ``nodes``; ``nk`` packed), as (packed state, renaming, the first
+        step's transition, length); None when its first step is a
+        violation."""
+        r = run_alone(mid, nodes[i], i)
+        if not r:
+            return None
+        first, m, n, count = r
+        return place(mid, nk, nodes, i, m, n) + (first, count)
 
     while queue:
         sid = queue.popleft()
@@ -1266,33 +1337,36 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 complete = False
                 break
         nodes = nodes_of(nk)
-        alone = None
-        if chained[sid] and depth[sid] < max_depth:
-            # The CPU that stepped here alone goes on alone while its next
-            # step is private for the same reason (s2pt.sim.por.chain_in):
-            # no other CPU moved, so who else can reach the page is known.
-            p = parent[sid]
-            i = chain(mid, nodes, via[sid], states[p] >> mshift, nodes_of(states[p] & nmask))
-            if i is not None:
-                alone = alone_step(mid, nk, nodes, i)
-        if alone is None:
-            en = enabled_at(mid, nodes)
-            if not en:
-                terminals += 1
-                for kind, msg in space.terminal((mid, nodes)):
-                    if kind not in found:
-                        found[kind] = (path(sid), msg)
-                continue
-            if depth[sid] >= max_depth:
-                complete = False                   # a bound, not a finding
-                continue
-            if private_in is not None and len(en) > 1:
-                i = private_in(mid, nodes, en)
-                if i is not None:
-                    alone = alone_step(mid, nk, nodes, i)
-        if alone is not None:
-            en = (i,)
-            por.taken += 1
+        en = enabled_at(mid, nodes)
+        if not en:
+            terminals += 1
+            for kind, msg in space.terminal((mid, nodes)):
+                if kind not in found:
+                    found[kind] = (path(sid), msg)
+            continue
+        if depth[sid] >= max_depth:
+            complete = False                   # a bound, not a finding
+            continue
+        ran = ri = None
+        if private_in is not None:
+            ri = private_in(mid, nodes, en)
+            if ri is not None:
+                ran = run_step(mid, nk, nodes, ri)
+                if ran is not None:
+                    # CPU ri's private run goes alone (s2pt.sim.por), unless
+                    # it ends in a state already seen no deeper than this one:
+                    # the cycle proviso (C3), then every CPU steps, CPU ri
+                    # its whole run.  Every cycle of the graph has an edge
+                    # that goes no deeper (the depths, fixed when a state is
+                    # found, go up and come back down), and an edge taken
+                    # alone never does, so every cycle passes a state where
+                    # every CPU stepped.  A run counts as one step of its
+                    # CPU there: its steps commute with every other CPU's,
+                    # so any interleaving of them can be reordered to take
+                    # the run in one piece (Lipton's reduction).
+                    old = seen.get(ran[0])
+                    if old is None or depth[old] > depth[sid]:
+                        en = (ri,)
         last = via[sid] if sid else None
         for i in en:
             if bound is not None:
@@ -1302,7 +1376,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                     continue
             else:
                 p = 0
-            t, to, tr = alone if alone is not None else successor(mid, nk, nodes, i)
+            if i == ri and ran is not None:
+                t, to, tr, count = ran
+                por.taken += count
+                chained += count - 1
+            else:
+                t, to, tr = successor(mid, nk, nodes, i)
+                count = 1
             transitions += 1
             if window is not None and tr[3] is not None:
                 window.see(space, (mid, nodes), i, tr[3], lambda: path(sid, (i,)))
@@ -1317,6 +1397,8 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 if graph:
                     if to is not None:
                         eperm[len(edst)] = to
+                    if count > 1:
+                        ecount[len(edst)] = count
                     edst.append(old)
                     ecpu.append(i)
                     if depth[old] <= depth[sid]:
@@ -1330,14 +1412,17 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             if graph:
                 if to is not None:
                     eperm[len(edst)] = to
+                if count > 1:
+                    ecount[len(edst)] = count
                 edst.append(new)
                 ecpu.append(i)
+            if count > 1:
+                run_of[new] = count
             states.append(t)
-            chained.append(alone is not None and to is None)
             parent.append(sid)
             via.append(i)
             perm.append(to)
-            depth.append(depth[sid] + 1)
+            depth.append(depth[sid] + count)
             pre.append(p)
             queue.append(new)
         if first_only and found:
@@ -1346,12 +1431,12 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     if bound_hits:
         complete = False
     stats = {"states": len(seen), "transitions": transitions, "terminals": terminals,
-             "bound_hits": bound_hits, "complete": complete}
+             "bound_hits": bound_hits, "complete": complete, "run_steps": chained}
     if window is not None:
         stats["window"] = window.report(complete)
     if graph and complete and back and "livelock" not in found:
         estart.append(len(edst))
-        lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm)
+        lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm, ecount)
         if lasso is not None:
             found["livelock"] = lasso
     return found, stats
@@ -1414,7 +1499,7 @@ def _sccs(n, estart, edst, roots, allowed=None):
     return out
 
 
-def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None):
+def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None, ecount=None):
     """The shortest livelock, as (stem + cycle, message, where the cycle
     starts), or None.
 
@@ -1432,6 +1517,7 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None)
     component where some able CPU never steps, drop the states where it is
     able, and look at what is left."""
     eperm = eperm or {}
+    ecount = ecount or {}
     sym = space.sym
     best = None
     enabled_at: dict = {}
@@ -1480,7 +1566,7 @@ def _livelocks(space, states, estart, edst, ecpu, back, path, depth, eperm=None)
     cycle = []
     for _turn in range(720):
         for e in edges:
-            cycle.append(tau[ecpu[e]])
+            cycle += [tau[ecpu[e]]] * ecount.get(e, 1)
             to = eperm.get(e)
             if to is not None:
                 tau = compose(tau, invert(to))
