@@ -44,7 +44,7 @@ A step is private when
   commutes with the private step, and so does everything after it.
 
 A CPU that has just stepped alone usually goes on alone: the free walk is
-512 private steps in a row.  ``chain_in`` answers for it without looking
+512 private steps in a row.  ``goes_on`` answers for it without looking
 at the other CPUs again when nobody else moved and the step is guarded by
 pages the last one was guarded by.  Such a run depends on nothing but the
 CPU's own position and the machine, so the search takes it as one
@@ -119,35 +119,28 @@ class Reduction:
                 return i
         return None
 
-    def chain_in(self, mid, nid, i, pmid, pnid) -> bool:
-        """Is CPU ``i``'s next step, at node ``nid`` on machine ``mid``,
-        private because the step that brought it there was?  That step was
-        CPU ``i``'s, taken alone from node ``pnid`` on machine ``pmid``, so
-        no other CPU moved.  Then nobody else can reach the pages that
-        guarded that step (their pointers, walk caches and the RCU queue
-        are as they were: a private step changes none of them, and the
-        check below makes sure), and a step guarded by a subset of them is
-        private too, without looking at the other CPUs again.  False means
-        not known, and the search asks :meth:`private_in`.
+    def goes_on(self, mid, i, op, guard, mid0):
+        """The guard of CPU ``i``'s next step ``op`` on machine ``mid`` when it
+        is private because the run's last step was (guarded by ``guard``;
+        the run began on machine ``mid0``), else None.  Only CPU ``i`` has
+        moved since the run began, and its private steps change nobody's
+        pointers or walk caches and the RCU queue (the check below makes
+        sure of the last two): nobody else can reach the pages of
+        ``guard``, and a step guarded by a subset of them is private too,
+        without looking at the other CPUs again.  (After a step that changes
+        nothing shared, the next one must change nothing shared either: so a
+        run that starts at any position this one passes decides as it does.)
 
         The answer depends on CPU ``i``'s own positions and the machine
-        alone, so a run of such steps is a function of where it starts: the
-        search takes the whole run as one transition (s2pt.sim.search's
-        ``run_alone``)."""
-        space = self.space
-        r = space.run[nid]
-        if r == 0 or (r == 2 and space._blocked(mid, i, nid)):     # _DONE; _MAY_BLOCK
-            return False
-        c = self.candidate(mid, i, nid)
+        alone, so the search takes the whole run as one transition
+        (s2pt.sim.search's ``run_alone``)."""
+        c = self._guard(mid, i, op)
         if c == _ALWAYS:
-            return True
-        if c == _NEVER:
-            return False
-        cp = self.memo.get((pmid << NODE_BITS) | pnid)
-        if type(cp) is not frozenset or not c <= cp:
-            return False
-        m, pm = space.mstates[mid], space.mstates[pmid]
-        return m[3] == pm[3] and m[4] == pm[4]          # locks and RCU queue; TLBs
+            return c
+        if c == _NEVER or type(guard) is not frozenset or not c <= guard:
+            return None
+        m, m0 = self.space.mstates[mid], self.space.mstates[mid0]
+        return c if m[3] == m0[3] and m[4] == m0[4] else None      # locks and RCU queue; TLBs
 
     def _fails(self, mid, j, nid, guard) -> bool:
         """Is CPU ``j`` at node ``nid`` a holder that does not count (see the
@@ -193,12 +186,15 @@ class Reduction:
         return c
 
     def _candidate(self, mid, i, nid):
-        """_ALWAYS (the step changes nothing shared), _NEVER, or the pfns of
-        the unlinked, uncached, allocated table page the step touches and of
-        the pages that lead to it (private if no other CPU holds a pointer
-        into any of them)."""
+        """:meth:`_guard` of the step at node ``nid``."""
+        return self._guard(mid, i, self.space.nodes[nid].op)
+
+    def _guard(self, mid, i, op):
+        """_ALWAYS (CPU ``i``'s step ``op`` on machine ``mid`` changes nothing
+        shared), _NEVER, or the pfns of the unlinked, uncached, allocated
+        table page the step touches and of the pages that lead to it
+        (private if no other CPU holds a pointer into any of them)."""
         space = self.space
-        op = space.nodes[nid].op
         name = op[0]
         if name in LOCAL:
             return _ALWAYS

@@ -261,7 +261,7 @@ class Node:
     """One CPU's suspended position: its next operation and how it got here
     (``key``: its fingerprint, the frozen frames; ``pointers``: the table
     pages its locals point into, computed when a race window asks)."""
-    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done", "key", "pointers", "cls")
+    __slots__ = ("cpu", "op", "stack", "edges", "hist", "done", "key", "pointers", "cls", "hid")
 
     def __init__(self, cpu, op, stack, hist, done=False, key=None):
         self.cpu, self.op, self.stack, self.hist, self.done = cpu, op, stack, hist, done
@@ -269,6 +269,7 @@ class Node:
         self.key = key
         self.pointers = None
         self.cls = None              # its class, for a symmetric CPU (s2pt.sim.symmetry)
+        self.hid = None              # its history's id (StateSpace._hist_id)
 
 
 #: What a CPU position says about whether it can step (StateSpace.run).
@@ -345,6 +346,10 @@ class StateSpace:
         self._ancestors_memo: dict = {}         # (page ids, pfn) -> ancestors_of
         self._holders = None
         self.end_memo: dict = {}
+        #: (parent history id, history entry) -> history id (see _hist_id).
+        self.hist_ids: dict = {}
+        #: (machine id, CPU, history id) -> a run of private steps from there (run_alone).
+        self.runs: dict = {}
         self.live.alloc = (tuple(mm.free_list), mm.allocated)
         self.live.mc = self._mc_state()
         self.live.sync = m.sim_state()
@@ -524,10 +529,24 @@ class StateSpace:
         results.  In check mode, the replayed generator must come back to
         the same node: a program whose code between two operations reads
         shared state not passed through an operation would not."""
-        w, m = self.w, self.m
-        gen = w.actors[i].start()
+        w = self.w
+        gen = self._replay(i, node.hist)
+        if self.check and nid is not None:
+            key = (i, frames(gen, w.opaque, live=self.liveness), freeze(node.op, w.opaque))
+            if self.node_ids.get(key) != nid:
+                raise S2ptError(
+                    f"CPU {i} ({w.name(i)}): replayed from its own results, its program did "
+                    f"not come back to the same position (at {node.stack[-1] if node.stack else '?'}"
+                    f"()): its code between two operations depends on something outside the "
+                    f"machine state; read shared state only through an operation (s2pt.ops)")
+        return gen
+
+    def _replay(self, i, hist):
+        """A fresh generator of CPU ``i`` fed the results ``hist`` (the
+        history a node keeps)."""
+        m = self.m
+        gen = self.w.actors[i].start()
         impure = self.impure[i]
-        hist = node.hist
         if impure:
             self.live.forget("st")
             self._restore(hist[0][1])
@@ -542,14 +561,6 @@ class StateSpace:
             self.live.forget("st")
             self.live.forget("pages")
         m.violations.clear()
-        if self.check and nid is not None:
-            key = (i, frames(gen, w.opaque, live=self.liveness), freeze(op, w.opaque))
-            if self.node_ids.get(key) != nid:
-                raise S2ptError(
-                    f"CPU {i} ({w.name(i)}): replayed from its own results, its program did "
-                    f"not come back to the same position (at {node.stack[-1] if node.stack else '?'}"
-                    f"()): its code between two operations depends on something outside the "
-                    f"machine state; read shared state only through an operation (s2pt.ops)")
         return gen
 
     def _advance(self, i, nid, node, result, mstate, fresh=False):
@@ -564,6 +575,26 @@ class StateSpace:
                 self._restore(mstate)
         elif fresh and self.impure[i]:
             self._restore(mstate)
+        op2, done, ret, viols = self._resume(i, gen, result, mstate, node.op, node.stack)
+        if viols:
+            return (None, viols, None)
+        if fresh:
+            key = (i, "done", freeze(ret, self.w.opaque)) if done else \
+                (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op2, self.w.opaque))
+            child = self.node_ids.get(key, -1)
+            if not done and child >= 0 and child not in self.spare:
+                self.spare[child] = gen          # a second generator at the child
+        else:
+            hist = node.hist + ((result, mstate if self.impure[i] else None),)
+            child = self._node_from(i, None if done else gen, op2, hist, ret, None)
+        post = self.machine_state(full=True) if self.impure[i] else None
+        return (child, (), post)
+
+    def _resume(self, i, gen, result, mstate, op, stack):
+        """Send CPU ``i``'s generator the ``result`` of ``op`` (its code at
+        ``stack``; None inside a run of private steps), on the machine state
+        ``mstate`` the op left: (next op, done, return value, violations)."""
+        m = self.m
         viols = []
         op2 = ret = None
         done = False
@@ -587,23 +618,123 @@ class StateSpace:
                          if x != y]
                 raise S2ptError(
                     f"CPU {i} ({self.w.name(i)}) changed {', '.join(parts)} between two "
-                    f"operations (after {node.op[0]} in "
-                    f"{node.stack[-1] if node.stack else '?'}()): a CPU program changes "
+                    f"operations (after {op[0]} in "
+                    f"{stack[-1] + '()' if stack else 'a run of private steps'}): a CPU program changes "
                     f"shared state only through an operation (s2pt.ops), or the explorer "
                     f"cannot see it")
-        if viols:
-            return (None, viols, None)
-        if fresh:
-            key = (i, "done", freeze(ret, self.w.opaque)) if done else \
-                (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op2, self.w.opaque))
-            child = self.node_ids.get(key, -1)
-            if not done and child >= 0 and child not in self.spare:
-                self.spare[child] = gen          # a second generator at the child
-        else:
-            hist = node.hist + ((result, mstate if self.impure[i] else None),)
-            child = self._node_from(i, None if done else gen, op2, hist, ret, None)
-        post = self.machine_state(full=True) if self.impure[i] else None
-        return (child, (), post)
+        return op2, done, ret, viols
+
+    def _hist_id(self, node) -> int:
+        """A small integer naming ``node``'s history (the results its CPU was
+        fed), interned one entry at a time: a pure program fed the same
+        results is at the same position, with or without a node for it."""
+        h = node.hid
+        if h is None:
+            ids = self.hist_ids
+            h = 0
+            for entry in node.hist:
+                x = ids.get((h, entry))
+                if x is None:
+                    x = ids[(h, entry)] = len(ids) + 1
+                h = x
+            node.hid = h
+        return h
+
+    def run_alone(self, mid, nid, i, guard, goes_on, cap):
+        """CPU ``i`` takes its step at node ``nid`` on machine ``mid``, then
+        goes on stepping while ``goes_on(mid, i, op, guard, mid0)`` gives the
+        guard of its next step (s2pt.sim.por: private for the same reason as
+        the last; ``guard`` is the first step's): (the first step's
+        transition, the machine id and node id where the run ends, its
+        length), or False when the first step is a violation.
+
+        The steps in between run on the live generator and are checked as
+        every step is (the machine's checkers, the program's own), but no
+        node is frozen for the positions they pass: only the end is a node.
+        The run stops before a step that tells the race window something
+        (the search sees those from a state it keeps) and before a
+        violation (the machine is rolled back, and a program that raised is
+        replayed to where it was), when the CPU finishes, and after ``cap``
+        steps (a private loop comes round again in the next run).
+
+        Memoised on where it starts, named by the machine, the CPU and its
+        history (:meth:`_hist_id`), and so on every position it passes: a
+        run that starts there later, because the CPU got there a step at a
+        time while some other CPU could still reach its page, goes on for
+        the same reasons and ends where this one does."""
+        node = self.nodes[nid]
+        hid = self._hist_id(node)
+        r = self.runs.get((mid, i, hid))
+        if r is not None:
+            return r
+        m, needs, ids = self.m, self.needs, self.hist_ids
+        passed = [(mid, i, hid)]
+        self.restore(mid)
+        gen = self.gens.pop(nid, None)
+        if gen is None:
+            gen = self._rebuild(i, node, nid)
+        hist, op, stack = node.hist, node.op, node.stack
+        cur = mid
+        count = 0
+        first = ret = None
+        while True:
+            if count:
+                if op is None or count >= cap:
+                    break
+                g = goes_on(cur, i, op, guard, mid)
+                if g is None:
+                    break
+                if needs and self._facts(i, None, op, gen) is not None:
+                    break
+                stack = None
+                guard = g
+            else:
+                first = self._facts(i, stack, op) if needs else None
+            m.cpu = i
+            self.live.forget("mid")
+            result = m.perform(op)
+            if m.violations:
+                m.violations.clear()
+                self._invalidate()
+                if not count:
+                    self.gens[nid] = gen
+                    self.runs[(mid, i, hid)] = False
+                    return False
+                self.restore(cur)            # the program has not seen the result
+                break
+            mstate = self._after_op(op)
+            op2, done, ret, viols = self._resume(i, gen, result, mstate, op, stack)
+            if viols:
+                self._invalidate()
+                if not count:
+                    self.runs[(mid, i, hid)] = False
+                    return False
+                gen = self._replay(i, hist)      # back to where it was
+                self.restore(cur)
+                break
+            entry = (result, None)
+            hist = hist + (entry,)
+            x = ids.get((hid, entry))
+            if x is None:
+                x = ids[(hid, entry)] = len(ids) + 1
+            hid = x
+            cur = self.live.mid = self._intern(mstate)
+            passed.append((cur, i, hid))
+            if self.check:
+                self._audit(mstate, f"CPU {i} ({self.w.name(i)}) {op[0]} in a run of private "
+                                    f"steps", op[0], cur)
+            count += 1
+            if done:
+                gen = op = None
+            else:
+                op = op2
+        end = self._node_from(i, gen, op, hist, ret, None)
+        passed.pop()                          # the end: a run from there goes on from scratch
+        runs = self.runs
+        r = runs[passed[0]] = ((cur, end, (), first), cur, end, count)
+        for k in range(1, len(passed)):
+            runs[passed[k]] = ((cur, end, (), None), cur, end, count - k)
+        return r
 
     # -- transitions ---------------------------------------------------------------
     def enabled(self, s) -> tuple:
@@ -654,9 +785,10 @@ class StateSpace:
         return (t[0], nodes[:i] + (t[1],) + nodes[i + 1:]), None
 
     # -- race windows (s2pt.sim.window) ------------------------------------------
-    def _facts(self, i, node, op):
+    def _facts(self, i, stack, op, gen=None):
         """What the window's predicates need to know about CPU ``i``
-        performing ``op`` on the live machine (before it does): a compact
+        performing ``op`` on the live machine (before it does), its code at
+        ``stack`` (None: ask its generator ``gen`` if it matters): a compact
         tuple (unlinked, lost, stored, reached, mmu), or None."""
         name = op[0]
         needs = self.needs
@@ -684,7 +816,8 @@ class StateSpace:
             pfn = op[1] >> self.shift
             k = self.index.get(pfn)
             if (k is not None and pfn not in self._linked() and pfn not in self._cached()
-                    and not (_state_teardown_or_build(node.stack))):
+                    and not _state_teardown_or_build(stack if stack is not None
+                                                     else stack_names(gen))):
                 reached = pfn << self.shift
         if "mmu" in needs and name in ("hw_read", "hw_walk_start"):
             mmu = True
@@ -887,7 +1020,7 @@ class StateSpace:
         m = self.m
         m.cpu = i
         op = node.op
-        facts = self._facts(i, node, op) if self.needs and not fresh else None
+        facts = self._facts(i, node.stack, op) if self.needs and not fresh else None
         self.live.forget("mid")
         result = m.perform(op)
         if m.violations:
@@ -922,17 +1055,7 @@ class StateSpace:
         where = (f"CPU {i} ({self.w.name(i)}) {node.op[0]} in "
                  f"{node.stack[-1] if node.stack else '?'}()")
         if not t[2]:
-            full = self.machine_state(full=True)
-            if full != self.mstates[t[0]]:
-                parts = [n for n, x, y in zip(("table pages", "allocator", "memcaches",
-                                               "locks and RCU", "parts"),
-                                              full, self.mstates[t[0]]) if x != y]
-                raise S2ptError(
-                    f"{where}: the machine state kept step by step differs from a full "
-                    f"rebuild in {', '.join(parts)}: the op table (s2pt.ops.OPS) says "
-                    f"{node.op[0]!r} touches memory={_op_memory(node.op[0])!r}, but it changed "
-                    f"more, or a CPU changed shared state between two operations")
-            self.registry.audit(t[0], where)
+            self._audit(self.mstates[t[0]], where, node.op[0], t[0])
         self._invalidate()
         self.restore(mid)                 # then perturb: the restore must not undo it
         saved = self.registry.perturb_ignored()
@@ -949,6 +1072,22 @@ class StateSpace:
                 f"a step depends on a field listed in some sim_ignore, or a CPU's code "
                 f"between two operations reads state outside the machine state")
         self._invalidate()
+
+    def _audit(self, mstate, where, name, mid=None):
+        """Check mode: the machine state kept step by step (``mstate``, after
+        op ``name``) must equal a full rebuild of the live machine, and the
+        registry's audit of machine ``mid`` must pass."""
+        full = self.machine_state(full=True)
+        if full != mstate:
+            parts = [n for n, x, y in zip(("table pages", "allocator", "memcaches",
+                                           "locks and RCU", "parts"), full, mstate) if x != y]
+            raise S2ptError(
+                f"{where}: the machine state kept step by step differs from a full "
+                f"rebuild in {', '.join(parts)}: the op table (s2pt.ops.OPS) says "
+                f"{name!r} touches memory={_op_memory(name)!r}, but it changed "
+                f"more, or a CPU changed shared state between two operations")
+        if mid is not None:
+            self.registry.audit(mid, where)
 
     def end_checks(self, s) -> list:
         """The end-of-run violations of terminal state ``s`` (memoised)."""
@@ -1148,6 +1287,11 @@ class _Packed:
         return len(self.keys)
 
 
+#: The most private steps one run takes (StateSpace.run_alone): a private
+#: loop that never ends comes round again in the next run, from a state kept.
+RUN_CAP = 1 << 14
+
+
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
          first_only=False, cancel=None):
     """Breadth-first stateful search.  Returns (found, stats).  ``progress``
@@ -1204,9 +1348,8 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     enabled_at, step, pack = space.enabled_at, space._step, pk.pack
     unpack, nodes_of = pk.unpack, pk.nodes_fn()
     private_in = por.private_in if por is not None and por.on else None
-    chain_in = por.chain_in if private_in is not None else None
-    #: Where a run of private steps ends (see run_alone), by where it starts.
-    runs: dict = {}
+    goes_on = por.goes_on if private_in is not None else None
+    candidate, run_alone = (por.candidate if por is not None else None), space.run_alone
     #: State -> the length of the run that reached it, where it is over 1.
     run_of: dict = {}
     #: Edge index -> the length of its run, where it is over 1.
@@ -1263,62 +1406,13 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 return (sym.rename(cmid, to) << mshift) | pack((0, canon)), to
         return (cmid << mshift) | (nk + ((child - nid) << shifts[i])), None
 
-    def run_alone(mid, nid, i):
-        """CPU ``i``'s private step from node ``nid`` on machine ``mid``, and
-        the private steps after it for the same reason (Reduction.chain_in:
-        no other CPU moved, and the step is guarded by pages the last one
-        was): (the first step's transition, the machine and node where the
-        run ends, how many steps it took), memoised on where it starts, or
-        None when the first step is a violation.  The run stops before a
-        step that is not private, is a violation, or tells the race window
-        something (those are the search's to see, from a state it keeps),
-        and before it would come back to a position of its own (a private
-        cycle: the state is kept, and the cycle proviso expands it).  The
-        states in between are checked by every step's checkers as always,
-        but not kept: each has one successor in the reduced graph."""
-        key = (mid << NODE_BITS) | nid
-        r = runs.get(key)
-        if r is not None:
-            return r
-        first = tmemo.get(key)
-        if first is None:
-            first = tmemo[key] = step(mid, nid, i)
-        if first[2]:
-            runs[key] = False
-            return False
-        pm, pn, m, n = mid, nid, first[0], first[1]
-        along = [(key, first)]
-        mine = {key}
-        cycle = False
-        while chain_in(m, n, i, pm, pn):
-            k = (m << NODE_BITS) | n
-            t = tmemo.get(k)
-            if t is None:
-                t = tmemo[k] = step(m, n, i)
-            if t[2] or t[3] is not None:
-                break
-            if ((t[0] << NODE_BITS) | t[1]) in mine:
-                cycle = True
-                break
-            mine.add(k)
-            along.append((k, t))
-            pm, pn, m, n = m, n, t[0], t[1]
-        count = len(along)
-        if cycle:
-            r = runs[key] = (first, m, n, count)
-            return r
-        # A run that starts further along, where this one passed, goes on
-        # for the same reasons and ends where this one does.
-        for j, (k, t) in enumerate(along):
-            runs[k] = (t, m, n, count - j)
-        return runs[key]
-
     def run_step(mid, nk, nodes, i):
         """CPU ``i``'s run of private steps (s2pt.sim.por) from (``mid``,
         ``nodes``; ``nk`` packed), as (packed state, renaming, the first
         step's transition, length); None when its first step is a
         violation."""
-        r = run_alone(mid, nodes[i], i)
+        nid = nodes[i]
+        r = run_alone(mid, nid, i, candidate(mid, i, nid), goes_on, RUN_CAP)
         if not r:
             return None
         first, m, n, count = r
