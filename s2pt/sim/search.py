@@ -350,6 +350,11 @@ class StateSpace:
         self.hist_ids: dict = {}
         #: (machine id, CPU, history id) -> a run of private steps from there (run_alone).
         self.runs: dict = {}
+        #: (CPU, history id) -> what the CPU's (pure) program does, fed that
+        #: history: (next op, its stack, done, return value, violations); and
+        #: the node made there, if any (run_alone).
+        self.prog: dict = {}
+        self.hnode: dict = {}
         self.live.alloc = (tuple(mm.free_list), mm.allocated)
         self.live.mc = self._mc_state()
         self.live.sync = m.sim_state()
@@ -667,68 +672,93 @@ class StateSpace:
         r = self.runs.get((mid, i, hid))
         if r is not None:
             return r
-        m, needs, ids = self.m, self.needs, self.hist_ids
+        m, needs, ids, prog = self.m, self.needs, self.hist_ids, self.prog
+        self.hnode[(i, hid)] = nid
         passed = [(mid, i, hid)]
         self.restore(mid)
-        gen = self.gens.pop(nid, None)
-        if gen is None:
-            gen = self._rebuild(i, node, nid)
-        hist, op, stack = node.hist, node.op, node.stack
+        op, stack, done, ret = node.op, node.stack, False, None
+        fed = []                     # the results fed since the node
+        gen, at = None, 0            # a live generator, and how many of them it has seen
+
+        def live():
+            """A live generator at the current position."""
+            nonlocal gen, at
+            if gen is None:
+                gen, at = self.gens.pop(nid, None), 0
+                if gen is None:
+                    gen, at = self._replay(i, node.hist + tuple(fed)), len(fed)
+            for entry in fed[at:]:
+                gen.send(entry[0])           # a pure program: what it does is known
+            at = len(fed)
+            m.violations.clear()
+            return gen
+
         cur = mid
         count = 0
-        first = ret = None
+        first = None
         while True:
             if count:
-                if op is None or count >= cap:
+                if done or count >= cap:
                     break
                 g = goes_on(cur, i, op, guard, mid)
-                if g is None:
+                if g is None or (needs and self._facts(i, stack, op) is not None):
                     break
-                if needs and self._facts(i, None, op, gen) is not None:
-                    break
-                stack = None
                 guard = g
             else:
                 first = self._facts(i, stack, op) if needs else None
             m.cpu = i
             self.live.forget("mid")
+            name = op[0]
             result = m.perform(op)
             if m.violations:
                 m.violations.clear()
                 self._invalidate()
                 if not count:
-                    self.gens[nid] = gen
                     self.runs[(mid, i, hid)] = False
                     return False
                 self.restore(cur)            # the program has not seen the result
                 break
             mstate = self._after_op(op)
-            op2, done, ret, viols = self._resume(i, gen, result, mstate, op, stack)
-            if viols:
+            entry = (result, None)
+            nhid = ids.get((hid, entry))
+            if nhid is None:
+                nhid = ids[(hid, entry)] = len(ids) + 1
+            p = prog.get((i, nhid))
+            if p is None:
+                # What the program does with this history: run it (once).
+                g = live()
+                op2, done2, ret2, viols = self._resume(i, g, result, mstate, op, stack)
+                at += 1
+                if viols:
+                    gen = None                   # it raised: a replay takes its place
+                    p = (None, None, False, None, tuple(viols))
+                else:
+                    p = (op2, stack_names(g) if needs and not done2 else (), done2, ret2, ())
+                prog[(i, nhid)] = p
+            if p[4]:
                 self._invalidate()
                 if not count:
                     self.runs[(mid, i, hid)] = False
                     return False
-                gen = self._replay(i, hist)      # back to where it was
                 self.restore(cur)
                 break
-            entry = (result, None)
-            hist = hist + (entry,)
-            x = ids.get((hid, entry))
-            if x is None:
-                x = ids[(hid, entry)] = len(ids) + 1
-            hid = x
+            op, stack, done, ret = p[0], p[1], p[2], p[3]
+            fed.append(entry)
+            hid = nhid
             cur = self.live.mid = self._intern(mstate)
             passed.append((cur, i, hid))
             if self.check:
-                self._audit(mstate, f"CPU {i} ({self.w.name(i)}) {op[0]} in a run of private "
-                                    f"steps", op[0], cur)
+                self._audit(mstate, f"CPU {i} ({self.w.name(i)}) {name} in a run of private "
+                                    f"steps", name, cur)
             count += 1
-            if done:
-                gen = op = None
-            else:
-                op = op2
-        end = self._node_from(i, gen, op, hist, ret, None)
+        end = self.hnode.get((i, hid))
+        if end is None:
+            hist = node.hist + tuple(fed)
+            end = self._node_from(i, None, None, hist, ret, None) if done else \
+                self._node_from(i, live(), op, hist, None, None)
+            self.hnode[(i, hid)] = end
+        elif gen is not None and not done:
+            self.gens.setdefault(end, live())
         passed.pop()                          # the end: a run from there goes on from scratch
         runs = self.runs
         r = runs[passed[0]] = ((cur, end, (), first), cur, end, count)
