@@ -52,6 +52,8 @@ def run(sc, scheme, **kw) -> dict:
     secs = time.perf_counter() - t0
     return {"states": r.states, "transitions": r.transitions, "complete": r.complete,
             "seconds": round(secs, 2), "states_per_s": round(r.states / max(secs, 1e-9)),
+            # Private steps taken alone, most of them inside runs that keep no state.
+            "private_steps": r.settings.get("por_private_steps", 0),
             "found": sorted(r.kinds), "verdict": r.verdict,
             "declared_ok": not r.check_declared()}
 

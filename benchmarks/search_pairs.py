@@ -4,8 +4,10 @@ before/after comparisons of the explorer.
     python benchmarks/search_pairs.py [--tree PATH] [SCENARIO/SCHEME ...]
 
 Runs the StateSpace and the breadth-first search alone (no replay of what
-is found, no race diagram) and prints one JSON object: states,
-transitions, seconds and the peak resident memory of the process.  With
+is found, no race diagram) and prints one JSON object: states (kept),
+transitions, the steps taken inside runs of private steps without keeping
+a state (``run_steps``; absent before runs existed), seconds and the peak
+resident memory of the process.  With
 ``--tree PATH`` it imports ``s2pt`` from that checkout (e.g. a worktree of
 an older commit), so the same command measures both sides; run the two
 alternately, one process per search, and compare ratios: the machines are
@@ -57,6 +59,7 @@ def main(argv):
     print(json.dumps({"pair": pairs[0], "states": stats["states"],
                       "transitions": stats["transitions"], "seconds": round(secs, 2),
                       "states_per_s": round(stats["states"] / max(secs, 1e-9)),
+                      "run_steps": stats.get("run_steps", 0),
                       "found": sorted(found), "complete": stats["complete"],
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
 

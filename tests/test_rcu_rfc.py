@@ -198,19 +198,23 @@ def test_plain_prune_is_caught_the_install_is_thrown_away_and_the_table_leaks():
     bad = s2pt.explore("collapse-vs-map", "rcu-rfc", bugs=sorted(m.bugs))
     assert bad.complete and bad.kinds == {"leak"}
     w = s2pt.replay("collapse-vs-map", "rcu-rfc", bad.found["leak"].schedule, bugs=m.bugs)
-    # vCPU1 broke an entry of the level-3 table and vCPU0's plain store wrote
-    # LOCKED over it without taking what was there.
+    # vCPU1 broke an entry of the level-3 table and installed its page; then
+    # vCPU0's plain store wrote LOCKED over it without taking what was there.
     ev = w.events
     k = next(i for i, e in enumerate(ev) if e.cpu == 1 and e.op[0] == "cmpxchg"
              and e.result == e.op[2])
     ptep = ev[k].op[1]
-    assert any(e.cpu == 0 and e.op == ("WRITE_ONCE", ptep, LOCKED) for e in ev[k + 1:])
-    assert not any(e.op[0] == "xchg" for e in ev)
-    # vCPU1's page and the reference it took stay in a table nobody frees.
-    l3 = w.pgt.mm.page_of(ptep)
     slot = w.setup.subject.memslots[0]
+    put = next(i for i, e in enumerate(ev) if e.cpu == 1 and e.op[0] == "smp_store_release"
+               and e.op[1] == ptep)
+    assert put > k and ev[put].op[2] & ADDR == slot.pa + 3 * 4096
+    assert any(e.cpu == 0 and e.op == ("WRITE_ONCE", ptep, LOCKED) for e in ev[put + 1:])
+    assert not any(e.op[0] == "xchg" for e in ev)
+    # The install is thrown away, and the reference vCPU1 took for it stays
+    # on a table nobody frees.
+    l3 = w.pgt.mm.page_of(ptep)
     assert not l3.freed and l3.refcount == 1
-    assert int(l3.table[(ptep & 0xFFF) >> 3]) & ADDR == slot.pa + 3 * 4096
+    assert int(l3.table[(ptep & 0xFFF) >> 3]) == LOCKED
     (leak,) = [v for v in w.violations if v.kind == "leak"]
     assert f"{l3.pa:#x}" in leak.message
     # The guest loses nothing: the block maps vCPU1's page, so the final map

@@ -48,14 +48,17 @@ A CPU that has just stepped alone usually goes on alone: the free walk is
 at the other CPUs again when nobody else moved and the step is guarded by
 pages the last one was guarded by.  Such a run depends on nothing but the
 CPU's own position and the machine, so the search takes it as one
-transition and keeps only the state where it ends (s2pt.sim.search's
-``run_alone``): the steps in between each have one successor in the
-reduced graph, and contracting them loses no state of any other.
+transition and keeps only the state where it ends (``StateSpace.run_alone``):
+the steps in between each have one successor in the reduced graph, every
+one of them is checked, and contracting them loses no state of any other.
+(Its steps commute with every other CPU's, so any interleaving can be
+reordered to take the run in one piece: Lipton's reduction.)
 
 The cycle proviso (C3) keeps the reduction sound in a graph with cycles: a
-state whose private step leads to a state already seen is expanded in
-full.  ``explore(por=False)`` is the unreduced reference;
-``tests/test_por.py`` checks that every verdict agrees.
+state whose run leads to a state already seen no deeper than itself is
+expanded in full, the run counting as its CPU's step (see ``_bfs``).
+``explore(por=False)`` is the unreduced reference; ``tests/test_por.py``
+checks that every verdict agrees.
 """
 
 from __future__ import annotations

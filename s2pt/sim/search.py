@@ -39,6 +39,7 @@ from array import array
 import sys
 import time
 from collections import deque
+from heapq import heappop, heappush
 from dataclasses import dataclass, field
 
 from ..errors import KernelBug, S2ptError
@@ -1361,13 +1362,16 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     depth = array("i", [0])
     pre = array("i", [0])
     seen = {(states[0], None) if bound is not None else states[0]: 0}
-    queue = deque([0])
+    # States in order of depth in steps (a run is as deep as its length),
+    # then of discovery: with runs of one step, breadth-first order.
+    queue = [(0, 0)]
     found: dict = {}
     transitions = terminals = bound_hits = 0
     complete = True
     window = _WindowLog(space.window) if space.window is not None else None
     graph = bound is None
     estart, edst, ecpu = array("q"), array("q"), array("b")
+    order = array("q")           # the states in the order they were expanded (estart's)
     eperm: dict = {}             # edge index -> renaming, where it is not the identity
     back = set()                 # targets of edges that do not go one level deeper
     tmemo, allnodes = space.tmemo, space.nodes
@@ -1449,11 +1453,14 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         return place(mid, nk, nodes, i, m, n) + (first, count)
 
     while queue:
-        sid = queue.popleft()
+        d, sid = heappop(queue)
+        if d != depth[sid]:
+            continue                           # found again, shallower, and queued again
         k = states[sid]
         mid, nk = k >> mshift, k & nmask
         if graph:
             estart.append(len(edst))
+            order.append(sid)
         if not (sid & 1023):
             if progress is not None:
                 progress(len(states), depth[sid], len(queue))
@@ -1517,6 +1524,17 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 continue
             key = (t, i) if bound is not None else t
             old = seen.get(key)
+            if old is not None and depth[sid] + count < depth[old]:
+                # Not expanded yet (nothing expanded is deeper than this
+                # state), and shallower this way, as only runs make possible:
+                # the shortest schedule to it comes through here (Dijkstra).
+                parent[old], via[old], perm[old] = sid, i, to
+                if count > 1:
+                    run_of[old] = count
+                else:
+                    run_of.pop(old, None)
+                depth[old] = depth[sid] + count
+                heappush(queue, (depth[old], old))
             if old is not None and (bound is None or pre[old] <= p):
                 if graph:
                     if to is not None:
@@ -1548,7 +1566,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             perm.append(to)
             depth.append(depth[sid] + count)
             pre.append(p)
-            queue.append(new)
+            heappush(queue, (depth[new], new))
         if first_only and found:
             complete = False
             break
@@ -1560,6 +1578,9 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         stats["window"] = window.report(complete)
     if graph and complete and back and "livelock" not in found:
         estart.append(len(edst))
+        if any(order[j] != j for j in range(len(order))):
+            estart, edst, ecpu, eperm, ecount = _by_state(order, estart, edst, ecpu, eperm,
+                                                          ecount)
         lasso = _livelocks(space, pk, estart, edst, ecpu, back, path, depth, eperm, ecount)
         if lasso is not None:
             found["livelock"] = lasso
@@ -1569,6 +1590,28 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
 # ---------------------------------------------------------------------------
 # Livelock: a fair cycle in the state graph
 # ---------------------------------------------------------------------------
+
+def _by_state(order, estart, edst, ecpu, eperm, ecount):
+    """The edge arrays of a search whose states were expanded in ``order``
+    (``estart[j]`` the first edge of the j-th expansion), rearranged so that
+    state ``v``'s edges are ``estart[v]`` to ``estart[v + 1]``; the edge
+    indices of ``eperm`` and ``ecount`` follow."""
+    first = {v: j for j, v in enumerate(order)}
+    ns, nd, nc = array("q"), array("q"), array("b")
+    np_, nn = {}, {}
+    for v in range(len(order)):
+        ns.append(len(nd))
+        j = first[v]
+        for e in range(estart[j], estart[j + 1]):
+            if e in eperm:
+                np_[len(nd)] = eperm[e]
+            if e in ecount:
+                nn[len(nd)] = ecount[e]
+            nd.append(edst[e])
+            nc.append(ecpu[e])
+    ns.append(len(nd))
+    return ns, nd, nc, np_, nn
+
 
 def _sccs(n, estart, edst, roots, allowed=None):
     """Strongly connected components with a cycle (Tarjan, iterative), of
