@@ -816,11 +816,11 @@ class StateSpace:
         return (t[0], nodes[:i] + (t[1],) + nodes[i + 1:]), None
 
     # -- race windows (s2pt.sim.window) ------------------------------------------
-    def _facts(self, i, stack, op, gen=None):
+    def _facts(self, i, stack, op):
         """What the window's predicates need to know about CPU ``i``
         performing ``op`` on the live machine (before it does), its code at
-        ``stack`` (None: ask its generator ``gen`` if it matters): a compact
-        tuple (unlinked, lost, stored, reached, mmu), or None."""
+        ``stack``: a compact tuple (unlinked, lost, stored, reached, mmu), or
+        None."""
         name = op[0]
         needs = self.needs
         unlinked = stored = reached = None
@@ -847,8 +847,7 @@ class StateSpace:
             pfn = op[1] >> self.shift
             k = self.index.get(pfn)
             if (k is not None and pfn not in self._linked() and pfn not in self._cached()
-                    and not _state_teardown_or_build(stack if stack is not None
-                                                     else stack_names(gen))):
+                    and not _state_teardown_or_build(stack)):
                 reached = pfn << self.shift
         if "mmu" in needs and name in ("hw_read", "hw_walk_start"):
             mmu = True
@@ -1325,7 +1324,8 @@ RUN_CAP = 1 << 14
 
 def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, progress=None,
          first_only=False, cancel=None):
-    """Breadth-first stateful search.  Returns (found, stats).  ``progress``
+    """Breadth-first stateful search (shallowest first, in steps: see
+    below).  Returns (found, stats).  ``progress``
     is called with (states, depth, frontier) every 1024 states; ``cancel()``
     is asked as often and, when true, stops the search (incomplete).
 
@@ -1488,10 +1488,11 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                     # it ends in a state already seen no deeper than this one:
                     # the cycle proviso (C3), then every CPU steps, CPU ri
                     # its whole run.  Every cycle of the graph has an edge
-                    # that goes no deeper (the depths, fixed when a state is
-                    # found, go up and come back down), and an edge taken
-                    # alone never does, so every cycle passes a state where
-                    # every CPU stepped.  A run counts as one step of its
+                    # that goes no deeper (the depths go up and come back
+                    # down), and an edge taken alone never does (a state is
+                    # expanded at its final depth, shallowest first, and
+                    # whatever is found later is deeper), so every cycle
+                    # passes a state where every CPU stepped.  A run counts as one step of its
                     # CPU there: its steps commute with every other CPU's,
                     # so any interleaving of them can be reordered to take
                     # the run in one piece (Lipton's reduction).
