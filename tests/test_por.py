@@ -125,8 +125,9 @@ def test_a_page_below_an_unlinked_subtree_root_is_not_private():
 
 
 def test_a_private_cycle_is_a_livelock_not_an_endless_run():
-    """A run of private steps that comes back to where it was stops there,
-    so the search ends, and the cycle proviso expands the state where it
+    """A run of private steps that comes round its loop again stops (at the
+    third time it performs an operation on the same machine from the same
+    call stack), so the search ends quickly, and the cycle proviso expands the state where it
     stopped: the search finds the unlinker's endless private loop as the
     unreduced search does, its lasso replays, and the walker still gets to
     find Q unlinked."""

@@ -660,8 +660,9 @@ class StateSpace:
         The run stops before a step that tells the race window something
         (the search sees those from a state it keeps) and before a
         violation (the machine is rolled back, and a program that raised is
-        replayed to where it was), when the CPU finishes, and after ``cap``
-        steps (a private loop comes round again in the next run).
+        replayed to where it was), when the CPU finishes, before it performs
+        an operation a third time on the same machine from the same call
+        stack (a private loop, it seems), and after ``cap`` steps.
 
         Memoised on where it starts, named by the machine, the CPU and its
         history (:meth:`_hist_id`), and so on every position it passes: a
@@ -697,10 +698,21 @@ class StateSpace:
         cur = mid
         count = 0
         first = None
+        been: dict = {}
         while True:
             if count:
                 if done or count >= cap:
                     break
+                # A third time at an operation it performed on this very
+                # machine from the same call stack: a private loop, it seems,
+                # so the run ends here and the search keeps the state (a
+                # cheap test, which the free walk's two reads of each entry
+                # pass; a run that ends early is still sound).
+                here = (cur, op, stack)
+                seen_here = been.get(here, 0)
+                if seen_here == 2:
+                    break
+                been[here] = seen_here + 1
                 g = goes_on(cur, i, op, guard, mid)
                 if g is None or (needs and self._facts(i, stack, op) is not None):
                     break
@@ -734,7 +746,7 @@ class StateSpace:
                     gen = None                   # it raised: a replay takes its place
                     p = (None, None, False, None, tuple(viols))
                 else:
-                    p = (op2, stack_names(g) if needs and not done2 else (), done2, ret2, ())
+                    p = (op2, stack_names(g) if not done2 else (), done2, ret2, ())
                 prog[(i, nhid)] = p
             if p[4]:
                 self._invalidate()
