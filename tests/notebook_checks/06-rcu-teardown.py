@@ -63,6 +63,13 @@ says("`rcu-rfc` pays hundreds of atomic operations per fault")
 # The pruner spins on vCPU1's LOCKED entry, then takes its page; plain stores leak the table
 assert any(ev.cpu == 0 and ev.op[0] == "cpu_relax" for ev in spin.events) and not spin.violations
 assert "leak" in plain.kinds and lost.violations[0].kind == "leak"
+# The order the prose tells: vCPU1 breaks L3[3], takes its reference and installs its page;
+# vCPU0's plain LOCKED store comes after and throws it away
+_on = [(e.cpu, e.op[0]) for e in lost.events if e.op[0] in ("cmpxchg", "get_page", "smp_store_release", "WRITE_ONCE")
+       and "L3[3]" in step_text(lost, e)]
+_k = _on.index((1, "smp_store_release"))
+assert (1, "cmpxchg") in _on[:_k] and (0, "WRITE_ONCE") in _on[_k + 1:], _on
+says("then threw vCPU1's page away")
 assert 1500 <= len(spin.step_diagram(fold=False).splitlines()) < 2500
 says("Unfolded, it has two thousand lines")
 # The boring traversal: no atomics on the callback thread
