@@ -37,6 +37,7 @@ scenario and scheme) it audits every promise after every step:
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 __all__ = ["Stateful", "Stateless", "Frozen", "owner_of", "audit_fields", "perturb"]
@@ -49,6 +50,12 @@ class Stateful(ABC):
     #: parts.  Everything else is audited in the explorer's checking mode;
     #: ignored fields are perturbed there, and no step may depend on them.
     sim_ignore: tuple = ()
+
+    #: Fields set when the World is built that no step changes (a dispatch
+    #: table, the list of observers): the checking mode audits them against
+    #: the World as built, as it audits a Frozen part, not against each
+    #: visit of a machine state.
+    sim_fixed: tuple = ()
 
     @abstractmethod
     def sim_state(self):
@@ -83,9 +90,12 @@ def owner_of(hook):
     return getattr(hook, "__self__", hook)
 
 
-def audit_fields(obj) -> dict:
-    """The fields of ``obj`` that its snapshot must cover (for the audit)."""
+def audit_fields(obj, fixed: bool = True) -> dict:
+    """The fields of ``obj`` that its snapshot must cover (for the audit);
+    without its ``sim_fixed`` ones if ``fixed`` is false."""
     skip = set(getattr(obj, "sim_ignore", ()))
+    if not fixed:
+        skip.update(getattr(obj, "sim_fixed", ()))
     fields = getattr(obj, "__dict__", None)
     if fields is None:
         return {s: getattr(obj, s) for s in _slots(type(obj)) if s not in skip}
@@ -96,12 +106,15 @@ def audit_fields(obj) -> dict:
     return out
 
 
-def _slots(cls) -> list:
+@functools.cache
+def _slots(cls) -> tuple:
+    """The ``__slots__`` of ``cls`` and its bases (a class's slots never
+    change: the checking mode asks once per class)."""
     out = []
     for c in cls.__mro__:
         s = c.__dict__.get("__slots__", ())
         out += [s] if isinstance(s, str) else list(s)
-    return out
+    return tuple(out)
 
 
 #: What :func:`perturb` adds to an ignored number: large and odd, so that

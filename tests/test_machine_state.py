@@ -368,6 +368,42 @@ def test_audit_catches_a_frozen_part_that_changes():
                 details=False)
 
 
+def _free_walker_that_also(monkeypatch, poke):
+    """The free walk (a run of private steps under ``rcu``: the unlinked
+    subtree is no other CPU's) with ``poke(pgt)`` done at its last-level
+    entries, which no step outside a run reaches."""
+    from s2pt import pgtable
+    real = pgtable.stage2_free_walker
+
+    def walker(ctx, visit):
+        if ctx.level == 3:
+            poke(ctx.pgt)
+        return (yield from real(ctx, visit))
+    monkeypatch.setattr(pgtable, "stage2_free_walker", walker)
+
+
+def test_audit_catches_a_frozen_part_changed_inside_a_run_of_private_steps(monkeypatch):
+    """Inside a run the Frozen parts are audited once, where it ends: a
+    change made in the middle of the free walk is caught there."""
+    def poke(pgt):
+        pgt.poked = getattr(pgt, "poked", 0) + 1
+    _free_walker_that_also(monkeypatch, poke)
+    # caught where the run ends, not later by some other CPU's step
+    with pytest.raises(S2ptError, match="at the end of a run of .* declared Frozen .* poked"):
+        explore("collapse-vs-fault", "rcu", check=True, details=False, max_states=3000)
+
+
+def test_audit_catches_a_fixed_field_that_a_step_changes(monkeypatch):
+    """SimMachine's dispatch, blocking rules and registered operations are
+    ``sim_fixed``: set when the World is built, audited against it."""
+    def poke(pgt):
+        pgt.machine.extensions["poke"] = len(pgt.machine.extensions)
+    _free_walker_that_also(monkeypatch, poke)
+    with pytest.raises(S2ptError, match="at the end of a run of .* declares field.*extensions "
+                                        "fixed"):
+        explore("collapse-vs-fault", "rcu", check=True, details=False, max_states=3000)
+
+
 def test_the_ignored_fields_are_perturbed_and_the_counters_do_not_matter():
     """VM.counters, PhysMem's statistics, the TLBs' hit counts: ignored, and
     check mode proves no step reads them (it perturbs them at every step)."""

@@ -169,6 +169,12 @@ class MachineState:
                 ids.add(id(o))
                 audited.append(o)
         self.audited = audited
+        frozen_ids = {id(o) for o in self.frozen}
+        #: the audited objects that may change (each checked against the
+        #: last visit of the same machine state), and the Frozen ones (each
+        #: checked against the World as built)
+        self.stateful = [o for o in audited if id(o) not in frozen_ids]
+        self.frozen_audited = [o for o in audited if id(o) in frozen_ids]
         self._initial = None
         self._by_state: dict = {}
 
@@ -249,34 +255,66 @@ class MachineState:
                         f"explorer's machine state; {RULE}")
 
     # -- audits (checking mode) -------------------------------------------------
-    def fields(self, obj):
-        """The audited fields of one registered object, as a hashable value."""
-        return audit_value(audit_fields(obj), self.tags, top=obj)
+    def fields(self, obj, fixed: bool = True):
+        """The audited fields of one registered object, as a hashable value
+        (without its ``sim_fixed`` ones if ``fixed`` is false)."""
+        return audit_value(audit_fields(obj, fixed), self.tags, top=obj)
 
-    def audit(self, key, where: str) -> None:
+    def _as_built(self) -> dict:
+        """id -> the audited fields of every Frozen object, and the
+        ``sim_fixed`` fields of every other, as the World was built."""
+        out = {id(o): self.fields(o) for o in self.frozen_audited}
+        for o in self.stateful:
+            names = getattr(o, "sim_fixed", ())
+            if names:
+                out[id(o)] = audit_value({n: getattr(o, n) for n in names}, self.tags, top=o)
+        return out
+
+    def audit(self, key, where: str, frozen: bool = True) -> None:
         """After a step that reached state ``key`` (the search's interned
         machine id): every registered object's fields must be what they
-        were the last time any step reached ``key``, and a Frozen one's
-        what they were when the World was built."""
+        were the last time any step reached ``key``, and (unless
+        ``frozen`` is false) a Frozen one's what they were when the World
+        was built."""
         if self._initial is None:
-            self._initial = {id(o): self.fields(o) for o in self.frozen}
-        for k, o in enumerate(self.audited):
-            got = self.fields(o)
-            init = self._initial.get(id(o))
-            if init is not None:
-                if got != init:
-                    raise S2ptError(
-                        f"{where}: {_name(o)} is declared Frozen (it never changes during a "
-                        f"run) but {_diff(init, got)} changed; make it Stateful or list the "
-                        f"field in its sim_ignore")
-                continue
-            want = self._by_state.setdefault((k, key), got)
+            self._initial = self._as_built()
+        if frozen:
+            self.audit_frozen(where)
+        by_state = self._by_state
+        for k, o in enumerate(self.stateful):
+            got = self.fields(o, False)
+            want = by_state.setdefault((k, key), got)
             if want != got:
                 raise S2ptError(
                     f"{where}: two steps reached the same machine state with different "
                     f"{type(o).__name__} fields ({_diff(want, got)}): a field the state does "
                     f"not capture changed, and pruning on it would be unsound; add it to the "
                     f"object's sim_state (or, if no step ever depends on it, its sim_ignore)")
+
+    def audit_frozen(self, where: str) -> None:
+        """Every Frozen object's fields, and every other's ``sim_fixed``
+        ones, are what they were when the World was built."""
+        if self._initial is None:
+            self._initial = self._as_built()
+        for o in self.frozen_audited:
+            got = self.fields(o)
+            init = self._initial[id(o)]
+            if got != init:
+                raise S2ptError(
+                    f"{where}: {_name(o)} is declared Frozen (it never changes during a "
+                    f"run) but {_diff(init, got)} changed; make it Stateful or list the "
+                    f"field in its sim_ignore")
+        for o in self.stateful:
+            names = getattr(o, "sim_fixed", ())
+            if not names:
+                continue
+            got = audit_value({n: getattr(o, n) for n in names}, self.tags, top=o)
+            init = self._initial[id(o)]
+            if got != init:
+                raise S2ptError(
+                    f"{where}: {_name(o)} declares {_diff(init, got)} fixed "
+                    f"(sim_fixed: set when the World is built, never changed by a step) "
+                    f"but a step changed it; make it state (its sim_state) instead")
 
     def ignored(self) -> list:
         """(object, field) for every ignored field of every registered object
@@ -329,10 +367,15 @@ def audit_value(v, tags, depth: int = 0, top=None):
         # Unordered: two equal dicts filled in another order are equal here
         # (an order that matters, such as a TLB's fill order, is part of
         # its owner's sim_state).
-        return ("dict", frozenset((audit_value(k, tags, d1), audit_value(x, tags, d1))
-                                  for k, x in v.items()))
+        # (A plain key or value is its own audit value: not calling for it
+        # is what keeps the checking mode's audit of every step affordable.)
+        plain = _PLAIN
+        return ("dict", frozenset([(k if type(k) in plain else audit_value(k, tags, d1),
+                                    x if type(x) in plain else audit_value(x, tags, d1))
+                                   for k, x in v.items()]))
     if t is tuple or t is list or isinstance(v, (tuple, list, deque)):
-        return (t.__name__,) + tuple(audit_value(x, tags, d1) for x in v)
+        plain = _PLAIN
+        return (t.__name__, *[x if type(x) in plain else audit_value(x, tags, d1) for x in v])
     if isinstance(v, (set, frozenset)):
         return ("set", frozenset(audit_value(x, tags, d1) for x in v))
     if t is np.ndarray:
@@ -346,8 +389,9 @@ def audit_value(v, tags, depth: int = 0, top=None):
     if isinstance(v, functools.partial):
         return ("partial", v.func, audit_value(v.args, tags, d1))
     if hasattr(v, "__dict__") or getattr(t, "__slots__", None) is not None:
-        return (t,) + tuple(sorted((k, audit_value(x, tags, d1))
-                                   for k, x in audit_fields(v).items()))
+        plain = _PLAIN
+        return (t, *sorted([(k, x if type(x) in plain else audit_value(x, tags, d1))
+                            for k, x in audit_fields(v).items()]))
     return ("?", t.__qualname__)
 
 

@@ -89,6 +89,9 @@ class SimMachine(Machine, Stateful):
 
     #: Per-step registers and transient records, not state (s2pt.snapshot).
     sim_ignore = ("stats", "cpu", "violations")
+    #: Built with the World, from the op table and the checkers (audited
+    #: against the World as built).
+    sim_fixed = ("dispatch", "waits", "extensions", "observers", "pre_observers", "mem", "mmu")
 
     def __init__(self, mem, mmu=None, stats=None):
         self.cpu = 0
