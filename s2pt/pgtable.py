@@ -58,6 +58,20 @@ from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_p
 # numpy's C function, without the Python-level dispatch wrapper (numpy >= 2)
 from numpy._core.multiarray import count_nonzero as _count_nonzero
 
+
+
+def _zeros_before_first_set(seg) -> int:
+    """How many entries of ``seg`` (a uint64 slice of a table page) are 0
+    before the first non-zero one; ``len(seg)`` if all are.  What
+    ``np.flatnonzero(seg)[0]`` says, without its Python-level wrappers: the
+    bulk twins ask this once per table they pass, mostly of one entry."""
+    if len(seg) == 1:
+        return 0 if seg.item(0) else 1
+    nz = seg != 0
+    i = int(nz.argmax())
+    return i if nz[i] else len(seg)
+
+
 EAGAIN, E2BIG, ENOMEM, EINVAL, ERANGE, EPERM = (
     errno.EAGAIN, errno.E2BIG, errno.ENOMEM, errno.EINVAL, errno.ERANGE, errno.EPERM)
 
@@ -784,9 +798,9 @@ def stage2_map_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> in
     if page.freed:
         return 0
     seg = page.table[idx:idx + n]
-    nz = np.flatnonzero(seg)
-    if len(nz):
-        n = int(nz[0])
+    first = _zeros_before_first_set(seg)
+    if first < n:
+        n = first
         if n == 0:
             return 0
         seg = seg[:n]
@@ -1206,9 +1220,7 @@ def stage2_split_bulk(data: WalkData, pgt, table: int, level: int, idx: int) -> 
         page = pgt.mm.pages[table >> pgt.page_shift]
         if page.freed:
             return 0
-        valid = np.flatnonzero(page.table[idx:idx + n] & np.uint64(1))
-        if len(valid):
-            n = int(valid[0])
+        n = _zeros_before_first_set(page.table[idx:idx + n] & np.uint64(1))
     if n <= 0:
         return 0
     gran = pgt.granule_size[level]
