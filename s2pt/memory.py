@@ -109,6 +109,10 @@ class PhysMem:
     #: is every page (s2pt.sim.state.PAGE_STATE), the free list and the
     #: number of pages allocated.
     sim_ignore = ("peak", "total_allocs", "total_frees", "table_frees")
+    #: Set when the memory is built (the explorer refuses a search that
+    #: allocates a page, so ``pages`` maps the same pages throughout).
+    sim_fixed = ("_report", "page_shift", "page_size", "entries", "limit", "base", "pages",
+                 "free_hooks")
 
     def __init__(self, page_shift: int = 12, limit: int | None = None,
                  base: int = TABLE_POOL_BASE, report=None):

@@ -404,6 +404,17 @@ def test_audit_catches_a_fixed_field_that_a_step_changes(monkeypatch):
         explore("collapse-vs-fault", "rcu", check=True, details=False, max_states=3000)
 
 
+def test_audit_catches_a_page_whose_fixed_fields_change(monkeypatch):
+    """A table page's state is in the machine state, which the audit
+    rebuilds at every step; its address is fixed, and audited as such."""
+    def poke(pgt):
+        page = max(pgt.mm.pages.values(), key=lambda p: p.pfn)
+        page.pa += 1 << 32
+    _free_walker_that_also(monkeypatch, poke)
+    with pytest.raises(S2ptError, match="at the end of a run of .* table page .* fixed fields"):
+        explore("collapse-vs-fault", "rcu", check=True, details=False, max_states=3000)
+
+
 def test_the_ignored_fields_are_perturbed_and_the_counters_do_not_matter():
     """VM.counters, PhysMem's statistics, the TLBs' hit counts: ignored, and
     check mode proves no step reads them (it perturbs them at every step)."""

@@ -170,11 +170,17 @@ class MachineState:
                 audited.append(o)
         self.audited = audited
         frozen_ids = {id(o) for o in self.frozen}
-        #: the audited objects that may change (each checked against the
-        #: last visit of the same machine state), and the Frozen ones (each
-        #: checked against the World as built)
-        self.stateful = [o for o in audited if id(o) not in frozen_ids]
+        #: The audited objects that may change, each checked against the
+        #: last visit of the same machine state, step by step.  Not the
+        #: table pages: every field of a page is state (PAGE_STATE, which
+        #: the machine state holds whole, and which the audit's full
+        #: rebuild compares at every step), fixed (PAGE_FIXED) or ignored.
+        self.stateful = [o for o in audited
+                         if id(o) not in frozen_ids and not isinstance(o, Page)]
+        #: The Frozen ones, each checked against the World as built, as are
+        #: the fixed fields of the rest (``sim_fixed``, a page's PAGE_FIXED).
         self.frozen_audited = [o for o in audited if id(o) in frozen_ids]
+        self.fixed_pages = list(mm.pages.values())
         self._initial = None
         self._by_state: dict = {}
 
@@ -264,6 +270,8 @@ class MachineState:
         """id -> the audited fields of every Frozen object, and the
         ``sim_fixed`` fields of every other, as the World was built."""
         out = {id(o): self.fields(o) for o in self.frozen_audited}
+        for p in self.fixed_pages:
+            out[id(p)] = tuple(getattr(p, f) for f in PAGE_FIXED)
         for o in self.stateful:
             names = getattr(o, "sim_fixed", ())
             if names:
@@ -304,6 +312,10 @@ class MachineState:
                     f"{where}: {_name(o)} is declared Frozen (it never changes during a "
                     f"run) but {_diff(init, got)} changed; make it Stateful or list the "
                     f"field in its sim_ignore")
+        for p in self.fixed_pages:
+            if tuple(getattr(p, f) for f in PAGE_FIXED) != self._initial[id(p)]:
+                raise S2ptError(f"{where}: table page {self._initial[id(p)][1]:#x} changed "
+                                f"its fixed fields {PAGE_FIXED}")
         for o in self.stateful:
             names = getattr(o, "sim_fixed", ())
             if not names:
