@@ -129,6 +129,11 @@ class MachineState:
         observers = observer_parts(m)
         self.parts: list = list(observers)
         self.frozen: list = [pgt, pgt.mmu, pgt.mm_ops]
+        # The scheme (a Frozen MmuLock: the VM's locking) is in every
+        # scenario's world, shared or not: fingerprinted by name, not
+        # frozen by value at each position that holds it.
+        if isinstance(setup.scheme, Frozen) and setup.scheme not in self.frozen:
+            self.frozen.append(setup.scheme)
         seen = {id(o) for o in self.parts + self.frozen}
         seen |= {id(mm), id(m)} | {id(mc) for mc in self.memcaches}
         for o in setup.shared:

@@ -322,6 +322,7 @@ def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
                     tuple((k, "<self>" if vcpu is not None and k == "vcpu" and v == vcpu
                            else _without(v, dead[1], opaque, memo)
                            if dead is not None and k == dead[0]
+                           else v if type(v) in _PLAIN  # what freeze() gives, without the call
                            else freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
                           if (names is None or k in names)
                           and not isinstance(v, types.GeneratorType))))
@@ -340,6 +341,7 @@ def _without(v, attr: str, opaque: dict, memo: dict):
 
 
 _ATOMS = (int, str, bool, float, type(None), bytes)
+_PLAIN = frozenset(_ATOMS)
 
 
 def freeze(v, opaque: dict, depth: int = 0, memo: dict | None = None):
