@@ -593,6 +593,15 @@ class StateSpace:
         else:
             hist = node.hist + ((result, mstate if self.impure[i] else None),)
             child = self._node_from(i, None if done else gen, op2, hist, ret, None)
+            cn = self.nodes[child]
+            if cn.hid is None and cn.hist is hist and node.hid is not None:
+                # A new node with this history: its id is one entry on from
+                # the parent's (what _hist_id would find walking all of it).
+                ids, key = self.hist_ids, (node.hid, hist[-1])
+                h = ids.get(key)
+                if h is None:
+                    h = ids[key] = len(ids) + 1
+                cn.hid = h
         post = self.machine_state(full=True) if self.impure[i] else None
         return (child, (), post)
 
@@ -776,6 +785,9 @@ class StateSpace:
             end = self._node_from(i, None, None, hist, ret, None) if done else \
                 self._node_from(i, live(), op, hist, None, None)
             self.hnode[(i, hid)] = end
+            en = self.nodes[end]
+            if en.hid is None and en.hist is hist:
+                en.hid = hid                 # the history the run interned on its way
         elif gen is not None and not done:
             self.gens.setdefault(end, live())
         passed.pop()                          # the end: a run from there goes on from scratch
@@ -2063,6 +2075,13 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
     # an order whose running CPU comes back to a state it was in never
     # completes (it spins, as a vCPU refaulting on -EAGAIN does) and
     # contributes nothing.
+    #
+    # The running CPU goes on alone while it stays the first enabled CPU of
+    # the order (StateSpace.run_alone): only where such a run ends is a CPU
+    # position fingerprinted, which is most of the cost of a step.  A run
+    # ends, too, before it performs an operation a third time on the same
+    # machine from the same call stack, so a CPU that spins comes back to a
+    # state it was in at a run's end, and is caught there.
     space = StateSpace(World(scenario, scheme, bugs, checks, record=False))
     cpus = [i for i in range(space.n) if not space.daemon[i]]
     found = set()
@@ -2077,8 +2096,16 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
                 bad = True
                 break
             seen.add(s)
-            s, viols = space.step(s, min(en, key=lambda c: rank.get(c, len(rank))))
-            if viols:
+            c = min(en, key=lambda c: rank.get(c, len(rank)))
+            if space.impure[c]:
+                s, viols = space.step(s, c)
+                if viols:
+                    bad = True
+                    break
+                continue
+            s = _serial_run(space, s, c, [k for k in range(space.n)
+                                          if rank.get(k, len(rank)) < rank.get(c, len(rank))])
+            if s is None:
                 bad = True
                 break
         if bad or not space.all_done(s) or space.terminal(s):
@@ -2087,6 +2114,31 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
         found.add(final(space.w))
     out = _SERIAL[key] = frozenset(found)
     return out
+
+
+def _serial_run(space, s, c, first):
+    """CPU ``c`` steps from state ``s`` and goes on while no CPU of
+    ``first`` (those before it in the order) can step and its own next
+    operation does not block: the state where it stops, or None if its
+    first step is a violation (a later one ends the run before it)."""
+    mid, nodes = s
+    m, allnodes = space.m, space.nodes
+    others = [(k, allnodes[nodes[k]]) for k in first if not allnodes[nodes[k]].done]
+
+    def goes_on(cur, i, op, guard, mid0):
+        # The live machine is at ``cur`` while a run goes on.
+        if m.blocked(i, op) is not None:
+            return None
+        for k, node in others:
+            if m.blocked(k, node.op) is None:
+                return None
+        return guard
+
+    space.runs.clear()            # a run's extent here depends on the order, not on its start
+    r = space.run_alone(mid, nodes[c], c, True, goes_on, RUN_CAP)
+    if not r:
+        return None
+    return (r[1], nodes[:c] + (r[2],) + nodes[c + 1:])
 
 
 # ---------------------------------------------------------------------------
