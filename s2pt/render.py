@@ -43,6 +43,7 @@ makes later renders faster, it never changes the answer.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import os
 import platform
@@ -71,12 +72,19 @@ def _dot_binary() -> str | None:
     return shutil.which("dot")
 
 
+@functools.cache
+def _scripts_folder() -> str:
+    """This interpreter's scripts folder (fixed while it runs; sysconfig
+    takes a tenth of a millisecond to say, and an HTML trace asks per step)."""
+    return sysconfig.get_path("scripts")
+
+
 def _graphviz_pure_binary() -> str | None:
     # pip puts the binary next to this interpreter.  A Jupyter kernel started
     # from a venv does not always have that folder on PATH, so look there
     # first and only then on PATH.
     name = "graphviz-pure.exe" if os.name == "nt" else "graphviz-pure"
-    for folder in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+    for folder in (_scripts_folder(), os.path.dirname(sys.executable)):
         candidate = Path(folder) / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)

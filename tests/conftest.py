@@ -58,6 +58,11 @@ def pytest_collection_modifyitems(config, items):
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+    # The slow tests first, in their order, then the rest in theirs: xdist
+    # hands work out in this order, so the long tests (a notebook, a browser,
+    # a whole search) start early and the short ones even out the end,
+    # instead of one worker finishing a half-minute test alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_sessionfinish(session):
