@@ -272,8 +272,9 @@ class MachineState:
         return audit_value(audit_fields(obj, fixed), self.tags, top=obj)
 
     def _as_built(self) -> dict:
-        """id -> the audited fields of every Frozen object, and the
-        ``sim_fixed`` fields of every other, as the World was built."""
+        """id -> the audited fields of every Frozen object, the ``sim_fixed``
+        fields of every other, and each table page's PAGE_FIXED: as they are
+        now (the first call: as the World was built)."""
         out = {id(o): self.fields(o) for o in self.frozen_audited}
         for p in self.fixed_pages:
             out[id(p)] = tuple(getattr(p, f) for f in PAGE_FIXED)
@@ -309,29 +310,26 @@ class MachineState:
         ones, are what they were when the World was built."""
         if self._initial is None:
             self._initial = self._as_built()
-        for o in self.frozen_audited:
-            got = self.fields(o)
-            init = self._initial[id(o)]
-            if got != init:
+        now = self._as_built()
+        if now == self._initial:
+            return
+        frozen = {id(o) for o in self.frozen_audited}
+        for o in self.frozen_audited + self.fixed_pages + self.stateful:
+            init, got = self._initial.get(id(o)), now.get(id(o))
+            if init == got:
+                continue
+            if isinstance(o, Page):
+                raise S2ptError(f"{where}: table page {init[1]:#x} changed its fixed fields "
+                                f"{PAGE_FIXED}")
+            if id(o) in frozen:
                 raise S2ptError(
                     f"{where}: {_name(o)} is declared Frozen (it never changes during a "
                     f"run) but {_diff(init, got)} changed; make it Stateful or list the "
                     f"field in its sim_ignore")
-        for p in self.fixed_pages:
-            if tuple(getattr(p, f) for f in PAGE_FIXED) != self._initial[id(p)]:
-                raise S2ptError(f"{where}: table page {self._initial[id(p)][1]:#x} changed "
-                                f"its fixed fields {PAGE_FIXED}")
-        for o in self.stateful:
-            names = getattr(o, "sim_fixed", ())
-            if not names:
-                continue
-            got = audit_value({n: getattr(o, n) for n in names}, self.tags, top=o)
-            init = self._initial[id(o)]
-            if got != init:
-                raise S2ptError(
-                    f"{where}: {_name(o)} declares {_diff(init, got)} fixed "
-                    f"(sim_fixed: set when the World is built, never changed by a step) "
-                    f"but a step changed it; make it state (its sim_state) instead")
+            raise S2ptError(
+                f"{where}: {_name(o)} declares {_diff(init, got)} fixed "
+                f"(sim_fixed: set when the World is built, never changed by a step) "
+                f"but a step changed it; make it state (its sim_state) instead")
 
     def ignored(self) -> list:
         """(object, field) for every ignored field of every registered object
