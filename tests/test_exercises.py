@@ -164,52 +164,41 @@ def _error_text(cell) -> str:
                      if o.get("output_type") == "error")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", IDS)
-def test_blank_submission_fails_only_graded_cells_cleanly(name, fresh):
-    solution = nbformat.read(ROOT / "solutions" / name, as_version=4)
-    blank = nbformat.read(fresh[name], as_version=4)
-    nb = _execute(_grade(blank, solution), ROOT / "exercises", allow_errors=True)
+def _assert_blank_fails_only_graded_cells_cleanly(nb, name):
+    """A graded, executed untouched submission: its stubs raise
+    NotImplementedError only where called, every grade cell fails, and
+    cleanly (its own stubs, the names they never defined, or a check's
+    Wrong with the rule and where it is taught), nothing else fails, and
+    it scores nothing."""
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         meta = _nbgrader(cell)
         if meta.get("solution"):
             # Defining the function is fine; calling it must fail.
-            assert not _errors(cell) or _errors(cell) == ["NotImplementedError"]
+            assert not _errors(cell) or _errors(cell) == ["NotImplementedError"], name
         elif meta.get("grade"):
-            assert _errors(cell), f"grade cell {meta['grade_id']} passed a blank submission"
+            assert _errors(cell), f"{name}: grade cell {meta['grade_id']} passed a blank submission"
             assert set(_errors(cell)) <= CLEAN, \
-                f"grade cell {meta['grade_id']} failed uncleanly: {_error_text(cell)}"
+                f"{name}: grade cell {meta['grade_id']} failed uncleanly: {_error_text(cell)}"
             if "Wrong" in _errors(cell):
                 assert "taught:" in _error_text(cell) and "rule:" in _error_text(cell)
         else:
-            assert not _errors(cell), f"ungraded cell {meta.get('grade_id')} failed: {_error_text(cell)}"
+            assert not _errors(cell), \
+                f"{name}: ungraded cell {meta.get('grade_id')} failed: {_error_text(cell)}"
     got, total = _score(nb)
-    assert got == 0 and total > 0
+    assert got == 0 and total > 0, name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", IDS)
-def test_solution_code_scores_full_marks(name, fresh):
-    solution = nbformat.read(ROOT / "solutions" / name, as_version=4)
-    submission = nbformat.read(fresh[name], as_version=4)
-    answers = _by_grade_id(solution)
-    for cell in submission.cells:
-        meta = _nbgrader(cell)
-        if meta.get("solution"):
-            # The student pastes the code between the markers (or writes the answer).
-            lines = [line for line in answers[meta["grade_id"]].source.splitlines()
-                     if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line]
-            cell.source = "\n".join(lines)
-    graded = _grade(submission, solution)
-    assert any("### BEGIN HIDDEN TESTS" in c.source for c in graded.cells), \
-        "grading must run the hidden tests"
-    nb = _execute(graded, ROOT / "exercises", allow_errors=True)
+def _assert_full_marks(nb, name):
+    """A graded, executed submission of the solution code: it ran the
+    hidden tests, no cell failed, and it scores every auto-graded point."""
+    assert any("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells), \
+        f"{name}: grading must run the hidden tests"
     failures = {_nbgrader(c).get("grade_id"): _errors(c) for c in nb.cells if _errors(c)}
-    assert not failures, f"cells failed: {failures}"
+    assert not failures, f"{name}: cells failed: {failures}"
     got, total = _score(nb)
-    assert got == total > 0
+    assert got == total > 0, name
 
 
 # -- wrong answers get feedback that names the rule ------------------------------------
@@ -306,10 +295,14 @@ def _nbgrader_cli(course: Path, *args):
 
 
 @pytest.mark.slow
-def test_real_nbgrader_full_marks_for_solutions_zero_for_untouched(tmp_path):
-    """nbgrader generate_assignment from solutions/, then autograde: a copy of the
-    solutions scores every auto-graded point (written answers wait for a human),
-    an untouched release copy scores nothing."""
+def test_real_nbgrader_full_marks_for_the_solution_code_zero_for_untouched(tmp_path, fresh):
+    """nbgrader generate_assignment from solutions/, then autograde two
+    submissions of the student version (exercises/, as s2pt.exercises
+    builds it): with the solution code pasted in, every auto-graded point
+    and no failing cell (written answers wait for a human); untouched,
+    nothing, and only its graded cells fail, cleanly.  The same runs are
+    the course's check that every solution runs top to bottom (the hidden
+    tests included)."""
     import shutil
 
     from nbgrader.api import Gradebook
@@ -326,22 +319,27 @@ def test_real_nbgrader_full_marks_for_solutions_zero_for_untouched(tmp_path):
     _nbgrader_cli(course, "generate_assignment", "ps", "--force")
     released = sorted(p.name for p in (course / "release" / "ps").glob("*.ipynb"))
     assert released == IDS
-    for student, folder in (("solution", course / "source" / "ps"),
-                            ("untouched", course / "release" / "ps")):
+    for student, make in (("pasted", lambda name: _pasted(name, fresh)),
+                          ("untouched", lambda name: nbformat.read(fresh[name], as_version=4))):
         dest = course / "submitted" / student / "ps"
         dest.mkdir(parents=True)
-        for path in folder.glob("*.ipynb"):
-            shutil.copy(path, dest / path.name)
+        for name in IDS:
+            nbformat.write(make(name), dest / name)
     _nbgrader_cli(course, "autograde", "ps")
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for student in ("solution", "untouched"):
+        for student in ("pasted", "untouched"):
             sub = gb.find_submission("ps", student)
             scores = {nb.name: (nb.code_score, nb.max_code_score) for nb in sub.notebooks}
             assert sorted(scores) == sorted(p[:-len(".ipynb")] for p in IDS)
             for nb_name, (score, most) in scores.items():
                 assert most > 0, nb_name
-                want = most if student == "solution" else 0
+                want = most if student == "pasted" else 0
                 assert score == want, f"{student} {nb_name}: {score} of {most}"
+    for name in IDS:
+        graded = course / "autograded"
+        _assert_full_marks(nbformat.read(graded / "pasted" / "ps" / name, as_version=4), name)
+        _assert_blank_fails_only_graded_cells_cleanly(
+            nbformat.read(graded / "untouched" / "ps" / name, as_version=4), name)
 
 
 # -- a self-learner's grader: python -m s2pt.exercises grade -------------------------------
