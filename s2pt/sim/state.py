@@ -363,6 +363,11 @@ _PLAIN = frozenset({int, str, bool, float, type(None), bytes, complex, range,
                     types.FunctionType, types.BuiltinFunctionType, types.CodeType, type})
 
 
+#: The audit value of an empty dict, list or tuple (as the branches below
+#: would give it: a dict as an unordered collection).
+_EMPTY = {dict: "dict", list: "list", tuple: "tuple"}
+
+
 def audit_value(v, tags, depth: int = 0, top=None):
     """A hashable value of ``v`` for the audit: registered objects by name
     (except ``top``, the object being audited), arrays by their bytes,
@@ -371,6 +376,8 @@ def audit_value(v, tags, depth: int = 0, top=None):
     t = type(v)
     if t in _PLAIN:
         return v
+    if (t is dict or t is list or t is tuple) and not v:
+        return (_EMPTY[t],)                # an empty TLB level, an empty queue
     if v is not top:
         tag = tags.get(id(v))
         if tag is not None:
