@@ -59,7 +59,6 @@ from .ops import (READ_ONCE, WRITE_ONCE, smp_store_release, cmpxchg, xchg, get_p
 from numpy._core.multiarray import count_nonzero as _count_nonzero
 
 
-
 def _zeros_before_first_set(seg) -> int:
     """How many entries of ``seg`` (a uint64 slice of a table page) are 0
     before the first non-zero one; ``len(seg)`` if all are.  What

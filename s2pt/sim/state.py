@@ -287,9 +287,9 @@ class MachineState:
     def audit(self, key, where: str, frozen: bool = True) -> None:
         """After a step that reached state ``key`` (the search's interned
         machine id): every registered object's fields must be what they
-        were the last time any step reached ``key``, and (unless
-        ``frozen`` is false) a Frozen one's what they were when the World
-        was built."""
+        were the last time any step reached ``key`` (but a table page's,
+        which the full rebuild compares), and (unless ``frozen`` is false)
+        a Frozen one's what they were when the World was built."""
         if self._initial is None:
             self._initial = self._as_built()
         if frozen:
