@@ -597,11 +597,7 @@ class StateSpace:
             if cn.hid is None and cn.hist is hist and node.hid is not None:
                 # A new node with this history: its id is one entry on from
                 # the parent's (what _hist_id would find walking all of it).
-                ids, key = self.hist_ids, (node.hid, hist[-1])
-                h = ids.get(key)
-                if h is None:
-                    h = ids[key] = len(ids) + 1
-                cn.hid = h
+                cn.hid = self._hist_next(node.hid, hist[-1])
         post = self.machine_state(full=True) if self.impure[i] else None
         return (child, (), post)
 
@@ -645,15 +641,20 @@ class StateSpace:
         results is at the same position, with or without a node for it."""
         h = node.hid
         if h is None:
-            ids = self.hist_ids
             h = 0
             for entry in node.hist:
-                x = ids.get((h, entry))
-                if x is None:
-                    x = ids[(h, entry)] = len(ids) + 1
-                h = x
+                h = self._hist_next(h, entry)
             node.hid = h
         return h
+
+    def _hist_next(self, h, entry) -> int:
+        """The id of history ``h`` fed one more result ``entry`` (run_alone
+        does the same inline, once per step of a run)."""
+        ids = self.hist_ids
+        x = ids.get((h, entry))
+        if x is None:
+            x = ids[(h, entry)] = len(ids) + 1
+        return x
 
     def run_alone(self, mid, nid, i, guard, goes_on, cap):
         """CPU ``i`` takes its step at node ``nid`` on machine ``mid``, then
@@ -742,7 +743,7 @@ class StateSpace:
                 break
             mstate = self._after_op(op)
             entry = (result, None)
-            nhid = ids.get((hid, entry))
+            nhid = ids.get((hid, entry))          # _hist_next, inline: once a step
             if nhid is None:
                 nhid = ids[(hid, entry)] = len(ids) + 1
             p = prog.get((i, nhid))
