@@ -264,13 +264,18 @@ def test_results_keep_exit_1():
 
 
 def test_an_interrupted_command_prints_one_line(tmp_path):
-    # Ctrl-C during a long search: no traceback, exit 130.
+    # Ctrl-C during a long search: no traceback, exit 130. The search must
+    # outlast the timer by far: collapse-vs-fault-3 once took minutes and
+    # now takes under a second, so a CI run interrupted Python's shutdown
+    # instead. collapse-vs-fault-4 under rcu-rfc is the longest search the
+    # course declares (about a million states, over 20 s alone).
     p = subprocess.Popen([sys.executable, "-c",
                           "import signal, threading, os, sys;"
                           "from s2pt.cli import main;"
-                          "threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start();"
-                          "sys.exit(main(['explore', 'collapse-vs-fault-3', '--scheme', "
-                          "'refcount-revalidate']))"],
+                          "t = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT));"
+                          "t.daemon = True; t.start();"
+                          "sys.exit(main(['explore', 'collapse-vs-fault-4', '--scheme', "
+                          "'rcu-rfc']))"],
                          cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, (p.returncode, err)
