@@ -269,6 +269,25 @@ def test_no_object_is_fingerprinted_by_id():
     assert freeze(make(3), {}) == freeze(make(3), {}) != freeze(make(4), {})
 
 
+def test_an_object_is_fingerprinted_by_every_slot_of_its_class_and_its_bases():
+    """A subclass's __slots__ names only its own fields: HostMapData (the
+    host's struct stage2_map_data) was fingerprinted without the fields of
+    Stage2MapData, so two host walks mapping different PAs were one
+    position.  Every slot counts, base first, and the dead-field variant
+    (liveness) sees them too."""
+    from s2pt.pgtable import Stage2MapData
+    from s2pt.pkvm import HostMapData
+    a = HostMapData(0x40000000, 0, 0, None)
+    b = HostMapData(0x40200000, 0, 0, None)
+    assert freeze(a, {}) != freeze(b, {})
+    assert len(freeze(a, {})) == 1 + len(Stage2MapData.__slots__) + len(HostMapData.__slots__)
+    a.coalesced = 1
+    assert freeze(a, {}) != freeze(HostMapData(0x40000000, 0, 0, None), {})
+    from s2pt.sim.world import _without
+    assert _without(a, "coalesced", {}, {}) == _without(
+        HostMapData(0x40000000, 0, 0, None), "coalesced", {}, {}) != _without(b, "coalesced", {}, {})
+
+
 def test_a_page_field_without_a_decision_is_refused(monkeypatch):
     monkeypatch.setattr(state_mod, "PAGE_STATE", tuple(f for f in state_mod.PAGE_STATE
                                                        if f != "private"))

@@ -307,41 +307,108 @@ def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
     may still read (s2pt.sim.liveness); False keeps every local."""
     out = []
     memo = {}             # id -> frozen value: the frames share their walker, data, ctx
-    chain = list(_chain(gen))
-    for n, (_, f) in enumerate(chain, 1):
+    chain = [f for _, f in _chain(gen)]
+    innermost = len(chain) - 1
+    for n, f in enumerate(chain):
         loc = f.f_locals
         code, lasti = f.f_code, f.f_lasti
         # Only the live locals (s2pt.sim.liveness): a value the code never
         # reads again does not make a position different; nor does the
-        # field the innermost frame's yield is about to overwrite.
-        names = live_after(code, lasti) if live else None
-        dead = overwritten(code, lasti) if live and n == len(chain) else None
-        # Sorted by name: f_locals lists names in the order they were first
-        # seen bound, which depends on when the frame was first inspected.
-        out.append((code, lasti,
-                    tuple((k, "<self>" if vcpu is not None and k == "vcpu" and v == vcpu
-                           else _without(v, dead[1], opaque, memo)
-                           if dead is not None and k == dead[0]
-                           else v if type(v) in _PLAIN  # what freeze() gives, without the call
-                           else freeze(v, opaque, 0, memo)) for k, v in sorted(loc.items())
-                          if (names is None or k in names)
-                          and not isinstance(v, types.GeneratorType))))
+        # field the innermost frame's yield is about to overwrite.  Sorted
+        # by name: f_locals lists names in the order they were first seen
+        # bound, which depends on when the frame was first inspected.
+        names = _live_names(code, lasti) if live else None
+        dead = overwritten(code, lasti) if live and n == innermost else None
+        items = []
+        for k in (sorted(loc) if names is None else names):
+            v = loc.get(k, _UNBOUND)
+            t = type(v)
+            if t is types.GeneratorType or v is _UNBOUND:
+                continue
+            if vcpu is not None and k == "vcpu" and v == vcpu:
+                v = "<self>"
+            elif dead is not None and k == dead[0]:
+                v = _without(v, dead[1], opaque, memo)
+            elif t not in _PLAIN:                # (what freeze() gives, without the call)
+                v = freeze(v, opaque, 0, memo)
+            items.append((k, v))
+        out.append((code, lasti, tuple(items)))
     return tuple(out)
+
+
+#: A local that is not bound at this point of the frame.
+_UNBOUND = object()
+#: (code, offset) -> the names live_after() gives, sorted; None: every local.
+_LIVE_SORTED: dict = {}
+
+
+def _live_names(code, lasti):
+    key = (code, lasti)
+    try:
+        return _LIVE_SORTED[key]
+    except KeyError:
+        names = live_after(code, lasti)
+        out = _LIVE_SORTED[key] = None if names is None else tuple(sorted(names))
+        return out
 
 
 def _without(v, attr: str, opaque: dict, memo: dict):
     """:func:`freeze` of ``v`` with its attribute ``attr`` frozen as dead
     (see :func:`s2pt.sim.liveness.overwritten`); not memoised, so no other
     reference to ``v`` loses the attribute."""
-    slots = getattr(type(v), "__slots__", None)
-    if slots is None or hasattr(v, "__dict__") or attr not in slots or id(v) in opaque:
+    how = _how(type(v), v)
+    if how[0] != _SLOTS or attr not in how[1] or id(v) in opaque:
         return freeze(v, opaque, 0, memo)
     return (type(v),) + tuple("<dead>" if s == attr else freeze(getattr(v, s, None), opaque, 1, memo)
-                              for s in slots)
+                              for s in how[1])
 
 
 _ATOMS = (int, str, bool, float, type(None), bytes)
 _PLAIN = frozenset(_ATOMS)
+
+#: How freeze() takes a value apart, by its type (_how).
+_ATOM, _SEQ, _DICT, _SET, _FN, _ITSELF, _METHOD, _NUMPY, _SLOTS, _OBJ = range(10)
+_HOW: dict = {}
+
+
+def _how(t, v) -> tuple:
+    """(kind, the slots) of how :func:`freeze` takes a value ``v`` of type
+    ``t`` apart, memoised on the type.  An object with ``__slots__`` and no
+    ``__dict__`` is every slot of its class and of its bases, base first (a
+    subclass's ``__slots__`` names only its own: HostMapData's would leave
+    out Stage2MapData's)."""
+    how = _HOW.get(t)
+    if how is not None:
+        return how
+    slots = ()
+    if issubclass(t, _ATOMS):
+        kind = _ATOM
+    elif issubclass(t, (tuple, list, deque)):
+        kind = _SEQ
+    elif issubclass(t, dict):
+        kind = _DICT
+    elif issubclass(t, (set, frozenset)):
+        kind = _SET
+    elif issubclass(t, types.FunctionType):
+        kind = _FN
+    elif issubclass(t, (types.BuiltinFunctionType, type, types.CodeType)):
+        kind = _ITSELF
+    elif issubclass(t, types.MethodType):
+        kind = _METHOD
+    elif hasattr(t, "dtype") and hasattr(t, "item"):
+        kind = _NUMPY                    # a numpy scalar (a 0-d value) or array
+    elif "__slots__" in vars(t) and not hasattr(v, "__dict__"):
+        kind, names = _SLOTS, []
+        for c in reversed(t.__mro__):
+            own = vars(c).get("__slots__", ())
+            for s in ((own,) if isinstance(own, str) else own):
+                if s not in ("__dict__", "__weakref__") and s not in names:
+                    names.append(s)
+        slots = tuple(names)
+    else:
+        kind = _OBJ
+    how = _HOW[t] = (kind, slots)
+    return how
 
 
 def freeze(v, opaque: dict, depth: int = 0, memo: dict | None = None):
@@ -349,8 +416,12 @@ def freeze(v, opaque: dict, depth: int = 0, memo: dict | None = None):
     shared objects such as the page table become their name).  ``memo``
     (id -> frozen value) shares the work between references to one object
     while nothing changes it."""
-    if isinstance(v, _ATOMS):
+    t = type(v)
+    if t in _PLAIN:
         return v
+    how = _HOW.get(t) or _how(t, v)
+    if how[0] == _ATOM:
+        return v                         # an int subclass, such as an IntFlag
     tag = opaque.get(id(v))
     if tag is not None:
         return tag
@@ -358,40 +429,45 @@ def freeze(v, opaque: dict, depth: int = 0, memo: dict | None = None):
         out = memo.get(id(v))
         if out is not None:
             return out
-    out = _freeze(v, opaque, depth, memo)
+    out = _freeze(v, how, opaque, depth, memo)
     if memo is not None:
         memo[id(v)] = out
     return out
 
 
-def _freeze(v, opaque, depth, memo):
+def _freeze(v, how, opaque, depth, memo):
     if depth > 8:
         raise RecursionError("freeze: structure too deep")
     d1 = depth + 1
-    if isinstance(v, (tuple, list, deque)):
-        return (type(v).__name__,) + tuple(freeze(x, opaque, d1, memo) for x in v)
-    if isinstance(v, dict):
-        return ("dict",) + tuple((freeze(k, opaque, d1, memo), freeze(x, opaque, d1, memo))
-                                 for k, x in v.items())
-    if isinstance(v, (set, frozenset)):
-        return ("set", frozenset(freeze(x, opaque, d1, memo) for x in v))
-    if isinstance(v, types.FunctionType):
+    kind = how[0]
+    if kind == _SLOTS:
+        out = [type(v)]
+        for s in how[1]:
+            x = getattr(v, s, None)
+            out.append(x if type(x) in _PLAIN else freeze(x, opaque, d1, memo))
+        return tuple(out)
+    if kind == _SEQ:
+        return (type(v).__name__,) + tuple([x if type(x) in _PLAIN else freeze(x, opaque, d1, memo)
+                                            for x in v])
+    if kind == _DICT:
+        return ("dict",) + tuple([(freeze(k, opaque, d1, memo), freeze(x, opaque, d1, memo))
+                                  for k, x in v.items()])
+    if kind == _SET:
+        return ("set", frozenset([freeze(x, opaque, d1, memo) for x in v]))
+    if kind == _FN:
         # By what it is, not which object it is: a function defined inside
         # another is a new object on every call (and every replay).
         if v.__closure__ is None and not v.__defaults__:
             return v.__code__
         return ("fn", v.__code__, freeze(v.__defaults__, opaque, d1, memo),
                 tuple(freeze(c.cell_contents, opaque, d1, memo) for c in v.__closure__ or ()))
-    if isinstance(v, (types.BuiltinFunctionType, type, types.CodeType)):
+    if kind == _ITSELF:
         return v
-    if isinstance(v, types.MethodType):
+    if kind == _METHOD:
         return ("method", freeze(v.__self__, opaque, d1, memo),
                 freeze(v.__func__, opaque, d1, memo))
-    if hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+    if kind == _NUMPY and getattr(v, "ndim", 1) == 0:
         return v.item()              # a numpy scalar
-    slots = getattr(type(v), "__slots__", None)
-    if slots is not None and not hasattr(v, "__dict__"):
-        return (type(v),) + tuple(freeze(getattr(v, s, None), opaque, d1, memo) for s in slots)
     d = getattr(v, "__dict__", None)
     if d is not None:
         return (type(v),) + tuple((k, freeze(x, opaque, d1, memo)) for k, x in d.items())
