@@ -33,14 +33,18 @@ state log.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 from array import array
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from heapq import heappop, heappush
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from ..errors import KernelBug, S2ptError
 from .. import validate
@@ -505,11 +509,20 @@ class StateSpace:
         return (self.live.pages, self.live.alloc, self.live.mc, self.live.sync, self.live.st)
 
     # -- CPU nodes ---------------------------------------------------------------
-    def _node_from(self, i, gen, op, hist, ret, mstate):
+    def _position(self, i, gen, op, ret=None) -> tuple:
+        """CPU ``i``'s position as a hashable value: its frames and next
+        operation, or ("done", its return value) once it has finished.  A
+        symmetric CPU's is fingerprinted with its own identity abstracted,
+        which is also its class's key (s2pt.sim.symmetry)."""
+        fp = self.sym.fingerprint(i) if self.sym is not None else None
+        opaque, vcpu = fp if fp is not None else (self.w.opaque, None)
         if gen is None:
-            key = (i, "done", freeze(ret, self.w.opaque))
-        else:
-            key = (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op, self.w.opaque))
+            return ("done", freeze(ret, opaque))
+        return (frames(gen, opaque, vcpu, self.liveness), freeze(op, opaque))
+
+    def _node_from(self, i, gen, op, hist, ret, mstate):
+        position = self._position(i, gen, op, ret)
+        key = (i,) + position
         nid = self.node_ids.get(key)
         if nid is None:
             nid = len(self.nodes)
@@ -520,7 +533,7 @@ class StateSpace:
             node = Node(i, op, stack_names(gen) if gen is not None else (), hist, gen is None,
                         key)
             if self.sym is not None:
-                node.cls = self.sym.cls(i, gen, op, ret)
+                node.cls = self.sym.cls(i, position)
             if self.impure[i] and not hist:
                 node.hist = ((None, mstate),)
             self.nodes.append(node)
@@ -538,8 +551,7 @@ class StateSpace:
         w = self.w
         gen = self._replay(i, node.hist)
         if self.check and nid is not None:
-            key = (i, frames(gen, w.opaque, live=self.liveness), freeze(node.op, w.opaque))
-            if self.node_ids.get(key) != nid:
+            if self.node_ids.get((i,) + self._position(i, gen, node.op)) != nid:
                 raise S2ptError(
                     f"CPU {i} ({w.name(i)}): replayed from its own results, its program did "
                     f"not come back to the same position (at {node.stack[-1] if node.stack else '?'}"
@@ -585,8 +597,7 @@ class StateSpace:
         if viols:
             return (None, viols, None)
         if fresh:
-            key = (i, "done", freeze(ret, self.w.opaque)) if done else \
-                (i, frames(gen, self.w.opaque, live=self.liveness), freeze(op2, self.w.opaque))
+            key = (i,) + self._position(i, None if done else gen, op2, ret)
             child = self.node_ids.get(key, -1)
             if not done and child >= 0 and child not in self.spare:
                 self.spare[child] = gen          # a second generator at the child
@@ -827,6 +838,17 @@ class StateSpace:
                 self.live.forget("mid")
             b = self.bmemo[key] = self.m.blocked(i, self.nodes[nid].op) is not None
         return b
+
+    def release(self):
+        """Let go of everything the search built, once it is over.  The
+        space, its reduction and its symmetry point at each other, so
+        without this their millions of tuples would wait for the cycle
+        collector, which would traverse them all (_collector_paused): now
+        reference counting frees them at once."""
+        for part in (self.por, self.sym):
+            if part is not None:
+                vars(part).clear()
+        vars(self).clear()
 
     def all_done(self, s) -> bool:
         return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[1]))
@@ -1628,22 +1650,26 @@ def _by_state(order, estart, edst, ecpu, eperm, ecount):
     """The edge arrays of a search whose states were expanded in ``order``
     (``estart[j]`` the first edge of the j-th expansion), rearranged so that
     state ``v``'s edges are ``estart[v]`` to ``estart[v + 1]``; the edge
-    indices of ``eperm`` and ``ecount`` follow."""
-    first = {v: j for j, v in enumerate(order)}
-    ns, nd, nc = array("q"), array("q"), array("b")
-    np_, nn = {}, {}
-    for v in range(len(order)):
-        ns.append(len(nd))
-        j = first[v]
-        for e in range(estart[j], estart[j + 1]):
-            if e in eperm:
-                np_[len(nd)] = eperm[e]
-            if e in ecount:
-                nn[len(nd)] = ecount[e]
-            nd.append(edst[e])
-            nc.append(ecpu[e])
-    ns.append(len(nd))
-    return ns, nd, nc, np_, nn
+    indices of ``eperm`` and ``ecount`` follow.  (A gather with numpy: the
+    graph of a four-vCPU search has millions of edges.)"""
+    n = len(order)
+    es = np.frombuffer(estart, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    first[np.frombuffer(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+    lengths = (es[1:] - es[:-1])[first]               # state v's edge count
+    ns = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=ns[1:])
+    # The old index of each edge in its new place.
+    old = np.repeat(es[:-1][first] - ns[:-1], lengths) + np.arange(ns[-1], dtype=np.int64)
+    new_of = np.empty_like(old)
+    new_of[old] = np.arange(len(old), dtype=np.int64)
+    nd = np.frombuffer(edst, dtype=np.int64)[old]
+    nc = np.frombuffer(ecpu, dtype=np.int8)[old]
+    def moved(d):
+        keys = np.fromiter(d, dtype=np.int64, count=len(d))
+        return dict(zip(new_of[keys].tolist(), d.values()))
+    return (array("q", ns.tobytes()), array("q", nd.tobytes()), array("b", nc.tobytes()),
+            moved(eperm), moved(ecount))
 
 
 def _sccs(n, estart, edst, roots, allowed=None):
@@ -2113,6 +2139,7 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
             continue
         space.restore(s)
         found.add(final(space.w))
+    space.release()
     out = _SERIAL[key] = frozenset(found)
     return out
 
@@ -2140,6 +2167,24 @@ def _serial_run(space, s, c, first):
     if not r:
         return None
     return (r[1], nodes[:c] + (r[2],) + nodes[c + 1:])
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cycle collector off for the duration, back on after (if it
+    was on).  A search's state space is millions of tuples, nodes and dicts
+    that live as long as the search: each collection of the older
+    generations traverses all of them again, for nothing, since a step
+    makes no cyclic garbage (the space itself is the only cycle, and is
+    collected once the search returns).  Measured: a quarter of the time
+    of the searches that fingerprint most positions."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------
@@ -2204,67 +2249,72 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
                                   f"point per step at most")
     seed = validate.integer("seed", seed, 0, (1 << 64) - 1,
                             rule="a seed is an integer from 0 to 2**64 - 1")
-    max_steps = template.max_steps
-    name = getattr(template.scenario, "name", "?")
-    scheme = getattr(template.scheme, "name", "?")
-    t0 = time.perf_counter()
-    settings = {"seed": seed} if mode in ("random", "pct") else {}
-    if preemptions is not None:
-        settings["preemptions"] = preemptions
-    if mode in ("exhaustive", "unreduced"):
-        # (A preemption bound counts switches away from the CPU that ran
-        # last: the search keeps it unreduced.)
-        space = StateSpace(template.again(record=False), check,
-                           symmetry=symmetry and mode == "exhaustive" and preemptions is None,
-                           por=por and mode == "exhaustive" and preemptions is None,
-                           liveness=liveness)
-        if callable(progress):
-            prog = progress
-        else:
-            prog = _Progress(progress, f"{name}/{scheme}") if progress else None
-        if mode == "exhaustive":
-            raw, st = _bfs(space, preemptions, max_states, max_steps, prog, cancel=cancel)
-        else:
-            raw, st = _unreduced(space, preemptions, max_states, max_steps)
-        if isinstance(prog, _Progress):
-            prog.done()
-        if space.sym is not None:
-            settings["symmetry"] = [[template.name(i) for i in g] for g in space.sym.groups]
-        if space.por is not None and space.por.taken:
-            settings["por_private_steps"] = space.por.taken
-        res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
-                     st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
-                     settings=settings, window=st.get("window"))
-    elif mode in ("random", "pct"):
-        rng = random.Random(seed)
-        space = StateSpace(template.again(record=False), check, liveness=liveness)
-        if mode == "random":
-            def chooser():
-                return random_chooser(rng)
-        else:
-            k = len(_walk(space, lambda en, last, step, relaxed:       # lowest CPU first
-                          next((c for c in en if not (relaxed and c == last)), en[0]),
-                          max_steps)[0])
+    # The search allocates millions of small tuples that live as long as it
+    # does and none that form cycles: the cycle collector would only
+    # traverse them again and again (a quarter of a search's time).
+    with _collector_paused():
+        max_steps = template.max_steps
+        name = getattr(template.scenario, "name", "?")
+        scheme = getattr(template.scheme, "name", "?")
+        t0 = time.perf_counter()
+        settings = {"seed": seed} if mode in ("random", "pct") else {}
+        if preemptions is not None:
+            settings["preemptions"] = preemptions
+        if mode in ("exhaustive", "unreduced"):
+            # (A preemption bound counts switches away from the CPU that ran
+            # last: the search keeps it unreduced.)
+            space = StateSpace(template.again(record=False), check,
+                               symmetry=symmetry and mode == "exhaustive" and preemptions is None,
+                               por=por and mode == "exhaustive" and preemptions is None,
+                               liveness=liveness)
+            if callable(progress):
+                prog = progress
+            else:
+                prog = _Progress(progress, f"{name}/{scheme}") if progress else None
+            if mode == "exhaustive":
+                raw, st = _bfs(space, preemptions, max_states, max_steps, prog, cancel=cancel)
+            else:
+                raw, st = _unreduced(space, preemptions, max_states, max_steps)
+            if isinstance(prog, _Progress):
+                prog.done()
+            if space.sym is not None:
+                settings["symmetry"] = [[template.name(i) for i in g] for g in space.sym.groups]
+            if space.por is not None and space.por.taken:
+                settings["por_private_steps"] = space.por.taken
+            res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
+                         st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
+                         settings=settings, window=st.get("window"))
+        elif mode in ("random", "pct"):
+            rng = random.Random(seed)
+            space = StateSpace(template.again(record=False), check, liveness=liveness)
+            if mode == "random":
+                def chooser():
+                    return random_chooser(rng)
+            else:
+                k = len(_walk(space, lambda en, last, step, relaxed:       # lowest CPU first
+                              next((c for c in en if not (relaxed and c == last)), en[0]),
+                              max_steps)[0])
 
-            def chooser():
-                return pct_chooser(rng, space.n, depth, k)
-        raw = {}
-        for _ in range(runs):
-            sched, viols = _walk(space, chooser(), max_steps)
-            for kind, msg in viols:
-                if kind not in raw or len(sched) < len(raw[kind][0]):
-                    raw[kind] = (sched, msg)
-        res = Result(name, scheme, mode, False, 0.0, executions=runs, settings=settings)
-        if mode == "pct":
-            res.settings["depth"] = depth
-        raw = {kind: (_minimise(template, kind, s), msg) for kind, (s, msg) in raw.items()}
-    res.seconds = time.perf_counter() - t0
-    res._scenario = template.scenario
-    for kind in sorted(raw):
-        sched, msg, *cyc = raw[kind]
-        start = cyc[0] if cyc else None
-        if details:
-            res.found[kind] = _materialise(template, kind, sched, msg, start)
-        else:
-            res.found[kind] = Found(kind, sched, msg, cycle_start=start)
-    return res
+                def chooser():
+                    return pct_chooser(rng, space.n, depth, k)
+            raw = {}
+            for _ in range(runs):
+                sched, viols = _walk(space, chooser(), max_steps)
+                for kind, msg in viols:
+                    if kind not in raw or len(sched) < len(raw[kind][0]):
+                        raw[kind] = (sched, msg)
+            res = Result(name, scheme, mode, False, 0.0, executions=runs, settings=settings)
+            if mode == "pct":
+                res.settings["depth"] = depth
+            raw = {kind: (_minimise(template, kind, s), msg) for kind, (s, msg) in raw.items()}
+        res.seconds = time.perf_counter() - t0
+        space.release()
+        res._scenario = template.scenario
+        for kind in sorted(raw):
+            sched, msg, *cyc = raw[kind]
+            start = cyc[0] if cyc else None
+            if details:
+                res.found[kind] = _materialise(template, kind, sched, msg, start)
+            else:
+                res.found[kind] = Found(kind, sched, msg, cycle_start=start)
+        return res

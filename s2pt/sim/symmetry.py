@@ -29,7 +29,7 @@ checks that every verdict with and without symmetry agrees.
 from __future__ import annotations
 
 from ..errors import S2ptError
-from .world import frames, freeze
+from .world import freeze
 
 __all__ = ["Symmetry", "compose", "invert"]
 
@@ -84,6 +84,10 @@ class Symmetry:
                     f"CPUs {', '.join(actors[i].name for i in g)} are declared symmetric "
                     f"(sym={first.sym!r}) but their arguments differ beyond their own vCPU "
                     f"and parts")
+        #: Every member of every group, in group order.
+        self.members = tuple(i for g in self.groups for i in g)
+        #: The members' node ids -> what arrange() does to them (memoised).
+        self.arranged: dict = {}
         self.classes: dict = {}          # abstracted key -> class id
         self.by_class: dict = {}         # (cpu, class id) -> node id
         self.renamed: dict = {}          # (machine id, renaming) -> machine id
@@ -97,20 +101,28 @@ class Symmetry:
                      for x in a.args)
 
     # -- classes ---------------------------------------------------------------------
-    def cls(self, i, gen, op, ret=None) -> int | None:
-        """The class of CPU ``i`` at this position (None: not symmetric)."""
+    def cls(self, i, position) -> int | None:
+        """The class of CPU ``i`` at ``position`` (None: not symmetric), the
+        position fingerprinted with its own identity abstracted
+        (:meth:`fingerprint`)."""
         if i not in self.group_of:
             return None
-        a = self.space.w.actors[i]
-        if gen is None:
-            key = (self.group_of[i], "done", freeze(ret, self.opaque[i]))
-        else:
-            key = (self.group_of[i], frames(gen, self.opaque[i], a.vcpu, self.space.liveness),
-                   freeze(op, self.opaque[i]))
+        key = (self.group_of[i],) + position
         c = self.classes.get(key)
         if c is None:
             c = self.classes[key] = len(self.classes)
         return c
+
+    def fingerprint(self, i):
+        """(opaque names, own vCPU) to fingerprint member ``i``'s position
+        with: its own parts named by role, its ``vcpu`` locals "<self>".
+        For one CPU that is a renaming, one to one, so the fingerprint names
+        its position as well as the concrete one would, and is its class's
+        key: the search computes it once for both.  None when ``i`` is not
+        a member of a group."""
+        if i not in self.group_of:
+            return None
+        return self.opaque[i], self.space.w.actors[i].vcpu
 
     # -- canonical states --------------------------------------------------------------
     def canon(self, s):
@@ -128,6 +140,21 @@ class Symmetry:
         """The CPU positions ``nodes`` with each group's members sorted by
         class: (the renaming ``to``, the positions renamed), or ``_OWN`` when
         they are sorted already.  A function of the positions alone."""
+        key = tuple([nodes[i] for i in self.members])
+        out = self.arranged.get(key)
+        if out is None:
+            out = self.arranged[key] = self._arrange(nodes)
+        if out is _OWN:
+            return _OWN
+        to, moved = out
+        new_nodes = list(nodes)
+        for c, nid in moved:
+            new_nodes[c] = nid
+        return to, tuple(new_nodes)
+
+    def _arrange(self, nodes):
+        """:meth:`arrange`, as (the renaming, the new node of each member),
+        which depends on the members' positions alone."""
         allnodes = self.space.nodes
         to = None
         for g in self.groups:
@@ -148,10 +175,8 @@ class Symmetry:
         if to is None:
             return _OWN
         to = tuple(to)
-        new_nodes = [None] * len(nodes)
-        for c, nid in enumerate(nodes):
-            new_nodes[to[c]] = nid if to[c] == c else self.node_as(to[c], nid)
-        return to, tuple(new_nodes)
+        return to, tuple((to[c], self.node_as(to[c], nodes[c])) for c in self.members
+                         if to[c] != c)
 
     def rename(self, mid, to) -> int:
         """Machine ``mid`` with CPU ``c`` renamed ``to[c]`` (memoised)."""
