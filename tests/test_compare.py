@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -505,6 +506,23 @@ def test_bad_lookups(cmp):
         C.scaled_scenario(9)
     with pytest.raises(S2ptError, match="schedule step 0"):
         C.run_costs("collapse-vs-fault", "rcu", "7")
+
+
+def test_a_cost_run_gives_up_long_after_every_clean_run_ends():
+    """The shipped comparison's cost runs: a run that finished took at most
+    a fifth of the steps a cost run may take (run.RUN_STEPS), so the bound
+    cuts short only runs that would never finish; and a run that did not
+    finish took every one of them, in a cell whose exhaustive search found
+    the livelock."""
+    doc = json.loads((Path(__file__).resolve().parent.parent / "notebooks" / "data"
+                      / "compare.json").read_text())
+    done = [r["steps"] for c in doc["costs"] for r in c.get("runs", ()) if r["outcome"] == "done"]
+    assert done and max(done) <= C.run.RUN_STEPS // 5
+    stuck = [(c, r) for c in doc["costs"] for r in c.get("runs", ()) if r["outcome"] != "done"]
+    assert stuck, "no scheme livelocks on the cost scenario any more: this test checks nothing"
+    for c, r in stuck:
+        assert r["outcome"] == "livelock" and r["steps"] == C.run.RUN_STEPS
+        assert c["verdict"] == "livelock" and c["complete"], c["scheme"]
 
 
 @pytest.mark.slow                  # three compare() searches at 3 vCPUs, and the same again
