@@ -112,12 +112,17 @@ class Reduction:
         can reach the page depends on the other CPUs."""
         if not self.on:
             return None
-        candidate = self.candidate
+        memo, base = self.memo, mid << NODE_BITS
         for i in enabled:
-            c = candidate(mid, i, nodes[i])
-            if c == _ALWAYS:
-                return i
-            if c != _NEVER and not self.space.others_reach(mid, nodes, i, c, self._fails) \
+            nid = nodes[i]
+            c = memo.get(base | nid)                 # candidate(), inline: once a state
+            if c is None:
+                c = memo[base | nid] = self._candidate(mid, i, nid)
+            if type(c) is int:
+                if c == _ALWAYS:
+                    return i
+                continue                             # _NEVER
+            if not self.space.others_reach(mid, nodes, i, c, self._fails) \
                     and not self.space.queued_reach(mid, i, c):
                 return i
         return None

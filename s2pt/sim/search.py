@@ -843,7 +843,7 @@ class StateSpace:
         """Let go of everything the search built, once it is over.  The
         space, its reduction and its symmetry point at each other, so
         without this their millions of tuples would wait for the cycle
-        collector, which would traverse them all (_collector_paused): now
+        collector, which would traverse them all (collector_paused): now
         reference counting frees them at once."""
         for part in (self.por, self.sym):
             if part is not None:
@@ -1354,12 +1354,28 @@ class _Packed:
     def nodes_fn(self):
         """:meth:`nodes` as a function unrolled for this many CPUs (the
         search calls it once a state)."""
-        m, b = NODE_MASK, NODE_BITS
+        m, b, b2, b3, b4, b5 = NODE_MASK, NODE_BITS, 2 * NODE_BITS, 3 * NODE_BITS, \
+            4 * NODE_BITS, 5 * NODE_BITS
         return {1: lambda nk: (nk & m,),
                 2: lambda nk: (nk & m, nk >> b),
-                3: lambda nk: (nk & m, (nk >> b) & m, nk >> 2 * b),
-                4: lambda nk: (nk & m, (nk >> b) & m, (nk >> 2 * b) & m, nk >> 3 * b),
+                3: lambda nk: (nk & m, (nk >> b) & m, nk >> b2),
+                4: lambda nk: (nk & m, (nk >> b) & m, (nk >> b2) & m, nk >> b3),
+                5: lambda nk: (nk & m, (nk >> b) & m, (nk >> b2) & m, (nk >> b3) & m, nk >> b4),
+                6: lambda nk: (nk & m, (nk >> b) & m, (nk >> b2) & m, (nk >> b3) & m,
+                               (nk >> b4) & m, nk >> b5),
                 }.get(self.n, self.nodes)
+
+    def packer(self):
+        """The node ids of a state (a tuple) packed, as :meth:`pack` of
+        machine 0 does, unrolled for this many CPUs."""
+        b, b2, b3, b4, b5 = NODE_BITS, 2 * NODE_BITS, 3 * NODE_BITS, 4 * NODE_BITS, 5 * NODE_BITS
+        return {1: lambda t: t[0],
+                2: lambda t: t[0] | t[1] << b,
+                3: lambda t: t[0] | t[1] << b | t[2] << b2,
+                4: lambda t: t[0] | t[1] << b | t[2] << b2 | t[3] << b3,
+                5: lambda t: t[0] | t[1] << b | t[2] << b2 | t[3] << b3 | t[4] << b4,
+                6: lambda t: t[0] | t[1] << b | t[2] << b2 | t[3] << b3 | t[4] << b4 | t[5] << b5,
+                }.get(self.n, lambda t: self.pack((0, t)))
 
     def unpack(self, k) -> tuple:
         return (k >> self.mshift, self.nodes(k & self.nmask))
@@ -1418,7 +1434,30 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     seen = {(states[0], None) if bound is not None else states[0]: 0}
     # States in order of depth in steps (a run is as deep as its length),
     # then of discovery: with runs of one step, breadth-first order.
-    queue = [(0, 0)]
+    # (A bucket per depth, each expanded in order of state id, as a heap of
+    # (depth, id) pairs would: pushes only ever go deeper than the bucket
+    # being expanded, since every transition is at least one step.)
+    buckets = {0: [0]}
+    levels = [0]                 # the depths that have a bucket (a heap)
+    queued = 1
+
+    def queue():
+        nonlocal queued
+        while levels:
+            d = heappop(levels)
+            for sid in sorted(buckets.pop(d)):
+                queued -= 1
+                yield d, sid
+
+    def push(d, sid):
+        nonlocal queued
+        queued += 1
+        b = buckets.get(d)
+        if b is None:
+            buckets[d] = [sid]
+            heappush(levels, d)
+        else:
+            b.append(sid)
     found: dict = {}
     transitions = terminals = bound_hits = 0
     complete = True
@@ -1433,7 +1472,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
     # after it), which a canonical state keeps in class order.
     neighbours = {g[k]: (g[k - 1] if k else None, g[k + 1] if k + 1 < len(g) else None)
                   for g in (sym.groups if sym is not None else ()) for k in range(len(g))}
-    enabled_at, step, pack = space.enabled_at, space._step, pk.pack
+    enabled_at, step, pack_nodes = space.enabled_at, space._step, pk.packer()
     unpack, nodes_of = pk.unpack, pk.nodes_fn()
     private_in = por.private_in if por is not None and por.on else None
     goes_on = por.goes_on if private_in is not None else None
@@ -1491,7 +1530,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 after = list(nodes)
                 after[i] = child
                 to, canon = sym.arrange(after)
-                return (sym.rename(cmid, to) << mshift) | pack((0, canon)), to
+                return (sym.rename(cmid, to) << mshift) | pack_nodes(canon), to
         return (cmid << mshift) | (nk + ((child - nid) << shifts[i])), None
 
     def run_step(mid, nk, nodes, i):
@@ -1506,8 +1545,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         first, m, n, count = r
         return place(mid, nk, nodes, i, m, n) + (first, count)
 
-    while queue:
-        d, sid = heappop(queue)
+    for d, sid in queue():
         if d != depth[sid]:
             continue                           # found again, shallower, and queued again
         k = states[sid]
@@ -1517,7 +1555,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             order.append(sid)
         if not (sid & 1023):
             if progress is not None:
-                progress(len(states), depth[sid], len(queue))
+                progress(len(states), depth[sid], queued)
             if cancel is not None and cancel():
                 complete = False
                 break
@@ -1589,7 +1627,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 else:
                     run_of.pop(old, None)
                 depth[old] = depth[sid] + count
-                heappush(queue, (depth[old], old))
+                push(depth[old], old)
             if old is not None and (bound is None or pre[old] <= p):
                 if graph:
                     if to is not None:
@@ -1621,7 +1659,7 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
             perm.append(to)
             depth.append(depth[sid] + count)
             pre.append(p)
-            heappush(queue, (depth[new], new))
+            push(depth[new], new)
         if first_only and found:
             complete = False
             break
@@ -2170,14 +2208,16 @@ def _serial_run(space, s, c, first):
 
 
 @contextmanager
-def _collector_paused():
+def collector_paused():
     """Python's cycle collector off for the duration, back on after (if it
     was on).  A search's state space is millions of tuples, nodes and dicts
     that live as long as the search: each collection of the older
     generations traverses all of them again, for nothing, since a step
-    makes no cyclic garbage (the space itself is the only cycle, and is
-    collected once the search returns).  Measured: a quarter of the time
-    of the searches that fingerprint most positions."""
+    makes no cyclic garbage (the space itself is the only cycle, and
+    StateSpace.release breaks it).  Measured: a quarter of the time of the
+    searches that fingerprint most positions, and of a cost cell's recorded
+    runs (s2pt.comparison), whose few Worlds are collected once it is back
+    on."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -2252,7 +2292,7 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     # The search allocates millions of small tuples that live as long as it
     # does and none that form cycles: the cycle collector would only
     # traverse them again and again (a quarter of a search's time).
-    with _collector_paused():
+    with collector_paused():
         max_steps = template.max_steps
         name = getattr(template.scenario, "name", "?")
         scheme = getattr(template.scheme, "name", "?")
