@@ -262,6 +262,34 @@ class _NullLog:
         return 0
 
 
+class History:
+    """The results a CPU was fed on its way to a position (and, for an
+    impure CPU, the machine state each left), as a sequence of ``(result,
+    machine state)`` entries: the entries after its parent's history, and
+    that parent.  A new position's history is one entry longer than the
+    last; copying the whole tuple each time made a CPU's thousand-step walk
+    cost a million copied entries, and as much memory."""
+    __slots__ = ("parent", "tail", "n")
+
+    def __init__(self, parent, tail: tuple):
+        self.parent, self.tail = parent, tail
+        self.n = len(tail) + (parent.n if parent is not None else 0)
+
+    def __iter__(self):
+        parts, h = [], self
+        while h is not None:
+            parts.append(h.tail)
+            h = h.parent
+        for tail in reversed(parts):
+            yield from tail
+
+    def __len__(self):
+        return self.n
+
+    def __add__(self, more):
+        return History(self, tuple(more))
+
+
 class Node:
     """One CPU's suspended position: its next operation and how it got here
     (``key``: its fingerprint, the frozen frames; ``pointers``: the table
@@ -521,6 +549,8 @@ class StateSpace:
         return (frames(gen, opaque, vcpu, self.liveness), freeze(op, opaque))
 
     def _node_from(self, i, gen, op, hist, ret, mstate):
+        if type(hist) is not History:
+            hist = History(None, tuple(hist))
         position = self._position(i, gen, op, ret)
         key = (i,) + position
         nid = self.node_ids.get(key)
@@ -535,7 +565,7 @@ class StateSpace:
             if self.sym is not None:
                 node.cls = self.sym.cls(i, position)
             if self.impure[i] and not hist:
-                node.hist = ((None, mstate),)
+                node.hist = History(None, ((None, mstate),))
             self.nodes.append(node)
             self.run.append(_DONE if gen is None else
                             _MAY_BLOCK if op[0] in BLOCKING else _RUNS)
@@ -565,12 +595,12 @@ class StateSpace:
         m = self.m
         gen = self.w.actors[i].start()
         impure = self.impure[i]
+        entries = iter(hist)
         if impure:
             self.live.forget("st")
-            self._restore(hist[0][1])
-            hist = hist[1:]
+            self._restore(next(entries)[1])
         op = gen.send(None)
-        for result, mstate in hist:
+        for result, mstate in entries:
             if impure:
                 self.live.forget("st")       # the code between yields changed observers
                 self._restore(mstate)
@@ -602,13 +632,14 @@ class StateSpace:
             if not done and child >= 0 and child not in self.spare:
                 self.spare[child] = gen          # a second generator at the child
         else:
-            hist = node.hist + ((result, mstate if self.impure[i] else None),)
+            entry = (result, mstate if self.impure[i] else None)
+            hist = node.hist + (entry,)
             child = self._node_from(i, None if done else gen, op2, hist, ret, None)
             cn = self.nodes[child]
             if cn.hid is None and cn.hist is hist and node.hid is not None:
                 # A new node with this history: its id is one entry on from
                 # the parent's (what _hist_id would find walking all of it).
-                cn.hid = self._hist_next(node.hid, hist[-1])
+                cn.hid = self._hist_next(node.hid, entry)
         post = self.machine_state(full=True) if self.impure[i] else None
         return (child, (), post)
 

@@ -191,12 +191,25 @@ def stack_names(gen) -> tuple:
     """The kernel function names on a suspended generator's ``yield from``
     chain, outermost first."""
     out = []
-    for _, f in _chain(gen):
+    names = _NAMES
+    while gen is not None:
+        f = gen.gi_frame
+        if f is None:
+            break
         code = f.f_code
-        name = DISPLAY.get(code, code.co_name)
-        if name is not None:
-            out.append(name)
+        e = names.get(id(code))
+        if e is None or e[0] is not code:
+            e = names[id(code)] = (code, DISPLAY.get(code, code.co_name))
+        if e[1] is not None:
+            out.append(e[1])
+        gen = gen.gi_yieldfrom if type(gen) is types.GeneratorType else None
     return tuple(out)
+
+
+#: id(code) -> (code, its name in a stack: DISPLAY's, else its own, None to
+#: hide it).  Keyed by id, checked by identity: hashing a code object hashes
+#: its bytecode and constants, and this runs at every step of a search.
+_NAMES: dict = {}
 
 
 def _walk_frames() -> dict:
@@ -338,18 +351,18 @@ def frames(gen, opaque: dict, vcpu=None, live: bool = True) -> tuple:
 
 #: A local that is not bound at this point of the frame.
 _UNBOUND = object()
-#: (code, offset) -> the names live_after() gives, sorted; None: every local.
+#: (id(code), offset) -> (code, the names live_after() gives, sorted; None:
+#: every local).
 _LIVE_SORTED: dict = {}
 
 
 def _live_names(code, lasti):
-    key = (code, lasti)
-    try:
-        return _LIVE_SORTED[key]
-    except KeyError:
+    key = (id(code), lasti)                  # (see _NAMES)
+    e = _LIVE_SORTED.get(key)
+    if e is None or e[0] is not code:
         names = live_after(code, lasti)
-        out = _LIVE_SORTED[key] = None if names is None else tuple(sorted(names))
-        return out
+        e = _LIVE_SORTED[key] = (code, None if names is None else tuple(sorted(names)))
+    return e[1]
 
 
 def _without(v, attr: str, opaque: dict, memo: dict):
