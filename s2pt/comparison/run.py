@@ -35,8 +35,8 @@ from ..errors import S2ptError
 from ..explorer import explore, world as _world
 from ..scenarios import SCENARIOS, SOMETIMES, get_scenario
 from ..schemes import SCHEMES
-from ..sim.search import (MAX_RUNS, NEVER_ARISES, collector_paused, declaration_mismatches,
-                          pct_chooser, random_chooser)
+from ..sim.search import (MAX_RUNS, NEVER_ARISES, declaration_mismatches, pct_chooser,
+                          random_chooser)
 from ..sim.violation import KINDS
 from .cache import ResultCache
 from .costs import RunCosts, logging_off_refaults, run_costs, summarise, usage
@@ -318,8 +318,7 @@ def _cost_cell(scheme: str, n: int, out: dict | None, runs: dict | None) -> Cost
 
 def _timed_cost_runs(scheme: str, n: int, runs: int, seed: int) -> dict:
     t0 = time.perf_counter()
-    with collector_paused():         # a recorded run's events: a quarter of its time
-        out = cost_runs_job(scheme, n, runs, seed)
+    out = cost_runs_job(scheme, n, runs, seed)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 

@@ -2246,9 +2246,9 @@ def collector_paused():
     generations traverses all of them again, for nothing, since a step
     makes no cyclic garbage (the space itself is the only cycle, and
     StateSpace.release breaks it).  Measured: a quarter of the time of the
-    searches that fingerprint most positions, and of a cost cell's recorded
-    runs (s2pt.comparison), whose few Worlds are collected once it is back
-    on."""
+    searches that fingerprint most positions.  (Not worth it for a few
+    recorded runs: what they allocate is collected when it is back on, at
+    about the cost the pause saved.)"""
     was = gc.isenabled()
     gc.disable()
     try:
