@@ -1734,6 +1734,7 @@ def _by_state(order, estart, edst, ecpu, eperm, ecount):
     new_of[old] = np.arange(len(old), dtype=np.int64)
     nd = np.frombuffer(edst, dtype=np.int64)[old]
     nc = np.frombuffer(ecpu, dtype=np.int8)[old]
+
     def moved(d):
         keys = np.fromiter(d, dtype=np.int64, count=len(d))
         return dict(zip(new_of[keys].tolist(), d.values()))
