@@ -98,16 +98,16 @@ def audit_fields(obj, fixed: bool = True) -> dict:
         skip.update(getattr(obj, "sim_fixed", ()))
     fields = getattr(obj, "__dict__", None)
     if fields is None:
-        return {s: getattr(obj, s) for s in _slots(type(obj)) if s not in skip}
+        return {s: getattr(obj, s) for s in all_slots(type(obj)) if s not in skip}
     out = {k: v for k, v in fields.items() if k not in skip}
-    for s in _slots(type(obj)):
+    for s in all_slots(type(obj)):
         if s not in skip and s != "__dict__" and hasattr(obj, s):
             out[s] = getattr(obj, s)
     return out
 
 
 @functools.cache
-def _slots(cls) -> tuple:
+def all_slots(cls) -> tuple:
     """The ``__slots__`` of ``cls`` and its bases (a class's slots never
     change: the checking mode asks once per class)."""
     out = []

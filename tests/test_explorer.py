@@ -846,3 +846,31 @@ def test_no_progress_debris_after_a_search():
     p.done()
     buf.write("found: nothing")
     assert _screen(buf.getvalue()).rstrip() == "found: nothing"
+
+
+def test_a_search_gives_the_cycle_collector_back_as_it_found_it():
+    """A search pauses Python's cycle collector (s2pt.sim.search's
+    collector_paused) and must hand it back: on if it was on, off if the
+    caller had turned it off, and on again after a search that stops with
+    an error half-way."""
+    import gc
+    assert gc.isenabled()
+    s2pt.explore("collapse-vs-fault", "rcu", details=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        s2pt.explore("collapse-vs-fault", "rcu", details=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def stop():
+        raise RuntimeError("cancel() failed")
+    with pytest.raises(RuntimeError, match="cancel"):
+        s2pt.explore("collapse-vs-fault-3", "none", details=False, cancel=stop)
+    assert gc.isenabled()
+    # What the search built is freed by reference counting when it ends:
+    # the collector finds next to nothing of it afterwards.
+    gc.collect()
+    s2pt.explore("collapse-vs-fault-3", "none", details=False)
+    assert gc.collect() < 1000

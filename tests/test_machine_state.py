@@ -273,7 +273,7 @@ def test_an_object_is_fingerprinted_by_every_slot_of_its_class_and_its_bases():
     """A subclass's __slots__ names only its own fields: HostMapData (the
     host's struct stage2_map_data) was fingerprinted without the fields of
     Stage2MapData, so two host walks mapping different PAs were one
-    position.  Every slot counts, base first, and the dead-field variant
+    position.  Every slot counts, and the dead-field variant
     (liveness) sees them too."""
     from s2pt.pgtable import Stage2MapData
     from s2pt.pkvm import HostMapData

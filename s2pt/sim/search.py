@@ -396,7 +396,8 @@ class StateSpace:
         ids = []
         for i in range(self.n):
             gen = w.cpus[i]
-            ids.append(self._node_from(i, gen, w.pending[i], (), w.results[i], mstate))
+            ids.append(self._node_from(i, gen, w.pending[i], History(None, ()), w.results[i],
+                                       mstate))
         self.live.mid = self._intern(mstate)
         self.initial = (self.live.mid, tuple(ids))
 
@@ -549,8 +550,6 @@ class StateSpace:
         return (frames(gen, opaque, vcpu, self.liveness), freeze(op, opaque))
 
     def _node_from(self, i, gen, op, hist, ret, mstate):
-        if type(hist) is not History:
-            hist = History(None, tuple(hist))
         position = self._position(i, gen, op, ret)
         key = (i,) + position
         nid = self.node_ids.get(key)

@@ -28,7 +28,7 @@ from ..invariants import reachable_tables
 from ..memory import MemCache
 from ..ops import ADDR, DISPLAY, SYNC, View, desc_text, kernel_path, loc_text, op_text
 from .. import validate
-from ..snapshot import Stateless
+from ..snapshot import Stateless, all_slots
 from .liveness import live_after, overwritten
 from .state import MachineState, check_part, observer_parts
 from .sync import SimMachine, rcu_next_callback
@@ -192,17 +192,13 @@ def stack_names(gen) -> tuple:
     chain, outermost first."""
     out = []
     names = _NAMES
-    while gen is not None:
-        f = gen.gi_frame
-        if f is None:
-            break
+    for _, f in _chain(gen):
         code = f.f_code
         e = names.get(id(code))
         if e is None or e[0] is not code:
             e = names[id(code)] = (code, DISPLAY.get(code, code.co_name))
         if e[1] is not None:
             out.append(e[1])
-        gen = gen.gi_yieldfrom if type(gen) is types.GeneratorType else None
     return tuple(out)
 
 
@@ -387,9 +383,9 @@ _HOW: dict = {}
 def _how(t, v) -> tuple:
     """(kind, the slots) of how :func:`freeze` takes a value ``v`` of type
     ``t`` apart, memoised on the type.  An object with ``__slots__`` and no
-    ``__dict__`` is every slot of its class and of its bases, base first (a
-    subclass's ``__slots__`` names only its own: HostMapData's would leave
-    out Stage2MapData's)."""
+    ``__dict__`` is every slot of its class and of its bases
+    (:func:`s2pt.snapshot.all_slots`: a subclass's ``__slots__`` names only
+    its own, and HostMapData's would leave out Stage2MapData's)."""
     how = _HOW.get(t)
     if how is not None:
         return how
@@ -411,13 +407,8 @@ def _how(t, v) -> tuple:
     elif hasattr(t, "dtype") and hasattr(t, "item"):
         kind = _NUMPY                    # a numpy scalar (a 0-d value) or array
     elif "__slots__" in vars(t) and not hasattr(v, "__dict__"):
-        kind, names = _SLOTS, []
-        for c in reversed(t.__mro__):
-            own = vars(c).get("__slots__", ())
-            for s in ((own,) if isinstance(own, str) else own):
-                if s not in ("__dict__", "__weakref__") and s not in names:
-                    names.append(s)
-        slots = tuple(names)
+        kind = _SLOTS
+        slots = tuple(s for s in all_slots(t) if s != "__weakref__")
     else:
         kind = _OBJ
     how = _HOW[t] = (kind, slots)
