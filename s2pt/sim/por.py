@@ -43,6 +43,24 @@ A step is private when
   every order, changes nothing, and leads to the same next position; it
   commutes with the private step, and so does everything after it.
 
+One kind of holder is confined (``Reduction._confined``), on a table with no
+walker hooks (``mm_ops.table_enter``): a CPU whose every pointer into those
+pages is held inside walks of the one walker whose visitor only reads and
+rewrites the entry it visits (``stage2_attr_walker``: mkyoung, relax_perms,
+wrprotect; ``leaf_walker``) and that visit no table entry (no ``TABLE_PRE``
+or ``TABLE_POST``).  Such a walk touches, from here on, only entries of the
+range it still has to walk ([``data.addr``, ``data.end``)), at whatever
+level: the entries at those indices, and those its locals point at.  It
+takes, drops or reads no page reference, frees nothing, and writes only
+leaves, so it cannot publish a pointer.  A step that touches none of those
+entries (or only a page's reference count) commutes with everything such a
+holder can still do, and with what every CPU that holds no pointer can do:
+it is private all the same.  The confined holders' entries go with the run
+that follows (its ``scope``), since whether it goes on depends on them.
+(The three readers of ``collapse-vs-fault-4`` that raced into the unlinked
+table are such holders: each will read one entry and may set its access
+flag, while the collapsing CPU frees the other 511.)
+
 A CPU that has just stepped alone usually goes on alone: the free walk is
 512 private steps in a row.  ``goes_on`` answers for it without looking
 at the other CPUs again when nobody else moved and the step is guarded by
@@ -63,7 +81,9 @@ checks that every verdict agrees.
 
 from __future__ import annotations
 
+from .. import pgtable as pt
 from .state import NODE_BITS
+from .world import WALK_FRAMES
 
 __all__ = ["Reduction"]
 
@@ -74,6 +94,10 @@ ON_PAGE = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", 
                      "get_page", "put_page", "page_count", "page_private", "set_page_private",
                      "walker_get", "walker_get_unless_zero", "walker_put"})
 
+
+#: The operations of ON_PAGE that access one descriptor (the others touch
+#: the page's counts or private data).
+ON_ENTRY = frozenset({"READ_ONCE", "WRITE_ONCE", "smp_store_release", "cmpxchg", "xchg"})
 
 #: Codes of Reduction._candidate besides a set of pfns.
 _ALWAYS, _NEVER = -1, -2
@@ -102,10 +126,18 @@ class Reduction:
         self.i_freed = 1 + fields.index("freed")
         self.i_walkers = 1 + fields.index("walkers")
         self.pgd = {p.pfn for p in space.pgt.pgd_pages}
+        # Confined holders (see _confined): only on a table whose walks take
+        # no walker reference on the way down.
+        self.confining = space.pgt.mm_ops.table_enter is None
+        self.confined: dict = {}        # node id -> what _confined says
+        self.page_mask = space.pgt.page_size - 1
 
     def private_in(self, mid, nodes, enabled):
-        """A CPU of ``enabled`` whose next step is private on machine ``mid``
-        with the CPUs at ``nodes`` (a state of s2pt.sim.search), or None.
+        """(CPU, scope) for a CPU of ``enabled`` whose next step is private on
+        machine ``mid`` with the CPUs at ``nodes`` (a state of
+        s2pt.sim.search), or None.  ``scope``: None, or the entry indices of
+        the confined holders the step does not touch (see the module
+        docstring), which the run that follows must not touch either.
         What a step's own page says (allocated, unlinked, not cached, not
         its last reference, the pages that lead to it) is a function of the
         machine and the CPU's position, memoised on the pair; only who else
@@ -113,6 +145,7 @@ class Reduction:
         if not self.on:
             return None
         memo, base = self.memo, mid << NODE_BITS
+        space = self.space
         for i in enabled:
             nid = nodes[i]
             c = memo.get(base | nid)                 # candidate(), inline: once a state
@@ -120,12 +153,106 @@ class Reduction:
                 c = memo[base | nid] = self._candidate(mid, i, nid)
             if type(c) is int:
                 if c == _ALWAYS:
-                    return i
+                    return i, None
                 continue                             # _NEVER
-            if not self.space.others_reach(mid, nodes, i, c, self._fails) \
-                    and not self.space.queued_reach(mid, i, c):
-                return i
+            if space.queued_reach(mid, i, c):
+                continue
+            if not space.others_reach(mid, nodes, i, c, self._fails):
+                return i, None
+            if self.confining:
+                scope = self._scope(mid, nodes, i, c)
+                if scope is not None:
+                    return i, scope
         return None
+
+    def _scope(self, mid, nodes, i, guard):
+        """The entry indices of the confined holders of ``guard`` when every
+        other holder does not count and CPU ``i``'s next step touches none
+        of those entries; else None."""
+        op = self.space.nodes[nodes[i]].op
+        entry = (op[1] & self.page_mask) >> 3 if op[0] in ON_ENTRY else None
+        scope = set()
+
+        def harmless(mid_, j, nid, g):
+            if self._fails(mid_, j, nid, g):
+                return True
+            x = self.confined.get(nid)
+            if x is None:
+                x = self.confined[nid] = self._confined(j, nid)
+            if x is False or entry in x:
+                return False
+            scope.update(x)
+            return True
+
+        if self.space.others_reach(mid, nodes, i, guard, harmless):
+            return None
+        return frozenset(scope)
+
+    def _confined(self, j, nid):
+        """The entry indices CPU ``j`` at node ``nid`` may still touch in any
+        unlinked table it points into, when it is a confined holder (see the
+        module docstring); else False.  A function of the node alone: what
+        its frozen frames say (``Node.key``: the live locals of each frame)."""
+        space = self.space
+        if space.impure[j]:
+            return False
+        node = space.nodes[nid]
+        if node.done:
+            return False
+        frames, op = node.key[1], node.op
+        pgt = space.pgt
+        out, inside = set(), False
+        for code, _lasti, items in frames:
+            how = WALK_FRAMES.get(code)
+            if how is None and not inside:
+                continue              # above every walk: may hold no table pointer (below)
+            if how is None:
+                if code not in CONFINED_CODE:
+                    return False      # some other code below a walk
+            else:
+                inside = True
+                seen = False
+                for name, v in items:
+                    if name not in ("walker", "data"):
+                        continue
+                    walker = v[1] if name == "data" else v
+                    if not _confining_walker(walker):
+                        return False
+                    seen = True
+                    if name == "data":
+                        if not _range_indices(pgt, v[3], v[4], out):
+                            return False
+                if not seen:
+                    return False      # a walk frame whose walker cannot be read
+            self._entries_of(items, out)
+        if not inside:
+            return False
+        # Above the outermost walk: no table pointer at all.
+        for code, _lasti, items in frames:
+            if code in WALK_FRAMES:
+                break
+            if space._pfns_in(items):
+                return False
+        if op is not None:
+            self._entries_of(op, out)
+        return frozenset(out)
+
+    def _entries_of(self, value, out: set):
+        """Add to ``out`` the entry index of every integer anywhere in
+        ``value`` (nested tuples, as frozen) that points into a table page:
+        an entry pointer's own, a table pointer's or descriptor's 0."""
+        space = self.space
+        amask, shift, index, pmask = self.space.pgt.addr_mask, space.shift, space.index, \
+            self.page_mask
+        todo = [value]
+        while todo:
+            v = todo.pop()
+            if type(v) is tuple:
+                todo.extend(v)
+            elif type(v) is int:
+                a = v & amask
+                if (a >> shift) in index:
+                    out.add((a & pmask) >> 3)
 
     def goes_on(self, mid, i, op, guard, mid0):
         """The guard of CPU ``i``'s next step ``op`` on machine ``mid`` when it
@@ -145,10 +272,18 @@ class Reduction:
         c = self._guard(mid, i, op)
         if c == _ALWAYS:
             return c
+        scope = None
+        if type(guard) is tuple:
+            # Confined holders reach these pages: not the entries of ``scope``.
+            guard, scope = guard
+            if op[0] in ON_ENTRY and (op[1] & self.page_mask) >> 3 in scope:
+                return None
         if c == _NEVER or type(guard) is not frozenset or not c <= guard:
             return None
         m, m0 = self.space.mstates[mid], self.space.mstates[mid0]
-        return c if m[3] == m0[3] and m[4] == m0[4] else None      # locks and RCU queue; TLBs
+        if m[3] != m0[3] or m[4] != m0[4]:          # locks and RCU queue; TLBs
+            return None
+        return c if scope is None else (c, scope)
 
     def _fails(self, mid, j, nid, guard) -> bool:
         """Is CPU ``j`` at node ``nid`` a holder that does not count (see the
@@ -225,3 +360,38 @@ class Reduction:
         if any(pfn in mc for mc in ms[2]):
             return _NEVER
         return space.ancestors_of(ms[0], pfn)
+
+
+#: Code below a confining walk's frames: its visitors and what they call.
+CONFINED_CODE = frozenset({pt.stage2_attr_walker.__code__, pt.stage2_try_set_pte.__code__,
+                           pt.leaf_walker.__code__, pt.kvm_pgtable_walk_begin.__code__,
+                           pt.kvm_pgtable_walk_end.__code__})
+
+
+def _confining_walker(walker) -> bool:
+    """Is ``walker`` (a Walker, as frozen: type, cb, arg, flags, bulk) a walk
+    whose visitor only touches the leaf it visits, and no table entry?"""
+    if type(walker) is not tuple or len(walker) != 5 or walker[0] is not pt.Walker:
+        return False
+    cb, flags = walker[1], walker[3]
+    return cb in CONFINED_CODE and type(flags) is int \
+        and not flags & (pt.TABLE_PRE | pt.TABLE_POST)
+
+
+def _range_indices(pgt, addr, end, out: set) -> bool:
+    """Add to ``out`` the index, at every level, of each entry that covers an
+    address of [addr, end) (what a walk with that much left can still
+    visit).  False when that is every index of some level (or the range
+    cannot be read): no confinement worth the name."""
+    if type(addr) is not int or type(end) is not int:
+        return False
+    if addr >= end:
+        return True
+    ptrs = pgt.ptrs_per_pte
+    for level in range(pgt.start_level, 4):
+        shift = pgt.granule_shift[level]
+        first, last = addr >> shift, (end - 1) >> shift
+        if last - first + 1 >= ptrs:
+            return False
+        out.update(k & (ptrs - 1) for k in range(first, last + 1))
+    return True

@@ -383,6 +383,7 @@ class StateSpace:
         self.hist_ids: dict = {}
         #: (machine id, CPU, history id) -> a run of private steps from there (run_alone).
         self.runs: dict = {}
+        self.scoped_runs: dict = {}       # scope -> its runs (run_alone)
         #: (CPU, history id) -> what the CPU's (pure) program does, fed that
         #: history: (next op, its stack, done, return value, violations); and
         #: the node made there, if any (run_alone).
@@ -697,7 +698,7 @@ class StateSpace:
             x = ids[(h, entry)] = len(ids) + 1
         return x
 
-    def run_alone(self, mid, nid, i, guard, goes_on, cap):
+    def run_alone(self, mid, nid, i, guard, goes_on, cap, scope=None):
         """CPU ``i`` takes its step at node ``nid`` on machine ``mid``, then
         goes on stepping while ``goes_on(mid, i, op, guard, mid0)`` gives the
         guard of its next step (s2pt.sim.por: private for the same reason as
@@ -719,10 +720,13 @@ class StateSpace:
         history (:meth:`_hist_id`), and so on every position it passes: a
         run that starts there later, because the CPU got there a step at a
         time while some other CPU could still reach its page, goes on for
-        the same reasons and ends where this one does."""
+        the same reasons and ends where this one does.  ``scope``: the
+        entries confined holders may touch (s2pt.sim.por), which decide
+        where the run ends too: part of every key."""
         node = self.nodes[nid]
         hid = self._hist_id(node)
-        r = self.runs.get((mid, i, hid))
+        runs = self.runs if scope is None else self.scoped_runs.setdefault(scope, {})
+        r = runs.get((mid, i, hid))
         if r is not None:
             return r
         m, needs, ids, prog = self.m, self.needs, self.hist_ids, self.prog
@@ -778,7 +782,7 @@ class StateSpace:
                 m.violations.clear()
                 self._invalidate()
                 if not count:
-                    self.runs[(mid, i, hid)] = False
+                    runs[(mid, i, hid)] = False
                     return False
                 self.restore(cur)            # the program has not seen the result
                 break
@@ -802,7 +806,7 @@ class StateSpace:
             if p[4]:
                 self._invalidate()
                 if not count:
-                    self.runs[(mid, i, hid)] = False
+                    runs[(mid, i, hid)] = False
                     return False
                 self.restore(cur)
                 break
@@ -833,7 +837,6 @@ class StateSpace:
         elif gen is not None and not done:
             self.gens.setdefault(end, live())
         passed.pop()                          # the end: a run from there goes on from scratch
-        runs = self.runs
         r = runs[passed[0]] = ((cur, end, (), first), cur, end, count)
         for k in range(1, len(passed)):
             runs[passed[k]] = ((cur, end, (), None), cur, end, count - k)
@@ -1563,13 +1566,15 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
                 return (sym.rename(cmid, to) << mshift) | pack_nodes(canon), to
         return (cmid << mshift) | (nk + ((child - nid) << shifts[i])), None
 
-    def run_step(mid, nk, nodes, i):
+    def run_step(mid, nk, nodes, i, scope):
         """CPU ``i``'s run of private steps (s2pt.sim.por) from (``mid``,
-        ``nodes``; ``nk`` packed), as (packed state, renaming, the first
-        step's transition, length); None when its first step is a
-        violation."""
+        ``nodes``; ``nk`` packed), not touching the entries ``scope`` (None:
+        no confined holder), as (packed state, renaming, the first step's
+        transition, length); None when its first step is a violation."""
         nid = nodes[i]
-        r = run_alone(mid, nid, i, candidate(mid, i, nid), goes_on, RUN_CAP)
+        guard = candidate(mid, i, nid)
+        r = run_alone(mid, nid, i, guard if scope is None else (guard, scope), goes_on,
+                      RUN_CAP, scope)
         if not r:
             return None
         first, m, n, count = r
@@ -1604,7 +1609,8 @@ def _bfs(space: StateSpace, bound=None, max_states=2_000_000, max_depth=20000, p
         if private_in is not None:
             ri = private_in(mid, nodes, en)
             if ri is not None:
-                ran = run_step(mid, nk, nodes, ri)
+                ri, scope = ri
+                ran = run_step(mid, nk, nodes, ri, scope)
                 if ran is not None:
                     # CPU ri's private run goes alone (s2pt.sim.por), unless
                     # it ends in a state already seen no deeper than this one:
