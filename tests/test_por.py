@@ -19,6 +19,11 @@ from reduction_checks import assert_same_verdicts
     ("collapse-vs-hw-walk-no-tlbi", "none"),
     ("unmap-vs-fault", "rcu"),
     ("collapse-vs-fault", "rwlock"),
+    # Confined holders (Reduction._confined): readers inside the unlinked table.
+    ("collapse-vs-fault", "rcu-rfc"),
+    ("aba-table-reuse", "none"),
+    pytest.param("collapse-vs-fault-3", "none", marks=pytest.mark.slow),
+    pytest.param("collapse-vs-fault-3", "rcu-rfc", marks=pytest.mark.slow),
 ])
 def test_verdicts_agree_with_and_without_por(name, scheme):
     assert_same_verdicts(name, scheme, por=False)

@@ -82,6 +82,7 @@ checks that every verdict agrees.
 from __future__ import annotations
 
 from .. import pgtable as pt
+from ..snapshot import all_slots
 from .state import NODE_BITS
 from .world import WALK_FRAMES
 
@@ -213,15 +214,21 @@ class Reduction:
                 inside = True
                 seen = False
                 for name, v in items:
-                    if name not in ("walker", "data"):
+                    if name == "walker":
+                        walker = v
+                    elif name == "data":
+                        if type(v) is not tuple or len(v) != len(_WALK_DATA) + 1 \
+                                or v[0] is not pt.WalkData:
+                            return False
+                        walker = v[_WALK_DATA["walker"]]
+                        if not _range_indices(pgt, v[_WALK_DATA["addr"]],
+                                              v[_WALK_DATA["end"]], out):
+                            return False
+                    else:
                         continue
-                    walker = v[1] if name == "data" else v
                     if not _confining_walker(walker):
                         return False
                     seen = True
-                    if name == "data":
-                        if not _range_indices(pgt, v[3], v[4], out):
-                            return False
                 if not seen:
                     return False      # a walk frame whose walker cannot be read
             self._entries_of(items, out)
@@ -241,18 +248,8 @@ class Reduction:
         """Add to ``out`` the entry index of every integer anywhere in
         ``value`` (nested tuples, as frozen) that points into a table page:
         an entry pointer's own, a table pointer's or descriptor's 0."""
-        space = self.space
-        amask, shift, index, pmask = self.space.pgt.addr_mask, space.shift, space.index, \
-            self.page_mask
-        todo = [value]
-        while todo:
-            v = todo.pop()
-            if type(v) is tuple:
-                todo.extend(v)
-            elif type(v) is int:
-                a = v & amask
-                if (a >> shift) in index:
-                    out.add((a & pmask) >> 3)
+        pmask = self.page_mask
+        out.update((a & pmask) >> 3 for a in self.space.table_addresses(value))
 
     def goes_on(self, mid, i, op, guard, mid0):
         """The guard of CPU ``i``'s next step ``op`` on machine ``mid`` when it
@@ -368,12 +365,17 @@ CONFINED_CODE = frozenset({pt.stage2_attr_walker.__code__, pt.stage2_try_set_pte
                            pt.kvm_pgtable_walk_end.__code__})
 
 
+#: Where freeze() puts each field of a WalkData and of a Walker (after the type).
+_WALK_DATA = {s: k + 1 for k, s in enumerate(all_slots(pt.WalkData))}
+_WALKER = {s: k + 1 for k, s in enumerate(all_slots(pt.Walker))}
+
+
 def _confining_walker(walker) -> bool:
-    """Is ``walker`` (a Walker, as frozen: type, cb, arg, flags, bulk) a walk
-    whose visitor only touches the leaf it visits, and no table entry?"""
-    if type(walker) is not tuple or len(walker) != 5 or walker[0] is not pt.Walker:
+    """Is ``walker`` (a Walker, as frozen) a walk whose visitor only touches
+    the leaf it visits, and no table entry?"""
+    if type(walker) is not tuple or len(walker) != len(_WALKER) + 1 or walker[0] is not pt.Walker:
         return False
-    cb, flags = walker[1], walker[3]
+    cb, flags = walker[_WALKER["cb"]], walker[_WALKER["flags"]]
     return cb in CONFINED_CODE and type(flags) is int \
         and not flags & (pt.TABLE_PRE | pt.TABLE_POST)
 

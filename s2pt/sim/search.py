@@ -1005,7 +1005,13 @@ class StateSpace:
     def _pfns_in(self, value) -> frozenset:
         """pfns of the table pages the integers anywhere in ``value`` (nested
         tuples, as frozen) point into."""
-        out = set()
+        shift = self.shift
+        return frozenset(a >> shift for a in self.table_addresses(value))
+
+    def table_addresses(self, value) -> list:
+        """The integers anywhere in ``value`` (nested tuples, as frozen) that
+        point into a table page, as addresses (descriptor bits masked off)."""
+        out = []
         mask, shift, index = self.pgt.addr_mask, self.shift, self.index
         todo = [value]
         while todo:
@@ -1013,10 +1019,10 @@ class StateSpace:
             if type(v) is tuple:
                 todo.extend(v)
             elif type(v) is int:
-                pfn = (v & mask) >> shift
-                if pfn in index:
-                    out.add(pfn)
-        return frozenset(out)
+                a = v & mask
+                if (a >> shift) in index:
+                    out.append(a)
+        return out
 
     def others_hold(self, s, i, pa) -> bool:
         """Does a CPU other than ``i`` hold a pointer into the table page at
