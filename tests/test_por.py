@@ -195,35 +195,40 @@ def test_a_run_of_private_steps_is_one_transition(name, scheme, runs, monkeypatc
 # A confined holder: a walker that can only touch its own entry
 # ---------------------------------------------------------------------------
 
-def _confined_builder(scheme, bugs, own_entry=True):
+def _confined_builder(scheme, bugs, magic=1, pages=1):
     """The level-3 table P (four pages mapped at 1 GiB) is unlinked while a
-    reader may be inside it, in an access-flag walk of the page at entry 1
-    (kvm_pgtable_stage2_mkyoung: stage2_attr_walker, a confined visitor).
-    The unlinker then rewrites entries 0, 2 and 3, which the reader can
-    never touch, and, with ``own_entry``, puts MAGIC into entry 1 and takes
-    it back.  The reader meeting MAGIC (its walk gives up with -EAGAIN) is
-    the "bug" to find: the stores into entry 1 are not private to it, the
-    others are."""
+    reader may be inside it, in an access-flag walk of ``pages`` pages from
+    entry 1 (stage2_update_leaf_attrs, as kvm_pgtable_stage2_mkyoung walks
+    one: stage2_attr_walker, a confined visitor).  The unlinker then
+    rewrites every entry the reader's walk does not cover, and, with
+    ``magic`` (an entry index), puts MAGIC there and takes it back.  The
+    reader meeting MAGIC (its walk gives up with -EAGAIN) is the "bug" to
+    find: stores into the entries the reader's walk covers are not private
+    to it, even one it has not reached yet; the others are."""
     import s2pt
+    from s2pt import descriptor as d
     from s2pt.errors import KernelBug
     from s2pt.invariants import reachable_tables
     from s2pt.ops import READ_ONCE, WRITE_ONCE, cpu_relax
-    from s2pt.pgtable import HANDLE_FAULT, SHARED, kvm_pgtable_stage2_mkyoung
+    from s2pt.pgtable import HANDLE_FAULT, SHARED, stage2_update_leaf_attrs
     from s2pt.sim.sync import SimMachine
     from s2pt.sim.world import Setup
 
     flags = SHARED | HANDLE_FAULT             # as handle_access_fault walks
+    af = d.KVM_PTE_LEAF_ATTR_LO_S2_AF
     pgt = s2pt.Stage2(ipa_bits=40, machine=SimMachine, mm_ops=scheme.mm_ops())
     pgt.map(GiB, 4 * PAGE, 0x10_4000_0000, force_pte=True)
     tables = {lvl: p.pa for p, lvl in reachable_tables(pgt) if lvl > pgt.start_level}
     q, p = tables[2], tables[3]
     s = Setup(pgt, scheme, bugs)
+    covered = tuple(range(1, 1 + pages))
 
     def reader():
         yield cpu_relax()                      # (the explorer checks locals at the first step)
-        ret = yield from kvm_pgtable_stage2_mkyoung(pgt, GiB + PAGE, flags)
+        ret = yield from stage2_update_leaf_attrs(pgt, GiB + PAGE, pages * PAGE, af, 0,
+                                                  flags=flags)
         if ret:
-            raise KernelBug("warn", "the reader met MAGIC in its own entry")
+            raise KernelBug("warn", "the reader met MAGIC in an entry of its walk")
         return 0
 
     # What the collapse puts in Q[0] instead of P: a 2M block, valid, so that
@@ -231,42 +236,44 @@ def _confined_builder(scheme, bugs, own_entry=True):
     block = (int(pgt.mm.read64(p)) & ~pgt.addr_mask & ~0b11) | 0x10_4000_0000 | 0b01
 
     def unlinker():
-        yield WRITE_ONCE(q, block)             # Q[0] -> P: P unlinked
-        for k in (0, 2, 3):
-            old = yield READ_ONCE(p + 8 * k)   # entries the reader never touches
-            yield WRITE_ONCE(p + 8 * k, old ^ MAGIC)
-        if own_entry:
-            old = yield READ_ONCE(p + 8)
-            yield WRITE_ONCE(p + 8, MAGIC)
-            yield WRITE_ONCE(p + 8, old)
+        yield WRITE_ONCE(q, block)             # Q[0] pointed to P: P unlinked
+        for k in range(4):
+            if k not in covered:               # entries the reader never touches
+                old = yield READ_ONCE(p + 8 * k)
+                yield WRITE_ONCE(p + 8 * k, old ^ MAGIC)
+        if magic is not None:
+            old = yield READ_ONCE(p + 8 * magic)
+            yield WRITE_ONCE(p + 8 * magic, MAGIC)
+            yield WRITE_ONCE(p + 8 * magic, old)
 
-    s.cpu("reader", "sets the access flag of the page at entry 1", reader)
+    s.cpu("reader", f"sets the access flag of {pages} page(s) from entry 1", reader)
     s.cpu("unlinker", "unlinks P, then rewrites its entries", unlinker)
     s.region = (GiB, 2 << 20)
     return s
 
 
-@pytest.mark.parametrize("own_entry", [True, False])
-def test_a_confined_holder_makes_only_its_own_entry_shared(own_entry, monkeypatch):
+@pytest.mark.parametrize("magic,pages", [(1, 1), (None, 1), (2, 2)])
+def test_a_confined_holder_makes_only_its_own_entries_shared(magic, pages, monkeypatch):
     """A reader inside an access-flag walk of the unlinked table holds a
-    pointer into it, but can only ever touch its own entry: the unlinker's
-    stores into the other entries are private (fewer states than when every
-    holder counts), its stores into the reader's entry are not (the reduced
-    search finds the reader meeting MAGIC, as the unreduced one does)."""
+    pointer into it, but can only ever touch the entries its walk covers:
+    the unlinker's stores into the other entries are private (fewer states
+    than when every holder counts); its stores into a covered entry are
+    not, even one the reader has not reached yet (the reduced search finds
+    the reader meeting MAGIC, as the unreduced one does)."""
     from s2pt.scenarios import Scenario
     from s2pt.sim.por import Reduction
-    toy = Scenario("toy-confined", "a reader confined to one entry of an unlinked table",
-                   lambda scheme, bugs: _confined_builder(scheme, bugs, own_entry),
+    toy = Scenario("toy-confined", "a reader confined to its entries of an unlinked table",
+                   lambda scheme, bugs: _confined_builder(scheme, bugs, magic, pages),
                    {"none": {}})
     red = explore(toy, "none", details=False)
     ref = explore(toy, "none", details=False, por=False)
     assert red.complete and ref.complete
     assert red.kinds == ref.kinds
-    assert ("warn" in ref.kinds) == own_entry
+    assert ("warn" in ref.kinds) == (magic is not None)
     monkeypatch.setattr(Reduction, "_confined", lambda self, j, nid: False)
     strict = explore(toy, "none", details=False)
     assert strict.kinds == red.kinds
     assert red.states < strict.states <= ref.states
-    if own_entry:
+    if magic is not None:
         w = replay(toy, "none", red.found["warn"].schedule_text)
         assert "warn" in [v.kind for v in w.violations]
