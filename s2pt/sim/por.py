@@ -158,18 +158,16 @@ class Reduction:
                 continue                             # _NEVER
             if space.queued_reach(mid, i, c):
                 continue
-            if not space.others_reach(mid, nodes, i, c, self._fails):
-                return i, None
-            if self.confining:
-                scope = self._scope(mid, nodes, i, c)
-                if scope is not None:
-                    return i, scope
+            scope = self._scope(mid, nodes, i, c)
+            if scope is not None:
+                return i, scope or None
         return None
 
     def _scope(self, mid, nodes, i, guard):
-        """The entry indices of the confined holders of ``guard`` when every
-        other holder does not count and CPU ``i``'s next step touches none
-        of those entries; else None."""
+        """When no other CPU that can reach the pages ``guard`` counts (see
+        the module docstring) and CPU ``i``'s next step touches no entry of
+        a confined one among them: the entry indices of those confined
+        holders (empty when there are none); else None."""
         op = self.space.nodes[nodes[i]].op
         entry = (op[1] & self.page_mask) >> 3 if op[0] in ON_ENTRY else None
         scope = set()
@@ -177,6 +175,8 @@ class Reduction:
         def harmless(mid_, j, nid, g):
             if self._fails(mid_, j, nid, g):
                 return True
+            if not self.confining:
+                return False
             x = self.confined.get(nid)
             if x is None:
                 x = self.confined[nid] = self._confined(j, nid)

@@ -877,11 +877,18 @@ class StateSpace:
         space, its reduction and its symmetry point at each other, so
         without this their millions of tuples would wait for the cycle
         collector, which would traverse them all (collector_paused): now
-        reference counting frees them at once."""
+        reference counting frees them at once.  ``with StateSpace(...) as
+        space:`` releases it at the end of the block, however it ends."""
         for part in (self.por, self.sym):
             if part is not None:
                 vars(part).clear()
         vars(self).clear()
+
+    def __enter__(self) -> "StateSpace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def all_done(self, s) -> bool:
         return all(self.nodes[nid].done or self.daemon[i] for i, nid in enumerate(s[1]))
@@ -2190,37 +2197,36 @@ def serial_outcomes(scenario, scheme, bugs, final, checks=()) -> frozenset:
     # ends, too, before it performs an operation a third time on the same
     # machine from the same call stack, so a CPU that spins comes back to a
     # state it was in at a run's end, and is caught there.
-    space = StateSpace(World(scenario, scheme, bugs, checks, record=False))
-    cpus = [i for i in range(space.n) if not space.daemon[i]]
-    found = set()
-    for order in itertools.permutations(cpus):
-        rank = {c: k for k, c in enumerate(order)}
-        s, seen, bad = space.initial, set(), False
-        while True:
-            en = space.enabled(s)
-            if not en:
-                break
-            if s in seen:
-                bad = True
-                break
-            seen.add(s)
-            c = min(en, key=lambda c: rank.get(c, len(rank)))
-            if space.impure[c]:
-                s, viols = space.step(s, c)
-                if viols:
+    with StateSpace(World(scenario, scheme, bugs, checks, record=False)) as space:
+        cpus = [i for i in range(space.n) if not space.daemon[i]]
+        found = set()
+        for order in itertools.permutations(cpus):
+            rank = {c: k for k, c in enumerate(order)}
+            s, seen, bad = space.initial, set(), False
+            while True:
+                en = space.enabled(s)
+                if not en:
+                    break
+                if s in seen:
                     bad = True
                     break
+                seen.add(s)
+                c = min(en, key=lambda c: rank.get(c, len(rank)))
+                if space.impure[c]:
+                    s, viols = space.step(s, c)
+                    if viols:
+                        bad = True
+                        break
+                    continue
+                s = _serial_run(space, s, c, [k for k in range(space.n)
+                                              if rank.get(k, len(rank)) < rank.get(c, len(rank))])
+                if s is None:
+                    bad = True
+                    break
+            if bad or not space.all_done(s) or space.terminal(s):
                 continue
-            s = _serial_run(space, s, c, [k for k in range(space.n)
-                                          if rank.get(k, len(rank)) < rank.get(c, len(rank))])
-            if s is None:
-                bad = True
-                break
-        if bad or not space.all_done(s) or space.terminal(s):
-            continue
-        space.restore(s)
-        found.add(final(space.w))
-    space.release()
+            space.restore(s)
+            found.add(final(space.w))
     out = _SERIAL[key] = frozenset(found)
     return out
 
@@ -2336,20 +2342,27 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
     # does and none that form cycles: the cycle collector would only
     # traverse them again and again (a quarter of a search's time).
     with collector_paused():
-        max_steps = template.max_steps
-        name = getattr(template.scenario, "name", "?")
-        scheme = getattr(template.scheme, "name", "?")
-        t0 = time.perf_counter()
-        settings = {"seed": seed} if mode in ("random", "pct") else {}
-        if preemptions is not None:
-            settings["preemptions"] = preemptions
-        if mode in ("exhaustive", "unreduced"):
-            # (A preemption bound counts switches away from the CPU that ran
-            # last: the search keeps it unreduced.)
-            space = StateSpace(template.again(record=False), check,
-                               symmetry=symmetry and mode == "exhaustive" and preemptions is None,
-                               por=por and mode == "exhaustive" and preemptions is None,
-                               liveness=liveness)
+        return _search(template, mode, runs, depth, seed, preemptions, max_states, details,
+                       check, progress, cancel, symmetry, por, liveness)
+
+
+def _search(template, mode, runs, depth, seed, preemptions, max_states, details, check,
+            progress, cancel, symmetry, por, liveness) -> Result:
+    """:func:`search`, its arguments checked."""
+    max_steps = template.max_steps
+    name = getattr(template.scenario, "name", "?")
+    scheme = getattr(template.scheme, "name", "?")
+    t0 = time.perf_counter()
+    settings = {"seed": seed} if mode in ("random", "pct") else {}
+    if preemptions is not None:
+        settings["preemptions"] = preemptions
+    if mode in ("exhaustive", "unreduced"):
+        # (A preemption bound counts switches away from the CPU that ran
+        # last: the search keeps it unreduced.)
+        with StateSpace(template.again(record=False), check,
+                        symmetry=symmetry and mode == "exhaustive" and preemptions is None,
+                        por=por and mode == "exhaustive" and preemptions is None,
+                        liveness=liveness) as space:
             if callable(progress):
                 prog = progress
             else:
@@ -2367,9 +2380,9 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
             res = Result(name, scheme, mode, st["complete"], 0.0, st.get("states", 0),
                          st["transitions"], st.get("executions", 0), bound_hits=st["bound_hits"],
                          settings=settings, window=st.get("window"))
-        elif mode in ("random", "pct"):
-            rng = random.Random(seed)
-            space = StateSpace(template.again(record=False), check, liveness=liveness)
+    elif mode in ("random", "pct"):
+        rng = random.Random(seed)
+        with StateSpace(template.again(record=False), check, liveness=liveness) as space:
             if mode == "random":
                 def chooser():
                     return random_chooser(rng)
@@ -2390,14 +2403,13 @@ def search(template: World, *, mode="exhaustive", runs=1000, depth=2, seed=0,
             if mode == "pct":
                 res.settings["depth"] = depth
             raw = {kind: (_minimise(template, kind, s), msg) for kind, (s, msg) in raw.items()}
-        res.seconds = time.perf_counter() - t0
-        space.release()
-        res._scenario = template.scenario
-        for kind in sorted(raw):
-            sched, msg, *cyc = raw[kind]
-            start = cyc[0] if cyc else None
-            if details:
-                res.found[kind] = _materialise(template, kind, sched, msg, start)
-            else:
-                res.found[kind] = Found(kind, sched, msg, cycle_start=start)
-        return res
+    res.seconds = time.perf_counter() - t0
+    res._scenario = template.scenario
+    for kind in sorted(raw):
+        sched, msg, *cyc = raw[kind]
+        start = cyc[0] if cyc else None
+        if details:
+            res.found[kind] = _materialise(template, kind, sched, msg, start)
+        else:
+            res.found[kind] = Found(kind, sched, msg, cycle_start=start)
+    return res
