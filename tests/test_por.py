@@ -195,7 +195,7 @@ def test_a_run_of_private_steps_is_one_transition(name, scheme, runs, monkeypatc
 # A confined holder: a walker that can only touch its own entry
 # ---------------------------------------------------------------------------
 
-def _confined_builder(scheme, bugs, magic=1, pages=1):
+def _confined_builder(scheme, bugs, magic=1, pages=1, visitor=None):
     """The level-3 table P (four pages mapped at 1 GiB) is unlinked while a
     reader may be inside it, in an access-flag walk of ``pages`` pages from
     entry 1 (stage2_update_leaf_attrs, as kvm_pgtable_stage2_mkyoung walks
@@ -204,13 +204,15 @@ def _confined_builder(scheme, bugs, magic=1, pages=1):
     ``magic`` (an entry index), puts MAGIC there and takes it back.  The
     reader meeting MAGIC (its walk gives up with -EAGAIN) is the "bug" to
     find: stores into the entries the reader's walk covers are not private
-    to it, even one it has not reached yet; the others are."""
+    to it, even one it has not reached yet; the others are.  ``visitor``:
+    the reader's walk visits with it instead of stage2_attr_walker."""
     import s2pt
     from s2pt import descriptor as d
     from s2pt.errors import KernelBug
     from s2pt.invariants import reachable_tables
     from s2pt.ops import READ_ONCE, WRITE_ONCE, cpu_relax
-    from s2pt.pgtable import HANDLE_FAULT, SHARED, stage2_update_leaf_attrs
+    from s2pt.pgtable import (HANDLE_FAULT, LEAF, SHARED, Stage2AttrData, Walker,
+                              kvm_pgtable_walk, stage2_update_leaf_attrs)
     from s2pt.sim.sync import SimMachine
     from s2pt.sim.world import Setup
 
@@ -225,8 +227,12 @@ def _confined_builder(scheme, bugs, magic=1, pages=1):
 
     def reader():
         yield cpu_relax()                      # (the explorer checks locals at the first step)
-        ret = yield from stage2_update_leaf_attrs(pgt, GiB + PAGE, pages * PAGE, af, 0,
-                                                  flags=flags)
+        if visitor is None:
+            ret = yield from stage2_update_leaf_attrs(pgt, GiB + PAGE, pages * PAGE, af, 0,
+                                                      flags=flags)
+        else:
+            walker = Walker(visitor, Stage2AttrData(af, 0), flags | LEAF)
+            ret = yield from kvm_pgtable_walk(pgt, GiB + PAGE, pages * PAGE, walker)
         if ret:
             raise KernelBug("warn", "the reader met MAGIC in an entry of its walk")
         return 0
@@ -277,3 +283,64 @@ def test_a_confined_holder_makes_only_its_own_entries_shared(magic, pages, monke
     if magic is not None:
         w = replay(toy, "none", red.found["warn"].schedule_text)
         assert "warn" in [v.kind for v in w.violations]
+
+
+def _peeking_attr_walker(ctx, visit):
+    """stage2_attr_walker that first reads the next entry and gives up if it
+    holds MAGIC: not a kernel visitor, but a mutant of one that touches a
+    second entry."""
+    from s2pt.ops import READ_ONCE
+    from s2pt.pgtable import EAGAIN, stage2_attr_walker
+    if (yield READ_ONCE(ctx.ptep + 8)) == MAGIC:
+        return -EAGAIN
+    return (yield from stage2_attr_walker(ctx, visit))
+
+
+def test_check_mode_catches_a_visitor_declared_confined_that_is_not(monkeypatch):
+    """CONFINED_CODE (s2pt.sim.por) declares which visitors touch only the
+    entry they visit, and the reduction trusts it.  Declared confined, a
+    visitor that also reads the next entry makes the reduced search miss
+    the reader meeting MAGIC there (the unreduced search finds it): the
+    unlinker's stores into that entry were taken as private.  Check mode
+    audits the promise at every step and names the one that breaks it."""
+    from s2pt import S2ptError
+    from s2pt.scenarios import Scenario
+    from s2pt.sim import por
+    monkeypatch.setattr(por, "CONFINED_CODE",
+                        por.CONFINED_CODE | {_peeking_attr_walker.__code__})
+    toy = Scenario("toy-peeking", "a reader whose visitor peeks at the next entry",
+                   lambda scheme, bugs: _confined_builder(scheme, bugs, 2, 1,
+                                                          _peeking_attr_walker),
+                   {"none": {}})
+    ref = explore(toy, "none", details=False, por=False)
+    assert ref.complete and "warn" in ref.kinds
+    red = explore(toy, "none", details=False)
+    assert red.complete and "warn" not in red.kinds
+    with pytest.raises(S2ptError, match=r"broke that promise: READ_ONCE of entry 2 "):
+        explore(toy, "none", details=False, check=True)
+    # Declared as it is (not confined), the visitor makes its CPU an
+    # ordinary holder: the reduced search finds the bug, and check mode passes.
+    monkeypatch.undo()
+    assert "warn" in explore(toy, "none", details=False, check=True).kinds
+
+
+def test_check_mode_audits_the_confined_holders_of_the_collapse():
+    """The three readers of collapse-vs-fault-4 that raced into the
+    unlinked table are confined holders; check mode audits their promise at
+    every step of the reduced search, and they keep it (the search ends
+    with its verdict, no audit error)."""
+    from s2pt.sim import por
+    calls = []
+    original = por.Reduction.broken_promise
+
+    def counted(self, *args):
+        why = original(self, *args)
+        calls.append(why)
+        return why
+
+    import unittest.mock
+    with unittest.mock.patch.object(por.Reduction, "broken_promise", counted):
+        r = explore("collapse-vs-fault", "rcu-rfc", details=False, check=True)
+    assert r.complete and not r.kinds
+    assert calls and set(calls) == {None}
+

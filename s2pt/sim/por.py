@@ -59,7 +59,12 @@ it is private all the same.  The confined holders' entries go with the run
 that follows (its ``scope``), since whether it goes on depends on them.
 (The three readers of ``collapse-vs-fault-4`` that raced into the unlinked
 table are such holders: each will read one entry and may set its access
-flag, while the collapsing CPU frees the other 511.)
+flag, while the collapsing CPU frees the other 511.)  Which visitors make
+that promise is a declaration (``CONFINED_CODE``), read off the frozen
+frames; check mode (``explore(check=True)``) holds every confined holder to
+it at each of its steps (``broken_promise``), so a visitor changed to touch
+a second entry, or a count, fails there instead of quietly making the
+reduction unsound.
 
 A CPU that has just stepped alone usually goes on alone: the free walk is
 512 private steps in a row.  ``goes_on`` answers for it without looking
@@ -243,6 +248,63 @@ class Reduction:
         if op is not None:
             self._entries_of(op, out)
         return frozenset(out)
+
+    def promise(self, i, nid):
+        """The entry indices CPU ``i`` at node ``nid`` promised to stay within
+        (it is a confined holder there), or None."""
+        if not (self.on and self.confining):
+            return None
+        allowed = self.confined.get(nid)
+        if allowed is None:
+            allowed = self.confined[nid] = self._confined(i, nid)
+        return None if allowed is False else allowed
+
+    def broken_promise(self, mid, allowed, i, op, child):
+        """Check mode: what CPU ``i``, a confined holder that promised the
+        entry indices ``allowed`` (:meth:`promise`), broke by performing
+        ``op`` on machine ``mid`` (None: no operation to check) and reaching
+        node ``child`` (None: no position to check); None if nothing.
+
+        ``_confined`` reads the promise off the frozen frames (``CONFINED_CODE``
+        declares which visitors make it), and nothing else enforces it: from
+        there on, the CPU touches no page count of an unlinked table and no
+        entry of one outside those indices.  Each step keeps it when its own
+        access is inside them and the position it reaches promises no more
+        (a subset), or, having left the walk, holds no pointer into an
+        unlinked table page.  So a visitor declared confined that touches a
+        second entry, or a count, is caught at the step where it does, in
+        any search that reaches that step in check mode."""
+        space = self.space
+        unlinked = self._unlinked(mid)
+        if op is not None and op[0] in ON_PAGE and op[1] >> space.shift in unlinked:
+            name, k = op[0], (op[1] & self.page_mask) >> 3
+            if name not in ON_ENTRY:
+                return (f"{name} on an unlinked table page, from a position confined to "
+                        f"its entries {sorted(allowed)} (no page count)")
+            if k not in allowed:
+                return (f"{name} of entry {k} of an unlinked table page, from a position "
+                        f"confined to its entries {sorted(allowed)}")
+        if child is None:
+            return None
+        after = self.promise(i, child)
+        if after is not None:
+            if not after <= allowed:
+                return (f"a position confined to entries {sorted(after)}, more than the "
+                        f"{sorted(allowed)} it was confined to before")
+            return None
+        if not space.nodes[child].done and not space.pointers(child).isdisjoint(unlinked):
+            return (f"a position outside a confining walk that holds a pointer into an "
+                    f"unlinked table page, after one confined to entries {sorted(allowed)}")
+        return None
+
+    def _unlinked(self, mid) -> frozenset:
+        """pfns of the table pages on machine ``mid`` that are allocated and
+        not reachable from the PGD."""
+        space = self.space
+        ms = space.mstates[mid]
+        linked = space.linked_of(ms[0])
+        return frozenset(pfn for pfn, k in space.index.items()
+                         if pfn not in linked and not space.pdata[ms[0][k]][self.i_freed])
 
     def _entries_of(self, value, out: set):
         """Add to ``out`` the entry index of every integer anywhere in

@@ -754,6 +754,8 @@ class StateSpace:
         count = 0
         first = None
         been: dict = {}
+        # Check mode: a confined holder keeps its promise through the run.
+        promise = self.por.promise(i, nid) if self.check and self.por is not None else None
         while True:
             if count:
                 if done or count >= cap:
@@ -777,6 +779,9 @@ class StateSpace:
             m.cpu = i
             self.live.forget("mid")
             name = op[0]
+            if promise is not None:
+                self._audit_promise(cur, nid, i, op, None, f"CPU {i} ({self.w.name(i)}) "
+                                    f"{name} in a run of private steps", promise)
             result = m.perform(op)
             if m.violations:
                 m.violations.clear()
@@ -836,6 +841,9 @@ class StateSpace:
                 en.hid = hid                 # the history the run interned on its way
         elif gen is not None and not done:
             self.gens.setdefault(end, live())
+        if promise is not None:
+            self._audit_promise(cur, nid, i, None, end, f"CPU {i} ({self.w.name(i)}) at the "
+                                f"end of a run of {count} private steps", promise)
         passed.pop()                          # the end: a run from there goes on from scratch
         r = runs[passed[0]] = ((cur, end, (), first), cur, end, count)
         for k in range(1, len(passed)):
@@ -1185,6 +1193,7 @@ class StateSpace:
                  f"{node.stack[-1] if node.stack else '?'}()")
         if not t[2]:
             self._audit(self.mstates[t[0]], where, node.op[0], t[0])
+        self._audit_promise(mid, nid, i, node.op, t[1], where)
         self._invalidate()
         self.restore(mid)                 # then perturb: the restore must not undo it
         saved = self.registry.perturb_ignored()
@@ -1201,6 +1210,23 @@ class StateSpace:
                 f"a step depends on a field listed in some sim_ignore, or a CPU's code "
                 f"between two operations reads state outside the machine state")
         self._invalidate()
+
+    def _audit_promise(self, mid, nid, i, op, child, where, allowed=None):
+        """Check mode: a confined holder at node ``nid`` (s2pt.sim.por) must
+        keep its promise through its step (``op`` on machine ``mid``, to
+        node ``child``); ``allowed``: the promise, when the caller read it."""
+        if self.por is None:
+            return
+        if allowed is None:
+            allowed = self.por.promise(i, nid)
+            if allowed is None:
+                return
+        why = self.por.broken_promise(mid, allowed, i, op, child)
+        if why is not None:
+            raise S2ptError(
+                f"{where}: a CPU the partial-order reduction counted as confined to "
+                f"some entries of an unlinked table broke that promise: {why}; a visitor in "
+                f"s2pt.sim.por.CONFINED_CODE touches more than the entry it visits")
 
     def _audit(self, mstate, where, name, mid=None, frozen=True):
         """Check mode: the machine state kept step by step (``mstate``, after
