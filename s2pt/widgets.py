@@ -616,21 +616,44 @@ class TraceView(anywidget.AnyWidget):
 
     ``blob``: all the steps, gzipped (as the page stores them); new steps
     come as ``splice`` messages (:meth:`splice`).  ``step``: the step shown,
-    set by either side (the browser sets it when a move ends)."""
+    set by either side (the browser sets it when a move ends).
+
+    A message reaches only the views drawn when it is sent: one sent before
+    the widget is displayed, or while a view is still unpacking the blob,
+    is lost to it.  So each view, once drawn, says ``hello``, and the
+    widget's owner (``on_hello``) sends the whole run again as the blob if
+    any message went out since the blob was set (``behind``)."""
 
     _esm = asset("trace.js") + "\n" + asset("widget.js")
     _css = CSS
     blob = traitlets.Unicode("").tag(sync=True)
     step = traitlets.Int(0).tag(sync=True)
 
+    def __init__(self, on_hello=None, **kw):
+        super().__init__(**kw)
+        self.behind = False
+        self.on_hello = on_hello
+        self.on_msg(self._msg)
+
+    def _msg(self, _widget, content, _buffers) -> None:
+        if content.get("kind") == "hello" and self.behind and self.on_hello is not None:
+            self.on_hello()
+
+    def load(self, blob: str) -> None:
+        """Set the whole run (every view redraws from it)."""
+        self.blob = blob
+        self.behind = False
+
     def splice(self, part: dict) -> None:
         """Send steps added to the run (:meth:`Frames.since`)."""
         self.send({"kind": "splice", **part})
+        self.behind = True
 
     def fill(self, k: int, tree: int, pool: list) -> None:
         """Send step ``k``'s tree, drawn now (pool index ``tree``; ``pool``:
         the strings added to the pool)."""
         self.send({"kind": "tree", "k": k, "tree": tree, "pool": pool})
+        self.behind = True
 
 
 #: Where Export writes when not told: a folder that tells git to ignore it.
@@ -740,7 +763,7 @@ class Interleave(W.VBox):
                                                      display="none"))
         row = lambda kids: W.Box(kids, layout=W.Layout(flex_flow="row wrap",   # noqa: E731
                                                        align_items="center"))
-        self.view = TraceView()
+        self.view = TraceView(on_hello=self._repack)
         self._start([])
         super().__init__([self.title,
                           row([self.undo_button, self.reset_button, self.schedule_box,
@@ -755,6 +778,7 @@ class Interleave(W.VBox):
             for c in start:
                 self.rec.step(c)
             self._show_new(0)
+            self._repack()        # not displayed yet: a splice would reach no view
         self.redraw()
 
     @staticmethod
@@ -795,9 +819,13 @@ class Interleave(W.VBox):
             frames.set_timeline(rec)
         self.frames, self.run = frames, list(run)
         self.rec = Recorder(self.template.again(record=True))
-        self._sent = len(frames.pool)
         self.view.step = 0
-        self.view.blob = page_data_pack(frames.data())
+        self._repack()
+
+    def _repack(self):
+        """Send the whole run the panels hold as the blob."""
+        self._sent = len(self.frames.pool)
+        self.view.load(page_data_pack(self.frames.data()))
 
     def _sync(self):
         """Bring ``rec`` to the step the panels show (the browser may have

@@ -119,6 +119,38 @@ def test_from_a_world_replays_its_steps():
     assert Interleave(w2).schedule == [1]
 
 
+def _blob_steps(iw) -> int:
+    import base64, gzip, json
+    return len(json.loads(gzip.decompress(base64.b64decode(iw.view.blob)))["steps"])
+
+
+def test_a_world_with_steps_goes_to_the_panels_whole():
+    """Built from a World that has taken steps, the widget is not displayed
+    yet: a splice message would reach no view.  Its blob holds every step,
+    and the panels show the last."""
+    w = s2pt.world("collapse-vs-fault-3", "rcu")
+    for c in parse_schedule("1*5 0*15 2*3"):
+        w.step(c)
+    iw = Interleave(w)
+    assert _blob_steps(iw) == 24 and iw.view.step == 23 and not iw.view.behind
+    assert not iw.undo_button.disabled
+
+
+def test_a_view_drawn_late_asks_for_the_whole_run():
+    """Steps taken after the blob went out come as messages, which a view
+    drawn later never saw: its hello makes the widget send the whole run
+    again as the blob; a hello with nothing missed sends nothing."""
+    iw = Interleave("collapse-vs-fault", "none")
+    blob = iw.view.blob
+    iw.view._msg(iw.view, {"kind": "hello"}, [])
+    assert iw.view.blob == blob                   # nothing sent since: unchanged
+    for c in parse_schedule("1*5"):
+        iw.step(c)
+    assert iw.view.behind and iw.view.blob == blob
+    iw.view._msg(iw.view, {"kind": "hello"}, [])
+    assert _blob_steps(iw) == 6 and iw.view.step == 5 and not iw.view.behind
+
+
 def test_step_to_shared_and_until_blocked():
     iw = Interleave("collapse-vs-fault", "rcu")
     iw.shared_buttons[1].click()
