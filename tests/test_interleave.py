@@ -4,6 +4,9 @@ World behind it and on the HTML it shows."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import statistics
 
 import pytest
@@ -120,7 +123,7 @@ def test_from_a_world_replays_its_steps():
 
 
 def _blob_steps(iw) -> int:
-    import base64, gzip, json
+    """How many steps the widget's blob holds."""
     return len(json.loads(gzip.decompress(base64.b64decode(iw.view.blob)))["steps"])
 
 
