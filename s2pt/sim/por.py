@@ -182,9 +182,7 @@ class Reduction:
                 return True
             if not self.confining:
                 return False
-            x = self.confined.get(nid)
-            if x is None:
-                x = self.confined[nid] = self._confined(j, nid)
+            x = self._confined_at(j, nid)
             if x is False or entry in x:
                 return False
             scope.update(x)
@@ -193,6 +191,13 @@ class Reduction:
         if self.space.others_reach(mid, nodes, i, guard, harmless):
             return None
         return frozenset(scope)
+
+    def _confined_at(self, j, nid):
+        """:meth:`_confined`, memoised on the node."""
+        x = self.confined.get(nid)
+        if x is None:
+            x = self.confined[nid] = self._confined(j, nid)
+        return x
 
     def _confined(self, j, nid):
         """The entry indices CPU ``j`` at node ``nid`` may still touch in any
@@ -254,9 +259,7 @@ class Reduction:
         (it is a confined holder there), or None."""
         if not (self.on and self.confining):
             return None
-        allowed = self.confined.get(nid)
-        if allowed is None:
-            allowed = self.confined[nid] = self._confined(i, nid)
+        allowed = self._confined_at(i, nid)
         return None if allowed is False else allowed
 
     def broken_promise(self, mid, allowed, i, op, child):
