@@ -504,14 +504,16 @@ _SVG_CACHE: dict = {}
 
 
 def tree_svg(rec: Recorder) -> str:
-    """The tree picture as inline SVG at its own size (cached by its DOT
-    source, so an unchanged tree is not laid out again)."""
-    src = tree_drawing(rec).source
-    svg = _SVG_CACHE.get(src)
+    """The tree picture as inline SVG at its own size, laid out top to
+    bottom when left to right is too wide for the column (as every
+    ``pgt.draw`` picture is: :class:`~s2pt.render.Drawing`); cached by its
+    DOT source, so an unchanged tree is not laid out again."""
+    d = tree_drawing(rec)
+    svg = _SVG_CACHE.get(d.source)
     if svg is None:
         if len(_SVG_CACHE) > 512:
             _SVG_CACHE.clear()
-        svg = _SVG_CACHE[src] = responsive_svg(Drawing(src).svg())
+        svg = _SVG_CACHE[d.source] = responsive_svg(d.svg())
     return svg
 
 
